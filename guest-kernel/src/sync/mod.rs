@@ -1,0 +1,6 @@
+//! Synchronisation: interrupt masking, preemption control and spinlocks.
+pub mod irq;
+pub mod preempt;
+pub mod spin;
+
+pub use spin::SpinLock;

@@ -1,0 +1,134 @@
+//! What a VM is made of, as given on the command line or by the API.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crashvisor_abi::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
+
+/// Smallest guest RAM accepted, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 32;
+/// Largest guest RAM accepted, in MiB (the guest's direct map and bitmaps are sized for it).
+pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
+
+/// Where the guest kernel comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelSource {
+    /// The crashvisor guest kernel built into this binary.
+    Embedded,
+    /// A PVH ELF kernel file.
+    File(PathBuf),
+}
+
+/// Where the guest's console (COM1) output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsoleOutput {
+    /// The VMM's standard output.
+    Stdout,
+    /// A file, created or truncated.
+    File(PathBuf),
+}
+
+/// The configuration of one VM; it survives guest reboots unchanged.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// The kernel to boot.
+    pub kernel: KernelSource,
+    /// Number of vCPUs, 1 to `MAX_VCPUS`.
+    pub vcpus: u8,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Where console output goes.
+    pub console: ConsoleOutput,
+    /// End the VMM when the guest resets instead of rebooting it.
+    pub no_reboot: bool,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// vCPU count out of range.
+    #[error("{0} vCPUs requested; a VM has 1 to {max} vCPUs", max = MAX_VCPUS)]
+    VcpuCount(u8),
+    /// Memory size out of range.
+    #[error("{0} MiB of memory requested; a VM has {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB} MiB")]
+    MemorySize(u64),
+    /// Command line too long.
+    #[error("the kernel command line is {0} bytes; the limit is {max} bytes", max = CMDLINE_MAX_SIZE - 1)]
+    CmdlineTooLong(usize),
+    /// Command line with a NUL or non-ASCII byte.
+    #[error("the kernel command line must be printable ASCII")]
+    CmdlineNotAscii,
+}
+
+impl VmConfig {
+    /// Checks every value against the limits of the VMM and the guest.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || usize::from(self.vcpus) > MAX_VCPUS {
+            return Err(ConfigError::VcpuCount(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::MemorySize(self.memory_mib));
+        }
+        if self.cmdline.len() as u64 >= CMDLINE_MAX_SIZE {
+            return Err(ConfigError::CmdlineTooLong(self.cmdline.len()));
+        }
+        if !self.cmdline.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Err(ConfigError::CmdlineNotAscii);
+        }
+        Ok(())
+    }
+
+    /// Guest RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+}
+
+impl fmt::Display for KernelSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("the embedded guest kernel"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: KernelSource::Embedded,
+            vcpus: 2,
+            memory_mib: 128,
+            cmdline: "console=ttyS0".into(),
+            console: ConsoleOutput::Stdout,
+            no_reboot: false,
+        }
+    }
+
+    #[test]
+    fn accepts_sane_values() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_out_of_range_values() {
+        let mut c = config();
+        c.vcpus = 0;
+        assert_eq!(c.validate(), Err(ConfigError::VcpuCount(0)));
+        c.vcpus = 17;
+        assert_eq!(c.validate(), Err(ConfigError::VcpuCount(17)));
+        let mut c = config();
+        c.memory_mib = 8;
+        assert_eq!(c.validate(), Err(ConfigError::MemorySize(8)));
+        let mut c = config();
+        c.cmdline = "x".repeat(4000);
+        assert_eq!(c.validate(), Err(ConfigError::CmdlineTooLong(4000)));
+        c.cmdline = "a\nb".into();
+        assert_eq!(c.validate(), Err(ConfigError::CmdlineNotAscii));
+    }
+}

@@ -1,0 +1,35 @@
+//! crashvisor's virtual machine monitor.
+//!
+//! One process runs one KVM virtual machine: guest RAM through `vm-memory`, the kernel loaded
+//! with `linux-loader`'s ELF loader and booted through PVH, one thread per vCPU, and a handful
+//! of port-I/O devices (COM1, pvpanic, the crashvisor platform device, reset). A guest reset or
+//! triple fault rebuilds the machine in place with the same configuration.
+//!
+//! ```no_run
+//! use vmm::config::{ConsoleOutput, KernelSource, VmConfig};
+//!
+//! let config = VmConfig {
+//!     kernel: KernelSource::Embedded,
+//!     vcpus: 2,
+//!     memory_mib: 256,
+//!     cmdline: "panic=1".into(),
+//!     console: ConsoleOutput::Stdout,
+//!     no_reboot: false,
+//! };
+//! let outcome = vmm::run(&config).expect("the VM ran");
+//! println!("guest ended: {outcome}");
+//! ```
+#![deny(missing_docs)]
+
+pub mod arch;
+pub mod config;
+pub mod devices;
+pub mod error;
+pub mod kernel;
+pub mod memory;
+pub mod terminal;
+pub mod vcpu;
+pub mod vm;
+
+pub use error::VmmError;
+pub use vm::{run, GuestEnd};

@@ -1,0 +1,142 @@
+//! vCPU threads: each runs `KVM_RUN` in a loop and hands exits to `exit::handle`.
+//!
+//! Stopping a vCPU that sits inside `KVM_RUN` (for instance halted, waiting for an interrupt)
+//! uses the usual kick: the stopper sets a flag and sends `KICK_SIGNAL` to the thread; the
+//! handler sets `kvm_run.immediate_exit`, so `KVM_RUN` returns `EINTR` now or on its next entry.
+
+pub mod exit;
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::devices::{Devices, StopReason};
+use crate::error::VmmError;
+
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    IMMEDIATE_EXIT.with(|p| {
+        let p = p.get();
+        if !p.is_null() {
+            // SAFETY: the pointer is set by `run` on this same thread to its vCPU's mapped
+            // `kvm_run.immediate_exit` and cleared before the mapping goes away; a volatile byte
+            // store is async-signal-safe.
+            unsafe { p.write_volatile(1) };
+        }
+    });
+}
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> Result<(), VmmError> {
+    static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
+    INSTALLED
+        .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
+        .map_err(|errno| VmmError::Signal(vmm_sys_util::errno::Error::new(errno)))
+}
+
+/// What the vCPU threads of one machine share.
+pub struct RunContext {
+    /// The machine's devices.
+    pub devices: Devices,
+    /// Guest RAM (for describing emulation failures).
+    pub memory: GuestMemoryMmap,
+    stopping: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    stopped: Condvar,
+}
+
+impl RunContext {
+    /// Shared state for a machine with these devices and memory.
+    pub fn new(devices: Devices, memory: GuestMemoryMmap) -> Self {
+        Self { devices, memory, stopping: AtomicBool::new(false), reason: Mutex::new(None), stopped: Condvar::new() }
+    }
+
+    /// Asks the machine to stop; the first reason given wins.
+    pub fn request_stop(&self, reason: StopReason) {
+        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.notify_all();
+    }
+
+    /// Whether a stop has been requested.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Blocks until a stop is requested and returns its reason.
+    pub fn wait_for_stop(&self) -> StopReason {
+        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(reason) = slot.clone() {
+                return reason;
+            }
+            slot = self.stopped.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Runs vCPU `id` until the machine stops.
+pub fn run(mut vcpu: VcpuFd, id: usize, ctx: Arc<RunContext>) {
+    let _span = tracing::debug_span!("vcpu", id).entered();
+    let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+    IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+    while !ctx.is_stopping() {
+        let outcome = match vcpu.run() {
+            Ok(kvm_exit) => exit::handle(kvm_exit, id, &ctx.devices),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+                exit::Outcome::Continue
+            }
+            Err(e) => exit::Outcome::Stop(StopReason::Fatal(format!("KVM_RUN failed on vCPU {id}: {e}"))),
+        };
+        match outcome {
+            exit::Outcome::Continue => {}
+            exit::Outcome::Stop(reason) => ctx.request_stop(reason),
+            exit::Outcome::EmulationFailure => {
+                ctx.request_stop(StopReason::EmulationFailure(describe_emulation_failure(&mut vcpu, id, &ctx.memory)))
+            }
+        }
+    }
+    IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+}
+
+/// Names the guest RIP and the instruction bytes there, for a `KVM_EXIT_INTERNAL_ERROR`.
+fn describe_emulation_failure(vcpu: &mut VcpuFd, id: usize, memory: &GuestMemoryMmap) -> String {
+    // SAFETY: reading the `internal` member of the exit union is valid: this is called only
+    // right after KVM_RUN returned KVM_EXIT_INTERNAL_ERROR, which fills that member.
+    let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
+    let Ok(regs) = vcpu.get_regs() else {
+        return format!("vCPU {id}: KVM cannot emulate a guest instruction (suberror {suberror}); registers unreadable");
+    };
+    let bytes = vcpu
+        .translate_gva(regs.rip)
+        .ok()
+        .filter(|t| t.valid != 0)
+        .and_then(|t| {
+            let mut buf = [0u8; 15];
+            memory.read_slice(&mut buf, GuestAddress(t.physical_address)).ok().map(|()| buf)
+        });
+    let bytes = match bytes {
+        Some(b) => b.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+        None => "unreadable".to_string(),
+    };
+    format!(
+        "vCPU {id}: KVM cannot emulate the guest instruction at RIP {:#018x} (suberror {suberror}); bytes there: {bytes}",
+        regs.rip
+    )
+}

@@ -1,0 +1,247 @@
+//! Building a machine from a configuration, running it, and rebooting it in place.
+//!
+//! `run` reads like a script: open KVM, then per boot create the VM, its memory, the kernel and
+//! boot data, the vCPUs; run until the guest powers off, resets or fails; on reset, tear the
+//! machine down and build it again from the same configuration.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{Cap, Kvm, VmFd};
+
+use crate::arch::{cpuid, pvh, regs};
+use crate::config::{ConsoleOutput, VmConfig};
+use crate::devices::console::{pump_input, Console};
+use crate::devices::platform::{BootTimes, Platform};
+use crate::devices::{Devices, ResetCause, StopReason};
+use crate::error::VmmError;
+use crate::kernel::{self, KernelImage};
+use crate::memory;
+use crate::vcpu::{self, RunContext};
+
+/// A reset this soon after (re)boot counts towards a reset loop.
+const RESET_LOOP_WINDOW: Duration = Duration::from_secs(1);
+/// Consecutive quick resets that make a reset loop.
+const RESET_LOOP_COUNT: u32 = 3;
+/// Address of the TSS KVM needs for real-mode emulation on Intel (3 pages below the BIOS area).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// How the guest ended, which decides the VMM's exit status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GuestEnd {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest reset (with `no_reboot`), or kept resetting right after boot.
+    ResetLoop,
+    /// The guest triple-faulted (with `no_reboot`), or kept triple-faulting right after boot.
+    TripleFault,
+    /// KVM could not emulate a guest instruction.
+    EmulationFailure(String),
+    /// The operator quit from the console.
+    Quit,
+}
+
+impl GuestEnd {
+    /// The VMM's exit status for this ending (documented in `vmm --help`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::PowerOff | Self::Quit => 0,
+            Self::ResetLoop => 3,
+            Self::TripleFault => 4,
+            Self::EmulationFailure(_) => 5,
+        }
+    }
+}
+
+impl fmt::Display for GuestEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::PowerOff => f.write_str("the guest powered off"),
+            Self::ResetLoop => f.write_str("the guest reset and the VMM did not reboot it"),
+            Self::TripleFault => f.write_str("the guest triple-faulted"),
+            Self::EmulationFailure(what) => f.write_str(what),
+            Self::Quit => f.write_str("stopped from the console"),
+        }
+    }
+}
+
+/// Runs the VM described by `config` until the guest ends.
+pub fn run(config: &VmConfig) -> Result<GuestEnd, VmmError> {
+    run_with(config, Instant::now(), |_| {})
+}
+
+/// Like `run`, timing from `process_start` and reporting each boot's milestones to `on_boot_end`.
+pub fn run_with(
+    config: &VmConfig,
+    process_start: Instant,
+    mut on_boot_end: impl FnMut(&BootTimes),
+) -> Result<GuestEnd, VmmError> {
+    config.validate()?;
+    let kvm = open_kvm()?;
+    let image = KernelImage::open(&config.kernel)?;
+    let console = Arc::new(Console::new(console_output(&config.console)?).map_err(|source| VmmError::Console {
+        path: "console".into(),
+        source,
+    })?);
+    vcpu::install_kick_handler()?;
+    let quit_requests = Arc::new(std::sync::Mutex::new(None::<Arc<RunContext>>));
+    start_input_thread(&console, &quit_requests)?;
+
+    let boot_times = Arc::new(BootTimes::new(process_start));
+    let mut quick_resets = 0;
+    loop {
+        let boot_start = Instant::now();
+        let machine = Machine::build(&kvm, config, &image, &console, &boot_times)?;
+        *quit_requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.ctx.clone());
+        let reason = machine.run()?;
+        on_boot_end(&boot_times);
+        let cause = match reason {
+            StopReason::PowerOff => return Ok(GuestEnd::PowerOff),
+            StopReason::Quit => return Ok(GuestEnd::Quit),
+            StopReason::EmulationFailure(what) => return Ok(GuestEnd::EmulationFailure(what)),
+            StopReason::Fatal(what) => return Err(VmmError::BootData { what: "the guest", source: what.into() }),
+            StopReason::Reset(cause) => cause,
+        };
+        let ending = if cause == ResetCause::TripleFault { GuestEnd::TripleFault } else { GuestEnd::ResetLoop };
+        if config.no_reboot {
+            return Ok(ending);
+        }
+        quick_resets = if boot_start.elapsed() < RESET_LOOP_WINDOW { quick_resets + 1 } else { 0 };
+        if quick_resets >= RESET_LOOP_COUNT {
+            tracing::error!("the guest reset {quick_resets} times within {RESET_LOOP_WINDOW:?} of booting; giving up");
+            return Ok(ending);
+        }
+        tracing::info!(?cause, "guest reset; rebooting");
+        console.reset().map_err(|source| VmmError::Console { path: "console".into(), source })?;
+        boot_times.restart();
+    }
+}
+
+fn open_kvm() -> Result<Kvm, VmmError> {
+    match Kvm::new() {
+        Ok(kvm) => Ok(kvm),
+        Err(e) if e.errno() == libc::ENOENT => Err(VmmError::KvmMissing),
+        Err(e) => Err(VmmError::KvmAccess(std::io::Error::from_raw_os_error(e.errno()))),
+    }
+}
+
+fn console_output(output: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmmError> {
+    match output {
+        ConsoleOutput::Stdout => Ok(Box::new(std::io::stdout())),
+        ConsoleOutput::File(path) => File::create(path)
+            .map(|f| Box::new(f) as Box<dyn Write + Send>)
+            .map_err(|source| VmmError::Console { path: path.clone(), source }),
+    }
+}
+
+/// Feeds stdin to the console for as long as the process runs; Ctrl-A x quits.
+fn start_input_thread(
+    console: &Arc<Console>,
+    current: &Arc<std::sync::Mutex<Option<Arc<RunContext>>>>,
+) -> Result<(), VmmError> {
+    let console = console.clone();
+    let current = current.clone();
+    std::thread::Builder::new()
+        .name("console-input".into())
+        .spawn(move || {
+            pump_input(&console, std::io::stdin().lock(), || {
+                if let Some(ctx) = current.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                    ctx.request_stop(StopReason::Quit);
+                }
+            })
+        })
+        .map(drop)
+        .map_err(|source| VmmError::Thread { what: "console input", source })
+}
+
+/// One boot of the VM: KVM objects, memory and vCPUs, ready to run.
+struct Machine {
+    // Field order is drop order: vCPU fds go before the VM fd, the VM before its memory (held
+    // by `ctx`), as the memory registration requires.
+    vcpus: Vec<kvm_ioctls::VcpuFd>,
+    _vm: VmFd,
+    ctx: Arc<RunContext>,
+}
+
+impl Machine {
+    fn build(
+        kvm: &Kvm,
+        config: &VmConfig,
+        image: &KernelImage,
+        console: &Arc<Console>,
+        boot_times: &Arc<BootTimes>,
+    ) -> Result<Self, VmmError> {
+        let vm = kvm.create_vm().map_err(VmmError::kvm("create a VM"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS).map_err(VmmError::kvm("set the TSS address"))?;
+        vm.create_irq_chip().map_err(VmmError::kvm("create the in-kernel interrupt controllers"))?;
+        vm.register_irqfd(console.irq(), crashvisor_abi::serial::COM1_IRQ)
+            .map_err(VmmError::kvm("connect the COM1 interrupt"))?;
+
+        let memory = memory::create(&vm, config.memory_bytes())?;
+        let loaded = kernel::load(&memory, image, config.memory_mib)?;
+        pvh::write_boot_data(&memory, config.memory_bytes(), &config.cmdline, &image.bytes, loaded.end)?;
+
+        let base_cpuid = cpuid::supported(kvm)?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+        for id in 0..config.vcpus {
+            let vcpu = vm.create_vcpu(u64::from(id)).map_err(VmmError::kvm("create a vCPU"))?;
+            let tsc_khz = vcpu.get_tsc_khz().map_err(VmmError::kvm("read the TSC frequency"))?;
+            vcpu.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, id, config.vcpus, tsc_khz, tsc_deadline)?)
+                .map_err(VmmError::kvm("set the vCPU's CPUID"))?;
+            regs::setup_lint(&vcpu)?;
+            if id == 0 {
+                regs::setup_pvh_entry(&vcpu, loaded.entry.0, crashvisor_abi::layout::PVH_INFO_GPA)?;
+            }
+            vcpus.push(vcpu);
+        }
+
+        let devices = Devices {
+            console: console.clone(),
+            platform: Platform::new(boot_times.clone()),
+            unknown_accesses: Default::default(),
+        };
+        Ok(Self { vcpus, _vm: vm, ctx: Arc::new(RunContext::new(devices, memory)) })
+    }
+
+    /// Runs every vCPU on its own thread until the machine stops, then joins them.
+    fn run(mut self) -> Result<StopReason, VmmError> {
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (id, vcpu) in self.vcpus.drain(..).enumerate() {
+            let ctx = self.ctx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || vcpu::run(vcpu, id, ctx))
+                .map_err(|source| VmmError::Thread { what: "vCPU", source });
+            match thread {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.ctx.request_stop(StopReason::Fatal(e.to_string()));
+                    stop_threads(&threads);
+                    return Err(e);
+                }
+            }
+        }
+        let reason = self.ctx.wait_for_stop();
+        stop_threads(&threads);
+        for thread in threads {
+            if thread.join().is_err() {
+                tracing::error!("a vCPU thread panicked");
+            }
+        }
+        Ok(reason)
+    }
+}
+
+/// Kicks every vCPU thread out of `KVM_RUN`; they see the stop flag and return.
+fn stop_threads(threads: &[std::thread::JoinHandle<()>]) {
+    for thread in threads {
+        // SAFETY: pthread_kill with a valid, joinable thread handle and a signal whose handler is
+        // installed; the thread has not been joined yet, so the handle is alive.
+        unsafe { libc::pthread_kill(thread.as_pthread_t(), vcpu::kick_signal()) };
+    }
+}
