@@ -2,6 +2,10 @@
 //!
 //! The linker reserves `KALLSYMS_SIZE` zero bytes in `.kallsyms`; after linking, `vmm/build.rs`
 //! writes the table (format: `crashvisor_klib::symbols`) into them, so no second link is needed.
+//! It is parsed once at boot; readers (oops, NMI, panic paths) then take no lock.
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use crashvisor_klib::symbols::SymbolTable;
 
@@ -17,15 +21,37 @@ extern "C" {
     static __kallsyms_end: u8;
 }
 
-/// The embedded table, or `None` if the image was not post-processed.
-pub fn table() -> Option<SymbolTable<'static>> {
-    // SAFETY: the linker symbols bound the `.kallsyms` section, which is mapped read-only for
-    // the kernel's lifetime. Going through the symbols (not `KALLSYMS_SPACE`) keeps the compiler
+struct Parsed(UnsafeCell<Option<SymbolTable<'static>>>);
+// SAFETY: written once by the boot CPU in `init` before `READY` is set; read-only afterwards.
+unsafe impl Sync for Parsed {}
+static PARSED: Parsed = Parsed(UnsafeCell::new(None));
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Parses the embedded table. Boot CPU, once, before other CPUs start.
+pub fn init() {
+    // SAFETY: the linker symbols bound the `.kallsyms` section, which stays mapped for the
+    // kernel's lifetime. Going through the symbols (not `KALLSYMS_SPACE`) keeps the compiler
     // from assuming the bytes are still the zeros it emitted.
     let bytes = unsafe {
         let start = &__kallsyms_start as *const u8;
         let end = &__kallsyms_end as *const u8;
         core::slice::from_raw_parts(start, end as usize - start as usize)
     };
-    SymbolTable::parse(bytes)
+    // SAFETY: single writer before READY is published (see `Parsed`).
+    unsafe { *PARSED.0.get() = SymbolTable::parse(bytes) };
+    READY.store(true, Ordering::Release);
+}
+
+/// The embedded table, or `None` if the image was not post-processed (or before `init`).
+pub fn table() -> Option<SymbolTable<'static>> {
+    if !READY.load(Ordering::Acquire) {
+        return None;
+    }
+    // SAFETY: READY guarantees the single write happened; the value is never written again.
+    unsafe { *PARSED.0.get() }
+}
+
+/// Address of the kernel function named `name`.
+pub fn lookup_name(name: &str) -> Option<u64> {
+    table()?.find(name)
 }

@@ -1,26 +1,103 @@
-//! The crashvisor guest kernel.
+//! The crashvisor guest kernel: a small SMP x86_64 kernel that carries Linux's crash machinery.
+//!
+//! Boot order (`kernel_main`) follows Linux's `start_kernel` in miniature: per-CPU data and
+//! clock, console, command line, memory, traps and interrupt controllers, the scheduler, the
+//! other CPUs, then the first task (the shell) while the boot CPU becomes idle.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
 
 mod arch;
+mod bug;
+mod console;
+mod dumpstack;
 mod kallsyms;
+mod mm;
+mod nmi;
+mod oops;
+mod panic;
+mod params;
+mod printk;
+mod procfs;
+mod reboot;
+mod sched;
+mod setup;
+mod shell;
+mod smp;
+mod sync;
+mod taint;
+mod time;
+mod uts;
 
-use arch::cpu;
-use crashvisor_abi::serial::COM1_PORT;
+use arch::boot::BOOT_STACK_SIZE;
+use arch::{apic, cpu, gdt, idt, percpu};
+use crashvisor_abi::platform::{Progress, PLATFORM_PROGRESS};
+use crashvisor_abi::serial::COM1_IRQ;
+use sched::task::Policy;
 
-/// The Rust entry point, called by `start64` on the boot stack.
+extern "C" {
+    static boot_stack_top: u8;
+}
+
+/// The Rust entry point, called by `start64` on the boot stack with the PVH start-info address
+/// and the physical load offset.
 #[no_mangle]
-extern "C" fn kernel_main(_start_info: u64, _phys_base: u64) -> ! {
-    cpu::outsb(COM1_PORT, b"hello from the guest\n");
-    loop {
-        cpu::hlt();
+extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
+    mm::set_phys_base(phys_base);
+    percpu::init(0, cpu::cpuid(1, 0).ebx >> 24);
+    time::init();
+    console::init();
+    setup::save_cmdline(start_info);
+    params::apply();
+    pr_notice!("Linux version {} (crashvisor guest kernel) {}", uts::RELEASE, uts::VERSION);
+    pr_info!("Command line: {}", params::cmdline().as_str());
+    if !apic::x2apic_supported() {
+        kpanic!("this kernel needs x2APIC (CPUID.1:ECX[21]); the virtual CPU lacks it");
     }
+    if !setup::memory(start_info) {
+        kpanic!("cannot set up memory from the PVH boot data");
+    }
+    kallsyms::init();
+    pr_info!("tsc: Detected {}.{:03} MHz processor", time::tsc_khz() / 1000, time::tsc_khz() % 1000);
+
+    gdt::init_cpu(0);
+    idt::init();
+    idt::load();
+    apic::disable_legacy_pic();
+    apic::init_local();
+    apic::route_isa_irq(COM1_IRQ as u8, arch::idt::vector::ISA_IRQ_BASE + COM1_IRQ as u8, apic::id());
+    pr_info!("x2apic enabled");
+
+    // SAFETY: only the address of the boot stack's top is taken.
+    let stack_top = unsafe { &boot_stack_top as *const u8 as u64 };
+    sched::init_idle(0, stack_top - BOOT_STACK_SIZE as u64, BOOT_STACK_SIZE as u64);
+    percpu::of(0).online.store(true, core::sync::atomic::Ordering::Release);
+    smp::count_cpus(params::cpu_limit());
+    smp::boot_secondary_cpus();
+    if smp::possible_cpus() == 1 {
+        pr_info!("smp: Brought up 1 node, 1 CPU");
+    }
+    cpu::outb(PLATFORM_PROGRESS, Progress::AllCpusOnline as u8);
+    let (total, free) = (
+        setup::MEMORY_MAP.lock_irqsave().as_ref().map_or(0, |m| m.total_ram()) / 1024,
+        mm::frame::free_count() * 4,
+    );
+    pr_info!("Memory: {}K/{}K available", free, total);
+
+    console::enable_rx_interrupt();
+    pr_info!("Run /bin/sh as init process");
+    sched::spawn("sh", Policy::Normal, Some(0), shell::main, 0);
+    sched::idle_loop()
 }
 
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {
-        cpu::hlt();
+fn rust_panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    if let Some(location) = info.location() {
+        pr_emerg!("------------[ cut here ]------------");
+        pr_emerg!("kernel BUG at {}:{}!", location.file(), location.line());
     }
+    panic::panic(format_args!("{}", info.message()))
 }

@@ -164,14 +164,14 @@ impl<'a> Iterator for RawArgs<'a> {
 /// returns it with the end of its raw text.
 fn next_arg(text: &str, start: usize) -> (Param<'_>, usize) {
     let b = text.as_bytes();
-    let quoted = b[start] == b'"';
+    let is_quote = |at: usize| b.get(at) == Some(&b'"');
+    let quoted = is_quote(start);
     let args = start + usize::from(quoted);
     let mut in_quote = quoted;
     // Like Linux, an `=` as the very first character does not count.
     let mut equals = None;
     let mut end = args;
-    while end < b.len() {
-        let c = b[end];
+    while let Some(&c) = b.get(end) {
         if is_space(c) && !in_quote {
             break;
         }
@@ -190,9 +190,9 @@ fn next_arg(text: &str, start: usize) -> (Param<'_>, usize) {
     if let Some(eq) = equals {
         key = args..eq;
         let mut val = eq + 1..end;
-        if val.start < end && b[val.start] == b'"' {
+        if val.start < end && is_quote(val.start) {
             val.start += 1;
-            if b[end - 1] == b'"' {
+            if is_quote(end - 1) {
                 val.end = end - 1;
                 closing_quote_removed = true;
             }
@@ -201,7 +201,7 @@ fn next_arg(text: &str, start: usize) -> (Param<'_>, usize) {
         val.end = val.end.max(val.start);
         value = Some(val);
     }
-    if quoted && end > args && b[end - 1] == b'"' && !closing_quote_removed {
+    if quoted && end > args && is_quote(end - 1) && !closing_quote_removed {
         match value.as_mut() {
             Some(val) => val.end = end - 1,
             None => key.end = end - 1,
@@ -226,7 +226,7 @@ fn is_space(c: u8) -> bool {
 }
 
 fn skip_spaces(b: &[u8], mut pos: usize) -> usize {
-    while pos < b.len() && is_space(b[pos]) {
+    while b.get(pos).is_some_and(|&c| is_space(c)) {
         pos += 1;
     }
     pos
@@ -354,7 +354,10 @@ mod tests {
     use alloc::vec::Vec;
 
     fn params(text: &str) -> Vec<(&str, Option<&str>)> {
-        Cmdline::new(text).iter().map(|p| (p.key, p.value)).collect()
+        Cmdline::new(text)
+            .iter()
+            .map(|p| (p.key, p.value))
+            .collect()
     }
 
     #[test]
@@ -381,15 +384,24 @@ mod tests {
 
     #[test]
     fn removes_quotes_like_next_arg() {
-        assert_eq!(params(r#"key="a b" x"#), [("key", Some("a b")), ("x", None)]);
-        assert_eq!(params(r#""key=a b" x"#), [("key", Some("a b")), ("x", None)]);
+        assert_eq!(
+            params(r#"key="a b" x"#),
+            [("key", Some("a b")), ("x", None)]
+        );
+        assert_eq!(
+            params(r#""key=a b" x"#),
+            [("key", Some("a b")), ("x", None)]
+        );
         assert_eq!(params(r#""flag with space""#), [("flag with space", None)]);
         assert_eq!(params(r#"k=""#), [("k", Some(""))]);
         assert_eq!(params(r#""k=""#), [("k", Some(""))]);
         assert_eq!(params(r#"k="""#), [("k", Some(""))]);
         assert_eq!(params(r#""""#), [("", None)]);
         // A quote inside a value keeps whitespace together but stays in the text.
-        assert_eq!(params(r#"a=b"c d"e f"#), [("a", Some(r#"b"c d"e"#)), ("f", None)]);
+        assert_eq!(
+            params(r#"a=b"c d"e f"#),
+            [("a", Some(r#"b"c d"e"#)), ("f", None)]
+        );
         // An unterminated quote runs to the end.
         assert_eq!(params(r#"a="b c"#), [("a", Some("b c"))]);
     }
@@ -421,7 +433,10 @@ mod tests {
 
     #[test]
     fn dash_and_underscore_are_equal_in_keys() {
-        assert!(param_eq("crash_kexec_post_notifiers", "crash-kexec-post_notifiers"));
+        assert!(param_eq(
+            "crash_kexec_post_notifiers",
+            "crash-kexec-post_notifiers"
+        ));
         assert!(!param_eq("abc", "abd"));
         assert!(!param_eq("abc", "ab"));
     }
@@ -435,7 +450,10 @@ mod tests {
 
     #[test]
     fn non_ascii_text_is_sliced_safely() {
-        assert_eq!(params("k=\u{e0}\u{e9} \u{2603}"), [("k", Some("\u{e0}\u{e9}")), ("\u{2603}", None)]);
+        assert_eq!(
+            params("k=\u{e0}\u{e9} \u{2603}"),
+            [("k", Some("\u{e0}\u{e9}")), ("\u{2603}", None)]
+        );
     }
 
     #[test]
@@ -495,7 +513,9 @@ mod tests {
 
     #[test]
     fn parse_bool_matches_kstrtobool() {
-        for yes in ["1", "y", "Y", "yes", "t", "true", "T", "on", "ON", "oN", "1x"] {
+        for yes in [
+            "1", "y", "Y", "yes", "t", "true", "T", "on", "ON", "oN", "1x",
+        ] {
             assert_eq!(parse_bool(yes), Some(true), "{yes}");
         }
         for no in ["0", "n", "N", "no", "f", "false", "off", "OFF", "oFx"] {
@@ -509,14 +529,22 @@ mod tests {
     #[test]
     fn remove_param_drops_every_occurrence() {
         let mut out = [0u8; 128];
-        let cmdline = r#"crashkernel=64M  console=ttyS0 "crashkernel=1G" crash-kernel x="a b" crashkernelx"#;
+        let cmdline =
+            r#"crashkernel=64M  console=ttyS0 "crashkernel=1G" crash-kernel x="a b" crashkernelx"#;
         assert_eq!(
             remove_param(cmdline, "crashkernel", &mut out),
             Some(r#"console=ttyS0 crash-kernel x="a b" crashkernelx"#)
         );
-        assert_eq!(remove_param("crashkernel=1", "crashkernel", &mut out), Some(""));
         assert_eq!(
-            remove_param("a crashkernel=1 -- crashkernel=2  b ", "crashkernel", &mut out),
+            remove_param("crashkernel=1", "crashkernel", &mut out),
+            Some("")
+        );
+        assert_eq!(
+            remove_param(
+                "a crashkernel=1 -- crashkernel=2  b ",
+                "crashkernel",
+                &mut out
+            ),
             Some("a -- crashkernel=2  b")
         );
     }
@@ -525,6 +553,9 @@ mod tests {
     fn remove_param_reports_a_small_buffer() {
         let mut out = [0u8; 8];
         assert_eq!(remove_param("abcd efgh ij", "ij", &mut out), None);
-        assert_eq!(remove_param("abc efgh ij", "ij", &mut out), Some("abc efgh"));
+        assert_eq!(
+            remove_param("abc efgh ij", "ij", &mut out),
+            Some("abc efgh")
+        );
     }
 }

@@ -169,20 +169,19 @@ impl MemoryMap {
         let bounds = &mut bounds[..nr_bounds];
         bounds.sort_unstable();
         for pair in bounds.windows(2) {
-            let (start, end) = (pair[0], pair[1]);
+            let &[start, end] = pair else { continue };
             if start == end {
                 continue;
             }
-            let covering = entries
+            let kind = entries
                 .iter()
                 .filter_map(entry_span)
-                .filter(|&(s, e, _)| s <= start && start < e);
-            let mut kind = None;
-            for (_, _, entry_kind) in covering {
-                if entry_kind == RangeKind::Reserved || kind.is_none() {
-                    kind = Some(entry_kind);
-                }
-            }
+                .filter(|&(s, e, _)| s <= start && start < e)
+                .map(|(.., kind)| kind)
+                .reduce(|kind, other| match other {
+                    RangeKind::Reserved => other,
+                    _ => kind,
+                });
             if let Some(kind) = kind {
                 map.push(MemRange { start, end, kind })?;
             }
@@ -229,7 +228,10 @@ impl MemoryMap {
 
     /// The range containing `addr`, if any.
     pub fn find(&self, addr: u64) -> Option<MemRange> {
-        self.ranges().iter().copied().find(|range| range.contains(addr))
+        self.ranges()
+            .iter()
+            .copied()
+            .find(|range| range.contains(addr))
     }
 
     /// The highest `size`-byte block of unclaimed RAM that starts at a multiple of `align`
@@ -250,11 +252,11 @@ impl MemoryMap {
     /// around it. The whole range must be unclaimed RAM; nothing changes on error.
     pub fn reserve(&mut self, start: u64, end: u64, kind: RangeKind) -> Result<(), MemmapError> {
         let invalid = MemmapError::InvalidRange { start, end };
-        let start = start & !(PAGE_SIZE - 1);
-        let end = end.checked_next_multiple_of(PAGE_SIZE).ok_or(invalid)?;
         if start >= end || kind == RangeKind::Ram {
             return Err(invalid);
         }
+        let start = start & !(PAGE_SIZE - 1);
+        let end = end.checked_next_multiple_of(PAGE_SIZE).ok_or(invalid)?;
         let index = self
             .ranges()
             .iter()
@@ -270,11 +272,9 @@ impl MemoryMap {
         if new_len > MAX_RANGES {
             return Err(MemmapError::TooManyRanges);
         }
-        let mut at = index;
         self.remove(index);
-        for piece in pieces.into_iter().filter(|p| p.start < p.end) {
+        for (at, piece) in (index..).zip(pieces.into_iter().filter(|p| p.start < p.end)) {
             self.insert(at, piece);
-            at += 1;
         }
         self.coalesce();
         Ok(())
@@ -319,7 +319,7 @@ impl MemoryMap {
 
     /// Merges adjacent ranges of the same kind.
     fn coalesce(&mut self) {
-        let mut kept = 0;
+        let mut kept = 0usize;
         for i in 0..self.len {
             let range = self.ranges[i];
             match kept.checked_sub(1).map(|last| &mut self.ranges[last]) {
@@ -361,7 +361,8 @@ fn entry_span(entry: &MemmapEntry) -> Option<(u64, u64, RangeKind)> {
     let start = entry.addr & !(PAGE_SIZE - 1);
     let end = end
         .checked_next_multiple_of(PAGE_SIZE)
-        .unwrap_or(u64::MAX & !(PAGE_SIZE - 1));
+        // Saturate at the last page boundary.
+        .unwrap_or(!(PAGE_SIZE - 1));
     (start < end).then_some((start, end, RangeKind::Reserved))
 }
 
@@ -434,7 +435,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             map.ranges(),
-            [r(0, 0x4000, Ram), r(0x4000, 0x7000, Reserved), r(0x7000, 0x10_0000, Ram)]
+            [
+                r(0, 0x4000, Ram),
+                r(0x4000, 0x7000, Reserved),
+                r(0x7000, 0x10_0000, Ram)
+            ]
         );
         assert_eq!(map.available_ram(), 0x10_0000 - 0x3000);
     }
@@ -448,7 +453,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             map.ranges(),
-            [r(0x1000, 0x2000, Ram), r(u64::MAX - 0x2fff, u64::MAX & !0xfff, Ram)]
+            [r(0x1000, 0x2000, Ram), r(u64::MAX - 0x2fff, !0xfff, Ram)]
         );
         assert!(MemoryMap::from_pvh(&[]).unwrap().ranges().is_empty());
     }
@@ -457,7 +462,10 @@ mod tests {
     fn rejects_too_many_entries() {
         let many: [MemmapEntry; MAX_RANGES + 1] =
             core::array::from_fn(|i| entry(i as u64 * 0x2000, 0x1000, MEMMAP_TYPE_RAM));
-        assert_eq!(MemoryMap::from_pvh(&many).unwrap_err(), MemmapError::TooManyRanges);
+        assert_eq!(
+            MemoryMap::from_pvh(&many).unwrap_err(),
+            MemmapError::TooManyRanges
+        );
         assert!(MemoryMap::from_pvh(&many[..MAX_RANGES]).is_ok());
     }
 
@@ -467,7 +475,11 @@ mod tests {
         map.reserve(0x20_0100, 0x30_0001, Kernel).unwrap();
         assert_eq!(
             map.ranges(),
-            [r(0, 0x20_0000, Ram), r(0x20_0000, 0x30_1000, Kernel), r(0x30_1000, 0x100_0000, Ram)]
+            [
+                r(0, 0x20_0000, Ram),
+                r(0x20_0000, 0x30_1000, Kernel),
+                r(0x30_1000, 0x100_0000, Ram)
+            ]
         );
         // Adjacent reservations of one kind merge.
         map.reserve(0x30_1000, 0x30_2000, Kernel).unwrap();
@@ -476,13 +488,28 @@ mod tests {
         let before = map.ranges().to_vec();
         assert_eq!(
             map.reserve(0x1f_0000, 0x21_0000, Module),
-            Err(MemmapError::NotRam { start: 0x1f_0000, end: 0x21_0000 })
+            Err(MemmapError::NotRam {
+                start: 0x1f_0000,
+                end: 0x21_0000
+            })
         );
         assert_eq!(map.ranges().to_vec(), before);
-        assert!(matches!(map.reserve(0x200_0000, 0x201_0000, Module), Err(MemmapError::NotRam { .. })));
-        assert!(matches!(map.reserve(5, 5, Module), Err(MemmapError::InvalidRange { .. })));
-        assert!(matches!(map.reserve(0, 0x1000, Ram), Err(MemmapError::InvalidRange { .. })));
-        assert!(matches!(map.reserve(0, u64::MAX, Module), Err(MemmapError::InvalidRange { .. })));
+        assert!(matches!(
+            map.reserve(0x200_0000, 0x201_0000, Module),
+            Err(MemmapError::NotRam { .. })
+        ));
+        assert!(matches!(
+            map.reserve(5, 5, Module),
+            Err(MemmapError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            map.reserve(0, 0x1000, Ram),
+            Err(MemmapError::InvalidRange { .. })
+        ));
+        assert!(matches!(
+            map.reserve(0, u64::MAX, Module),
+            Err(MemmapError::InvalidRange { .. })
+        ));
         // Reserving a whole RAM range replaces it.
         map.reserve(0, 0x20_0000, BootData).unwrap();
         assert_eq!(map.ranges()[0], r(0, 0x20_0000, BootData));
@@ -501,7 +528,10 @@ mod tests {
             addr += 0x2000;
         }
         // Splitting in the middle needs two more slots.
-        assert_eq!(map.reserve(addr, addr + 0x1000, Module), Err(MemmapError::TooManyRanges));
+        assert_eq!(
+            map.reserve(addr, addr + 0x1000, Module),
+            Err(MemmapError::TooManyRanges)
+        );
         // Taking the head of the last RAM range needs one.
         map.reserve(addr - 0x1000, addr, BootData).unwrap();
         assert_eq!(map.ranges().len(), MAX_RANGES);
@@ -516,21 +546,40 @@ mod tests {
         ])
         .unwrap();
         let mib = 1 << 20;
-        assert_eq!(map.find_free_top_down(64 * mib, 16 * mib, u64::MAX), Some(0x1_0c00_0000));
-        assert_eq!(map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000), Some(0x7c00_0000));
-        assert_eq!(map.find_free_top_down(0x1000, 0x1000, 0x10_0000), Some(0x9e000));
+        assert_eq!(
+            map.find_free_top_down(64 * mib, 16 * mib, u64::MAX),
+            Some(0x1_0c00_0000)
+        );
+        assert_eq!(
+            map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000),
+            Some(0x7c00_0000)
+        );
+        assert_eq!(
+            map.find_free_top_down(0x1000, 0x1000, 0x10_0000),
+            Some(0x9e000)
+        );
         assert_eq!(map.find_free_top_down(4096 * mib, 0x1000, u64::MAX), None);
         assert_eq!(map.find_free_top_down(0, 0x1000, u64::MAX), None);
         assert_eq!(map.find_free_top_down(0x1000, 3, u64::MAX), None);
-        let base = map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000).unwrap();
+        let base = map
+            .find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000)
+            .unwrap();
         map.reserve(base, base + 64 * mib, CrashKernel).unwrap();
-        assert_eq!(map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000), Some(0x7800_0000));
+        assert_eq!(
+            map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000),
+            Some(0x7800_0000)
+        );
     }
 
     #[test]
     fn errors_read_as_sentences() {
-        let err = MemmapError::NotRam { start: 0x1000, end: 0x2000 };
-        assert_eq!(alloc::format!("{err}"), "memory range [0x1000-0x2000) is not free RAM");
+        let err = MemmapError::NotRam {
+            start: 0x1000,
+            end: 0x2000,
+        };
+        assert_eq!(
+            alloc::format!("{err}"),
+            "memory range [0x1000-0x2000) is not free RAM"
+        );
     }
-
 }

@@ -210,7 +210,11 @@ impl Symbol<'_> {
 
 /// Formats `addr` like Linux's `%pS`: `name+0x1a/0x80`, or `0xffffffff81234567` when no
 /// symbol contains it (or there is no table).
-pub fn format_address<'b>(table: Option<&SymbolTable<'_>>, addr: u64, out: &'b mut [u8]) -> &'b [u8] {
+pub fn format_address<'b>(
+    table: Option<&SymbolTable<'_>>,
+    addr: u64,
+    out: &'b mut [u8],
+) -> &'b [u8] {
     match table.and_then(|table| table.lookup(addr)) {
         Some(symbol) => symbol.format(out),
         None => {
@@ -266,7 +270,8 @@ pub fn build(text_base: u64, symbols: &[(u64, u64, &str)]) -> alloc::vec::Vec<u8
     let mut strtab = Vec::new();
     let mut count: u32 = 0;
     for (offset, size, name) in kept {
-        let (Ok(name_offset), Ok(name_len)) = (u32::try_from(strtab.len()), u32::try_from(name.len()))
+        let (Ok(name_offset), Ok(name_len)) =
+            (u32::try_from(strtab.len()), u32::try_from(name.len()))
         else {
             break;
         };
@@ -319,7 +324,12 @@ mod tests {
         assert_eq!(table.len(), 5);
         assert_eq!(
             table.lookup(BASE + 0x1a),
-            Some(Symbol { name: "start_kernel", addr: BASE, size: 0x80, offset: 0x1a })
+            Some(Symbol {
+                name: "start_kernel",
+                addr: BASE,
+                size: 0x80,
+                offset: 0x1a
+            })
         );
         assert_eq!(table.lookup(BASE).unwrap().offset, 0);
         assert_eq!(table.lookup(BASE + 0x80).unwrap().name, "panic");
@@ -328,7 +338,10 @@ mod tests {
         assert_eq!(table.lookup(BASE + 0xc0), None);
         // Size 0: up to the next symbol.
         let gap = table.lookup(BASE + 0x1ff).unwrap();
-        assert_eq!((gap.name, gap.size, gap.offset), ("gap_to_third", 0x100, 0xff));
+        assert_eq!(
+            (gap.name, gap.size, gap.offset),
+            ("gap_to_third", 0x100, 0xff)
+        );
         assert_eq!(table.lookup(BASE + 0x210), None);
         // The last size-0 symbol covers only its address.
         assert_eq!(table.lookup(BASE + 0x300).unwrap().name, "_etext");
@@ -346,7 +359,10 @@ mod tests {
         assert_eq!(table.find("pani"), None);
         assert_eq!(table.text_base(), BASE);
         let names: Vec<_> = table.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["start_kernel", "panic", "gap_to_third", "third", "_etext"]);
+        assert_eq!(
+            names,
+            ["start_kernel", "panic", "gap_to_third", "third", "_etext"]
+        );
     }
 
     #[test]
@@ -354,17 +370,38 @@ mod tests {
         let bytes = sample();
         let table = SymbolTable::parse(&bytes).unwrap();
         let mut out = [0u8; 64];
-        assert_eq!(format_address(Some(&table), BASE + 0x1a, &mut out), b"start_kernel+0x1a/0x80");
-        assert_eq!(format_address(Some(&table), BASE + 0x80, &mut out), b"panic+0x0/0x40");
-        assert_eq!(format_address(Some(&table), BASE + 0xc0, &mut out), b"0xffffffff810000c0");
+        assert_eq!(
+            format_address(Some(&table), BASE + 0x1a, &mut out),
+            b"start_kernel+0x1a/0x80"
+        );
+        assert_eq!(
+            format_address(Some(&table), BASE + 0x80, &mut out),
+            b"panic+0x0/0x40"
+        );
+        assert_eq!(
+            format_address(Some(&table), BASE + 0xc0, &mut out),
+            b"0xffffffff810000c0"
+        );
         assert_eq!(format_address(None, 0, &mut out), b"0x0");
         // %pB: a return address just past the end of panic is still panic.
-        assert_eq!(format_return_address(Some(&table), BASE + 0xc0, &mut out), b"panic+0x40/0x40");
-        assert_eq!(format_return_address(Some(&table), BASE + 0x10, &mut out), b"start_kernel+0x10/0x80");
+        assert_eq!(
+            format_return_address(Some(&table), BASE + 0xc0, &mut out),
+            b"panic+0x40/0x40"
+        );
+        assert_eq!(
+            format_return_address(Some(&table), BASE + 0x10, &mut out),
+            b"start_kernel+0x10/0x80"
+        );
         assert_eq!(format_return_address(Some(&table), 0, &mut out), b"0x0");
-        assert_eq!(format_return_address(Some(&table), BASE, &mut out), b"0xffffffff81000000");
+        assert_eq!(
+            format_return_address(Some(&table), BASE, &mut out),
+            b"0xffffffff81000000"
+        );
         let mut small = [0u8; 8];
-        assert_eq!(format_address(Some(&table), BASE + 1, &mut small), b"start_ke");
+        assert_eq!(
+            format_address(Some(&table), BASE + 1, &mut small),
+            b"start_ke"
+        );
     }
 
     #[test]
@@ -386,7 +423,10 @@ mod tests {
         let names: Vec<_> = table.iter().map(|s| (s.name, s.size)).collect();
         assert_eq!(names, [("h\u{e9}llo", 8), ("sized", 4)]);
         // Addresses near the top of the address space do not overflow.
-        let top = build(u64::MAX - 16, &[(u64::MAX - 16, 16, "top"), (u64::MAX - 8, 9, "over")]);
+        let top = build(
+            u64::MAX - 16,
+            &[(u64::MAX - 16, 16, "top"), (u64::MAX - 8, 9, "over")],
+        );
         let table = SymbolTable::parse(&top).unwrap();
         assert_eq!(table.len(), 1);
         assert_eq!(table.lookup(u64::MAX - 1).unwrap().name, "top");
@@ -399,12 +439,18 @@ mod tests {
         assert!(table.is_empty());
         assert_eq!(table.lookup(BASE), None);
         bytes.resize(4096, 0);
-        assert!(SymbolTable::parse(&bytes).is_some(), "trailing padding is ignored");
+        assert!(
+            SymbolTable::parse(&bytes).is_some(),
+            "trailing padding is ignored"
+        );
     }
 
     #[test]
     fn rejects_malformed_tables() {
-        assert!(SymbolTable::parse(&[0u8; 4096]).is_none(), "all zeros means no table");
+        assert!(
+            SymbolTable::parse(&[0u8; 4096]).is_none(),
+            "all zeros means no table"
+        );
         assert!(SymbolTable::parse(&[]).is_none());
         let good = sample();
         let corrupt = |at: usize, value: &[u8]| {
@@ -424,7 +470,10 @@ mod tests {
         // Name past the string table, and name overflow.
         assert!(corrupt(HEADER_SIZE + 8, &1000u32.to_le_bytes()));
         assert!(corrupt(HEADER_SIZE + 12, &u32::MAX.to_le_bytes()));
-        assert!(SymbolTable::parse(&good[..good.len() - 1]).is_none(), "truncated");
+        assert!(
+            SymbolTable::parse(&good[..good.len() - 1]).is_none(),
+            "truncated"
+        );
         // Invalid UTF-8, and a name cut inside a character.
         let strtab = good.len() - "start_kernelpanicgap_to_thirdthird_etext".len();
         assert!(corrupt(strtab, &[0xff]));

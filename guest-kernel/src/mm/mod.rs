@@ -41,7 +41,37 @@ pub fn phys_to_virt(pa: u64) -> u64 {
 
 extern "C" {
     static _text: u8;
+    static _etext: u8;
+    static _edata: u8;
+    static __bss_start: u8;
+    static __bss_stop: u8;
     static _end: u8;
+}
+
+/// Physical boundaries of the kernel image's parts (for `/proc/iomem`).
+pub struct KernelSections {
+    /// End of code.
+    pub text_end: u64,
+    /// End of initialised data.
+    pub data_end: u64,
+    /// Start of bss.
+    pub bss_start: u64,
+    /// End of bss.
+    pub bss_end: u64,
+}
+
+/// Where the kernel's code, data and bss are.
+pub fn kernel_sections() -> KernelSections {
+    let phys = |p: *const u8| kernel_virt_to_phys(p as u64);
+    // SAFETY: only the addresses of the linker symbols are taken.
+    unsafe {
+        KernelSections {
+            text_end: phys(&_etext),
+            data_end: phys(&_edata),
+            bss_start: phys(&__bss_start),
+            bss_end: phys(&__bss_stop),
+        }
+    }
 }
 
 /// Physical extent `[start, end)` of the loaded kernel image.

@@ -1,21 +1,26 @@
 //! The kernel's page tables: the boot code's kernel map, plus the direct map of physical memory
-//! at `PAGE_OFFSET`, built with 1 GiB pages (a handful of entries: cheap to build under an
-//! instruction emulator, and no page-table pages to allocate).
+//! at `PAGE_OFFSET`. The direct map uses 1 GiB pages when the CPU has them (a handful of
+//! entries), else 2 MiB pages from a static pool of page directories; either way it is cheap to
+//! build under an instruction emulator and needs no allocator.
 
 use core::cell::UnsafeCell;
 
-use crashvisor_abi::layout::PAGE_OFFSET;
+use crashvisor_abi::layout::{IOAPIC_GPA, PAGE_OFFSET};
 
 use super::cpu;
 use crate::mm;
 
 const PRESENT: u64 = 1;
 const WRITABLE: u64 = 1 << 1;
+const WRITE_THROUGH: u64 = 1 << 3;
+const CACHE_DISABLE: u64 = 1 << 4;
 const HUGE: u64 = 1 << 7;
 const GIB: u64 = 1 << 30;
+const MIB2: u64 = 1 << 21;
 
-/// Largest physical address space the direct map covers (one PDPT of 1 GiB pages).
-pub const DIRECT_MAP_MAX: u64 = 512 * GIB;
+/// Largest physical address the 2 MiB-page direct map covers (the page-directory pool's size).
+pub const DIRECT_MAP_MAX_2M: u64 = 64 * GIB;
+const POOL_DIRECTORIES: usize = (DIRECT_MAP_MAX_2M / GIB) as usize;
 
 #[repr(C, align(4096))]
 struct Table(UnsafeCell<[u64; 512]>);
@@ -23,6 +28,7 @@ struct Table(UnsafeCell<[u64; 512]>);
 unsafe impl Sync for Table {}
 
 static DIRECT_MAP_PDPT: Table = Table(UnsafeCell::new([0; 512]));
+static DIRECT_MAP_PDS: [Table; POOL_DIRECTORIES] = [const { Table(UnsafeCell::new([0; 512])) }; POOL_DIRECTORIES];
 
 extern "C" {
     /// The top-level page table built by the boot code (Linux's `init_top_pgt`).
@@ -30,24 +36,42 @@ extern "C" {
 }
 
 /// Whether the CPU supports 1 GiB pages.
-pub fn gib_pages_supported() -> bool {
+fn gib_pages_supported() -> bool {
     cpu::cpuid(0x8000_0001, 0).edx & (1 << 26) != 0
 }
 
-/// Maps physical `[0, end)` (rounded up to 1 GiB, and at least the low 4 GiB so the APIC MMIO
-/// pages are reachable) at `PAGE_OFFSET`.
-pub fn init_direct_map(end: u64) {
-    let end = end.max(4 * GIB).min(DIRECT_MAP_MAX);
-    // SAFETY: boot CPU only, before SMP bring-up; no other reference to the table exists.
+/// Maps physical `[0, end)` and the I/O APIC's page at `PAGE_OFFSET`. Returns the end actually
+/// mapped (RAM beyond the 2 MiB pool is left out and must not be used).
+pub fn init_direct_map(end: u64) -> u64 {
+    // SAFETY: boot CPU only, before SMP bring-up; no other reference to the tables exists.
     let pdpt = unsafe { &mut *DIRECT_MAP_PDPT.0.get() };
-    for (i, entry) in pdpt.iter_mut().enumerate().take(end.div_ceil(GIB) as usize) {
-        *entry = (i as u64 * GIB) | HUGE | WRITABLE | PRESENT;
-    }
+    let mapped = if gib_pages_supported() {
+        let end = end.max(4 * GIB).min(512 * GIB);
+        for (i, entry) in pdpt.iter_mut().enumerate().take(end.div_ceil(GIB) as usize) {
+            *entry = (i as u64 * GIB) | HUGE | WRITABLE | PRESENT;
+        }
+        end
+    } else {
+        let end = end.min(DIRECT_MAP_MAX_2M);
+        let mut map_2m = |pa: u64, flags: u64| {
+            let gib = (pa / GIB) as usize;
+            // SAFETY: as above, boot CPU only; `gib` < POOL_DIRECTORIES for every caller.
+            let pd = unsafe { &mut *DIRECT_MAP_PDS[gib].0.get() };
+            pd[((pa / MIB2) % 512) as usize] = pa | HUGE | flags | PRESENT;
+            pdpt[gib] = mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
+        };
+        for pa in (0..end.div_ceil(MIB2)).map(|i| i * MIB2) {
+            map_2m(pa, WRITABLE);
+        }
+        map_2m(IOAPIC_GPA & !(MIB2 - 1), WRITABLE | WRITE_THROUGH | CACHE_DISABLE);
+        end
+    };
     let pdpt_phys = mm::kernel_virt_to_phys(DIRECT_MAP_PDPT.0.get() as u64);
     let index = ((PAGE_OFFSET >> 39) & 511) as usize;
     // SAFETY: installs the direct map in an unused top-level slot of the live page table; no
     // existing translation changes, so no TLB flush is needed.
     unsafe { (*init_top_pgt.get())[index] = pdpt_phys | WRITABLE | PRESENT };
+    mapped
 }
 
 /// Physical address of the top-level page table (what CR3 holds; Linux's `init_top_pgt`).
@@ -59,4 +83,25 @@ pub fn top_table_phys() -> u64 {
 pub fn top_table_virt() -> u64 {
     // SAFETY: only the address of the static is taken.
     unsafe { init_top_pgt.get() as u64 }
+}
+
+/// Prints the page-table walk for `address` like Linux's `dump_pagetable` (`PGD 0 P4D 0`...).
+pub fn print_walk(address: u64) {
+    // SAFETY: reads the live top-level table; entries are plain words.
+    let pgd = unsafe { (*init_top_pgt.get())[((address >> 39) & 511) as usize] };
+    if pgd & PRESENT == 0 {
+        crate::pr_alert!("PGD {:x} P4D {:x} ", pgd, pgd);
+        return;
+    }
+    let pud_table = mm::phys_to_virt(pgd & 0x000f_ffff_ffff_f000) as *const u64;
+    // SAFETY: a present entry points at a page-table page, which the direct map covers.
+    let pud = unsafe { pud_table.add(((address >> 30) & 511) as usize).read() };
+    if pud & PRESENT == 0 || pud & HUGE != 0 {
+        crate::pr_alert!("PGD {:x} P4D {:x} PUD {:x} ", pgd, pgd, pud);
+        return;
+    }
+    let pmd_table = mm::phys_to_virt(pud & 0x000f_ffff_ffff_f000) as *const u64;
+    // SAFETY: as above.
+    let pmd = unsafe { pmd_table.add(((address >> 21) & 511) as usize).read() };
+    crate::pr_alert!("PGD {:x} P4D {:x} PUD {:x} PMD {:x} ", pgd, pgd, pud, pmd);
 }

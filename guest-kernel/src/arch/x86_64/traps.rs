@@ -1,0 +1,121 @@
+//! Interrupt and exception dispatch. Exceptions in kernel code end as a Linux-style oops.
+
+use core::sync::atomic::Ordering;
+
+use super::idt::{vector, PtRegs};
+use super::{apic, cpu, percpu};
+
+const RFLAGS_IF: u64 = 1 << 9;
+/// ISA IRQ of COM1.
+const COM1_VECTOR: u8 = vector::ISA_IRQ_BASE + crashvisor_abi::serial::COM1_IRQ as u8;
+
+/// Called by `interrupt_common` for every vector with the saved registers.
+#[no_mangle]
+extern "C" fn interrupt_dispatch(vector: u64, regs: &mut PtRegs) {
+    match vector as u8 {
+        vector::NMI => crate::nmi::handle(regs),
+        v @ 0..=31 => exception(v, regs),
+        vector::SPURIOUS => {}
+        v => {
+            let block = percpu::this();
+            block.irq_depth.fetch_add(1, Ordering::Relaxed);
+            match v {
+                vector::LOCAL_TIMER => crate::time::interrupt(),
+                COM1_VECTOR => crate::console::interrupt(),
+                vector::CALL_FUNCTION => crate::smp::call_function_interrupt(),
+                _ => {} // reschedule IPI: the preemption check below does the work
+            }
+            apic::eoi();
+            block.irq_depth.fetch_sub(1, Ordering::Relaxed);
+            if regs.eflags & RFLAGS_IF != 0 && percpu::preempt_count() == 0 && percpu::need_resched() {
+                crate::sched::schedule();
+            }
+        }
+    }
+}
+
+/// Whether the CPU is handling an interrupt (Linux's `in_interrupt()` for hard IRQs).
+pub fn in_interrupt() -> bool {
+    percpu::this().irq_depth.load(Ordering::Relaxed) != 0
+}
+
+fn exception_name(v: u8) -> &'static str {
+    match v {
+        0 => "divide error",
+        1 => "debug",
+        3 => "int3",
+        4 => "overflow",
+        5 => "bounds",
+        6 => "invalid opcode",
+        7 => "device not available",
+        8 => "double fault",
+        10 => "invalid TSS",
+        11 => "segment not present",
+        12 => "stack segment",
+        13 => "general protection fault",
+        16 => "coprocessor error",
+        17 => "alignment check",
+        18 => "machine check",
+        19 => "simd error",
+        _ => "exception",
+    }
+}
+
+const PF_WRITE: u64 = 1 << 1;
+const PF_USER: u64 = 1 << 2;
+const PF_RSVD: u64 = 1 << 3;
+const PF_INSTR: u64 = 1 << 4;
+const PF_PROT: u64 = 1 << 0;
+const PF_PK: u64 = 1 << 5;
+
+fn exception(v: u8, regs: &mut PtRegs) {
+    if v == 6 && crate::bug::is_bug_site(regs.rip) {
+        crate::bug::report(regs.rip);
+        crate::oops::die("invalid opcode", 0, regs);
+        return;
+    }
+    match v {
+        14 => {
+            let address = cpu::read_cr2();
+            let error = regs.orig_rax;
+            if address < 4096 {
+                crate::pr_alert!("BUG: kernel NULL pointer dereference, address: {:016x}", address);
+            } else {
+                crate::pr_alert!("BUG: unable to handle page fault for address: {:016x}", address);
+            }
+            let access = if error & PF_INSTR != 0 {
+                "instruction fetch"
+            } else if error & PF_WRITE != 0 {
+                "write access"
+            } else {
+                "read access"
+            };
+            let mode = if error & PF_USER != 0 { "user" } else { "supervisor" };
+            crate::pr_alert!("#PF: {} {} in kernel mode", mode, access);
+            let reason = if error & PF_PROT == 0 {
+                "not-present page"
+            } else if error & PF_RSVD != 0 {
+                "reserved bit violation"
+            } else if error & PF_PK != 0 {
+                "protection keys violation"
+            } else {
+                "permissions violation"
+            };
+            crate::pr_alert!("#PF: error_code(0x{:04x}) - {}", error, reason);
+            super::paging::print_walk(address);
+            crate::oops::die("Oops", error, regs);
+        }
+        13 if regs.orig_rax == 0 => {
+            crate::oops::die("general protection fault", 0, regs);
+        }
+        8 => {
+            crate::oops::die("double fault", regs.orig_rax, regs);
+            // A double fault cannot be returned from.
+            crate::panic::panic(format_args!("Fatal exception in interrupt"));
+        }
+        _ => {
+            let error = if regs.orig_rax == u64::MAX { 0 } else { regs.orig_rax };
+            crate::oops::die(exception_name(v), error, regs);
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! printk: Linux's 3.5–5.9 record log (so `vmcore-dmesg` reads it from our vmcores) and the
+//! console, where each record appears as `[    0.123456] text`.
+
+use core::cell::UnsafeCell;
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+
+use crashvisor_klib::printk::{format_timestamp, LogIndex, Record, LOG_LINE_MAX, TIMESTAMP_MAX_LEN};
+
+use crate::{console, time};
+
+/// `KERN_EMERG`.
+pub const KERN_EMERG: u8 = 0;
+/// `KERN_ALERT`.
+pub const KERN_ALERT: u8 = 1;
+/// `KERN_CRIT`.
+pub const KERN_CRIT: u8 = 2;
+/// `KERN_ERR`.
+pub const KERN_ERR: u8 = 3;
+/// `KERN_WARNING`.
+pub const KERN_WARNING: u8 = 4;
+/// `KERN_NOTICE`.
+pub const KERN_NOTICE: u8 = 5;
+/// `KERN_INFO`.
+pub const KERN_INFO: u8 = 6;
+/// `KERN_DEBUG`.
+pub const KERN_DEBUG: u8 = 7;
+
+/// Size of the log buffer (Linux's `CONFIG_LOG_BUF_SHIFT` = 17).
+pub const LOG_BUF_LEN: usize = 1 << 17;
+
+/// Records below this level reach the console (Linux's `console_loglevel`, default 7).
+static CONSOLE_LOGLEVEL: AtomicU8 = AtomicU8::new(7);
+
+#[repr(C, align(8))]
+struct LogBuffer(UnsafeCell<[u8; LOG_BUF_LEN]>);
+
+/// The log state: the index and buffer, guarded by an owner-CPU lock so that a print from an
+/// NMI that interrupted a print on the same CPU is dropped instead of deadlocking.
+struct Log {
+    owner: AtomicU32,
+    index: UnsafeCell<LogIndex>,
+}
+
+// SAFETY: `index` and `LOG_BUF` are only accessed while `owner` is held (see `with_log`).
+unsafe impl Sync for Log {}
+// SAFETY: as above.
+unsafe impl Sync for LogBuffer {}
+
+static LOG: Log = Log { owner: AtomicU32::new(NO_OWNER), index: UnsafeCell::new(LogIndex::new()) };
+static LOG_BUF: LogBuffer = LogBuffer(UnsafeCell::new([0; LOG_BUF_LEN]));
+const NO_OWNER: u32 = u32::MAX;
+
+fn with_log<R>(f: impl FnOnce(&mut LogIndex, &mut [u8; LOG_BUF_LEN]) -> R) -> Option<R> {
+    let me = crate::arch::percpu::cpu_id() as u32;
+    let irq = crate::sync::irq::save();
+    loop {
+        match LOG.owner.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(owner) if owner == me => {
+                crate::sync::irq::restore(irq);
+                return None;
+            }
+            Err(_) => core::hint::spin_loop(),
+        }
+    }
+    // SAFETY: the owner lock is held, so this is the only access to the index and buffer.
+    let r = unsafe { f(&mut *LOG.index.get(), &mut *LOG_BUF.0.get()) };
+    LOG.owner.store(NO_OWNER, Ordering::Release);
+    crate::sync::irq::restore(irq);
+    Some(r)
+}
+
+/// Lets a panicking CPU log even if another CPU stopped while holding the log.
+pub fn bust_lock() {
+    LOG.owner.store(NO_OWNER, Ordering::Release);
+    console::bust_lock();
+}
+
+/// Raises the console level so every record is printed (Linux's `console_verbose`).
+pub fn console_verbose() {
+    CONSOLE_LOGLEVEL.store(15, Ordering::Relaxed);
+}
+
+/// Sets the console level (`loglevel=`, `quiet`).
+pub fn set_console_loglevel(level: u8) {
+    CONSOLE_LOGLEVEL.store(level, Ordering::Relaxed);
+}
+
+/// A 1 KiB line buffer, like Linux's `vsnprintf` into `textbuf`; longer text is cut.
+struct LineBuf {
+    buf: [u8; LOG_LINE_MAX],
+    len: usize,
+}
+
+impl Write for LineBuf {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.buf.len() - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+/// Logs formatted text at `level`; each line becomes one record.
+pub fn printk(level: u8, args: fmt::Arguments<'_>) {
+    let mut line = LineBuf { buf: [0; LOG_LINE_MAX], len: 0 };
+    let _ = line.write_fmt(args);
+    let mut text = &line.buf[..line.len];
+    if let Some(stripped) = text.strip_suffix(b"\n") {
+        text = stripped;
+    }
+    for part in text.split(|&b| b == b'\n') {
+        log_line(level, part);
+    }
+}
+
+/// Stores one record and echoes it to the console if its level is shown.
+pub fn log_line(level: u8, text: &[u8]) {
+    let ts = time::now_ns();
+    with_log(|index, buf| index.append(buf, ts, 0, level, text));
+    if level < CONSOLE_LOGLEVEL.load(Ordering::Relaxed) {
+        let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
+        let stamp = format_timestamp(ts, &mut stamp);
+        console::with_output(|emit| {
+            emit(stamp);
+            emit(text);
+            emit(b"\r\n");
+        });
+    }
+}
+
+/// Calls `f` for every record from sequence number `from_seq` on (the log is held meanwhile,
+/// so `f` must not print).
+pub fn for_each_record(from_seq: u64, mut f: impl FnMut(&Record<'_>)) {
+    with_log(|index, buf| {
+        for record in index.records(&buf[..], from_seq) {
+            f(&record);
+        }
+    });
+}
+
+/// Copies of the addresses `vmcore-dmesg` needs, for VMCOREINFO.
+pub struct LogSymbols {
+    /// Address of the buffer.
+    pub buf: u64,
+    /// Address of the `LogIndex`.
+    pub index: u64,
+}
+
+/// Where the log lives.
+pub fn symbols() -> LogSymbols {
+    LogSymbols { buf: LOG_BUF.0.get() as u64, index: LOG.index.get() as u64 }
+}
+
+/// `printk!(level, "fmt", args)`.
+#[macro_export]
+macro_rules! printk {
+    ($level:expr, $($arg:tt)*) => { $crate::printk::printk($level, format_args!($($arg)*)) };
+}
+
+/// `pr_info!("fmt", args)`.
+#[macro_export]
+macro_rules! pr_info {
+    ($($arg:tt)*) => { $crate::printk!($crate::printk::KERN_INFO, $($arg)*) };
+}
+
+/// `pr_err!("fmt", args)`.
+#[macro_export]
+macro_rules! pr_err {
+    ($($arg:tt)*) => { $crate::printk!($crate::printk::KERN_ERR, $($arg)*) };
+}
+
+/// `pr_warn!("fmt", args)`.
+#[macro_export]
+macro_rules! pr_warn {
+    ($($arg:tt)*) => { $crate::printk!($crate::printk::KERN_WARNING, $($arg)*) };
+}
+
+/// `pr_emerg!("fmt", args)`.
+#[macro_export]
+macro_rules! pr_emerg {
+    ($($arg:tt)*) => { $crate::printk!($crate::printk::KERN_EMERG, $($arg)*) };
+}
+
+/// `pr_alert!("fmt", args)`.
+#[macro_export]
+macro_rules! pr_alert {
+    ($($arg:tt)*) => { $crate::printk!($crate::printk::KERN_ALERT, $($arg)*) };
+}
+
+/// `pr_notice!("fmt", args)`.
+#[macro_export]
+macro_rules! pr_notice {
+    ($($arg:tt)*) => { $crate::printk!($crate::printk::KERN_NOTICE, $($arg)*) };
+}

@@ -1,0 +1,351 @@
+//! The scheduler: per-CPU run queues with a FIFO class above a round-robin normal class,
+//! preemption at interrupt exit and at `preempt_enable`, time slices only while tasks wait.
+
+pub mod task;
+pub mod wait;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use self::task::{Policy, Task, PF_IDLE, PF_KTHREAD, TASK_DEAD, TASK_RUNNING, TASK_UNINTERRUPTIBLE};
+use crate::arch::idt::vector;
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::{apic, switch};
+use crate::sync::{irq, SpinLock};
+
+/// Kernel stack size of a task.
+pub const STACK_SIZE: usize = 16 * 1024;
+/// Time slice of normal tasks.
+const SLICE_NS: u64 = 10_000_000;
+
+/// A CPU's runnable tasks (the running one is not in here).
+struct RunQueue {
+    fifo: VecDeque<&'static Task>,
+    normal: VecDeque<&'static Task>,
+}
+
+impl RunQueue {
+    const fn new() -> Self {
+        Self { fifo: VecDeque::new(), normal: VecDeque::new() }
+    }
+
+    fn enqueue(&mut self, task: &'static Task) {
+        task.on_rq.store(true, Ordering::Relaxed);
+        match task.policy {
+            Policy::Fifo(prio) => {
+                let pos = self
+                    .fifo
+                    .iter()
+                    .position(|t| matches!(t.policy, Policy::Fifo(p) if p < prio))
+                    .unwrap_or(self.fifo.len());
+                self.fifo.insert(pos, task);
+            }
+            Policy::Normal => self.normal.push_back(task),
+        }
+    }
+
+    fn pick(&mut self) -> Option<&'static Task> {
+        let task = self.fifo.pop_front().or_else(|| self.normal.pop_front())?;
+        task.on_rq.store(false, Ordering::Relaxed);
+        Some(task)
+    }
+
+    fn len(&self) -> usize {
+        self.fifo.len() + self.normal.len()
+    }
+
+    fn remove(&mut self, task: &Task) {
+        self.fifo.retain(|t| !core::ptr::eq(*t, task));
+        self.normal.retain(|t| !core::ptr::eq(*t, task));
+        task.on_rq.store(false, Ordering::Relaxed);
+    }
+}
+
+static RUN_QUEUES: [SpinLock<RunQueue>; MAX_CPUS] = [const { SpinLock::new(RunQueue::new()) }; MAX_CPUS];
+static SLICE_ARMED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+
+/// The task running on this CPU.
+pub fn current() -> &'static Task {
+    // SAFETY: every CPU sets `current` (to its idle task) before it runs any code that can
+    // call this, and tasks are never freed.
+    unsafe { &*percpu::current() }
+}
+
+/// Whether `a` should preempt `b`.
+fn preempts(a: &Task, b: &Task) -> bool {
+    match (a.policy, b.policy) {
+        (Policy::Fifo(pa), Policy::Fifo(pb)) => pa > pb,
+        (Policy::Fifo(_), Policy::Normal) => true,
+        (Policy::Normal, _) => b.flags & PF_IDLE != 0,
+    }
+}
+
+/// Turns the code running on this CPU into its idle task (pid 0, "swapper/N").
+pub fn init_idle(cpu: usize, stack_base: u64, stack_size: u64) {
+    let name = idle_name(cpu);
+    let mut idle = Task::new(0, 0, name.as_str(), Policy::Normal, cpu as u32, 1 << cpu, PF_KTHREAD | PF_IDLE);
+    idle.stack_base = stack_base;
+    idle.stack_size = stack_size;
+    let idle: &'static Task = Box::leak(Box::new(idle));
+    task::register(idle);
+    let block = percpu::of(cpu);
+    block.idle.store(idle as *const Task as *mut Task, Ordering::Relaxed);
+    block.set_current(idle as *const Task as *mut Task);
+}
+
+fn idle_name(cpu: usize) -> heapless_name::Name {
+    heapless_name::Name::swapper(cpu)
+}
+
+/// A tiny fixed string for "swapper/N".
+mod heapless_name {
+    pub struct Name {
+        buf: [u8; 16],
+        len: usize,
+    }
+    impl Name {
+        pub fn swapper(cpu: usize) -> Self {
+            let mut buf = [0u8; 16];
+            buf[..8].copy_from_slice(b"swapper/");
+            let mut len = 8;
+            if cpu >= 10 {
+                buf[len] = b'0' + (cpu / 10) as u8;
+                len += 1;
+            }
+            buf[len] = b'0' + (cpu % 10) as u8;
+            Self { buf, len: len + 1 }
+        }
+        pub fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.buf[..self.len]).unwrap_or("swapper")
+        }
+    }
+}
+
+/// Creates a kernel thread running `entry(arg)` on `cpu` (or the least busy allowed CPU when
+/// `cpu` is `None`) and makes it runnable.
+pub fn spawn(name: &str, policy: Policy, cpu: Option<usize>, entry: fn(usize), arg: usize) -> Option<&'static Task> {
+    let cpu = cpu.unwrap_or_else(least_loaded_cpu);
+    let stack = crate::mm::frame::alloc_pages(STACK_SIZE / 4096)?;
+    let mut task = Task::new(task::alloc_pid(), 2, name, policy, cpu as u32, 1 << cpu, PF_KTHREAD);
+    task.stack_base = stack;
+    task.stack_size = STACK_SIZE as u64;
+    task.entry = Some(entry);
+    task.arg = arg;
+    // SAFETY: the task is not shared yet; its stack was just allocated for it.
+    unsafe { *task.saved_rsp.get() = switch::initial_stack(stack + STACK_SIZE as u64) };
+    let task: &'static Task = Box::leak(Box::new(task));
+    task.last_switch_time_ns.store(crate::time::now_ns(), Ordering::Relaxed);
+    task::register(task);
+    enqueue_and_kick(task);
+    Some(task)
+}
+
+fn least_loaded_cpu() -> usize {
+    (0..MAX_CPUS)
+        .filter(|&c| percpu::of(c).online.load(Ordering::Relaxed))
+        .min_by_key(|&c| RUN_QUEUES[c].lock_irqsave().len())
+        .unwrap_or(0)
+}
+
+/// Queues a runnable task on its CPU and makes that CPU reschedule if the task should run now.
+fn enqueue_and_kick(task: &'static Task) {
+    let cpu = task.cpu();
+    let block = percpu::of(cpu);
+    {
+        let mut rq = RUN_QUEUES[cpu].lock_irqsave();
+        if task.on_rq.load(Ordering::Relaxed) || core::ptr::eq(block.current(), task) {
+            return; // already queued, or running (and about to see TASK_RUNNING)
+        }
+        rq.enqueue(task);
+    }
+    // SAFETY: `current` of an online CPU always points at a live task.
+    let running = unsafe { &*block.current() };
+    if preempts(task, running) {
+        block.set_need_resched(true);
+        if cpu != percpu::cpu_id() {
+            apic::send_ipi(block.apic_id.load(Ordering::Relaxed), vector::RESCHEDULE);
+        }
+    } else if cpu == percpu::cpu_id() {
+        arm_slice(cpu);
+    }
+}
+
+/// Makes a sleeping task runnable. Returns false if it was already running.
+pub fn wake_up(task: &'static Task) -> bool {
+    if task.state.swap(TASK_RUNNING, Ordering::AcqRel) == TASK_RUNNING {
+        return false;
+    }
+    enqueue_and_kick(task);
+    true
+}
+
+/// Sets the current task's state before it checks its wait condition and calls `schedule`.
+pub fn set_current_state(state: u8) {
+    current().state.store(state, Ordering::SeqCst);
+}
+
+fn slice_expired(cpu: usize) {
+    SLICE_ARMED[cpu].store(false, Ordering::Relaxed);
+    if RUN_QUEUES[cpu].lock_irqsave().len() > 0 {
+        percpu::this().set_need_resched(true);
+    }
+}
+
+fn arm_slice(cpu: usize) {
+    if !SLICE_ARMED[cpu].swap(true, Ordering::Relaxed)
+        && crate::time::add_timer_ns(SLICE_NS, slice_expired, cpu).is_none()
+    {
+        SLICE_ARMED[cpu].store(false, Ordering::Relaxed);
+    }
+}
+
+/// Picks the next task on this CPU and switches to it.
+pub fn schedule() {
+    if percpu::preempt_count() != 0 {
+        crate::pr_err!(
+            "BUG: scheduling while atomic: {}/{}/0x{:08x}",
+            current().comm(),
+            current().pid,
+            percpu::preempt_count()
+        );
+        return;
+    }
+    let was_enabled = irq::save();
+    let cpu = percpu::cpu_id();
+    let block = percpu::this();
+    let prev = current();
+    block.set_need_resched(false);
+    let next = {
+        let mut rq = RUN_QUEUES[cpu].lock();
+        let is_idle = prev.flags & PF_IDLE != 0;
+        let prev_runnable = prev.state() == TASK_RUNNING;
+        if prev_runnable && !is_idle && !prev.on_rq.load(Ordering::Relaxed) {
+            // Preempted, not sleeping: a FIFO task keeps the CPU unless something better waits.
+            if let Policy::Fifo(prio) = prev.policy {
+                // Preempted FIFO tasks stay at the head of their priority level.
+                let pos = rq
+                    .fifo
+                    .iter()
+                    .position(|t| matches!(t.policy, Policy::Fifo(p) if p <= prio))
+                    .unwrap_or(rq.fifo.len());
+                rq.fifo.insert(pos, prev);
+                prev.on_rq.store(true, Ordering::Relaxed);
+            } else {
+                rq.enqueue(prev);
+            }
+        }
+        let next = match rq.pick() {
+            Some(t) => t,
+            // SAFETY: `idle` is set for every online CPU by `init_idle`.
+            None => unsafe { &*block.idle.load(Ordering::Relaxed) },
+        };
+        if rq.len() > 0 && matches!(next.policy, Policy::Normal) {
+            drop(rq);
+            arm_slice(cpu);
+        }
+        next
+    };
+    if core::ptr::eq(prev, next) {
+        irq::restore(was_enabled);
+        return;
+    }
+    if prev.state() == TASK_RUNNING {
+        prev.nivcsw.fetch_add(1, Ordering::Relaxed);
+    } else {
+        prev.nvcsw.fetch_add(1, Ordering::Relaxed);
+    }
+    block.set_current(next as *const Task as *mut Task);
+    // SAFETY: interrupts are off, `prev` is this CPU's current task and `next` is a runnable
+    // task of this CPU whose saved stack pointer was written by a previous switch (or by
+    // `initial_stack`). Neither can be switched to by another CPU meanwhile.
+    unsafe { switch::switch_context(prev.saved_rsp.get(), *next.saved_rsp.get()) };
+    irq::restore(was_enabled);
+}
+
+/// The Rust entry of a new task (called by `task_trampoline` with interrupts on).
+#[no_mangle]
+extern "C" fn task_entry() -> ! {
+    let task = current();
+    if let Some(entry) = task.entry {
+        entry(task.arg);
+    }
+    exit_current()
+}
+
+/// Ends the current task; it never runs again.
+pub fn exit_current() -> ! {
+    irq::disable();
+    current().state.store(TASK_DEAD, Ordering::SeqCst);
+    loop {
+        // With preemption possibly disabled by a crashed holder, force it clear: this task
+        // holds nothing any more.
+        while percpu::preempt_count() > 0 {
+            crate::sync::preempt::enable_no_resched();
+        }
+        schedule();
+    }
+}
+
+fn wake_from_timer(task_addr: usize) {
+    // SAFETY: the address is a leaked `&'static Task` passed by `sleep_ns`.
+    let task: &'static Task = unsafe { &*(task_addr as *const Task) };
+    wake_up(task);
+}
+
+/// Sleeps for `ns` nanoseconds in `state` (Linux's `schedule_timeout` with that state).
+pub fn sleep_ns_state(ns: u64, state: u8) {
+    let me = current();
+    set_current_state(state);
+    let timer = crate::time::add_timer_ns(ns, wake_from_timer, me as *const Task as usize);
+    schedule();
+    if let Some(id) = timer {
+        crate::time::cancel(id);
+    }
+    me.state.store(TASK_RUNNING, Ordering::SeqCst);
+}
+
+/// Sleeps for `ms` milliseconds, uninterruptibly (Linux's `msleep`).
+pub fn msleep(ms: u64) {
+    sleep_ns_state(ms * 1_000_000, TASK_UNINTERRUPTIBLE);
+}
+
+/// The idle loop of a CPU: halt until there is work.
+pub fn idle_loop() -> ! {
+    loop {
+        irq::disable();
+        let pending = percpu::need_resched() || RUN_QUEUES[percpu::cpu_id()].lock().len() > 0;
+        if pending {
+            irq::enable();
+            schedule();
+        } else {
+            crate::arch::cpu::sti_hlt();
+        }
+    }
+}
+
+/// Number of queued tasks on `cpu` (for diagnostics).
+pub fn queued(cpu: usize) -> usize {
+    RUN_QUEUES[cpu].lock_irqsave().len()
+}
+
+/// Moves a task that is not running to another allowed CPU.
+pub fn set_cpu(task: &'static Task, cpu: usize) {
+    let old = task.cpu();
+    if old == cpu {
+        return;
+    }
+    let queued = {
+        let mut rq = RUN_QUEUES[old].lock_irqsave();
+        let queued = task.on_rq.load(Ordering::Relaxed);
+        if queued {
+            rq.remove(task);
+        }
+        task.cpu.store(cpu as u32, Ordering::Relaxed);
+        queued
+    };
+    task.cpus_allowed.store(1 << cpu, Ordering::Relaxed);
+    if queued {
+        enqueue_and_kick(task);
+    }
+}

@@ -1,0 +1,174 @@
+//! Tasks: kernel threads with a name, a pid, a state and scheduling attributes.
+
+use alloc::vec::Vec;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+
+use crate::sync::SpinLock;
+
+/// Linux's `TASK_RUNNING`.
+pub const TASK_RUNNING: u8 = 0x00;
+/// Linux's `TASK_INTERRUPTIBLE`.
+pub const TASK_INTERRUPTIBLE: u8 = 0x01;
+/// Linux's `TASK_UNINTERRUPTIBLE`.
+pub const TASK_UNINTERRUPTIBLE: u8 = 0x02;
+/// Linux's `TASK_DEAD`.
+pub const TASK_DEAD: u8 = 0x80;
+/// Linux's `TASK_NOLOAD` (with UNINTERRUPTIBLE: `TASK_IDLE`, not a hung task).
+pub const TASK_NOLOAD: u8 = 0x40;
+
+/// Linux's `PF_KTHREAD`.
+pub const PF_KTHREAD: u32 = 0x0020_0000;
+/// Linux's `PF_IDLE`.
+pub const PF_IDLE: u32 = 0x0000_0002;
+
+/// Scheduling class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// `SCHED_FIFO` with a priority 1..=99; runs before every normal task, never time-sliced.
+    Fifo(u8),
+    /// `SCHED_NORMAL`, round-robin among equals.
+    Normal,
+}
+
+/// Length of `comm` (Linux's `TASK_COMM_LEN`).
+pub const TASK_COMM_LEN: usize = 16;
+
+/// A kernel thread.
+pub struct Task {
+    /// Saved stack pointer while switched out (touched only by `switch_context`).
+    pub(super) saved_rsp: UnsafeCell<u64>,
+    /// Process id.
+    pub pid: u32,
+    /// Parent's pid (kthreadd's children have 2, like Linux).
+    pub ppid: u32,
+    comm: [u8; TASK_COMM_LEN],
+    /// `TASK_*` state.
+    pub state: AtomicU8,
+    /// Scheduling class and priority.
+    pub policy: Policy,
+    /// CPU whose run queue owns the task.
+    pub cpu: AtomicU32,
+    /// CPUs the task may run on (bit per CPU).
+    pub cpus_allowed: AtomicU64,
+    /// Queued on its CPU's run queue.
+    pub(super) on_rq: AtomicBool,
+    /// Voluntary context switches.
+    pub nvcsw: AtomicU64,
+    /// Involuntary context switches.
+    pub nivcsw: AtomicU64,
+    /// `PF_*` flags.
+    pub flags: u32,
+    /// Lowest address of the stack.
+    pub stack_base: u64,
+    /// Stack size in bytes.
+    pub stack_size: u64,
+    /// Entry function and argument (new tasks).
+    pub(super) entry: Option<fn(usize)>,
+    pub(super) arg: usize,
+    /// Hung-task bookkeeping: switch count at the last scan and when it last changed (ns).
+    pub last_switch_count: AtomicU64,
+    /// See `last_switch_count`.
+    pub last_switch_time_ns: AtomicU64,
+}
+
+// SAFETY: shared fields are atomics; `saved_rsp` is only accessed by the scheduler of the CPU
+// that owns the task, with interrupts disabled.
+unsafe impl Sync for Task {}
+
+impl Task {
+    /// Builds a task; the scheduler fills in the stack.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(pid: u32, ppid: u32, name: &str, policy: Policy, cpu: u32, allowed: u64, flags: u32) -> Self {
+        let mut comm = [0u8; TASK_COMM_LEN];
+        let n = name.len().min(TASK_COMM_LEN - 1);
+        comm[..n].copy_from_slice(&name.as_bytes()[..n]);
+        Self {
+            saved_rsp: UnsafeCell::new(0),
+            pid,
+            ppid,
+            comm,
+            state: AtomicU8::new(TASK_RUNNING),
+            policy,
+            cpu: AtomicU32::new(cpu),
+            cpus_allowed: AtomicU64::new(allowed),
+            on_rq: AtomicBool::new(false),
+            nvcsw: AtomicU64::new(0),
+            nivcsw: AtomicU64::new(0),
+            flags,
+            stack_base: 0,
+            stack_size: 0,
+            entry: None,
+            arg: 0,
+            last_switch_count: AtomicU64::new(0),
+            last_switch_time_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// The task's name (Linux's `comm`).
+    pub fn comm(&self) -> &str {
+        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+        core::str::from_utf8(&self.comm[..len]).unwrap_or("?")
+    }
+
+    /// The current `TASK_*` state.
+    pub fn state(&self) -> u8 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// Linux's one-letter state (`task_state_to_char`).
+    pub fn state_char(&self) -> char {
+        match self.state() {
+            TASK_RUNNING => 'R',
+            TASK_INTERRUPTIBLE => 'S',
+            s if s == TASK_UNINTERRUPTIBLE | TASK_NOLOAD => 'I',
+            TASK_UNINTERRUPTIBLE => 'D',
+            TASK_DEAD => 'X',
+            _ => '?',
+        }
+    }
+
+    /// The CPU the task belongs to.
+    pub fn cpu(&self) -> usize {
+        self.cpu.load(Ordering::Relaxed) as usize
+    }
+
+    /// Voluntary plus involuntary switches.
+    pub fn switch_count(&self) -> u64 {
+        self.nvcsw.load(Ordering::Relaxed) + self.nivcsw.load(Ordering::Relaxed)
+    }
+
+    /// Saved stack pointer of a switched-out task (for backtraces of sleeping tasks).
+    pub fn saved_rsp(&self) -> u64 {
+        // SAFETY: a plain read of a word the scheduler writes; a racy value only affects a
+        // diagnostic backtrace, which validates every frame it follows.
+        unsafe { core::ptr::read_volatile(self.saved_rsp.get()) }
+    }
+}
+
+/// Every task ever created (dead ones stay, marked `X`; there are few).
+static TASKS: SpinLock<Vec<&'static Task>> = SpinLock::new(Vec::new());
+static NEXT_PID: AtomicU32 = AtomicU32::new(1);
+
+/// Allocates the next pid.
+pub(super) fn alloc_pid() -> u32 {
+    NEXT_PID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Adds a task to the task list.
+pub(super) fn register(task: &'static Task) {
+    TASKS.lock_irqsave().push(task);
+}
+
+/// Calls `f` for every task, in creation order, with the list locked (`f` must not block).
+pub fn for_each(mut f: impl FnMut(&'static Task)) {
+    let tasks = TASKS.lock_irqsave();
+    for task in tasks.iter() {
+        f(task);
+    }
+}
+
+/// A snapshot of the task list (for callers that print while walking).
+pub fn snapshot() -> Vec<&'static Task> {
+    TASKS.lock_irqsave().clone()
+}

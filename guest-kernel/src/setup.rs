@@ -1,0 +1,111 @@
+//! Boot-time setup of memory (Linux's `setup_arch` in miniature): read the PVH boot data,
+//! print the memory map, build the direct map, reserve what is in use, start the allocators.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crashvisor_abi::layout::{AP_TRAMPOLINE_GPA, CMDLINE_GPA, CMDLINE_MAX_SIZE, PAGE_SIZE};
+use crashvisor_abi::pvh::{MemmapEntry, ModlistEntry, StartInfo, START_INFO_MAGIC};
+use crashvisor_klib::memmap::{FrameBitmap, MemoryMap, RangeKind};
+
+use crate::arch::paging;
+use crate::mm;
+use crate::sync::SpinLock;
+
+/// The memory map after boot reservations (for `/proc/iomem` and kdump).
+pub static MEMORY_MAP: SpinLock<Option<MemoryMap>> = SpinLock::new(None);
+/// The pristine kernel image the VMM passed as PVH module 0: (physical address, size).
+static KERNEL_MODULE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// The PVH start info, read through the boot identity map of the low 2 MiB.
+fn start_info(phys: u64) -> Option<&'static StartInfo> {
+    if phys == 0 || phys + core::mem::size_of::<StartInfo>() as u64 > 0x20_0000 {
+        return None;
+    }
+    // SAFETY: the boot page tables identity-map [0, 2 MiB), and the VMM wrote a StartInfo here
+    // (its magic is checked before use).
+    let info = unsafe { &*(phys as *const StartInfo) };
+    (info.magic == START_INFO_MAGIC).then_some(info)
+}
+
+/// Copies the command line out of the boot data.
+pub fn save_cmdline(start_info_phys: u64) {
+    let Some(info) = start_info(start_info_phys) else { return };
+    if info.cmdline_paddr == 0 || info.cmdline_paddr + CMDLINE_MAX_SIZE > 0x20_0000 {
+        return;
+    }
+    // SAFETY: the command line lies in the identity-mapped low 2 MiB (checked above).
+    let raw = unsafe { core::slice::from_raw_parts(info.cmdline_paddr as *const u8, CMDLINE_MAX_SIZE as usize) };
+    crate::params::save(raw);
+}
+
+fn e820_name(kind: RangeKind) -> &'static str {
+    if kind.is_ram_backed() {
+        "usable"
+    } else {
+        "reserved"
+    }
+}
+
+/// Builds the memory map, direct map and frame allocator. Returns false if the boot data is
+/// unusable (the kernel cannot go on).
+pub fn memory(start_info_phys: u64) -> bool {
+    let Some(info) = start_info(start_info_phys) else {
+        crate::pr_emerg!("PVH: no valid hvm_start_info at {:#x}", start_info_phys);
+        return false;
+    };
+    let entries = info.memmap_entries as usize;
+    if info.memmap_paddr == 0
+        || info.memmap_paddr + (entries * core::mem::size_of::<MemmapEntry>()) as u64 > 0x20_0000
+    {
+        crate::pr_emerg!("PVH: memory map missing or out of reach");
+        return false;
+    }
+    // SAFETY: the memory map lies in the identity-mapped low 2 MiB (checked above).
+    let raw = unsafe { core::slice::from_raw_parts(info.memmap_paddr as *const MemmapEntry, entries) };
+    let Ok(mut map) = MemoryMap::from_pvh(raw) else {
+        crate::pr_emerg!("PVH: unusable memory map");
+        return false;
+    };
+    crate::pr_info!("BIOS-provided physical RAM map:");
+    for range in map.ranges() {
+        crate::pr_info!("BIOS-e820: [mem {:#018x}-{:#018x}] {}", range.start, range.end - 1, e820_name(range.kind));
+    }
+    let mapped = paging::init_direct_map(map.ram_end());
+    if mapped < map.ram_end() {
+        crate::pr_warn!("mm: RAM above {:#x} is not mapped and will not be used", mapped);
+        let _ = map.reserve(mapped, map.ram_end(), RangeKind::Reserved);
+    }
+
+    // What is in use before the allocator exists: real-mode data and boot structures, the AP
+    // trampoline, the command line, the kernel image, the kernel module.
+    let _ = map.reserve(0, AP_TRAMPOLINE_GPA + PAGE_SIZE, RangeKind::BootData);
+    let _ = map.reserve(CMDLINE_GPA, CMDLINE_GPA + 2 * CMDLINE_MAX_SIZE, RangeKind::BootData);
+    let (kernel_start, kernel_end) = mm::kernel_image_phys();
+    let kernel_end = kernel_end.next_multiple_of(PAGE_SIZE);
+    let _ = map.reserve(kernel_start, kernel_end, RangeKind::Kernel);
+    if info.nr_modules > 0 && info.modlist_paddr != 0 && info.modlist_paddr < 0x20_0000 {
+        // SAFETY: the module list lies in the identity-mapped low 2 MiB (checked above).
+        let module = unsafe { *(info.modlist_paddr as *const ModlistEntry) };
+        let end = (module.paddr + module.size).next_multiple_of(PAGE_SIZE);
+        if map.reserve(module.paddr & !(PAGE_SIZE - 1), end, RangeKind::Module).is_ok() {
+            KERNEL_MODULE[0].store(module.paddr, Ordering::Relaxed);
+            KERNEL_MODULE[1].store(module.size, Ordering::Relaxed);
+        }
+    }
+    let nr_frames = map.ram_end().div_ceil(PAGE_SIZE);
+    let bitmap_bytes = (FrameBitmap::words_needed(nr_frames) * 8) as u64;
+    let bitmap_phys = kernel_end;
+    if map.reserve(bitmap_phys, bitmap_phys + bitmap_bytes.next_multiple_of(PAGE_SIZE), RangeKind::Kernel).is_err() {
+        crate::pr_emerg!("mm: no room for the frame bitmap after the kernel");
+        return false;
+    }
+    mm::frame::init(&map, bitmap_phys);
+    *MEMORY_MAP.lock_irqsave() = Some(map);
+    true
+}
+
+/// The pristine kernel image (physical address, size), if the VMM passed one.
+pub fn kernel_module() -> Option<(u64, u64)> {
+    let size = KERNEL_MODULE[1].load(Ordering::Relaxed);
+    (size != 0).then(|| (KERNEL_MODULE[0].load(Ordering::Relaxed), size))
+}
