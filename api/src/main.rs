@@ -2,7 +2,9 @@
 //! guest kernel, exactly like `vmm` with the same flags.
 
 fn main() -> std::process::ExitCode {
-    let status = std::process::Command::new(vmm_binary()).args(std::env::args_os().skip(1)).status();
+    let status = std::process::Command::new(vmm_binary())
+        .args(std::env::args_os().skip(1))
+        .status();
     match status {
         Ok(s) => std::process::ExitCode::from(s.code().unwrap_or(1) as u8),
         Err(e) => {

@@ -43,7 +43,12 @@ pub struct VmConfig {
     pub console: ConsoleOutput,
     /// End the VMM when the guest resets instead of rebooting it.
     pub no_reboot: bool,
+    /// The KVM device (normally `/dev/kvm`).
+    pub kvm_device: PathBuf,
 }
+
+/// The KVM device used unless another is named.
+pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,6 +112,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             console: ConsoleOutput::Stdout,
             no_reboot: false,
+            kvm_device: DEFAULT_KVM_DEVICE.into(),
         }
     }
 

@@ -10,12 +10,25 @@ pub enum VmmError {
     /// A configuration value is out of range.
     #[error("invalid configuration")]
     Config(#[from] ConfigError),
-    /// `/dev/kvm` does not exist.
-    #[error("/dev/kvm does not exist: this host has no KVM (load the kvm module, or run on a host with virtualization)")]
-    KvmMissing,
-    /// `/dev/kvm` exists but cannot be opened.
-    #[error("/dev/kvm cannot be opened ({0}); add this user to the kvm group or fix the device's permissions")]
-    KvmAccess(std::io::Error),
+    /// The KVM device does not exist.
+    #[error("{} does not exist: this host has no KVM (load the kvm module, or run on a host with virtualization)", .0.display())]
+    KvmMissing(PathBuf),
+    /// The KVM device exists but cannot be opened.
+    #[error("{} cannot be opened ({source}); add this user to the kvm group or fix the device's permissions", device.display())]
+    KvmAccess {
+        /// The device.
+        device: PathBuf,
+        /// Why it could not be opened.
+        source: std::io::Error,
+    },
+    /// The file opened is not a KVM device.
+    #[error("{} is not a KVM device ({reason})", device.display())]
+    NotKvm {
+        /// The file.
+        device: PathBuf,
+        /// What gave it away.
+        reason: String,
+    },
     /// A KVM ioctl failed.
     #[error("KVM failed to {what}")]
     Kvm {

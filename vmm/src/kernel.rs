@@ -24,11 +24,19 @@ impl KernelImage {
     /// Reads the kernel named by the configuration.
     pub fn open(source: &KernelSource) -> Result<Self, VmmError> {
         match source {
-            KernelSource::Embedded => Ok(Self { name: source.to_string(), bytes: EMBEDDED_KERNEL.into() }),
+            KernelSource::Embedded => Ok(Self {
+                name: source.to_string(),
+                bytes: EMBEDDED_KERNEL.into(),
+            }),
             KernelSource::File(path) => {
-                let bytes = std::fs::read(path)
-                    .map_err(|source| VmmError::KernelRead { path: path.clone(), source })?;
-                Ok(Self { name: source.to_string(), bytes: bytes.into() })
+                let bytes = std::fs::read(path).map_err(|source| VmmError::KernelRead {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Self {
+                    name: source.to_string(),
+                    bytes: bytes.into(),
+                })
             }
         }
     }
@@ -44,13 +52,28 @@ pub struct LoadedKernel {
 }
 
 /// Loads the kernel's ELF segments at their physical addresses and finds the PVH entry.
-pub fn load(memory: &GuestMemoryMmap, image: &KernelImage, memory_mib: u64) -> Result<LoadedKernel, VmmError> {
+pub fn load(
+    memory: &GuestMemoryMmap,
+    image: &KernelImage,
+    memory_mib: u64,
+) -> Result<LoadedKernel, VmmError> {
     check_fits(image, memory_mib)?;
     let mut reader = Cursor::new(image.bytes.as_ref());
-    let result = Elf::load(memory, None, &mut reader, Some(GuestAddress(crashvisor_abi::layout::HIGH_RAM_START)))
-        .map_err(|source| VmmError::KernelFormat { kernel: image.name.clone(), source })?;
+    let result = Elf::load(
+        memory,
+        None,
+        &mut reader,
+        Some(GuestAddress(crashvisor_abi::layout::HIGH_RAM_START)),
+    )
+    .map_err(|source| VmmError::KernelFormat {
+        kernel: image.name.clone(),
+        source,
+    })?;
     match result.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel { entry, end: result.kernel_end }),
+        PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel {
+            entry,
+            end: result.kernel_end,
+        }),
         _ => Err(VmmError::KernelNotPvh(image.name.clone())),
     }
 }
@@ -69,7 +92,11 @@ fn check_fits(image: &KernelImage, memory_mib: u64) -> Result<(), VmmError> {
         .max()
         .unwrap_or(0);
     if end > memory_mib << 20 {
-        return Err(VmmError::MemoryTooSmall { what: "the kernel image", needed_mib: end.div_ceil(1 << 20), memory_mib });
+        return Err(VmmError::MemoryTooSmall {
+            what: "the kernel image",
+            needed_mib: end.div_ceil(1 << 20),
+            memory_mib,
+        });
     }
     Ok(())
 }

@@ -15,6 +15,7 @@
 //!     cmdline: "panic=1".into(),
 //!     console: ConsoleOutput::Stdout,
 //!     no_reboot: false,
+//!     kvm_device: vmm::config::DEFAULT_KVM_DEVICE.into(),
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");

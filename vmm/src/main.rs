@@ -42,6 +42,9 @@ struct Args {
     /// Exit when the guest resets instead of rebooting it.
     #[arg(long)]
     no_reboot: bool,
+    /// The KVM device to use.
+    #[arg(long, value_name = "PATH", default_value = vmm::config::DEFAULT_KVM_DEVICE)]
+    kvm: PathBuf,
     /// Print boot milestones (first guest instruction, all CPUs online, shell prompt) on stderr.
     #[arg(long)]
     timings: bool,
@@ -55,7 +58,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMM_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("VMM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -71,12 +75,17 @@ fn main() -> ExitCode {
     }
 
     let config = VmConfig {
-        kernel: args.kernel.map_or(KernelSource::Embedded, KernelSource::File),
+        kernel: args
+            .kernel
+            .map_or(KernelSource::Embedded, KernelSource::File),
         vcpus: args.vcpus,
         memory_mib: args.memory,
         cmdline: args.cmdline,
-        console: args.console.map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+        console: args
+            .console
+            .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
         no_reboot: args.no_reboot,
+        kvm_device: args.kvm,
     };
     let timings = args.timings;
     let _raw = vmm::terminal::RawMode::enable_if_tty();
@@ -102,13 +111,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// "outer: inner: innermost", the way errors read best on one line.
+/// "outer: inner: innermost", the way errors read best on one line. A cause whose text the
+/// line already holds (some library errors repeat their source) is not repeated.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = s.source();
     }
     text

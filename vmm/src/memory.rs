@@ -3,7 +3,7 @@
 use crashvisor_abi::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::error::VmmError;
 
@@ -12,19 +12,31 @@ pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
     if bytes <= MMIO_HOLE_START {
         vec![(0, bytes)]
     } else {
-        vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, bytes - MMIO_HOLE_START)]
+        vec![
+            (0, MMIO_HOLE_START),
+            (MMIO_HOLE_END, bytes - MMIO_HOLE_START),
+        ]
     }
 }
 
 /// Allocates guest RAM (zero-filled, reserved lazily by the host) and registers it with KVM.
 pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
-    let ranges: Vec<(GuestAddress, usize)> =
-        ram_ranges(bytes).into_iter().map(|(start, size)| (GuestAddress(start), size as usize)).collect();
-    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmmError::Memory { mib: bytes >> 20, source })?;
+    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(bytes)
+        .into_iter()
+        .map(|(start, size)| (GuestAddress(start), size as usize))
+        .collect();
+    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmmError::Memory {
+        mib: bytes >> 20,
+        source,
+    })?;
     for (slot, region) in memory.iter().enumerate() {
-        let host = memory
-            .get_host_address(region.start_addr())
-            .map_err(|e| VmmError::BootData { what: "the memory map", source: Box::new(e) })?;
+        let host =
+            memory
+                .get_host_address(region.start_addr())
+                .map_err(|e| VmmError::BootData {
+                    what: "the memory map",
+                    source: Box::new(e),
+                })?;
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -34,7 +46,8 @@ pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
         };
         // SAFETY: the region describes host memory owned by `memory`, which outlives every use of
         // the VM: the VM and its vCPUs are dropped before `memory` in `vm::Machine`.
-        unsafe { vm.set_user_memory_region(region) }.map_err(VmmError::kvm("register guest memory"))?;
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(VmmError::kvm("register guest memory"))?;
     }
     Ok(memory)
 }
@@ -51,7 +64,13 @@ mod tests {
     #[test]
     fn large_vms_skip_the_mmio_hole() {
         let ranges = ram_ranges(4 << 30);
-        assert_eq!(ranges, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)]);
+        assert_eq!(
+            ranges,
+            vec![
+                (0, MMIO_HOLE_START),
+                (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)
+            ]
+        );
         assert_eq!(ranges.iter().map(|r| r.1).sum::<u64>(), 4 << 30);
     }
 }

@@ -11,6 +11,8 @@ use std::os::unix::thread::JoinHandleExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::FromRawFd;
+
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::arch::{cpuid, pvh, regs};
@@ -81,12 +83,14 @@ pub fn run_with(
     mut on_boot_end: impl FnMut(&BootTimes),
 ) -> Result<GuestEnd, VmmError> {
     config.validate()?;
-    let kvm = open_kvm()?;
+    let kvm = open_kvm(&config.kvm_device)?;
     let image = KernelImage::open(&config.kernel)?;
-    let console = Arc::new(Console::new(console_output(&config.console)?).map_err(|source| VmmError::Console {
-        path: "console".into(),
-        source,
-    })?);
+    let console = Arc::new(
+        Console::new(console_output(&config.console)?).map_err(|source| VmmError::Console {
+            path: "console".into(),
+            source,
+        })?,
+    );
     vcpu::install_kick_handler()?;
     let quit_requests = Arc::new(std::sync::Mutex::new(None::<Arc<RunContext>>));
     start_input_thread(&console, &quit_requests)?;
@@ -103,29 +107,71 @@ pub fn run_with(
             StopReason::PowerOff => return Ok(GuestEnd::PowerOff),
             StopReason::Quit => return Ok(GuestEnd::Quit),
             StopReason::EmulationFailure(what) => return Ok(GuestEnd::EmulationFailure(what)),
-            StopReason::Fatal(what) => return Err(VmmError::BootData { what: "the guest", source: what.into() }),
+            StopReason::Fatal(what) => {
+                return Err(VmmError::BootData {
+                    what: "the guest",
+                    source: what.into(),
+                })
+            }
             StopReason::Reset(cause) => cause,
         };
-        let ending = if cause == ResetCause::TripleFault { GuestEnd::TripleFault } else { GuestEnd::ResetLoop };
+        let ending = if cause == ResetCause::TripleFault {
+            GuestEnd::TripleFault
+        } else {
+            GuestEnd::ResetLoop
+        };
         if config.no_reboot {
             return Ok(ending);
         }
-        quick_resets = if boot_start.elapsed() < RESET_LOOP_WINDOW { quick_resets + 1 } else { 0 };
+        quick_resets = if boot_start.elapsed() < RESET_LOOP_WINDOW {
+            quick_resets + 1
+        } else {
+            0
+        };
         if quick_resets >= RESET_LOOP_COUNT {
             tracing::error!("the guest reset {quick_resets} times within {RESET_LOOP_WINDOW:?} of booting; giving up");
             return Ok(ending);
         }
         tracing::info!(?cause, "guest reset; rebooting");
-        console.reset().map_err(|source| VmmError::Console { path: "console".into(), source })?;
+        console.reset().map_err(|source| VmmError::Console {
+            path: "console".into(),
+            source,
+        })?;
         boot_times.restart();
     }
 }
 
-fn open_kvm() -> Result<Kvm, VmmError> {
-    match Kvm::new() {
-        Ok(kvm) => Ok(kvm),
-        Err(e) if e.errno() == libc::ENOENT => Err(VmmError::KvmMissing),
-        Err(e) => Err(VmmError::KvmAccess(std::io::Error::from_raw_os_error(e.errno()))),
+fn open_kvm(device: &std::path::Path) -> Result<Kvm, VmmError> {
+    use std::os::fd::IntoRawFd;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                VmmError::KvmMissing(device.to_path_buf())
+            } else {
+                VmmError::KvmAccess {
+                    device: device.to_path_buf(),
+                    source: e,
+                }
+            }
+        })?;
+    // SAFETY: the descriptor was just opened and its ownership passes to `Kvm`.
+    let kvm = unsafe { Kvm::from_raw_fd(file.into_raw_fd()) };
+    match kvm.get_api_version() {
+        12 => Ok(kvm),
+        v if v < 0 => Err(VmmError::NotKvm {
+            device: device.to_path_buf(),
+            reason: format!(
+                "KVM_GET_API_VERSION failed: {}",
+                std::io::Error::last_os_error()
+            ),
+        }),
+        v => Err(VmmError::NotKvm {
+            device: device.to_path_buf(),
+            reason: format!("KVM API version {v}, expected 12"),
+        }),
     }
 }
 
@@ -134,7 +180,10 @@ fn console_output(output: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmmEr
         ConsoleOutput::Stdout => Ok(Box::new(std::io::stdout())),
         ConsoleOutput::File(path) => File::create(path)
             .map(|f| Box::new(f) as Box<dyn Write + Send>)
-            .map_err(|source| VmmError::Console { path: path.clone(), source }),
+            .map_err(|source| VmmError::Console {
+                path: path.clone(),
+                source,
+            }),
     }
 }
 
@@ -155,7 +204,10 @@ fn start_input_thread(
             })
         })
         .map(drop)
-        .map_err(|source| VmmError::Thread { what: "console input", source })
+        .map_err(|source| VmmError::Thread {
+            what: "console input",
+            source,
+        })
 }
 
 /// One boot of the VM: KVM objects, memory and vCPUs, ready to run.
@@ -176,23 +228,41 @@ impl Machine {
         boot_times: &Arc<BootTimes>,
     ) -> Result<Self, VmmError> {
         let vm = kvm.create_vm().map_err(VmmError::kvm("create a VM"))?;
-        vm.set_tss_address(KVM_TSS_ADDRESS).map_err(VmmError::kvm("set the TSS address"))?;
-        vm.create_irq_chip().map_err(VmmError::kvm("create the in-kernel interrupt controllers"))?;
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(VmmError::kvm("set the TSS address"))?;
+        vm.create_irq_chip()
+            .map_err(VmmError::kvm("create the in-kernel interrupt controllers"))?;
         vm.register_irqfd(console.irq(), crashvisor_abi::serial::COM1_IRQ)
             .map_err(VmmError::kvm("connect the COM1 interrupt"))?;
 
         let memory = memory::create(&vm, config.memory_bytes())?;
         let loaded = kernel::load(&memory, image, config.memory_mib)?;
-        pvh::write_boot_data(&memory, config.memory_bytes(), &config.cmdline, &image.bytes, loaded.end)?;
+        pvh::write_boot_data(
+            &memory,
+            config.memory_bytes(),
+            &config.cmdline,
+            &image.bytes,
+            loaded.end,
+        )?;
 
         let base_cpuid = cpuid::supported(kvm)?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
-            let vcpu = vm.create_vcpu(u64::from(id)).map_err(VmmError::kvm("create a vCPU"))?;
-            let tsc_khz = vcpu.get_tsc_khz().map_err(VmmError::kvm("read the TSC frequency"))?;
-            vcpu.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, id, config.vcpus, tsc_khz, tsc_deadline)?)
-                .map_err(VmmError::kvm("set the vCPU's CPUID"))?;
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(VmmError::kvm("create a vCPU"))?;
+            let tsc_khz = vcpu
+                .get_tsc_khz()
+                .map_err(VmmError::kvm("read the TSC frequency"))?;
+            vcpu.set_cpuid2(&cpuid::for_vcpu(
+                &base_cpuid,
+                id,
+                config.vcpus,
+                tsc_khz,
+                tsc_deadline,
+            )?)
+            .map_err(VmmError::kvm("set the vCPU's CPUID"))?;
             regs::setup_lint(&vcpu)?;
             if id == 0 {
                 regs::setup_pvh_entry(&vcpu, loaded.entry.0, crashvisor_abi::layout::PVH_INFO_GPA)?;
@@ -205,7 +275,11 @@ impl Machine {
             platform: Platform::new(boot_times.clone()),
             unknown_accesses: Default::default(),
         };
-        Ok(Self { vcpus, _vm: vm, ctx: Arc::new(RunContext::new(devices, memory)) })
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            ctx: Arc::new(RunContext::new(devices, memory)),
+        })
     }
 
     /// Runs every vCPU on its own thread until the machine stops, then joins them.
@@ -216,7 +290,10 @@ impl Machine {
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || vcpu::run(vcpu, id, ctx))
-                .map_err(|source| VmmError::Thread { what: "vCPU", source });
+                .map_err(|source| VmmError::Thread {
+                    what: "vCPU",
+                    source,
+                });
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {

@@ -5,13 +5,15 @@
 //! of low RAM.
 
 use crashvisor_abi::layout::{
-    CMDLINE_GPA, CMDLINE_MAX_SIZE, HIGH_RAM_START, LOW_RAM_END, PAGE_SIZE, PVH_INFO_GPA, PVH_MEMMAP_GPA,
-    PVH_MODLIST_GPA,
+    CMDLINE_GPA, CMDLINE_MAX_SIZE, HIGH_RAM_START, LOW_RAM_END, PAGE_SIZE, PVH_INFO_GPA,
+    PVH_MEMMAP_GPA, PVH_MODLIST_GPA,
 };
 use crashvisor_abi::pvh::{MEMMAP_TYPE_RAM, MEMMAP_TYPE_RESERVED, START_INFO_MAGIC};
 use linux_loader::configurator::pvh::PvhBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::error::VmmError;
@@ -22,14 +24,27 @@ pub const KERNEL_MODULE_NAME: &str = "crashvisor-kernel";
 
 /// The guest-physical memory map of a VM with `bytes` of RAM.
 pub fn memory_map(bytes: u64) -> Vec<hvm_memmap_table_entry> {
-    let entry = |addr: u64, size: u64, type_: u32| hvm_memmap_table_entry { addr, size, type_, reserved: 0 };
+    let entry = |addr: u64, size: u64, type_: u32| hvm_memmap_table_entry {
+        addr,
+        size,
+        type_,
+        reserved: 0,
+    };
     let mut map = vec![
         entry(0, LOW_RAM_END, MEMMAP_TYPE_RAM),
-        entry(LOW_RAM_END, HIGH_RAM_START - LOW_RAM_END, MEMMAP_TYPE_RESERVED),
+        entry(
+            LOW_RAM_END,
+            HIGH_RAM_START - LOW_RAM_END,
+            MEMMAP_TYPE_RESERVED,
+        ),
     ];
     for (start, size) in ram_ranges(bytes) {
         let start = start.max(HIGH_RAM_START);
-        let end = if start == HIGH_RAM_START { size } else { start + size };
+        let end = if start == HIGH_RAM_START {
+            size
+        } else {
+            start + size
+        };
         map.push(entry(start, end - start, MEMMAP_TYPE_RAM));
     }
     map
@@ -44,20 +59,32 @@ pub fn write_boot_data(
     kernel_image: &[u8],
     kernel_end: u64,
 ) -> Result<(), VmmError> {
-    let boot_err = |what: &'static str| move |e: vm_memory::GuestMemoryError| VmmError::BootData { what, source: Box::new(e) };
+    let boot_err = |what: &'static str| {
+        move |e: vm_memory::GuestMemoryError| VmmError::BootData {
+            what,
+            source: Box::new(e),
+        }
+    };
 
     let mut cmdline_bytes = cmdline.as_bytes().to_vec();
     cmdline_bytes.push(0);
-    memory.write_slice(&cmdline_bytes, GuestAddress(CMDLINE_GPA)).map_err(boot_err("the kernel command line"))?;
+    memory
+        .write_slice(&cmdline_bytes, GuestAddress(CMDLINE_GPA))
+        .map_err(boot_err("the kernel command line"))?;
     let module_name_gpa = CMDLINE_GPA + CMDLINE_MAX_SIZE;
     let mut name = KERNEL_MODULE_NAME.as_bytes().to_vec();
     name.push(0);
-    memory.write_slice(&name, GuestAddress(module_name_gpa)).map_err(boot_err("the kernel module name"))?;
+    memory
+        .write_slice(&name, GuestAddress(module_name_gpa))
+        .map_err(boot_err("the kernel module name"))?;
 
     // The module goes at the top of the first RAM range, page aligned.
     let low_end = ram_ranges(bytes)[0].1;
     let size = kernel_image.len() as u64;
-    let module_gpa = low_end.checked_sub(size).map(|a| a & !(PAGE_SIZE - 1)).unwrap_or(0);
+    let module_gpa = low_end
+        .checked_sub(size)
+        .map(|a| a & !(PAGE_SIZE - 1))
+        .unwrap_or(0);
     if module_gpa < kernel_end {
         return Err(VmmError::MemoryTooSmall {
             what: "the kernel image and its kexec copy",
@@ -65,7 +92,9 @@ pub fn write_boot_data(
             memory_mib: bytes >> 20,
         });
     }
-    memory.write_slice(kernel_image, GuestAddress(module_gpa)).map_err(boot_err("the kernel module"))?;
+    memory
+        .write_slice(kernel_image, GuestAddress(module_gpa))
+        .map_err(boot_err("the kernel module"))?;
 
     let map = memory_map(bytes);
     let start_info = hvm_start_info {
@@ -78,12 +107,21 @@ pub fn write_boot_data(
         memmap_entries: map.len() as u32,
         ..Default::default()
     };
-    let module = hvm_modlist_entry { paddr: module_gpa, size, cmdline_paddr: module_name_gpa, reserved: 0 };
+    let module = hvm_modlist_entry {
+        paddr: module_gpa,
+        size,
+        cmdline_paddr: module_name_gpa,
+        reserved: 0,
+    };
     let mut params = BootParams::new(&start_info, GuestAddress(PVH_INFO_GPA));
     params.set_sections(&map, GuestAddress(PVH_MEMMAP_GPA));
     params.set_modules(&[module], GuestAddress(PVH_MODLIST_GPA));
-    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, memory)
-        .map_err(|e| VmmError::BootData { what: "the PVH start info", source: Box::new(e) })
+    PvhBootConfigurator::write_bootparams::<GuestMemoryMmap>(&params, memory).map_err(|e| {
+        VmmError::BootData {
+            what: "the PVH start info",
+            source: Box::new(e),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -93,7 +131,11 @@ mod tests {
     #[test]
     fn memory_map_covers_ram_and_the_legacy_hole() {
         let map = memory_map(64 << 20);
-        let ram: u64 = map.iter().filter(|e| e.type_ == MEMMAP_TYPE_RAM).map(|e| e.size).sum();
+        let ram: u64 = map
+            .iter()
+            .filter(|e| e.type_ == MEMMAP_TYPE_RAM)
+            .map(|e| e.size)
+            .sum();
         assert_eq!(ram, (64 << 20) - (HIGH_RAM_START - LOW_RAM_END));
         assert_eq!(map[2].addr, HIGH_RAM_START);
         assert_eq!(map[2].addr + map[2].size, 64 << 20);
@@ -104,6 +146,9 @@ mod tests {
         let map = memory_map(5 << 30);
         let last = map.last().expect("non-empty");
         assert_eq!(last.addr, 1 << 32);
-        assert_eq!(last.addr + last.size, (1 << 32) + (5 << 30) - crashvisor_abi::layout::MMIO_HOLE_START);
+        assert_eq!(
+            last.addr + last.size,
+            (1 << 32) + (5 << 30) - crashvisor_abi::layout::MMIO_HOLE_START
+        );
     }
 }

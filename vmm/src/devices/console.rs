@@ -49,8 +49,17 @@ impl Console {
     /// A console writing to `out`, interrupting through `irq` (to be registered as GSI 4).
     pub fn new(out: Box<dyn Write + Send>) -> io::Result<Self> {
         let irq = EventFd::new(libc::EFD_NONBLOCK)?;
-        let uart = Serial::new(IrqLine(irq.try_clone()?), Sink { pending: Vec::new(), out });
-        Ok(Self { uart: Mutex::new(Some(uart)), irq })
+        let uart = Serial::new(
+            IrqLine(irq.try_clone()?),
+            Sink {
+                pending: Vec::new(),
+                out,
+            },
+        );
+        Ok(Self {
+            uart: Mutex::new(Some(uart)),
+            irq,
+        })
     }
 
     /// The event file descriptor to register as the UART's irqfd with each new VM.
@@ -68,7 +77,10 @@ impl Console {
     pub fn reset(&self) -> io::Result<()> {
         let mut guard = self.lock();
         if let Some(old) = guard.take() {
-            *guard = Some(Serial::new(IrqLine(self.irq.try_clone()?), old.into_writer()));
+            *guard = Some(Serial::new(
+                IrqLine(self.irq.try_clone()?),
+                old.into_writer(),
+            ));
         }
         Ok(())
     }
@@ -84,7 +96,11 @@ impl Console {
         }
         let sink = uart.writer_mut();
         if !sink.pending.is_empty() {
-            if let Err(e) = sink.out.write_all(&sink.pending).and_then(|()| sink.out.flush()) {
+            if let Err(e) = sink
+                .out
+                .write_all(&sink.pending)
+                .and_then(|()| sink.out.flush())
+            {
                 tracing::warn!("console output failed: {e}");
             }
             sink.pending.clear();
@@ -106,7 +122,9 @@ impl Console {
         while !input.is_empty() {
             let accepted = {
                 let mut guard = self.lock();
-                let Some(uart) = guard.as_mut() else { return false };
+                let Some(uart) = guard.as_mut() else {
+                    return false;
+                };
                 uart.enqueue_raw_bytes(input).unwrap_or(0)
             };
             input = &input[accepted..];

@@ -9,8 +9,8 @@ pub mod platform;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crashvisor_abi::platform::{
-    I8042_COMMAND_PORT, I8042_RESET_COMMAND, NMI_REASON_PORT, PLATFORM_PORT_BASE, PLATFORM_PORT_COUNT, PVPANIC_PORT,
-    RESET_CONTROL_PORT,
+    I8042_COMMAND_PORT, I8042_RESET_COMMAND, NMI_REASON_PORT, PLATFORM_PORT_BASE,
+    PLATFORM_PORT_COUNT, PVPANIC_PORT, RESET_CONTROL_PORT,
 };
 use crashvisor_abi::serial::{COM1_PORT, UART_PORT_COUNT};
 
@@ -74,7 +74,8 @@ impl Devices {
                 self.platform.write(vcpu, p, data)
             }
             PVPANIC_PORT => {
-                self.platform.pvpanic_event(data.first().copied().unwrap_or(0));
+                self.platform
+                    .pvpanic_event(data.first().copied().unwrap_or(0));
                 IoAction::Continue
             }
             RESET_CONTROL_PORT if data.first().is_some_and(|v| v & 0x4 != 0) => {

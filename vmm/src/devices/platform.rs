@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use crashvisor_abi::layout::MAX_VCPUS;
 use crashvisor_abi::platform::{
-    Command, Progress, PLATFORM_ARG_HI, PLATFORM_ARG_LO, PLATFORM_COMMAND, PLATFORM_PROGRESS, PVPANIC_CRASH_LOADED,
-    PVPANIC_PANICKED, STATUS_OK, STATUS_UNKNOWN_COMMAND,
+    Command, Progress, PLATFORM_ARG_HI, PLATFORM_ARG_LO, PLATFORM_COMMAND, PLATFORM_PROGRESS,
+    PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, STATUS_OK, STATUS_UNKNOWN_COMMAND,
 };
 
 use super::{IoAction, StopReason};
@@ -23,7 +23,9 @@ pub struct BootTimes {
 impl BootTimes {
     /// Starts the clock at `origin` (the VMM process start).
     pub fn new(origin: Instant) -> Self {
-        Self { inner: Mutex::new((origin, Vec::new())) }
+        Self {
+            inner: Mutex::new((origin, Vec::new())),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, Vec<(Progress, Duration)>)> {
@@ -98,11 +100,17 @@ impl Platform {
         match port {
             PLATFORM_ARG_LO => {
                 let arg = &self.args[vcpu];
-                arg.store((arg.load(Ordering::Relaxed) & !0xffff_ffff) | u64::from(value), Ordering::Relaxed);
+                arg.store(
+                    (arg.load(Ordering::Relaxed) & !0xffff_ffff) | u64::from(value),
+                    Ordering::Relaxed,
+                );
             }
             PLATFORM_ARG_HI => {
                 let arg = &self.args[vcpu];
-                arg.store((arg.load(Ordering::Relaxed) & 0xffff_ffff) | (u64::from(value) << 32), Ordering::Relaxed);
+                arg.store(
+                    (arg.load(Ordering::Relaxed) & 0xffff_ffff) | (u64::from(value) << 32),
+                    Ordering::Relaxed,
+                );
             }
             PLATFORM_COMMAND => return self.command(vcpu, value),
             PLATFORM_PROGRESS => {
@@ -159,13 +167,23 @@ mod tests {
     #[test]
     fn power_off_command_stops_the_machine() {
         let p = platform();
-        assert_eq!(p.write(0, PLATFORM_COMMAND, &(Command::PowerOff as u32).to_le_bytes()), IoAction::Stop(StopReason::PowerOff));
+        assert_eq!(
+            p.write(
+                0,
+                PLATFORM_COMMAND,
+                &(Command::PowerOff as u32).to_le_bytes()
+            ),
+            IoAction::Stop(StopReason::PowerOff)
+        );
     }
 
     #[test]
     fn unknown_command_sets_status_and_continues() {
         let p = platform();
-        assert_eq!(p.write(1, PLATFORM_COMMAND, &0xdead_u32.to_le_bytes()), IoAction::Continue);
+        assert_eq!(
+            p.write(1, PLATFORM_COMMAND, &0xdead_u32.to_le_bytes()),
+            IoAction::Continue
+        );
         let mut status = [0u8; 4];
         p.read(1, PLATFORM_COMMAND, &mut status);
         assert_eq!(u32::from_le_bytes(status), STATUS_UNKNOWN_COMMAND);
@@ -177,7 +195,10 @@ mod tests {
     fn hostile_sizes_and_vcpu_ids_are_harmless() {
         let p = platform();
         assert_eq!(p.write(999, PLATFORM_ARG_LO, &[]), IoAction::Continue);
-        assert_eq!(p.write(0, PLATFORM_ARG_HI, &[1, 2, 3, 4, 5, 6, 7, 8]), IoAction::Continue);
+        assert_eq!(
+            p.write(0, PLATFORM_ARG_HI, &[1, 2, 3, 4, 5, 6, 7, 8]),
+            IoAction::Continue
+        );
         let mut big = [0u8; 16];
         p.read(999, PLATFORM_COMMAND, &mut big);
         p.write(0, PLATFORM_PROGRESS, &[0xff]);

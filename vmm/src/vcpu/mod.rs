@@ -42,7 +42,10 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 pub fn install_kick_handler() -> Result<(), VmmError> {
     static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
     INSTALLED
-        .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
+        .get_or_init(|| {
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+                .map_err(|e| e.errno())
+        })
         .map_err(|errno| VmmError::Signal(vmm_sys_util::errno::Error::new(errno)))
 }
 
@@ -60,7 +63,13 @@ pub struct RunContext {
 impl RunContext {
     /// Shared state for a machine with these devices and memory.
     pub fn new(devices: Devices, memory: GuestMemoryMmap) -> Self {
-        Self { devices, memory, stopping: AtomicBool::new(false), reason: Mutex::new(None), stopped: Condvar::new() }
+        Self {
+            devices,
+            memory,
+            stopping: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            stopped: Condvar::new(),
+        }
     }
 
     /// Asks the machine to stop; the first reason given wins.
@@ -102,14 +111,16 @@ pub fn run(mut vcpu: VcpuFd, id: usize, ctx: Arc<RunContext>) {
                 vcpu.set_kvm_immediate_exit(0);
                 exit::Outcome::Continue
             }
-            Err(e) => exit::Outcome::Stop(StopReason::Fatal(format!("KVM_RUN failed on vCPU {id}: {e}"))),
+            Err(e) => exit::Outcome::Stop(StopReason::Fatal(format!(
+                "KVM_RUN failed on vCPU {id}: {e}"
+            ))),
         };
         match outcome {
             exit::Outcome::Continue => {}
             exit::Outcome::Stop(reason) => ctx.request_stop(reason),
-            exit::Outcome::EmulationFailure => {
-                ctx.request_stop(StopReason::EmulationFailure(describe_emulation_failure(&mut vcpu, id, &ctx.memory)))
-            }
+            exit::Outcome::EmulationFailure => ctx.request_stop(StopReason::EmulationFailure(
+                describe_emulation_failure(&mut vcpu, id, &ctx.memory),
+            )),
         }
     }
     IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
@@ -129,10 +140,17 @@ fn describe_emulation_failure(vcpu: &mut VcpuFd, id: usize, memory: &GuestMemory
         .filter(|t| t.valid != 0)
         .and_then(|t| {
             let mut buf = [0u8; 15];
-            memory.read_slice(&mut buf, GuestAddress(t.physical_address)).ok().map(|()| buf)
+            memory
+                .read_slice(&mut buf, GuestAddress(t.physical_address))
+                .ok()
+                .map(|()| buf)
         });
     let bytes = match bytes {
-        Some(b) => b.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+        Some(b) => b
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" "),
         None => "unreadable".to_string(),
     };
     format!(

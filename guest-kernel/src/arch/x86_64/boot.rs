@@ -30,6 +30,7 @@ global_asm!(
     .section .head.text, "ax"
     .code32
     .globl pvh_start32
+    .type pvh_start32, @function
 pvh_start32:
     cli
     cld
@@ -127,6 +128,7 @@ start64_ident:
     jmp *%rax
 
     .text
+    .type start64, @function
 start64:
     movabsq $boot_stack_top, %rsp
     xorl %ebp, %ebp             /* a zero frame pointer ends backtraces */
@@ -135,6 +137,7 @@ start64:
     call kernel_main
 4:  hlt
     jmp 4b
+    .size start64, . - start64
 
     .section .data
     .balign 16

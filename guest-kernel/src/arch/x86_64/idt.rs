@@ -62,19 +62,23 @@ global_asm!(
     r#"
     .macro STUB_NOERR n
     .balign 16
+    .type interrupt_stub_\n, @function
 interrupt_stub_\n:
     push -1
     push rdi
     mov edi, \n
     jmp interrupt_common
+    .size interrupt_stub_\n, . - interrupt_stub_\n
     .endm
 
     .macro STUB_ERR n
     .balign 16
+    .type interrupt_stub_\n, @function
 interrupt_stub_\n:
     push rdi
     mov edi, \n
     jmp interrupt_common
+    .size interrupt_stub_\n, . - interrupt_stub_\n
     .endm
 
     .text
@@ -86,6 +90,7 @@ interrupt_stub_\n:
     .endr
 
     /* rdi is already saved and holds the vector; save the rest in pt_regs order. */
+    .type interrupt_common, @function
 interrupt_common:
     cld
     push rsi
@@ -123,6 +128,7 @@ interrupt_common:
     pop rdi
     add rsp, 8                  /* orig_rax */
     iretq
+    .size interrupt_common, . - interrupt_common
 
     .section .rodata
     .balign 8

@@ -7,6 +7,7 @@ global_asm!(
     r#"
     .text
     .globl switch_context
+    .type switch_context, @function
     /* switch_context(prev_rsp: *mut u64 [rdi], next_rsp: u64 [rsi]) */
 switch_context:
     push rbp
@@ -24,14 +25,17 @@ switch_context:
     pop rbx
     pop rbp
     ret
+    .size switch_context, . - switch_context
 
     /* First code a new task runs: interrupts on, then the Rust entry; rbp = 0 ends backtraces. */
     .globl task_trampoline
+    .type task_trampoline, @function
 task_trampoline:
     xor ebp, ebp
     sti
     call task_entry
     ud2
+    .size task_trampoline, . - task_trampoline
 "#
 );
 
