@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod arch;
+pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod error;

@@ -228,6 +228,9 @@ impl Machine {
         boot_times: &Arc<BootTimes>,
     ) -> Result<Self, VmmError> {
         let vm = kvm.create_vm().map_err(VmmError::kvm("create a VM"))?;
+        // Memory before the irqchip: once the irqchip exists, a memory-slot change waits for
+        // an SRCU grace period, which costs milliseconds.
+        let memory = memory::create(&vm, config.memory_bytes())?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(VmmError::kvm("set the TSS address"))?;
         vm.create_irq_chip()
@@ -235,7 +238,6 @@ impl Machine {
         vm.register_irqfd(console.irq(), crashvisor_abi::serial::COM1_IRQ)
             .map_err(VmmError::kvm("connect the COM1 interrupt"))?;
 
-        let memory = memory::create(&vm, config.memory_bytes())?;
         let loaded = kernel::load(&memory, image, config.memory_mib)?;
         pvh::write_boot_data(
             &memory,

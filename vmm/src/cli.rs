@@ -1,0 +1,134 @@
+//! The `vmm` command line, shared by the `vmm` binary and `crashvisor` (which runs the same VM
+//! when given no subcommand).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::config::{ConsoleOutput, KernelSource, VmConfig};
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0    the guest powered off (or Ctrl-A x was typed on the console)
+  1    the VMM failed: bad configuration, no usable /dev/kvm, a kernel it cannot load, ...
+  2    bad command-line usage
+  3    the guest reset and was not rebooted (--no-reboot), or reset in a loop right after boot
+  4    the guest triple-faulted and was not rebooted (--no-reboot), or did so in a loop
+  5    the guest ran an instruction the host KVM cannot emulate (RIP and bytes are reported)
+  101  the VMM itself crashed (a bug: please report it)
+
+Console: COM1 goes to stdout (or --console FILE); stdin feeds its input. When stdin is a
+terminal, type Ctrl-A x to quit.";
+
+/// Run one virtual machine on KVM with crashvisor's guest kernel (or another PVH kernel).
+#[derive(Parser, Debug)]
+#[command(version, after_help = EXIT_STATUS_HELP)]
+struct Args {
+    /// PVH ELF kernel to boot [default: the embedded crashvisor guest kernel].
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// Number of vCPUs (1-16).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    vcpus: u8,
+    /// Guest memory in MiB (32-65536).
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    memory: u64,
+    /// Kernel command line.
+    #[arg(long, default_value = "", value_name = "\"...\"")]
+    cmdline: String,
+    /// Write the console to this file instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    console: Option<PathBuf>,
+    /// Exit when the guest resets instead of rebooting it.
+    #[arg(long)]
+    no_reboot: bool,
+    /// The KVM device to use.
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_KVM_DEVICE)]
+    kvm: PathBuf,
+    /// Print boot milestones (first guest instruction, all CPUs online, shell prompt) on stderr.
+    #[arg(long)]
+    timings: bool,
+    /// Write the embedded guest kernel ELF (with symbols, for gdb) to PATH and exit.
+    #[arg(long, value_name = "PATH", exclusive = true)]
+    extract_kernel: Option<PathBuf>,
+}
+
+/// Parses the process arguments as `name` and runs the VM they describe.
+pub fn main(name: &'static str) -> ExitCode {
+    let process_start = Instant::now();
+    let args = match Args::command().name(name).try_get_matches() {
+        Ok(matches) => Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
+        Err(e) => e.exit(),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VMM_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    if let Some(path) = &args.extract_kernel {
+        return match std::fs::write(path, crate::kernel::EMBEDDED_KERNEL) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{name}: cannot write {}: {e}", path.display());
+                ExitCode::from(1)
+            }
+        };
+    }
+
+    let config = VmConfig {
+        kernel: args
+            .kernel
+            .map_or(KernelSource::Embedded, KernelSource::File),
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        cmdline: args.cmdline,
+        console: args
+            .console
+            .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+        no_reboot: args.no_reboot,
+        kvm_device: args.kvm,
+    };
+    let timings = args.timings;
+    let _raw = crate::terminal::RawMode::enable_if_tty();
+    let result = crate::vm::run_with(&config, process_start, |times| {
+        if timings {
+            for (milestone, at) in times.milestones() {
+                eprintln!("{name}: timing {milestone:?} {:.3} ms", at.as_secs_f64() * 1e3);
+            }
+        }
+    });
+    drop(_raw);
+    match result {
+        Ok(end) => {
+            if end.exit_code() != 0 {
+                eprintln!("{name}: {end}");
+            }
+            ExitCode::from(end.exit_code())
+        }
+        Err(e) => {
+            eprintln!("{name}: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// "outer: inner: innermost", the way errors read best on one line. A cause whose text the
+/// line already holds (some library errors repeat their source) is not repeated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let cause = s.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,90 @@
+//! The `vmm` command line without KVM: help, version, usage errors, kernel extraction.
+//!
+//! Being an integration test of the `vmm` package, this also makes `cargo test` build the `vmm`
+//! binary that the end-to-end tests in `tests/` run.
+
+use std::process::{Command, Output};
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmm"))
+        .args(args)
+        .env_remove("VMM_LOG")
+        .output()
+        .expect("the vmm binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_documents_every_flag_and_the_exit_statuses() {
+    let out = vmm(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for flag in [
+        "--kernel",
+        "--vcpus",
+        "--memory",
+        "--cmdline",
+        "--console",
+        "--no-reboot",
+        "--kvm",
+        "--timings",
+        "--extract-kernel",
+        "--help",
+        "--version",
+    ] {
+        assert!(
+            help.contains(flag),
+            "--help does not mention {flag}:\n{help}"
+        );
+    }
+    assert!(help.contains("Exit status"), "{help}");
+    for code in ["0", "1", "2", "3", "4", "5", "101"] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+            "--help does not document exit status {code}:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn version_names_the_program_and_version() {
+    let out = vmm(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("vmm {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn unknown_flag_is_a_usage_error() {
+    let out = vmm(&["--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn extract_kernel_writes_the_guest_elf() {
+    let path = std::env::temp_dir().join(format!("crashvisor-cli-{}.elf", std::process::id()));
+    let out = vmm(&["--extract-kernel", path.to_str().expect("UTF-8 temp dir")]);
+    let elf = std::fs::read(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let elf = elf.expect("--extract-kernel wrote the file");
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(elf[4], 2, "ELFCLASS64");
+    assert_eq!(u16::from_le_bytes([elf[16], elf[17]]), 2, "ET_EXEC");
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 62, "EM_X86_64");
+}
+
+#[test]
+fn extract_kernel_takes_no_other_flags() {
+    let out = vmm(&["--extract-kernel", "/dev/null", "--vcpus", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
