@@ -20,16 +20,16 @@ pub struct BugLocation {
 }
 
 extern "C" {
-    static __bug_table_start: BugEntry;
-    static __bug_table_end: BugEntry;
+    static __bug_table_start: u8;
+    static __bug_table_end: u8;
 }
 
 fn entries() -> &'static [BugEntry] {
     // SAFETY: the linker script bounds `.bug_table` with these symbols; it holds `BugEntry`
     // records written by `bug!` (two 8-byte words each, 8-aligned).
     unsafe {
-        let start = &__bug_table_start as *const BugEntry;
-        let end = &__bug_table_end as *const BugEntry;
+        let start = (&__bug_table_start as *const u8).cast::<BugEntry>();
+        let end = (&__bug_table_end as *const u8).cast::<BugEntry>();
         core::slice::from_raw_parts(start, end.offset_from(start) as usize)
     }
 }
@@ -43,7 +43,11 @@ pub fn is_bug_site(rip: u64) -> bool {
 pub fn report(rip: u64) {
     if let Some(entry) = entries().iter().find(|e| e.addr == rip) {
         crate::pr_emerg!("------------[ cut here ]------------");
-        crate::pr_emerg!("kernel BUG at {}:{}!", entry.location.file, entry.location.line);
+        crate::pr_emerg!(
+            "kernel BUG at {}:{}!",
+            entry.location.file,
+            entry.location.line
+        );
     }
 }
 

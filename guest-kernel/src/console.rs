@@ -57,7 +57,8 @@ pub fn with_output<R>(f: impl FnOnce(&mut dyn FnMut(&[u8])) -> R) -> Option<R> {
     let me = crate::arch::percpu::cpu_id() as u32;
     let irq = crate::sync::irq::save();
     loop {
-        match OUTPUT_OWNER.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed) {
+        match OUTPUT_OWNER.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed)
+        {
             Ok(_) => break,
             Err(owner) if owner == me => {
                 crate::sync::irq::restore(irq);
@@ -97,7 +98,11 @@ struct InputRing {
     len: usize,
 }
 
-static INPUT: SpinLock<InputRing> = SpinLock::new(InputRing { buf: [0; 256], head: 0, len: 0 });
+static INPUT: SpinLock<InputRing> = SpinLock::new(InputRing {
+    buf: [0; 256],
+    head: 0,
+    len: 0,
+});
 static INPUT_WAITERS: WaitQueue = WaitQueue::new();
 
 /// COM1 interrupt: drain the receive FIFO into the input ring and wake readers.

@@ -5,9 +5,9 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crashvisor_abi::platform::NMI_REASON_PORT;
 
+use crate::arch::cpu;
 use crate::arch::idt::PtRegs;
 use crate::arch::percpu::{self, MAX_CPUS};
-use crate::arch::cpu;
 use crate::printk::KERN_INFO;
 use crate::{dumpstack, smp};
 
@@ -51,13 +51,26 @@ pub fn handle(regs: &mut PtRegs) {
 fn unknown_nmi(_regs: &PtRegs, cpu: usize) {
     let reason = cpu::inb(NMI_REASON_PORT);
     if reason & NMI_REASON_SERR != 0 {
-        crate::pr_emerg!("NMI: PCI system error (SERR) for reason {:02x} on CPU {}.", reason, cpu);
+        crate::pr_emerg!(
+            "NMI: PCI system error (SERR) for reason {:02x} on CPU {}.",
+            reason,
+            cpu
+        );
     } else if reason & NMI_REASON_IOCHK != 0 {
-        crate::pr_emerg!("NMI: IOCK error (debug interrupt?) for reason {:02x} on CPU {}.", reason, cpu);
+        crate::pr_emerg!(
+            "NMI: IOCK error (debug interrupt?) for reason {:02x} on CPU {}.",
+            reason,
+            cpu
+        );
     } else {
-        crate::pr_emerg!("Uhhuh. NMI received for unknown reason {:02x} on CPU {}.", reason, cpu);
+        crate::pr_emerg!(
+            "Uhhuh. NMI received for unknown reason {:02x} on CPU {}.",
+            reason,
+            cpu
+        );
     }
-    if UNKNOWN_NMI_PANIC.load(Ordering::Relaxed) || PANIC_ON_UNRECOVERED_NMI.load(Ordering::Relaxed) {
+    if UNKNOWN_NMI_PANIC.load(Ordering::Relaxed) || PANIC_ON_UNRECOVERED_NMI.load(Ordering::Relaxed)
+    {
         crate::panic::panic(format_args!("NMI: Not continuing"));
     }
     crate::pr_emerg!("Dazed and confused, but trying to continue");

@@ -70,7 +70,9 @@ pub fn panic(args: fmt::Arguments<'_>) -> ! {
     irq::disable();
     crate::sync::preempt::disable();
     let me = percpu::cpu_id() as u32;
-    if let Err(owner) = PANIC_CPU.compare_exchange(PANIC_CPU_INVALID, me, Ordering::SeqCst, Ordering::SeqCst) {
+    if let Err(owner) =
+        PANIC_CPU.compare_exchange(PANIC_CPU_INVALID, me, Ordering::SeqCst, Ordering::SeqCst)
+    {
         if owner != me {
             self_stop();
         }
@@ -78,7 +80,10 @@ pub fn panic(args: fmt::Arguments<'_>) -> ! {
     printk::console_verbose();
     printk::bust_lock();
 
-    let mut message = Message { buf: [0; 1024], len: 0 };
+    let mut message = Message {
+        buf: [0; 1024],
+        len: 0,
+    };
     let _ = message.write_fmt(args);
     let mut text = &message.buf[..message.len];
     if let Some(stripped) = text.strip_suffix(b"\n") {

@@ -10,7 +10,11 @@ static mut BOOT_COMMAND_LINE_LEN: usize = 0;
 
 /// Copies the command line out of the boot data. Boot CPU, once.
 pub fn save(raw: &[u8]) {
-    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len()).min(2047);
+    let len = raw
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(raw.len())
+        .min(2047);
     // SAFETY: written once by the boot CPU before any reader exists.
     unsafe {
         let buf = &mut *core::ptr::addr_of_mut!(BOOT_COMMAND_LINE);

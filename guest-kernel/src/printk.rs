@@ -5,7 +5,9 @@ use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
-use crashvisor_klib::printk::{format_timestamp, LogIndex, Record, LOG_LINE_MAX, TIMESTAMP_MAX_LEN};
+use crashvisor_klib::printk::{
+    format_timestamp, LogIndex, Record, LOG_LINE_MAX, TIMESTAMP_MAX_LEN,
+};
 
 use crate::{console, time};
 
@@ -47,7 +49,10 @@ unsafe impl Sync for Log {}
 // SAFETY: as above.
 unsafe impl Sync for LogBuffer {}
 
-static LOG: Log = Log { owner: AtomicU32::new(NO_OWNER), index: UnsafeCell::new(LogIndex::new()) };
+static LOG: Log = Log {
+    owner: AtomicU32::new(NO_OWNER),
+    index: UnsafeCell::new(LogIndex::new()),
+};
 static LOG_BUF: LogBuffer = LogBuffer(UnsafeCell::new([0; LOG_BUF_LEN]));
 const NO_OWNER: u32 = u32::MAX;
 
@@ -55,7 +60,10 @@ fn with_log<R>(f: impl FnOnce(&mut LogIndex, &mut [u8; LOG_BUF_LEN]) -> R) -> Op
     let me = crate::arch::percpu::cpu_id() as u32;
     let irq = crate::sync::irq::save();
     loop {
-        match LOG.owner.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed) {
+        match LOG
+            .owner
+            .compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed)
+        {
             Ok(_) => break,
             Err(owner) if owner == me => {
                 crate::sync::irq::restore(irq);
@@ -104,7 +112,10 @@ impl Write for LineBuf {
 
 /// Logs formatted text at `level`; each line becomes one record.
 pub fn printk(level: u8, args: fmt::Arguments<'_>) {
-    let mut line = LineBuf { buf: [0; LOG_LINE_MAX], len: 0 };
+    let mut line = LineBuf {
+        buf: [0; LOG_LINE_MAX],
+        len: 0,
+    };
     let _ = line.write_fmt(args);
     let mut text = &line.buf[..line.len];
     if let Some(stripped) = text.strip_suffix(b"\n") {
@@ -150,7 +161,10 @@ pub struct LogSymbols {
 
 /// Where the log lives.
 pub fn symbols() -> LogSymbols {
-    LogSymbols { buf: LOG_BUF.0.get() as u64, index: LOG.index.get() as u64 }
+    LogSymbols {
+        buf: LOG_BUF.0.get() as u64,
+        index: LOG.index.get() as u64,
+    }
 }
 
 /// `printk!(level, "fmt", args)`.

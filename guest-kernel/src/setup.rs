@@ -29,12 +29,16 @@ fn start_info(phys: u64) -> Option<&'static StartInfo> {
 
 /// Copies the command line out of the boot data.
 pub fn save_cmdline(start_info_phys: u64) {
-    let Some(info) = start_info(start_info_phys) else { return };
+    let Some(info) = start_info(start_info_phys) else {
+        return;
+    };
     if info.cmdline_paddr == 0 || info.cmdline_paddr + CMDLINE_MAX_SIZE > 0x20_0000 {
         return;
     }
     // SAFETY: the command line lies in the identity-mapped low 2 MiB (checked above).
-    let raw = unsafe { core::slice::from_raw_parts(info.cmdline_paddr as *const u8, CMDLINE_MAX_SIZE as usize) };
+    let raw = unsafe {
+        core::slice::from_raw_parts(info.cmdline_paddr as *const u8, CMDLINE_MAX_SIZE as usize)
+    };
     crate::params::save(raw);
 }
 
@@ -61,25 +65,40 @@ pub fn memory(start_info_phys: u64) -> bool {
         return false;
     }
     // SAFETY: the memory map lies in the identity-mapped low 2 MiB (checked above).
-    let raw = unsafe { core::slice::from_raw_parts(info.memmap_paddr as *const MemmapEntry, entries) };
+    let raw =
+        unsafe { core::slice::from_raw_parts(info.memmap_paddr as *const MemmapEntry, entries) };
     let Ok(mut map) = MemoryMap::from_pvh(raw) else {
         crate::pr_emerg!("PVH: unusable memory map");
         return false;
     };
     crate::pr_info!("BIOS-provided physical RAM map:");
     for range in map.ranges() {
-        crate::pr_info!("BIOS-e820: [mem {:#018x}-{:#018x}] {}", range.start, range.end - 1, e820_name(range.kind));
+        crate::pr_info!(
+            "BIOS-e820: [mem {:#018x}-{:#018x}] {}",
+            range.start,
+            range.end - 1,
+            e820_name(range.kind)
+        );
     }
+    crate::pr_info!("T before direct map");
     let mapped = paging::init_direct_map(map.ram_end());
+    crate::pr_info!("T after direct map");
     if mapped < map.ram_end() {
-        crate::pr_warn!("mm: RAM above {:#x} is not mapped and will not be used", mapped);
+        crate::pr_warn!(
+            "mm: RAM above {:#x} is not mapped and will not be used",
+            mapped
+        );
         let _ = map.reserve(mapped, map.ram_end(), RangeKind::Reserved);
     }
 
     // What is in use before the allocator exists: real-mode data and boot structures, the AP
     // trampoline, the command line, the kernel image, the kernel module.
     let _ = map.reserve(0, AP_TRAMPOLINE_GPA + PAGE_SIZE, RangeKind::BootData);
-    let _ = map.reserve(CMDLINE_GPA, CMDLINE_GPA + 2 * CMDLINE_MAX_SIZE, RangeKind::BootData);
+    let _ = map.reserve(
+        CMDLINE_GPA,
+        CMDLINE_GPA + 2 * CMDLINE_MAX_SIZE,
+        RangeKind::BootData,
+    );
     let (kernel_start, kernel_end) = mm::kernel_image_phys();
     let kernel_end = kernel_end.next_multiple_of(PAGE_SIZE);
     let _ = map.reserve(kernel_start, kernel_end, RangeKind::Kernel);
@@ -87,7 +106,10 @@ pub fn memory(start_info_phys: u64) -> bool {
         // SAFETY: the module list lies in the identity-mapped low 2 MiB (checked above).
         let module = unsafe { *(info.modlist_paddr as *const ModlistEntry) };
         let end = (module.paddr + module.size).next_multiple_of(PAGE_SIZE);
-        if map.reserve(module.paddr & !(PAGE_SIZE - 1), end, RangeKind::Module).is_ok() {
+        if map
+            .reserve(module.paddr & !(PAGE_SIZE - 1), end, RangeKind::Module)
+            .is_ok()
+        {
             KERNEL_MODULE[0].store(module.paddr, Ordering::Relaxed);
             KERNEL_MODULE[1].store(module.size, Ordering::Relaxed);
         }
@@ -95,11 +117,20 @@ pub fn memory(start_info_phys: u64) -> bool {
     let nr_frames = map.ram_end().div_ceil(PAGE_SIZE);
     let bitmap_bytes = (FrameBitmap::words_needed(nr_frames) * 8) as u64;
     let bitmap_phys = kernel_end;
-    if map.reserve(bitmap_phys, bitmap_phys + bitmap_bytes.next_multiple_of(PAGE_SIZE), RangeKind::Kernel).is_err() {
+    if map
+        .reserve(
+            bitmap_phys,
+            bitmap_phys + bitmap_bytes.next_multiple_of(PAGE_SIZE),
+            RangeKind::Kernel,
+        )
+        .is_err()
+    {
         crate::pr_emerg!("mm: no room for the frame bitmap after the kernel");
         return false;
     }
+    crate::pr_info!("T before frame init");
     mm::frame::init(&map, bitmap_phys);
+    crate::pr_info!("T after frame init");
     *MEMORY_MAP.lock_irqsave() = Some(map);
     true
 }

@@ -42,11 +42,7 @@ pub fn main(_: usize) {
                 line.clear();
                 console::write_text(PROMPT);
             }
-            0x7f | 0x08 => {
-                if line.pop().is_some() {
-                    console::write_text(b"\x08 \x08");
-                }
-            }
+            0x7f | 0x08 if line.pop().is_some() => console::write_text(b"\x08 \x08"),
             0x03 => {
                 console::write_text(b"^C\n");
                 line.clear();
@@ -74,12 +70,23 @@ fn run(line: &str) {
         ("cat", Some("/proc/meminfo")) => out(&procfs::meminfo()),
         ("cat", Some("/proc/uptime")) => {
             let ns = time::now_ns();
-            out(&alloc::format!("{}.{:02} 0.00\n", ns / 1_000_000_000, ns / 10_000_000 % 100));
+            out(&alloc::format!(
+                "{}.{:02} 0.00\n",
+                ns / 1_000_000_000,
+                ns / 10_000_000 % 100
+            ));
         }
         ("echo", Some(key)) if line.ends_with("> /proc/sysrq-trigger") => sysrq(key),
         ("panic", _) => {
             let message = line.strip_prefix("panic").unwrap_or("").trim();
-            crate::panic::panic(format_args!("{}", if message.is_empty() { "shell panic" } else { message }));
+            crate::panic::panic(format_args!(
+                "{}",
+                if message.is_empty() {
+                    "shell panic"
+                } else {
+                    message
+                }
+            ));
         }
         ("reboot", _) => reboot::restart(),
         ("poweroff", _) => reboot::power_off(),
@@ -123,7 +130,9 @@ fn dmesg() {
     let mut text = String::new();
     printk::for_each_record(0, |record| {
         let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
-        text.push_str(core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""));
+        text.push_str(
+            core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""),
+        );
         text.push_str(core::str::from_utf8(record.text).unwrap_or("?"));
         text.push('\n');
     });

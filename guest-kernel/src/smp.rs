@@ -44,6 +44,8 @@ pub fn boot_secondary_cpus() {
     unsafe { core::ptr::copy_nonoverlapping(image.as_ptr(), base, image.len()) };
     let slots = (base as usize + trampoline::data_offset()) as *mut u64;
     let mut booted = 1;
+    #[allow(clippy::needless_range_loop)]
+    // cpu_id is also the APIC id and the trampoline's argument
     for cpu_id in 1..n {
         let Some(stack) = mm::frame::alloc_pages(sched::STACK_SIZE / 4096) else {
             crate::pr_err!("smp: no memory for the stack of CPU {}", cpu_id);
@@ -53,9 +55,11 @@ pub fn boot_secondary_cpus() {
         // AP is waited for before the next start).
         unsafe {
             slots.write_volatile(paging::top_table_phys());
-            slots.add(1).write_volatile(stack + sched::STACK_SIZE as u64);
+            slots
+                .add(1)
+                .write_volatile(stack + sched::STACK_SIZE as u64);
             slots.add(2).write_volatile(cpu_id as u64);
-            slots.add(3).write_volatile(ap_start as usize as u64);
+            slots.add(3).write_volatile(ap_start as *const () as u64);
         }
         AP_STACKS[cpu_id].store(stack as usize, Ordering::Relaxed);
         apic::send_init(cpu_id as u32);
@@ -71,7 +75,11 @@ pub fn boot_secondary_cpus() {
             crate::pr_err!("smpboot: do_boot_cpu failed(-1) to wakeup CPU#{}", cpu_id);
         }
     }
-    crate::pr_info!("smp: Brought up 1 node, {} CPU{}", booted, if booted == 1 { "" } else { "s" });
+    crate::pr_info!(
+        "smp: Brought up 1 node, {} CPU{}",
+        booted,
+        if booted == 1 { "" } else { "s" }
+    );
 }
 
 static AP_STACKS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
@@ -136,7 +144,10 @@ pub fn call_on_cpu(cpu: usize, f: CallFn, arg: usize) {
         drop(slot);
         cpu::pause();
     }
-    apic::send_ipi(percpu::of(cpu).apic_id.load(Ordering::Relaxed), vector::CALL_FUNCTION);
+    apic::send_ipi(
+        percpu::of(cpu).apic_id.load(Ordering::Relaxed),
+        vector::CALL_FUNCTION,
+    );
 }
 
 /// The call-function IPI handler.

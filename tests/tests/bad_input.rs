@@ -220,7 +220,6 @@ fn triple_fault_loop_gives_up_with_4() {
 }
 
 #[test]
-#[ignore = "vmm bug: log lines on stderr carry ANSI colour codes even when stderr is not a terminal"]
 fn log_lines_on_a_pipe_have_no_colour_codes() {
     let kernel = ElfKernel::pvh(UD2, LOAD_GPA).write_temp("ud2-colour");
     // The reset loop is reported by a log line (tracing) before the `vmm: ` line.

@@ -211,7 +211,6 @@ fn per_cpu_thread_cpu(command: &str) -> Option<usize> {
 
 /// Linux's init has parent 0, and every other parent is a task that `ps` lists.
 #[test]
-#[ignore = "guest bug: sh (pid 1) shows PPID 2, but there is no pid 2 (sched::spawn hardcodes kthreadd's pid)"]
 fn ps_parents_exist() {
     let mut vm = Vm::start(&["--vcpus", "2", "--memory", "64"]);
     vm.boot();
@@ -480,9 +479,6 @@ fn no_reboot_turns_a_reboot_into_exit_3() {
 /// The largest memory `vmm` accepts is all usable by the guest. Slow: setting up 64 GiB takes
 /// the guest about 30 s when its ring-0 code is emulated.
 #[test]
-#[ignore = "VMM/guest bug: with --memory 65536 the RAM above the 3-4 GiB hole ends at 65 GiB, \
-            past the guest's 64 GiB direct map, so the guest drops 1 GiB \
-            (`mm: RAM above 0x1000000000 is not mapped and will not be used`)"]
 fn largest_memory_is_all_usable() {
     let mut vm = Vm::start(&["--memory", "65536"]);
     let log = vm.expect_prompt(2 * BOOT_TIMEOUT);

@@ -1,6 +1,7 @@
 //! The `vmm` command line, shared by the `vmm` binary and `crashvisor` (which runs the same VM
 //! when given no subcommand).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -47,7 +48,8 @@ struct Args {
     /// The KVM device to use.
     #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_KVM_DEVICE)]
     kvm: PathBuf,
-    /// Print boot milestones (first guest instruction, all CPUs online, shell prompt) on stderr.
+    /// Print boot milestones (first guest instruction, all CPUs online, shell prompt) on stderr
+    /// as they happen, in ms since the VMM started and as CLOCK_MONOTONIC nanoseconds.
     #[arg(long)]
     timings: bool,
     /// Write the embedded guest kernel ELF (with symbols, for gdb) to PATH and exit.
@@ -68,6 +70,7 @@ pub fn main(name: &'static str) -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     if let Some(path) = &args.extract_kernel {
@@ -93,16 +96,9 @@ pub fn main(name: &'static str) -> ExitCode {
         no_reboot: args.no_reboot,
         kvm_device: args.kvm,
     };
-    let timings = args.timings;
-    let _raw = crate::terminal::RawMode::enable_if_tty();
-    let result = crate::vm::run_with(&config, process_start, |times| {
-        if timings {
-            for (milestone, at) in times.milestones() {
-                eprintln!("{name}: timing {milestone:?} {:.3} ms", at.as_secs_f64() * 1e3);
-            }
-        }
-    });
-    drop(_raw);
+    let raw_mode = crate::terminal::RawMode::enable_if_tty();
+    let result = crate::vm::run_with(&config, process_start, args.timings);
+    drop(raw_mode);
     match result {
         Ok(end) => {
             if end.exit_code() != 0 {

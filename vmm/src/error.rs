@@ -60,13 +60,12 @@ pub enum VmmError {
         source: std::io::Error,
     },
     /// The kernel is not a loadable ELF.
-    #[error("{kernel} is not a loadable x86_64 ELF kernel")]
+    #[error("{kernel} is not a loadable x86_64 ELF kernel: {reason}")]
     KernelFormat {
         /// Which kernel.
         kernel: String,
-        /// What the loader found.
-        #[source]
-        source: linux_loader::loader::Error,
+        /// What the loader found, in its own words.
+        reason: String,
     },
     /// The kernel ELF has no PVH entry note.
     #[error("{0} has no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); crashvisor boots kernels through PVH only")]

@@ -65,9 +65,9 @@ pub fn load(
         &mut reader,
         Some(GuestAddress(crashvisor_abi::layout::HIGH_RAM_START)),
     )
-    .map_err(|source| VmmError::KernelFormat {
+    .map_err(|e| VmmError::KernelFormat {
         kernel: image.name.clone(),
-        source,
+        reason: loader_reason(&e),
     })?;
     match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel {
@@ -76,6 +76,17 @@ pub fn load(
         }),
         _ => Err(VmmError::KernelNotPvh(image.name.clone())),
     }
+}
+
+/// The innermost message of a loader error, without the "Kernel Loader: " prefix that each of
+/// its layers repeats.
+fn loader_reason(error: &linux_loader::loader::Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    let text = innermost.to_string();
+    text.trim_start_matches("Kernel Loader: ").to_string()
 }
 
 /// Rejects kernels whose segments lie beyond guest RAM with a message naming the size needed

@@ -73,14 +73,15 @@ impl fmt::Display for GuestEnd {
 
 /// Runs the VM described by `config` until the guest ends.
 pub fn run(config: &VmConfig) -> Result<GuestEnd, VmmError> {
-    run_with(config, Instant::now(), |_| {})
+    run_with(config, Instant::now(), false)
 }
 
-/// Like `run`, timing from `process_start` and reporting each boot's milestones to `on_boot_end`.
+/// Like `run`, timing boot milestones from `process_start` and, with `echo_timings`, printing
+/// each on stderr as it is reached.
 pub fn run_with(
     config: &VmConfig,
     process_start: Instant,
-    mut on_boot_end: impl FnMut(&BootTimes),
+    echo_timings: bool,
 ) -> Result<GuestEnd, VmmError> {
     config.validate()?;
     let kvm = open_kvm(&config.kvm_device)?;
@@ -95,14 +96,13 @@ pub fn run_with(
     let quit_requests = Arc::new(std::sync::Mutex::new(None::<Arc<RunContext>>));
     start_input_thread(&console, &quit_requests)?;
 
-    let boot_times = Arc::new(BootTimes::new(process_start));
+    let boot_times = Arc::new(BootTimes::new(process_start, echo_timings));
     let mut quick_resets = 0;
     loop {
         let boot_start = Instant::now();
         let machine = Machine::build(&kvm, config, &image, &console, &boot_times)?;
         *quit_requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.ctx.clone());
         let reason = machine.run()?;
-        on_boot_end(&boot_times);
         let cause = match reason {
             StopReason::PowerOff => return Ok(GuestEnd::PowerOff),
             StopReason::Quit => return Ok(GuestEnd::Quit),
@@ -129,7 +129,12 @@ pub fn run_with(
             0
         };
         if quick_resets >= RESET_LOOP_COUNT {
-            tracing::error!("the guest reset {quick_resets} times within {RESET_LOOP_WINDOW:?} of booting; giving up");
+            let how = if cause == ResetCause::TripleFault {
+                "triple-faulted"
+            } else {
+                "reset"
+            };
+            tracing::error!("the guest {how} {quick_resets} times within {RESET_LOOP_WINDOW:?} of booting; giving up");
             return Ok(ending);
         }
         tracing::info!(?cause, "guest reset; rebooting");

@@ -22,14 +22,22 @@ pub fn init(map: &MemoryMap, bitmap_phys: u64) {
     let words = FrameBitmap::words_needed(nr_frames);
     // SAFETY: the caller reserved `bitmap_phys .. + words*8` for the bitmap; the direct map
     // covers it and nothing else refers to that memory.
-    let bits = unsafe { core::slice::from_raw_parts_mut(phys_to_virt(bitmap_phys) as *mut u64, words) };
+    let bits =
+        unsafe { core::slice::from_raw_parts_mut(phys_to_virt(bitmap_phys) as *mut u64, words) };
     let Ok(mut bitmap) = FrameBitmap::new(bits, nr_frames) else {
         crate::pr_err!("BUG: frame bitmap too small for {} frames", nr_frames);
         return;
     };
     for range in map.ram() {
-        if bitmap.free_range(range.start_pfn(), range.end_pfn()).is_err() {
-            crate::pr_err!("BUG: RAM range {:#x}-{:#x} outside the frame bitmap", range.start, range.end);
+        if bitmap
+            .free_range(range.start_pfn(), range.end_pfn())
+            .is_err()
+        {
+            crate::pr_err!(
+                "BUG: RAM range {:#x}-{:#x} outside the frame bitmap",
+                range.start,
+                range.end
+            );
         }
     }
     BITMAP_PHYS.store(bitmap_phys, Ordering::Relaxed);
@@ -41,7 +49,11 @@ pub fn init(map: &MemoryMap, bitmap_phys: u64) {
 pub fn alloc_pages(count: usize) -> Option<u64> {
     let mut frames = FRAMES.lock_irqsave();
     let bitmap = frames.as_mut()?;
-    let pfn = if count == 1 { bitmap.alloc() } else { bitmap.alloc_contiguous(count as u64, 1) }?;
+    let pfn = if count == 1 {
+        bitmap.alloc()
+    } else {
+        bitmap.alloc_contiguous(count as u64, 1)
+    }?;
     Some(phys_to_virt(pfn * PAGE))
 }
 
@@ -67,5 +79,8 @@ pub fn free_count() -> u64 {
 
 /// Physical address of the bitmap and the number of frames it covers.
 pub fn bitmap_location() -> (u64, u64) {
-    (BITMAP_PHYS.load(Ordering::Relaxed), TOTAL_FRAMES.load(Ordering::Relaxed))
+    (
+        BITMAP_PHYS.load(Ordering::Relaxed),
+        TOTAL_FRAMES.load(Ordering::Relaxed),
+    )
 }

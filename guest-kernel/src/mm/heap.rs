@@ -32,11 +32,14 @@ fn class_of(layout: &Layout) -> Option<usize> {
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = class_of(&layout) else {
-            return frame::alloc_pages(layout.size().div_ceil(PAGE)).map_or(null_mut(), |va| va as *mut u8);
+            return frame::alloc_pages(layout.size().div_ceil(PAGE))
+                .map_or(null_mut(), |va| va as *mut u8);
         };
         let mut lists = self.lists.lock_irqsave();
         if lists.heads[class] == 0 {
-            let Some(page) = frame::alloc_pages(1) else { return null_mut() };
+            let Some(page) = frame::alloc_pages(1) else {
+                return null_mut();
+            };
             let size = 1usize << (class + MIN_CLASS_SHIFT);
             // Thread the new page's blocks onto the free list.
             let mut next = 0usize;
@@ -67,4 +70,8 @@ unsafe impl GlobalAlloc for KernelHeap {
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap { lists: SpinLock::new(FreeLists { heads: [0; CLASSES] }) };
+static HEAP: KernelHeap = KernelHeap {
+    lists: SpinLock::new(FreeLists {
+        heads: [0; CLASSES],
+    }),
+};

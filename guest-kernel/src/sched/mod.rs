@@ -8,11 +8,16 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use self::task::{Policy, Task, PF_IDLE, PF_KTHREAD, TASK_DEAD, TASK_RUNNING, TASK_UNINTERRUPTIBLE};
+use self::task::{
+    Policy, Task, PF_IDLE, PF_KTHREAD, TASK_DEAD, TASK_RUNNING, TASK_UNINTERRUPTIBLE,
+};
 use crate::arch::idt::vector;
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::{apic, switch};
 use crate::sync::{irq, SpinLock};
+
+/// pid of kthreadd, the parent of every kernel thread.
+pub const KTHREADD_PID: u32 = 2;
 
 /// Kernel stack size of a task.
 pub const STACK_SIZE: usize = 16 * 1024;
@@ -27,7 +32,10 @@ struct RunQueue {
 
 impl RunQueue {
     const fn new() -> Self {
-        Self { fifo: VecDeque::new(), normal: VecDeque::new() }
+        Self {
+            fifo: VecDeque::new(),
+            normal: VecDeque::new(),
+        }
     }
 
     fn enqueue(&mut self, task: &'static Task) {
@@ -62,7 +70,8 @@ impl RunQueue {
     }
 }
 
-static RUN_QUEUES: [SpinLock<RunQueue>; MAX_CPUS] = [const { SpinLock::new(RunQueue::new()) }; MAX_CPUS];
+static RUN_QUEUES: [SpinLock<RunQueue>; MAX_CPUS] =
+    [const { SpinLock::new(RunQueue::new()) }; MAX_CPUS];
 static SLICE_ARMED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 /// The task running on this CPU.
@@ -84,13 +93,23 @@ fn preempts(a: &Task, b: &Task) -> bool {
 /// Turns the code running on this CPU into its idle task (pid 0, "swapper/N").
 pub fn init_idle(cpu: usize, stack_base: u64, stack_size: u64) {
     let name = idle_name(cpu);
-    let mut idle = Task::new(0, 0, name.as_str(), Policy::Normal, cpu as u32, 1 << cpu, PF_KTHREAD | PF_IDLE);
+    let mut idle = Task::new(
+        0,
+        0,
+        name.as_str(),
+        Policy::Normal,
+        cpu as u32,
+        1 << cpu,
+        PF_KTHREAD | PF_IDLE,
+    );
     idle.stack_base = stack_base;
     idle.stack_size = stack_size;
     let idle: &'static Task = Box::leak(Box::new(idle));
     task::register(idle);
     let block = percpu::of(cpu);
-    block.idle.store(idle as *const Task as *mut Task, Ordering::Relaxed);
+    block
+        .idle
+        .store(idle as *const Task as *mut Task, Ordering::Relaxed);
     block.set_current(idle as *const Task as *mut Task);
 }
 
@@ -124,10 +143,19 @@ mod heapless_name {
 
 /// Creates a kernel thread running `entry(arg)` on `cpu` (or the least busy allowed CPU when
 /// `cpu` is `None`) and makes it runnable.
-pub fn spawn(name: &str, policy: Policy, cpu: Option<usize>, entry: fn(usize), arg: usize) -> Option<&'static Task> {
+pub fn spawn(
+    name: &str,
+    policy: Policy,
+    cpu: Option<usize>,
+    entry: fn(usize),
+    arg: usize,
+) -> Option<&'static Task> {
     let cpu = cpu.unwrap_or_else(least_loaded_cpu);
     let stack = crate::mm::frame::alloc_pages(STACK_SIZE / 4096)?;
-    let mut task = Task::new(task::alloc_pid(), 2, name, policy, cpu as u32, 1 << cpu, PF_KTHREAD);
+    let pid = task::alloc_pid();
+    // As in Linux: init (pid 1) is a child of pid 0; kernel threads are children of kthreadd.
+    let ppid = if pid <= KTHREADD_PID { 0 } else { KTHREADD_PID };
+    let mut task = Task::new(pid, ppid, name, policy, cpu as u32, 1 << cpu, PF_KTHREAD);
     task.stack_base = stack;
     task.stack_size = STACK_SIZE as u64;
     task.entry = Some(entry);
@@ -135,7 +163,8 @@ pub fn spawn(name: &str, policy: Policy, cpu: Option<usize>, entry: fn(usize), a
     // SAFETY: the task is not shared yet; its stack was just allocated for it.
     unsafe { *task.saved_rsp.get() = switch::initial_stack(stack + STACK_SIZE as u64) };
     let task: &'static Task = Box::leak(Box::new(task));
-    task.last_switch_time_ns.store(crate::time::now_ns(), Ordering::Relaxed);
+    task.last_switch_time_ns
+        .store(crate::time::now_ns(), Ordering::Relaxed);
     task::register(task);
     enqueue_and_kick(task);
     Some(task)
@@ -324,9 +353,12 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// Number of queued tasks on `cpu` (for diagnostics).
-pub fn queued(cpu: usize) -> usize {
-    RUN_QUEUES[cpu].lock_irqsave().len()
+/// kthreadd (pid 2): the parent of kernel threads. Ours creates none itself; it sleeps.
+pub fn kthreadd(_: usize) {
+    loop {
+        set_current_state(task::TASK_INTERRUPTIBLE);
+        schedule();
+    }
 }
 
 /// Moves a task that is not running to another allowed CPU.

@@ -79,7 +79,15 @@ unsafe impl Sync for Task {}
 impl Task {
     /// Builds a task; the scheduler fills in the stack.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(pid: u32, ppid: u32, name: &str, policy: Policy, cpu: u32, allowed: u64, flags: u32) -> Self {
+    pub(super) fn new(
+        pid: u32,
+        ppid: u32,
+        name: &str,
+        policy: Policy,
+        cpu: u32,
+        allowed: u64,
+        flags: u32,
+    ) -> Self {
         let mut comm = [0u8; TASK_COMM_LEN];
         let n = name.len().min(TASK_COMM_LEN - 1);
         comm[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -107,7 +115,11 @@ impl Task {
 
     /// The task's name (Linux's `comm`).
     pub fn comm(&self) -> &str {
-        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
+        let len = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(TASK_COMM_LEN);
         core::str::from_utf8(&self.comm[..len]).unwrap_or("?")
     }
 

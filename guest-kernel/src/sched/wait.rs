@@ -14,7 +14,9 @@ pub struct WaitQueue {
 impl WaitQueue {
     /// An empty queue.
     pub const fn new() -> Self {
-        Self { waiters: SpinLock::new(Vec::new()) }
+        Self {
+            waiters: SpinLock::new(Vec::new()),
+        }
     }
 
     fn wait(&self, state: u8, mut condition: impl FnMut() -> bool) {
@@ -36,7 +38,9 @@ impl WaitQueue {
             }
         }
         set_current_state(TASK_RUNNING);
-        self.waiters.lock_irqsave().retain(|t| !core::ptr::eq(*t, me));
+        self.waiters
+            .lock_irqsave()
+            .retain(|t| !core::ptr::eq(*t, me));
     }
 
     /// Sleeps in `TASK_INTERRUPTIBLE` until `condition` holds (checked after each wake-up).

@@ -23,11 +23,18 @@ unsafe impl<T: Send> Send for SpinLock<T> {}
 impl<T> SpinLock<T> {
     /// A new, unlocked lock.
     pub const fn new(value: T) -> Self {
-        Self { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
+        Self {
+            locked: AtomicBool::new(false),
+            value: UnsafeCell::new(value),
+        }
     }
 
     fn acquire(&self) {
-        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+        while self
+            .locked
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             while self.locked.load(Ordering::Relaxed) {
                 core::hint::spin_loop();
             }
@@ -35,14 +42,19 @@ impl<T> SpinLock<T> {
     }
 
     fn try_acquire(&self) -> bool {
-        self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Locks, with preemption disabled while held.
     pub fn lock(&self) -> SpinGuard<'_, T> {
         preempt::disable();
         self.acquire();
-        SpinGuard { lock: self, irq_was_enabled: None }
+        SpinGuard {
+            lock: self,
+            irq_was_enabled: None,
+        }
     }
 
     /// Locks with interrupts and preemption disabled while held.
@@ -50,7 +62,10 @@ impl<T> SpinLock<T> {
         let was = irq::save();
         preempt::disable();
         self.acquire();
-        SpinGuard { lock: self, irq_was_enabled: Some(was) }
+        SpinGuard {
+            lock: self,
+            irq_was_enabled: Some(was),
+        }
     }
 
     /// Tries once to lock with interrupts disabled; for NMI and panic paths that must not spin.
@@ -58,7 +73,10 @@ impl<T> SpinLock<T> {
         let was = irq::save();
         preempt::disable();
         if self.try_acquire() {
-            Some(SpinGuard { lock: self, irq_was_enabled: Some(was) })
+            Some(SpinGuard {
+                lock: self,
+                irq_was_enabled: Some(was),
+            })
         } else {
             preempt::enable_no_resched();
             irq::restore(was);
@@ -109,7 +127,10 @@ impl<T> Drop for SpinGuard<'_, T> {
             Some(was) => {
                 preempt::enable_no_resched();
                 irq::restore(was);
-                if was && crate::arch::percpu::preempt_count() == 0 && crate::arch::percpu::need_resched() {
+                if was
+                    && crate::arch::percpu::preempt_count() == 0
+                    && crate::arch::percpu::need_resched()
+                {
                     crate::sched::schedule();
                 }
             }

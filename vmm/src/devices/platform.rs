@@ -18,13 +18,16 @@ use super::{IoAction, StopReason};
 #[derive(Debug)]
 pub struct BootTimes {
     inner: Mutex<(Instant, Vec<(Progress, Duration)>)>,
+    /// Print each milestone on stderr as it is reached.
+    echo: bool,
 }
 
 impl BootTimes {
-    /// Starts the clock at `origin` (the VMM process start).
-    pub fn new(origin: Instant) -> Self {
+    /// Starts the clock at `origin` (the VMM process start); `echo` prints milestones on stderr.
+    pub fn new(origin: Instant, echo: bool) -> Self {
         Self {
             inner: Mutex::new((origin, Vec::new())),
+            echo,
         }
     }
 
@@ -35,9 +38,18 @@ impl BootTimes {
     /// Records `progress` unless it was already reached in this boot.
     pub fn record(&self, progress: Progress) {
         let mut inner = self.lock();
-        if !inner.1.iter().any(|(p, _)| *p == progress) {
-            let elapsed = inner.0.elapsed();
-            inner.1.push((progress, elapsed));
+        if inner.1.iter().any(|(p, _)| *p == progress) {
+            return;
+        }
+        let elapsed = inner.0.elapsed();
+        inner.1.push((progress, elapsed));
+        drop(inner);
+        if self.echo {
+            eprintln!(
+                "timing {progress:?} {:.3} ms monotonic_ns {}",
+                elapsed.as_secs_f64() * 1e3,
+                monotonic_ns()
+            );
         }
     }
 
@@ -50,6 +62,17 @@ impl BootTimes {
     pub fn restart(&self) {
         *self.lock() = (Instant::now(), Vec::new());
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, comparable across processes (benchmarks time from spawn).
+pub fn monotonic_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
 /// Per-machine state of the platform device.
@@ -161,7 +184,7 @@ mod tests {
     use super::*;
 
     fn platform() -> Platform {
-        Platform::new(std::sync::Arc::new(BootTimes::new(Instant::now())))
+        Platform::new(std::sync::Arc::new(BootTimes::new(Instant::now(), false)))
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl<'a> FrameBitmap<'a> {
         if !self.all_words(start, end, |word, mask| word & mask == mask) {
             return Err(FrameError::DoubleFree);
         }
-        self.update_words(start, end, |word, mask| word & !mask);
+        self.update_words(start, end, 0, |word, mask| word & !mask);
         self.free += end - start;
         if start < end {
             self.hint = self.hint.min(word_index(start));
@@ -120,7 +120,7 @@ impl<'a> FrameBitmap<'a> {
         if !self.all_words(start, end, |word, mask| word & mask == 0) {
             return Err(FrameError::AlreadyUsed);
         }
-        self.update_words(start, end, |word, mask| word | mask);
+        self.update_words(start, end, u64::MAX, |word, mask| word | mask);
         self.free -= end - start;
         Ok(())
     }
@@ -160,7 +160,7 @@ impl<'a> FrameBitmap<'a> {
                 .filter(|&end| end <= self.nr_frames)?;
             match self.last_used(start, end) {
                 None => {
-                    self.update_words(start, end, |word, mask| word | mask);
+                    self.update_words(start, end, u64::MAX, |word, mask| word | mask);
                     self.free -= count;
                     return Some(start);
                 }
@@ -177,18 +177,38 @@ impl<'a> FrameBitmap<'a> {
         }
     }
 
-    /// Whether `test(word, mask)` holds for every word overlapping `[start, end)`.
+    /// Whether `test(word, mask)` holds for every word overlapping `[start, end)`. Whole words
+    /// in the middle are scanned as a plain slice: boot frees all of RAM through here, and under
+    /// an instruction emulator every instruction per word counts.
     fn all_words(&self, start: u64, end: u64, test: impl Fn(u64, u64) -> bool) -> bool {
-        WordMasks::new(start, end)
+        let (partial, full) = split_words(start, end);
+        partial
+            .into_iter()
+            .flatten()
             .all(|(index, mask)| self.words.get(index).is_some_and(|&word| test(word, mask)))
+            && self
+                .words
+                .get(full)
+                .is_some_and(|words| words.iter().all(|&word| test(word, u64::MAX)))
     }
 
-    /// Replaces every word overlapping `[start, end)` with `update(word, mask)`.
-    fn update_words(&mut self, start: u64, end: u64, update: impl Fn(u64, u64) -> u64) {
-        for (index, mask) in WordMasks::new(start, end) {
+    /// Replaces every word overlapping `[start, end)` with `update(word, mask)`; whole words
+    /// become `update(word, u64::MAX)`, which must not depend on `word` (it is `full_value`).
+    fn update_words(
+        &mut self,
+        start: u64,
+        end: u64,
+        full_value: u64,
+        update: impl Fn(u64, u64) -> u64,
+    ) {
+        let (partial, full) = split_words(start, end);
+        for (index, mask) in partial.into_iter().flatten() {
             if let Some(word) = self.words.get_mut(index) {
                 *word = update(*word, mask);
             }
+        }
+        if let Some(words) = self.words.get_mut(full) {
+            words.fill(full_value);
         }
     }
 
@@ -201,6 +221,29 @@ impl<'a> FrameBitmap<'a> {
             })
             .last()
     }
+}
+
+/// Splits frames `[start, end)` into the partially covered words at either end, as
+/// `(index, mask)`, and the range of wholly covered words between them.
+fn split_words(start: u64, end: u64) -> ([Option<(usize, u64)>; 2], core::ops::Range<usize>) {
+    if start >= end {
+        return ([None, None], 0..0);
+    }
+    let first_full = start.div_ceil(BITS);
+    let last_full = end / BITS;
+    if first_full >= last_full {
+        // No whole word: one or two partial words.
+        let mut masks = WordMasks::new(start, end);
+        return ([masks.next(), masks.next()], 0..0);
+    }
+    let head =
+        (!start.is_multiple_of(BITS)).then(|| (word_index(start), u64::MAX << (start % BITS)));
+    let tail =
+        (!end.is_multiple_of(BITS)).then(|| (word_index(end), u64::MAX >> (BITS - end % BITS)));
+    (
+        [head, tail],
+        word_index(first_full * BITS)..word_index(last_full * BITS),
+    )
 }
 
 /// Whether frame `pfn` is in use in a bitmap laid out like [`FrameBitmap`]'s (for example one
@@ -248,6 +291,21 @@ mod tests {
     use super::*;
     use alloc::vec;
     use alloc::vec::Vec;
+
+    #[test]
+    fn split_words_covers_exactly_the_frames_word_masks_covers() {
+        for start in 0..200u64 {
+            for end in start..200u64 {
+                let mut expected: Vec<(usize, u64)> = WordMasks::new(start, end).collect();
+                let (partial, full) = split_words(start, end);
+                let mut got: Vec<(usize, u64)> = partial.into_iter().flatten().collect();
+                got.extend(full.map(|i| (i, u64::MAX)));
+                got.sort_unstable();
+                expected.sort_unstable();
+                assert_eq!(got, expected, "range {start}..{end}");
+            }
+        }
+    }
 
     #[test]
     fn starts_all_used_and_touches_only_needed_words() {

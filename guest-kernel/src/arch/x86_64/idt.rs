@@ -193,7 +193,12 @@ pub fn load() {
         limit: u16,
         base: u64,
     }
-    let pointer = Pointer { limit: (512 * 8 - 1) as u16, base: IDT.0.get() as u64 };
+    let pointer = Pointer {
+        limit: (512 * 8 - 1) as u16,
+        base: IDT.0.get() as u64,
+    };
     // SAFETY: the IDT is a static filled by `init`; every present gate points at a stub above.
-    unsafe { core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+    unsafe {
+        core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags))
+    };
 }

@@ -18,8 +18,9 @@ const HUGE: u64 = 1 << 7;
 const GIB: u64 = 1 << 30;
 const MIB2: u64 = 1 << 21;
 
-/// Largest physical address the 2 MiB-page direct map covers (the page-directory pool's size).
-pub const DIRECT_MAP_MAX_2M: u64 = 64 * GIB;
+/// Largest physical address the 2 MiB-page direct map covers (the page-directory pool's size):
+/// the VMM's largest guest, 64 GiB of RAM, ends at 65 GiB because of the 1 GiB MMIO hole.
+pub const DIRECT_MAP_MAX_2M: u64 = 65 * GIB;
 const POOL_DIRECTORIES: usize = (DIRECT_MAP_MAX_2M / GIB) as usize;
 
 #[repr(C, align(4096))]
@@ -28,7 +29,8 @@ struct Table(UnsafeCell<[u64; 512]>);
 unsafe impl Sync for Table {}
 
 static DIRECT_MAP_PDPT: Table = Table(UnsafeCell::new([0; 512]));
-static DIRECT_MAP_PDS: [Table; POOL_DIRECTORIES] = [const { Table(UnsafeCell::new([0; 512])) }; POOL_DIRECTORIES];
+static DIRECT_MAP_PDS: [Table; POOL_DIRECTORIES] =
+    [const { Table(UnsafeCell::new([0; 512])) }; POOL_DIRECTORIES];
 
 extern "C" {
     /// The top-level page table built by the boot code (Linux's `init_top_pgt`).
@@ -46,7 +48,7 @@ pub fn init_direct_map(end: u64) -> u64 {
     // SAFETY: boot CPU only, before SMP bring-up; no other reference to the tables exists.
     let pdpt = unsafe { &mut *DIRECT_MAP_PDPT.0.get() };
     let mapped = if gib_pages_supported() {
-        let end = end.max(4 * GIB).min(512 * GIB);
+        let end = end.clamp(4 * GIB, 512 * GIB);
         for (i, entry) in pdpt.iter_mut().enumerate().take(end.div_ceil(GIB) as usize) {
             *entry = (i as u64 * GIB) | HUGE | WRITABLE | PRESENT;
         }
@@ -58,12 +60,16 @@ pub fn init_direct_map(end: u64) -> u64 {
             // SAFETY: as above, boot CPU only; `gib` < POOL_DIRECTORIES for every caller.
             let pd = unsafe { &mut *DIRECT_MAP_PDS[gib].0.get() };
             pd[((pa / MIB2) % 512) as usize] = pa | HUGE | flags | PRESENT;
-            pdpt[gib] = mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
+            pdpt[gib] =
+                mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
         };
         for pa in (0..end.div_ceil(MIB2)).map(|i| i * MIB2) {
             map_2m(pa, WRITABLE);
         }
-        map_2m(IOAPIC_GPA & !(MIB2 - 1), WRITABLE | WRITE_THROUGH | CACHE_DISABLE);
+        map_2m(
+            IOAPIC_GPA & !(MIB2 - 1),
+            WRITABLE | WRITE_THROUGH | CACHE_DISABLE,
+        );
         end
     };
     let pdpt_phys = mm::kernel_virt_to_phys(DIRECT_MAP_PDPT.0.get() as u64);

@@ -59,7 +59,7 @@ pub fn initial_stack(stack_top: u64) -> u64 {
     // SAFETY: the caller passes the top of a freshly allocated stack it owns; the slots written
     // lie within its top 64 bytes.
     unsafe {
-        (ret_slot as *mut u64).write(task_trampoline as usize as u64);
+        (ret_slot as *mut u64).write(task_trampoline as *const () as u64);
         for i in 0..SAVED_REGISTERS {
             (rsp as *mut u64).add(i).write(0);
         }

@@ -27,7 +27,10 @@ extern "C" fn interrupt_dispatch(vector: u64, regs: &mut PtRegs) {
             }
             apic::eoi();
             block.irq_depth.fetch_sub(1, Ordering::Relaxed);
-            if regs.eflags & RFLAGS_IF != 0 && percpu::preempt_count() == 0 && percpu::need_resched() {
+            if regs.eflags & RFLAGS_IF != 0
+                && percpu::preempt_count() == 0
+                && percpu::need_resched()
+            {
                 crate::sched::schedule();
             }
         }
@@ -79,9 +82,15 @@ fn exception(v: u8, regs: &mut PtRegs) {
             let address = cpu::read_cr2();
             let error = regs.orig_rax;
             if address < 4096 {
-                crate::pr_alert!("BUG: kernel NULL pointer dereference, address: {:016x}", address);
+                crate::pr_alert!(
+                    "BUG: kernel NULL pointer dereference, address: {:016x}",
+                    address
+                );
             } else {
-                crate::pr_alert!("BUG: unable to handle page fault for address: {:016x}", address);
+                crate::pr_alert!(
+                    "BUG: unable to handle page fault for address: {:016x}",
+                    address
+                );
             }
             let access = if error & PF_INSTR != 0 {
                 "instruction fetch"
@@ -90,7 +99,11 @@ fn exception(v: u8, regs: &mut PtRegs) {
             } else {
                 "read access"
             };
-            let mode = if error & PF_USER != 0 { "user" } else { "supervisor" };
+            let mode = if error & PF_USER != 0 {
+                "user"
+            } else {
+                "supervisor"
+            };
             crate::pr_alert!("#PF: {} {} in kernel mode", mode, access);
             let reason = if error & PF_PROT == 0 {
                 "not-present page"
@@ -114,7 +127,11 @@ fn exception(v: u8, regs: &mut PtRegs) {
             crate::panic::panic(format_args!("Fatal exception in interrupt"));
         }
         _ => {
-            let error = if regs.orig_rax == u64::MAX { 0 } else { regs.orig_rax };
+            let error = if regs.orig_rax == u64::MAX {
+                0
+            } else {
+                regs.orig_rax
+            };
             crate::oops::die(exception_name(v), error, regs);
         }
     }
