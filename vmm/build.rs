@@ -37,6 +37,8 @@ fn main() {
     let mut image =
         fs::read(&built).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", built.display())));
     embed_symbol_table(&mut image);
+    // Page-size the image: the VMM maps it into the guest as a read-only memory slot.
+    image.resize(image.len().next_multiple_of(4096), 0);
     let dest = out_dir.join("guest-kernel.elf");
     fs::write(&dest, &image)
         .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", dest.display())));

@@ -10,7 +10,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use crashvisor_klib::symbols::SymbolTable;
 
 /// Bytes reserved for the symbol table.
-pub const KALLSYMS_SIZE: usize = 256 * 1024;
+pub const KALLSYMS_SIZE: usize = 64 * 1024;
 
 #[used]
 #[link_section = ".kallsyms"]

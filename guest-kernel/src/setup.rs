@@ -105,13 +105,24 @@ pub fn memory(start_info_phys: u64) -> bool {
     if info.nr_modules > 0 && info.modlist_paddr != 0 && info.modlist_paddr < 0x20_0000 {
         // SAFETY: the module list lies in the identity-mapped low 2 MiB (checked above).
         let module = unsafe { *(info.modlist_paddr as *const ModlistEntry) };
-        let end = (module.paddr + module.size).next_multiple_of(PAGE_SIZE);
-        if map
-            .reserve(module.paddr & !(PAGE_SIZE - 1), end, RangeKind::Module)
-            .is_ok()
-        {
+        let start = module.paddr & !(PAGE_SIZE - 1);
+        let end = module.paddr.checked_add(module.size).map(|e| e.next_multiple_of(PAGE_SIZE));
+        let in_ram = map.find(module.paddr).is_some_and(|r| r.kind.is_ram_backed());
+        let usable = match end {
+            // The VMM maps the module read-only outside RAM: make it reachable.
+            Some(end) if !in_ram => {
+                paging::map_outside_ram(start, end);
+                true
+            }
+            // A loader that put it in RAM: keep the allocator off it.
+            Some(end) => map.reserve(start, end, RangeKind::Module).is_ok(),
+            None => false,
+        };
+        if usable {
             KERNEL_MODULE[0].store(module.paddr, Ordering::Relaxed);
             KERNEL_MODULE[1].store(module.size, Ordering::Relaxed);
+        } else {
+            crate::pr_warn!("PVH: ignoring the kernel module at {:#x}: it overlaps used memory", module.paddr);
         }
     }
     let nr_frames = map.ram_end().div_ceil(PAGE_SIZE);

@@ -64,14 +64,16 @@ pub fn main(name: &'static str) -> ExitCode {
         Ok(matches) => Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
         Err(e) => e.exit(),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VMM_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    // A filter from VMM_LOG when given; otherwise a plain level, which costs nothing to set up.
+    match std::env::var("VMM_LOG") {
+        Ok(filter) => logs
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .init(),
+        Err(_) => logs.with_max_level(tracing::Level::WARN).init(),
+    }
 
     if let Some(path) = &args.extract_kernel {
         return match std::fs::write(path, crate::kernel::EMBEDDED_KERNEL) {

@@ -67,6 +67,14 @@ pub enum VmmError {
         /// What the loader found, in its own words.
         reason: String,
     },
+    /// The kernel file is too large to map as the guest's kernel module.
+    #[error("{kernel} is {bytes} bytes; kernel images up to {max} bytes are supported", max = crashvisor_abi::layout::KERNEL_MODULE_MAX_SIZE)]
+    KernelTooLarge {
+        /// Which kernel.
+        kernel: String,
+        /// Its size, page-rounded.
+        bytes: u64,
+    },
     /// The kernel ELF has no PVH entry note.
     #[error("{0} has no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); crashvisor boots kernels through PVH only")]
     KernelNotPvh(String),

@@ -52,6 +52,31 @@ pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
     Ok(memory)
 }
 
+/// Maps `size` bytes of host memory at `host_addr` into the guest at `gpa`, read-only, in memory
+/// slot `slot` (guest writes there become MMIO exits, which the VMM ignores).
+///
+/// # Safety
+/// `host_addr..host_addr+size` must be a page-aligned mapping that stays valid, readable and
+/// unchanged for as long as the VM exists.
+pub unsafe fn register_rom(
+    vm: &VmFd,
+    slot: u32,
+    gpa: u64,
+    host_addr: u64,
+    size: u64,
+) -> Result<(), VmmError> {
+    let region = kvm_userspace_memory_region {
+        slot,
+        guest_phys_addr: gpa,
+        memory_size: size,
+        userspace_addr: host_addr,
+        flags: kvm_bindings::KVM_MEM_READONLY,
+    };
+    // SAFETY: the caller guarantees the host range outlives the VM; KVM only reads it.
+    unsafe { vm.set_user_memory_region(region) }
+        .map_err(VmmError::kvm("map the kernel module read-only"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

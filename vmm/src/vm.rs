@@ -24,6 +24,8 @@ use crate::error::VmmError;
 use crate::kernel::{self, KernelImage};
 use crate::memory;
 use crate::vcpu::{self, RunContext};
+use crashvisor_abi::layout::{KERNEL_MODULE_GPA, KERNEL_MODULE_MAX_SIZE};
+use vm_memory::GuestMemoryBackend;
 
 /// A reset this soon after (re)boot counts towards a reset loop.
 const RESET_LOOP_WINDOW: Duration = Duration::from_secs(1);
@@ -94,7 +96,7 @@ pub fn run_with(
     );
     vcpu::install_kick_handler()?;
     let quit_requests = Arc::new(std::sync::Mutex::new(None::<Arc<RunContext>>));
-    start_input_thread(&console, &quit_requests)?;
+    let mut input_started = false;
 
     let boot_times = Arc::new(BootTimes::new(process_start, echo_timings));
     let mut quick_resets = 0;
@@ -102,7 +104,14 @@ pub fn run_with(
         let boot_start = Instant::now();
         let machine = Machine::build(&kvm, config, &image, &console, &boot_times)?;
         *quit_requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.ctx.clone());
-        let reason = machine.run()?;
+        // Console input starts once the first boot runs: it is not on the way to the guest.
+        let reason = machine.run(|| {
+            if !std::mem::replace(&mut input_started, true) {
+                if let Err(e) = start_input_thread(&console, &quit_requests) {
+                    tracing::error!("console input is unavailable: {e}");
+                }
+            }
+        })?;
         let cause = match reason {
             StopReason::PowerOff => return Ok(GuestEnd::PowerOff),
             StopReason::Quit => return Ok(GuestEnd::Quit),
@@ -236,6 +245,24 @@ impl Machine {
         // Memory before the irqchip: once the irqchip exists, a memory-slot change waits for
         // an SRCU grace period, which costs milliseconds.
         let memory = memory::create(&vm, config.memory_bytes())?;
+        let (rom_addr, rom_size) = image.pages();
+        if rom_size > KERNEL_MODULE_MAX_SIZE {
+            return Err(VmmError::KernelTooLarge {
+                kernel: image.name.clone(),
+                bytes: rom_size,
+            });
+        }
+        // SAFETY: the image's pages are the embedded static or a mapping owned by `image`, which
+        // `run_with` keeps alive (and unchanged) across every machine it builds.
+        unsafe {
+            memory::register_rom(
+                &vm,
+                memory.num_regions() as u32,
+                KERNEL_MODULE_GPA,
+                rom_addr,
+                rom_size,
+            )?
+        };
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(VmmError::kvm("set the TSS address"))?;
         vm.create_irq_chip()
@@ -248,8 +275,8 @@ impl Machine {
             &memory,
             config.memory_bytes(),
             &config.cmdline,
-            &image.bytes,
-            loaded.end,
+            image.bytes().len() as u64,
+            rom_size,
         )?;
 
         let base_cpuid = cpuid::supported(kvm)?;
@@ -289,8 +316,9 @@ impl Machine {
         })
     }
 
-    /// Runs every vCPU on its own thread until the machine stops, then joins them.
-    fn run(mut self) -> Result<StopReason, VmmError> {
+    /// Runs every vCPU on its own thread until the machine stops, then joins them. `started`
+    /// runs once the vCPU threads are going.
+    fn run(mut self, started: impl FnOnce()) -> Result<StopReason, VmmError> {
         let mut threads = Vec::with_capacity(self.vcpus.len());
         for (id, vcpu) in self.vcpus.drain(..).enumerate() {
             let ctx = self.ctx.clone();
@@ -310,6 +338,7 @@ impl Machine {
                 }
             }
         }
+        started();
         let reason = self.ctx.wait_for_stop();
         stop_threads(&threads);
         for thread in threads {

@@ -30,6 +30,12 @@ pub const AP_TRAMPOLINE_GPA: u64 = 0x8000;
 pub const CMDLINE_GPA: u64 = 0x2_0000;
 /// Largest kernel command line, including its NUL terminator (Linux's `COMMAND_LINE_SIZE`).
 pub const CMDLINE_MAX_SIZE: u64 = 2048;
+/// Guest-physical address of the kernel image module (a read-only mapping of the VMM's copy of
+/// the kernel file, so kexec has the pristine image as Linux has `/boot/vmlinuz`). It lies in
+/// the 32-bit MMIO hole, never in RAM, and the memory map marks it reserved.
+pub const KERNEL_MODULE_GPA: u64 = 0xd000_0000;
+/// Largest kernel image module: up to the I/O APIC.
+pub const KERNEL_MODULE_MAX_SIZE: u64 = IOAPIC_GPA - KERNEL_MODULE_GPA;
 /// End of the low RAM range (640 KiB); the legacy hole follows up to 1 MiB.
 pub const LOW_RAM_END: u64 = 0xa_0000;
 /// Start of RAM above the legacy hole.

@@ -1,11 +1,11 @@
 //! The PVH boot data: `hvm_start_info`, the memory map, the command line and the kernel module.
 //!
-//! Guest-physical placement is fixed by `crashvisor_abi::layout`; the kernel image itself is
-//! passed as module 0 (kexec loads it later, as Linux loads `/boot/vmlinuz`), placed at the top
-//! of low RAM.
+//! Guest-physical placement is fixed by `crashvisor_abi::layout`. The kernel image itself is
+//! module 0 (kexec loads it later, as Linux loads `/boot/vmlinuz`): a read-only memory slot at
+//! `KERNEL_MODULE_GPA` backed by the VMM's own mapping of the file, so nothing is copied.
 
 use crashvisor_abi::layout::{
-    CMDLINE_GPA, CMDLINE_MAX_SIZE, HIGH_RAM_START, LOW_RAM_END, PAGE_SIZE, PVH_INFO_GPA,
+    CMDLINE_GPA, CMDLINE_MAX_SIZE, HIGH_RAM_START, KERNEL_MODULE_GPA, LOW_RAM_END, PVH_INFO_GPA,
     PVH_MEMMAP_GPA, PVH_MODLIST_GPA,
 };
 use crashvisor_abi::pvh::{MEMMAP_TYPE_RAM, MEMMAP_TYPE_RESERVED, START_INFO_MAGIC};
@@ -22,8 +22,9 @@ use crate::memory::ram_ranges;
 /// Name given to the kernel module on its PVH module command line.
 pub const KERNEL_MODULE_NAME: &str = "crashvisor-kernel";
 
-/// The guest-physical memory map of a VM with `bytes` of RAM.
-pub fn memory_map(bytes: u64) -> Vec<hvm_memmap_table_entry> {
+/// The guest-physical memory map of a VM with `bytes` of RAM and a kernel module of
+/// `module_pages` bytes (page-rounded) at `KERNEL_MODULE_GPA`.
+pub fn memory_map(bytes: u64, module_pages: u64) -> Vec<hvm_memmap_table_entry> {
     let entry = |addr: u64, size: u64, type_: u32| hvm_memmap_table_entry {
         addr,
         size,
@@ -38,26 +39,31 @@ pub fn memory_map(bytes: u64) -> Vec<hvm_memmap_table_entry> {
             MEMMAP_TYPE_RESERVED,
         ),
     ];
-    for (start, size) in ram_ranges(bytes) {
-        let start = start.max(HIGH_RAM_START);
-        let end = if start == HIGH_RAM_START {
-            size
-        } else {
-            start + size
-        };
-        map.push(entry(start, end - start, MEMMAP_TYPE_RAM));
-    }
+    let ranges = ram_ranges(bytes);
+    let (_, low_size) = ranges[0];
+    map.push(entry(
+        HIGH_RAM_START,
+        low_size - HIGH_RAM_START,
+        MEMMAP_TYPE_RAM,
+    ));
+    map.push(entry(KERNEL_MODULE_GPA, module_pages, MEMMAP_TYPE_RESERVED));
+    map.extend(
+        ranges
+            .iter()
+            .skip(1)
+            .map(|&(start, size)| entry(start, size, MEMMAP_TYPE_RAM)),
+    );
     map
 }
 
-/// Writes the command line, the kernel module, the memory map and `hvm_start_info`.
-/// `kernel_end` is the end of the loaded kernel image, which the module must not overlap.
+/// Writes the command line, the memory map, the module list and `hvm_start_info`. The kernel
+/// module itself is mapped by the caller (`memory::register_rom`).
 pub fn write_boot_data(
     memory: &GuestMemoryMmap,
     bytes: u64,
     cmdline: &str,
-    kernel_image: &[u8],
-    kernel_end: u64,
+    module_size: u64,
+    module_pages: u64,
 ) -> Result<(), VmmError> {
     let boot_err = |what: &'static str| {
         move |e: vm_memory::GuestMemoryError| VmmError::BootData {
@@ -78,25 +84,7 @@ pub fn write_boot_data(
         .write_slice(&name, GuestAddress(module_name_gpa))
         .map_err(boot_err("the kernel module name"))?;
 
-    // The module goes at the top of the first RAM range, page aligned.
-    let low_end = ram_ranges(bytes)[0].1;
-    let size = kernel_image.len() as u64;
-    let module_gpa = low_end
-        .checked_sub(size)
-        .map(|a| a & !(PAGE_SIZE - 1))
-        .unwrap_or(0);
-    if module_gpa < kernel_end {
-        return Err(VmmError::MemoryTooSmall {
-            what: "the kernel image and its kexec copy",
-            needed_mib: (kernel_end + size).div_ceil(1 << 20) + 1,
-            memory_mib: bytes >> 20,
-        });
-    }
-    memory
-        .write_slice(kernel_image, GuestAddress(module_gpa))
-        .map_err(boot_err("the kernel module"))?;
-
-    let map = memory_map(bytes);
+    let map = memory_map(bytes, module_pages);
     let start_info = hvm_start_info {
         magic: START_INFO_MAGIC,
         version: 1,
@@ -108,8 +96,8 @@ pub fn write_boot_data(
         ..Default::default()
     };
     let module = hvm_modlist_entry {
-        paddr: module_gpa,
-        size,
+        paddr: KERNEL_MODULE_GPA,
+        size: module_size,
         cmdline_paddr: module_name_gpa,
         reserved: 0,
     };
@@ -130,7 +118,7 @@ mod tests {
 
     #[test]
     fn memory_map_covers_ram_and_the_legacy_hole() {
-        let map = memory_map(64 << 20);
+        let map = memory_map(64 << 20, 1 << 20);
         let ram: u64 = map
             .iter()
             .filter(|e| e.type_ == MEMMAP_TYPE_RAM)
@@ -143,7 +131,7 @@ mod tests {
 
     #[test]
     fn memory_map_of_large_vm_resumes_above_4g() {
-        let map = memory_map(5 << 30);
+        let map = memory_map(5 << 30, 1 << 20);
         let last = map.last().expect("non-empty");
         assert_eq!(last.addr, 1 << 32);
         assert_eq!(

@@ -80,6 +80,26 @@ pub fn init_direct_map(end: u64) -> u64 {
     mapped
 }
 
+/// Makes physical `[start, end)` outside RAM (a boot module the VMM maps read-only) reachable
+/// through the direct map. With 1 GiB pages the low 4 GiB are already mapped.
+pub fn map_outside_ram(start: u64, end: u64) {
+    if gib_pages_supported() && end <= 4 * GIB {
+        return;
+    }
+    let end = end.min(DIRECT_MAP_MAX_2M);
+    // SAFETY: boot CPU only, before SMP bring-up (as `init_direct_map`).
+    let pdpt = unsafe { &mut *DIRECT_MAP_PDPT.0.get() };
+    let mut pa = start & !(MIB2 - 1);
+    while pa < end {
+        let gib = (pa / GIB) as usize;
+        // SAFETY: as above; `gib` < POOL_DIRECTORIES because `pa` < DIRECT_MAP_MAX_2M.
+        let pd = unsafe { &mut *DIRECT_MAP_PDS[gib].0.get() };
+        pd[((pa / MIB2) % 512) as usize] = pa | HUGE | PRESENT;
+        pdpt[gib] = mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
+        pa += MIB2;
+    }
+}
+
 /// Physical address of the top-level page table (what CR3 holds; Linux's `init_top_pgt`).
 pub fn top_table_phys() -> u64 {
     cpu::read_cr3() & !0xfff
