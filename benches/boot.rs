@@ -25,13 +25,7 @@ struct Sample {
 fn boot_once(vmm: &std::path::Path, vcpus: u8, memory_mib: u64) -> Sample {
     let start = monotonic_ns();
     let mut child = Command::new(vmm)
-        .args([
-            "--timings",
-            "--vcpus",
-            &vcpus.to_string(),
-            "--memory",
-            &memory_mib.to_string(),
-        ])
+        .args(["--timings", "--vcpus", &vcpus.to_string(), "--memory", &memory_mib.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -43,19 +37,14 @@ fn boot_once(vmm: &std::path::Path, vcpus: u8, memory_mib: u64) -> Sample {
         let ns: u128 = rest.split("monotonic_ns ").nth(1)?.trim().parse().ok()?;
         Some((ns - start) as f64 / 1e6)
     };
-    let (mut first, mut first_from_main, mut all, mut shell) =
-        (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
+    let (mut first, mut first_from_main, mut all, mut shell) = (f64::NAN, f64::NAN, f64::NAN, f64::NAN);
     let mut overhead_kib = f64::NAN;
     for line in stderr.lines() {
         let line = line.expect("stderr is readable");
         if let Some(t) = at(&line, "FirstInstruction") {
             first = t;
             // "timing FirstInstruction <ms since main()> ms monotonic_ns ..."
-            first_from_main = line
-                .split_whitespace()
-                .nth(2)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(f64::NAN);
+            first_from_main = line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
         } else if let Some(t) = at(&line, "AllCpusOnline") {
             all = t;
         } else if let Some(t) = at(&line, "ShellReady") {

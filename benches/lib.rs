@@ -7,16 +7,10 @@ use std::path::PathBuf;
 /// Exits with instructions if it has not been built.
 pub fn release_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the benchmark knows its own path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("benchmarks run from target/<profile>/deps");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("benchmarks run from target/<profile>/deps");
     let path = dir.join(name);
     if !path.exists() {
-        eprintln!(
-            "error: {} is missing; build it first: cargo build --release --workspace",
-            path.display()
-        );
+        eprintln!("error: {} is missing; build it first: cargo build --release --workspace", path.display());
         std::process::exit(1);
     }
     path
@@ -24,10 +18,7 @@ pub fn release_binary(name: &str) -> PathBuf {
 
 /// CLOCK_MONOTONIC in nanoseconds (the clock the VMM stamps its boot milestones with).
 pub fn monotonic_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128

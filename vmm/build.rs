@@ -16,32 +16,20 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets this"));
     let guest_dir = manifest_dir.join("../guest-kernel");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets this"));
-    for watched in [
-        "src",
-        "abi/src",
-        "klib/src",
-        "Cargo.toml",
-        "Cargo.lock",
-        "linker.ld",
-        "build.rs",
-        ".cargo/config.toml",
-    ] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            guest_dir.join(watched).display()
-        );
+    for watched in
+        ["src", "abi/src", "klib/src", "Cargo.toml", "Cargo.lock", "linker.ld", "build.rs", ".cargo/config.toml"]
+    {
+        println!("cargo:rerun-if-changed={}", guest_dir.join(watched).display());
     }
 
     ensure_target_installed(&guest_dir);
     let built = build_guest(&guest_dir, &out_dir.join("guest-target"));
-    let mut image =
-        fs::read(&built).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", built.display())));
+    let mut image = fs::read(&built).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", built.display())));
     embed_symbol_table(&mut image);
     // Page-size the image: the VMM maps it into the guest as a read-only memory slot.
     image.resize(image.len().next_multiple_of(4096), 0);
     let dest = out_dir.join("guest-kernel.elf");
-    fs::write(&dest, &image)
-        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", dest.display())));
+    fs::write(&dest, &image).unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", dest.display())));
     println!("cargo:rustc-env=GUEST_KERNEL_PATH={}", dest.display());
 }
 
@@ -68,45 +56,30 @@ fn ensure_target_installed(guest_dir: &Path) {
         .output()
         .unwrap_or_else(|e| fail(&format!("cannot run rustc to find the sysroot: {e}")));
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot)
-        .join("lib/rustlib")
-        .join(GUEST_TARGET)
-        .exists()
-    {
+    if Path::new(&sysroot).join("lib/rustlib").join(GUEST_TARGET).exists() {
         return;
     }
     println!("cargo:warning=installing the guest target with `rustup target add {GUEST_TARGET}`");
-    let status = clean_command("rustup", guest_dir)
-        .args(["target", "add", GUEST_TARGET])
-        .status();
+    let status = clean_command("rustup", guest_dir).args(["target", "add", GUEST_TARGET]).status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => fail(&format!(
             "`rustup target add {GUEST_TARGET}` failed ({s}); the guest kernel cannot be built without it"
         )),
-        Err(e) => fail(&format!(
-            "cannot run rustup ({e}); install the target by hand: rustup target add {GUEST_TARGET}"
-        )),
+        Err(e) => {
+            fail(&format!("cannot run rustup ({e}); install the target by hand: rustup target add {GUEST_TARGET}"))
+        }
     }
 }
 
 fn build_guest(guest_dir: &Path, target_dir: &Path) -> PathBuf {
     let status = clean_command("cargo", guest_dir)
-        .args([
-            "build",
-            "--release",
-            "--offline",
-            "--locked",
-            "--target-dir",
-        ])
+        .args(["build", "--release", "--offline", "--locked", "--target-dir"])
         .arg(target_dir)
         .status()
         .unwrap_or_else(|e| fail(&format!("cannot run cargo to build the guest kernel: {e}")));
     if !status.success() {
-        fail(&format!(
-            "building the guest kernel in {} failed ({status})",
-            guest_dir.display()
-        ));
+        fail(&format!("building the guest kernel in {} failed ({status})", guest_dir.display()));
     }
     target_dir.join(GUEST_TARGET).join("release/guest-kernel")
 }
@@ -114,8 +87,7 @@ fn build_guest(guest_dir: &Path, target_dir: &Path) -> PathBuf {
 /// Writes the kernel's function symbols into its `.kallsyms` section, in place, so the kernel
 /// can symbolise backtraces (`func+0x1a/0x80`) without a second link.
 fn embed_symbol_table(image: &mut [u8]) {
-    let elf = goblin::elf::Elf::parse(image)
-        .unwrap_or_else(|e| fail(&format!("guest kernel is not an ELF: {e}")));
+    let elf = goblin::elf::Elf::parse(image).unwrap_or_else(|e| fail(&format!("guest kernel is not an ELF: {e}")));
     let section = elf
         .section_headers
         .iter()
@@ -136,15 +108,11 @@ fn embed_symbol_table(image: &mut [u8]) {
             let raw = elf.strtab.get_at(s.st_name)?;
             let name = format!("{:#}", rustc_demangle::demangle(raw));
             // The crate prefix adds nothing in a one-crate kernel: `sched::schedule+0x1a/0x80`.
-            let name = name
-                .strip_prefix("guest_kernel::")
-                .unwrap_or(&name)
-                .to_string();
+            let name = name.strip_prefix("guest_kernel::").unwrap_or(&name).to_string();
             Some((s.st_value, s.st_size, name))
         })
         .collect();
-    let entries: Vec<(u64, u64, &str)> =
-        names.iter().map(|(a, s, n)| (*a, *s, n.as_str())).collect();
+    let entries: Vec<(u64, u64, &str)> = names.iter().map(|(a, s, n)| (*a, *s, n.as_str())).collect();
     let table = crashvisor_klib::symbols::build(text_base, &entries);
     if table.len() > capacity {
         fail(&format!(

@@ -43,11 +43,7 @@ pub fn is_bug_site(rip: u64) -> bool {
 pub fn report(rip: u64) {
     if let Some(entry) = entries().iter().find(|e| e.addr == rip) {
         crate::pr_emerg!("------------[ cut here ]------------");
-        crate::pr_emerg!(
-            "kernel BUG at {}:{}!",
-            entry.location.file,
-            entry.location.line
-        );
+        crate::pr_emerg!("kernel BUG at {}:{}!", entry.location.file, entry.location.line);
     }
 }
 

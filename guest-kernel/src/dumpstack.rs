@@ -43,73 +43,17 @@ fn symbolised_return(addr: u64, out: &mut [u8; 256]) -> &str {
 /// Linux's `__show_regs` for kernel-mode registers.
 pub fn show_regs(level: u8, regs: &PtRegs) {
     let mut buf = [0u8; 256];
-    crate::printk!(
-        level,
-        "RIP: {:04x}:{}",
-        regs.cs,
-        symbolised(regs.rip, &mut buf)
-    );
-    crate::printk!(
-        level,
-        "RSP: {:04x}:{:016x} EFLAGS: {:08x}",
-        regs.ss,
-        regs.rsp,
-        regs.eflags
-    );
-    crate::printk!(
-        level,
-        "RAX: {:016x} RBX: {:016x} RCX: {:016x}",
-        regs.rax,
-        regs.rbx,
-        regs.rcx
-    );
-    crate::printk!(
-        level,
-        "RDX: {:016x} RSI: {:016x} RDI: {:016x}",
-        regs.rdx,
-        regs.rsi,
-        regs.rdi
-    );
-    crate::printk!(
-        level,
-        "RBP: {:016x} R08: {:016x} R09: {:016x}",
-        regs.rbp,
-        regs.r8,
-        regs.r9
-    );
-    crate::printk!(
-        level,
-        "R10: {:016x} R11: {:016x} R12: {:016x}",
-        regs.r10,
-        regs.r11,
-        regs.r12
-    );
-    crate::printk!(
-        level,
-        "R13: {:016x} R14: {:016x} R15: {:016x}",
-        regs.r13,
-        regs.r14,
-        regs.r15
-    );
+    crate::printk!(level, "RIP: {:04x}:{}", regs.cs, symbolised(regs.rip, &mut buf));
+    crate::printk!(level, "RSP: {:04x}:{:016x} EFLAGS: {:08x}", regs.ss, regs.rsp, regs.eflags);
+    crate::printk!(level, "RAX: {:016x} RBX: {:016x} RCX: {:016x}", regs.rax, regs.rbx, regs.rcx);
+    crate::printk!(level, "RDX: {:016x} RSI: {:016x} RDI: {:016x}", regs.rdx, regs.rsi, regs.rdi);
+    crate::printk!(level, "RBP: {:016x} R08: {:016x} R09: {:016x}", regs.rbp, regs.r8, regs.r9);
+    crate::printk!(level, "R10: {:016x} R11: {:016x} R12: {:016x}", regs.r10, regs.r11, regs.r12);
+    crate::printk!(level, "R13: {:016x} R14: {:016x} R15: {:016x}", regs.r13, regs.r14, regs.r15);
     let gs = cpu::rdmsr(0xc000_0101);
-    crate::printk!(
-        level,
-        "FS:  0000000000000000(0000) GS:{:016x}(0000) knlGS:0000000000000000",
-        gs
-    );
-    crate::printk!(
-        level,
-        "CS:  {:04x} DS: 0000 ES: 0000 CR0: {:016x}",
-        regs.cs,
-        cpu::read_cr0()
-    );
-    crate::printk!(
-        level,
-        "CR2: {:016x} CR3: {:016x} CR4: {:016x}",
-        cpu::read_cr2(),
-        cpu::read_cr3(),
-        cpu::read_cr4()
-    );
+    crate::printk!(level, "FS:  0000000000000000(0000) GS:{:016x}(0000) knlGS:0000000000000000", gs);
+    crate::printk!(level, "CS:  {:04x} DS: 0000 ES: 0000 CR0: {:016x}", regs.cs, cpu::read_cr0());
+    crate::printk!(level, "CR2: {:016x} CR3: {:016x} CR4: {:016x}", cpu::read_cr2(), cpu::read_cr3(), cpu::read_cr4());
 }
 
 /// The stack the frame at `rbp` may live on: the current task's stack or this CPU's NMI stack.
@@ -117,19 +61,12 @@ fn stack_bounds(rbp: u64) -> Option<(u64, u64)> {
     let task = sched::current();
     let task_stack = (task.stack_base, task.stack_base + task.stack_size);
     let nmi_stack = crate::arch::gdt::nmi_stack_range(percpu::cpu_id());
-    [task_stack, nmi_stack]
-        .into_iter()
-        .find(|&(lo, hi)| lo != 0 && rbp >= lo && rbp + 16 <= hi)
+    [task_stack, nmi_stack].into_iter().find(|&(lo, hi)| lo != 0 && rbp >= lo && rbp + 16 <= hi)
 }
 
 /// Prints ` <TASK>` / frames / ` </TASK>` following frame pointers from `rbp`. Frames are
 /// validated against `bounds` (or the current stacks), so a corrupt chain ends the trace.
-pub fn print_trace_from(
-    level: u8,
-    mut rbp: u64,
-    bounds: Option<(u64, u64)>,
-    first_return: Option<u64>,
-) {
+pub fn print_trace_from(level: u8, mut rbp: u64, bounds: Option<(u64, u64)>, first_return: Option<u64>) {
     crate::printk!(level, "Call Trace:");
     crate::printk!(level, " <TASK>");
     let mut buf = [0u8; 256];
@@ -144,12 +81,7 @@ pub fn print_trace_from(
             break;
         }
         // SAFETY: `rbp` was checked to lie inside a mapped kernel stack with room for two words.
-        let (next, ret) = unsafe {
-            (
-                (rbp as *const u64).read(),
-                (rbp as *const u64).add(1).read(),
-            )
-        };
+        let (next, ret) = unsafe { ((rbp as *const u64).read(), (rbp as *const u64).add(1).read()) };
         if ret == 0 {
             break;
         }
@@ -167,9 +99,7 @@ pub fn print_trace_from(
 pub fn current_frame() -> u64 {
     let rbp: u64;
     // SAFETY: reads the frame-pointer register (frame pointers are forced on for this kernel).
-    unsafe {
-        core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("mov {}, rbp", out(reg) rbp, options(nomem, nostack, preserves_flags)) };
     rbp
 }
 
@@ -190,11 +120,6 @@ pub fn print_task_trace(level: u8, task: &sched::task::Task) {
         return;
     }
     // SAFETY: both words lie inside the task's own stack (checked above).
-    let (rbp, ret) = unsafe {
-        (
-            ((rsp + 5 * 8) as *const u64).read(),
-            ((rsp + 6 * 8) as *const u64).read(),
-        )
-    };
+    let (rbp, ret) = unsafe { (((rsp + 5 * 8) as *const u64).read(), ((rsp + 6 * 8) as *const u64).read()) };
     print_trace_from(level, rbp, Some(bounds), Some(ret));
 }

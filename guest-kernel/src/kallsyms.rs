@@ -50,8 +50,3 @@ pub fn table() -> Option<SymbolTable<'static>> {
     // SAFETY: READY guarantees the single write happened; the value is never written again.
     unsafe { *PARSED.0.get() }
 }
-
-/// Address of the kernel function named `name`.
-pub fn lookup_name(name: &str) -> Option<u64> {
-    table()?.find(name)
-}

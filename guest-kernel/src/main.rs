@@ -13,29 +13,38 @@ extern crate alloc;
 mod arch;
 mod bug;
 mod console;
+mod control;
 mod dumpstack;
+mod hung_task;
+mod inject;
 mod kallsyms;
+mod kvmclock;
 mod mm;
 mod nmi;
 mod oops;
 mod panic;
 mod params;
+mod platform;
 mod printk;
 mod procfs;
 mod reboot;
 mod sched;
+mod serial;
 mod setup;
 mod shell;
 mod smp;
 mod sync;
+mod sysctl;
+mod sysrq;
 mod taint;
 mod time;
 mod uts;
+mod watchdog;
 
 use arch::boot::BOOT_STACK_SIZE;
 use arch::{apic, cpu, gdt, idt, percpu};
 use crashvisor_abi::platform::{Progress, PLATFORM_PROGRESS};
-use crashvisor_abi::serial::COM1_IRQ;
+use crashvisor_abi::serial::{COM1_IRQ, COM2_IRQ};
 use sched::task::Policy;
 
 extern "C" {
@@ -52,11 +61,7 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     console::init();
     setup::save_cmdline(start_info);
     params::apply();
-    pr_notice!(
-        "Linux version {} (crashvisor guest kernel) {}",
-        uts::RELEASE,
-        uts::VERSION
-    );
+    pr_notice!("Linux version {} (crashvisor guest kernel) {}", uts::RELEASE, uts::VERSION);
     pr_info!("Command line: {}", params::cmdline().as_str());
     if !apic::x2apic_supported() {
         kpanic!("this kernel needs x2APIC (CPUID.1:ECX[21]); the virtual CPU lacks it");
@@ -64,57 +69,42 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     if !setup::memory(start_info) {
         kpanic!("cannot set up memory from the PVH boot data");
     }
-    pr_info!("T before kallsyms");
     kallsyms::init();
-    pr_info!("T after kallsyms");
-    pr_info!(
-        "tsc: Detected {}.{:03} MHz processor",
-        time::tsc_khz() / 1000,
-        time::tsc_khz() % 1000
-    );
+    pr_info!("tsc: Detected {}.{:03} MHz processor", time::tsc_khz() / 1000, time::tsc_khz() % 1000);
 
     gdt::init_cpu(0);
     idt::init();
     idt::load();
     apic::disable_legacy_pic();
     apic::init_local();
-    apic::route_isa_irq(
-        COM1_IRQ as u8,
-        arch::idt::vector::ISA_IRQ_BASE + COM1_IRQ as u8,
-        apic::id(),
-    );
+    for irq in [COM1_IRQ, COM2_IRQ] {
+        apic::route_isa_irq(irq as u8, arch::idt::vector::ISA_IRQ_BASE + irq as u8, apic::id());
+    }
     pr_info!("x2apic enabled");
 
     // SAFETY: only the address of the boot stack's top is taken.
     let stack_top = unsafe { &boot_stack_top as *const u8 as u64 };
-    sched::init_idle(
-        0,
-        stack_top - BOOT_STACK_SIZE as u64,
-        BOOT_STACK_SIZE as u64,
-    );
-    percpu::of(0)
-        .online
-        .store(true, core::sync::atomic::Ordering::Release);
+    sched::init_idle(0, stack_top - BOOT_STACK_SIZE as u64, BOOT_STACK_SIZE as u64);
+    kvmclock::init_cpu();
+    percpu::of(0).online.store(true, core::sync::atomic::Ordering::Release);
     smp::count_cpus(params::cpu_limit());
     smp::boot_secondary_cpus();
     if smp::possible_cpus() == 1 {
         pr_info!("smp: Brought up 1 node, 1 CPU");
     }
+    arch::paging::drop_identity_map();
     cpu::outb(PLATFORM_PROGRESS, Progress::AllCpusOnline as u8);
-    let (total, free) = (
-        setup::MEMORY_MAP
-            .lock_irqsave()
-            .as_ref()
-            .map_or(0, |m| m.total_ram())
-            / 1024,
-        mm::frame::free_count() * 4,
-    );
-    pr_info!("Memory: {}K/{}K available", free, total);
+    let total = setup::MEMORY_MAP.lock_irqsave().as_ref().map_or(0, |m| m.total_ram()) / 1024;
+    pr_info!("Memory: {}K/{}K available", mm::frame::free_count() * 4, total);
 
     console::enable_rx_interrupt();
     pr_info!("Run /bin/sh as init process");
     sched::spawn("sh", Policy::Normal, Some(0), shell::main, 0);
     sched::spawn("kthreadd", Policy::Normal, Some(0), sched::kthreadd, 0);
+    watchdog::init();
+    hung_task::init();
+    control::init();
+    sysctl::go_live();
     sched::idle_loop()
 }
 

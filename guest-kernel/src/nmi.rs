@@ -3,18 +3,20 @@
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crashvisor_abi::platform::NMI_REASON_PORT;
+use crashvisor_abi::platform::{Detector, EventKind, NMI_REASON_OPERATOR, NMI_REASON_PORT, NMI_REASON_WATCHDOG};
 
 use crate::arch::cpu;
 use crate::arch::idt::PtRegs;
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::printk::KERN_INFO;
-use crate::{dumpstack, smp};
+use crate::{dumpstack, platform, smp};
 
 /// `kernel.unknown_nmi_panic`.
 pub static UNKNOWN_NMI_PANIC: AtomicBool = AtomicBool::new(false);
 /// `kernel.panic_on_unrecovered_nmi`.
 pub static PANIC_ON_UNRECOVERED_NMI: AtomicBool = AtomicBool::new(false);
+/// `kernel.panic_on_io_nmi`.
+pub static PANIC_ON_IO_NMI: AtomicBool = AtomicBool::new(false);
 
 /// CPUs asked for an NMI backtrace (bit per CPU).
 static BACKTRACE_MASK: AtomicU64 = AtomicU64::new(0);
@@ -31,47 +33,70 @@ pub fn request_backtrace(cpu: usize) {
     crate::arch::apic::send_nmi(percpu::of(cpu).apic_id.load(Ordering::Relaxed));
 }
 
-/// Called for vector 2 with the interrupted registers.
+/// Asks every other online CPU for an NMI backtrace (Linux's
+/// `trigger_allbutcpu_cpu_backtrace`).
+pub fn backtrace_all_but_self() {
+    let me = percpu::cpu_id();
+    let others: alloc::vec::Vec<usize> =
+        (0..smp::possible_cpus()).filter(|&c| c != me && percpu::of(c).online.load(Ordering::Relaxed)).collect();
+    if others.is_empty() {
+        return;
+    }
+    crate::printk!(KERN_INFO, "Sending NMI from CPU {} to CPUs {:?}:", me, others);
+    for cpu in others {
+        request_backtrace(cpu);
+    }
+}
+
+/// Called for vector 2 with the interrupted registers. Like Linux's `default_do_nmi`: the
+/// local handlers first (the panic stop, NMI backtraces, the host's watchdog tick), and only
+/// an NMI none of them claims goes down the unknown-NMI path.
 pub fn handle(regs: &mut PtRegs) {
     let cpu = percpu::cpu_id();
     NMI_COUNT[cpu].fetch_add(1, Ordering::Relaxed);
     if smp::stop_requested() {
         smp::stop_this_cpu();
     }
+    let mut claimed = false;
     if BACKTRACE_MASK.fetch_and(!(1 << cpu), Ordering::SeqCst) & (1 << cpu) != 0 {
         crate::printk!(KERN_INFO, "NMI backtrace for cpu {}", cpu);
         dumpstack::print_cpu_header(KERN_INFO);
         dumpstack::show_regs(KERN_INFO, regs);
         dumpstack::print_trace_from(KERN_INFO, regs.rbp, None, None);
-        return;
+        claimed = true;
     }
-    unknown_nmi(regs, cpu);
+    let reason = platform::nmi_reason();
+    if reason & NMI_REASON_WATCHDOG != 0 {
+        crate::watchdog::hardlockup::nmi_check(regs);
+        claimed = true;
+    }
+    if reason & NMI_REASON_OPERATOR != 0 || !claimed {
+        unknown_nmi(regs, cpu);
+    }
 }
 
-fn unknown_nmi(_regs: &PtRegs, cpu: usize) {
+/// Linux's `unknown_nmi_error` and the port-0x61 reasons before it (`default_do_nmi`).
+fn unknown_nmi(regs: &PtRegs, cpu: usize) {
     let reason = cpu::inb(NMI_REASON_PORT);
+    let panics = |flag: &AtomicBool| flag.load(Ordering::Relaxed);
     if reason & NMI_REASON_SERR != 0 {
-        crate::pr_emerg!(
-            "NMI: PCI system error (SERR) for reason {:02x} on CPU {}.",
-            reason,
-            cpu
-        );
+        crate::pr_emerg!("NMI: PCI system error (SERR) for reason {:02x} on CPU {}.", reason, cpu);
+        if panics(&PANIC_ON_UNRECOVERED_NMI) {
+            crate::panic::nmi_panic(Detector::UnknownNmi, format_args!("NMI: Not continuing"));
+        }
     } else if reason & NMI_REASON_IOCHK != 0 {
-        crate::pr_emerg!(
-            "NMI: IOCK error (debug interrupt?) for reason {:02x} on CPU {}.",
-            reason,
-            cpu
-        );
+        crate::pr_emerg!("NMI: IOCK error (debug interrupt?) for reason {:02x} on CPU {}.", reason, cpu);
+        dumpstack::show_regs(crate::printk::KERN_EMERG, regs);
+        if panics(&PANIC_ON_IO_NMI) {
+            crate::panic::nmi_panic(Detector::UnknownNmi, format_args!("NMI IOCK error: Not continuing"));
+        }
+        return;
     } else {
-        crate::pr_emerg!(
-            "Uhhuh. NMI received for unknown reason {:02x} on CPU {}.",
-            reason,
-            cpu
-        );
-    }
-    if UNKNOWN_NMI_PANIC.load(Ordering::Relaxed) || PANIC_ON_UNRECOVERED_NMI.load(Ordering::Relaxed)
-    {
-        crate::panic::panic(format_args!("NMI: Not continuing"));
+        crate::pr_emerg!("Uhhuh. NMI received for unknown reason {:02x} on CPU {}.", reason, cpu);
+        platform::event(EventKind::UnknownNmi, cpu, u16::from(reason));
+        if panics(&UNKNOWN_NMI_PANIC) || panics(&PANIC_ON_UNRECOVERED_NMI) {
+            crate::panic::nmi_panic(Detector::UnknownNmi, format_args!("NMI: Not continuing"));
+        }
     }
     crate::pr_emerg!("Dazed and confused, but trying to continue");
 }

@@ -6,13 +6,21 @@ use crate::arch::idt::PtRegs;
 use crate::arch::{cpu, traps};
 use crate::printk::KERN_EMERG;
 use crate::sched::task::PF_IDLE;
-use crate::{dumpstack, panic, printk, sched, taint};
+use crashvisor_abi::platform::EventKind;
+
+use crate::{dumpstack, panic, platform, printk, sched, taint};
 
 static DIE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Reports an exception in kernel code (`what` is Linux's die string, e.g. "Oops" or
 /// "general protection fault") and ends the faulting task, or panics.
 pub fn die(what: &str, error_code: u64, regs: &PtRegs) {
+    report(what, error_code, regs);
+    oops_end();
+}
+
+/// The oops report alone, through `---[ end trace ... ]---`, tainting the kernel `D`.
+pub fn report(what: &str, error_code: u64, regs: &PtRegs) {
     printk::console_verbose();
     let n = DIE_COUNTER.fetch_add(1, Ordering::Relaxed) + 1;
     crate::pr_emerg!("Oops: {}: {:04x} [#{}] SMP NOPTI", what, error_code, n);
@@ -23,12 +31,14 @@ pub fn die(what: &str, error_code: u64, regs: &PtRegs) {
     if what == "Oops" {
         crate::pr_emerg!("CR2: {:016x}", cpu::read_cr2());
     }
-    oops_end(regs)
-}
-
-fn oops_end(_regs: &PtRegs) {
     taint::add(taint::TAINT_DIE);
     crate::pr_emerg!("---[ end trace 0000000000000000 ]---");
+    let pid = sched::current().pid.min(u32::from(u16::MAX)) as u16;
+    platform::event(EventKind::Oops, crate::arch::percpu::cpu_id(), pid);
+}
+
+/// Linux's `oops_end`: panic in interrupt context or with `panic_on_oops`, else end the task.
+fn oops_end() {
     if traps::in_interrupt() {
         panic::panic(format_args!("Fatal exception in interrupt"));
     }
@@ -36,8 +46,11 @@ fn oops_end(_regs: &PtRegs) {
         panic::panic(format_args!("Fatal exception"));
     }
     let task = sched::current();
-    if task.flags & PF_IDLE != 0 || task.pid == 1 {
+    if task.flags & PF_IDLE != 0 {
         panic::panic(format_args!("Attempted to kill the idle task!"));
+    }
+    if task.pid == 1 {
+        panic::panic(format_args!("Attempted to kill init! exitcode=0x0000000b"));
     }
     sched::exit_current();
 }

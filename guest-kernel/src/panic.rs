@@ -3,19 +3,21 @@
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 
-use crashvisor_abi::platform::{PVPANIC_PANICKED, PVPANIC_PORT};
+use core::cell::UnsafeCell;
+
+use crashvisor_abi::platform::{Command, CrashReason, Detector, EventKind, PVPANIC_PANICKED, PVPANIC_PORT};
 
 use crate::arch::{cpu, percpu};
 use crate::printk::KERN_EMERG;
 use crate::sync::irq;
-use crate::{dumpstack, printk, reboot, smp, taint, time};
+use crate::{dumpstack, mm, platform, printk, reboot, sched, smp, taint, time};
 
 const PANIC_CPU_INVALID: u32 = u32::MAX;
 static PANIC_CPU: AtomicU32 = AtomicU32::new(PANIC_CPU_INVALID);
 /// `kernel.panic`: seconds before rebooting after a panic (0 = never, < 0 = at once).
-static PANIC_TIMEOUT: AtomicI64 = AtomicI64::new(0);
+pub static PANIC_TIMEOUT: AtomicI64 = AtomicI64::new(0);
 /// `kernel.panic_on_oops`.
-static PANIC_ON_OOPS: AtomicBool = AtomicBool::new(false);
+pub static PANIC_ON_OOPS: AtomicBool = AtomicBool::new(false);
 
 /// Sets `kernel.panic`.
 pub fn set_panic_timeout(seconds: i64) {
@@ -35,6 +37,51 @@ pub fn set_panic_on_oops(on: bool) {
 /// `kernel.panic_on_oops`.
 pub fn panic_on_oops() -> bool {
     PANIC_ON_OOPS.load(Ordering::Relaxed)
+}
+
+/// `crash_kexec_post_notifiers`: run the panic notifiers before kdump (boot parameter).
+pub static CRASH_KEXEC_POST_NOTIFIERS: AtomicBool = AtomicBool::new(false);
+/// What is panicking the kernel, for the host's crash reason (a `Detector` value).
+static DETECTOR: AtomicU32 = AtomicU32::new(Detector::None as u32);
+
+struct ReasonCell(UnsafeCell<CrashReason>);
+// SAFETY: written only by the panicking CPU (the owner of PANIC_CPU), once.
+unsafe impl Sync for ReasonCell {}
+static REASON: ReasonCell = ReasonCell(UnsafeCell::new(CrashReason::new(Detector::None, 0, 0)));
+
+/// Names what is about to panic the kernel (a detector, an oops, sysrq), for the host.
+pub fn set_detector(detector: Detector) {
+    DETECTOR.store(detector as u32, Ordering::Relaxed);
+}
+
+/// `panic()` on behalf of `detector`.
+pub fn panic_with(detector: Detector, args: fmt::Arguments<'_>) -> ! {
+    set_detector(detector);
+    panic(args)
+}
+
+/// Linux's `nmi_panic()`: panic if no CPU is panicking yet; if another CPU is, stop here; if
+/// this CPU already is (the panic came through here before), return.
+pub fn nmi_panic(detector: Detector, args: fmt::Arguments<'_>) {
+    match PANIC_CPU.load(Ordering::SeqCst) {
+        PANIC_CPU_INVALID => panic_with(detector, args),
+        owner if owner == percpu::cpu_id() as u32 => {}
+        _ => self_stop(),
+    }
+}
+
+/// Tells the host why the kernel is panicking (beyond pvpanic's bit).
+fn send_crash_reason(message: &str) {
+    let task = sched::current();
+    let cpu = percpu::cpu_id();
+    let detector = Detector::from_raw(DETECTOR.load(Ordering::Relaxed)).unwrap_or(Detector::None);
+    // SAFETY: only the panicking CPU gets here (it owns PANIC_CPU), once per boot.
+    let reason = unsafe { &mut *REASON.0.get() };
+    *reason = CrashReason::new(detector, cpu as u32, task.pid);
+    reason.set_comm(task.comm().as_bytes());
+    reason.push_message(message.as_bytes());
+    platform::command(Command::SetCrashReason, mm::kernel_virt_to_phys(REASON.0.get() as u64));
+    platform::event(EventKind::Panic, cpu, 0);
 }
 
 /// Whether some CPU is panicking.
@@ -70,9 +117,7 @@ pub fn panic(args: fmt::Arguments<'_>) -> ! {
     irq::disable();
     crate::sync::preempt::disable();
     let me = percpu::cpu_id() as u32;
-    if let Err(owner) =
-        PANIC_CPU.compare_exchange(PANIC_CPU_INVALID, me, Ordering::SeqCst, Ordering::SeqCst)
-    {
+    if let Err(owner) = PANIC_CPU.compare_exchange(PANIC_CPU_INVALID, me, Ordering::SeqCst, Ordering::SeqCst) {
         if owner != me {
             self_stop();
         }
@@ -80,10 +125,7 @@ pub fn panic(args: fmt::Arguments<'_>) -> ! {
     printk::console_verbose();
     printk::bust_lock();
 
-    let mut message = Message {
-        buf: [0; 1024],
-        len: 0,
-    };
+    let mut message = Message { buf: [0; 1024], len: 0 };
     let _ = message.write_fmt(args);
     let mut text = &message.buf[..message.len];
     if let Some(stripped) = text.strip_suffix(b"\n") {
@@ -94,6 +136,7 @@ pub fn panic(args: fmt::Arguments<'_>) -> ! {
     if !taint::test(taint::TAINT_DIE) {
         dumpstack::dump_stack(KERN_EMERG);
     }
+    send_crash_reason(text);
     smp::stop_other_cpus();
     cpu::outb(PVPANIC_PORT, PVPANIC_PANICKED);
     crate::pr_emerg!("Kernel Offset: disabled");

@@ -10,11 +10,7 @@ static mut BOOT_COMMAND_LINE_LEN: usize = 0;
 
 /// Copies the command line out of the boot data. Boot CPU, once.
 pub fn save(raw: &[u8]) {
-    let len = raw
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(raw.len())
-        .min(2047);
+    let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len()).min(2047);
     // SAFETY: written once by the boot CPU before any reader exists.
     unsafe {
         let buf = &mut *core::ptr::addr_of_mut!(BOOT_COMMAND_LINE);
@@ -59,6 +55,17 @@ pub fn apply() {
             panic::set_panic_on_oops(on);
         }
     }
+    if cmdline.has_flag("crash_kexec_post_notifiers") {
+        panic::CRASH_KEXEC_POST_NOTIFIERS.store(true, core::sync::atomic::Ordering::Relaxed);
+    }
+    if let Some(Some(value)) = cmdline.get("hung_task_panic") {
+        if let Some(n) = parse_i64(value) {
+            crate::hung_task::PANIC_COUNT
+                .store(n.clamp(0, i64::from(i32::MAX)) as u32, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    crate::watchdog::parse_boot_params(&cmdline);
+    crate::sysctl::apply_boot_params(&cmdline);
     if cmdline.has_flag("unknown_nmi_panic") {
         crate::nmi::UNKNOWN_NMI_PANIC.store(true, core::sync::atomic::Ordering::Relaxed);
     }

@@ -5,9 +5,7 @@ use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
-use crashvisor_klib::printk::{
-    format_timestamp, LogIndex, Record, LOG_LINE_MAX, TIMESTAMP_MAX_LEN,
-};
+use crashvisor_klib::printk::{format_timestamp, LogIndex, Record, LOG_LINE_MAX, TIMESTAMP_MAX_LEN};
 
 use crate::{console, time};
 
@@ -15,8 +13,6 @@ use crate::{console, time};
 pub const KERN_EMERG: u8 = 0;
 /// `KERN_ALERT`.
 pub const KERN_ALERT: u8 = 1;
-/// `KERN_CRIT`.
-pub const KERN_CRIT: u8 = 2;
 /// `KERN_ERR`.
 pub const KERN_ERR: u8 = 3;
 /// `KERN_WARNING`.
@@ -25,8 +21,6 @@ pub const KERN_WARNING: u8 = 4;
 pub const KERN_NOTICE: u8 = 5;
 /// `KERN_INFO`.
 pub const KERN_INFO: u8 = 6;
-/// `KERN_DEBUG`.
-pub const KERN_DEBUG: u8 = 7;
 
 /// Size of the log buffer (Linux's `CONFIG_LOG_BUF_SHIFT` = 17).
 pub const LOG_BUF_LEN: usize = 1 << 17;
@@ -49,10 +43,7 @@ unsafe impl Sync for Log {}
 // SAFETY: as above.
 unsafe impl Sync for LogBuffer {}
 
-static LOG: Log = Log {
-    owner: AtomicU32::new(NO_OWNER),
-    index: UnsafeCell::new(LogIndex::new()),
-};
+static LOG: Log = Log { owner: AtomicU32::new(NO_OWNER), index: UnsafeCell::new(LogIndex::new()) };
 static LOG_BUF: LogBuffer = LogBuffer(UnsafeCell::new([0; LOG_BUF_LEN]));
 const NO_OWNER: u32 = u32::MAX;
 
@@ -60,10 +51,7 @@ fn with_log<R>(f: impl FnOnce(&mut LogIndex, &mut [u8; LOG_BUF_LEN]) -> R) -> Op
     let me = crate::arch::percpu::cpu_id() as u32;
     let irq = crate::sync::irq::save();
     loop {
-        match LOG
-            .owner
-            .compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed)
-        {
+        match LOG.owner.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => break,
             Err(owner) if owner == me => {
                 crate::sync::irq::restore(irq);
@@ -112,10 +100,7 @@ impl Write for LineBuf {
 
 /// Logs formatted text at `level`; each line becomes one record.
 pub fn printk(level: u8, args: fmt::Arguments<'_>) {
-    let mut line = LineBuf {
-        buf: [0; LOG_LINE_MAX],
-        len: 0,
-    };
+    let mut line = LineBuf { buf: [0; LOG_LINE_MAX], len: 0 };
     let _ = line.write_fmt(args);
     let mut text = &line.buf[..line.len];
     if let Some(stripped) = text.strip_suffix(b"\n") {
@@ -149,22 +134,6 @@ pub fn for_each_record(from_seq: u64, mut f: impl FnMut(&Record<'_>)) {
             f(&record);
         }
     });
-}
-
-/// Copies of the addresses `vmcore-dmesg` needs, for VMCOREINFO.
-pub struct LogSymbols {
-    /// Address of the buffer.
-    pub buf: u64,
-    /// Address of the `LogIndex`.
-    pub index: u64,
-}
-
-/// Where the log lives.
-pub fn symbols() -> LogSymbols {
-    LogSymbols {
-        buf: LOG_BUF.0.get() as u64,
-        index: LOG.index.get() as u64,
-    }
 }
 
 /// `printk!(level, "fmt", args)`.

@@ -1,8 +1,6 @@
 //! Boot-time setup of memory (Linux's `setup_arch` in miniature): read the PVH boot data,
 //! print the memory map, build the direct map, reserve what is in use, start the allocators.
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 use crashvisor_abi::layout::{AP_TRAMPOLINE_GPA, CMDLINE_GPA, CMDLINE_MAX_SIZE, PAGE_SIZE};
 use crashvisor_abi::pvh::{MemmapEntry, ModlistEntry, StartInfo, START_INFO_MAGIC};
 use crashvisor_klib::memmap::{FrameBitmap, MemoryMap, RangeKind};
@@ -13,8 +11,6 @@ use crate::sync::SpinLock;
 
 /// The memory map after boot reservations (for `/proc/iomem` and kdump).
 pub static MEMORY_MAP: SpinLock<Option<MemoryMap>> = SpinLock::new(None);
-/// The pristine kernel image the VMM passed as PVH module 0: (physical address, size).
-static KERNEL_MODULE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
 /// The PVH start info, read through the boot identity map of the low 2 MiB.
 fn start_info(phys: u64) -> Option<&'static StartInfo> {
@@ -36,9 +32,7 @@ pub fn save_cmdline(start_info_phys: u64) {
         return;
     }
     // SAFETY: the command line lies in the identity-mapped low 2 MiB (checked above).
-    let raw = unsafe {
-        core::slice::from_raw_parts(info.cmdline_paddr as *const u8, CMDLINE_MAX_SIZE as usize)
-    };
+    let raw = unsafe { core::slice::from_raw_parts(info.cmdline_paddr as *const u8, CMDLINE_MAX_SIZE as usize) };
     crate::params::save(raw);
 }
 
@@ -58,47 +52,31 @@ pub fn memory(start_info_phys: u64) -> bool {
         return false;
     };
     let entries = info.memmap_entries as usize;
-    if info.memmap_paddr == 0
-        || info.memmap_paddr + (entries * core::mem::size_of::<MemmapEntry>()) as u64 > 0x20_0000
+    if info.memmap_paddr == 0 || info.memmap_paddr + (entries * core::mem::size_of::<MemmapEntry>()) as u64 > 0x20_0000
     {
         crate::pr_emerg!("PVH: memory map missing or out of reach");
         return false;
     }
     // SAFETY: the memory map lies in the identity-mapped low 2 MiB (checked above).
-    let raw =
-        unsafe { core::slice::from_raw_parts(info.memmap_paddr as *const MemmapEntry, entries) };
+    let raw = unsafe { core::slice::from_raw_parts(info.memmap_paddr as *const MemmapEntry, entries) };
     let Ok(mut map) = MemoryMap::from_pvh(raw) else {
         crate::pr_emerg!("PVH: unusable memory map");
         return false;
     };
     crate::pr_info!("BIOS-provided physical RAM map:");
     for range in map.ranges() {
-        crate::pr_info!(
-            "BIOS-e820: [mem {:#018x}-{:#018x}] {}",
-            range.start,
-            range.end - 1,
-            e820_name(range.kind)
-        );
+        crate::pr_info!("BIOS-e820: [mem {:#018x}-{:#018x}] {}", range.start, range.end - 1, e820_name(range.kind));
     }
-    crate::pr_info!("T before direct map");
     let mapped = paging::init_direct_map(map.ram_end());
-    crate::pr_info!("T after direct map");
     if mapped < map.ram_end() {
-        crate::pr_warn!(
-            "mm: RAM above {:#x} is not mapped and will not be used",
-            mapped
-        );
+        crate::pr_warn!("mm: RAM above {:#x} is not mapped and will not be used", mapped);
         let _ = map.reserve(mapped, map.ram_end(), RangeKind::Reserved);
     }
 
     // What is in use before the allocator exists: real-mode data and boot structures, the AP
     // trampoline, the command line, the kernel image, the kernel module.
     let _ = map.reserve(0, AP_TRAMPOLINE_GPA + PAGE_SIZE, RangeKind::BootData);
-    let _ = map.reserve(
-        CMDLINE_GPA,
-        CMDLINE_GPA + 2 * CMDLINE_MAX_SIZE,
-        RangeKind::BootData,
-    );
+    let _ = map.reserve(CMDLINE_GPA, CMDLINE_GPA + 2 * CMDLINE_MAX_SIZE, RangeKind::BootData);
     let (kernel_start, kernel_end) = mm::kernel_image_phys();
     let kernel_end = kernel_end.next_multiple_of(PAGE_SIZE);
     let _ = map.reserve(kernel_start, kernel_end, RangeKind::Kernel);
@@ -118,36 +96,18 @@ pub fn memory(start_info_phys: u64) -> bool {
             Some(end) => map.reserve(start, end, RangeKind::Module).is_ok(),
             None => false,
         };
-        if usable {
-            KERNEL_MODULE[0].store(module.paddr, Ordering::Relaxed);
-            KERNEL_MODULE[1].store(module.size, Ordering::Relaxed);
-        } else {
+        if !usable {
             crate::pr_warn!("PVH: ignoring the kernel module at {:#x}: it overlaps used memory", module.paddr);
         }
     }
     let nr_frames = map.ram_end().div_ceil(PAGE_SIZE);
     let bitmap_bytes = (FrameBitmap::words_needed(nr_frames) * 8) as u64;
     let bitmap_phys = kernel_end;
-    if map
-        .reserve(
-            bitmap_phys,
-            bitmap_phys + bitmap_bytes.next_multiple_of(PAGE_SIZE),
-            RangeKind::Kernel,
-        )
-        .is_err()
-    {
+    if map.reserve(bitmap_phys, bitmap_phys + bitmap_bytes.next_multiple_of(PAGE_SIZE), RangeKind::Kernel).is_err() {
         crate::pr_emerg!("mm: no room for the frame bitmap after the kernel");
         return false;
     }
-    crate::pr_info!("T before frame init");
     mm::frame::init(&map, bitmap_phys);
-    crate::pr_info!("T after frame init");
     *MEMORY_MAP.lock_irqsave() = Some(map);
     true
-}
-
-/// The pristine kernel image (physical address, size), if the VMM passed one.
-pub fn kernel_module() -> Option<(u64, u64)> {
-    let size = KERNEL_MODULE[1].load(Ordering::Relaxed);
-    (size != 0).then(|| (KERNEL_MODULE[0].load(Ordering::Relaxed), size))
 }

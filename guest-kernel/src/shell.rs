@@ -1,14 +1,11 @@
 //! A small interactive shell on COM1, running as pid 1.
 
 use alloc::string::String;
-use core::fmt::Write;
-use core::sync::atomic::Ordering;
 
 use crashvisor_abi::platform::{Progress, PLATFORM_PROGRESS};
 use crashvisor_klib::printk::{format_timestamp, TIMESTAMP_MAX_LEN};
 
 use crate::arch::{cpu, percpu};
-use crate::sched::task;
 use crate::{console, printk, procfs, reboot, time};
 
 const PROMPT: &[u8] = b"~ # ";
@@ -21,6 +18,9 @@ Commands:
   cat /proc/cpuinfo|iomem|meminfo|uptime
   echo c > /proc/sysrq-trigger  crash the kernel (sysrq-c)
   panic [MESSAGE]               call panic() with MESSAGE
+  sysctl NAME | -w NAME=VALUE | -a     kernel knobs (also cat/echo /proc/sys/kernel/NAME)
+  inject FAULT [CPU] [MS]       softlockup hardlockup hung_task deadlock panic oops bug
+                                sysrq_crash stack_overflow, optionally ending after MS
   reboot                        restart the machine
   poweroff                      power the machine off
 ";
@@ -70,27 +70,88 @@ fn run(line: &str) {
         ("cat", Some("/proc/meminfo")) => out(&procfs::meminfo()),
         ("cat", Some("/proc/uptime")) => {
             let ns = time::now_ns();
-            out(&alloc::format!(
-                "{}.{:02} 0.00\n",
-                ns / 1_000_000_000,
-                ns / 10_000_000 % 100
-            ));
+            out(&alloc::format!("{}.{:02} 0.00\n", ns / 1_000_000_000, ns / 10_000_000 % 100));
         }
         ("echo", Some(key)) if line.ends_with("> /proc/sysrq-trigger") => sysrq(key),
+        ("echo", Some(value)) if line.contains("> /proc/sys/") => {
+            let path = line.rsplit("> ").next().unwrap_or("").trim();
+            sysctl_write(path, value);
+        }
+        ("cat", Some(path)) if path.starts_with("/proc/sys/") => sysctl_read(path),
+        ("sysctl", arg) => sysctl_command(arg, words.next()),
+        ("inject", Some(fault)) => inject_command(fault, words.next(), words.next()),
         ("panic", _) => {
             let message = line.strip_prefix("panic").unwrap_or("").trim();
-            crate::panic::panic(format_args!(
-                "{}",
-                if message.is_empty() {
-                    "shell panic"
-                } else {
-                    message
-                }
-            ));
+            crate::panic::panic(format_args!("{}", if message.is_empty() { "shell panic" } else { message }));
         }
         ("reboot", _) => reboot::restart(),
         ("poweroff", _) => reboot::power_off(),
         _ => out(&alloc::format!("sh: {command}: not found\n")),
+    }
+}
+
+fn sysctl_read(name: &str) {
+    match crate::sysctl::get(name) {
+        Ok(value) => out(&alloc::format!("{value}\n")),
+        Err(_) => out(&alloc::format!("cat: {name}: No such file or directory\n")),
+    }
+}
+
+fn sysctl_write(name: &str, value: &str) {
+    match crate::sysctl::set(name, value) {
+        Ok(()) => {}
+        Err(crate::sysctl::SysctlError::Unknown) => out(&alloc::format!("sh: can't create {name}: No such file\n")),
+        Err(crate::sysctl::SysctlError::Invalid) => out("sh: write error: Invalid argument\n"),
+    }
+}
+
+/// `sysctl NAME`, `sysctl -w NAME=VALUE`, `sysctl -a`.
+fn sysctl_command(first: Option<&str>, second: Option<&str>) {
+    match (first, second) {
+        (Some("-a"), _) => {
+            for name in crate::sysctl::names() {
+                if let Ok(value) = crate::sysctl::get(name) {
+                    out(&alloc::format!("{name} = {value}\n"));
+                }
+            }
+        }
+        (Some("-w"), Some(assignment)) => match assignment.split_once('=') {
+            Some((name, value)) => match crate::sysctl::set(name, value) {
+                Ok(()) => out(&alloc::format!("{name} = {value}\n")),
+                Err(crate::sysctl::SysctlError::Unknown) => out(&alloc::format!(
+                    "sysctl: cannot stat /proc/sys/{}: No such file or directory\n",
+                    name.replace('.', "/")
+                )),
+                Err(crate::sysctl::SysctlError::Invalid) => {
+                    out(&alloc::format!("sysctl: setting key \"{name}\": Invalid argument\n"))
+                }
+            },
+            None => out("sysctl: -w needs NAME=VALUE\n"),
+        },
+        (Some(name), _) => match crate::sysctl::get(name) {
+            Ok(value) => out(&alloc::format!("{name} = {value}\n")),
+            Err(_) => out(&alloc::format!(
+                "sysctl: cannot stat /proc/sys/{}: No such file or directory\n",
+                name.replace('.', "/")
+            )),
+        },
+        (None, _) => out("usage: sysctl NAME | sysctl -w NAME=VALUE | sysctl -a\n"),
+    }
+}
+
+/// `inject FAULT [CPU] [DURATION_MS]`.
+fn inject_command(fault: &str, cpu: Option<&str>, duration: Option<&str>) {
+    let Some(kind) = crashvisor_abi::control::FaultKind::from_name(fault) else {
+        let names: alloc::vec::Vec<&str> = crashvisor_abi::control::FaultKind::ALL.iter().map(|k| k.as_str()).collect();
+        return out(&alloc::format!("inject: unknown fault {fault}; one of: {}\n", names.join(" ")));
+    };
+    let cpu = cpu.and_then(|c| c.parse().ok()).unwrap_or(0);
+    let duration_ms = duration.and_then(|d| d.parse().ok());
+    let fault =
+        crate::inject::Fault { kind, cpu, duration_ms, message: alloc::string::String::from("shell-injected panic") };
+    match crate::inject::inject(fault) {
+        Ok(pid) => out(&alloc::format!("injected {} on CPU {cpu} (pid {pid})\n", kind.as_str())),
+        Err(e) => out(&alloc::format!("inject: {e:?}\n")),
     }
 }
 
@@ -107,32 +168,14 @@ fn uptime() {
 }
 
 fn ps() {
-    let mut text = String::from("  PID  PPID CPU S    NVCSW   NIVCSW COMMAND\n");
-    task::for_each(|t| {
-        let kernel_thread = t.flags & task::PF_KTHREAD != 0 && t.pid != 1;
-        let (open, close) = if kernel_thread { ("[", "]") } else { ("", "") };
-        let _ = writeln!(
-            text,
-            "{:>5} {:>5} {:>3} {} {:>8} {:>8} {open}{}{close}",
-            t.pid,
-            t.ppid,
-            t.cpu(),
-            t.state_char(),
-            t.nvcsw.load(Ordering::Relaxed),
-            t.nivcsw.load(Ordering::Relaxed),
-            t.comm()
-        );
-    });
-    out(&text);
+    out(&procfs::ps());
 }
 
 fn dmesg() {
     let mut text = String::new();
     printk::for_each_record(0, |record| {
         let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
-        text.push_str(
-            core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""),
-        );
+        text.push_str(core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""));
         text.push_str(core::str::from_utf8(record.text).unwrap_or("?"));
         text.push('\n');
     });
@@ -140,20 +183,8 @@ fn dmesg() {
 }
 
 fn sysrq(key: &str) {
-    match key {
-        "c" => {
-            printk::console_verbose();
-            crate::pr_info!("sysrq: Trigger a crash");
-            crate::panic::panic(format_args!("sysrq triggered crash\n"));
-        }
-        "b" => {
-            crate::pr_info!("sysrq: Resetting");
-            reboot::emergency_restart();
-        }
-        "o" => {
-            crate::pr_info!("sysrq: Power Off");
-            reboot::power_off();
-        }
-        _ => crate::pr_info!("sysrq: HELP : reboot(b) crash(c) poweroff(o)"),
+    match key.as_bytes() {
+        [key] => crate::sysrq::handle(*key),
+        _ => out("sh: echo: write error: Invalid argument\n"),
     }
 }

@@ -55,9 +55,7 @@ pub fn boot_secondary_cpus() {
         // AP is waited for before the next start).
         unsafe {
             slots.write_volatile(paging::top_table_phys());
-            slots
-                .add(1)
-                .write_volatile(stack + sched::STACK_SIZE as u64);
+            slots.add(1).write_volatile(stack + sched::STACK_SIZE as u64);
             slots.add(2).write_volatile(cpu_id as u64);
             slots.add(3).write_volatile(ap_start as *const () as u64);
         }
@@ -75,11 +73,7 @@ pub fn boot_secondary_cpus() {
             crate::pr_err!("smpboot: do_boot_cpu failed(-1) to wakeup CPU#{}", cpu_id);
         }
     }
-    crate::pr_info!(
-        "smp: Brought up 1 node, {} CPU{}",
-        booted,
-        if booted == 1 { "" } else { "s" }
-    );
+    crate::pr_info!("smp: Brought up 1 node, {} CPU{}", booted, if booted == 1 { "" } else { "s" });
 }
 
 static AP_STACKS: [AtomicUsize; MAX_CPUS] = [const { AtomicUsize::new(0) }; MAX_CPUS];
@@ -92,6 +86,7 @@ extern "C" fn ap_start(cpu_id: usize) -> ! {
     apic::init_local();
     let stack = AP_STACKS[cpu_id].load(Ordering::Relaxed) as u64;
     sched::init_idle(cpu_id, stack, sched::STACK_SIZE as u64);
+    crate::kvmclock::init_cpu();
     percpu::of(cpu_id).online.store(true, Ordering::Release);
     sched::idle_loop()
 }
@@ -144,10 +139,7 @@ pub fn call_on_cpu(cpu: usize, f: CallFn, arg: usize) {
         drop(slot);
         cpu::pause();
     }
-    apic::send_ipi(
-        percpu::of(cpu).apic_id.load(Ordering::Relaxed),
-        vector::CALL_FUNCTION,
-    );
+    apic::send_ipi(percpu::of(cpu).apic_id.load(Ordering::Relaxed), vector::CALL_FUNCTION);
 }
 
 /// The call-function IPI handler.

@@ -4,8 +4,6 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 /// `TAINT_DIE` ('D'): an oops happened.
 pub const TAINT_DIE: u32 = 7;
-/// `TAINT_WARN` ('W').
-pub const TAINT_WARN: u32 = 9;
 /// `TAINT_SOFTLOCKUP` ('L').
 pub const TAINT_SOFTLOCKUP: u32 = 14;
 

@@ -75,10 +75,7 @@ struct TimerQueue {
 
 impl TimerQueue {
     const fn new() -> Self {
-        Self {
-            timers: [None; TIMERS_PER_CPU],
-            len: 0,
-        }
+        Self { timers: [None; TIMERS_PER_CPU], len: 0 }
     }
 
     fn insert(&mut self, timer: Timer) -> bool {
@@ -96,10 +93,7 @@ impl TimerQueue {
     }
 
     fn remove(&mut self, id: u64) -> bool {
-        let Some(pos) = self.timers[..self.len]
-            .iter()
-            .position(|t| t.is_some_and(|t| t.id == id))
-        else {
+        let Some(pos) = self.timers[..self.len].iter().position(|t| t.is_some_and(|t| t.id == id)) else {
             return false;
         };
         self.timers.copy_within(pos + 1..self.len, pos);
@@ -122,8 +116,7 @@ impl TimerQueue {
     }
 }
 
-static QUEUES: [SpinLock<TimerQueue>; MAX_CPUS] =
-    [const { SpinLock::new(TimerQueue::new()) }; MAX_CPUS];
+static QUEUES: [SpinLock<TimerQueue>; MAX_CPUS] = [const { SpinLock::new(TimerQueue::new()) }; MAX_CPUS];
 static NEXT_TIMER_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Identifies an armed timer for `cancel`.
@@ -141,12 +134,7 @@ fn program(deadline: Option<u64>) {
 pub fn add_timer(deadline_tsc: u64, func: TimerFn, arg: usize) -> Option<TimerId> {
     let id = NEXT_TIMER_ID.fetch_add(1, Ordering::Relaxed);
     let mut queue = QUEUES[percpu::cpu_id()].lock_irqsave();
-    if !queue.insert(Timer {
-        deadline_tsc,
-        id,
-        func,
-        arg,
-    }) {
+    if !queue.insert(Timer { deadline_tsc, id, func, arg }) {
         return None;
     }
     if queue.next_deadline() == Some(deadline_tsc) {

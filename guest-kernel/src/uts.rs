@@ -1,15 +1,9 @@
 //! The kernel's identity, as `uname` and oops headers show it.
 
-/// `utsname.sysname`.
-pub const SYSNAME: &str = "Linux";
 /// `utsname.release`: the Linux release whose messages and formats the guest follows.
 pub const RELEASE: &str = "6.18.0-crashvisor";
 /// `utsname.version`.
 pub const VERSION: &str = "#1 SMP PREEMPT_DYNAMIC";
-/// `utsname.machine`.
-pub const MACHINE: &str = "x86_64";
-/// `utsname.nodename`.
-pub const NODENAME: &str = "crashvisor";
 /// The DMI-style machine description of oops headers.
 pub const HARDWARE_NAME: &str = "crashvisor KVM virtual machine, BIOS none";
 

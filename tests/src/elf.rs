@@ -53,11 +53,7 @@ pub struct ElfKernel {
 impl ElfKernel {
     /// A PVH kernel whose entry is the first byte of `code`, loaded at `load_gpa` (below 4 GiB).
     pub fn pvh(code: &[u8], load_gpa: u32) -> Self {
-        Self {
-            code: code.to_vec(),
-            load_gpa: load_gpa.into(),
-            pvh_entry: Some(load_gpa),
-        }
+        Self { code: code.to_vec(), load_gpa: load_gpa.into(), pvh_entry: Some(load_gpa) }
     }
 
     /// The same kernel without the PVH note (a plain ELF executable).
@@ -91,15 +87,7 @@ impl ElfKernel {
         assert_eq!(file.len(), usize::from(ELF_HEADER_SIZE));
 
         let code_len = self.code.len() as u64;
-        program_header(
-            &mut file,
-            PT_LOAD,
-            PF_R | PF_W | PF_X,
-            CODE_OFFSET as u64,
-            self.load_gpa,
-            code_len,
-            0x1000,
-        );
+        program_header(&mut file, PT_LOAD, PF_R | PF_W | PF_X, CODE_OFFSET as u64, self.load_gpa, code_len, 0x1000);
         if let Some(entry) = self.pvh_entry {
             let mut note = Vec::new();
             note.extend_from_slice(&4u32.to_le_bytes()); // namesz
@@ -107,15 +95,7 @@ impl ElfKernel {
             note.extend_from_slice(&XEN_ELFNOTE_PHYS32_ENTRY.to_le_bytes());
             note.extend_from_slice(b"Xen\0");
             note.extend_from_slice(&entry.to_le_bytes());
-            program_header(
-                &mut file,
-                PT_NOTE,
-                PF_R,
-                NOTE_OFFSET as u64,
-                0,
-                note.len() as u64,
-                4,
-            );
+            program_header(&mut file, PT_NOTE, PF_R, NOTE_OFFSET as u64, 0, note.len() as u64, 4);
             file.resize(NOTE_OFFSET, 0);
             file.extend_from_slice(&note);
         }
@@ -131,15 +111,7 @@ impl ElfKernel {
 }
 
 /// Appends one 56-byte `Elf64_Phdr` (physical and virtual addresses equal).
-fn program_header(
-    file: &mut Vec<u8>,
-    p_type: u32,
-    flags: u32,
-    offset: u64,
-    address: u64,
-    size: u64,
-    align: u64,
-) {
+fn program_header(file: &mut Vec<u8>, p_type: u32, flags: u32, offset: u64, address: u64, size: u64, align: u64) {
     let start = file.len();
     file.extend_from_slice(&p_type.to_le_bytes());
     file.extend_from_slice(&flags.to_le_bytes());
@@ -169,11 +141,7 @@ mod tests {
         assert_eq!(elf.header.e_machine, goblin::elf::header::EM_X86_64);
         assert_eq!(elf.entry, 0x10_0000);
 
-        let load: Vec<_> = elf
-            .program_headers
-            .iter()
-            .filter(|ph| ph.p_type == PT_LOAD)
-            .collect();
+        let load: Vec<_> = elf.program_headers.iter().filter(|ph| ph.p_type == PT_LOAD).collect();
         assert_eq!(load.len(), 1);
         assert_eq!(load[0].p_paddr, 0x10_0000);
         assert_eq!(&bytes[load[0].file_range()], &code);
@@ -191,9 +159,7 @@ mod tests {
 
     #[test]
     fn kernel_without_note_has_no_note_segment() {
-        let bytes = ElfKernel::pvh(&[0x90], 0x20_0000)
-            .without_pvh_note()
-            .to_bytes();
+        let bytes = ElfKernel::pvh(&[0x90], 0x20_0000).without_pvh_note().to_bytes();
         let elf = Elf::parse(&bytes).expect("a valid ELF");
         assert!(elf.program_headers.iter().all(|ph| ph.p_type != PT_NOTE));
         assert_eq!(elf.program_headers.len(), 1);

@@ -62,10 +62,7 @@ pub fn vmm_binary() -> PathBuf {
 #[track_caller]
 fn built_binary(name: &str, package: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executables live in target/<profile>/deps/");
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test executables live in target/<profile>/deps/");
     let binary = profile_dir.join(name);
     assert!(
         binary.is_file(),
@@ -95,17 +92,12 @@ pub fn require_kvm() {
                  They fail instead of skipping so that a green run means the VMs really ran."
             ));
         }
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(device)
-            .map(drop)
-            .map_err(|e| {
-                format!(
-                    "cannot open {KVM_DEVICE} for reading and writing ({e}): add this user to \
+        std::fs::OpenOptions::new().read(true).write(true).open(device).map(drop).map_err(|e| {
+            format!(
+                "cannot open {KVM_DEVICE} for reading and writing ({e}): add this user to \
                      the kvm group or fix the device's permissions"
-                )
-            })
+            )
+        })
     });
     if let Err(message) = result {
         panic!("{message}");
@@ -115,16 +107,9 @@ pub fn require_kvm() {
 /// The text of a kernel log line without its `[    1.234567] ` timestamp (lines without one
 /// are returned whole).
 pub fn log_text(line: &str) -> &str {
-    match line
-        .strip_prefix('[')
-        .and_then(|rest| rest.split_once("] "))
-    {
+    match line.strip_prefix('[').and_then(|rest| rest.split_once("] ")) {
         Some((stamp, text))
-            if !stamp.is_empty()
-                && stamp
-                    .trim_start()
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b == b'.') =>
+            if !stamp.is_empty() && stamp.trim_start().bytes().all(|b| b.is_ascii_digit() || b == b'.') =>
         {
             text
         }
@@ -138,10 +123,7 @@ mod tests {
 
     #[test]
     fn log_text_strips_printk_timestamps_only() {
-        assert_eq!(
-            log_text("[    0.003975] Linux version 6.18"),
-            "Linux version 6.18"
-        );
+        assert_eq!(log_text("[    0.003975] Linux version 6.18"), "Linux version 6.18");
         assert_eq!(log_text("[    2.029064]  <TASK>"), " <TASK>");
         assert_eq!(log_text("[12345.000001] x"), "x");
         assert_eq!(log_text("~ # ps"), "~ # ps");

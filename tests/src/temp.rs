@@ -28,8 +28,7 @@ impl TempFile {
     /// If the file cannot be written.
     pub fn with_contents(hint: &str, contents: &[u8]) -> Self {
         let file = Self::new(hint);
-        std::fs::write(&file.path, contents)
-            .unwrap_or_else(|e| panic!("cannot write {}: {e}", file.path.display()));
+        std::fs::write(&file.path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", file.path.display()));
         file
     }
 
@@ -40,9 +39,7 @@ impl TempFile {
 
     /// The file's path as a `&str`, for command lines.
     pub fn arg(&self) -> &str {
-        self.path
-            .to_str()
-            .expect("the temporary directory's path is UTF-8")
+        self.path.to_str().expect("the temporary directory's path is UTF-8")
     }
 }
 

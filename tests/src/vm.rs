@@ -286,13 +286,8 @@ impl Vm {
     fn next_line(&self) -> Option<(String, usize)> {
         let rest = &self.console[self.cursor..];
         let newline = rest.iter().position(|&b| b == b'\n')?;
-        let line = rest[..newline]
-            .strip_suffix(b"\r")
-            .unwrap_or(&rest[..newline]);
-        Some((
-            String::from_utf8_lossy(line).into_owned(),
-            self.cursor + newline + 1,
-        ))
+        let line = rest[..newline].strip_suffix(b"\r").unwrap_or(&rest[..newline]);
+        Some((String::from_utf8_lossy(line).into_owned(), self.cursor + newline + 1))
     }
 
     /// Waits for more console output; fails if none comes before `deadline` or the console
@@ -375,10 +370,7 @@ fn spawn_reader(stream: Stream, mut source: impl Read + Send + 'static, events: 
 }
 
 fn lines_of(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
-        .split('\n')
-        .map(|l| l.trim_end_matches('\r').to_string())
-        .collect()
+    String::from_utf8_lossy(bytes).split('\n').map(|l| l.trim_end_matches('\r').to_string()).collect()
 }
 
 fn tail(lines: &[String], n: usize) -> String {

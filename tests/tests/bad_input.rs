@@ -22,9 +22,7 @@ const POPCNT: &[u8] = &[0xf3, 0x0f, 0xb8, 0xc0];
 /// f4                hlt              ; not reached
 /// eb fd             jmp $-1          ; back to hlt
 /// ```
-const PLATFORM_POWER_OFF: &[u8] = &[
-    0xba, 0x18, 0x05, 0x00, 0x00, 0xb8, 0x01, 0x00, 0x00, 0x00, 0xef, 0xf4, 0xeb, 0xfd,
-];
+const PLATFORM_POWER_OFF: &[u8] = &[0xba, 0x18, 0x05, 0x00, 0x00, 0xb8, 0x01, 0x00, 0x00, 0x00, 0xef, 0xf4, 0xeb, 0xfd];
 
 /// Runs `vmm args`, checks it exits with `code` and no Rust panic, and returns its stderr.
 #[track_caller]
@@ -42,53 +40,31 @@ fn vmm_exits(args: &[&str], code: i32) -> String {
 #[track_caller]
 fn vmm_fails_saying(args: &[&str], code: i32, parts: &[&str]) -> String {
     let stderr = vmm_exits(args, code);
-    let said = stderr
-        .lines()
-        .any(|l| l.starts_with("vmm: ") && parts.iter().all(|p| l.contains(p)));
-    assert!(
-        said,
-        "`vmm {}` should print a `vmm: ` line containing {parts:?}; stderr was:\n{stderr}",
-        args.join(" ")
-    );
+    let said = stderr.lines().any(|l| l.starts_with("vmm: ") && parts.iter().all(|p| l.contains(p)));
+    assert!(said, "`vmm {}` should print a `vmm: ` line containing {parts:?}; stderr was:\n{stderr}", args.join(" "));
     stderr
 }
 
 #[test]
 fn missing_kvm_device_is_named() {
-    vmm_fails_saying(
-        &["--kvm", "/nonexistent/kvm"],
-        1,
-        &["/nonexistent/kvm", "does not exist"],
-    );
+    vmm_fails_saying(&["--kvm", "/nonexistent/kvm"], 1, &["/nonexistent/kvm", "does not exist"]);
 }
 
 #[test]
 fn a_file_that_is_not_kvm_is_rejected() {
-    vmm_fails_saying(
-        &["--kvm", "/dev/null"],
-        1,
-        &["/dev/null", "is not a KVM device"],
-    );
+    vmm_fails_saying(&["--kvm", "/dev/null"], 1, &["/dev/null", "is not a KVM device"]);
 }
 
 #[test]
 fn vcpu_count_out_of_range() {
     for vcpus in ["0", "17"] {
-        vmm_fails_saying(
-            &["--vcpus", vcpus],
-            1,
-            &[&format!("{vcpus} vCPUs requested"), "1 to 16 vCPUs"],
-        );
+        vmm_fails_saying(&["--vcpus", vcpus], 1, &[&format!("{vcpus} vCPUs requested"), "1 to 16 vCPUs"]);
     }
 }
 
 #[test]
 fn memory_size_out_of_range() {
-    vmm_fails_saying(
-        &["--memory", "8"],
-        1,
-        &["8 MiB of memory requested", "32 to 65536 MiB"],
-    );
+    vmm_fails_saying(&["--memory", "8"], 1, &["8 MiB of memory requested", "32 to 65536 MiB"]);
 }
 
 #[test]
@@ -103,37 +79,21 @@ fn memory_size_that_is_not_a_number_is_a_usage_error() {
 #[test]
 fn kernel_command_line_limits() {
     let long = "x".repeat(4000);
-    vmm_fails_saying(
-        &["--cmdline", &long],
-        1,
-        &["the kernel command line is 4000 bytes", "limit"],
-    );
+    vmm_fails_saying(&["--cmdline", &long], 1, &["the kernel command line is 4000 bytes", "limit"]);
     vmm_fails_saying(&["--cmdline", "a\tb"], 1, &["printable ASCII"]);
 }
 
 #[test]
 fn missing_kernel_file() {
-    vmm_fails_saying(
-        &["--kernel", "/nonexistent/vmlinux"],
-        1,
-        &["cannot read kernel file /nonexistent/vmlinux"],
-    );
+    vmm_fails_saying(&["--kernel", "/nonexistent/vmlinux"], 1, &["cannot read kernel file /nonexistent/vmlinux"]);
 }
 
 #[test]
 fn text_file_is_not_a_kernel() {
     let text = TempFile::with_contents("notes.txt", b"this is not an ELF file\n");
-    vmm_fails_saying(
-        &["--kernel", text.arg()],
-        1,
-        &[text.arg(), "is not a loadable x86_64 ELF kernel"],
-    );
+    vmm_fails_saying(&["--kernel", text.arg()], 1, &[text.arg(), "is not a loadable x86_64 ELF kernel"]);
     let empty = TempFile::with_contents("empty", b"");
-    vmm_fails_saying(
-        &["--kernel", empty.arg()],
-        1,
-        &["is not a loadable x86_64 ELF kernel"],
-    );
+    vmm_fails_saying(&["--kernel", empty.arg()], 1, &["is not a loadable x86_64 ELF kernel"]);
 }
 
 #[test]
@@ -157,24 +117,14 @@ fn truncated_and_hostile_elf_headers_are_rejected() {
 
 #[test]
 fn elf_without_pvh_note_is_rejected() {
-    let kernel = ElfKernel::pvh(UD2, LOAD_GPA)
-        .without_pvh_note()
-        .write_temp("no-pvh");
-    vmm_fails_saying(
-        &["--kernel", kernel.arg()],
-        1,
-        &[kernel.arg(), "has no PVH entry point"],
-    );
+    let kernel = ElfKernel::pvh(UD2, LOAD_GPA).without_pvh_note().write_temp("no-pvh");
+    vmm_fails_saying(&["--kernel", kernel.arg()], 1, &[kernel.arg(), "has no PVH entry point"]);
 }
 
 #[test]
 fn kernel_beyond_guest_memory_names_the_size_needed() {
     let kernel = ElfKernel::pvh(UD2, 200 << 20).write_temp("high");
-    vmm_fails_saying(
-        &["--kernel", kernel.arg(), "--memory", "64"],
-        1,
-        &["needs guest memory up to 201 MiB", "64 MiB"],
-    );
+    vmm_fails_saying(&["--kernel", kernel.arg(), "--memory", "64"], 1, &["needs guest memory up to 201 MiB", "64 MiB"]);
 }
 
 #[test]
@@ -189,11 +139,7 @@ fn console_file_that_cannot_be_created() {
 #[test]
 fn instruction_kvm_cannot_emulate_is_reported() {
     let kernel = ElfKernel::pvh(POPCNT, LOAD_GPA).write_temp("popcnt");
-    vmm_fails_saying(
-        &["--kernel", kernel.arg()],
-        5,
-        &["RIP 0x0000000000100000", "f3 0f b8 c0"],
-    );
+    vmm_fails_saying(&["--kernel", kernel.arg()], 5, &["RIP 0x0000000000100000", "f3 0f b8 c0"]);
 }
 
 #[test]
@@ -206,11 +152,7 @@ fn foreign_pvh_kernel_boots_and_powers_off() {
 #[test]
 fn triple_fault_without_reboot_exits_4() {
     let kernel = ElfKernel::pvh(UD2, LOAD_GPA).write_temp("ud2");
-    vmm_fails_saying(
-        &["--kernel", kernel.arg(), "--no-reboot"],
-        4,
-        &["triple-faulted"],
-    );
+    vmm_fails_saying(&["--kernel", kernel.arg(), "--no-reboot"], 4, &["triple-faulted"]);
 }
 
 #[test]
@@ -225,8 +167,5 @@ fn log_lines_on_a_pipe_have_no_colour_codes() {
     // The reset loop is reported by a log line (tracing) before the `vmm: ` line.
     let stderr = vmm_exits(&["--kernel", kernel.arg()], 4);
     assert!(stderr.contains("giving up"), "{stderr}");
-    assert!(
-        !stderr.contains('\x1b'),
-        "stderr is a pipe, yet has escape sequences:\n{stderr:?}"
-    );
+    assert!(!stderr.contains('\x1b'), "stderr is a pipe, yet has escape sequences:\n{stderr:?}");
 }

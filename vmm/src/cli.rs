@@ -48,6 +48,14 @@ struct Args {
     /// The KVM device to use.
     #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_KVM_DEVICE)]
     kvm: PathBuf,
+    /// Serve the control protocol (JSON lines: pause, resume, NMIs, fault injection, events)
+    /// on a unix socket at PATH; see docs/control-protocol.md.
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+    /// Offer the guest a periodic NMI per vCPU as its hard-lockup detector's clock; with off,
+    /// the guest falls back to its buddy detector.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_on_off, action = clap::ArgAction::Set)]
+    nmi_watchdog: bool,
     /// Print boot milestones (first guest instruction, all CPUs online, shell prompt) on stderr
     /// as they happen, in ms since the VMM started and as CLOCK_MONOTONIC nanoseconds.
     #[arg(long)]
@@ -64,14 +72,10 @@ pub fn main(name: &'static str) -> ExitCode {
         Ok(matches) => Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
         Err(e) => e.exit(),
     };
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     // A filter from VMM_LOG when given; otherwise a plain level, which costs nothing to set up.
     match std::env::var("VMM_LOG") {
-        Ok(filter) => logs
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .init(),
+        Ok(filter) => logs.with_env_filter(tracing_subscriber::EnvFilter::new(filter)).init(),
         Err(_) => logs.with_max_level(tracing::Level::WARN).init(),
     }
 
@@ -86,17 +90,15 @@ pub fn main(name: &'static str) -> ExitCode {
     }
 
     let config = VmConfig {
-        kernel: args
-            .kernel
-            .map_or(KernelSource::Embedded, KernelSource::File),
+        kernel: args.kernel.map_or(KernelSource::Embedded, KernelSource::File),
         vcpus: args.vcpus,
         memory_mib: args.memory,
         cmdline: args.cmdline,
-        console: args
-            .console
-            .map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
+        console: args.console.map_or(ConsoleOutput::Stdout, ConsoleOutput::File),
         no_reboot: args.no_reboot,
         kvm_device: args.kvm,
+        control_socket: args.control,
+        nmi_watchdog: args.nmi_watchdog,
     };
     let raw_mode = crate::terminal::RawMode::enable_if_tty();
     let result = crate::vm::run_with(&config, process_start, args.timings);
@@ -112,6 +114,15 @@ pub fn main(name: &'static str) -> ExitCode {
             eprintln!("{name}: {}", error_chain(&e));
             ExitCode::from(1)
         }
+    }
+}
+
+/// `on` or `off`.
+fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, not {other:?}")),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct VmConfig {
     pub no_reboot: bool,
     /// The KVM device (normally `/dev/kvm`).
     pub kvm_device: PathBuf,
+    /// Serve the control protocol (docs/control-protocol.md) on this unix socket.
+    pub control_socket: Option<PathBuf>,
+    /// Offer the guest the host's periodic NMI (its hard-lockup detector's clock).
+    pub nmi_watchdog: bool,
 }
 
 /// The KVM device used unless another is named.
@@ -113,6 +117,8 @@ mod tests {
             console: ConsoleOutput::Stdout,
             no_reboot: false,
             kvm_device: DEFAULT_KVM_DEVICE.into(),
+            control_socket: None,
+            nmi_watchdog: true,
         }
     }
 

@@ -76,10 +76,14 @@ pub enum VmmError {
         bytes: u64,
     },
     /// The kernel ELF has no PVH entry note.
-    #[error("{0} has no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); crashvisor boots kernels through PVH only")]
+    #[error(
+        "{0} has no PVH entry point (ELF note XEN_ELFNOTE_PHYS32_ENTRY); crashvisor boots kernels through PVH only"
+    )]
     KernelNotPvh(String),
     /// The kernel and its boot data do not fit in guest memory.
-    #[error("{what} needs guest memory up to {needed_mib} MiB but the VM has {memory_mib} MiB; give it more with --memory")]
+    #[error(
+        "{what} needs guest memory up to {needed_mib} MiB but the VM has {memory_mib} MiB; give it more with --memory"
+    )]
     MemoryTooSmall {
         /// What does not fit.
         what: &'static str,
@@ -101,6 +105,15 @@ pub enum VmmError {
     #[error("cannot open console output {path}")]
     Console {
         /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control socket could not be set up.
+    #[error("cannot listen on control socket {}", path.display())]
+    ControlSocket {
+        /// The socket path.
         path: PathBuf,
         /// Cause.
         #[source]

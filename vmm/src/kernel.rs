@@ -45,32 +45,18 @@ impl FileMapping {
         let file = File::open(path)?;
         let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
         if len == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the file is empty",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is empty"));
         }
         let mapped = len.next_multiple_of(PAGE_SIZE);
         // SAFETY: a fresh private read-only mapping of an open file; the kernel zero-fills the
         // tail of the last page, and no byte past `mapped` is ever read.
         let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                mapped,
-                libc::PROT_READ,
-                libc::MAP_PRIVATE,
-                file.as_raw_fd(),
-                0,
-            )
+            libc::mmap(std::ptr::null_mut(), mapped, libc::PROT_READ, libc::MAP_PRIVATE, file.as_raw_fd(), 0)
         };
         if addr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(Self {
-            addr: addr.cast(),
-            len,
-            mapped,
-        })
+        Ok(Self { addr: addr.cast(), len, mapped })
     }
 }
 
@@ -98,27 +84,16 @@ impl KernelImage {
     pub fn open(source: &KernelSource) -> Result<Self, VmmError> {
         let storage = match source {
             KernelSource::Embedded => Storage::Embedded,
-            KernelSource::File(path) => {
-                Storage::File(FileMapping::open(path).map_err(|source| {
-                    if source.kind() == std::io::ErrorKind::InvalidData {
-                        let kernel = path.display().to_string();
-                        VmmError::KernelFormat {
-                            kernel,
-                            reason: source.to_string(),
-                        }
-                    } else {
-                        VmmError::KernelRead {
-                            path: path.clone(),
-                            source,
-                        }
-                    }
-                })?)
-            }
+            KernelSource::File(path) => Storage::File(FileMapping::open(path).map_err(|source| {
+                if source.kind() == std::io::ErrorKind::InvalidData {
+                    let kernel = path.display().to_string();
+                    VmmError::KernelFormat { kernel, reason: source.to_string() }
+                } else {
+                    VmmError::KernelRead { path: path.clone(), source }
+                }
+            })?),
         };
-        Ok(Self {
-            name: source.to_string(),
-            storage,
-        })
+        Ok(Self { name: source.to_string(), storage })
     }
 
     /// The ELF file's bytes.
@@ -134,10 +109,7 @@ impl KernelImage {
     /// the guest read-only: (host address, size).
     pub fn pages(&self) -> (u64, u64) {
         match &self.storage {
-            Storage::Embedded => (
-                EMBEDDED_KERNEL.as_ptr() as u64,
-                EMBEDDED_KERNEL.len() as u64,
-            ),
+            Storage::Embedded => (EMBEDDED_KERNEL.as_ptr() as u64, EMBEDDED_KERNEL.len() as u64),
             Storage::File(m) => (m.addr as u64, m.mapped as u64),
         }
     }
@@ -151,23 +123,11 @@ pub struct LoadedKernel {
 }
 
 /// Loads the kernel's ELF segments at their physical addresses and finds the PVH entry.
-pub fn load(
-    memory: &GuestMemoryMmap,
-    image: &KernelImage,
-    memory_mib: u64,
-) -> Result<LoadedKernel, VmmError> {
+pub fn load(memory: &GuestMemoryMmap, image: &KernelImage, memory_mib: u64) -> Result<LoadedKernel, VmmError> {
     check_fits(image, memory_mib)?;
     let mut reader = Cursor::new(image.bytes());
-    let result = Elf::load(
-        memory,
-        None,
-        &mut reader,
-        Some(GuestAddress(crashvisor_abi::layout::HIGH_RAM_START)),
-    )
-    .map_err(|e| VmmError::KernelFormat {
-        kernel: image.name.clone(),
-        reason: loader_reason(&e),
-    })?;
+    let result = Elf::load(memory, None, &mut reader, Some(GuestAddress(crashvisor_abi::layout::HIGH_RAM_START)))
+        .map_err(|e| VmmError::KernelFormat { kernel: image.name.clone(), reason: loader_reason(&e) })?;
     match result.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(entry) => Ok(LoadedKernel { entry }),
         _ => Err(VmmError::KernelNotPvh(image.name.clone())),
@@ -181,10 +141,7 @@ fn loader_reason(error: &linux_loader::loader::Error) -> String {
     while let Some(source) = innermost.source() {
         innermost = source;
     }
-    innermost
-        .to_string()
-        .trim_start_matches("Kernel Loader: ")
-        .to_string()
+    innermost.to_string().trim_start_matches("Kernel Loader: ").to_string()
 }
 
 /// Rejects kernels whose segments lie beyond guest RAM with a message naming the size needed
@@ -198,12 +155,7 @@ fn check_fits(image: &KernelImage, memory_mib: u64) -> Result<(), VmmError> {
         return Ok(());
     };
     let ctx = Ctx::new(Container::Big, Endian::Little);
-    let Ok(headers) = ProgramHeader::parse(
-        bytes,
-        header.e_phoff as usize,
-        usize::from(header.e_phnum),
-        ctx,
-    ) else {
+    let Ok(headers) = ProgramHeader::parse(bytes, header.e_phoff as usize, usize::from(header.e_phnum), ctx) else {
         return Ok(());
     };
     let end = headers

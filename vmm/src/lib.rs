@@ -2,8 +2,10 @@
 //!
 //! One process runs one KVM virtual machine: guest RAM through `vm-memory`, the kernel loaded
 //! with `linux-loader`'s ELF loader and booted through PVH, one thread per vCPU, and a handful
-//! of port-I/O devices (COM1, pvpanic, the crashvisor platform device, reset). A guest reset or
-//! triple fault rebuilds the machine in place with the same configuration.
+//! of port-I/O devices (COM1, COM2 for the control channel, pvpanic, the crashvisor platform
+//! device, reset). A guest reset or triple fault rebuilds the machine in place with the same
+//! configuration. With a control socket, operators pause and resume the VM, inject NMIs, and
+//! reach the guest's control thread (`control`).
 //!
 //! ```no_run
 //! use vmm::config::{ConsoleOutput, KernelSource, VmConfig};
@@ -16,6 +18,8 @@
 //!     console: ConsoleOutput::Stdout,
 //!     no_reboot: false,
 //!     kvm_device: vmm::config::DEFAULT_KVM_DEVICE.into(),
+//!     control_socket: Some("/tmp/vm.sock".into()),
+//!     nmi_watchdog: true,
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");
@@ -25,10 +29,12 @@
 pub mod arch;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod error;
 pub mod kernel;
 pub mod memory;
+pub mod nmi_watchdog;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

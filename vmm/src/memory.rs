@@ -12,31 +12,20 @@ pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
     if bytes <= MMIO_HOLE_START {
         vec![(0, bytes)]
     } else {
-        vec![
-            (0, MMIO_HOLE_START),
-            (MMIO_HOLE_END, bytes - MMIO_HOLE_START),
-        ]
+        vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, bytes - MMIO_HOLE_START)]
     }
 }
 
 /// Allocates guest RAM (zero-filled, reserved lazily by the host) and registers it with KVM.
 pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(bytes)
-        .into_iter()
-        .map(|(start, size)| (GuestAddress(start), size as usize))
-        .collect();
-    let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmmError::Memory {
-        mib: bytes >> 20,
-        source,
-    })?;
+    let ranges: Vec<(GuestAddress, usize)> =
+        ram_ranges(bytes).into_iter().map(|(start, size)| (GuestAddress(start), size as usize)).collect();
+    let memory =
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmmError::Memory { mib: bytes >> 20, source })?;
     for (slot, region) in memory.iter().enumerate() {
-        let host =
-            memory
-                .get_host_address(region.start_addr())
-                .map_err(|e| VmmError::BootData {
-                    what: "the memory map",
-                    source: Box::new(e),
-                })?;
+        let host = memory
+            .get_host_address(region.start_addr())
+            .map_err(|e| VmmError::BootData { what: "the memory map", source: Box::new(e) })?;
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -46,8 +35,7 @@ pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
         };
         // SAFETY: the region describes host memory owned by `memory`, which outlives every use of
         // the VM: the VM and its vCPUs are dropped before `memory` in `vm::Machine`.
-        unsafe { vm.set_user_memory_region(region) }
-            .map_err(VmmError::kvm("register guest memory"))?;
+        unsafe { vm.set_user_memory_region(region) }.map_err(VmmError::kvm("register guest memory"))?;
     }
     Ok(memory)
 }
@@ -58,13 +46,7 @@ pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
 /// # Safety
 /// `host_addr..host_addr+size` must be a page-aligned mapping that stays valid, readable and
 /// unchanged for as long as the VM exists.
-pub unsafe fn register_rom(
-    vm: &VmFd,
-    slot: u32,
-    gpa: u64,
-    host_addr: u64,
-    size: u64,
-) -> Result<(), VmmError> {
+pub unsafe fn register_rom(vm: &VmFd, slot: u32, gpa: u64, host_addr: u64, size: u64) -> Result<(), VmmError> {
     let region = kvm_userspace_memory_region {
         slot,
         guest_phys_addr: gpa,
@@ -73,8 +55,7 @@ pub unsafe fn register_rom(
         flags: kvm_bindings::KVM_MEM_READONLY,
     };
     // SAFETY: the caller guarantees the host range outlives the VM; KVM only reads it.
-    unsafe { vm.set_user_memory_region(region) }
-        .map_err(VmmError::kvm("map the kernel module read-only"))
+    unsafe { vm.set_user_memory_region(region) }.map_err(VmmError::kvm("map the kernel module read-only"))
 }
 
 #[cfg(test)]
@@ -89,13 +70,7 @@ mod tests {
     #[test]
     fn large_vms_skip_the_mmio_hole() {
         let ranges = ram_ranges(4 << 30);
-        assert_eq!(
-            ranges,
-            vec![
-                (0, MMIO_HOLE_START),
-                (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)
-            ]
-        );
+        assert_eq!(ranges, vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)]);
         assert_eq!(ranges.iter().map(|r| r.1).sum::<u64>(), 4 << 30);
     }
 }

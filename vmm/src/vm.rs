@@ -17,12 +17,16 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::arch::{cpuid, pvh, regs};
 use crate::config::{ConsoleOutput, VmConfig};
+use crate::control::{self, ControlConfig, Inbox};
 use crate::devices::console::{pump_input, Console};
-use crate::devices::platform::{BootTimes, Platform};
+use crate::devices::control_uart::ControlUart;
+use crate::devices::platform::{BootTimes, Platform, PlatformLinks};
 use crate::devices::{Devices, ResetCause, StopReason};
 use crate::error::VmmError;
 use crate::kernel::{self, KernelImage};
 use crate::memory;
+use crate::nmi_watchdog::NmiWatchdog;
+use crate::vcpu::requests::VcpuRequests;
 use crate::vcpu::{self, RunContext};
 use crashvisor_abi::layout::{KERNEL_MODULE_GPA, KERNEL_MODULE_MAX_SIZE};
 use vm_memory::GuestMemoryBackend;
@@ -78,114 +82,128 @@ pub fn run(config: &VmConfig) -> Result<GuestEnd, VmmError> {
     run_with(config, Instant::now(), false)
 }
 
+/// What outlives a reboot: the UARTs, the boot clock and the control channel's inbox.
+struct Persistent {
+    console: Arc<Console>,
+    control_uart: Arc<ControlUart>,
+    boot_times: Arc<BootTimes>,
+    inbox: Inbox,
+}
+
+impl Persistent {
+    /// Puts both UARTs back in their power-on state and restarts the boot clock.
+    fn reset(&self) -> Result<(), VmmError> {
+        let uart_error = |source| VmmError::Console { path: "console".into(), source };
+        self.console.reset().map_err(uart_error)?;
+        self.control_uart.reset().map_err(uart_error)?;
+        self.boot_times.restart();
+        Ok(())
+    }
+}
+
+/// What happens after a machine stopped.
+enum Next {
+    /// Build a new machine.
+    Reboot(ResetCause),
+    /// The run is over.
+    End(GuestEnd),
+    /// The VMM failed.
+    Fail(String),
+}
+
 /// Like `run`, timing boot milestones from `process_start` and, with `echo_timings`, printing
 /// each on stderr as it is reached.
-pub fn run_with(
-    config: &VmConfig,
-    process_start: Instant,
-    echo_timings: bool,
-) -> Result<GuestEnd, VmmError> {
+pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -> Result<GuestEnd, VmmError> {
     config.validate()?;
     let kvm = open_kvm(&config.kvm_device)?;
     let image = KernelImage::open(&config.kernel)?;
-    let console = Arc::new(
-        Console::new(console_output(&config.console)?).map_err(|source| VmmError::Console {
-            path: "console".into(),
-            source,
-        })?,
-    );
+    let (inbox, inputs) = Inbox::channel();
+    let uart_error = |source| VmmError::Console { path: "console".into(), source };
+    let shared = Persistent {
+        console: Arc::new(Console::new(console_output(&config.console)?).map_err(uart_error)?),
+        control_uart: Arc::new(ControlUart::new(inbox.clone()).map_err(uart_error)?),
+        boot_times: Arc::new(BootTimes::new(process_start, echo_timings)),
+        inbox,
+    };
+    let control = control::start(
+        &ControlConfig { socket: config.control_socket.clone(), vcpus: usize::from(config.vcpus) },
+        shared.inbox.clone(),
+        inputs,
+        shared.control_uart.clone(),
+    )?;
     vcpu::install_kick_handler()?;
     let quit_requests = Arc::new(std::sync::Mutex::new(None::<Arc<RunContext>>));
     let mut input_started = false;
 
-    let boot_times = Arc::new(BootTimes::new(process_start, echo_timings));
     let mut quick_resets = 0;
     loop {
         let boot_start = Instant::now();
-        let machine = Machine::build(&kvm, config, &image, &console, &boot_times)?;
+        let machine = Machine::build(&kvm, config, &image, &shared)?;
         *quit_requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.ctx.clone());
+        control.machine_started(machine.ctx.clone());
         // Console input starts once the first boot runs: it is not on the way to the guest.
         let reason = machine.run(|| {
             if !std::mem::replace(&mut input_started, true) {
-                if let Err(e) = start_input_thread(&console, &quit_requests) {
+                if let Err(e) = start_input_thread(&shared.console, &quit_requests) {
                     tracing::error!("console input is unavailable: {e}");
                 }
             }
         })?;
-        let cause = match reason {
-            StopReason::PowerOff => return Ok(GuestEnd::PowerOff),
-            StopReason::Quit => return Ok(GuestEnd::Quit),
-            StopReason::EmulationFailure(what) => return Ok(GuestEnd::EmulationFailure(what)),
-            StopReason::Fatal(what) => {
-                return Err(VmmError::BootData {
-                    what: "the guest",
-                    source: what.into(),
-                })
-            }
-            StopReason::Reset(cause) => cause,
-        };
-        let ending = if cause == ResetCause::TripleFault {
-            GuestEnd::TripleFault
-        } else {
-            GuestEnd::ResetLoop
-        };
-        if config.no_reboot {
-            return Ok(ending);
+        let quick = boot_start.elapsed() < RESET_LOOP_WINDOW;
+        quick_resets = if quick { quick_resets + 1 } else { 0 };
+        let next = after_stop(&reason, config.no_reboot, quick_resets);
+        control.machine_stopped(reason, matches!(next, Next::Reboot(_)));
+        match next {
+            Next::End(end) => return Ok(end),
+            Next::Fail(what) => return Err(VmmError::BootData { what: "the guest", source: what.into() }),
+            Next::Reboot(cause) => tracing::info!(?cause, "guest reset; rebooting"),
         }
-        quick_resets = if boot_start.elapsed() < RESET_LOOP_WINDOW {
-            quick_resets + 1
-        } else {
-            0
-        };
-        if quick_resets >= RESET_LOOP_COUNT {
-            let how = if cause == ResetCause::TripleFault {
-                "triple-faulted"
-            } else {
-                "reset"
-            };
-            tracing::error!("the guest {how} {quick_resets} times within {RESET_LOOP_WINDOW:?} of booting; giving up");
-            return Ok(ending);
-        }
-        tracing::info!(?cause, "guest reset; rebooting");
-        console.reset().map_err(|source| VmmError::Console {
-            path: "console".into(),
-            source,
-        })?;
-        boot_times.restart();
+        shared.reset()?;
     }
+}
+
+/// Decides what follows a machine's stop; `quick_resets` counts consecutive stops soon after
+/// boot (including this one).
+fn after_stop(reason: &StopReason, no_reboot: bool, quick_resets: u32) -> Next {
+    let cause = match reason {
+        StopReason::PowerOff => return Next::End(GuestEnd::PowerOff),
+        StopReason::Quit => return Next::End(GuestEnd::Quit),
+        StopReason::EmulationFailure(what) => return Next::End(GuestEnd::EmulationFailure(what.clone())),
+        StopReason::Fatal(what) => return Next::Fail(what.clone()),
+        StopReason::Reset(cause) => *cause,
+    };
+    let ending = if cause == ResetCause::TripleFault { GuestEnd::TripleFault } else { GuestEnd::ResetLoop };
+    if no_reboot {
+        return Next::End(ending);
+    }
+    if quick_resets >= RESET_LOOP_COUNT {
+        let how = if cause == ResetCause::TripleFault { "triple-faulted" } else { "reset" };
+        tracing::error!("the guest {how} {quick_resets} times within {RESET_LOOP_WINDOW:?} of booting; giving up");
+        return Next::End(ending);
+    }
+    Next::Reboot(cause)
 }
 
 fn open_kvm(device: &std::path::Path) -> Result<Kvm, VmmError> {
     use std::os::fd::IntoRawFd;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                VmmError::KvmMissing(device.to_path_buf())
-            } else {
-                VmmError::KvmAccess {
-                    device: device.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(device).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            VmmError::KvmMissing(device.to_path_buf())
+        } else {
+            VmmError::KvmAccess { device: device.to_path_buf(), source: e }
+        }
+    })?;
     // SAFETY: the descriptor was just opened and its ownership passes to `Kvm`.
     let kvm = unsafe { Kvm::from_raw_fd(file.into_raw_fd()) };
     match kvm.get_api_version() {
         12 => Ok(kvm),
         v if v < 0 => Err(VmmError::NotKvm {
             device: device.to_path_buf(),
-            reason: format!(
-                "KVM_GET_API_VERSION failed: {}",
-                std::io::Error::last_os_error()
-            ),
+            reason: format!("KVM_GET_API_VERSION failed: {}", std::io::Error::last_os_error()),
         }),
-        v => Err(VmmError::NotKvm {
-            device: device.to_path_buf(),
-            reason: format!("KVM API version {v}, expected 12"),
-        }),
+        v => {
+            Err(VmmError::NotKvm { device: device.to_path_buf(), reason: format!("KVM API version {v}, expected 12") })
+        }
     }
 }
 
@@ -194,10 +212,7 @@ fn console_output(output: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmmEr
         ConsoleOutput::Stdout => Ok(Box::new(std::io::stdout())),
         ConsoleOutput::File(path) => File::create(path)
             .map(|f| Box::new(f) as Box<dyn Write + Send>)
-            .map_err(|source| VmmError::Console {
-                path: path.clone(),
-                source,
-            }),
+            .map_err(|source| VmmError::Console { path: path.clone(), source }),
     }
 }
 
@@ -218,10 +233,7 @@ fn start_input_thread(
             })
         })
         .map(drop)
-        .map_err(|source| VmmError::Thread {
-            what: "console input",
-            source,
-        })
+        .map_err(|source| VmmError::Thread { what: "console input", source })
 }
 
 /// One boot of the VM: KVM objects, memory and vCPUs, ready to run.
@@ -234,69 +246,36 @@ struct Machine {
 }
 
 impl Machine {
-    fn build(
-        kvm: &Kvm,
-        config: &VmConfig,
-        image: &KernelImage,
-        console: &Arc<Console>,
-        boot_times: &Arc<BootTimes>,
-    ) -> Result<Self, VmmError> {
+    fn build(kvm: &Kvm, config: &VmConfig, image: &KernelImage, shared: &Persistent) -> Result<Self, VmmError> {
         let vm = kvm.create_vm().map_err(VmmError::kvm("create a VM"))?;
         // Memory before the irqchip: once the irqchip exists, a memory-slot change waits for
         // an SRCU grace period, which costs milliseconds.
         let memory = memory::create(&vm, config.memory_bytes())?;
         let (rom_addr, rom_size) = image.pages();
         if rom_size > KERNEL_MODULE_MAX_SIZE {
-            return Err(VmmError::KernelTooLarge {
-                kernel: image.name.clone(),
-                bytes: rom_size,
-            });
+            return Err(VmmError::KernelTooLarge { kernel: image.name.clone(), bytes: rom_size });
         }
         // SAFETY: the image's pages are the embedded static or a mapping owned by `image`, which
         // `run_with` keeps alive (and unchanged) across every machine it builds.
-        unsafe {
-            memory::register_rom(
-                &vm,
-                memory.num_regions() as u32,
-                KERNEL_MODULE_GPA,
-                rom_addr,
-                rom_size,
-            )?
-        };
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(VmmError::kvm("set the TSS address"))?;
-        vm.create_irq_chip()
-            .map_err(VmmError::kvm("create the in-kernel interrupt controllers"))?;
-        vm.register_irqfd(console.irq(), crashvisor_abi::serial::COM1_IRQ)
+        unsafe { memory::register_rom(&vm, memory.num_regions() as u32, KERNEL_MODULE_GPA, rom_addr, rom_size)? };
+        vm.set_tss_address(KVM_TSS_ADDRESS).map_err(VmmError::kvm("set the TSS address"))?;
+        vm.create_irq_chip().map_err(VmmError::kvm("create the in-kernel interrupt controllers"))?;
+        vm.register_irqfd(shared.console.irq(), crashvisor_abi::serial::COM1_IRQ)
             .map_err(VmmError::kvm("connect the COM1 interrupt"))?;
+        vm.register_irqfd(shared.control_uart.irq(), crashvisor_abi::serial::COM2_IRQ)
+            .map_err(VmmError::kvm("connect the COM2 interrupt"))?;
 
         let loaded = kernel::load(&memory, image, config.memory_mib)?;
-        pvh::write_boot_data(
-            &memory,
-            config.memory_bytes(),
-            &config.cmdline,
-            image.bytes().len() as u64,
-            rom_size,
-        )?;
+        pvh::write_boot_data(&memory, config.memory_bytes(), &config.cmdline, image.bytes().len() as u64, rom_size)?;
 
         let base_cpuid = cpuid::supported(kvm)?;
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
-            let vcpu = vm
-                .create_vcpu(u64::from(id))
-                .map_err(VmmError::kvm("create a vCPU"))?;
-            let tsc_khz = vcpu
-                .get_tsc_khz()
-                .map_err(VmmError::kvm("read the TSC frequency"))?;
-            vcpu.set_cpuid2(&cpuid::for_vcpu(
-                &base_cpuid,
-                id,
-                config.vcpus,
-                tsc_khz,
-                tsc_deadline,
-            )?)
-            .map_err(VmmError::kvm("set the vCPU's CPUID"))?;
+            let vcpu = vm.create_vcpu(u64::from(id)).map_err(VmmError::kvm("create a vCPU"))?;
+            let tsc_khz = vcpu.get_tsc_khz().map_err(VmmError::kvm("read the TSC frequency"))?;
+            vcpu.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, id, config.vcpus, tsc_khz, tsc_deadline)?)
+                .map_err(VmmError::kvm("set the vCPU's CPUID"))?;
             regs::setup_lint(&vcpu)?;
             if id == 0 {
                 regs::setup_pvh_entry(&vcpu, loaded.entry.0, crashvisor_abi::layout::PVH_INFO_GPA)?;
@@ -304,16 +283,20 @@ impl Machine {
             vcpus.push(vcpu);
         }
 
+        let requests = Arc::new(VcpuRequests::new(vcpus.len()));
         let devices = Devices {
-            console: console.clone(),
-            platform: Platform::new(boot_times.clone()),
+            console: shared.console.clone(),
+            control_uart: shared.control_uart.clone(),
+            platform: Platform::new(PlatformLinks {
+                boot_times: shared.boot_times.clone(),
+                memory: memory.clone(),
+                vcpus: requests.clone(),
+                nmi_watchdog: Arc::new(NmiWatchdog::new(config.nmi_watchdog, requests.clone())),
+                inbox: shared.inbox.clone(),
+            }),
             unknown_accesses: Default::default(),
         };
-        Ok(Self {
-            vcpus,
-            _vm: vm,
-            ctx: Arc::new(RunContext::new(devices, memory)),
-        })
+        Ok(Self { vcpus, _vm: vm, ctx: Arc::new(RunContext::new(devices, memory, requests)) })
     }
 
     /// Runs every vCPU on its own thread until the machine stops, then joins them. `started`
@@ -325,10 +308,7 @@ impl Machine {
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || vcpu::run(vcpu, id, ctx))
-                .map_err(|source| VmmError::Thread {
-                    what: "vCPU",
-                    source,
-                });
+                .map_err(|source| VmmError::Thread { what: "vCPU", source });
             match thread {
                 Ok(t) => threads.push(t),
                 Err(e) => {
@@ -340,6 +320,7 @@ impl Machine {
         }
         started();
         let reason = self.ctx.wait_for_stop();
+        self.ctx.devices.platform.nmi_watchdog().shutdown();
         stop_threads(&threads);
         for thread in threads {
             if thread.join().is_err() {

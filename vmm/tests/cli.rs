@@ -6,11 +6,7 @@
 use std::process::{Command, Output};
 
 fn vmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmm"))
-        .args(args)
-        .env_remove("VMM_LOG")
-        .output()
-        .expect("the vmm binary runs")
+    Command::new(env!("CARGO_BIN_EXE_vmm")).args(args).env_remove("VMM_LOG").output().expect("the vmm binary runs")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -30,21 +26,19 @@ fn help_documents_every_flag_and_the_exit_statuses() {
         "--console",
         "--no-reboot",
         "--kvm",
+        "--control",
+        "--nmi-watchdog",
         "--timings",
         "--extract-kernel",
         "--help",
         "--version",
     ] {
-        assert!(
-            help.contains(flag),
-            "--help does not mention {flag}:\n{help}"
-        );
+        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
     }
     assert!(help.contains("Exit status"), "{help}");
     for code in ["0", "1", "2", "3", "4", "5", "101"] {
         assert!(
-            help.lines()
-                .any(|l| l.trim_start().starts_with(&format!("{code} "))),
+            help.lines().any(|l| l.trim_start().starts_with(&format!("{code} "))),
             "--help does not document exit status {code}:\n{help}"
         );
     }
@@ -54,10 +48,7 @@ fn help_documents_every_flag_and_the_exit_statuses() {
 fn version_names_the_program_and_version() {
     let out = vmm(&["--version"]);
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(
-        text(&out.stdout).trim(),
-        format!("vmm {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(text(&out.stdout).trim(), format!("vmm {}", env!("CARGO_PKG_VERSION")));
 }
 
 #[test]
@@ -87,4 +78,23 @@ fn extract_kernel_writes_the_guest_elf() {
 fn extract_kernel_takes_no_other_flags() {
     let out = vmm(&["--extract-kernel", "/dev/null", "--vcpus", "2"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn nmi_watchdog_takes_on_or_off() {
+    let out = vmm(&["--nmi-watchdog", "maybe"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("on or off"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_control_path_that_is_not_a_socket_is_refused() {
+    let path = std::env::temp_dir().join(format!("crashvisor-cli-{}.notsock", std::process::id()));
+    std::fs::write(&path, b"x").expect("temp file");
+    let out = vmm(&["--control", path.to_str().expect("UTF-8 temp dir")]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Without a usable KVM the device is refused first; with one, the socket path is.
+    assert!(stderr.contains("is not a socket") || stderr.to_lowercase().contains("kvm"), "{stderr}");
 }

@@ -1,12 +1,14 @@
 //! The guest↔host contract of crashvisor.
 //!
 //! Both the guest kernel (`no_std`, `x86_64-unknown-none`) and the host crates compile against
-//! this crate, so every port number, register layout and boot structure exists exactly once.
+//! this crate, so every port number, register layout, boot structure and control-channel message
+//! exists exactly once.
 //! It holds no code that needs `unsafe` and no allocation.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod layout;
 pub mod platform;
 pub mod pvh;

@@ -60,11 +60,7 @@ pub struct ByteWriter<'a> {
 impl<'a> ByteWriter<'a> {
     /// Starts writing at the beginning of `buf`.
     pub fn new(buf: &'a mut [u8]) -> Self {
-        Self {
-            buf,
-            len: 0,
-            truncated: false,
-        }
+        Self { buf, len: 0, truncated: false }
     }
 
     /// Appends as much of `bytes` as fits.

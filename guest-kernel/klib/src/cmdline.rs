@@ -48,10 +48,7 @@ impl<'a> Cmdline<'a> {
     /// Wraps a NUL-terminated command line as the boot protocol delivers it: the text ends at
     /// the first NUL (or the end of `bytes`) and is cut before the first invalid UTF-8 byte.
     pub fn from_bytes(bytes: &'a [u8]) -> Self {
-        let bytes = bytes
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(bytes, |nul| &bytes[..nul]);
+        let bytes = bytes.iter().position(|&b| b == 0).map_or(bytes, |nul| &bytes[..nul]);
         let text = match core::str::from_utf8(bytes) {
             Ok(text) => text,
             Err(err) => core::str::from_utf8(&bytes[..err.valid_up_to()]).unwrap_or_default(),
@@ -66,26 +63,19 @@ impl<'a> Cmdline<'a> {
 
     /// The kernel's parameters in order, up to a bare `--`.
     pub fn iter(&self) -> Params<'a> {
-        Params {
-            args: RawArgs::new(self.text),
-            done: false,
-        }
+        Params { args: RawArgs::new(self.text), done: false }
     }
 
     /// The value of the **last** occurrence of `key`: `None` if absent, `Some(None)` if it
     /// last appeared as a bare flag.
     pub fn get(&self, key: &str) -> Option<Option<&'a str>> {
-        self.iter()
-            .filter(|param| param_eq(param.key, key))
-            .last()
-            .map(|param| param.value)
+        self.iter().filter(|param| param_eq(param.key, key)).last().map(|param| param.value)
     }
 
     /// Whether `key` appears as a bare flag (without `=`), like Linux's
     /// `cmdline_find_option_bool()`.
     pub fn has_flag(&self, key: &str) -> bool {
-        self.iter()
-            .any(|param| param.value.is_none() && param_eq(param.key, key))
+        self.iter().any(|param| param.value.is_none() && param_eq(param.key, key))
     }
 
     /// The text after a bare `--` (init's arguments), or `None` if there is no `--`.
@@ -139,10 +129,7 @@ struct RawArgs<'a> {
 
 impl<'a> RawArgs<'a> {
     fn new(text: &'a str) -> Self {
-        Self {
-            text,
-            pos: skip_spaces(text.as_bytes(), 0),
-        }
+        Self { text, pos: skip_spaces(text.as_bytes(), 0) }
     }
 }
 
@@ -210,10 +197,7 @@ fn next_arg(text: &str, start: usize) -> (Param<'_>, usize) {
 
     // Every bound sits next to an ASCII byte or at an end, so it is a character boundary.
     let slice = |range: Range<usize>| text.get(range).unwrap_or_default();
-    let param = Param {
-        key: slice(key),
-        value: value.map(slice),
-    };
+    let param = Param { key: slice(key), value: value.map(slice) };
     (param, end)
 }
 
@@ -235,10 +219,7 @@ fn skip_spaces(b: &[u8], mut pos: usize) -> usize {
 /// Compares parameter names like Linux's `parameq()`: `-` and `_` are equal.
 pub fn param_eq(a: &str, b: &str) -> bool {
     let dash2underscore = |c: &u8| if *c == b'-' { b'_' } else { *c };
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .all(|(x, y)| dash2underscore(&x) == dash2underscore(&y))
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| dash2underscore(&x) == dash2underscore(&y))
 }
 
 /// Writes a copy of `cmdline` without any occurrence of `key` (bare or `key=...`) into `out`
@@ -302,9 +283,7 @@ fn parse_integer_prefix(s: &str) -> Option<(u64, &str)> {
     let mut value: u64 = 0;
     let mut end = skip;
     while let Some(digit) = b.get(end).and_then(|&c| char::from(c).to_digit(radix)) {
-        value = value
-            .checked_mul(u64::from(radix))?
-            .checked_add(u64::from(digit))?;
+        value = value.checked_mul(u64::from(radix))?.checked_add(u64::from(digit))?;
         end += 1;
     }
     (end > skip).then(|| (value, &s[end..]))
@@ -354,22 +333,14 @@ mod tests {
     use alloc::vec::Vec;
 
     fn params(text: &str) -> Vec<(&str, Option<&str>)> {
-        Cmdline::new(text)
-            .iter()
-            .map(|p| (p.key, p.value))
-            .collect()
+        Cmdline::new(text).iter().map(|p| (p.key, p.value)).collect()
     }
 
     #[test]
     fn splits_on_whitespace_and_first_equals() {
         assert_eq!(
             params("  root=/dev/vda1\tro  a=b=c\n\r quiet "),
-            [
-                ("root", Some("/dev/vda1")),
-                ("ro", None),
-                ("a", Some("b=c")),
-                ("quiet", None)
-            ]
+            [("root", Some("/dev/vda1")), ("ro", None), ("a", Some("b=c")), ("quiet", None)]
         );
         assert_eq!(params(""), []);
         assert_eq!(params(" \t "), []);
@@ -384,24 +355,15 @@ mod tests {
 
     #[test]
     fn removes_quotes_like_next_arg() {
-        assert_eq!(
-            params(r#"key="a b" x"#),
-            [("key", Some("a b")), ("x", None)]
-        );
-        assert_eq!(
-            params(r#""key=a b" x"#),
-            [("key", Some("a b")), ("x", None)]
-        );
+        assert_eq!(params(r#"key="a b" x"#), [("key", Some("a b")), ("x", None)]);
+        assert_eq!(params(r#""key=a b" x"#), [("key", Some("a b")), ("x", None)]);
         assert_eq!(params(r#""flag with space""#), [("flag with space", None)]);
         assert_eq!(params(r#"k=""#), [("k", Some(""))]);
         assert_eq!(params(r#""k=""#), [("k", Some(""))]);
         assert_eq!(params(r#"k="""#), [("k", Some(""))]);
         assert_eq!(params(r#""""#), [("", None)]);
         // A quote inside a value keeps whitespace together but stays in the text.
-        assert_eq!(
-            params(r#"a=b"c d"e f"#),
-            [("a", Some(r#"b"c d"e"#)), ("f", None)]
-        );
+        assert_eq!(params(r#"a=b"c d"e f"#), [("a", Some(r#"b"c d"e"#)), ("f", None)]);
         // An unterminated quote runs to the end.
         assert_eq!(params(r#"a="b c"#), [("a", Some("b c"))]);
     }
@@ -433,10 +395,7 @@ mod tests {
 
     #[test]
     fn dash_and_underscore_are_equal_in_keys() {
-        assert!(param_eq(
-            "crash_kexec_post_notifiers",
-            "crash-kexec-post_notifiers"
-        ));
+        assert!(param_eq("crash_kexec_post_notifiers", "crash-kexec-post_notifiers"));
         assert!(!param_eq("abc", "abd"));
         assert!(!param_eq("abc", "ab"));
     }
@@ -450,10 +409,7 @@ mod tests {
 
     #[test]
     fn non_ascii_text_is_sliced_safely() {
-        assert_eq!(
-            params("k=\u{e0}\u{e9} \u{2603}"),
-            [("k", Some("\u{e0}\u{e9}")), ("\u{2603}", None)]
-        );
+        assert_eq!(params("k=\u{e0}\u{e9} \u{2603}"), [("k", Some("\u{e0}\u{e9}")), ("\u{2603}", None)]);
     }
 
     #[test]
@@ -513,9 +469,7 @@ mod tests {
 
     #[test]
     fn parse_bool_matches_kstrtobool() {
-        for yes in [
-            "1", "y", "Y", "yes", "t", "true", "T", "on", "ON", "oN", "1x",
-        ] {
+        for yes in ["1", "y", "Y", "yes", "t", "true", "T", "on", "ON", "oN", "1x"] {
             assert_eq!(parse_bool(yes), Some(true), "{yes}");
         }
         for no in ["0", "n", "N", "no", "f", "false", "off", "OFF", "oFx"] {
@@ -529,22 +483,14 @@ mod tests {
     #[test]
     fn remove_param_drops_every_occurrence() {
         let mut out = [0u8; 128];
-        let cmdline =
-            r#"crashkernel=64M  console=ttyS0 "crashkernel=1G" crash-kernel x="a b" crashkernelx"#;
+        let cmdline = r#"crashkernel=64M  console=ttyS0 "crashkernel=1G" crash-kernel x="a b" crashkernelx"#;
         assert_eq!(
             remove_param(cmdline, "crashkernel", &mut out),
             Some(r#"console=ttyS0 crash-kernel x="a b" crashkernelx"#)
         );
+        assert_eq!(remove_param("crashkernel=1", "crashkernel", &mut out), Some(""));
         assert_eq!(
-            remove_param("crashkernel=1", "crashkernel", &mut out),
-            Some("")
-        );
-        assert_eq!(
-            remove_param(
-                "a crashkernel=1 -- crashkernel=2  b ",
-                "crashkernel",
-                &mut out
-            ),
+            remove_param("a crashkernel=1 -- crashkernel=2  b ", "crashkernel", &mut out),
             Some("a -- crashkernel=2  b")
         );
     }
@@ -553,9 +499,6 @@ mod tests {
     fn remove_param_reports_a_small_buffer() {
         let mut out = [0u8; 8];
         assert_eq!(remove_param("abcd efgh ij", "ij", &mut out), None);
-        assert_eq!(
-            remove_param("abc efgh ij", "ij", &mut out),
-            Some("abc efgh")
-        );
+        assert_eq!(remove_param("abc efgh ij", "ij", &mut out), Some("abc efgh"));
     }
 }

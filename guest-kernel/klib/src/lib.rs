@@ -37,6 +37,8 @@ extern crate alloc;
 
 pub mod bytefmt;
 pub mod cmdline;
+pub mod cpulist;
 pub mod memmap;
 pub mod printk;
 pub mod symbols;
+pub mod watchdog;

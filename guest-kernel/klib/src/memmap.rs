@@ -75,11 +75,7 @@ pub struct MemRange {
 }
 
 impl MemRange {
-    const EMPTY: Self = Self {
-        start: 0,
-        end: 0,
-        kind: RangeKind::Reserved,
-    };
+    const EMPTY: Self = Self { start: 0, end: 0, kind: RangeKind::Reserved };
 
     /// Size in bytes.
     pub fn size(&self) -> u64 {
@@ -152,17 +148,12 @@ impl MemoryMap {
     /// Zero-length entries are ignored, ranges reaching past 2^64 are cut at the top page,
     /// overlapping and adjacent ranges of a kind merge, and reserved wins over RAM.
     pub fn from_pvh(entries: &[MemmapEntry]) -> Result<Self, MemmapError> {
-        let mut map = Self {
-            ranges: [MemRange::EMPTY; MAX_RANGES],
-            len: 0,
-        };
+        let mut map = Self { ranges: [MemRange::EMPTY; MAX_RANGES], len: 0 };
         // Elementary intervals between all boundaries; each is reserved, RAM or a hole.
         let mut bounds = [0u64; 2 * MAX_RANGES];
         let mut nr_bounds = 0;
         for (start, end, _) in entries.iter().filter_map(entry_span) {
-            let slots = bounds
-                .get_mut(nr_bounds..nr_bounds + 2)
-                .ok_or(MemmapError::TooManyRanges)?;
+            let slots = bounds.get_mut(nr_bounds..nr_bounds + 2).ok_or(MemmapError::TooManyRanges)?;
             slots.copy_from_slice(&[start, end]);
             nr_bounds += 2;
         }
@@ -197,19 +188,12 @@ impl MemoryMap {
 
     /// The unclaimed RAM ranges in address order.
     pub fn ram(&self) -> impl DoubleEndedIterator<Item = MemRange> + '_ {
-        self.ranges()
-            .iter()
-            .copied()
-            .filter(|range| range.kind == RangeKind::Ram)
+        self.ranges().iter().copied().filter(|range| range.kind == RangeKind::Ram)
     }
 
     /// Bytes of RAM the machine has, claimed or not.
     pub fn total_ram(&self) -> u64 {
-        self.ranges()
-            .iter()
-            .filter(|range| range.kind.is_ram_backed())
-            .map(MemRange::size)
-            .sum()
+        self.ranges().iter().filter(|range| range.kind.is_ram_backed()).map(MemRange::size).sum()
     }
 
     /// Bytes of RAM not yet claimed by [`reserve`](Self::reserve).
@@ -219,19 +203,12 @@ impl MemoryMap {
 
     /// One past the highest byte of RAM (Linux's `max_pfn << PAGE_SHIFT`), 0 without RAM.
     pub fn ram_end(&self) -> u64 {
-        self.ranges()
-            .iter()
-            .rev()
-            .find(|range| range.kind.is_ram_backed())
-            .map_or(0, |range| range.end)
+        self.ranges().iter().rev().find(|range| range.kind.is_ram_backed()).map_or(0, |range| range.end)
     }
 
     /// The range containing `addr`, if any.
     pub fn find(&self, addr: u64) -> Option<MemRange> {
-        self.ranges()
-            .iter()
-            .copied()
-            .find(|range| range.contains(addr))
+        self.ranges().iter().copied().find(|range| range.contains(addr))
     }
 
     /// The highest `size`-byte block of unclaimed RAM that starts at a multiple of `align`
@@ -263,11 +240,7 @@ impl MemoryMap {
             .position(|r| r.kind == RangeKind::Ram && r.start <= start && end <= r.end)
             .ok_or(MemmapError::NotRam { start, end })?;
         let ram = self.ranges[index];
-        let pieces = [
-            MemRange { end: start, ..ram },
-            MemRange { start, end, kind },
-            MemRange { start: end, ..ram },
-        ];
+        let pieces = [MemRange { end: start, ..ram }, MemRange { start, end, kind }, MemRange { start: end, ..ram }];
         let new_len = self.len - 1 + pieces.iter().filter(|p| p.start < p.end).count();
         if new_len > MAX_RANGES {
             return Err(MemmapError::TooManyRanges);
@@ -288,10 +261,7 @@ impl MemoryMap {
                 return Ok(());
             }
         }
-        let slot = self
-            .ranges
-            .get_mut(self.len)
-            .ok_or(MemmapError::TooManyRanges)?;
+        let slot = self.ranges.get_mut(self.len).ok_or(MemmapError::TooManyRanges)?;
         *slot = range;
         self.len += 1;
         Ok(())
@@ -303,10 +273,7 @@ impl MemoryMap {
         for i in 0..self.len {
             let mut range = self.ranges[i];
             if range.kind == RangeKind::Ram {
-                range.start = range
-                    .start
-                    .checked_next_multiple_of(PAGE_SIZE)
-                    .unwrap_or(u64::MAX);
+                range.start = range.start.checked_next_multiple_of(PAGE_SIZE).unwrap_or(u64::MAX);
                 range.end &= !(PAGE_SIZE - 1);
             }
             if range.start < range.end {
@@ -373,12 +340,7 @@ mod tests {
     use RangeKind::*;
 
     fn entry(addr: u64, size: u64, kind: u32) -> MemmapEntry {
-        MemmapEntry {
-            addr,
-            size,
-            kind,
-            reserved: 0,
-        }
+        MemmapEntry { addr, size, kind, reserved: 0 }
     }
 
     fn r(start: u64, end: u64, kind: RangeKind) -> MemRange {
@@ -433,14 +395,7 @@ mod tests {
             entry(0x5000, 0x2000, MEMMAP_TYPE_RESERVED),
         ])
         .unwrap();
-        assert_eq!(
-            map.ranges(),
-            [
-                r(0, 0x4000, Ram),
-                r(0x4000, 0x7000, Reserved),
-                r(0x7000, 0x10_0000, Ram)
-            ]
-        );
+        assert_eq!(map.ranges(), [r(0, 0x4000, Ram), r(0x4000, 0x7000, Reserved), r(0x7000, 0x10_0000, Ram)]);
         assert_eq!(map.available_ram(), 0x10_0000 - 0x3000);
     }
 
@@ -451,10 +406,7 @@ mod tests {
             entry(0x1000, 0x1000, MEMMAP_TYPE_RAM),
         ])
         .unwrap();
-        assert_eq!(
-            map.ranges(),
-            [r(0x1000, 0x2000, Ram), r(u64::MAX - 0x2fff, !0xfff, Ram)]
-        );
+        assert_eq!(map.ranges(), [r(0x1000, 0x2000, Ram), r(u64::MAX - 0x2fff, !0xfff, Ram)]);
         assert!(MemoryMap::from_pvh(&[]).unwrap().ranges().is_empty());
     }
 
@@ -462,10 +414,7 @@ mod tests {
     fn rejects_too_many_entries() {
         let many: [MemmapEntry; MAX_RANGES + 1] =
             core::array::from_fn(|i| entry(i as u64 * 0x2000, 0x1000, MEMMAP_TYPE_RAM));
-        assert_eq!(
-            MemoryMap::from_pvh(&many).unwrap_err(),
-            MemmapError::TooManyRanges
-        );
+        assert_eq!(MemoryMap::from_pvh(&many).unwrap_err(), MemmapError::TooManyRanges);
         assert!(MemoryMap::from_pvh(&many[..MAX_RANGES]).is_ok());
     }
 
@@ -475,11 +424,7 @@ mod tests {
         map.reserve(0x20_0100, 0x30_0001, Kernel).unwrap();
         assert_eq!(
             map.ranges(),
-            [
-                r(0, 0x20_0000, Ram),
-                r(0x20_0000, 0x30_1000, Kernel),
-                r(0x30_1000, 0x100_0000, Ram)
-            ]
+            [r(0, 0x20_0000, Ram), r(0x20_0000, 0x30_1000, Kernel), r(0x30_1000, 0x100_0000, Ram)]
         );
         // Adjacent reservations of one kind merge.
         map.reserve(0x30_1000, 0x30_2000, Kernel).unwrap();
@@ -488,28 +433,13 @@ mod tests {
         let before = map.ranges().to_vec();
         assert_eq!(
             map.reserve(0x1f_0000, 0x21_0000, Module),
-            Err(MemmapError::NotRam {
-                start: 0x1f_0000,
-                end: 0x21_0000
-            })
+            Err(MemmapError::NotRam { start: 0x1f_0000, end: 0x21_0000 })
         );
         assert_eq!(map.ranges().to_vec(), before);
-        assert!(matches!(
-            map.reserve(0x200_0000, 0x201_0000, Module),
-            Err(MemmapError::NotRam { .. })
-        ));
-        assert!(matches!(
-            map.reserve(5, 5, Module),
-            Err(MemmapError::InvalidRange { .. })
-        ));
-        assert!(matches!(
-            map.reserve(0, 0x1000, Ram),
-            Err(MemmapError::InvalidRange { .. })
-        ));
-        assert!(matches!(
-            map.reserve(0, u64::MAX, Module),
-            Err(MemmapError::InvalidRange { .. })
-        ));
+        assert!(matches!(map.reserve(0x200_0000, 0x201_0000, Module), Err(MemmapError::NotRam { .. })));
+        assert!(matches!(map.reserve(5, 5, Module), Err(MemmapError::InvalidRange { .. })));
+        assert!(matches!(map.reserve(0, 0x1000, Ram), Err(MemmapError::InvalidRange { .. })));
+        assert!(matches!(map.reserve(0, u64::MAX, Module), Err(MemmapError::InvalidRange { .. })));
         // Reserving a whole RAM range replaces it.
         map.reserve(0, 0x20_0000, BootData).unwrap();
         assert_eq!(map.ranges()[0], r(0, 0x20_0000, BootData));
@@ -528,10 +458,7 @@ mod tests {
             addr += 0x2000;
         }
         // Splitting in the middle needs two more slots.
-        assert_eq!(
-            map.reserve(addr, addr + 0x1000, Module),
-            Err(MemmapError::TooManyRanges)
-        );
+        assert_eq!(map.reserve(addr, addr + 0x1000, Module), Err(MemmapError::TooManyRanges));
         // Taking the head of the last RAM range needs one.
         map.reserve(addr - 0x1000, addr, BootData).unwrap();
         assert_eq!(map.ranges().len(), MAX_RANGES);
@@ -546,40 +473,20 @@ mod tests {
         ])
         .unwrap();
         let mib = 1 << 20;
-        assert_eq!(
-            map.find_free_top_down(64 * mib, 16 * mib, u64::MAX),
-            Some(0x1_0c00_0000)
-        );
-        assert_eq!(
-            map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000),
-            Some(0x7c00_0000)
-        );
-        assert_eq!(
-            map.find_free_top_down(0x1000, 0x1000, 0x10_0000),
-            Some(0x9e000)
-        );
+        assert_eq!(map.find_free_top_down(64 * mib, 16 * mib, u64::MAX), Some(0x1_0c00_0000));
+        assert_eq!(map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000), Some(0x7c00_0000));
+        assert_eq!(map.find_free_top_down(0x1000, 0x1000, 0x10_0000), Some(0x9e000));
         assert_eq!(map.find_free_top_down(4096 * mib, 0x1000, u64::MAX), None);
         assert_eq!(map.find_free_top_down(0, 0x1000, u64::MAX), None);
         assert_eq!(map.find_free_top_down(0x1000, 3, u64::MAX), None);
-        let base = map
-            .find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000)
-            .unwrap();
+        let base = map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000).unwrap();
         map.reserve(base, base + 64 * mib, CrashKernel).unwrap();
-        assert_eq!(
-            map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000),
-            Some(0x7800_0000)
-        );
+        assert_eq!(map.find_free_top_down(64 * mib, 16 * mib, 0x1_0000_0000), Some(0x7800_0000));
     }
 
     #[test]
     fn errors_read_as_sentences() {
-        let err = MemmapError::NotRam {
-            start: 0x1000,
-            end: 0x2000,
-        };
-        assert_eq!(
-            alloc::format!("{err}"),
-            "memory range [0x1000-0x2000) is not free RAM"
-        );
+        let err = MemmapError::NotRam { start: 0x1000, end: 0x2000 };
+        assert_eq!(alloc::format!("{err}"), "memory range [0x1000-0x2000) is not free RAM");
     }
 }

@@ -134,12 +134,7 @@ impl LogIndex {
 
     /// An empty log.
     pub const fn new() -> Self {
-        Self {
-            first_idx: 0,
-            next_idx: 0,
-            first_seq: 0,
-            next_seq: 0,
-        }
+        Self { first_idx: 0, next_idx: 0, first_seq: 0, next_seq: 0 }
     }
 
     /// Whether the log holds no record.
@@ -154,19 +149,13 @@ impl LogIndex {
 
     /// The position of the oldest record.
     pub fn first(&self) -> Cursor {
-        Cursor {
-            seq: self.first_seq,
-            idx: self.first_idx,
-        }
+        Cursor { seq: self.first_seq, idx: self.first_idx }
     }
 
     /// The position the next record will take: keep it before [`append`](Self::append) to
     /// read back what was appended.
     pub fn cursor(&self) -> Cursor {
-        Cursor {
-            seq: self.next_seq,
-            idx: self.next_idx,
-        }
+        Cursor { seq: self.next_seq, idx: self.next_idx }
     }
 
     /// Stores one message like Linux's `log_store()` and returns its sequence number.
@@ -179,14 +168,7 @@ impl LogIndex {
     ///
     /// Returns `None`, storing nothing, if `buf`'s length is not valid
     /// ([`is_valid_buf_len`]). Indices inconsistent with `buf` (corruption) reset the log.
-    pub fn append(
-        &mut self,
-        buf: &mut [u8],
-        ts_nsec: u64,
-        facility: u8,
-        level: u8,
-        text: &[u8],
-    ) -> Option<u64> {
+    pub fn append(&mut self, buf: &mut [u8], ts_nsec: u64, facility: u8, level: u8, text: &[u8]) -> Option<u64> {
         if !is_valid_buf_len(buf.len()) {
             return None;
         }
@@ -216,9 +198,7 @@ impl LogIndex {
             buf.get_mut(idx..idx + HEADER_SIZE)?.fill(0);
             idx = 0;
         }
-        let (header, body) = buf
-            .get_mut(idx..idx + size)?
-            .split_first_chunk_mut::<HEADER_SIZE>()?;
+        let (header, body) = buf.get_mut(idx..idx + size)?.split_first_chunk_mut::<HEADER_SIZE>()?;
         let text_len = text.len() + trunc_msg.len();
         // The text is at most TEXT_LEN_LIMIT bytes plus TRUNC_MSG, so `size` is at most 65532
         // and both lengths fit the u16 fields.
@@ -255,11 +235,7 @@ impl LogIndex {
     /// the end of `buf`, a `len` too short for its text, a second wrap), so it is safe on a
     /// buffer taken from a crash dump.
     pub fn records_from<'b>(&self, buf: &'b [u8], cursor: Cursor) -> Records<'b> {
-        let start = if cursor.seq < self.first_seq {
-            self.first()
-        } else {
-            cursor
-        };
+        let start = if cursor.seq < self.first_seq { self.first() } else { cursor };
         Records {
             buf,
             idx: start.idx as usize,
@@ -287,11 +263,7 @@ impl LogIndex {
     /// Linux's `logbuf_has_space()`: whether `size` bytes plus a wrap marker fit.
     fn has_space(&self, buf_len: usize, size: usize, empty: bool) -> bool {
         let (first, next) = (self.first_idx as usize, self.next_idx as usize);
-        let free = if next > first || empty {
-            buf_len.saturating_sub(next).max(first)
-        } else {
-            first - next
-        };
+        let free = if next > first || empty { buf_len.saturating_sub(next).max(first) } else { first - next };
         free >= size + HEADER_SIZE
     }
 
@@ -373,17 +345,10 @@ impl<'b> Iterator for Records<'b> {
             if self.seq >= self.next_seq || self.idx == self.next_idx {
                 return None;
             }
-            let Some(header) = self
-                .buf
-                .get(self.idx..)
-                .and_then(|rest| rest.first_chunk::<HEADER_SIZE>())
-            else {
+            let Some(header) = self.buf.get(self.idx..).and_then(|rest| rest.first_chunk::<HEADER_SIZE>()) else {
                 return self.stop();
             };
-            let len = usize::from(u16::from_le_bytes([
-                header[OFFSET_LEN],
-                header[OFFSET_LEN + 1],
-            ]));
+            let len = usize::from(u16::from_le_bytes([header[OFFSET_LEN], header[OFFSET_LEN + 1]]));
             if len == 0 {
                 if self.wrapped {
                     return self.stop();
@@ -392,15 +357,10 @@ impl<'b> Iterator for Records<'b> {
                 self.idx = 0;
                 continue;
             }
-            let text_len = usize::from(u16::from_le_bytes([
-                header[OFFSET_TEXT_LEN],
-                header[OFFSET_TEXT_LEN + 1],
-            ]));
+            let text_len = usize::from(u16::from_le_bytes([header[OFFSET_TEXT_LEN], header[OFFSET_TEXT_LEN + 1]]));
             let text_start = self.idx + HEADER_SIZE;
             let text = match self.buf.get(text_start..text_start + text_len) {
-                Some(text) if HEADER_SIZE + text_len <= len && len.is_multiple_of(LOG_ALIGN) => {
-                    text
-                }
+                Some(text) if HEADER_SIZE + text_len <= len && len.is_multiple_of(LOG_ALIGN) => text,
                 _ => return self.stop(),
             };
             let mut ts = [0u8; 8];
@@ -474,24 +434,12 @@ mod tests {
         let mut has_wrapped_around = false;
         while current_idx != next_idx {
             let at = current_idx as usize;
-            assert!(
-                at + HEADER_SIZE <= buf.len(),
-                "header read past the buffer at {at:#x}"
-            );
+            assert!(at + HEADER_SIZE <= buf.len(), "header read past the buffer at {at:#x}");
             let header = &buf[at..at + HEADER_SIZE];
             let ts_nsec = u64::from_le_bytes(header[0..8].try_into().unwrap());
-            write!(
-                out,
-                "[{:5}.{:06}] ",
-                ts_nsec / 1_000_000_000,
-                ts_nsec % 1_000_000_000 / 1000
-            )
-            .unwrap();
+            write!(out, "[{:5}.{:06}] ", ts_nsec / 1_000_000_000, ts_nsec % 1_000_000_000 / 1000).unwrap();
             let text_len = usize::from(u16::from_le_bytes([header[10], header[11]]));
-            assert!(
-                at + HEADER_SIZE + text_len <= buf.len(),
-                "text read past the buffer"
-            );
+            assert!(at + HEADER_SIZE + text_len <= buf.len(), "text read past the buffer");
             for &c in &buf[at + HEADER_SIZE..at + HEADER_SIZE + text_len] {
                 let isprint = (0x20..0x7f).contains(&c);
                 let isspace = matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
@@ -554,10 +502,7 @@ mod tests {
     fn header_is_byte_exact() {
         let mut buf = vec![0xaau8; 4096];
         let mut log = LogIndex::new();
-        assert_eq!(
-            log.append(&mut buf, 0x0102_0304_0506_0708, 3, 6, b"hello\n"),
-            Some(0)
-        );
+        assert_eq!(log.append(&mut buf, 0x0102_0304_0506_0708, 3, 6, b"hello\n"), Some(0));
         assert_eq!(
             buf[..24],
             [
@@ -588,42 +533,17 @@ mod tests {
             ]
         );
         assert_eq!(buf[24], 0xaa, "nothing is written past the record");
-        assert_eq!(
-            log,
-            LogIndex {
-                first_idx: 0,
-                next_idx: 24,
-                first_seq: 0,
-                next_seq: 1
-            }
-        );
+        assert_eq!(log, LogIndex { first_idx: 0, next_idx: 24, first_seq: 0, next_seq: 1 });
     }
 
     #[test]
     fn index_block_matches_published_offsets() {
-        let log = LogIndex {
-            first_idx: 1,
-            next_idx: 2,
-            first_seq: 3,
-            next_seq: 4,
-        };
+        let log = LogIndex { first_idx: 1, next_idx: 2, first_seq: 3, next_seq: 4 };
         let base = core::ptr::addr_of!(log) as usize;
-        assert_eq!(
-            core::ptr::addr_of!(log.first_idx) as usize - base,
-            LogIndex::OFFSET_FIRST_IDX
-        );
-        assert_eq!(
-            core::ptr::addr_of!(log.next_idx) as usize - base,
-            LogIndex::OFFSET_NEXT_IDX
-        );
-        assert_eq!(
-            core::ptr::addr_of!(log.first_seq) as usize - base,
-            LogIndex::OFFSET_FIRST_SEQ
-        );
-        assert_eq!(
-            core::ptr::addr_of!(log.next_seq) as usize - base,
-            LogIndex::OFFSET_NEXT_SEQ
-        );
+        assert_eq!(core::ptr::addr_of!(log.first_idx) as usize - base, LogIndex::OFFSET_FIRST_IDX);
+        assert_eq!(core::ptr::addr_of!(log.next_idx) as usize - base, LogIndex::OFFSET_NEXT_IDX);
+        assert_eq!(core::ptr::addr_of!(log.first_seq) as usize - base, LogIndex::OFFSET_FIRST_SEQ);
+        assert_eq!(core::ptr::addr_of!(log.next_seq) as usize - base, LogIndex::OFFSET_NEXT_SEQ);
     }
 
     #[test]
@@ -631,15 +551,8 @@ mod tests {
         let mut buf = vec![0u8; 4096];
         let mut log = LogIndex::new();
         for level in 0..8u8 {
-            let text: &[u8] = if level % 2 == 0 {
-                b"line\n"
-            } else {
-                b"fragment"
-            };
-            assert_eq!(
-                log.append(&mut buf, 1000 + u64::from(level), 0, level, text),
-                Some(u64::from(level))
-            );
+            let text: &[u8] = if level % 2 == 0 { b"line\n" } else { b"fragment" };
+            assert_eq!(log.append(&mut buf, 1000 + u64::from(level), 0, level, text), Some(u64::from(level)));
         }
         // Only the low 3 bits of the level are kept.
         assert_eq!(log.append(&mut buf, 9, 1, 0x0c, b"x"), Some(8));
@@ -649,11 +562,7 @@ mod tests {
             assert_eq!(record.seq, i as u64);
             assert_eq!(record.level, i as u8);
             assert_eq!(record.ts_nsec, 1000 + i as u64);
-            let (text, flags): (&[u8], u8) = if i % 2 == 0 {
-                (b"line", LOG_NEWLINE)
-            } else {
-                (b"fragment", 0)
-            };
+            let (text, flags): (&[u8], u8) = if i % 2 == 0 { (b"line", LOG_NEWLINE) } else { (b"fragment", 0) };
             assert_eq!((record.text, record.flags), (text, flags));
         }
         assert_eq!((records[8].level, records[8].facility), (4, 1));
@@ -667,10 +576,7 @@ mod tests {
         let mut log = LogIndex::new();
         log.append(&mut buf, 1, 0, 0, b"").unwrap();
         log.append(&mut buf, 2, 0, 0, b"\n").unwrap();
-        let texts: Vec<_> = log
-            .records(&buf, 0)
-            .map(|r| (r.text.len(), r.flags))
-            .collect();
+        let texts: Vec<_> = log.records(&buf, 0).map(|r| (r.text.len(), r.flags)).collect();
         assert_eq!(texts, [(0, 0), (0, LOG_NEWLINE)]);
         assert_eq!(log.next_idx, 32);
     }
@@ -832,10 +738,7 @@ mod tests {
                 // vmcore-dmesg prints a crossed wrap marker as an empty zero-time line.
                 let markers = out.matches("[    0.000000] \n").count();
                 assert!(markers <= 1);
-                assert_eq!(
-                    markers == 1,
-                    log.first_idx > log.next_idx || records_start_at_marker(&buf, &log)
-                );
+                assert_eq!(markers == 1, log.first_idx > log.next_idx || records_start_at_marker(&buf, &log));
                 assert_eq!(out.replacen("[    0.000000] \n", "", 1), expected);
             }
             assert!(wraps > 10, "seed {seed}: only {wraps} wraps");
@@ -857,10 +760,7 @@ mod tests {
         }
         // 316 bytes each: 12 fit in 4096 - 16, so all 10 survive.
         assert_eq!(log.records_from(&buf, start).count(), 10);
-        assert_eq!(
-            log.records(&buf, 7).map(|r| r.seq).collect::<Vec<_>>(),
-            [7, 8, 9]
-        );
+        assert_eq!(log.records(&buf, 7).map(|r| r.seq).collect::<Vec<_>>(), [7, 8, 9]);
         assert_eq!(log.records(&buf, 10).count(), 0);
         assert_eq!(log.records(&buf, 1000).count(), 0);
 
@@ -910,22 +810,9 @@ mod tests {
     #[test]
     fn inconsistent_indices_reset_the_log() {
         let mut buf = vec![0u8; 4096];
-        let mut log = LogIndex {
-            first_idx: 4090,
-            next_idx: 12,
-            first_seq: 5,
-            next_seq: 9,
-        };
+        let mut log = LogIndex { first_idx: 4090, next_idx: 12, first_seq: 5, next_seq: 9 };
         assert_eq!(log.append(&mut buf, 1, 0, 0, b"fresh"), Some(9));
-        assert_eq!(
-            log,
-            LogIndex {
-                first_idx: 0,
-                next_idx: 24,
-                first_seq: 9,
-                next_seq: 10
-            }
-        );
+        assert_eq!(log, LogIndex { first_idx: 0, next_idx: 24, first_seq: 9, next_seq: 10 });
 
         // A garbage header met while making room also resets.
         let mut log = LogIndex::new();
@@ -954,13 +841,7 @@ mod tests {
         for (ts, expected) in cases {
             assert_eq!(format_timestamp(ts, &mut out), expected);
             let mut std_fmt = String::new();
-            write!(
-                std_fmt,
-                "[{:5}.{:06}] ",
-                ts / 1_000_000_000,
-                ts % 1_000_000_000 / 1000
-            )
-            .unwrap();
+            write!(std_fmt, "[{:5}.{:06}] ", ts / 1_000_000_000, ts % 1_000_000_000 / 1000).unwrap();
             assert_eq!(std_fmt.as_bytes(), expected);
         }
     }

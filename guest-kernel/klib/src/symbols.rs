@@ -91,11 +91,7 @@ impl<'a> SymbolTable<'a> {
         let entries_len = count.checked_mul(ENTRY_SIZE)?;
         let (entries, _) = rest.get(..entries_len)?.as_chunks::<ENTRY_SIZE>();
         let strtab = rest.get(entries_len..entries_len.checked_add(strtab_len)?)?;
-        let table = Self {
-            text_base,
-            entries,
-            strtab: core::str::from_utf8(strtab).ok()?,
-        };
+        let table = Self { text_base, entries, strtab: core::str::from_utf8(strtab).ok()? };
 
         let mut previous = 0;
         for entry in entries {
@@ -127,17 +123,12 @@ impl<'a> SymbolTable<'a> {
     /// The symbol containing `addr`, by binary search.
     pub fn lookup(&self, addr: u64) -> Option<Symbol<'a>> {
         let offset = addr.checked_sub(self.text_base)?;
-        let after = self
-            .entries
-            .partition_point(|entry| u64::from(entry_offset(entry)) <= offset);
+        let after = self.entries.partition_point(|entry| u64::from(entry_offset(entry)) <= offset);
         let index = after.checked_sub(1)?;
         let symbol = self.symbol(index)?;
         let delta = addr - symbol.addr;
         // A size-0 last symbol still covers its own address.
-        (delta < symbol.size.max(1)).then_some(Symbol {
-            offset: delta,
-            ..symbol
-        })
+        (delta < symbol.size.max(1)).then_some(Symbol { offset: delta, ..symbol })
     }
 
     /// The address of the first symbol named `name` (a linear scan).
@@ -158,10 +149,7 @@ impl<'a> SymbolTable<'a> {
         let entry = self.entries.get(index)?;
         let start = entry_offset(entry);
         let size = match entry_size(entry) {
-            0 => self
-                .entries
-                .get(index + 1)
-                .map_or(0, |next| entry_offset(next) - start),
+            0 => self.entries.get(index + 1).map_or(0, |next| entry_offset(next) - start),
             size => size,
         };
         Some(Symbol {
@@ -210,11 +198,7 @@ impl Symbol<'_> {
 
 /// Formats `addr` like Linux's `%pS`: `name+0x1a/0x80`, or `0xffffffff81234567` when no
 /// symbol contains it (or there is no table).
-pub fn format_address<'b>(
-    table: Option<&SymbolTable<'_>>,
-    addr: u64,
-    out: &'b mut [u8],
-) -> &'b [u8] {
+pub fn format_address<'b>(table: Option<&SymbolTable<'_>>, addr: u64, out: &'b mut [u8]) -> &'b [u8] {
     match table.and_then(|table| table.lookup(addr)) {
         Some(symbol) => symbol.format(out),
         None => {
@@ -228,20 +212,10 @@ pub fn format_address<'b>(
 /// Formats a return address from a stack trace like Linux's `%pB`: the symbol is looked up
 /// at `addr - 1`, so a call that is the last instruction of a function is attributed to it,
 /// and the offset printed is that of `addr`.
-pub fn format_return_address<'b>(
-    table: Option<&SymbolTable<'_>>,
-    addr: u64,
-    out: &'b mut [u8],
-) -> &'b [u8] {
-    let found = addr
-        .checked_sub(1)
-        .and_then(|call| table.and_then(|table| table.lookup(call)));
+pub fn format_return_address<'b>(table: Option<&SymbolTable<'_>>, addr: u64, out: &'b mut [u8]) -> &'b [u8] {
+    let found = addr.checked_sub(1).and_then(|call| table.and_then(|table| table.lookup(call)));
     match found {
-        Some(symbol) => Symbol {
-            offset: symbol.offset + 1,
-            ..symbol
-        }
-        .format(out),
+        Some(symbol) => Symbol { offset: symbol.offset + 1, ..symbol }.format(out),
         None => format_address(None, addr, out),
     }
 }
@@ -270,9 +244,7 @@ pub fn build(text_base: u64, symbols: &[(u64, u64, &str)]) -> alloc::vec::Vec<u8
     let mut strtab = Vec::new();
     let mut count: u32 = 0;
     for (offset, size, name) in kept {
-        let (Ok(name_offset), Ok(name_len)) =
-            (u32::try_from(strtab.len()), u32::try_from(name.len()))
-        else {
+        let (Ok(name_offset), Ok(name_len)) = (u32::try_from(strtab.len()), u32::try_from(name.len())) else {
             break;
         };
         if name_offset.checked_add(name_len).is_none() || count == u32::MAX {
@@ -324,12 +296,7 @@ mod tests {
         assert_eq!(table.len(), 5);
         assert_eq!(
             table.lookup(BASE + 0x1a),
-            Some(Symbol {
-                name: "start_kernel",
-                addr: BASE,
-                size: 0x80,
-                offset: 0x1a
-            })
+            Some(Symbol { name: "start_kernel", addr: BASE, size: 0x80, offset: 0x1a })
         );
         assert_eq!(table.lookup(BASE).unwrap().offset, 0);
         assert_eq!(table.lookup(BASE + 0x80).unwrap().name, "panic");
@@ -338,10 +305,7 @@ mod tests {
         assert_eq!(table.lookup(BASE + 0xc0), None);
         // Size 0: up to the next symbol.
         let gap = table.lookup(BASE + 0x1ff).unwrap();
-        assert_eq!(
-            (gap.name, gap.size, gap.offset),
-            ("gap_to_third", 0x100, 0xff)
-        );
+        assert_eq!((gap.name, gap.size, gap.offset), ("gap_to_third", 0x100, 0xff));
         assert_eq!(table.lookup(BASE + 0x210), None);
         // The last size-0 symbol covers only its address.
         assert_eq!(table.lookup(BASE + 0x300).unwrap().name, "_etext");
@@ -359,10 +323,7 @@ mod tests {
         assert_eq!(table.find("pani"), None);
         assert_eq!(table.text_base(), BASE);
         let names: Vec<_> = table.iter().map(|s| s.name).collect();
-        assert_eq!(
-            names,
-            ["start_kernel", "panic", "gap_to_third", "third", "_etext"]
-        );
+        assert_eq!(names, ["start_kernel", "panic", "gap_to_third", "third", "_etext"]);
     }
 
     #[test]
@@ -370,38 +331,17 @@ mod tests {
         let bytes = sample();
         let table = SymbolTable::parse(&bytes).unwrap();
         let mut out = [0u8; 64];
-        assert_eq!(
-            format_address(Some(&table), BASE + 0x1a, &mut out),
-            b"start_kernel+0x1a/0x80"
-        );
-        assert_eq!(
-            format_address(Some(&table), BASE + 0x80, &mut out),
-            b"panic+0x0/0x40"
-        );
-        assert_eq!(
-            format_address(Some(&table), BASE + 0xc0, &mut out),
-            b"0xffffffff810000c0"
-        );
+        assert_eq!(format_address(Some(&table), BASE + 0x1a, &mut out), b"start_kernel+0x1a/0x80");
+        assert_eq!(format_address(Some(&table), BASE + 0x80, &mut out), b"panic+0x0/0x40");
+        assert_eq!(format_address(Some(&table), BASE + 0xc0, &mut out), b"0xffffffff810000c0");
         assert_eq!(format_address(None, 0, &mut out), b"0x0");
         // %pB: a return address just past the end of panic is still panic.
-        assert_eq!(
-            format_return_address(Some(&table), BASE + 0xc0, &mut out),
-            b"panic+0x40/0x40"
-        );
-        assert_eq!(
-            format_return_address(Some(&table), BASE + 0x10, &mut out),
-            b"start_kernel+0x10/0x80"
-        );
+        assert_eq!(format_return_address(Some(&table), BASE + 0xc0, &mut out), b"panic+0x40/0x40");
+        assert_eq!(format_return_address(Some(&table), BASE + 0x10, &mut out), b"start_kernel+0x10/0x80");
         assert_eq!(format_return_address(Some(&table), 0, &mut out), b"0x0");
-        assert_eq!(
-            format_return_address(Some(&table), BASE, &mut out),
-            b"0xffffffff81000000"
-        );
+        assert_eq!(format_return_address(Some(&table), BASE, &mut out), b"0xffffffff81000000");
         let mut small = [0u8; 8];
-        assert_eq!(
-            format_address(Some(&table), BASE + 1, &mut small),
-            b"start_ke"
-        );
+        assert_eq!(format_address(Some(&table), BASE + 1, &mut small), b"start_ke");
     }
 
     #[test]
@@ -423,10 +363,7 @@ mod tests {
         let names: Vec<_> = table.iter().map(|s| (s.name, s.size)).collect();
         assert_eq!(names, [("h\u{e9}llo", 8), ("sized", 4)]);
         // Addresses near the top of the address space do not overflow.
-        let top = build(
-            u64::MAX - 16,
-            &[(u64::MAX - 16, 16, "top"), (u64::MAX - 8, 9, "over")],
-        );
+        let top = build(u64::MAX - 16, &[(u64::MAX - 16, 16, "top"), (u64::MAX - 8, 9, "over")]);
         let table = SymbolTable::parse(&top).unwrap();
         assert_eq!(table.len(), 1);
         assert_eq!(table.lookup(u64::MAX - 1).unwrap().name, "top");
@@ -439,18 +376,12 @@ mod tests {
         assert!(table.is_empty());
         assert_eq!(table.lookup(BASE), None);
         bytes.resize(4096, 0);
-        assert!(
-            SymbolTable::parse(&bytes).is_some(),
-            "trailing padding is ignored"
-        );
+        assert!(SymbolTable::parse(&bytes).is_some(), "trailing padding is ignored");
     }
 
     #[test]
     fn rejects_malformed_tables() {
-        assert!(
-            SymbolTable::parse(&[0u8; 4096]).is_none(),
-            "all zeros means no table"
-        );
+        assert!(SymbolTable::parse(&[0u8; 4096]).is_none(), "all zeros means no table");
         assert!(SymbolTable::parse(&[]).is_none());
         let good = sample();
         let corrupt = |at: usize, value: &[u8]| {
@@ -470,10 +401,7 @@ mod tests {
         // Name past the string table, and name overflow.
         assert!(corrupt(HEADER_SIZE + 8, &1000u32.to_le_bytes()));
         assert!(corrupt(HEADER_SIZE + 12, &u32::MAX.to_le_bytes()));
-        assert!(
-            SymbolTable::parse(&good[..good.len() - 1]).is_none(),
-            "truncated"
-        );
+        assert!(SymbolTable::parse(&good[..good.len() - 1]).is_none(), "truncated");
         // Invalid UTF-8, and a name cut inside a character.
         let strtab = good.len() - "start_kernelpanicgap_to_thirdthird_etext".len();
         assert!(corrupt(strtab, &[0xff]));

@@ -2,8 +2,6 @@
 //! PVH memory map. The bitmap lives in RAM right after the kernel image; its address is
 //! published (VMCOREINFO) so a capture kernel can skip free pages.
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
 use crashvisor_klib::memmap::{FrameBitmap, MemoryMap};
 
 use super::phys_to_virt;
@@ -12,8 +10,6 @@ use crate::sync::SpinLock;
 const PAGE: u64 = 4096;
 
 static FRAMES: SpinLock<Option<FrameBitmap<'static>>> = SpinLock::new(None);
-static BITMAP_PHYS: AtomicU64 = AtomicU64::new(0);
-static TOTAL_FRAMES: AtomicU64 = AtomicU64::new(0);
 
 /// Builds the allocator: every RAM page that `map` leaves unreserved becomes free. The bitmap
 /// is placed at `bitmap_phys` (page aligned, inside RAM the map already reserves).
@@ -22,26 +18,16 @@ pub fn init(map: &MemoryMap, bitmap_phys: u64) {
     let words = FrameBitmap::words_needed(nr_frames);
     // SAFETY: the caller reserved `bitmap_phys .. + words*8` for the bitmap; the direct map
     // covers it and nothing else refers to that memory.
-    let bits =
-        unsafe { core::slice::from_raw_parts_mut(phys_to_virt(bitmap_phys) as *mut u64, words) };
+    let bits = unsafe { core::slice::from_raw_parts_mut(phys_to_virt(bitmap_phys) as *mut u64, words) };
     let Ok(mut bitmap) = FrameBitmap::new(bits, nr_frames) else {
         crate::pr_err!("BUG: frame bitmap too small for {} frames", nr_frames);
         return;
     };
     for range in map.ram() {
-        if bitmap
-            .free_range(range.start_pfn(), range.end_pfn())
-            .is_err()
-        {
-            crate::pr_err!(
-                "BUG: RAM range {:#x}-{:#x} outside the frame bitmap",
-                range.start,
-                range.end
-            );
+        if bitmap.free_range(range.start_pfn(), range.end_pfn()).is_err() {
+            crate::pr_err!("BUG: RAM range {:#x}-{:#x} outside the frame bitmap", range.start, range.end);
         }
     }
-    BITMAP_PHYS.store(bitmap_phys, Ordering::Relaxed);
-    TOTAL_FRAMES.store(nr_frames, Ordering::Relaxed);
     *FRAMES.lock_irqsave() = Some(bitmap);
 }
 
@@ -49,11 +35,7 @@ pub fn init(map: &MemoryMap, bitmap_phys: u64) {
 pub fn alloc_pages(count: usize) -> Option<u64> {
     let mut frames = FRAMES.lock_irqsave();
     let bitmap = frames.as_mut()?;
-    let pfn = if count == 1 {
-        bitmap.alloc()
-    } else {
-        bitmap.alloc_contiguous(count as u64, 1)
-    }?;
+    let pfn = if count == 1 { bitmap.alloc() } else { bitmap.alloc_contiguous(count as u64, 1) }?;
     Some(phys_to_virt(pfn * PAGE))
 }
 
@@ -75,12 +57,4 @@ pub fn free_pages(va: u64, count: usize) {
 /// Free frames now.
 pub fn free_count() -> u64 {
     FRAMES.lock_irqsave().as_ref().map_or(0, |b| b.free_count())
-}
-
-/// Physical address of the bitmap and the number of frames it covers.
-pub fn bitmap_location() -> (u64, u64) {
-    (
-        BITMAP_PHYS.load(Ordering::Relaxed),
-        TOTAL_FRAMES.load(Ordering::Relaxed),
-    )
 }

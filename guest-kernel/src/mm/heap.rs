@@ -32,8 +32,7 @@ fn class_of(layout: &Layout) -> Option<usize> {
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = class_of(&layout) else {
-            return frame::alloc_pages(layout.size().div_ceil(PAGE))
-                .map_or(null_mut(), |va| va as *mut u8);
+            return frame::alloc_pages(layout.size().div_ceil(PAGE)).map_or(null_mut(), |va| va as *mut u8);
         };
         let mut lists = self.lists.lock_irqsave();
         if lists.heads[class] == 0 {
@@ -70,8 +69,4 @@ unsafe impl GlobalAlloc for KernelHeap {
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap {
-    lists: SpinLock::new(FreeLists {
-        heads: [0; CLASSES],
-    }),
-};
+static HEAP: KernelHeap = KernelHeap { lists: SpinLock::new(FreeLists { heads: [0; CLASSES] }) };

@@ -8,9 +8,7 @@ use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use self::task::{
-    Policy, Task, PF_IDLE, PF_KTHREAD, TASK_DEAD, TASK_RUNNING, TASK_UNINTERRUPTIBLE,
-};
+use self::task::{Policy, Task, PF_IDLE, PF_KTHREAD, TASK_DEAD, TASK_RUNNING};
 use crate::arch::idt::vector;
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::{apic, switch};
@@ -32,10 +30,7 @@ struct RunQueue {
 
 impl RunQueue {
     const fn new() -> Self {
-        Self {
-            fifo: VecDeque::new(),
-            normal: VecDeque::new(),
-        }
+        Self { fifo: VecDeque::new(), normal: VecDeque::new() }
     }
 
     fn enqueue(&mut self, task: &'static Task) {
@@ -62,16 +57,9 @@ impl RunQueue {
     fn len(&self) -> usize {
         self.fifo.len() + self.normal.len()
     }
-
-    fn remove(&mut self, task: &Task) {
-        self.fifo.retain(|t| !core::ptr::eq(*t, task));
-        self.normal.retain(|t| !core::ptr::eq(*t, task));
-        task.on_rq.store(false, Ordering::Relaxed);
-    }
 }
 
-static RUN_QUEUES: [SpinLock<RunQueue>; MAX_CPUS] =
-    [const { SpinLock::new(RunQueue::new()) }; MAX_CPUS];
+static RUN_QUEUES: [SpinLock<RunQueue>; MAX_CPUS] = [const { SpinLock::new(RunQueue::new()) }; MAX_CPUS];
 static SLICE_ARMED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
 
 /// The task running on this CPU.
@@ -93,23 +81,13 @@ fn preempts(a: &Task, b: &Task) -> bool {
 /// Turns the code running on this CPU into its idle task (pid 0, "swapper/N").
 pub fn init_idle(cpu: usize, stack_base: u64, stack_size: u64) {
     let name = idle_name(cpu);
-    let mut idle = Task::new(
-        0,
-        0,
-        name.as_str(),
-        Policy::Normal,
-        cpu as u32,
-        1 << cpu,
-        PF_KTHREAD | PF_IDLE,
-    );
+    let mut idle = Task::new(0, 0, name.as_str(), Policy::Normal, cpu as u32, PF_KTHREAD | PF_IDLE);
     idle.stack_base = stack_base;
     idle.stack_size = stack_size;
     let idle: &'static Task = Box::leak(Box::new(idle));
     task::register(idle);
     let block = percpu::of(cpu);
-    block
-        .idle
-        .store(idle as *const Task as *mut Task, Ordering::Relaxed);
+    block.idle.store(idle as *const Task as *mut Task, Ordering::Relaxed);
     block.set_current(idle as *const Task as *mut Task);
 }
 
@@ -141,21 +119,15 @@ mod heapless_name {
     }
 }
 
-/// Creates a kernel thread running `entry(arg)` on `cpu` (or the least busy allowed CPU when
+/// Creates a kernel thread running `entry(arg)` on `cpu` (or the least busy CPU when
 /// `cpu` is `None`) and makes it runnable.
-pub fn spawn(
-    name: &str,
-    policy: Policy,
-    cpu: Option<usize>,
-    entry: fn(usize),
-    arg: usize,
-) -> Option<&'static Task> {
+pub fn spawn(name: &str, policy: Policy, cpu: Option<usize>, entry: fn(usize), arg: usize) -> Option<&'static Task> {
     let cpu = cpu.unwrap_or_else(least_loaded_cpu);
-    let stack = crate::mm::frame::alloc_pages(STACK_SIZE / 4096)?;
+    let stack = crate::arch::paging::alloc_stack(STACK_SIZE as u64)?;
     let pid = task::alloc_pid();
     // As in Linux: init (pid 1) is a child of pid 0; kernel threads are children of kthreadd.
     let ppid = if pid <= KTHREADD_PID { 0 } else { KTHREADD_PID };
-    let mut task = Task::new(pid, ppid, name, policy, cpu as u32, 1 << cpu, PF_KTHREAD);
+    let mut task = Task::new(pid, ppid, name, policy, cpu as u32, PF_KTHREAD);
     task.stack_base = stack;
     task.stack_size = STACK_SIZE as u64;
     task.entry = Some(entry);
@@ -163,8 +135,7 @@ pub fn spawn(
     // SAFETY: the task is not shared yet; its stack was just allocated for it.
     unsafe { *task.saved_rsp.get() = switch::initial_stack(stack + STACK_SIZE as u64) };
     let task: &'static Task = Box::leak(Box::new(task));
-    task.last_switch_time_ns
-        .store(crate::time::now_ns(), Ordering::Relaxed);
+    task.last_switch_time_ns.store(crate::time::now_ns(), Ordering::Relaxed);
     task::register(task);
     enqueue_and_kick(task);
     Some(task)
@@ -334,11 +305,6 @@ pub fn sleep_ns_state(ns: u64, state: u8) {
     me.state.store(TASK_RUNNING, Ordering::SeqCst);
 }
 
-/// Sleeps for `ms` milliseconds, uninterruptibly (Linux's `msleep`).
-pub fn msleep(ms: u64) {
-    sleep_ns_state(ms * 1_000_000, TASK_UNINTERRUPTIBLE);
-}
-
 /// The idle loop of a CPU: halt until there is work.
 pub fn idle_loop() -> ! {
     loop {
@@ -358,26 +324,5 @@ pub fn kthreadd(_: usize) {
     loop {
         set_current_state(task::TASK_INTERRUPTIBLE);
         schedule();
-    }
-}
-
-/// Moves a task that is not running to another allowed CPU.
-pub fn set_cpu(task: &'static Task, cpu: usize) {
-    let old = task.cpu();
-    if old == cpu {
-        return;
-    }
-    let queued = {
-        let mut rq = RUN_QUEUES[old].lock_irqsave();
-        let queued = task.on_rq.load(Ordering::Relaxed);
-        if queued {
-            rq.remove(task);
-        }
-        task.cpu.store(cpu as u32, Ordering::Relaxed);
-        queued
-    };
-    task.cpus_allowed.store(1 << cpu, Ordering::Relaxed);
-    if queued {
-        enqueue_and_kick(task);
     }
 }

@@ -49,8 +49,6 @@ pub struct Task {
     pub policy: Policy,
     /// CPU whose run queue owns the task.
     pub cpu: AtomicU32,
-    /// CPUs the task may run on (bit per CPU).
-    pub cpus_allowed: AtomicU64,
     /// Queued on its CPU's run queue.
     pub(super) on_rq: AtomicBool,
     /// Voluntary context switches.
@@ -79,15 +77,7 @@ unsafe impl Sync for Task {}
 impl Task {
     /// Builds a task; the scheduler fills in the stack.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        pid: u32,
-        ppid: u32,
-        name: &str,
-        policy: Policy,
-        cpu: u32,
-        allowed: u64,
-        flags: u32,
-    ) -> Self {
+    pub(super) fn new(pid: u32, ppid: u32, name: &str, policy: Policy, cpu: u32, flags: u32) -> Self {
         let mut comm = [0u8; TASK_COMM_LEN];
         let n = name.len().min(TASK_COMM_LEN - 1);
         comm[..n].copy_from_slice(&name.as_bytes()[..n]);
@@ -99,7 +89,6 @@ impl Task {
             state: AtomicU8::new(TASK_RUNNING),
             policy,
             cpu: AtomicU32::new(cpu),
-            cpus_allowed: AtomicU64::new(allowed),
             on_rq: AtomicBool::new(false),
             nvcsw: AtomicU64::new(0),
             nivcsw: AtomicU64::new(0),
@@ -115,11 +104,7 @@ impl Task {
 
     /// The task's name (Linux's `comm`).
     pub fn comm(&self) -> &str {
-        let len = self
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(TASK_COMM_LEN);
+        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(TASK_COMM_LEN);
         core::str::from_utf8(&self.comm[..len]).unwrap_or("?")
     }
 

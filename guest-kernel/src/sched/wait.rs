@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use super::task::{Task, TASK_INTERRUPTIBLE, TASK_RUNNING, TASK_UNINTERRUPTIBLE};
+use super::task::{Task, TASK_INTERRUPTIBLE, TASK_RUNNING};
 use super::{current, schedule, set_current_state, wake_up};
 use crate::sync::SpinLock;
 
@@ -14,9 +14,7 @@ pub struct WaitQueue {
 impl WaitQueue {
     /// An empty queue.
     pub const fn new() -> Self {
-        Self {
-            waiters: SpinLock::new(Vec::new()),
-        }
+        Self { waiters: SpinLock::new(Vec::new()) }
     }
 
     fn wait(&self, state: u8, mut condition: impl FnMut() -> bool) {
@@ -38,19 +36,12 @@ impl WaitQueue {
             }
         }
         set_current_state(TASK_RUNNING);
-        self.waiters
-            .lock_irqsave()
-            .retain(|t| !core::ptr::eq(*t, me));
+        self.waiters.lock_irqsave().retain(|t| !core::ptr::eq(*t, me));
     }
 
     /// Sleeps in `TASK_INTERRUPTIBLE` until `condition` holds (checked after each wake-up).
     pub fn wait_interruptible(&self, condition: impl FnMut() -> bool) {
         self.wait(TASK_INTERRUPTIBLE, condition)
-    }
-
-    /// Sleeps in `TASK_UNINTERRUPTIBLE` until `condition` holds.
-    pub fn wait_uninterruptible(&self, condition: impl FnMut() -> bool) {
-        self.wait(TASK_UNINTERRUPTIBLE, condition)
     }
 
     /// Wakes every waiter.

@@ -21,26 +21,3 @@ pub fn enable() {
 pub fn enable_no_resched() {
     percpu::preempt_count_add(-1);
 }
-
-/// Whether the scheduler may preempt the current task now.
-#[inline(always)]
-pub fn preemptible() -> bool {
-    percpu::preempt_count() == 0 && crate::sync::irq::enabled()
-}
-
-/// A guard that keeps preemption disabled while it lives. `!Send`: it belongs to this CPU.
-pub struct PreemptGuard(core::marker::PhantomData<*const ()>);
-
-impl PreemptGuard {
-    /// Disables preemption until the guard is dropped.
-    pub fn new() -> Self {
-        disable();
-        Self(core::marker::PhantomData)
-    }
-}
-
-impl Drop for PreemptGuard {
-    fn drop(&mut self) {
-        enable();
-    }
-}

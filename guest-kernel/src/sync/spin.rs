@@ -23,18 +23,11 @@ unsafe impl<T: Send> Send for SpinLock<T> {}
 impl<T> SpinLock<T> {
     /// A new, unlocked lock.
     pub const fn new(value: T) -> Self {
-        Self {
-            locked: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
-        }
+        Self { locked: AtomicBool::new(false), value: UnsafeCell::new(value) }
     }
 
     fn acquire(&self) {
-        while self
-            .locked
-            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
+        while self.locked.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
             while self.locked.load(Ordering::Relaxed) {
                 core::hint::spin_loop();
             }
@@ -42,19 +35,14 @@ impl<T> SpinLock<T> {
     }
 
     fn try_acquire(&self) -> bool {
-        self.locked
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        self.locked.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     /// Locks, with preemption disabled while held.
     pub fn lock(&self) -> SpinGuard<'_, T> {
         preempt::disable();
         self.acquire();
-        SpinGuard {
-            lock: self,
-            irq_was_enabled: None,
-        }
+        SpinGuard { lock: self, irq_was_enabled: None }
     }
 
     /// Locks with interrupts and preemption disabled while held.
@@ -62,9 +50,17 @@ impl<T> SpinLock<T> {
         let was = irq::save();
         preempt::disable();
         self.acquire();
-        SpinGuard {
-            lock: self,
-            irq_was_enabled: Some(was),
+        SpinGuard { lock: self, irq_was_enabled: Some(was) }
+    }
+
+    /// Tries once to lock (preemption disabled while held).
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        preempt::disable();
+        if self.try_acquire() {
+            Some(SpinGuard { lock: self, irq_was_enabled: None })
+        } else {
+            preempt::enable_no_resched();
+            None
         }
     }
 
@@ -73,29 +69,12 @@ impl<T> SpinLock<T> {
         let was = irq::save();
         preempt::disable();
         if self.try_acquire() {
-            Some(SpinGuard {
-                lock: self,
-                irq_was_enabled: Some(was),
-            })
+            Some(SpinGuard { lock: self, irq_was_enabled: Some(was) })
         } else {
             preempt::enable_no_resched();
             irq::restore(was);
             None
         }
-    }
-
-    /// Whether the lock is held by anyone.
-    pub fn is_locked(&self) -> bool {
-        self.locked.load(Ordering::Relaxed)
-    }
-
-    /// Forcibly releases the lock (Linux's `bust_spinlocks` for the console on panic).
-    ///
-    /// # Safety
-    /// Only for a panicking kernel whose other CPUs are stopped: the previous holder must never
-    /// touch the value again.
-    pub unsafe fn force_unlock(&self) {
-        self.locked.store(false, Ordering::Release);
     }
 }
 
@@ -127,10 +106,7 @@ impl<T> Drop for SpinGuard<'_, T> {
             Some(was) => {
                 preempt::enable_no_resched();
                 irq::restore(was);
-                if was
-                    && crate::arch::percpu::preempt_count() == 0
-                    && crate::arch::percpu::need_resched()
-                {
+                if was && crate::arch::percpu::preempt_count() == 0 && crate::arch::percpu::need_resched() {
                     crate::sched::schedule();
                 }
             }

@@ -19,25 +19,17 @@ const ECX_HYPERVISOR: u32 = 1 << 31;
 
 /// Reads what the host KVM can offer; the result is patched per vCPU with `for_vcpu`.
 pub fn supported(kvm: &Kvm) -> Result<CpuId, VmmError> {
-    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::kvm("read the supported CPUID"))
+    kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(VmmError::kvm("read the supported CPUID"))
 }
 
 /// The CPUID of vCPU `id`, advertising `tsc_khz` as the TSC frequency.
-pub fn for_vcpu(
-    base: &CpuId,
-    id: u8,
-    vcpus: u8,
-    tsc_khz: u32,
-    tsc_deadline: bool,
-) -> Result<CpuId, VmmError> {
+pub fn for_vcpu(base: &CpuId, id: u8, vcpus: u8, tsc_khz: u32, tsc_deadline: bool) -> Result<CpuId, VmmError> {
     let mut entries: Vec<_> = base.as_slice().to_vec();
     for entry in entries.iter_mut() {
         match entry.function {
             1 => {
                 // Initial APIC id in EBX[31:24], logical processor count in EBX[23:16].
-                entry.ebx =
-                    (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(vcpus) << 16);
+                entry.ebx = (entry.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(vcpus) << 16);
                 entry.ecx |= ECX_HYPERVISOR;
                 if tsc_deadline {
                     entry.ecx |= ECX_TSC_DEADLINE;
@@ -56,6 +48,5 @@ pub fn for_vcpu(
         ebx: APIC_BUS_KHZ,
         ..Default::default()
     });
-    CpuId::from_entries(&entries)
-        .map_err(|_| VmmError::KvmCapability("room for the CPUID timing leaf"))
+    CpuId::from_entries(&entries).map_err(|_| VmmError::KvmCapability("room for the CPUID timing leaf"))
 }

@@ -4,17 +4,21 @@
 //! as all-ones and ignore writes, and nothing here can panic on guest input.
 
 pub mod console;
+pub mod control_uart;
+pub mod crash_reason;
 pub mod platform;
+pub mod uart;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crashvisor_abi::platform::{
-    I8042_COMMAND_PORT, I8042_RESET_COMMAND, NMI_REASON_PORT, PLATFORM_PORT_BASE,
-    PLATFORM_PORT_COUNT, PVPANIC_PORT, RESET_CONTROL_PORT,
+    I8042_COMMAND_PORT, I8042_RESET_COMMAND, NMI_REASON_PORT, PLATFORM_PORT_BASE, PLATFORM_PORT_COUNT, PVPANIC_PORT,
+    RESET_CONTROL_PORT,
 };
-use crashvisor_abi::serial::{COM1_PORT, UART_PORT_COUNT};
+use crashvisor_abi::serial::{COM1_PORT, COM2_PORT, UART_PORT_COUNT};
 
 use self::console::Console;
+use self::control_uart::ControlUart;
 use self::platform::Platform;
 
 /// Why the guest wants the machine stopped.
@@ -56,6 +60,8 @@ pub enum IoAction {
 pub struct Devices {
     /// COM1, which outlives reboots.
     pub console: std::sync::Arc<Console>,
+    /// COM2, the control channel, which outlives reboots.
+    pub control_uart: std::sync::Arc<ControlUart>,
     /// The platform device and pvpanic.
     pub platform: Platform,
     /// Accesses to ports no device decodes (counted, not logged: a guest can make many).
@@ -70,12 +76,15 @@ impl Devices {
                 self.console.write((p - COM1_PORT) as u8, data);
                 IoAction::Continue
             }
+            p if (COM2_PORT..COM2_PORT + UART_PORT_COUNT).contains(&p) => {
+                self.control_uart.write((p - COM2_PORT) as u8, data);
+                IoAction::Continue
+            }
             p if (PLATFORM_PORT_BASE..PLATFORM_PORT_BASE + PLATFORM_PORT_COUNT).contains(&p) => {
                 self.platform.write(vcpu, p, data)
             }
             PVPANIC_PORT => {
-                self.platform
-                    .pvpanic_event(data.first().copied().unwrap_or(0));
+                self.platform.pvpanic_event(data.first().copied().unwrap_or(0));
                 IoAction::Continue
             }
             RESET_CONTROL_PORT if data.first().is_some_and(|v| v & 0x4 != 0) => {
@@ -96,6 +105,9 @@ impl Devices {
         match port {
             p if (COM1_PORT..COM1_PORT + UART_PORT_COUNT).contains(&p) => {
                 self.console.read((p - COM1_PORT) as u8, data)
+            }
+            p if (COM2_PORT..COM2_PORT + UART_PORT_COUNT).contains(&p) => {
+                self.control_uart.read((p - COM2_PORT) as u8, data)
             }
             p if (PLATFORM_PORT_BASE..PLATFORM_PORT_BASE + PLATFORM_PORT_COUNT).contains(&p) => {
                 self.platform.read(vcpu, p, data)

@@ -1,17 +1,24 @@
-//! The crashvisor platform device (argument latch + command register + boot progress) and the
-//! pvpanic port. See `crashvisor_abi::platform` for the register contract.
+//! The crashvisor platform device (argument latch, command register, boot progress, events,
+//! NMI reasons) and the pvpanic port. See `crashvisor_abi::platform` for the register contract.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crashvisor_abi::layout::MAX_VCPUS;
 use crashvisor_abi::platform::{
-    Command, Progress, PLATFORM_ARG_HI, PLATFORM_ARG_LO, PLATFORM_COMMAND, PLATFORM_PROGRESS,
-    PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, STATUS_OK, STATUS_UNKNOWN_COMMAND,
+    decode_event, Command, EventKind, Progress, PLATFORM_ARG_HI, PLATFORM_ARG_LO, PLATFORM_COMMAND, PLATFORM_EVENT,
+    PLATFORM_NMI_REASON, PLATFORM_PROGRESS, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, STATUS_INVALID_ARGUMENT, STATUS_OK,
+    STATUS_UNKNOWN_COMMAND, STATUS_UNSUPPORTED,
 };
+use vm_memory::GuestMemoryMmap;
 
+use super::crash_reason::{self, CrashInfo};
 use super::{IoAction, StopReason};
+use crate::control::events::DeviceEvent;
+use crate::control::{ControlInput, Inbox};
+use crate::nmi_watchdog::{NmiWatchdog, NmiWatchdogError};
+use crate::vcpu::requests::VcpuRequests;
 
 /// When each boot milestone was reached, relative to the start of the boot (the VMM process
 /// start for the first boot, the reset for later ones). Shared by the machines of one VMM run.
@@ -25,10 +32,7 @@ pub struct BootTimes {
 impl BootTimes {
     /// Starts the clock at `origin` (the VMM process start); `echo` prints milestones on stderr.
     pub fn new(origin: Instant, echo: bool) -> Self {
-        Self {
-            inner: Mutex::new((origin, Vec::new())),
-            echo,
-        }
+        Self { inner: Mutex::new((origin, Vec::new())), echo }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, Vec<(Progress, Duration)>)> {
@@ -45,11 +49,7 @@ impl BootTimes {
         inner.1.push((progress, elapsed));
         drop(inner);
         if self.echo {
-            eprintln!(
-                "timing {progress:?} {:.3} ms monotonic_ns {}",
-                elapsed.as_secs_f64() * 1e3,
-                monotonic_ns()
-            );
+            eprintln!("timing {progress:?} {:.3} ms monotonic_ns {}", elapsed.as_secs_f64() * 1e3, monotonic_ns());
         }
     }
 
@@ -66,23 +66,35 @@ impl BootTimes {
 
 /// CLOCK_MONOTONIC in nanoseconds, comparable across processes (benchmarks time from spawn).
 pub fn monotonic_ns() -> u128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
 }
 
+/// What the platform device is connected to.
+pub struct PlatformLinks {
+    /// Boot milestones, shared by the machines of one VMM run.
+    pub boot_times: Arc<BootTimes>,
+    /// Guest RAM, for `SetCrashReason`.
+    pub memory: GuestMemoryMmap,
+    /// The vCPUs' mailboxes, for `PLATFORM_NMI_REASON`.
+    pub vcpus: Arc<VcpuRequests>,
+    /// The machine's NMI watchdog, for `SetNmiWatchdog`.
+    pub nmi_watchdog: Arc<NmiWatchdog>,
+    /// Where events go.
+    pub inbox: Inbox,
+}
+
 /// Per-machine state of the platform device.
-#[derive(Debug)]
 pub struct Platform {
     args: [AtomicU64; MAX_VCPUS],
     status: [AtomicU32; MAX_VCPUS],
     pvpanic: AtomicU8,
-    /// Boot milestones of this boot.
-    pub boot_times: std::sync::Arc<BootTimes>,
+    crash_reason: Mutex<Option<CrashInfo>>,
+    /// Event-register writes that did not decode.
+    bad_events: AtomicU64,
+    links: PlatformLinks,
 }
 
 impl Platform {
@@ -90,13 +102,25 @@ impl Platform {
     pub const PVPANIC_FEATURES: u8 = PVPANIC_PANICKED | PVPANIC_CRASH_LOADED;
 
     /// A fresh device for a new boot.
-    pub fn new(boot_times: std::sync::Arc<BootTimes>) -> Self {
+    pub fn new(links: PlatformLinks) -> Self {
         Self {
             args: std::array::from_fn(|_| AtomicU64::new(0)),
             status: std::array::from_fn(|_| AtomicU32::new(STATUS_OK)),
             pvpanic: AtomicU8::new(0),
-            boot_times,
+            crash_reason: Mutex::new(None),
+            bad_events: AtomicU64::new(0),
+            links,
         }
+    }
+
+    /// Boot milestones of this boot.
+    pub fn boot_times(&self) -> &BootTimes {
+        &self.links.boot_times
+    }
+
+    /// The machine's NMI watchdog.
+    pub fn nmi_watchdog(&self) -> &NmiWatchdog {
+        &self.links.nmi_watchdog
     }
 
     /// pvpanic events the guest has signalled in this boot.
@@ -104,16 +128,29 @@ impl Platform {
         self.pvpanic.load(Ordering::Relaxed)
     }
 
+    /// The crash reason the guest set, if any.
+    pub fn crash_reason(&self) -> Option<CrashInfo> {
+        self.crash_reason.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Records a pvpanic event byte.
     pub fn pvpanic_event(&self, value: u8) {
-        let value = value & Self::PVPANIC_FEATURES;
-        self.pvpanic.fetch_or(value, Ordering::Relaxed);
-        if value & PVPANIC_PANICKED != 0 {
+        let bits = value & Self::PVPANIC_FEATURES;
+        self.pvpanic.fetch_or(bits, Ordering::Relaxed);
+        if bits & PVPANIC_PANICKED != 0 {
             tracing::warn!("guest signalled a panic through pvpanic");
         }
-        if value & PVPANIC_CRASH_LOADED != 0 {
+        if bits & PVPANIC_CRASH_LOADED != 0 {
             tracing::info!("guest booted a crash kernel (pvpanic crash-loaded)");
         }
+        if bits != 0 {
+            let crash = self.crash_reason();
+            self.post(DeviceEvent::Pvpanic { bits, crash });
+        }
+    }
+
+    fn post(&self, event: DeviceEvent) {
+        self.links.inbox.try_post(ControlInput::Device(event));
     }
 
     /// A guest write to a platform port. `vcpu` is below `MAX_VCPUS` (the VMM creates no more).
@@ -123,24 +160,19 @@ impl Platform {
         match port {
             PLATFORM_ARG_LO => {
                 let arg = &self.args[vcpu];
-                arg.store(
-                    (arg.load(Ordering::Relaxed) & !0xffff_ffff) | u64::from(value),
-                    Ordering::Relaxed,
-                );
+                arg.store((arg.load(Ordering::Relaxed) & !0xffff_ffff) | u64::from(value), Ordering::Relaxed);
             }
             PLATFORM_ARG_HI => {
                 let arg = &self.args[vcpu];
-                arg.store(
-                    (arg.load(Ordering::Relaxed) & 0xffff_ffff) | (u64::from(value) << 32),
-                    Ordering::Relaxed,
-                );
+                arg.store((arg.load(Ordering::Relaxed) & 0xffff_ffff) | (u64::from(value) << 32), Ordering::Relaxed);
             }
             PLATFORM_COMMAND => return self.command(vcpu, value),
             PLATFORM_PROGRESS => {
                 if let Some(progress) = Progress::from_raw(value as u8) {
-                    self.boot_times.record(progress);
+                    self.links.boot_times.record(progress);
                 }
             }
+            PLATFORM_EVENT => self.event(value),
             _ => {}
         }
         IoAction::Continue
@@ -151,21 +183,69 @@ impl Platform {
         let vcpu = vcpu.min(MAX_VCPUS - 1);
         let value = match port {
             PLATFORM_COMMAND => self.status[vcpu].load(Ordering::Relaxed),
+            PLATFORM_NMI_REASON => self.links.vcpus.take_nmi_reason(vcpu),
             _ => 0,
         };
+        data.fill(0);
         for (dst, src) in data.iter_mut().zip(value.to_le_bytes()) {
             *dst = src;
         }
     }
 
-    fn command(&self, vcpu: usize, raw: u32) -> IoAction {
-        let Some(command) = Command::from_raw(raw) else {
-            self.status[vcpu].store(STATUS_UNKNOWN_COMMAND, Ordering::Relaxed);
-            return IoAction::Continue;
+    fn event(&self, raw: u32) {
+        let Some((kind, cpu, arg)) = decode_event(raw) else {
+            self.bad_events.fetch_add(1, Ordering::Relaxed);
+            return;
         };
-        self.status[vcpu].store(STATUS_OK, Ordering::Relaxed);
-        match command {
-            Command::PowerOff => IoAction::Stop(StopReason::PowerOff),
+        let crash = (kind == EventKind::Panic).then(|| self.crash_reason()).flatten();
+        self.post(DeviceEvent::Platform { kind, cpu, arg, crash });
+    }
+
+    fn command(&self, vcpu: usize, raw: u32) -> IoAction {
+        let arg = self.args[vcpu].load(Ordering::Relaxed);
+        let (status, action) = match Command::from_raw(raw) {
+            None => (STATUS_UNKNOWN_COMMAND, IoAction::Continue),
+            Some(Command::PowerOff) => (STATUS_OK, IoAction::Stop(StopReason::PowerOff)),
+            Some(Command::SetNmiWatchdog) => (self.set_nmi_watchdog(arg), IoAction::Continue),
+            Some(Command::SetCrashReason) => (self.set_crash_reason(arg), IoAction::Continue),
+        };
+        self.status[vcpu].store(status, Ordering::Relaxed);
+        action
+    }
+
+    fn set_nmi_watchdog(&self, period_ms: u64) -> u32 {
+        match self.links.nmi_watchdog.set_period_ms(period_ms) {
+            Ok(()) => {
+                tracing::info!("guest set the NMI watchdog period to {period_ms} ms");
+                STATUS_OK
+            }
+            Err(NmiWatchdogError::Disabled) => STATUS_UNSUPPORTED,
+            Err(e @ NmiWatchdogError::Period(_)) => {
+                tracing::debug!("guest asked for {e}");
+                STATUS_INVALID_ARGUMENT
+            }
+            Err(e @ NmiWatchdogError::Thread(_)) => {
+                tracing::error!("{e}");
+                STATUS_UNSUPPORTED
+            }
+        }
+    }
+
+    fn set_crash_reason(&self, gpa: u64) -> u32 {
+        let mut slot = self.crash_reason.lock().unwrap_or_else(|e| e.into_inner());
+        if gpa == 0 {
+            *slot = None;
+            return STATUS_OK;
+        }
+        match crash_reason::read(&self.links.memory, gpa) {
+            Ok(reason) => {
+                *slot = Some(reason);
+                STATUS_OK
+            }
+            Err(e) => {
+                tracing::debug!("guest handed over a bad crash reason: {e}");
+                STATUS_INVALID_ARGUMENT
+            }
         }
     }
 }
@@ -182,31 +262,53 @@ fn le_u32(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crashvisor_abi::platform::{encode_event, CrashReason, Detector, NMI_REASON_OPERATOR, NMI_REASON_WATCHDOG};
+    use std::sync::mpsc::Receiver;
+    use vm_memory::{Bytes, GuestAddress};
+
+    fn platform_with(nmi_watchdog: bool) -> (Platform, Receiver<ControlInput>) {
+        let (inbox, inputs) = Inbox::channel();
+        let vcpus = Arc::new(VcpuRequests::new(2));
+        let links = PlatformLinks {
+            boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
+            memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+            nmi_watchdog: Arc::new(NmiWatchdog::new(nmi_watchdog, vcpus.clone())),
+            vcpus,
+            inbox,
+        };
+        (Platform::new(links), inputs)
+    }
 
     fn platform() -> Platform {
-        Platform::new(std::sync::Arc::new(BootTimes::new(Instant::now(), false)))
+        platform_with(true).0
+    }
+
+    fn command(p: &Platform, vcpu: usize, command: Command, arg: u64) -> (IoAction, u32) {
+        p.write(vcpu, PLATFORM_ARG_LO, &(arg as u32).to_le_bytes());
+        p.write(vcpu, PLATFORM_ARG_HI, &((arg >> 32) as u32).to_le_bytes());
+        let action = p.write(vcpu, PLATFORM_COMMAND, &(command as u32).to_le_bytes());
+        let mut status = [0u8; 4];
+        p.read(vcpu, PLATFORM_COMMAND, &mut status);
+        (action, u32::from_le_bytes(status))
+    }
+
+    fn device_event(inputs: &Receiver<ControlInput>) -> DeviceEvent {
+        match inputs.try_recv() {
+            Ok(ControlInput::Device(event)) => event,
+            _ => panic!("no device event"),
+        }
     }
 
     #[test]
     fn power_off_command_stops_the_machine() {
         let p = platform();
-        assert_eq!(
-            p.write(
-                0,
-                PLATFORM_COMMAND,
-                &(Command::PowerOff as u32).to_le_bytes()
-            ),
-            IoAction::Stop(StopReason::PowerOff)
-        );
+        assert_eq!(command(&p, 0, Command::PowerOff, 0), (IoAction::Stop(StopReason::PowerOff), STATUS_OK));
     }
 
     #[test]
     fn unknown_command_sets_status_and_continues() {
         let p = platform();
-        assert_eq!(
-            p.write(1, PLATFORM_COMMAND, &0xdead_u32.to_le_bytes()),
-            IoAction::Continue
-        );
+        assert_eq!(p.write(1, PLATFORM_COMMAND, &0xdead_u32.to_le_bytes()), IoAction::Continue);
         let mut status = [0u8; 4];
         p.read(1, PLATFORM_COMMAND, &mut status);
         assert_eq!(u32::from_le_bytes(status), STATUS_UNKNOWN_COMMAND);
@@ -218,14 +320,14 @@ mod tests {
     fn hostile_sizes_and_vcpu_ids_are_harmless() {
         let p = platform();
         assert_eq!(p.write(999, PLATFORM_ARG_LO, &[]), IoAction::Continue);
-        assert_eq!(
-            p.write(0, PLATFORM_ARG_HI, &[1, 2, 3, 4, 5, 6, 7, 8]),
-            IoAction::Continue
-        );
-        let mut big = [0u8; 16];
+        assert_eq!(p.write(0, PLATFORM_ARG_HI, &[1, 2, 3, 4, 5, 6, 7, 8]), IoAction::Continue);
+        let mut big = [0xaau8; 16];
         p.read(999, PLATFORM_COMMAND, &mut big);
+        assert_eq!(&big[4..], &[0; 12]);
         p.write(0, PLATFORM_PROGRESS, &[0xff]);
-        assert!(p.boot_times.milestones().is_empty());
+        p.write(0, PLATFORM_EVENT, &[0xff, 0xff]);
+        p.write(999, PLATFORM_EVENT, &[]);
+        assert!(p.boot_times().milestones().is_empty());
     }
 
     #[test]
@@ -233,13 +335,86 @@ mod tests {
         let p = platform();
         p.write(0, PLATFORM_PROGRESS, &[Progress::FirstInstruction as u8]);
         p.write(1, PLATFORM_PROGRESS, &[Progress::FirstInstruction as u8]);
-        assert_eq!(p.boot_times.milestones().len(), 1);
+        assert_eq!(p.boot_times().milestones().len(), 1);
     }
 
     #[test]
     fn pvpanic_records_known_bits_only() {
-        let p = platform();
+        let (p, inputs) = platform_with(true);
         p.pvpanic_event(0xff);
         assert_eq!(p.pvpanic_events(), Platform::PVPANIC_FEATURES);
+        assert_eq!(device_event(&inputs), DeviceEvent::Pvpanic { bits: Platform::PVPANIC_FEATURES, crash: None });
+        p.pvpanic_event(0xfc);
+        assert!(inputs.try_recv().is_err(), "no known bits, no event");
+    }
+
+    #[test]
+    fn events_are_decoded_and_posted() {
+        let (p, inputs) = platform_with(true);
+        let raw = encode_event(EventKind::SoftLockup, 1, 22);
+        p.write(0, PLATFORM_EVENT, &raw.to_le_bytes());
+        assert_eq!(
+            device_event(&inputs),
+            DeviceEvent::Platform { kind: EventKind::SoftLockup, cpu: 1, arg: 22, crash: None }
+        );
+        p.write(0, PLATFORM_EVENT, &0x99_u32.to_le_bytes());
+        assert!(inputs.try_recv().is_err(), "unknown kinds are dropped");
+    }
+
+    #[test]
+    fn nmi_reasons_are_per_vcpu_and_read_to_clear() {
+        let p = platform();
+        p.links.vcpus.inject_nmi(1, NMI_REASON_OPERATOR);
+        p.links.vcpus.inject_nmi(1, NMI_REASON_WATCHDOG);
+        let mut reason = [0u8; 4];
+        p.read(0, PLATFORM_NMI_REASON, &mut reason);
+        assert_eq!(u32::from_le_bytes(reason), 0);
+        p.read(1, PLATFORM_NMI_REASON, &mut reason);
+        assert_eq!(u32::from_le_bytes(reason), 3);
+        p.read(1, PLATFORM_NMI_REASON, &mut reason);
+        assert_eq!(u32::from_le_bytes(reason), 0);
+    }
+
+    #[test]
+    fn the_nmi_watchdog_command_reports_support_and_bad_periods() {
+        let p = platform();
+        assert_eq!(command(&p, 0, Command::SetNmiWatchdog, 1).1, STATUS_INVALID_ARGUMENT);
+        assert_eq!(command(&p, 0, Command::SetNmiWatchdog, 10_000).1, STATUS_OK);
+        assert_eq!(p.nmi_watchdog().period_ms(), 10_000);
+        assert_eq!(command(&p, 0, Command::SetNmiWatchdog, 0).1, STATUS_OK);
+        p.nmi_watchdog().shutdown();
+        let (off, _) = platform_with(false);
+        assert_eq!(command(&off, 0, Command::SetNmiWatchdog, 10_000).1, STATUS_UNSUPPORTED);
+    }
+
+    #[test]
+    fn a_crash_reason_is_validated_and_reported_with_the_panic() {
+        let (p, inputs) = platform_with(true);
+        let mut reason = CrashReason::new(Detector::Sysrq, 1, 7);
+        reason.set_comm(b"sh");
+        reason.push_message(b"sysrq triggered crash");
+        // The guest's bytes: every field is a little-endian u32 or a byte array.
+        let mut bytes = Vec::new();
+        for v in [reason.magic, reason.version, reason.detector, reason.cpu, reason.pid, 0] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes.extend_from_slice(&reason.comm);
+        bytes.extend_from_slice(&reason.message_len.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&reason.message);
+        assert_eq!(bytes.len(), CrashReason::SIZE);
+        p.links.memory.write_slice(&bytes, GuestAddress(0x1000)).unwrap();
+
+        assert_eq!(command(&p, 0, Command::SetCrashReason, 0xffff_0000).1, STATUS_INVALID_ARGUMENT);
+        assert_eq!(command(&p, 0, Command::SetCrashReason, 0x2000).1, STATUS_INVALID_ARGUMENT, "zeroes: bad magic");
+        assert_eq!(command(&p, 0, Command::SetCrashReason, 0x1000).1, STATUS_OK);
+        p.write(1, PLATFORM_EVENT, &encode_event(EventKind::Panic, 1, 0).to_le_bytes());
+        let DeviceEvent::Platform { crash: Some(crash), .. } = device_event(&inputs) else {
+            panic!("no crash reason with the panic")
+        };
+        assert_eq!((crash.detector, crash.pid, crash.comm.as_str()), (Detector::Sysrq, 7, "sh"));
+        assert_eq!(crash.message, "sysrq triggered crash");
+        assert_eq!(command(&p, 0, Command::SetCrashReason, 0).1, STATUS_OK);
+        assert!(p.crash_reason().is_none());
     }
 }

@@ -3,8 +3,10 @@
 //! Stopping a vCPU that sits inside `KVM_RUN` (for instance halted, waiting for an interrupt)
 //! uses the usual kick: the stopper sets a flag and sends `KICK_SIGNAL` to the thread; the
 //! handler sets `kvm_run.immediate_exit`, so `KVM_RUN` returns `EINTR` now or on its next entry.
+//! Other requests (NMI, pause) use the same kick; see `requests`.
 
 pub mod exit;
+pub mod requests;
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use self::requests::VcpuRequests;
 use crate::devices::{Devices, StopReason};
 use crate::error::VmmError;
 
@@ -42,10 +45,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 pub fn install_kick_handler() -> Result<(), VmmError> {
     static INSTALLED: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
     INSTALLED
-        .get_or_init(|| {
-            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-                .map_err(|e| e.errno())
-        })
+        .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
         .map_err(|errno| VmmError::Signal(vmm_sys_util::errno::Error::new(errno)))
 }
 
@@ -55,17 +55,20 @@ pub struct RunContext {
     pub devices: Devices,
     /// Guest RAM (for describing emulation failures).
     pub memory: GuestMemoryMmap,
+    /// Requests to the vCPU threads (NMI, pause).
+    pub vcpus: Arc<VcpuRequests>,
     stopping: AtomicBool,
     reason: Mutex<Option<StopReason>>,
     stopped: Condvar,
 }
 
 impl RunContext {
-    /// Shared state for a machine with these devices and memory.
-    pub fn new(devices: Devices, memory: GuestMemoryMmap) -> Self {
+    /// Shared state for a machine with these devices, memory and vCPU mailboxes.
+    pub fn new(devices: Devices, memory: GuestMemoryMmap, vcpus: Arc<VcpuRequests>) -> Self {
         Self {
             devices,
             memory,
+            vcpus,
             stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
             stopped: Condvar::new(),
@@ -80,6 +83,23 @@ impl RunContext {
         }
         self.stopping.store(true, Ordering::SeqCst);
         self.stopped.notify_all();
+        drop(slot);
+        // Paused vCPUs wake up, see the stop flag and end.
+        self.vcpus.wake_all();
+    }
+
+    /// Pauses the machine: the NMI watchdog stops ticking and every vCPU parks (after telling
+    /// KVM the guest is stopped, so its kvmclock page shows `PVCLOCK_GUEST_STOPPED`). Returns
+    /// whether all vCPUs parked within `timeout`.
+    pub fn pause(&self, timeout: std::time::Duration) -> bool {
+        self.devices.platform.nmi_watchdog().pause();
+        self.vcpus.pause(timeout)
+    }
+
+    /// Resumes a paused machine; the next NMI-watchdog tick comes a full period from now.
+    pub fn resume(&self) {
+        self.vcpus.resume();
+        self.devices.platform.nmi_watchdog().resume();
     }
 
     /// Whether a stop has been requested.
@@ -104,26 +124,46 @@ pub fn run(mut vcpu: VcpuFd, id: usize, ctx: Arc<RunContext>) {
     let _span = tracing::debug_span!("vcpu", id).entered();
     let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
     IMMEDIATE_EXIT.with(|p| p.set(immediate_exit));
+    ctx.vcpus.register_current_thread(id);
     while !ctx.is_stopping() {
+        service_requests(&vcpu, id, &ctx);
+        if ctx.is_stopping() {
+            break;
+        }
         let outcome = match vcpu.run() {
             Ok(kvm_exit) => exit::handle(kvm_exit, id, &ctx.devices),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);
                 exit::Outcome::Continue
             }
-            Err(e) => exit::Outcome::Stop(StopReason::Fatal(format!(
-                "KVM_RUN failed on vCPU {id}: {e}"
-            ))),
+            Err(e) => exit::Outcome::Stop(StopReason::Fatal(format!("KVM_RUN failed on vCPU {id}: {e}"))),
         };
         match outcome {
             exit::Outcome::Continue => {}
             exit::Outcome::Stop(reason) => ctx.request_stop(reason),
-            exit::Outcome::EmulationFailure => ctx.request_stop(StopReason::EmulationFailure(
-                describe_emulation_failure(&mut vcpu, id, &ctx.memory),
-            )),
+            exit::Outcome::EmulationFailure => {
+                ctx.request_stop(StopReason::EmulationFailure(describe_emulation_failure(&mut vcpu, id, &ctx.memory)))
+            }
         }
     }
+    ctx.vcpus.deregister_thread(id);
     IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+}
+
+/// Carries out what other threads asked of this vCPU before it re-enters the guest.
+fn service_requests(vcpu: &VcpuFd, id: usize, ctx: &RunContext) {
+    ctx.vcpus.park(&|| ctx.is_stopping(), || {
+        // Sets PVCLOCK_GUEST_STOPPED in the guest's kvmclock page at the next entry, so the
+        // guest's watchdogs forgive the pause. EINVAL: the guest has not enabled kvmclock.
+        if let Err(e) = vcpu.kvmclock_ctrl() {
+            tracing::debug!("KVM_KVMCLOCK_CTRL failed: {e}");
+        }
+    });
+    if ctx.vcpus.take_nmi_request(id) {
+        if let Err(e) = vcpu.nmi() {
+            tracing::warn!("vCPU {id}: KVM cannot inject an NMI: {e}");
+        }
+    }
 }
 
 /// Names the guest RIP and the instruction bytes there, for a `KVM_EXIT_INTERNAL_ERROR`.
@@ -132,25 +172,16 @@ fn describe_emulation_failure(vcpu: &mut VcpuFd, id: usize, memory: &GuestMemory
     // right after KVM_RUN returned KVM_EXIT_INTERNAL_ERROR, which fills that member.
     let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
     let Ok(regs) = vcpu.get_regs() else {
-        return format!("vCPU {id}: KVM cannot emulate a guest instruction (suberror {suberror}); registers unreadable");
+        return format!(
+            "vCPU {id}: KVM cannot emulate a guest instruction (suberror {suberror}); registers unreadable"
+        );
     };
-    let bytes = vcpu
-        .translate_gva(regs.rip)
-        .ok()
-        .filter(|t| t.valid != 0)
-        .and_then(|t| {
-            let mut buf = [0u8; 15];
-            memory
-                .read_slice(&mut buf, GuestAddress(t.physical_address))
-                .ok()
-                .map(|()| buf)
-        });
+    let bytes = vcpu.translate_gva(regs.rip).ok().filter(|t| t.valid != 0).and_then(|t| {
+        let mut buf = [0u8; 15];
+        memory.read_slice(&mut buf, GuestAddress(t.physical_address)).ok().map(|()| buf)
+    });
     let bytes = match bytes {
-        Some(b) => b
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Some(b) => b.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
         None => "unreadable".to_string(),
     };
     format!(

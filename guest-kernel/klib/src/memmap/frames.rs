@@ -63,16 +63,10 @@ impl<'a> FrameBitmap<'a> {
 
     /// Takes over `words` for `nr_frames` frames, all in use. Writes only the words needed.
     pub fn new(words: &'a mut [u64], nr_frames: u64) -> Result<Self, FrameError> {
-        let needed =
-            usize::try_from(nr_frames.div_ceil(BITS)).map_err(|_| FrameError::BitmapTooSmall)?;
+        let needed = usize::try_from(nr_frames.div_ceil(BITS)).map_err(|_| FrameError::BitmapTooSmall)?;
         let words = words.get_mut(..needed).ok_or(FrameError::BitmapTooSmall)?;
         words.fill(u64::MAX);
-        Ok(Self {
-            words,
-            nr_frames,
-            free: 0,
-            hint: 0,
-        })
+        Ok(Self { words, nr_frames, free: 0, hint: 0 })
     }
 
     /// Number of frames tracked.
@@ -130,12 +124,7 @@ impl<'a> FrameBitmap<'a> {
         if self.free == 0 {
             return None;
         }
-        let (index, word) = self
-            .words
-            .iter_mut()
-            .enumerate()
-            .skip(self.hint)
-            .find(|(_, word)| **word != u64::MAX)?;
+        let (index, word) = self.words.iter_mut().enumerate().skip(self.hint).find(|(_, word)| **word != u64::MAX)?;
         // The lowest clear bit, located with `bsr` (baseline x86-64): `trailing_zeros`
         // compiles to `tzcnt`, which CPUs without BMI1 (and emulators) may not know.
         let lowest_clear = !*word & word.wrapping_add(1);
@@ -155,9 +144,7 @@ impl<'a> FrameBitmap<'a> {
         }
         let mut start = (self.hint as u64 * BITS).checked_next_multiple_of(align)?;
         loop {
-            let end = start
-                .checked_add(count)
-                .filter(|&end| end <= self.nr_frames)?;
+            let end = start.checked_add(count).filter(|&end| end <= self.nr_frames)?;
             match self.last_used(start, end) {
                 None => {
                     self.update_words(start, end, u64::MAX, |word, mask| word | mask);
@@ -182,25 +169,13 @@ impl<'a> FrameBitmap<'a> {
     /// an instruction emulator every instruction per word counts.
     fn all_words(&self, start: u64, end: u64, test: impl Fn(u64, u64) -> bool) -> bool {
         let (partial, full) = split_words(start, end);
-        partial
-            .into_iter()
-            .flatten()
-            .all(|(index, mask)| self.words.get(index).is_some_and(|&word| test(word, mask)))
-            && self
-                .words
-                .get(full)
-                .is_some_and(|words| words.iter().all(|&word| test(word, u64::MAX)))
+        partial.into_iter().flatten().all(|(index, mask)| self.words.get(index).is_some_and(|&word| test(word, mask)))
+            && self.words.get(full).is_some_and(|words| words.iter().all(|&word| test(word, u64::MAX)))
     }
 
     /// Replaces every word overlapping `[start, end)` with `update(word, mask)`; whole words
     /// become `update(word, u64::MAX)`, which must not depend on `word` (it is `full_value`).
-    fn update_words(
-        &mut self,
-        start: u64,
-        end: u64,
-        full_value: u64,
-        update: impl Fn(u64, u64) -> u64,
-    ) {
+    fn update_words(&mut self, start: u64, end: u64, full_value: u64, update: impl Fn(u64, u64) -> u64) {
         let (partial, full) = split_words(start, end);
         for (index, mask) in partial.into_iter().flatten() {
             if let Some(word) = self.words.get_mut(index) {
@@ -236,14 +211,9 @@ fn split_words(start: u64, end: u64) -> ([Option<(usize, u64)>; 2], core::ops::R
         let mut masks = WordMasks::new(start, end);
         return ([masks.next(), masks.next()], 0..0);
     }
-    let head =
-        (!start.is_multiple_of(BITS)).then(|| (word_index(start), u64::MAX << (start % BITS)));
-    let tail =
-        (!end.is_multiple_of(BITS)).then(|| (word_index(end), u64::MAX >> (BITS - end % BITS)));
-    (
-        [head, tail],
-        word_index(first_full * BITS)..word_index(last_full * BITS),
-    )
+    let head = (!start.is_multiple_of(BITS)).then(|| (word_index(start), u64::MAX << (start % BITS)));
+    let tail = (!end.is_multiple_of(BITS)).then(|| (word_index(end), u64::MAX >> (BITS - end % BITS)));
+    ([head, tail], word_index(first_full * BITS)..word_index(last_full * BITS))
 }
 
 /// Whether frame `pfn` is in use in a bitmap laid out like [`FrameBitmap`]'s (for example one
@@ -320,10 +290,7 @@ mod tests {
         assert_eq!(FrameBitmap::words_needed(128), 2);
         assert_eq!(FrameBitmap::words_needed(0), 0);
         let mut short = [0u64; 1];
-        assert_eq!(
-            FrameBitmap::new(&mut short, 65).unwrap_err(),
-            FrameError::BitmapTooSmall
-        );
+        assert_eq!(FrameBitmap::new(&mut short, 65).unwrap_err(), FrameError::BitmapTooSmall);
     }
 
     #[test]
@@ -364,11 +331,7 @@ mod tests {
         assert_eq!(bitmap.free_count(), 0);
         bitmap.free(100).unwrap();
         bitmap.free(61).unwrap();
-        assert_eq!(
-            bitmap.alloc(),
-            Some(61),
-            "a free below the hint moves it back"
-        );
+        assert_eq!(bitmap.alloc(), Some(61), "a free below the hint moves it back");
         assert_eq!(bitmap.alloc(), Some(100));
     }
 
@@ -383,11 +346,7 @@ mod tests {
         assert_eq!(bitmap.alloc_contiguous(16, 16), Some(80));
         assert_eq!(bitmap.alloc_contiguous(128, 128), Some(128));
         assert_eq!(bitmap.alloc_contiguous(256, 256), Some(256));
-        assert_eq!(
-            bitmap.alloc_contiguous(3, 3),
-            None,
-            "alignment must be a power of two"
-        );
+        assert_eq!(bitmap.alloc_contiguous(3, 3), None, "alignment must be a power of two");
         assert_eq!(bitmap.alloc_contiguous(0, 1), None);
         // Left free: 65..70, 79 and 96..128.
         assert_eq!(bitmap.alloc(), Some(65));
@@ -406,9 +365,7 @@ mod tests {
         let mut model = vec![true; nr_frames as usize];
         let mut state = 0x1234_5678_u64;
         let mut rand = |n: u64| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (state >> 33) % n
         };
         for _ in 0..5000 {
@@ -423,9 +380,9 @@ mod tests {
                 }
                 1 => {
                     let (count, align) = (rand(20) + 1, 1 << rand(4));
-                    let expected = (0..nr_frames).step_by(align as usize).find(|&s| {
-                        s + count <= nr_frames && (s..s + count).all(|p| !model[p as usize])
-                    });
+                    let expected = (0..nr_frames)
+                        .step_by(align as usize)
+                        .find(|&s| s + count <= nr_frames && (s..s + count).all(|p| !model[p as usize]));
                     assert_eq!(bitmap.alloc_contiguous(count, align), expected);
                     if let Some(s) = expected {
                         (s..s + count).for_each(|p| model[p as usize] = true);
@@ -446,10 +403,7 @@ mod tests {
             assert_eq!(bitmap.free_count(), free);
         }
         for pfn in 0..nr_frames {
-            assert_eq!(
-                frame_in_use(bitmap.as_words(), pfn),
-                Some(model[pfn as usize])
-            );
+            assert_eq!(frame_in_use(bitmap.as_words(), pfn), Some(model[pfn as usize]));
         }
     }
 
@@ -460,19 +414,12 @@ mod tests {
         bitmap.free_range(0, 128).unwrap();
         bitmap.mark_used_range(9, 10).unwrap();
         bitmap.mark_used_range(64, 65).unwrap();
-        let bytes: Vec<u8> = bitmap
-            .as_words()
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
+        let bytes: Vec<u8> = bitmap.as_words().iter().flat_map(|w| w.to_le_bytes()).collect();
         assert_eq!(bytes[1], 0b10);
         assert_eq!(bytes[8], 0b1);
         assert_eq!(frame_in_use(&words, 9), Some(true));
         assert_eq!(frame_in_use(&words, 10), Some(false));
         assert_eq!(frame_in_use(&words, 128), None);
-        assert_eq!(
-            alloc::format!("{}", FrameError::DoubleFree),
-            "frame is already free"
-        );
+        assert_eq!(alloc::format!("{}", FrameError::DoubleFree), "frame is already free");
     }
 }

@@ -82,8 +82,7 @@ pub fn set_timer_deadline(deadline_tsc: u64, now_tsc: u64, apic_ticks_per_tsc_sh
     } else {
         let delta = deadline_tsc.saturating_sub(now_tsc).max(1);
         let (mult, shift) = apic_ticks_per_tsc_shift;
-        let count =
-            ((u128::from(delta) * u128::from(mult)) >> shift).clamp(1, u128::from(u32::MAX)) as u64;
+        let count = ((u128::from(delta) * u128::from(mult)) >> shift).clamp(1, u128::from(u32::MAX)) as u64;
         let count = if deadline_tsc == 0 { 0 } else { count };
         // SAFETY: the initial-count register only schedules a timer interrupt on this CPU.
         unsafe { cpu::wrmsr(MSR_X2APIC_TIMER_INITIAL, count) };

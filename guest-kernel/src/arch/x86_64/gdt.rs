@@ -59,33 +59,15 @@ struct PerCpuStacks(UnsafeCell<[IstStacks; MAX_CPUS]>);
 // SAFETY: the stacks are used only by the CPU (hardware) whose TSS names them.
 unsafe impl Sync for PerCpuStacks {}
 
-const EMPTY_TSS: Tss = Tss {
-    reserved0: 0,
-    rsp: [0; 3],
-    reserved1: 0,
-    ist: [0; 7],
-    reserved2: 0,
-    reserved3: 0,
-    iomap_base: 104,
-};
+const EMPTY_TSS: Tss =
+    Tss { reserved0: 0, rsp: [0; 3], reserved1: 0, ist: [0; 7], reserved2: 0, reserved3: 0, iomap_base: 104 };
 
-static TABLES: PerCpuTables = PerCpuTables(UnsafeCell::new(
-    [const {
-        CpuTables {
-            gdt: [0; GDT_ENTRIES],
-            tss: EMPTY_TSS,
-        }
-    }; MAX_CPUS],
-));
+static TABLES: PerCpuTables =
+    PerCpuTables(UnsafeCell::new([const { CpuTables { gdt: [0; GDT_ENTRIES], tss: EMPTY_TSS } }; MAX_CPUS]));
 // Zero-initialised: lives in .bss, costs nothing to load.
 static STACKS: PerCpuStacks = PerCpuStacks(UnsafeCell::new(
-    [const {
-        IstStacks {
-            double_fault: [0; DF_STACK_SIZE],
-            nmi: [0; NMI_STACK_SIZE],
-            mce: [0; MCE_STACK_SIZE],
-        }
-    }; MAX_CPUS],
+    [const { IstStacks { double_fault: [0; DF_STACK_SIZE], nmi: [0; NMI_STACK_SIZE], mce: [0; MCE_STACK_SIZE] } };
+        MAX_CPUS],
 ));
 
 /// Top of CPU `cpu`'s NMI stack (for recognising NMI context in backtraces).
@@ -122,10 +104,7 @@ pub fn init_cpu(cpu: usize) {
         limit: u16,
         base: u64,
     }
-    let pointer = Pointer {
-        limit: (GDT_ENTRIES * 8 - 1) as u16,
-        base: tables.gdt.as_ptr() as u64,
-    };
+    let pointer = Pointer { limit: (GDT_ENTRIES * 8 - 1) as u16, base: tables.gdt.as_ptr() as u64 };
     // SAFETY: the GDT lives in a static and holds the same code/data selectors the kernel already
     // uses, so reloading CS/DS/SS keeps every segment valid; the TSS descriptor is well formed.
     unsafe {

@@ -82,7 +82,7 @@ interrupt_stub_\n:
     .endm
 
     .text
-    .irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,52,236,252,253,254,255
+    .irp n, 0,1,2,3,4,5,6,7,9,15,16,18,19,20,22,23,24,25,26,27,28,31,51,52,236,252,253,254,255
     STUB_NOERR \n
     .endr
     .irp n, 8,10,11,12,13,14,17,21,29,30
@@ -134,7 +134,7 @@ interrupt_common:
     .balign 8
     .globl interrupt_stub_table
 interrupt_stub_table:
-    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,52,236,252,253,254,255
+    .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,51,52,236,252,253,254,255
     .quad \n
     .quad interrupt_stub_\n
     .endr
@@ -193,12 +193,7 @@ pub fn load() {
         limit: u16,
         base: u64,
     }
-    let pointer = Pointer {
-        limit: (512 * 8 - 1) as u16,
-        base: IDT.0.get() as u64,
-    };
+    let pointer = Pointer { limit: (512 * 8 - 1) as u16, base: IDT.0.get() as u64 };
     // SAFETY: the IDT is a static filled by `init`; every present gate points at a stub above.
-    unsafe {
-        core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags))
-    };
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
 }

@@ -29,8 +29,7 @@ struct Table(UnsafeCell<[u64; 512]>);
 unsafe impl Sync for Table {}
 
 static DIRECT_MAP_PDPT: Table = Table(UnsafeCell::new([0; 512]));
-static DIRECT_MAP_PDS: [Table; POOL_DIRECTORIES] =
-    [const { Table(UnsafeCell::new([0; 512])) }; POOL_DIRECTORIES];
+static DIRECT_MAP_PDS: [Table; POOL_DIRECTORIES] = [const { Table(UnsafeCell::new([0; 512])) }; POOL_DIRECTORIES];
 
 extern "C" {
     /// The top-level page table built by the boot code (Linux's `init_top_pgt`).
@@ -60,16 +59,12 @@ pub fn init_direct_map(end: u64) -> u64 {
             // SAFETY: as above, boot CPU only; `gib` < POOL_DIRECTORIES for every caller.
             let pd = unsafe { &mut *DIRECT_MAP_PDS[gib].0.get() };
             pd[((pa / MIB2) % 512) as usize] = pa | HUGE | flags | PRESENT;
-            pdpt[gib] =
-                mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
+            pdpt[gib] = mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
         };
         for pa in (0..end.div_ceil(MIB2)).map(|i| i * MIB2) {
             map_2m(pa, WRITABLE);
         }
-        map_2m(
-            IOAPIC_GPA & !(MIB2 - 1),
-            WRITABLE | WRITE_THROUGH | CACHE_DISABLE,
-        );
+        map_2m(IOAPIC_GPA & !(MIB2 - 1), WRITABLE | WRITE_THROUGH | CACHE_DISABLE);
         end
     };
     let pdpt_phys = mm::kernel_virt_to_phys(DIRECT_MAP_PDPT.0.get() as u64);
@@ -105,12 +100,6 @@ pub fn top_table_phys() -> u64 {
     cpu::read_cr3() & !0xfff
 }
 
-/// Virtual address of the top-level page table.
-pub fn top_table_virt() -> u64 {
-    // SAFETY: only the address of the static is taken.
-    unsafe { init_top_pgt.get() as u64 }
-}
-
 /// Prints the page-table walk for `address` like Linux's `dump_pagetable` (`PGD 0 P4D 0`...).
 pub fn print_walk(address: u64) {
     // SAFETY: reads the live top-level table; entries are plain words.
@@ -130,4 +119,83 @@ pub fn print_walk(address: u64) {
     // SAFETY: as above.
     let pmd = unsafe { pmd_table.add(((address >> 21) & 511) as usize).read() };
     crate::pr_alert!("PGD {:x} P4D {:x} PUD {:x} PMD {:x} ", pgd, pgd, pud, pmd);
+}
+
+/// Base of the kernel stack area (Linux's `VMALLOC_START`): stacks mapped with 4 KiB pages and
+/// an unmapped guard page below each, so an overflow faults instead of corrupting memory.
+const VMAP_STACK_BASE: u64 = 0xffff_c900_0000_0000;
+/// Virtual space per stack: the guard page, the stack, and unmapped padding.
+const STACK_SLOT: u64 = 64 * 1024;
+const PAGE: u64 = 4096;
+const NO_EXECUTE: u64 = 1 << 63;
+
+static NEXT_STACK_SLOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static MAP_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
+
+/// A zeroed page-table page (physical address).
+fn new_table() -> Option<u64> {
+    let va = mm::frame::alloc_pages(1)?;
+    // SAFETY: a page just allocated for this table; nothing else refers to it.
+    unsafe { core::ptr::write_bytes(va as *mut u8, 0, PAGE as usize) };
+    Some(mm::virt_to_phys(va))
+}
+
+/// The next-level table of `entry`, creating it if absent.
+fn next_table(entry: &mut u64) -> Option<&'static mut [u64; 512]> {
+    if *entry & PRESENT == 0 {
+        *entry = new_table()? | WRITABLE | PRESENT;
+    }
+    let va = mm::phys_to_virt(*entry & 0x000f_ffff_ffff_f000);
+    // SAFETY: a present non-huge entry of the kernel's tables points at a page-table page, which
+    // the direct map covers; MAP_LOCK serialises every writer.
+    Some(unsafe { &mut *(va as *mut [u64; 512]) })
+}
+
+/// Maps the 4 KiB page at `va` to `pa` (writable, not executable) in the kernel page table.
+fn map_4k(va: u64, pa: u64) -> Option<()> {
+    let _guard = MAP_LOCK.lock_irqsave();
+    // SAFETY: the live top-level table; MAP_LOCK serialises writers, and filling an empty slot
+    // changes no existing translation.
+    let pml4 = unsafe { &mut *init_top_pgt.get() };
+    let pdpt = next_table(&mut pml4[((va >> 39) & 511) as usize])?;
+    let pd = next_table(&mut pdpt[((va >> 30) & 511) as usize])?;
+    let pt = next_table(&mut pd[((va >> 21) & 511) as usize])?;
+    pt[((va >> 12) & 511) as usize] = pa | NO_EXECUTE | WRITABLE | PRESENT;
+    Some(())
+}
+
+/// Allocates a kernel stack of `size` bytes (a multiple of 4 KiB, at most 60 KiB) with a
+/// guard page below it; returns its lowest address. Not zeroed.
+pub fn alloc_stack(size: u64) -> Option<u64> {
+    let slot = NEXT_STACK_SLOT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    let base = VMAP_STACK_BASE + slot * STACK_SLOT + PAGE;
+    for offset in (0..size.min(STACK_SLOT - PAGE)).step_by(PAGE as usize) {
+        let frame = mm::frame::alloc_pages(1)?;
+        map_4k(base + offset, mm::virt_to_phys(frame))?;
+    }
+    Some(base)
+}
+
+/// Whether `address` is in the guard page below the stack that starts at `stack_base`.
+pub fn is_guard_page(address: u64, stack_base: u64) -> bool {
+    stack_base >= VMAP_STACK_BASE && address < stack_base && address >= stack_base - PAGE
+}
+
+/// Removes the boot identity map of low memory once every AP is up (nothing runs there any
+/// more), so a NULL dereference faults as on Linux. Each CPU flushes its TLB.
+pub fn drop_identity_map() {
+    // SAFETY: boot CPU, after SMP bring-up: no CPU executes or reads through the identity
+    // mapping any more; the flush below removes cached translations everywhere.
+    unsafe { (*init_top_pgt.get())[0] = 0 };
+    for cpu in 0..crate::smp::possible_cpus() {
+        if crate::arch::percpu::of(cpu).online.load(core::sync::atomic::Ordering::Relaxed) {
+            crate::smp::call_on_cpu(cpu, flush_tlb, 0);
+        }
+    }
+}
+
+/// Flushes this CPU's TLB (non-global entries) by reloading CR3.
+fn flush_tlb(_: usize) {
+    // SAFETY: reloading CR3 with its current value only drops cached translations.
+    unsafe { core::arch::asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) };
 }

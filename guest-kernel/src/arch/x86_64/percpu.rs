@@ -79,9 +79,7 @@ pub fn of(cpu: usize) -> &'static PerCpu {
 /// Points this CPU's GS base at block `cpu`. Called first thing on every CPU.
 pub fn init(cpu: usize, apic_id: u32) {
     let block = &PER_CPU[cpu];
-    block
-        .self_ptr
-        .store(block as *const PerCpu as *mut PerCpu, Ordering::Relaxed);
+    block.self_ptr.store(block as *const PerCpu as *mut PerCpu, Ordering::Relaxed);
     block.cpu.store(cpu as u32, Ordering::Relaxed);
     block.apic_id.store(apic_id, Ordering::Relaxed);
     // SAFETY: GS base points at this CPU's own static block, which lives forever; nothing else
@@ -144,18 +142,13 @@ pub fn current() -> *mut Task {
 pub fn need_resched() -> bool {
     let v: u8;
     // SAFETY: gs:24 is `PerCpu::need_resched` of this CPU.
-    unsafe {
-        asm!("mov {}, gs:[24]", out(reg_byte) v, options(nostack, readonly, preserves_flags))
-    };
+    unsafe { asm!("mov {}, gs:[24]", out(reg_byte) v, options(nostack, readonly, preserves_flags)) };
     v != 0
 }
 
 /// Number of CPUs that are online.
 pub fn online_count() -> usize {
-    PER_CPU
-        .iter()
-        .filter(|c| c.online.load(Ordering::Relaxed))
-        .count()
+    PER_CPU.iter().filter(|c| c.online.load(Ordering::Relaxed)).count()
 }
 
 const _: () = {

@@ -91,7 +91,5 @@ pub fn image() -> &'static [u8] {
 /// Offset of the data slots (cr3, stack, cpu, entry: four u64) within the image.
 pub fn data_offset() -> usize {
     // SAFETY: only addresses of the symbols are used.
-    unsafe {
-        (&ap_trampoline_cr3 as *const u8 as usize) - (&ap_trampoline_start as *const u8 as usize)
-    }
+    unsafe { (&ap_trampoline_cr3 as *const u8 as usize) - (&ap_trampoline_start as *const u8 as usize) }
 }

@@ -1,13 +1,18 @@
 //! Interrupt and exception dispatch. Exceptions in kernel code end as a Linux-style oops.
 
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicPtr, Ordering};
 
 use super::idt::{vector, PtRegs};
+use crashvisor_abi::platform::Detector;
+
+use super::percpu::MAX_CPUS;
 use super::{apic, cpu, percpu};
 
 const RFLAGS_IF: u64 = 1 << 9;
 /// ISA IRQ of COM1.
 const COM1_VECTOR: u8 = vector::ISA_IRQ_BASE + crashvisor_abi::serial::COM1_IRQ as u8;
+/// ISA IRQ of COM2 (the control channel).
+const COM2_VECTOR: u8 = vector::ISA_IRQ_BASE + crashvisor_abi::serial::COM2_IRQ as u8;
 
 /// Called by `interrupt_common` for every vector with the saved registers.
 #[no_mangle]
@@ -19,22 +24,34 @@ extern "C" fn interrupt_dispatch(vector: u64, regs: &mut PtRegs) {
         v => {
             let block = percpu::this();
             block.irq_depth.fetch_add(1, Ordering::Relaxed);
+            IRQ_REGS[percpu::cpu_id()].store(regs as *mut PtRegs, Ordering::Relaxed);
             match v {
                 vector::LOCAL_TIMER => crate::time::interrupt(),
                 COM1_VECTOR => crate::console::interrupt(),
+                COM2_VECTOR => crate::control::interrupt(),
                 vector::CALL_FUNCTION => crate::smp::call_function_interrupt(),
                 _ => {} // reschedule IPI: the preemption check below does the work
             }
             apic::eoi();
+            IRQ_REGS[percpu::cpu_id()].store(core::ptr::null_mut(), Ordering::Relaxed);
             block.irq_depth.fetch_sub(1, Ordering::Relaxed);
-            if regs.eflags & RFLAGS_IF != 0
-                && percpu::preempt_count() == 0
-                && percpu::need_resched()
-            {
+            if regs.eflags & RFLAGS_IF != 0 && percpu::preempt_count() == 0 && percpu::need_resched() {
                 crate::sched::schedule();
             }
         }
     }
+}
+
+/// Per CPU: the registers of the code the current hardware interrupt interrupted.
+static IRQ_REGS: [AtomicPtr<PtRegs>; MAX_CPUS] = [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// The interrupted registers while this CPU handles a hardware interrupt (Linux's
+/// `get_irq_regs()`), for reports made from timer callbacks.
+pub fn irq_regs() -> Option<PtRegs> {
+    let regs = IRQ_REGS[percpu::cpu_id()].load(Ordering::Relaxed);
+    // SAFETY: non-null only while the interrupt frame it points to is live on this CPU's stack
+    // (set on entry, cleared before return), and only this CPU reads its own slot.
+    (!regs.is_null()).then(|| unsafe { *regs })
 }
 
 /// Whether the CPU is handling an interrupt (Linux's `in_interrupt()` for hard IRQs).
@@ -71,8 +88,29 @@ const PF_INSTR: u64 = 1 << 4;
 const PF_PROT: u64 = 1 << 0;
 const PF_PK: u64 = 1 << 5;
 
+/// A double fault: a kernel stack overflow (the guard page below a task's stack was hit and
+/// the page fault could not be delivered on that stack), or another unrecoverable fault.
+/// Either way fatal.
+fn double_fault(regs: &PtRegs) -> ! {
+    let task = crate::sched::current();
+    let address = cpu::read_cr2();
+    if super::paging::is_guard_page(address, task.stack_base) {
+        crate::pr_emerg!(
+            "BUG: TASK stack guard page was hit at {:016x} (stack is {:016x}..{:016x})",
+            address,
+            task.stack_base,
+            task.stack_base + task.stack_size
+        );
+        crate::oops::report("stack guard page", 0, regs);
+        crate::panic::panic_with(Detector::StackOverflow, format_args!("TASK stack guard hit"));
+    }
+    crate::oops::report("double fault", regs.orig_rax, regs);
+    crate::panic::panic(format_args!("Fatal exception in interrupt"))
+}
+
 fn exception(v: u8, regs: &mut PtRegs) {
     if v == 6 && crate::bug::is_bug_site(regs.rip) {
+        crate::panic::set_detector(Detector::Bug);
         crate::bug::report(regs.rip);
         crate::oops::die("invalid opcode", 0, regs);
         return;
@@ -82,15 +120,9 @@ fn exception(v: u8, regs: &mut PtRegs) {
             let address = cpu::read_cr2();
             let error = regs.orig_rax;
             if address < 4096 {
-                crate::pr_alert!(
-                    "BUG: kernel NULL pointer dereference, address: {:016x}",
-                    address
-                );
+                crate::pr_alert!("BUG: kernel NULL pointer dereference, address: {:016x}", address);
             } else {
-                crate::pr_alert!(
-                    "BUG: unable to handle page fault for address: {:016x}",
-                    address
-                );
+                crate::pr_alert!("BUG: unable to handle page fault for address: {:016x}", address);
             }
             let access = if error & PF_INSTR != 0 {
                 "instruction fetch"
@@ -99,11 +131,7 @@ fn exception(v: u8, regs: &mut PtRegs) {
             } else {
                 "read access"
             };
-            let mode = if error & PF_USER != 0 {
-                "user"
-            } else {
-                "supervisor"
-            };
+            let mode = if error & PF_USER != 0 { "user" } else { "supervisor" };
             crate::pr_alert!("#PF: {} {} in kernel mode", mode, access);
             let reason = if error & PF_PROT == 0 {
                 "not-present page"
@@ -116,22 +144,15 @@ fn exception(v: u8, regs: &mut PtRegs) {
             };
             crate::pr_alert!("#PF: error_code(0x{:04x}) - {}", error, reason);
             super::paging::print_walk(address);
+            crate::panic::set_detector(Detector::Oops);
             crate::oops::die("Oops", error, regs);
         }
         13 if regs.orig_rax == 0 => {
             crate::oops::die("general protection fault", 0, regs);
         }
-        8 => {
-            crate::oops::die("double fault", regs.orig_rax, regs);
-            // A double fault cannot be returned from.
-            crate::panic::panic(format_args!("Fatal exception in interrupt"));
-        }
+        8 => double_fault(regs),
         _ => {
-            let error = if regs.orig_rax == u64::MAX {
-                0
-            } else {
-                regs.orig_rax
-            };
+            let error = if regs.orig_rax == u64::MAX { 0 } else { regs.orig_rax };
             crate::oops::die(exception_name(v), error, regs);
         }
     }

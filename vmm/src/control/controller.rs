@@ -1,0 +1,646 @@
+//! The controller: the VM side of the control channel. One thread owns the clients' outboxes,
+//! the guest channel (request ids, deadlines) and the handle of the running machine, and acts on
+//! one [`ControlInput`] at a time.
+
+use std::collections::HashMap;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crashvisor_abi::control::parse_line;
+use crashvisor_abi::platform::NMI_REASON_OPERATOR;
+use serde_json::{json, Value};
+
+use super::events::{self, BootEvents, Event, RateLimit};
+use super::guest::{self, GuestRequest, Hello, PendingTable};
+use super::protocol::{self, ClientRequest, Command, ControlError, ControlErrorCode};
+use super::{ClientId, ControlInput};
+use crate::devices::control_uart::ControlUart;
+use crate::devices::{ResetCause, StopReason};
+use crate::vcpu::RunContext;
+
+/// Most guest requests in flight at once.
+const MAX_IN_FLIGHT: usize = 64;
+/// How long `pause` waits for every vCPU to park.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Guest events that may reach clients at once, and per second after that.
+const EVENT_BURST: u32 = 100;
+const EVENTS_PER_SEC: u32 = 20;
+
+struct Client {
+    outbox: SyncSender<String>,
+    /// The client closed its end; drop it once its requests are answered.
+    closing: bool,
+}
+
+/// Whom to answer when a guest response arrives.
+struct Waiter {
+    client: ClientId,
+    id: Value,
+    timeout: Duration,
+}
+
+/// The controller's state.
+pub struct Controller {
+    inputs: Receiver<ControlInput>,
+    control_uart: Arc<ControlUart>,
+    vcpus: usize,
+    clients: HashMap<ClientId, Client>,
+    machine: Option<Arc<RunContext>>,
+    boots: u64,
+    paused: bool,
+    /// The guest's hello, while its control channel is up.
+    guest: Option<Hello>,
+    pending: PendingTable<Waiter>,
+    boot_events: BootEvents,
+    rate_limit: RateLimit,
+    /// The final state once the VM stopped for good.
+    ended: Option<&'static str>,
+    /// Guest lines that did not parse.
+    malformed_lines: u64,
+}
+
+impl Controller {
+    /// A controller reading `inputs`, writing guest requests to `control_uart`.
+    pub fn new(inputs: Receiver<ControlInput>, control_uart: Arc<ControlUart>, vcpus: usize) -> Self {
+        Self {
+            inputs,
+            control_uart,
+            vcpus,
+            clients: HashMap::new(),
+            machine: None,
+            boots: 0,
+            paused: false,
+            guest: None,
+            pending: PendingTable::new(MAX_IN_FLIGHT),
+            boot_events: BootEvents::default(),
+            rate_limit: RateLimit::new(EVENT_BURST, EVENTS_PER_SEC, Instant::now()),
+            ended: None,
+            malformed_lines: 0,
+        }
+    }
+
+    /// Serves inputs until `Shutdown`.
+    pub fn run(mut self) {
+        let _span = tracing::info_span!("control").entered();
+        loop {
+            let input = match self.pending.next_deadline() {
+                Some(deadline) => {
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    match self.inputs.recv_timeout(wait) {
+                        Ok(input) => Some(input),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                None => match self.inputs.recv() {
+                    Ok(input) => Some(input),
+                    Err(_) => break,
+                },
+            };
+            if let Some(input) = input {
+                if !self.handle(input) {
+                    break;
+                }
+            }
+            self.expire(Instant::now());
+        }
+        self.fail_pending(ControlErrorCode::VmUnavailable, "the VMM is exiting");
+        // Dropping the outboxes lets each writer send what is queued and close.
+        self.clients.clear();
+    }
+
+    /// Acts on one input; false ends the controller.
+    fn handle(&mut self, input: ControlInput) -> bool {
+        match input {
+            ControlInput::ClientConnected { client, outbox } => {
+                self.clients.insert(client, Client { outbox, closing: false });
+            }
+            ControlInput::ClientRequest { client, request } => match request {
+                Ok(request) => self.execute(client, request),
+                Err(rejected) => self.send(client, protocol::error_line(&rejected.id, &rejected.error)),
+            },
+            ControlInput::ClientClosed(client) => {
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.closing = true;
+                }
+                self.drop_if_done(client);
+            }
+            ControlInput::GuestLine(line) => self.guest_line(&line),
+            ControlInput::Device(event) => {
+                for event in events::translate(event, &mut self.boot_events) {
+                    self.guest_event(event);
+                }
+            }
+            ControlInput::MachineStarted(ctx) => {
+                self.boots += 1;
+                self.machine = Some(ctx);
+                self.paused = false;
+                self.guest = None;
+                self.boot_events = BootEvents::default();
+            }
+            ControlInput::MachineStopped { reason, rebooting } => self.machine_stopped(reason, rebooting),
+            ControlInput::Shutdown => return false,
+        }
+        true
+    }
+
+    fn machine_stopped(&mut self, reason: StopReason, rebooting: bool) {
+        self.machine = None;
+        self.paused = false;
+        self.guest = None;
+        let message = if rebooting { "the guest rebooted" } else { "the VM stopped" };
+        self.fail_pending(ControlErrorCode::GuestUnavailable, message);
+        let event = match (reason, rebooting) {
+            (StopReason::Reset(cause), true) => Event::Rebooting { cause: cause_name(cause) },
+            (StopReason::PowerOff, _) => {
+                self.ended = Some("powered_off");
+                Event::PoweredOff
+            }
+            (reason, _) => {
+                self.ended = Some("stopped");
+                Event::Stopped { reason: stop_reason_text(&reason) }
+            }
+        };
+        self.broadcast(&event);
+    }
+
+    fn execute(&mut self, client: ClientId, request: ClientRequest) {
+        let ClientRequest { id, command } = request;
+        let result = match command {
+            Command::Guest(request) => {
+                // Answered when the guest responds or the deadline passes.
+                if let Err(error) = self.forward(client, &id, &request) {
+                    self.send(client, protocol::error_line(&id, &error));
+                }
+                return;
+            }
+            Command::Status => Ok(self.status()),
+            Command::Nmi { cpu } => self.nmi(cpu),
+            Command::Pause => self.pause(),
+            Command::Resume => self.resume(),
+        };
+        let line = match result {
+            Ok(result) => protocol::ok_line(&id, result),
+            Err(error) => protocol::error_line(&id, &error),
+        };
+        self.send(client, line);
+    }
+
+    fn running_machine(&self) -> Result<Arc<RunContext>, ControlError> {
+        self.machine.clone().ok_or_else(|| {
+            ControlError::new(
+                ControlErrorCode::VmUnavailable,
+                "no machine is running (the VM is rebooting or has stopped)",
+            )
+        })
+    }
+
+    fn forward(&mut self, client: ClientId, id: &Value, request: &GuestRequest) -> Result<(), ControlError> {
+        let unavailable = |why: &str| ControlError::new(ControlErrorCode::GuestUnavailable, why);
+        if self.machine.is_none() {
+            return Err(unavailable("no machine is running (the VM is rebooting or has stopped)"));
+        }
+        if self.paused {
+            return Err(unavailable("the VM is paused; resume it first"));
+        }
+        if self.guest.is_none() {
+            return Err(unavailable("the guest's control channel is not up (no hello from the guest yet)"));
+        }
+        let waiter = Waiter { client, id: id.clone(), timeout: request.timeout };
+        let wire_id = self.pending.insert(waiter, Instant::now() + request.timeout).ok_or_else(|| {
+            ControlError::new(ControlErrorCode::Busy, format!("{MAX_IN_FLIGHT} requests already wait for the guest"))
+        })?;
+        let sent = guest::request_line(wire_id, request).and_then(|line| {
+            if self.control_uart.send_line(line.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ControlError::new(
+                    ControlErrorCode::Busy,
+                    "the guest is not reading its control channel (input queue full)",
+                ))
+            }
+        });
+        if sent.is_err() {
+            self.pending.take(wire_id);
+        }
+        sent
+    }
+
+    /// Broadcasts an event the guest reported. Panics always pass (the guest's control thread
+    /// is gone with them); the frequent kinds pass the rate limit.
+    fn guest_event(&mut self, event: Event) {
+        if matches!(event, Event::Panic { .. }) {
+            self.guest = None;
+            self.fail_pending(ControlErrorCode::GuestUnavailable, "the guest panicked");
+        } else if !matches!(event, Event::CrashLoaded) && !self.rate_limit.allow(Instant::now()) {
+            if self.rate_limit.dropped.is_power_of_two() {
+                tracing::warn!("the guest reports events too fast; {} dropped", self.rate_limit.dropped);
+            }
+            return;
+        }
+        self.broadcast(&event);
+    }
+
+    fn guest_line(&mut self, text: &str) {
+        let line = match parse_line(text) {
+            Ok(line) => line,
+            Err(e) => {
+                // Counted, and logged sparingly: a guest can write garbage fast.
+                self.malformed_lines += 1;
+                if self.malformed_lines.is_power_of_two() {
+                    tracing::warn!(
+                        "ignoring a malformed control line from the guest ({e}; {} so far)",
+                        self.malformed_lines
+                    );
+                }
+                return;
+            }
+        };
+        if line.is_hello() {
+            match guest::parse_hello(&line) {
+                Ok(hello) => {
+                    let event = Event::Booted { boot: self.boots, release: hello.release.clone(), cpus: hello.cpus };
+                    self.guest = Some(hello);
+                    self.broadcast(&event);
+                }
+                Err(e) => {
+                    tracing::error!("the guest's control channel is unusable: {e}");
+                    self.guest = None;
+                }
+            }
+            return;
+        }
+        let Some(waiter) = self.pending.take(line.id) else {
+            tracing::debug!("guest answered request {} that nobody waits for", line.id);
+            return;
+        };
+        let response = match guest::response_result(&line) {
+            Ok(result) => protocol::ok_line(&waiter.id, result),
+            Err(error) => protocol::error_line(&waiter.id, &error),
+        };
+        self.send(waiter.client, response);
+        self.drop_if_done(waiter.client);
+    }
+
+    fn expire(&mut self, now: Instant) {
+        for waiter in self.pending.expire(now) {
+            let error = ControlError::new(
+                ControlErrorCode::GuestTimeout,
+                format!("the guest did not answer within {} ms", waiter.timeout.as_millis()),
+            );
+            self.send(waiter.client, protocol::error_line(&waiter.id, &error));
+            self.drop_if_done(waiter.client);
+        }
+    }
+
+    fn fail_pending(&mut self, code: ControlErrorCode, message: &str) {
+        for waiter in self.pending.drain() {
+            let error = ControlError::new(code, message);
+            self.send(waiter.client, protocol::error_line(&waiter.id, &error));
+            self.drop_if_done(waiter.client);
+        }
+    }
+
+    fn status(&self) -> Value {
+        let state = match (&self.machine, self.paused, self.ended) {
+            (_, _, Some(ended)) => ended,
+            (Some(_), true, _) => "paused",
+            (Some(_), false, _) => "running",
+            (None, _, _) => "rebooting",
+        };
+        let watchdog = self.machine.as_ref().map(|m| m.devices.platform.nmi_watchdog());
+        json!({
+            "state": state,
+            "vcpus": self.vcpus,
+            "boots": self.boots,
+            "guest_control": self.guest.is_some(),
+            "release": self.guest.as_ref().map(|g| g.release.clone()),
+            "guest_cpus": self.guest.as_ref().map(|g| g.cpus),
+            "nmi_watchdog": {
+                "enabled": watchdog.is_some_and(|w| w.enabled()),
+                "period_ms": watchdog.map_or(0, |w| w.period_ms()),
+            },
+        })
+    }
+
+    fn nmi(&mut self, cpu: Option<usize>) -> Result<Value, ControlError> {
+        let machine = self.running_machine()?;
+        let cpus: Vec<usize> = match cpu {
+            Some(cpu) if cpu >= self.vcpus => {
+                return Err(ControlError::new(
+                    ControlErrorCode::BadArgument,
+                    format!("the VM has vCPUs 0 to {}", self.vcpus - 1),
+                ))
+            }
+            Some(cpu) => vec![cpu],
+            None => (0..self.vcpus).collect(),
+        };
+        for &cpu in &cpus {
+            machine.vcpus.inject_nmi(cpu, NMI_REASON_OPERATOR);
+        }
+        self.broadcast(&Event::NmiInjected { cpus: cpus.clone() });
+        Ok(json!({ "cpus": cpus }))
+    }
+
+    fn pause(&mut self) -> Result<Value, ControlError> {
+        let machine = self.running_machine()?;
+        if !self.paused {
+            if !machine.pause(PAUSE_TIMEOUT) {
+                tracing::warn!("not every vCPU parked within {PAUSE_TIMEOUT:?} of the pause");
+            }
+            self.paused = true;
+            self.broadcast(&Event::Paused);
+        }
+        Ok(json!({ "state": "paused" }))
+    }
+
+    fn resume(&mut self) -> Result<Value, ControlError> {
+        let machine = self.running_machine()?;
+        if self.paused {
+            machine.resume();
+            self.paused = false;
+            self.broadcast(&Event::Resumed);
+        }
+        Ok(json!({ "state": "running" }))
+    }
+
+    /// Queues `line` for `client`; a client that is gone or too slow is dropped.
+    fn send(&mut self, client: ClientId, line: String) {
+        let Some(c) = self.clients.get(&client) else {
+            return;
+        };
+        match c.outbox.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                tracing::warn!("control client {} is not reading; disconnecting it", client.0);
+                self.remove_client(client);
+            }
+            Err(TrySendError::Disconnected(_)) => self.remove_client(client),
+        }
+    }
+
+    fn broadcast(&mut self, event: &Event) {
+        event.log();
+        let line = event.to_line();
+        let clients: Vec<ClientId> = self.clients.keys().copied().collect();
+        for client in clients {
+            self.send(client, line.clone());
+        }
+    }
+
+    /// Drops a closing client once nothing it asked for is outstanding.
+    fn drop_if_done(&mut self, client: ClientId) {
+        let closing = self.clients.get(&client).is_some_and(|c| c.closing);
+        if closing && !self.pending.any(|w| w.client == client) {
+            self.remove_client(client);
+        }
+    }
+
+    fn remove_client(&mut self, client: ClientId) {
+        self.clients.remove(&client);
+        self.pending.retain(|w| w.client != client);
+    }
+}
+
+fn cause_name(cause: ResetCause) -> &'static str {
+    match cause {
+        ResetCause::ResetControl => "reset_control",
+        ResetCause::KeyboardController => "keyboard_controller",
+        ResetCause::TripleFault => "triple_fault",
+    }
+}
+
+fn stop_reason_text(reason: &StopReason) -> String {
+    match reason {
+        StopReason::PowerOff => "power_off".into(),
+        StopReason::Reset(cause) => format!("reset ({}) without reboot", cause_name(*cause)),
+        StopReason::EmulationFailure(what) => what.clone(),
+        StopReason::Fatal(what) => what.clone(),
+        StopReason::Quit => "quit from the console".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::events::DeviceEvent;
+    use crate::control::guest::GuestRequest;
+    use crate::control::Inbox;
+    use crate::devices::console::Console;
+    use crate::devices::platform::{BootTimes, Platform, PlatformLinks};
+    use crate::devices::Devices;
+    use crate::nmi_watchdog::NmiWatchdog;
+    use crate::vcpu::requests::VcpuRequests;
+    use crashvisor_abi::control::Verb;
+    use crashvisor_abi::platform::{EventKind, PVPANIC_PANICKED};
+    use std::sync::mpsc::{sync_channel, Receiver};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    const VCPUS: usize = 2;
+    const CLIENT: ClientId = ClientId(1);
+
+    /// A machine without KVM: devices, memory and vCPU mailboxes.
+    fn machine() -> Arc<RunContext> {
+        let (inbox, _) = Inbox::channel();
+        let requests = Arc::new(VcpuRequests::new(VCPUS));
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let devices = Devices {
+            console: Arc::new(Console::new(Box::new(std::io::sink())).unwrap()),
+            control_uart: Arc::new(ControlUart::new(inbox.clone()).unwrap()),
+            platform: Platform::new(PlatformLinks {
+                boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
+                memory: memory.clone(),
+                vcpus: requests.clone(),
+                nmi_watchdog: Arc::new(NmiWatchdog::new(true, requests.clone())),
+                inbox,
+            }),
+            unknown_accesses: Default::default(),
+        };
+        Arc::new(RunContext::new(devices, memory, requests))
+    }
+
+    /// A controller with one connected client and a running machine.
+    fn controller() -> (Controller, Receiver<String>, Arc<RunContext>) {
+        let (_, inputs) = Inbox::channel();
+        let ctx = machine();
+        let mut c = Controller::new(inputs, ctx.devices.control_uart.clone(), VCPUS);
+        let (outbox, lines) = sync_channel(256);
+        assert!(c.handle(ControlInput::ClientConnected { client: CLIENT, outbox }));
+        c.handle(ControlInput::MachineStarted(ctx.clone()));
+        (c, lines, ctx)
+    }
+
+    fn request(c: &mut Controller, id: u64, command: Command) {
+        let request = ClientRequest { id: json!(id), command };
+        c.handle(ControlInput::ClientRequest { client: CLIENT, request: Ok(request) });
+    }
+
+    fn guest(verb: Verb) -> Command {
+        Command::Guest(GuestRequest { verb, args: vec![], timeout: Duration::from_secs(10) })
+    }
+
+    fn next(lines: &Receiver<String>) -> Value {
+        serde_json::from_str(&lines.try_recv().expect("a line for the client")).unwrap()
+    }
+
+    /// What the controller wrote to COM2 (as the guest would read it).
+    fn com2(ctx: &RunContext) -> String {
+        let uart = &ctx.devices.control_uart;
+        let mut text = Vec::new();
+        loop {
+            let mut lsr = [0u8];
+            uart.read(5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                return String::from_utf8(text).unwrap();
+            }
+            let mut b = [0u8];
+            uart.read(0, &mut b);
+            text.push(b[0]);
+        }
+    }
+
+    #[test]
+    fn guest_requests_wait_for_hello_then_round_trip() {
+        let (mut c, lines, ctx) = controller();
+        request(&mut c, 1, guest(Verb::Uptime));
+        let r = next(&lines);
+        assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!(1), json!("guest_unavailable")));
+
+        c.handle(ControlInput::GuestLine("0 hello version=1 release=6.18.0-crashvisor cpus=2".into()));
+        assert_eq!(next(&lines), json!({"event": "booted", "boot": 1, "release": "6.18.0-crashvisor", "cpus": 2}));
+        request(&mut c, 2, guest(Verb::Uptime));
+        assert_eq!(com2(&ctx), "1 uptime\n");
+        c.handle(ControlInput::GuestLine("99 ok ns=5".into()));
+        assert!(lines.try_recv().is_err(), "an answer nobody waits for is ignored");
+        c.handle(ControlInput::GuestLine("1 ok ns=123".into()));
+        assert_eq!(next(&lines), json!({"id": 2, "ok": true, "result": {"ns": 123}}));
+        assert_eq!(c.status()["guest_control"], json!(true));
+    }
+
+    #[test]
+    fn unanswered_requests_time_out() {
+        let (mut c, lines, _ctx) = controller();
+        c.handle(ControlInput::GuestLine("0 hello version=1 cpus=2".into()));
+        next(&lines);
+        request(&mut c, 7, guest(Verb::Ps));
+        c.expire(Instant::now());
+        assert!(lines.try_recv().is_err(), "not yet");
+        c.expire(Instant::now() + Duration::from_secs(11));
+        assert_eq!(next(&lines)["error"]["code"], json!("guest_timeout"));
+    }
+
+    #[test]
+    fn a_reboot_fails_waiting_requests_and_takes_the_channel_down() {
+        let (mut c, lines, ctx) = controller();
+        c.handle(ControlInput::GuestLine("0 hello version=1 cpus=2".into()));
+        next(&lines);
+        request(&mut c, 3, guest(Verb::Dmesg));
+        c.handle(ControlInput::MachineStopped { reason: StopReason::Reset(ResetCause::TripleFault), rebooting: true });
+        assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
+        assert_eq!(next(&lines), json!({"event": "rebooting", "cause": "triple_fault"}));
+        assert_eq!(c.status()["state"], json!("rebooting"));
+        request(&mut c, 4, Command::Nmi { cpu: None });
+        assert_eq!(next(&lines)["error"]["code"], json!("vm_unavailable"));
+        c.handle(ControlInput::MachineStarted(ctx));
+        assert_eq!(c.status()["boots"], json!(2));
+        assert_eq!(c.status()["guest_control"], json!(false));
+        c.handle(ControlInput::MachineStopped { reason: StopReason::PowerOff, rebooting: false });
+        assert_eq!(next(&lines), json!({"event": "powered_off"}));
+        assert_eq!(c.status()["state"], json!("powered_off"));
+    }
+
+    #[test]
+    fn a_panic_takes_the_guest_channel_down() {
+        let (mut c, lines, _ctx) = controller();
+        c.handle(ControlInput::GuestLine("0 hello version=1 cpus=2".into()));
+        next(&lines);
+        request(&mut c, 5, guest(Verb::Uptime));
+        c.handle(ControlInput::Device(DeviceEvent::Pvpanic { bits: PVPANIC_PANICKED, crash: None }));
+        assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
+        assert_eq!(next(&lines), json!({"event": "panic", "source": "pvpanic"}));
+        assert_eq!(c.status()["guest_control"], json!(false));
+    }
+
+    #[test]
+    fn nmis_go_to_the_named_vcpus() {
+        let (mut c, lines, ctx) = controller();
+        request(&mut c, 1, Command::Nmi { cpu: Some(1) });
+        assert_eq!(next(&lines), json!({"event": "nmi_injected", "cpus": [1]}));
+        assert_eq!(next(&lines), json!({"id": 1, "ok": true, "result": {"cpus": [1]}}));
+        assert!(!ctx.vcpus.take_nmi_request(0));
+        assert!(ctx.vcpus.take_nmi_request(1));
+        assert_eq!(ctx.vcpus.take_nmi_reason(1), NMI_REASON_OPERATOR);
+        request(&mut c, 2, Command::Nmi { cpu: Some(VCPUS) });
+        assert_eq!(next(&lines)["error"]["code"], json!("bad_argument"));
+        request(&mut c, 3, Command::Nmi { cpu: None });
+        next(&lines);
+        assert!(ctx.vcpus.take_nmi_request(0) && ctx.vcpus.take_nmi_request(1));
+    }
+
+    #[test]
+    fn pause_and_resume_park_the_vcpus_and_tell_everyone() {
+        let (mut c, lines, ctx) = controller();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let fake_vcpus: Vec<_> = (0..VCPUS)
+            .map(|_| {
+                let (ctx, stop) = (ctx.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        ctx.vcpus.park(&|| false, || {});
+                        std::thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        request(&mut c, 1, Command::Pause);
+        assert_eq!(next(&lines), json!({"event": "paused"}));
+        assert_eq!(next(&lines)["result"]["state"], json!("paused"));
+        assert_eq!(c.status()["state"], json!("paused"));
+        request(&mut c, 2, guest(Verb::Ps));
+        assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
+        request(&mut c, 3, Command::Resume);
+        assert_eq!(next(&lines), json!({"event": "resumed"}));
+        assert_eq!(next(&lines)["result"]["state"], json!("running"));
+        request(&mut c, 4, Command::Resume);
+        assert!(lines.try_recv().unwrap().contains("running"), "resume is idempotent, no event");
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in fake_vcpus {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn guest_events_are_broadcast_and_rate_limited() {
+        let (mut c, lines, _ctx) = controller();
+        let lockup = || DeviceEvent::Platform { kind: EventKind::SoftLockup, cpu: 0, arg: 21, crash: None };
+        for _ in 0..EVENT_BURST + 50 {
+            c.handle(ControlInput::Device(lockup()));
+        }
+        let received = lines.try_iter().count();
+        assert!(received <= EVENT_BURST as usize + 1, "{received} events passed");
+        // Panics are never limited.
+        c.handle(ControlInput::Device(DeviceEvent::Platform { kind: EventKind::Panic, cpu: 0, arg: 0, crash: None }));
+        assert_eq!(next(&lines)["event"], json!("panic"));
+    }
+
+    #[test]
+    fn closing_clients_get_their_answers_first_and_slow_ones_are_dropped() {
+        let (mut c, lines, _ctx) = controller();
+        c.handle(ControlInput::GuestLine("0 hello version=1 cpus=2".into()));
+        next(&lines);
+        request(&mut c, 1, guest(Verb::Uptime));
+        c.handle(ControlInput::ClientClosed(CLIENT));
+        assert!(c.clients.contains_key(&CLIENT), "kept until answered");
+        c.handle(ControlInput::GuestLine("1 ok ns=1".into()));
+        assert_eq!(next(&lines)["result"]["ns"], json!(1));
+        assert!(!c.clients.contains_key(&CLIENT));
+
+        let (outbox, slow) = sync_channel(1);
+        c.handle(ControlInput::ClientConnected { client: ClientId(2), outbox });
+        c.broadcast(&Event::Paused);
+        c.broadcast(&Event::Resumed);
+        assert!(!c.clients.contains_key(&ClientId(2)), "a full outbox drops the client");
+        assert_eq!(slow.try_iter().count(), 1);
+    }
+}

@@ -1,0 +1,361 @@
+//! Events: what devices report about the guest ([`DeviceEvent`]), and the event lines every
+//! client receives ([`Event`]). Turning one into the other is a pure function of the device
+//! event and a little per-boot state, so it is tested without a VM.
+
+use std::time::Instant;
+
+use crashvisor_abi::platform::{EventKind, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
+use serde::Serialize;
+
+use crate::devices::crash_reason::CrashInfo;
+
+/// What a device saw the guest do (posted from vCPU threads).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceEvent {
+    /// A write to `PLATFORM_EVENT`. For `Panic`, `crash` is the reason set before, if any.
+    Platform {
+        /// The kind.
+        kind: EventKind,
+        /// The CPU it concerns.
+        cpu: u8,
+        /// The kind's argument.
+        arg: u16,
+        /// The crash reason the guest handed over, for panics.
+        crash: Option<CrashInfo>,
+    },
+    /// A pvpanic write with these (known) bits, and the crash reason set before, if any.
+    Pvpanic {
+        /// `PVPANIC_*` bits.
+        bits: u8,
+        /// The crash reason the guest handed over.
+        crash: Option<CrashInfo>,
+    },
+}
+
+/// The kinds of lockup the guest detects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockupKind {
+    /// The soft-lockup detector (a CPU did not schedule).
+    Soft,
+    /// The hard-lockup detector (a CPU took no timer interrupts).
+    Hard,
+    /// The hung-task detector.
+    HungTask,
+}
+
+/// How the guest told the host it panicked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PanicSource {
+    /// The platform device's event register.
+    Event,
+    /// pvpanic PANICKED.
+    Pvpanic,
+}
+
+/// One event line, `{"event":"<name>", ...}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The guest's control thread said hello: the guest is up.
+    Booted {
+        /// Boots of this VM so far (1 for the first).
+        boot: u64,
+        /// The kernel release.
+        release: String,
+        /// CPUs online in the guest.
+        cpus: u32,
+    },
+    /// A lockup detector fired.
+    LockupDetected {
+        /// Which detector.
+        kind: LockupKind,
+        /// The locked-up CPU (for hung tasks: the CPU the detector ran on).
+        cpu: u8,
+        /// The raw argument: seconds stuck (soft), reporting CPU (hard), pid (hung task).
+        arg: u16,
+    },
+    /// The guest printed an oops.
+    Oops {
+        /// The CPU that oopsed.
+        cpu: u8,
+        /// The current task's pid.
+        pid: u16,
+    },
+    /// The guest panicked (reported once per boot, or per kernel after a kdump kernel starts).
+    Panic {
+        /// How the host learned of it.
+        source: PanicSource,
+        /// The panicking CPU, if known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cpu: Option<u32>,
+        /// The guest's crash reason (detector, cpu, pid, comm, message), if it set one.
+        #[serde(flatten, skip_serializing_if = "Option::is_none")]
+        reason: Option<CrashInfo>,
+    },
+    /// The guest took an NMI it could not explain.
+    UnknownNmi {
+        /// The CPU.
+        cpu: u8,
+        /// The port 0x61 reason byte the guest read.
+        reason: u16,
+    },
+    /// A capture (kdump) kernel booted after a panic (pvpanic CRASH_LOADED).
+    CrashLoaded,
+    /// An operator's NMI was injected.
+    NmiInjected {
+        /// The vCPUs it went to.
+        cpus: Vec<usize>,
+    },
+    /// The VM was paused.
+    Paused,
+    /// The VM was resumed.
+    Resumed,
+    /// The guest reset; the VMM is rebooting it.
+    Rebooting {
+        /// How it reset: `reset_control`, `keyboard_controller` or `triple_fault`.
+        cause: &'static str,
+    },
+    /// The guest powered off; the VMM ends.
+    PoweredOff,
+    /// The VM stopped for another reason; the VMM ends.
+    Stopped {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The event as one JSON line, with its `\n`.
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_else(|e| {
+            tracing::error!("cannot encode an event: {e}");
+            r#"{"event":"internal_error"}"#.to_owned()
+        });
+        line.push('\n');
+        line
+    }
+
+    /// Logs the event (they are rare state changes: info).
+    pub fn log(&self) {
+        match self {
+            Self::Booted { boot, release, cpus } => {
+                tracing::info!("guest booted (boot {boot}): {release}, {cpus} CPUs")
+            }
+            Self::LockupDetected { kind, cpu, arg } => {
+                tracing::info!("guest detected a {kind:?} lockup on CPU {cpu} (arg {arg})")
+            }
+            Self::Oops { cpu, pid } => tracing::info!("guest oopsed on CPU {cpu} (pid {pid})"),
+            Self::Panic { source, cpu, reason } => match reason {
+                Some(r) => tracing::info!(
+                    "guest panicked ({source:?}) on CPU {}: {} [{}:{}] {}",
+                    r.cpu,
+                    r.detector.as_str(),
+                    r.comm,
+                    r.pid,
+                    r.message
+                ),
+                None => tracing::info!("guest panicked ({source:?}) on CPU {cpu:?}"),
+            },
+            Self::UnknownNmi { cpu, reason } => {
+                tracing::info!("guest took an unknown NMI on CPU {cpu} (reason {reason:#x})")
+            }
+            Self::CrashLoaded => tracing::info!("guest booted a crash kernel"),
+            Self::NmiInjected { cpus } => tracing::info!("injected an NMI into vCPUs {cpus:?}"),
+            Self::Paused => tracing::info!("VM paused"),
+            Self::Resumed => tracing::info!("VM resumed"),
+            Self::Rebooting { cause } => tracing::info!("guest reset ({cause}); rebooting"),
+            Self::PoweredOff => tracing::info!("guest powered off"),
+            Self::Stopped { reason } => tracing::info!("VM stopped: {reason}"),
+        }
+    }
+}
+
+/// Per-boot memory of what was already reported.
+#[derive(Debug, Default)]
+pub struct BootEvents {
+    panic_reported: bool,
+}
+
+/// Turns a device event into the event lines it causes (none, one or two). Both the event
+/// register and pvpanic announce a panic; only the first is reported, until a crash kernel
+/// starts (whose own panic is news again).
+pub fn translate(event: DeviceEvent, state: &mut BootEvents) -> Vec<Event> {
+    match event {
+        DeviceEvent::Platform { kind, cpu, arg, crash } => {
+            let event = match kind {
+                EventKind::SoftLockup => lockup(LockupKind::Soft, cpu, arg),
+                EventKind::HardLockup => lockup(LockupKind::Hard, cpu, arg),
+                EventKind::HungTask => lockup(LockupKind::HungTask, cpu, arg),
+                EventKind::Oops => Event::Oops { cpu, pid: arg },
+                EventKind::UnknownNmi => Event::UnknownNmi { cpu, reason: arg },
+                EventKind::Panic => {
+                    return panic(state, PanicSource::Event, Some(u32::from(cpu)), crash).into_iter().collect()
+                }
+                EventKind::ControlReady => {
+                    tracing::info!("guest control thread ready on CPU {cpu} (protocol {arg})");
+                    return Vec::new();
+                }
+            };
+            vec![event]
+        }
+        DeviceEvent::Pvpanic { bits, crash } => {
+            let mut events = Vec::new();
+            if bits & PVPANIC_CRASH_LOADED != 0 {
+                state.panic_reported = false;
+                events.push(Event::CrashLoaded);
+            }
+            if bits & PVPANIC_PANICKED != 0 {
+                let cpu = crash.as_ref().map(|c| c.cpu);
+                events.extend(panic(state, PanicSource::Pvpanic, cpu, crash));
+            }
+            events
+        }
+    }
+}
+
+fn lockup(kind: LockupKind, cpu: u8, arg: u16) -> Event {
+    Event::LockupDetected { kind, cpu, arg }
+}
+
+fn panic(state: &mut BootEvents, source: PanicSource, cpu: Option<u32>, reason: Option<CrashInfo>) -> Option<Event> {
+    if std::mem::replace(&mut state.panic_reported, true) {
+        return None;
+    }
+    Some(Event::Panic {
+        source,
+        // The reason carries the CPU itself; one "cpu" key only.
+        cpu: if reason.is_some() { None } else { cpu },
+        reason,
+    })
+}
+
+/// A token bucket bounding how many guest events per second reach clients, so a guest
+/// hammering the event port cannot flood them.
+#[derive(Debug)]
+pub struct RateLimit {
+    burst: f64,
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+    /// Events refused so far.
+    pub dropped: u64,
+}
+
+impl RateLimit {
+    /// Up to `burst` events at once, refilled at `per_sec`.
+    pub fn new(burst: u32, per_sec: u32, now: Instant) -> Self {
+        Self { burst: f64::from(burst), per_sec: f64::from(per_sec), tokens: f64::from(burst), last: now, dropped: 0 }
+    }
+
+    /// Whether one more event may pass at `now`.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crashvisor_abi::platform::Detector;
+    use std::time::Duration;
+
+    fn platform(kind: EventKind, cpu: u8, arg: u16) -> DeviceEvent {
+        DeviceEvent::Platform { kind, cpu, arg, crash: None }
+    }
+
+    fn reason() -> CrashInfo {
+        CrashInfo {
+            detector: Detector::HardLockup,
+            cpu: 1,
+            pid: 0,
+            comm: "swapper/1".into(),
+            message: "Hard LOCKUP".into(),
+        }
+    }
+
+    #[test]
+    fn lockups_and_oopses_become_events() {
+        let mut s = BootEvents::default();
+        let lines: Vec<String> = [
+            platform(EventKind::SoftLockup, 1, 22),
+            platform(EventKind::HardLockup, 1, 0),
+            platform(EventKind::HungTask, 0, 57),
+            platform(EventKind::Oops, 0, 12),
+            platform(EventKind::UnknownNmi, 1, 0),
+        ]
+        .into_iter()
+        .flat_map(|e| translate(e, &mut s))
+        .map(|e| e.to_line())
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "{\"event\":\"lockup_detected\",\"kind\":\"soft\",\"cpu\":1,\"arg\":22}\n",
+                "{\"event\":\"lockup_detected\",\"kind\":\"hard\",\"cpu\":1,\"arg\":0}\n",
+                "{\"event\":\"lockup_detected\",\"kind\":\"hung_task\",\"cpu\":0,\"arg\":57}\n",
+                "{\"event\":\"oops\",\"cpu\":0,\"pid\":12}\n",
+                "{\"event\":\"unknown_nmi\",\"cpu\":1,\"reason\":0}\n",
+            ]
+        );
+        assert!(translate(platform(EventKind::ControlReady, 0, 1), &mut s).is_empty());
+    }
+
+    #[test]
+    fn a_panic_is_reported_once_with_its_reason() {
+        let mut s = BootEvents::default();
+        let event = DeviceEvent::Platform { kind: EventKind::Panic, cpu: 1, arg: 0, crash: Some(reason()) };
+        let first = translate(event.clone(), &mut s);
+        let json: serde_json::Value = serde_json::from_str(&first[0].to_line()).unwrap();
+        assert_eq!(json["event"], "panic");
+        assert_eq!(json["source"], "event");
+        assert_eq!(json["detector"], "hardlockup");
+        assert_eq!(json["comm"], "swapper/1");
+        assert_eq!(json["message"], "Hard LOCKUP");
+        assert_eq!(json["cpu"], 1);
+        let pvpanic = DeviceEvent::Pvpanic { bits: PVPANIC_PANICKED, crash: Some(reason()) };
+        assert!(translate(pvpanic.clone(), &mut s).is_empty(), "already reported");
+        // A crash kernel starts; its panic is news.
+        let loaded = DeviceEvent::Pvpanic { bits: PVPANIC_CRASH_LOADED, crash: None };
+        assert_eq!(translate(loaded, &mut s), [Event::CrashLoaded]);
+        assert_eq!(translate(pvpanic, &mut s).len(), 1);
+    }
+
+    #[test]
+    fn a_panic_without_reason_has_no_reason_fields() {
+        let mut s = BootEvents::default();
+        let events = translate(DeviceEvent::Pvpanic { bits: PVPANIC_PANICKED, crash: None }, &mut s);
+        assert_eq!(events[0].to_line(), "{\"event\":\"panic\",\"source\":\"pvpanic\"}\n");
+    }
+
+    #[test]
+    fn simple_events_have_fixed_shapes() {
+        assert_eq!(Event::Paused.to_line(), "{\"event\":\"paused\"}\n");
+        assert_eq!(
+            Event::Rebooting { cause: "triple_fault" }.to_line(),
+            "{\"event\":\"rebooting\",\"cause\":\"triple_fault\"}\n"
+        );
+        assert_eq!(Event::NmiInjected { cpus: vec![0, 1] }.to_line(), "{\"event\":\"nmi_injected\",\"cpus\":[0,1]}\n");
+    }
+
+    #[test]
+    fn the_rate_limit_allows_bursts_then_a_steady_rate() {
+        let t0 = Instant::now();
+        let mut r = RateLimit::new(3, 10, t0);
+        assert!((0..3).all(|_| r.allow(t0)));
+        assert!(!r.allow(t0));
+        assert!(r.allow(t0 + Duration::from_millis(100)));
+        assert!(!r.allow(t0 + Duration::from_millis(100)));
+        assert_eq!(r.dropped, 2);
+    }
+}

@@ -1,0 +1,279 @@
+//! The host end of the guest's control protocol (`crashvisor_abi::control`): request lines
+//! out, response lines decoded into JSON, and the table of requests awaiting an answer.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use crashvisor_abi::control::{
+    self as wire, decode_value, parse_u32, parse_u64, Encoded, Line, Verb, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+};
+use serde_json::{Map, Value};
+
+use super::protocol::{ControlError, ControlErrorCode};
+
+/// A request for the guest, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestRequest {
+    /// What to ask.
+    pub verb: Verb,
+    /// Its arguments, raw bytes (encoded when the line is built).
+    pub args: Vec<(&'static str, Vec<u8>)>,
+    /// How long to wait for the answer.
+    pub timeout: Duration,
+}
+
+/// The request line for `request` under `id`, with its `\n`.
+pub fn request_line(id: u32, request: &GuestRequest) -> Result<String, ControlError> {
+    let mut line = format!("{id} {}", request.verb);
+    for (key, value) in &request.args {
+        // Writing to a String cannot fail.
+        let _ = write!(line, " {key}={}", Encoded(value));
+    }
+    if line.len() > MAX_REQUEST_LEN {
+        return Err(ControlError::new(
+            ControlErrorCode::BadArgument,
+            format!("the request is {} bytes on the wire; the guest takes at most {MAX_REQUEST_LEN}", line.len()),
+        ));
+    }
+    line.push('\n');
+    Ok(line)
+}
+
+/// Keys whose values are numbers in JSON results; every other value is a string.
+const NUMERIC_KEYS: &[&str] = &[wire::key::PID, wire::key::NS, wire::key::NEXT, wire::key::CPUS, wire::key::VERSION];
+
+/// Decodes a raw value to text (bytes that are not UTF-8 become U+FFFD).
+pub fn decode_text(raw: &str) -> Result<String, wire::ProtocolError> {
+    let mut buf = vec![0u8; raw.len()];
+    let bytes = decode_value(raw, &mut buf)?;
+    Ok(String::from_utf8_lossy(bytes).into_owned())
+}
+
+/// The JSON result of a guest response: `ok` gives an object of its arguments (numbers for
+/// `NUMERIC_KEYS`, strings otherwise; the first of duplicate keys wins); `err` gives the
+/// guest's error code and message.
+pub fn response_result(line: &Line<'_>) -> Result<Value, ControlError> {
+    let malformed = |what: &str| {
+        ControlError::new(ControlErrorCode::Internal, format!("the guest sent a malformed response: {what}"))
+    };
+    if line.is_err() {
+        let code = line.arg(wire::key::CODE).unwrap_or("internal");
+        let message = match line.arg(wire::key::MESSAGE) {
+            Some(raw) => decode_text(raw).map_err(|e| malformed(e.as_str()))?,
+            None => String::new(),
+        };
+        return Err(match wire::ErrorCode::from_name(code) {
+            Some(code) => ControlError::new(ControlErrorCode::Guest(code), message),
+            None => ControlError::new(
+                ControlErrorCode::Internal,
+                format!("the guest failed with unknown code {code:?}: {message}"),
+            ),
+        });
+    }
+    if !line.is_ok() {
+        return Err(malformed(&format!("status {:?}", line.word)));
+    }
+    let mut result = Map::new();
+    for (key, raw) in line.args() {
+        if result.contains_key(key) {
+            continue;
+        }
+        let number = NUMERIC_KEYS.contains(&key).then(|| parse_u64(raw)).flatten();
+        let value = match number {
+            Some(n) => Value::from(n),
+            None => Value::String(decode_text(raw).map_err(|e| malformed(e.as_str()))?),
+        };
+        result.insert(key.to_owned(), value);
+    }
+    Ok(Value::Object(result))
+}
+
+/// What the guest's hello line says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The kernel release.
+    pub release: String,
+    /// CPUs online.
+    pub cpus: u32,
+}
+
+/// Reads a hello line; refuses other protocol versions.
+pub fn parse_hello(line: &Line<'_>) -> Result<Hello, String> {
+    let version = line.arg(wire::key::VERSION).and_then(parse_u32);
+    if version != Some(PROTOCOL_VERSION) {
+        return Err(format!(
+            "the guest speaks control protocol version {version:?}; this VMM speaks {PROTOCOL_VERSION}"
+        ));
+    }
+    let release = match line.arg(wire::key::RELEASE) {
+        Some(raw) => decode_text(raw).map_err(|e| e.to_string())?,
+        None => String::new(),
+    };
+    let cpus = line.arg(wire::key::CPUS).and_then(parse_u32).unwrap_or(0);
+    Ok(Hello { release, cpus })
+}
+
+/// Requests sent to the guest and not yet answered, by wire id. `T` is whom to answer.
+#[derive(Debug)]
+pub struct PendingTable<T> {
+    next_id: u32,
+    capacity: usize,
+    entries: HashMap<u32, (T, Instant)>,
+}
+
+impl<T> PendingTable<T> {
+    /// An empty table holding at most `capacity` requests.
+    pub fn new(capacity: usize) -> Self {
+        Self { next_id: 1, capacity, entries: HashMap::new() }
+    }
+
+    /// Number of requests waiting.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Records a request answered by `deadline`; returns its wire id, or `None` when full.
+    /// Ids count up from 1, skip 0 (the hello line's) and any still in use.
+    pub fn insert(&mut self, waiter: T, deadline: Instant) -> Option<u32> {
+        if self.entries.len() >= self.capacity {
+            return None;
+        }
+        let mut id = self.next_id;
+        while id == wire::HELLO_ID || self.entries.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_id = id.wrapping_add(1);
+        self.entries.insert(id, (waiter, deadline));
+        Some(id)
+    }
+
+    /// Takes the request with wire id `id`, if it waits.
+    pub fn take(&mut self, id: u32) -> Option<T> {
+        self.entries.remove(&id).map(|(waiter, _)| waiter)
+    }
+
+    /// The earliest deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.values().map(|(_, d)| *d).min()
+    }
+
+    /// Takes every request whose deadline is at or before `now`.
+    pub fn expire(&mut self, now: Instant) -> Vec<T> {
+        let ids: Vec<u32> = self.entries.iter().filter(|(_, (_, d))| *d <= now).map(|(id, _)| *id).collect();
+        ids.into_iter().filter_map(|id| self.take(id)).collect()
+    }
+
+    /// Takes every request.
+    pub fn drain(&mut self) -> Vec<T> {
+        self.entries.drain().map(|(_, (waiter, _))| waiter).collect()
+    }
+
+    /// Whether any waiting request satisfies `f`.
+    pub fn any(&self, mut f: impl FnMut(&T) -> bool) -> bool {
+        self.entries.values().any(|(waiter, _)| f(waiter))
+    }
+
+    /// Removes every request `keep` refuses.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.entries.retain(|_, (waiter, _)| keep(waiter));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crashvisor_abi::control::parse_line;
+    use serde_json::json;
+
+    fn result(line: &str) -> Result<Value, ControlError> {
+        response_result(&parse_line(line).unwrap())
+    }
+
+    #[test]
+    fn request_lines_are_encoded() {
+        let request = GuestRequest {
+            verb: Verb::Inject,
+            args: vec![
+                ("fault", b"panic".to_vec()),
+                ("cpu", b"1".to_vec()),
+                ("message", b"out of cheese=100%\n".to_vec()),
+            ],
+            timeout: Duration::from_secs(1),
+        };
+        let line = request_line(7, &request).unwrap();
+        assert_eq!(line, "7 inject fault=panic cpu=1 message=out%20of%20cheese%3D100%25%0A\n");
+        let parsed = parse_line(&line).unwrap();
+        assert_eq!(decode_text(parsed.arg("message").unwrap()).unwrap(), "out of cheese=100%\n");
+        let huge = GuestRequest {
+            verb: Verb::SysctlSet,
+            args: vec![("value", vec![b' '; 400])],
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(request_line(1, &huge).unwrap_err().code, ControlErrorCode::BadArgument);
+    }
+
+    #[test]
+    fn ok_responses_become_json_objects() {
+        assert_eq!(result("3 ok").unwrap(), json!({}));
+        assert_eq!(
+            result("3 ok next=42 text=%5B%20%20%20%200.000000%5D%20Linux%0Ahi").unwrap(),
+            json!({"next": 42, "text": "[    0.000000] Linux\nhi"})
+        );
+        assert_eq!(
+            result("3 ok value=10 pid=x pid=7").unwrap(),
+            json!({"value": "10", "pid": "x"}),
+            "value stays text; a non-numeric pid stays text; the first duplicate wins"
+        );
+        assert_eq!(result("3 ok text=%FF").unwrap(), json!({"text": "\u{fffd}"}));
+    }
+
+    #[test]
+    fn err_responses_keep_the_guest_code() {
+        let e = result("4 err code=unknown_sysctl message=no%20such%20sysctl").unwrap_err();
+        assert_eq!(e.code.as_str(), "unknown_sysctl");
+        assert_eq!(e.message, "no such sysctl");
+        let e = result("4 err code=exploded").unwrap_err();
+        assert_eq!(e.code, ControlErrorCode::Internal);
+        assert!(e.message.contains("exploded"));
+        let e = result("4 maybe").unwrap_err();
+        assert_eq!(e.code, ControlErrorCode::Internal);
+    }
+
+    #[test]
+    fn hello_lines_are_checked() {
+        let hello = parse_line("0 hello version=1 release=6.18.0-crashvisor cpus=2").unwrap();
+        assert_eq!(parse_hello(&hello).unwrap(), Hello { release: "6.18.0-crashvisor".into(), cpus: 2 });
+        let future = parse_line("0 hello version=2").unwrap();
+        assert!(parse_hello(&future).is_err());
+        let none = parse_line("0 hello").unwrap();
+        assert!(parse_hello(&none).is_err());
+    }
+
+    #[test]
+    fn the_pending_table_allocates_ids_and_expires() {
+        let t0 = Instant::now();
+        let mut table = PendingTable::new(2);
+        assert_eq!(table.insert("a", t0 + Duration::from_secs(1)), Some(1));
+        assert_eq!(table.insert("b", t0 + Duration::from_secs(2)), Some(2));
+        assert_eq!(table.insert("c", t0), None, "full");
+        assert_eq!(table.next_deadline(), Some(t0 + Duration::from_secs(1)));
+        assert_eq!(table.take(1), Some("a"));
+        assert_eq!(table.take(1), None);
+        assert_eq!(table.expire(t0 + Duration::from_secs(5)), vec!["b"]);
+        assert!(table.is_empty());
+        // Wrap-around skips 0 and ids in use.
+        table.next_id = u32::MAX;
+        assert_eq!(table.insert("x", t0), Some(u32::MAX));
+        assert_eq!(table.insert("y", t0), Some(1));
+        assert!(table.any(|w| *w == "x"));
+        table.retain(|w| *w != "x");
+        assert!(!table.any(|w| *w == "x"));
+        assert_eq!(table.drain(), vec!["y"]);
+    }
+}
