@@ -6,6 +6,7 @@ use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, Ordering};
 use core::cell::UnsafeCell;
 
 use crashvisor_abi::platform::{Command, CrashReason, Detector, EventKind, PVPANIC_PANICKED, PVPANIC_PORT};
+use crashvisor_klib::bytefmt::ByteWriter;
 
 use crate::arch::{cpu, percpu};
 use crate::printk::KERN_EMERG;
@@ -89,21 +90,6 @@ pub fn in_progress() -> bool {
     PANIC_CPU.load(Ordering::Relaxed) != PANIC_CPU_INVALID
 }
 
-/// Panic message buffer (Linux formats into a 1024-byte buffer).
-struct Message {
-    buf: [u8; 1024],
-    len: usize,
-}
-
-impl Write for Message {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
 /// Halts this CPU for good (another CPU owns the panic).
 fn self_stop() -> ! {
     irq::disable();
@@ -125,9 +111,11 @@ pub fn panic(args: fmt::Arguments<'_>) -> ! {
     printk::console_verbose();
     printk::bust_lock();
 
-    let mut message = Message { buf: [0; 1024], len: 0 };
+    // Linux formats into a 1024-byte buffer.
+    let mut buf = [0u8; 1024];
+    let mut message = ByteWriter::new(&mut buf);
     let _ = message.write_fmt(args);
-    let mut text = &message.buf[..message.len];
+    let mut text = message.into_bytes();
     if let Some(stripped) = text.strip_suffix(b"\n") {
         text = stripped;
     }

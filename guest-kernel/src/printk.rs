@@ -5,6 +5,7 @@ use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 
+use crashvisor_klib::bytefmt::ByteWriter;
 use crashvisor_klib::printk::{format_timestamp, LogIndex, Record, LOG_LINE_MAX, TIMESTAMP_MAX_LEN};
 
 use crate::{console, time};
@@ -83,26 +84,13 @@ pub fn set_console_loglevel(level: u8) {
     CONSOLE_LOGLEVEL.store(level, Ordering::Relaxed);
 }
 
-/// A 1 KiB line buffer, like Linux's `vsnprintf` into `textbuf`; longer text is cut.
-struct LineBuf {
-    buf: [u8; LOG_LINE_MAX],
-    len: usize,
-}
-
-impl Write for LineBuf {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let n = s.len().min(self.buf.len() - self.len);
-        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
-        self.len += n;
-        Ok(())
-    }
-}
-
 /// Logs formatted text at `level`; each line becomes one record.
 pub fn printk(level: u8, args: fmt::Arguments<'_>) {
-    let mut line = LineBuf { buf: [0; LOG_LINE_MAX], len: 0 };
+    // Like Linux's vsnprintf into a fixed line buffer: longer text is cut.
+    let mut buf = [0u8; LOG_LINE_MAX];
+    let mut line = ByteWriter::new(&mut buf);
     let _ = line.write_fmt(args);
-    let mut text = &line.buf[..line.len];
+    let mut text = line.into_bytes();
     if let Some(stripped) = text.strip_suffix(b"\n") {
         text = stripped;
     }

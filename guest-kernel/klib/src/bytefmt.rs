@@ -49,7 +49,8 @@ pub fn format_hex(mut value: u64, min_digits: usize, out: &mut [u8; U64_HEX_DIGI
     &out[start..]
 }
 
-/// A cursor that appends to a byte buffer and silently drops what does not fit.
+/// A cursor that appends to a byte buffer and silently drops what does not fit (like
+/// `snprintf`); also a `core::fmt::Write` sink for the rare paths that format.
 #[derive(Debug)]
 pub struct ByteWriter<'a> {
     buf: &'a mut [u8],
@@ -130,6 +131,14 @@ impl<'a> ByteWriter<'a> {
     /// Ends writing and returns the written bytes with the buffer's lifetime.
     pub fn into_bytes(self) -> &'a [u8] {
         &self.buf[..self.len]
+    }
+}
+
+impl core::fmt::Write for ByteWriter<'_> {
+    /// Never fails: text that does not fit is dropped (see `is_truncated`).
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        self.push_str(s);
+        Ok(())
     }
 }
 
