@@ -68,6 +68,9 @@ pub fn iomem() -> String {
             iomem_line(out, 1, text_end.next_multiple_of(4096), data_end, "Kernel data");
             iomem_line(out, 1, bss_start, bss_end, "Kernel bss");
         }
+        if let Some((start, end)) = crate::kexec::reserve::region().filter(|&(s, _)| s >= run.0 && s < run.1) {
+            iomem_line(out, 1, start, end, "Crash kernel");
+        }
     };
     for range in map.ranges() {
         if range.kind.is_ram_backed() {

@@ -107,6 +107,7 @@ pub fn memory(start_info_phys: u64) -> bool {
         crate::pr_emerg!("mm: no room for the frame bitmap after the kernel");
         return false;
     }
+    crate::kexec::reserve::reserve(&mut map);
     mm::frame::init(&map, bitmap_phys);
     *MEMORY_MAP.lock_irqsave() = Some(map);
     true

@@ -78,6 +78,10 @@ fn run(line: &str) {
             sysctl_write(path, value);
         }
         ("cat", Some(path)) if path.starts_with("/proc/sys/") => sysctl_read(path),
+        ("cat", Some(path)) if path.starts_with("/sys/") => match crate::sysfs::read(path) {
+            Some(text) => out(&text),
+            None => out(&alloc::format!("cat: can't open '{path}': No such file or directory\n")),
+        },
         ("sysctl", arg) => sysctl_command(arg, words.next()),
         ("inject", Some(fault)) => inject_command(fault, words.next(), words.next()),
         ("panic", _) => {

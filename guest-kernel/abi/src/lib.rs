@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod control;
+pub mod dump;
 pub mod layout;
 pub mod platform;
 pub mod pvh;

@@ -50,6 +50,8 @@ pub const STATUS_INVALID_ARGUMENT: u32 = 2;
 /// Status: the host does not offer this feature (for `SetNmiWatchdog`: the VMM runs with its NMI
 /// watchdog off, so the guest falls back to its buddy detector).
 pub const STATUS_UNSUPPORTED: u32 = 3;
+/// Status: the host failed to write what the command asked for (disk full, ...).
+pub const STATUS_IO_ERROR: u32 = 4;
 
 /// Shortest period `Command::SetNmiWatchdog` accepts, in milliseconds.
 pub const NMI_WATCHDOG_MIN_PERIOD_MS: u64 = 10;
@@ -72,6 +74,15 @@ pub enum Command {
     /// of a [`CrashReason`], which the host reads and validates at once (`STATUS_INVALID_ARGUMENT`
     /// if it is out of RAM or malformed) and reports with the next panic event. 0 forgets it.
     SetCrashReason = 3,
+    /// A capture kernel hands over its vmcore: the argument is the guest-physical address of a
+    /// [`crate::dump::DumpDescriptor`]. The host validates it, writes the vmcore and its logs
+    /// into the crash store straight from guest memory, and answers `STATUS_OK`,
+    /// `STATUS_INVALID_ARGUMENT` (the descriptor broke a rule) or `STATUS_IO_ERROR`.
+    Dump = 4,
+    /// A capture kernel could not produce a vmcore: the argument is the guest-physical address
+    /// of a [`crate::dump::DumpFailure`] saying why. The host records it (an event, and a
+    /// failed entry in the crash store's log); the guest then runs its failure action.
+    DumpFailed = 5,
 }
 
 impl Command {
@@ -81,6 +92,8 @@ impl Command {
             1 => Some(Self::PowerOff),
             2 => Some(Self::SetNmiWatchdog),
             3 => Some(Self::SetCrashReason),
+            4 => Some(Self::Dump),
+            5 => Some(Self::DumpFailed),
             _ => None,
         }
     }
@@ -382,7 +395,9 @@ mod tests {
     fn commands_and_detectors_decode() {
         assert_eq!(Command::from_raw(2), Some(Command::SetNmiWatchdog));
         assert_eq!(Command::from_raw(3), Some(Command::SetCrashReason));
-        assert_eq!(Command::from_raw(4), None);
+        assert_eq!(Command::from_raw(4), Some(Command::Dump));
+        assert_eq!(Command::from_raw(5), Some(Command::DumpFailed));
+        assert_eq!(Command::from_raw(6), None);
         for d in Detector::ALL {
             assert_eq!(Detector::from_raw(d as u32), Some(d));
         }

@@ -38,6 +38,7 @@ extern crate alloc;
 pub mod bytefmt;
 pub mod cmdline;
 pub mod cpulist;
+pub mod crashkernel;
 pub mod memmap;
 pub mod printk;
 pub mod symbols;

@@ -208,6 +208,8 @@ impl Platform {
             Some(Command::PowerOff) => (STATUS_OK, IoAction::Stop(StopReason::PowerOff)),
             Some(Command::SetNmiWatchdog) => (self.set_nmi_watchdog(arg), IoAction::Continue),
             Some(Command::SetCrashReason) => (self.set_crash_reason(arg), IoAction::Continue),
+            // The dump device arrives with the kdump work; until then the guest learns it is absent.
+            Some(Command::Dump | Command::DumpFailed) => (STATUS_UNSUPPORTED, IoAction::Continue),
         };
         self.status[vcpu].store(status, Ordering::Relaxed);
         action

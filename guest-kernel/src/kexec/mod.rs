@@ -1,0 +1,3 @@
+//! kexec and kdump: the crash-kernel reservation, loading kernel images, and the crash path.
+
+pub mod reserve;
