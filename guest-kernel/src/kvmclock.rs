@@ -14,6 +14,7 @@ use crate::mm;
 
 const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
 const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
+const MSR_KVM_WALL_CLOCK_NEW: u32 = 0x4b56_4d00;
 const KVM_FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
 const KVM_FEATURE_STEAL_TIME: u32 = 1 << 5;
 const PVCLOCK_GUEST_STOPPED: u8 = 1 << 1;
@@ -127,4 +128,32 @@ pub fn steal_ns(cpu: usize) -> u64 {
         }
         cpu::pause();
     }
+}
+
+/// `struct pvclock_wall_clock`: the host's wall-clock time when the guest booted.
+#[repr(C, align(16))]
+struct WallClock {
+    version: UnsafeCell<u32>,
+    sec: UnsafeCell<u32>,
+    nsec: UnsafeCell<u32>,
+}
+
+struct WallClockCell(WallClock);
+// SAFETY: written by the host on the MSR write; read with volatile loads afterwards.
+unsafe impl Sync for WallClockCell {}
+static WALL_CLOCK: WallClockCell =
+    WallClockCell(WallClock { version: UnsafeCell::new(0), sec: UnsafeCell::new(0), nsec: UnsafeCell::new(0) });
+
+/// Unix seconds at boot, from KVM's wall clock (0 if the host does not offer it).
+pub fn boot_wall_clock_secs() -> u64 {
+    let max_leaf = cpu::cpuid(0x4000_0000, 0).eax;
+    if max_leaf < 0x4000_0001 || cpu::cpuid(0x4000_0001, 0).eax & KVM_FEATURE_CLOCKSOURCE2 == 0 {
+        return 0;
+    }
+    let wall = &WALL_CLOCK.0;
+    let pa = mm::kernel_virt_to_phys(wall as *const WallClock as u64);
+    // SAFETY: asks the host to write the wall clock into this static, which lives forever.
+    unsafe { cpu::wrmsr(MSR_KVM_WALL_CLOCK_NEW, pa) };
+    // SAFETY: volatile read of a host-written word in a static.
+    u64::from(unsafe { wall.sec.get().read_volatile() })
 }

@@ -103,6 +103,7 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     pr_info!("Run /bin/sh as init process");
     sched::spawn("sh", Policy::Normal, Some(0), shell::main, 0);
     sched::spawn("kthreadd", Policy::Normal, Some(0), sched::kthreadd, 0);
+    kexec::crash::init();
     watchdog::init();
     hung_task::init();
     control::init();

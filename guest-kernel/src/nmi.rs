@@ -54,6 +54,9 @@ pub fn backtrace_all_but_self() {
 pub fn handle(regs: &mut PtRegs) {
     let cpu = percpu::cpu_id();
     NMI_COUNT[cpu].fetch_add(1, Ordering::Relaxed);
+    if crate::kexec::crash::in_shootdown() {
+        crate::kexec::crash::shootdown_this_cpu(regs);
+    }
     if smp::stop_requested() {
         smp::stop_this_cpu();
     }

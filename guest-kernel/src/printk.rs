@@ -124,6 +124,27 @@ pub fn for_each_record(from_seq: u64, mut f: impl FnMut(&Record<'_>)) {
     });
 }
 
+/// `SYMBOL(log_buf)` names a pointer variable holding the buffer's address, as in Linux.
+static LOG_BUF_PTR: core::sync::atomic::AtomicPtr<u8> = core::sync::atomic::AtomicPtr::new(LOG_BUF.0.get().cast());
+/// `SYMBOL(log_buf_len)` names a 32-bit variable holding the buffer's size.
+static LOG_BUF_LEN_VAR: u32 = LOG_BUF_LEN as u32;
+
+/// The VMCOREINFO keys of the 3.5–5.9 record log (linux-semantics.md §7 (a)), so unmodified
+/// `vmcore-dmesg` reads this kernel's log from a vmcore.
+pub fn write_vmcoreinfo(w: &mut dyn Write) -> fmt::Result {
+    use crashvisor_klib::printk::{OFFSET_DICT_LEN, OFFSET_LEN, OFFSET_TEXT_LEN, OFFSET_TS_NSEC};
+    let index = LOG.index.get() as u64;
+    writeln!(w, "SYMBOL(log_buf)={:x}", &LOG_BUF_PTR as *const _ as u64)?;
+    writeln!(w, "SYMBOL(log_buf_len)={:x}", &LOG_BUF_LEN_VAR as *const u32 as u64)?;
+    writeln!(w, "SYMBOL(log_first_idx)={:x}", index + LogIndex::OFFSET_FIRST_IDX as u64)?;
+    writeln!(w, "SYMBOL(log_next_idx)={:x}", index + LogIndex::OFFSET_NEXT_IDX as u64)?;
+    writeln!(w, "SIZE(printk_log)={}", crashvisor_klib::printk::HEADER_SIZE)?;
+    writeln!(w, "OFFSET(printk_log.ts_nsec)={OFFSET_TS_NSEC}")?;
+    writeln!(w, "OFFSET(printk_log.len)={OFFSET_LEN}")?;
+    writeln!(w, "OFFSET(printk_log.text_len)={OFFSET_TEXT_LEN}")?;
+    writeln!(w, "OFFSET(printk_log.dict_len)={OFFSET_DICT_LEN}")
+}
+
 /// `printk!(level, "fmt", args)`.
 #[macro_export]
 macro_rules! printk {

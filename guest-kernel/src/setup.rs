@@ -1,7 +1,7 @@
 //! Boot-time setup of memory (Linux's `setup_arch` in miniature): read the PVH boot data,
 //! print the memory map, build the direct map, reserve what is in use, start the allocators.
 
-use crashvisor_abi::layout::{AP_TRAMPOLINE_GPA, CMDLINE_GPA, CMDLINE_MAX_SIZE, PAGE_SIZE};
+use crashvisor_abi::layout::{CMDLINE_GPA, LOW_BOOT_AREA_END, CMDLINE_MAX_SIZE, PAGE_SIZE};
 use crashvisor_abi::pvh::{MemmapEntry, ModlistEntry, StartInfo, START_INFO_MAGIC};
 use crashvisor_klib::memmap::{FrameBitmap, MemoryMap, RangeKind};
 
@@ -75,7 +75,7 @@ pub fn memory(start_info_phys: u64) -> bool {
 
     // What is in use before the allocator exists: real-mode data and boot structures, the AP
     // trampoline, the command line, the kernel image, the kernel module.
-    let _ = map.reserve(0, AP_TRAMPOLINE_GPA + PAGE_SIZE, RangeKind::BootData);
+    let _ = map.reserve(0, LOW_BOOT_AREA_END, RangeKind::BootData);
     let _ = map.reserve(CMDLINE_GPA, CMDLINE_GPA + 2 * CMDLINE_MAX_SIZE, RangeKind::BootData);
     let (kernel_start, kernel_end) = mm::kernel_image_phys();
     let kernel_end = kernel_end.next_multiple_of(PAGE_SIZE);

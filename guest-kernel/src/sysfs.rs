@@ -3,12 +3,26 @@
 
 use alloc::string::String;
 
+use crashvisor_klib::elfnote::{CRASH_NOTE_BYTES, VMCOREINFO_NOTE_SIZE};
+
 use crate::kexec;
 
 /// The contents of the sysfs file at `path`, if it exists.
 pub fn read(path: &str) -> Option<String> {
+    if let Some(rest) = path.strip_prefix("/sys/devices/system/cpu/cpu") {
+        let (cpu, file) = rest.split_once('/')?;
+        let cpu: usize = cpu.parse().ok().filter(|&c| c < crate::smp::possible_cpus())?;
+        return match file {
+            "crash_notes" => Some(alloc::format!("{:x}\n", kexec::crash::crash_note_phys(cpu))),
+            "crash_notes_size" => Some(alloc::format!("{}\n", CRASH_NOTE_BYTES)),
+            _ => None,
+        };
+    }
     let text = match path {
         "/sys/kernel/kexec_crash_size" => alloc::format!("{}\n", kexec::reserve::region().map_or(0, |(s, e)| e - s)),
+        "/sys/kernel/vmcoreinfo" => {
+            alloc::format!("0x{:016x} {:x}\n", kexec::crash::vmcoreinfo_note_phys(), VMCOREINFO_NOTE_SIZE)
+        }
         _ => return None,
     };
     Some(text)

@@ -26,6 +26,16 @@ pub const PVH_MEMMAP_GPA: u64 = 0x7000;
 pub const PVH_MEMMAP_MAX_ENTRIES: u64 = 128;
 /// Guest-physical address of the AP start-up trampoline (the SIPI vector is `GPA >> 12`).
 pub const AP_TRAMPOLINE_GPA: u64 = 0x8000;
+/// Guest-physical address of the boot data a kernel writes for the kernel it kexecs (its
+/// `hvm_start_info`, module list, memory map and command line), below `KEXEC_TRAMPOLINE_GPA`.
+/// Kernels keep `[0, 0x10000)` out of their allocators, so this never clobbers a crashed
+/// kernel's memory.
+pub const KEXEC_BOOT_DATA_GPA: u64 = 0x9000;
+/// Guest-physical address of the page holding the kexec exec trampoline (long mode → the
+/// 32-bit PVH entry), identity-mapped when used.
+pub const KEXEC_TRAMPOLINE_GPA: u64 = 0xf000;
+/// End of the low area every kernel keeps for boot data and trampolines.
+pub const LOW_BOOT_AREA_END: u64 = 0x1_0000;
 /// Guest-physical address of the kernel command line.
 pub const CMDLINE_GPA: u64 = 0x2_0000;
 /// Largest kernel command line, including its NUL terminator (Linux's `COMMAND_LINE_SIZE`).

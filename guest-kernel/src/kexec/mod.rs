@@ -1,3 +1,6 @@
 //! kexec and kdump: the crash-kernel reservation, loading kernel images, and the crash path.
 
+pub mod crash;
 pub mod reserve;
+pub mod trampoline;
+pub mod vmcoreinfo;

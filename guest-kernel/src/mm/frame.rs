@@ -2,6 +2,8 @@
 //! PVH memory map. The bitmap lives in RAM right after the kernel image; its address is
 //! published (VMCOREINFO) so a capture kernel can skip free pages.
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crashvisor_klib::memmap::{FrameBitmap, MemoryMap};
 
 use super::phys_to_virt;
@@ -10,6 +12,8 @@ use crate::sync::SpinLock;
 const PAGE: u64 = 4096;
 
 static FRAMES: SpinLock<Option<FrameBitmap<'static>>> = SpinLock::new(None);
+/// Where the bitmap is and how many frames it covers (published in VMCOREINFO).
+static LOCATION: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
 /// Builds the allocator: every RAM page that `map` leaves unreserved becomes free. The bitmap
 /// is placed at `bitmap_phys` (page aligned, inside RAM the map already reserves).
@@ -28,6 +32,8 @@ pub fn init(map: &MemoryMap, bitmap_phys: u64) {
             crate::pr_err!("BUG: RAM range {:#x}-{:#x} outside the frame bitmap", range.start, range.end);
         }
     }
+    LOCATION[0].store(bitmap_phys, Ordering::Relaxed);
+    LOCATION[1].store(nr_frames, Ordering::Relaxed);
     *FRAMES.lock_irqsave() = Some(bitmap);
 }
 
@@ -57,4 +63,9 @@ pub fn free_pages(va: u64, count: usize) {
 /// Free frames now.
 pub fn free_count() -> u64 {
     FRAMES.lock_irqsave().as_ref().map_or(0, |b| b.free_count())
+}
+
+/// Physical address of the frame bitmap and the number of frames it covers.
+pub fn bitmap_location() -> (u64, u64) {
+    (LOCATION[0].load(Ordering::Relaxed), LOCATION[1].load(Ordering::Relaxed))
 }

@@ -52,6 +52,7 @@ pub fn init_local() {
         cpu::wrmsr(MSR_X2APIC_LVT_LINT1, 0b100 << 8); // NMI
         cpu::wrmsr(MSR_X2APIC_LVT_ERROR, u64::from(vector::ERROR_APIC));
     }
+    clear_in_service();
     let deadline = cpu::cpuid(1, 0).ecx & (1 << 24) != 0;
     TSC_DEADLINE.store(deadline, Ordering::Relaxed);
     let lvt = if deadline { LVT_TIMER_TSC_DEADLINE } else { 0 } | u64::from(vector::LOCAL_TIMER);
@@ -59,6 +60,20 @@ pub fn init_local() {
     unsafe {
         cpu::wrmsr(MSR_X2APIC_TIMER_DIVIDE, 0b1011); // divide by 1
         cpu::wrmsr(MSR_X2APIC_LVT_TIMER, lvt);
+    }
+}
+
+/// x2APIC in-service register, 8 MSRs of 32 vectors each.
+const MSR_X2APIC_ISR0: u32 = 0x810;
+
+/// Acknowledges interrupts a previous kernel left in service (it may have jumped here from an
+/// interrupt handler, as a crashed kernel does), so none blocks lower-priority vectors.
+fn clear_in_service() {
+    for _ in 0..256 {
+        if (0..8).all(|i| cpu::rdmsr(MSR_X2APIC_ISR0 + i) == 0) {
+            return;
+        }
+        eoi();
     }
 }
 

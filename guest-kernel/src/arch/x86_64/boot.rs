@@ -159,6 +159,7 @@ boot_phys_base:
     .balign 4096
     .globl init_top_pgt
 init_top_pgt: .skip 4096
+    .globl boot_pdpt_ident
 boot_pdpt_ident: .skip 4096
 boot_pd_ident_low: .skip 4096
 boot_pd_ident_high: .skip 4096

@@ -100,6 +100,12 @@ pub fn top_table_phys() -> u64 {
     cpu::read_cr3() & !0xfff
 }
 
+/// Virtual address of the top-level page table (Linux's `init_top_pgt`).
+pub fn top_table_virt() -> u64 {
+    // SAFETY: only the address of the static is taken.
+    unsafe { init_top_pgt.get() as u64 }
+}
+
 /// Prints the page-table walk for `address` like Linux's `dump_pagetable` (`PGD 0 P4D 0`...).
 pub fn print_walk(address: u64) {
     // SAFETY: reads the live top-level table; entries are plain words.
@@ -192,6 +198,21 @@ pub fn drop_identity_map() {
             crate::smp::call_on_cpu(cpu, flush_tlb, 0);
         }
     }
+}
+
+/// Puts back the boot identity map of the low 2 MiB on this CPU (to run the kexec trampoline
+/// at its physical address). The caller has stopped the other CPUs.
+pub fn restore_identity_map() {
+    extern "C" {
+        static boot_pdpt_ident: u8;
+    }
+    // SAFETY: only the address of the boot code's identity PDPT is taken; it still maps the
+    // low 2 MiB (its page directory is untouched since boot).
+    let pdpt = unsafe { &boot_pdpt_ident as *const u8 as u64 };
+    // SAFETY: re-installs the top-level slot the boot code used; no other CPU runs kernel code
+    // any more, and the flush below drops stale translations here.
+    unsafe { (*init_top_pgt.get())[0] = mm::kernel_virt_to_phys(pdpt) | WRITABLE | PRESENT };
+    flush_tlb(0);
 }
 
 /// Flushes this CPU's TLB (non-global entries) by reloading CR3.

@@ -1,0 +1,141 @@
+//! The crash path's state (Linux's `crash_notes`, `vmcoreinfo_note`, `crash_save_cpu` and the
+//! NMI shootdown of `kdump_nmi_shootdown_cpus`).
+
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crashvisor_klib::elfnote::{
+    write_prstatus, write_vmcoreinfo_note, CRASH_NOTE_BYTES, ELF_NGREG, VMCOREINFO_NOTE_SIZE,
+};
+
+use super::vmcoreinfo::{self, VMCOREINFO_BYTES};
+use crate::arch::idt::PtRegs;
+use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::{apic, cpu, gdt};
+use crate::{mm, smp, time};
+
+#[repr(C, align(64))]
+struct Notes(UnsafeCell<[[u8; CRASH_NOTE_BYTES]; MAX_CPUS]>);
+// SAFETY: each CPU writes only its own note, once, while the machine is crashing.
+unsafe impl Sync for Notes {}
+static CRASH_NOTES: Notes = Notes(UnsafeCell::new([[0; CRASH_NOTE_BYTES]; MAX_CPUS]));
+
+#[repr(C, align(4096))]
+struct VmcoreinfoNote(UnsafeCell<[u8; VMCOREINFO_NOTE_SIZE]>);
+// SAFETY: written at boot and once more by the crashing CPU, with every other CPU stopped.
+unsafe impl Sync for VmcoreinfoNote {}
+static VMCOREINFO_NOTE: VmcoreinfoNote = VmcoreinfoNote(UnsafeCell::new([0; VMCOREINFO_NOTE_SIZE]));
+
+/// Set while the crashing CPU stops the others; each saves its registers and halts.
+static SHOOTDOWN: AtomicBool = AtomicBool::new(false);
+/// CPUs whose registers are saved (bit per CPU).
+static SAVED: AtomicU64 = AtomicU64::new(0);
+
+/// Physical address of CPU `cpu`'s crash note buffer (`/sys/devices/system/cpu/cpuN/crash_notes`).
+pub fn crash_note_phys(cpu: usize) -> u64 {
+    // SAFETY: only the address of the static's element is taken.
+    mm::kernel_virt_to_phys(unsafe { (*CRASH_NOTES.0.get())[cpu].as_ptr() } as u64)
+}
+
+/// Physical address of the VMCOREINFO note (`/sys/kernel/vmcoreinfo`).
+pub fn vmcoreinfo_note_phys() -> u64 {
+    mm::kernel_virt_to_phys(VMCOREINFO_NOTE.0.get() as u64)
+}
+
+/// Builds the VMCOREINFO note (Linux's subsys_initcall). Boot CPU, once the allocators and the
+/// frame bitmap exist.
+pub fn init() {
+    let mut text = [0u8; VMCOREINFO_BYTES];
+    let mut w = crashvisor_klib::bytefmt::ByteWriter::new(&mut text);
+    let _ = vmcoreinfo::write(&mut w);
+    let len = w.len();
+    // SAFETY: boot CPU, before any crash can happen; nothing else accesses the note now.
+    write_vmcoreinfo_note(unsafe { &mut *VMCOREINFO_NOTE.0.get() }, &text[..len]);
+}
+
+/// `crash_save_vmcoreinfo`: rebuild the note with `CRASHTIME=` (the crashing CPU, others stopped).
+pub fn save_vmcoreinfo() {
+    let mut text = [0u8; VMCOREINFO_BYTES];
+    let len = vmcoreinfo::write_at_crash(&mut text);
+    // SAFETY: only the crashing CPU runs kernel code now.
+    write_vmcoreinfo_note(unsafe { &mut *VMCOREINFO_NOTE.0.get() }, &text[..len]);
+}
+
+/// `user_regs_struct` from interrupt registers: `pt_regs`, then the live segment bases and
+/// selectors.
+fn user_regs(regs: &PtRegs) -> [u64; ELF_NGREG] {
+    let r = regs;
+    [
+        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi,
+        r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
+        cpu::rdmsr(0xc000_0100),       // fs_base
+        cpu::rdmsr(0xc000_0101),       // gs_base
+        u64::from(gdt::KERNEL_DS),     // ds
+        u64::from(gdt::KERNEL_DS),     // es
+        0,                             // fs
+        0,                             // gs
+    ]
+}
+
+/// `crash_save_cpu`: this CPU's registers into its crash note. `pr_pid` is the CPU number + 1:
+/// distinct and non-zero, so gdb shows one thread per CPU (Linux writes the task's pid, 0 on
+/// idle CPUs, and gdb then merges them).
+pub fn save_cpu(regs: &PtRegs) {
+    let cpu = percpu::cpu_id();
+    // SAFETY: each CPU writes only its own note, once, while crashing.
+    let note = unsafe { &mut (*CRASH_NOTES.0.get())[cpu] };
+    write_prstatus(note, cpu as u32 + 1, &user_regs(regs));
+    SAVED.fetch_or(1 << cpu, Ordering::SeqCst);
+}
+
+/// Whether the crashing CPU is stopping the others (checked first thing in the NMI handler).
+pub fn in_shootdown() -> bool {
+    SHOOTDOWN.load(Ordering::SeqCst)
+}
+
+/// NMI handler side of the shootdown: save this CPU's registers, then halt for good.
+pub fn shootdown_this_cpu(regs: &PtRegs) -> ! {
+    save_cpu(regs);
+    percpu::this().online.store(false, Ordering::SeqCst);
+    loop {
+        cpu::hlt();
+    }
+}
+
+/// `kdump_nmi_shootdown_cpus`: NMI every other CPU and wait up to 1 s for their registers.
+pub fn shootdown_others() {
+    let me = percpu::cpu_id();
+    let others: u64 = (0..smp::possible_cpus())
+        .filter(|&c| c != me && percpu::of(c).online.load(Ordering::Relaxed))
+        .fold(0, |mask, c| mask | 1 << c);
+    if others == 0 {
+        return;
+    }
+    SHOOTDOWN.store(true, Ordering::SeqCst);
+    apic::send_nmi_all_but_self();
+    let deadline = cpu::rdtsc() + time::ns_to_tsc(1_000_000_000);
+    while SAVED.load(Ordering::SeqCst) & others != others && cpu::rdtsc() < deadline {
+        cpu::pause();
+    }
+}
+
+/// The registers of the caller, for a crash without an exception frame (Linux's
+/// `crash_setup_regs` with no regs given).
+#[inline(always)]
+pub fn current_regs() -> PtRegs {
+    let (rbx, rbp, rsp, r12, r13, r14, r15, rip, rflags): (u64, u64, u64, u64, u64, u64, u64, u64, u64);
+    // SAFETY: reads registers and the current instruction address; writes nothing.
+    unsafe {
+        core::arch::asm!(
+            "mov {rbx}, rbx", "mov {rbp}, rbp", "mov {rsp}, rsp", "mov {r12}, r12", "mov {r13}, r13",
+            "mov {r14}, r14", "mov {r15}, r15", "lea {rip}, [rip]", "pushfq", "pop {fl}",
+            rbx = out(reg) rbx, rbp = out(reg) rbp, rsp = out(reg) rsp, r12 = out(reg) r12,
+            r13 = out(reg) r13, r14 = out(reg) r14, r15 = out(reg) r15, rip = out(reg) rip, fl = out(reg) rflags,
+        )
+    };
+    PtRegs {
+        rbx, rbp, rsp, r12, r13, r14, r15, rip, eflags: rflags,
+        cs: u64::from(gdt::KERNEL_CS), ss: u64::from(gdt::KERNEL_DS), orig_rax: u64::MAX,
+        ..PtRegs::default()
+    }
+}
