@@ -1,7 +1,7 @@
 //! Boot-time setup of memory (Linux's `setup_arch` in miniature): read the PVH boot data,
 //! print the memory map, build the direct map, reserve what is in use, start the allocators.
 
-use crashvisor_abi::layout::{CMDLINE_GPA, LOW_BOOT_AREA_END, CMDLINE_MAX_SIZE, PAGE_SIZE};
+use crashvisor_abi::layout::{CMDLINE_GPA, CMDLINE_MAX_SIZE, LOW_BOOT_AREA_END, PAGE_SIZE};
 use crashvisor_abi::pvh::{MemmapEntry, ModlistEntry, StartInfo, START_INFO_MAGIC};
 use crashvisor_klib::memmap::{FrameBitmap, MemoryMap, RangeKind};
 
@@ -11,6 +11,29 @@ use crate::sync::SpinLock;
 
 /// The memory map after boot reservations (for `/proc/iomem` and kdump).
 pub static MEMORY_MAP: SpinLock<Option<MemoryMap>> = SpinLock::new(None);
+
+/// The pristine kernel image the VMM passed as PVH module 0: (physical address, size).
+static KERNEL_MODULE: SpinLock<Option<(u64, u64)>> = SpinLock::new(None);
+/// The firmware memory map as booted with, for the kernels this one kexecs.
+static BOOT_MEMMAP: SpinLock<([MemmapEntry; 128], usize)> = SpinLock::new(([MemmapEntry::ZERO; 128], 0));
+
+fn save_boot_memmap(entries: &[MemmapEntry]) {
+    let mut saved = BOOT_MEMMAP.lock_irqsave();
+    let n = entries.len().min(saved.0.len());
+    saved.0[..n].copy_from_slice(&entries[..n]);
+    saved.1 = n;
+}
+
+/// The firmware memory map this kernel booted with.
+pub fn boot_memmap() -> alloc::vec::Vec<MemmapEntry> {
+    let saved = BOOT_MEMMAP.lock_irqsave();
+    saved.0[..saved.1].to_vec()
+}
+
+/// The pristine kernel image (physical address, size), if the VMM passed one.
+pub fn kernel_module() -> Option<(u64, u64)> {
+    *KERNEL_MODULE.lock_irqsave()
+}
 
 /// The PVH start info, read through the boot identity map of the low 2 MiB.
 fn start_info(phys: u64) -> Option<&'static StartInfo> {
@@ -59,6 +82,7 @@ pub fn memory(start_info_phys: u64) -> bool {
     }
     // SAFETY: the memory map lies in the identity-mapped low 2 MiB (checked above).
     let raw = unsafe { core::slice::from_raw_parts(info.memmap_paddr as *const MemmapEntry, entries) };
+    save_boot_memmap(raw);
     let Ok(mut map) = MemoryMap::from_pvh(raw) else {
         crate::pr_emerg!("PVH: unusable memory map");
         return false;
@@ -96,7 +120,9 @@ pub fn memory(start_info_phys: u64) -> bool {
             Some(end) => map.reserve(start, end, RangeKind::Module).is_ok(),
             None => false,
         };
-        if !usable {
+        if usable {
+            *KERNEL_MODULE.lock_irqsave() = Some((module.paddr, module.size));
+        } else {
             crate::pr_warn!("PVH: ignoring the kernel module at {:#x}: it overlaps used memory", module.paddr);
         }
     }
@@ -104,7 +130,13 @@ pub fn memory(start_info_phys: u64) -> bool {
     let bitmap_bytes = (FrameBitmap::words_needed(nr_frames) * 8) as u64;
     let bitmap_phys = kernel_end;
     if map.reserve(bitmap_phys, bitmap_phys + bitmap_bytes.next_multiple_of(PAGE_SIZE), RangeKind::Kernel).is_err() {
-        crate::pr_emerg!("mm: no room for the frame bitmap after the kernel");
+        crate::pr_emerg!(
+            "mm: no room for the frame bitmap at {:#x}-{:#x}, after the kernel at {:#x}-{:#x}",
+            bitmap_phys,
+            bitmap_phys + bitmap_bytes,
+            kernel_start,
+            kernel_end
+        );
         return false;
     }
     crate::kexec::reserve::reserve(&mut map);

@@ -19,6 +19,7 @@ Commands:
   echo c > /proc/sysrq-trigger  crash the kernel (sysrq-c)
   panic [MESSAGE]               call panic() with MESSAGE
   sysctl NAME | -w NAME=VALUE | -a     kernel knobs (also cat/echo /proc/sys/kernel/NAME)
+  kexec -l|-p [--command-line=TEXT] | -e | -u [-p]   load / start / unload the kernel image
   inject FAULT [CPU] [MS]       softlockup hardlockup hung_task deadlock panic oops bug
                                 sysrq_crash stack_overflow, optionally ending after MS
   reboot                        restart the machine
@@ -84,6 +85,7 @@ fn run(line: &str) {
         },
         ("sysctl", arg) => sysctl_command(arg, words.next()),
         ("inject", Some(fault)) => inject_command(fault, words.next(), words.next()),
+        ("kexec", Some(option)) => kexec_command(option, line),
         ("panic", _) => {
             let message = line.strip_prefix("panic").unwrap_or("").trim();
             crate::panic::panic(format_args!("{}", if message.is_empty() { "shell panic" } else { message }));
@@ -140,6 +142,28 @@ fn sysctl_command(first: Option<&str>, second: Option<&str>) {
             )),
         },
         (None, _) => out("usage: sysctl NAME | sysctl -w NAME=VALUE | sysctl -a\n"),
+    }
+}
+
+/// `kexec -l|-p [--command-line=TEXT]`, `kexec -e`, `kexec -u [-p]` (the image is always the
+/// pristine kernel the VMM passed in).
+fn kexec_command(option: &str, line: &str) {
+    use crate::kexec::load::{self, Kind};
+    let cmdline = line.split_once("--command-line=").or_else(|| line.split_once("--append=")).map(|(_, v)| v);
+    let cmdline = cmdline.map(|v| v.trim().trim_matches('"')).unwrap_or("");
+    match option {
+        "-l" | "-p" => {
+            let kind = if option == "-l" { Kind::Normal } else { Kind::Crash };
+            if let Err(e) = load::load(kind, cmdline) {
+                out(&alloc::format!("kexec: {e:?}\n"));
+            }
+        }
+        "-e" => {
+            load::exec_normal();
+            out("kexec: no kernel loaded (kexec -l first)\n");
+        }
+        "-u" => load::unload(if line.contains(" -p") { Kind::Crash } else { Kind::Normal }),
+        _ => out("usage: kexec -l|-p [--command-line=TEXT] | kexec -e | kexec -u [-p]\n"),
     }
 }
 

@@ -19,6 +19,10 @@ pub fn read(path: &str) -> Option<String> {
         };
     }
     let text = match path {
+        "/sys/kernel/kexec_loaded" => alloc::format!("{}\n", u8::from(kexec::load::loaded(kexec::load::Kind::Normal))),
+        "/sys/kernel/kexec_crash_loaded" => {
+            alloc::format!("{}\n", u8::from(kexec::load::loaded(kexec::load::Kind::Crash)))
+        }
         "/sys/kernel/kexec_crash_size" => alloc::format!("{}\n", kexec::reserve::region().map_or(0, |(s, e)| e - s)),
         "/sys/kernel/vmcoreinfo" => {
             alloc::format!("0x{:016x} {:x}\n", kexec::crash::vmcoreinfo_note_phys(), VMCOREINFO_NOTE_SIZE)

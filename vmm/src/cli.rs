@@ -60,6 +60,13 @@ struct Args {
     /// as they happen, in ms since the VMM started and as CLOCK_MONOTONIC nanoseconds.
     #[arg(long)]
     timings: bool,
+    /// Write vmcores handed over by the guest's capture kernel into this crash store
+    /// [default: $XDG_DATA_HOME/crashvisor/crash or ~/.local/share/crashvisor/crash].
+    #[arg(long, value_name = "DIR")]
+    crash_dir: Option<PathBuf>,
+    /// The VM's name in the crash store (1-64 of A-Z a-z 0-9 _ . -).
+    #[arg(long, value_name = "NAME", default_value = crate::config::DEFAULT_VM_NAME, value_parser = parse_vm_name)]
+    name: String,
     /// Write the embedded guest kernel ELF (with symbols, for gdb) to PATH and exit.
     #[arg(long, value_name = "PATH", exclusive = true)]
     extract_kernel: Option<PathBuf>,
@@ -99,6 +106,8 @@ pub fn main(name: &'static str) -> ExitCode {
         kvm_device: args.kvm,
         control_socket: args.control,
         nmi_watchdog: args.nmi_watchdog,
+        crash_dir: args.crash_dir.unwrap_or_else(dumpd::default_crash_dir),
+        name: args.name,
     };
     let raw_mode = crate::terminal::RawMode::enable_if_tty();
     let result = crate::vm::run_with(&config, process_start, args.timings);
@@ -124,6 +133,11 @@ fn parse_on_off(value: &str) -> Result<bool, String> {
         "off" => Ok(false),
         other => Err(format!("expected on or off, not {other:?}")),
     }
+}
+
+/// A VM name the crash store accepts.
+fn parse_vm_name(value: &str) -> Result<String, String> {
+    dumpd::store::validate_vm_name(value).map(|()| value.to_owned()).map_err(|e| e.to_string())
 }
 
 /// "outer: inner: innermost", the way errors read best on one line. A cause whose text the

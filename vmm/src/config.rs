@@ -49,7 +49,14 @@ pub struct VmConfig {
     pub control_socket: Option<PathBuf>,
     /// Offer the guest the host's periodic NMI (its hard-lockup detector's clock).
     pub nmi_watchdog: bool,
+    /// The crash store vmcores are written to (created on the first crash).
+    pub crash_dir: PathBuf,
+    /// The VM's name in the crash store: `[A-Za-z0-9_.-]{1,64}`, not starting with a dot.
+    pub name: String,
 }
+
+/// The VM name used unless another is given.
+pub const DEFAULT_VM_NAME: &str = "vm";
 
 /// The KVM device used unless another is named.
 pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
@@ -69,6 +76,9 @@ pub enum ConfigError {
     /// Command line with a NUL or non-ASCII byte.
     #[error("the kernel command line must be printable ASCII")]
     CmdlineNotAscii,
+    /// A VM name the crash store cannot use.
+    #[error("invalid VM name {0:?}: use 1 to 64 characters from A-Z a-z 0-9 _ . - and do not start with a dot")]
+    VmName(String),
 }
 
 impl VmConfig {
@@ -85,6 +95,9 @@ impl VmConfig {
         }
         if !self.cmdline.bytes().all(|b| (0x20..0x7f).contains(&b)) {
             return Err(ConfigError::CmdlineNotAscii);
+        }
+        if dumpd::store::validate_vm_name(&self.name).is_err() {
+            return Err(ConfigError::VmName(self.name.clone()));
         }
         Ok(())
     }
@@ -119,6 +132,8 @@ mod tests {
             kvm_device: DEFAULT_KVM_DEVICE.into(),
             control_socket: None,
             nmi_watchdog: true,
+            crash_dir: "/tmp/crash".into(),
+            name: DEFAULT_VM_NAME.into(),
         }
     }
 
@@ -142,5 +157,18 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::CmdlineTooLong(4000)));
         c.cmdline = "a\nb".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineNotAscii));
+    }
+
+    #[test]
+    fn vm_names_must_suit_the_crash_store() {
+        let mut c = config();
+        for good in ["web-1", "a.b_c", "X"] {
+            c.name = good.into();
+            assert_eq!(c.validate(), Ok(()), "{good}");
+        }
+        for bad in ["", "a/b", "..", ".hidden", "sp ace", &"n".repeat(65)] {
+            c.name = bad.into();
+            assert_eq!(c.validate(), Err(ConfigError::VmName(bad.into())), "{bad:?}");
+        }
     }
 }

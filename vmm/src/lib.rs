@@ -20,6 +20,8 @@
 //!     kvm_device: vmm::config::DEFAULT_KVM_DEVICE.into(),
 //!     control_socket: Some("/tmp/vm.sock".into()),
 //!     nmi_watchdog: true,
+//!     crash_dir: dumpd::default_crash_dir(),
+//!     name: "web-1".into(),
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");

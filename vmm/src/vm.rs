@@ -20,6 +20,7 @@ use crate::config::{ConsoleOutput, VmConfig};
 use crate::control::{self, ControlConfig, Inbox};
 use crate::devices::console::{pump_input, Console};
 use crate::devices::control_uart::ControlUart;
+use crate::devices::dump::DumpTarget;
 use crate::devices::platform::{BootTimes, Platform, PlatformLinks};
 use crate::devices::{Devices, ResetCause, StopReason};
 use crate::error::VmmError;
@@ -290,6 +291,7 @@ impl Machine {
             platform: Platform::new(PlatformLinks {
                 boot_times: shared.boot_times.clone(),
                 memory: memory.clone(),
+                dump: DumpTarget { crash_dir: config.crash_dir.clone(), vm_name: config.name.clone() },
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(config.nmi_watchdog, requests.clone())),
                 inbox: shared.inbox.clone(),

@@ -29,6 +29,8 @@ fn help_documents_every_flag_and_the_exit_statuses() {
         "--control",
         "--nmi-watchdog",
         "--timings",
+        "--crash-dir",
+        "--name",
         "--extract-kernel",
         "--help",
         "--version",
@@ -85,6 +87,15 @@ fn nmi_watchdog_takes_on_or_off() {
     let out = vmm(&["--nmi-watchdog", "maybe"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("on or off"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_vm_name_unfit_for_the_crash_store_is_a_usage_error() {
+    for bad in ["a/b", "..", ""] {
+        let out = vmm(&["--name", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("invalid VM name"), "{}", text(&out.stderr));
+    }
 }
 
 #[test]

@@ -61,6 +61,11 @@ pub struct MemmapEntry {
     pub reserved: u32,
 }
 
+impl MemmapEntry {
+    /// An all-zero entry (for fixed-size tables).
+    pub const ZERO: Self = Self { addr: 0, size: 0, kind: 0, reserved: 0 };
+}
+
 const _: () = assert!(core::mem::size_of::<StartInfo>() == 56);
 const _: () = assert!(core::mem::size_of::<ModlistEntry>() == 32);
 const _: () = assert!(core::mem::size_of::<MemmapEntry>() == 24);

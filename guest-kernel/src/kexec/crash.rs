@@ -66,14 +66,33 @@ pub fn save_vmcoreinfo() {
 fn user_regs(regs: &PtRegs) -> [u64; ELF_NGREG] {
     let r = regs;
     [
-        r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx, r.r11, r.r10, r.r9, r.r8, r.rax, r.rcx, r.rdx, r.rsi, r.rdi,
-        r.orig_rax, r.rip, r.cs, r.eflags, r.rsp, r.ss,
-        cpu::rdmsr(0xc000_0100),       // fs_base
-        cpu::rdmsr(0xc000_0101),       // gs_base
-        u64::from(gdt::KERNEL_DS),     // ds
-        u64::from(gdt::KERNEL_DS),     // es
-        0,                             // fs
-        0,                             // gs
+        r.r15,
+        r.r14,
+        r.r13,
+        r.r12,
+        r.rbp,
+        r.rbx,
+        r.r11,
+        r.r10,
+        r.r9,
+        r.r8,
+        r.rax,
+        r.rcx,
+        r.rdx,
+        r.rsi,
+        r.rdi,
+        r.orig_rax,
+        r.rip,
+        r.cs,
+        r.eflags,
+        r.rsp,
+        r.ss,
+        cpu::rdmsr(0xc000_0100),   // fs_base
+        cpu::rdmsr(0xc000_0101),   // gs_base
+        u64::from(gdt::KERNEL_DS), // ds
+        u64::from(gdt::KERNEL_DS), // es
+        0,                         // fs
+        0,                         // gs
     ]
 }
 
@@ -134,8 +153,18 @@ pub fn current_regs() -> PtRegs {
         )
     };
     PtRegs {
-        rbx, rbp, rsp, r12, r13, r14, r15, rip, eflags: rflags,
-        cs: u64::from(gdt::KERNEL_CS), ss: u64::from(gdt::KERNEL_DS), orig_rax: u64::MAX,
+        rbx,
+        rbp,
+        rsp,
+        r12,
+        r13,
+        r14,
+        r15,
+        rip,
+        eflags: rflags,
+        cs: u64::from(gdt::KERNEL_CS),
+        ss: u64::from(gdt::KERNEL_DS),
+        orig_rax: u64::MAX,
         ..PtRegs::default()
     }
 }

@@ -1,6 +1,7 @@
 //! kexec and kdump: the crash-kernel reservation, loading kernel images, and the crash path.
 
 pub mod crash;
+pub mod load;
 pub mod reserve;
 pub mod trampoline;
 pub mod vmcoreinfo;

@@ -31,7 +31,7 @@ pub fn write(w: &mut dyn Write) -> fmt::Result {
     let (bitmap_pa, nr_frames) = mm::frame::bitmap_location();
     writeln!(w, "NUMBER(crashvisor_frame_bitmap)={bitmap_pa}")?;
     writeln!(w, "NUMBER(crashvisor_nr_frames)={nr_frames}")?;
-    writeln!(w, "NUMBER(phys_base)={}", mm::phys_base())?;
+    writeln!(w, "NUMBER(phys_base)={}", mm::phys_base() as i64)?;
     writeln!(w, "SYMBOL(init_top_pgt)={:x}", paging::top_table_virt())?;
     writeln!(w, "NUMBER(pgtable_l5_enabled)=0")?;
     writeln!(w, "KERNELOFFSET=0")?;

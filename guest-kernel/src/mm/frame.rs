@@ -45,6 +45,14 @@ pub fn alloc_pages(count: usize) -> Option<u64> {
     Some(phys_to_virt(pfn * PAGE))
 }
 
+/// Allocates `count` contiguous pages starting at a multiple of `align_pages` pages; returns
+/// their direct-map address. Not zeroed.
+pub fn alloc_pages_aligned(count: usize, align_pages: u64) -> Option<u64> {
+    let mut frames = FRAMES.lock_irqsave();
+    let pfn = frames.as_mut()?.alloc_contiguous(count as u64, align_pages)?;
+    Some(phys_to_virt(pfn * PAGE))
+}
+
 /// Frees `count` pages starting at direct-map address `va`.
 pub fn free_pages(va: u64, count: usize) {
     let pfn = super::virt_to_phys(va) / PAGE;

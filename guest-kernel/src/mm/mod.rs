@@ -22,7 +22,8 @@ pub fn phys_base() -> u64 {
 
 /// Physical address of a kernel-image virtual address.
 pub fn kernel_virt_to_phys(va: u64) -> u64 {
-    va - KERNEL_MAP + phys_base()
+    // `phys_base` is negative (two's complement) when the kernel runs below its link address.
+    va.wrapping_sub(KERNEL_MAP).wrapping_add(phys_base())
 }
 
 /// Physical address of a direct-map or kernel-image virtual address.

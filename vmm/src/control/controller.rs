@@ -228,12 +228,13 @@ impl Controller {
     }
 
     /// Broadcasts an event the guest reported. Panics always pass (the guest's control thread
-    /// is gone with them); the frequent kinds pass the rate limit.
+    /// is gone with them), and so do the once-per-crash kinds; the frequent kinds pass the rate
+    /// limit.
     fn guest_event(&mut self, event: Event) {
         if matches!(event, Event::Panic { .. }) {
             self.guest = None;
             self.fail_pending(ControlErrorCode::GuestUnavailable, "the guest panicked");
-        } else if !matches!(event, Event::CrashLoaded) && !self.rate_limit.allow(Instant::now()) {
+        } else if !event.is_rare() && !self.rate_limit.allow(Instant::now()) {
             if self.rate_limit.dropped.is_power_of_two() {
                 tracing::warn!("the guest reports events too fast; {} dropped", self.rate_limit.dropped);
             }
@@ -451,6 +452,7 @@ mod tests {
             platform: Platform::new(PlatformLinks {
                 boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
                 memory: memory.clone(),
+                dump: crate::devices::dump::DumpTarget { crash_dir: "/nonexistent/crash".into(), vm_name: "vm".into() },
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(true, requests.clone())),
                 inbox,

@@ -8,6 +8,7 @@ use crashvisor_abi::platform::{EventKind, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED
 use serde::Serialize;
 
 use crate::devices::crash_reason::CrashInfo;
+use crate::devices::dump::DumpEvent;
 
 /// What a device saw the guest do (posted from vCPU threads).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,8 @@ pub enum DeviceEvent {
         /// The crash reason the guest handed over.
         crash: Option<CrashInfo>,
     },
+    /// The dump device's progress with a capture kernel's hand-off.
+    Dump(DumpEvent),
 }
 
 /// The kinds of lockup the guest detects.
@@ -103,6 +106,31 @@ pub enum Event {
     },
     /// A capture (kdump) kernel booted after a panic (pvpanic CRASH_LOADED).
     CrashLoaded,
+    /// A capture kernel's dump descriptor was accepted; the host is writing the vmcore.
+    CaptureStarted {
+        /// The makedumpfile `-d` level the capture kernel applied.
+        dump_level: u32,
+        /// The vmcore's apparent size in bytes.
+        size: u64,
+        /// Number of memory ranges to copy.
+        ranges: u64,
+    },
+    /// A crash directory was committed to the crash store.
+    VmcoreReady {
+        /// The crash's id: its directory's name.
+        id: String,
+        /// The crash directory.
+        path: String,
+        /// The vmcore's apparent size in bytes.
+        size: u64,
+        /// Bytes the vmcore takes on disk (zero pages are holes).
+        on_disk: u64,
+    },
+    /// No vmcore: the capture kernel gave up, its descriptor broke a rule, or writing failed.
+    DumpFailed {
+        /// Why.
+        reason: String,
+    },
     /// An operator's NMI was injected.
     NmiInjected {
         /// The vCPUs it went to.
@@ -137,6 +165,18 @@ impl Event {
         line
     }
 
+    /// Whether the event comes at most a few times per crash, so no rate limit applies.
+    pub fn is_rare(&self) -> bool {
+        matches!(
+            self,
+            Self::Panic { .. }
+                | Self::CrashLoaded
+                | Self::CaptureStarted { .. }
+                | Self::VmcoreReady { .. }
+                | Self::DumpFailed { .. }
+        )
+    }
+
     /// Logs the event (they are rare state changes: info).
     pub fn log(&self) {
         match self {
@@ -162,6 +202,8 @@ impl Event {
                 tracing::info!("guest took an unknown NMI on CPU {cpu} (reason {reason:#x})")
             }
             Self::CrashLoaded => tracing::info!("guest booted a crash kernel"),
+            // The dump device logs these itself, with more detail.
+            Self::CaptureStarted { .. } | Self::VmcoreReady { .. } | Self::DumpFailed { .. } => {}
             Self::NmiInjected { cpus } => tracing::info!("injected an NMI into vCPUs {cpus:?}"),
             Self::Paused => tracing::info!("VM paused"),
             Self::Resumed => tracing::info!("VM resumed"),
@@ -212,6 +254,17 @@ pub fn translate(event: DeviceEvent, state: &mut BootEvents) -> Vec<Event> {
             }
             events
         }
+        DeviceEvent::Dump(event) => vec![dump_event(event)],
+    }
+}
+
+fn dump_event(event: DumpEvent) -> Event {
+    match event {
+        DumpEvent::CaptureStarted { dump_level, size, ranges } => Event::CaptureStarted { dump_level, size, ranges },
+        DumpEvent::VmcoreReady { id, path, size, on_disk } => {
+            Event::VmcoreReady { id, path: path.display().to_string(), size, on_disk }
+        }
+        DumpEvent::Failed { reason } => Event::DumpFailed { reason },
     }
 }
 
@@ -346,6 +399,30 @@ mod tests {
             "{\"event\":\"rebooting\",\"cause\":\"triple_fault\"}\n"
         );
         assert_eq!(Event::NmiInjected { cpus: vec![0, 1] }.to_line(), "{\"event\":\"nmi_injected\",\"cpus\":[0,1]}\n");
+    }
+
+    #[test]
+    fn dump_events_have_fixed_shapes() {
+        let mut s = BootEvents::default();
+        let lines: Vec<String> = [
+            DumpEvent::CaptureStarted { dump_level: 31, size: 8192, ranges: 2 },
+            DumpEvent::VmcoreReady { id: "vm-x".into(), path: "/c/vm-x".into(), size: 8192, on_disk: 4096 },
+            DumpEvent::Failed { reason: "no elfcorehdr".into() },
+        ]
+        .into_iter()
+        .flat_map(|e| translate(DeviceEvent::Dump(e), &mut s))
+        .inspect(|e| assert!(e.is_rare()))
+        .map(|e| e.to_line())
+        .collect();
+        assert_eq!(
+            lines,
+            [
+                "{\"event\":\"capture_started\",\"dump_level\":31,\"size\":8192,\"ranges\":2}\n",
+                "{\"event\":\"vmcore_ready\",\"id\":\"vm-x\",\"path\":\"/c/vm-x\",\"size\":8192,\"on_disk\":4096}\n",
+                "{\"event\":\"dump_failed\",\"reason\":\"no elfcorehdr\"}\n",
+            ]
+        );
+        assert!(!Event::Oops { cpu: 0, pid: 1 }.is_rare());
     }
 
     #[test]

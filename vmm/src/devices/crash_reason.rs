@@ -96,7 +96,7 @@ pub fn decode(bytes: &[u8; CrashReason::SIZE]) -> Result<CrashInfo, CrashReasonE
 
 /// Guest text as a string: a UTF-8 sequence cut at the end (the guest truncates messages by
 /// bytes) is dropped, other invalid bytes become U+FFFD.
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.to_owned(),
         Err(e) if e.error_len().is_none() => String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned(),

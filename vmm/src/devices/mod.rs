@@ -6,6 +6,7 @@
 pub mod console;
 pub mod control_uart;
 pub mod crash_reason;
+pub mod dump;
 pub mod platform;
 pub mod uart;
 

@@ -14,6 +14,7 @@ use crashvisor_abi::platform::{
 use vm_memory::GuestMemoryMmap;
 
 use super::crash_reason::{self, CrashInfo};
+use super::dump::{self, DumpTarget};
 use super::{IoAction, StopReason};
 use crate::control::events::DeviceEvent;
 use crate::control::{ControlInput, Inbox};
@@ -76,8 +77,10 @@ pub fn monotonic_ns() -> u128 {
 pub struct PlatformLinks {
     /// Boot milestones, shared by the machines of one VMM run.
     pub boot_times: Arc<BootTimes>,
-    /// Guest RAM, for `SetCrashReason`.
+    /// Guest RAM, for `SetCrashReason`, `Dump` and `DumpFailed`.
     pub memory: GuestMemoryMmap,
+    /// Where `Dump` writes crashes.
+    pub dump: DumpTarget,
     /// The vCPUs' mailboxes, for `PLATFORM_NMI_REASON`.
     pub vcpus: Arc<VcpuRequests>,
     /// The machine's NMI watchdog, for `SetNmiWatchdog`.
@@ -208,11 +211,21 @@ impl Platform {
             Some(Command::PowerOff) => (STATUS_OK, IoAction::Stop(StopReason::PowerOff)),
             Some(Command::SetNmiWatchdog) => (self.set_nmi_watchdog(arg), IoAction::Continue),
             Some(Command::SetCrashReason) => (self.set_crash_reason(arg), IoAction::Continue),
-            // The dump device arrives with the kdump work; until then the guest learns it is absent.
-            Some(Command::Dump | Command::DumpFailed) => (STATUS_UNSUPPORTED, IoAction::Continue),
+            Some(Command::Dump) => (self.dump(arg), IoAction::Continue),
+            Some(Command::DumpFailed) => {
+                let post = &mut |event| self.post(DeviceEvent::Dump(event));
+                (dump::dump_failed(&self.links.memory, &self.links.dump, arg, post), IoAction::Continue)
+            }
         };
         self.status[vcpu].store(status, Ordering::Relaxed);
         action
+    }
+
+    /// `Command::Dump`: the vCPU blocks here while the crash is written.
+    fn dump(&self, gpa: u64) -> u32 {
+        let reason = self.crash_reason();
+        let post = &mut |event| self.post(DeviceEvent::Dump(event));
+        dump::dump(&self.links.memory, &self.links.dump, gpa, reason.as_ref(), post)
     }
 
     fn set_nmi_watchdog(&self, period_ms: u64) -> u32 {
@@ -269,11 +282,22 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     fn platform_with(nmi_watchdog: bool) -> (Platform, Receiver<ControlInput>) {
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let dump = DumpTarget { crash_dir: "/nonexistent/crash".into(), vm_name: "vm".into() };
+        platform_on(memory, dump, nmi_watchdog)
+    }
+
+    fn platform_on(
+        memory: GuestMemoryMmap,
+        dump: DumpTarget,
+        nmi_watchdog: bool,
+    ) -> (Platform, Receiver<ControlInput>) {
         let (inbox, inputs) = Inbox::channel();
         let vcpus = Arc::new(VcpuRequests::new(2));
         let links = PlatformLinks {
             boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
-            memory: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap(),
+            memory,
+            dump,
             nmi_watchdog: Arc::new(NmiWatchdog::new(nmi_watchdog, vcpus.clone())),
             vcpus,
             inbox,
@@ -418,5 +442,42 @@ mod tests {
         assert_eq!(crash.message, "sysrq triggered crash");
         assert_eq!(command(&p, 0, Command::SetCrashReason, 0).1, STATUS_OK);
         assert!(p.crash_reason().is_none());
+    }
+
+    #[test]
+    fn a_dump_command_writes_the_crash_with_the_reason_set_before() {
+        use super::super::dump::tests::{assert_crash_matches, guest, TestDir, DESCRIPTOR_GPA};
+        use super::super::dump::DumpEvent;
+        let store = TestDir::new("platform-dump");
+        let g = guest();
+        g.install();
+        let (p, inputs) = platform_on(g.memory.clone(), store.target(), true);
+        let mut reason = CrashReason::new(Detector::HungTask, 0, 57);
+        reason.set_comm(b"khungtaskd");
+        let mut bytes = Vec::new();
+        for v in [reason.magic, reason.version, reason.detector, reason.cpu, reason.pid, 0] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        bytes.extend_from_slice(&reason.comm);
+        bytes.extend_from_slice(&[0; 8 + 256]);
+        p.links.memory.write_slice(&bytes, GuestAddress(0xa0_0000)).unwrap();
+        assert_eq!(command(&p, 0, Command::SetCrashReason, 0xa0_0000).1, STATUS_OK);
+
+        assert_eq!(command(&p, 1, Command::Dump, DESCRIPTOR_GPA), (IoAction::Continue, STATUS_OK));
+        assert!(matches!(device_event(&inputs), DeviceEvent::Dump(DumpEvent::CaptureStarted { ranges: 3, .. })));
+        let DeviceEvent::Dump(DumpEvent::VmcoreReady { id, path, .. }) = device_event(&inputs) else {
+            panic!("no vmcore_ready")
+        };
+        assert_eq!(path.file_name().and_then(|n| n.to_str()), Some(id.as_str()));
+        assert_crash_matches(&path, &g);
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path.join("meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["reason"]["detector"], "hung_task");
+        assert_eq!(meta["reason"]["comm"], "khungtaskd");
+
+        // A descriptor address outside RAM is an invalid argument, and a failure event.
+        assert_eq!(command(&p, 1, Command::Dump, 1 << 40).1, STATUS_INVALID_ARGUMENT);
+        assert!(matches!(device_event(&inputs), DeviceEvent::Dump(DumpEvent::Failed { .. })));
+        assert_eq!(command(&p, 0, Command::DumpFailed, 1 << 40).1, STATUS_INVALID_ARGUMENT);
+        assert!(matches!(device_event(&inputs), DeviceEvent::Dump(DumpEvent::Failed { .. })));
     }
 }

@@ -133,7 +133,7 @@ start64:
     movabsq $boot_stack_top, %rsp
     xorl %ebp, %ebp             /* a zero frame pointer ends backtraces */
     movl %ebx, %edi             /* start_info, zero-extended */
-    movq boot_phys_base(%rip), %rsi
+    movslq boot_phys_base(%rip), %rsi  /* phys_base may be negative: loaded below the link address */
     call kernel_main
 4:  hlt
     jmp 4b

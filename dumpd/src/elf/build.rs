@@ -1,0 +1,175 @@
+//! Laying out the start of a vmcore the way Linux's `/proc/vmcore` does: the ELF header and the
+//! program headers (one merged `PT_NOTE` first, then the `PT_LOAD`s), padded to a page; the
+//! notes, padded to a page; then each `PT_LOAD`'s data as a page-rounded chunk, back to back,
+//! with `p_offset = chunk start + (p_paddr - rounddown(p_paddr, page))`.
+//!
+//! The result is the header blob plus the [`Run`]s that copy memory into the file, ready for
+//! [`crate::writer::write_vmcore`].
+
+use super::{ElfError, EHDR_SIZE, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_CORE, EV_CURRENT, PF_RWX, PHDR_SIZE};
+use super::{NOTE_HEADER_SIZE, PN_XNUM, PT_LOAD, PT_NOTE};
+use crate::writer::Run;
+
+/// Page size of the layout.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// A note to write: its name (without NUL; one is added), type and descriptor.
+#[derive(Debug, Clone, Copy)]
+pub struct NoteSpec<'a> {
+    /// The name, e.g. `b"CORE"`.
+    pub name: &'a [u8],
+    /// `n_type`.
+    pub n_type: u32,
+    /// The descriptor.
+    pub desc: &'a [u8],
+}
+
+/// A `PT_LOAD` to describe: `len` bytes of physical memory at `paddr`, seen at `vaddr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadSpec {
+    /// `p_vaddr`.
+    pub vaddr: u64,
+    /// `p_paddr`, also where the data is read from.
+    pub paddr: u64,
+    /// `p_filesz` and `p_memsz`.
+    pub len: u64,
+}
+
+/// The start of a vmcore and how to fill in the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreLayout {
+    /// ELF header, program headers and notes, page-padded: the file's first bytes.
+    pub headers: Vec<u8>,
+    /// One run per non-empty `PT_LOAD`, in file order.
+    pub runs: Vec<Run>,
+    /// The file's length: the end of the last `PT_LOAD`'s data.
+    pub file_size: u64,
+}
+
+/// Lays out a core file with `notes` in one `PT_NOTE` and one `PT_LOAD` per entry of `loads`.
+pub fn layout(notes: &[NoteSpec<'_>], loads: &[LoadSpec]) -> Result<CoreLayout, ElfError> {
+    let phnum = loads
+        .len()
+        .checked_add(1)
+        .filter(|&n| n < usize::from(PN_XNUM))
+        .ok_or(ElfError::Layout("too many program headers"))?;
+    let phdrs_end = EHDR_SIZE + phnum * PHDR_SIZE;
+    let notes_offset = round_up(phdrs_end as u64).ok_or(ElfError::Layout("headers too large"))?;
+    let mut note_bytes = Vec::new();
+    for note in notes {
+        let namesz = u32::try_from(note.name.len() + 1).map_err(|_| ElfError::Layout("note name too long"))?;
+        let descsz = u32::try_from(note.desc.len()).map_err(|_| ElfError::Layout("note descriptor too long"))?;
+        note_bytes.reserve(NOTE_HEADER_SIZE + note.name.len() + note.desc.len() + 8);
+        note_bytes.extend_from_slice(&namesz.to_le_bytes());
+        note_bytes.extend_from_slice(&descsz.to_le_bytes());
+        note_bytes.extend_from_slice(&note.n_type.to_le_bytes());
+        note_bytes.extend_from_slice(note.name);
+        note_bytes.push(0);
+        pad4(&mut note_bytes);
+        note_bytes.extend_from_slice(note.desc);
+        pad4(&mut note_bytes);
+    }
+    let data_offset = notes_offset
+        .checked_add(note_bytes.len() as u64)
+        .and_then(round_up)
+        .ok_or(ElfError::Layout("notes too large"))?;
+
+    let mut headers = Vec::with_capacity(usize::try_from(data_offset).unwrap_or(0));
+    headers.extend_from_slice(&elf_header(phnum as u16));
+    headers.extend_from_slice(&phdr(PT_NOTE, 0, notes_offset, 0, 0, note_bytes.len() as u64, 4));
+    let mut next = data_offset;
+    let mut runs = Vec::with_capacity(loads.len());
+    let mut file_size = data_offset;
+    for load in loads {
+        let chunk_start = load.paddr & !(PAGE_SIZE - 1);
+        let end = load.paddr.checked_add(load.len).and_then(round_up).ok_or(ElfError::Layout("PT_LOAD overflows"))?;
+        let offset = next + (load.paddr - chunk_start);
+        headers.extend_from_slice(&phdr(PT_LOAD, PF_RWX, offset, load.vaddr, load.paddr, load.len, 0));
+        if load.len > 0 {
+            runs.push(Run { file_offset: offset, addr: load.paddr, len: load.len });
+        }
+        file_size = offset + load.len;
+        next = next.checked_add(end - chunk_start).ok_or(ElfError::Layout("file too large"))?;
+    }
+    headers.resize(notes_offset as usize, 0);
+    headers.extend_from_slice(&note_bytes);
+    headers.resize(data_offset as usize, 0);
+    Ok(CoreLayout { headers, runs, file_size })
+}
+
+fn round_up(value: u64) -> Option<u64> {
+    Some(value.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
+}
+
+fn pad4(bytes: &mut Vec<u8>) {
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+}
+
+fn elf_header(phnum: u16) -> [u8; EHDR_SIZE] {
+    let mut h = [0u8; EHDR_SIZE];
+    h[..4].copy_from_slice(b"\x7fELF");
+    h[4] = ELFCLASS64;
+    h[5] = ELFDATA2LSB;
+    h[6] = EV_CURRENT;
+    h[16..18].copy_from_slice(&ET_CORE.to_le_bytes());
+    h[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
+    h[20..24].copy_from_slice(&u32::from(EV_CURRENT).to_le_bytes());
+    h[32..40].copy_from_slice(&(EHDR_SIZE as u64).to_le_bytes());
+    h[52..54].copy_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
+    h[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+    h[56..58].copy_from_slice(&phnum.to_le_bytes());
+    h
+}
+
+fn phdr(p_type: u32, flags: u32, offset: u64, vaddr: u64, paddr: u64, size: u64, align: u64) -> [u8; PHDR_SIZE] {
+    let mut p = [0u8; PHDR_SIZE];
+    p[0..4].copy_from_slice(&p_type.to_le_bytes());
+    p[4..8].copy_from_slice(&flags.to_le_bytes());
+    for (at, value) in [(8, offset), (16, vaddr), (24, paddr), (32, size), (40, size), (48, align)] {
+        p[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::elf::Core;
+
+    #[test]
+    fn follows_the_proc_vmcore_layout() {
+        let notes = [NoteSpec { name: b"VMCOREINFO", n_type: 0, desc: b"PAGESIZE=4096\n" }];
+        let loads = [
+            LoadSpec { vaddr: 0xffff_8880_0000_0000, paddr: 0, len: 0xa_0000 },
+            // Not page aligned: the chunk starts at the page, p_offset points inside it.
+            LoadSpec { vaddr: 0xffff_8880_0010_0800, paddr: 0x10_0800, len: 0x1000 },
+            LoadSpec { vaddr: 0, paddr: 0x20_0000, len: 0 },
+        ];
+        let layout = layout(&notes, &loads).unwrap();
+        assert_eq!(layout.headers.len(), 2 * 4096);
+        let core = Core::parse(&layout.headers).unwrap();
+        let ph = core.program_headers();
+        assert_eq!((ph[0].p_type, ph[0].offset, ph[0].align), (PT_NOTE, 4096, 4));
+        assert_eq!(ph[0].filesz, 12 + 12 + 16);
+        assert_eq!(ph[1].offset, 0x2000);
+        assert_eq!(ph[2].offset, 0x2000 + 0xa_0000 + 0x800);
+        assert_eq!(ph[3].offset, 0x2000 + 0xa_0000 + 0x2000);
+        assert_eq!(
+            layout.runs,
+            [
+                Run { file_offset: 0x2000, addr: 0, len: 0xa_0000 },
+                Run { file_offset: 0xa_2800, addr: 0x10_0800, len: 0x1000 }
+            ]
+        );
+        assert_eq!(layout.file_size, ph[3].offset);
+        assert_eq!(core.notes()[0].desc, b"PAGESIZE=4096\n");
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_described() {
+        let too_many = vec![LoadSpec { vaddr: 0, paddr: 0, len: 0 }; usize::from(PN_XNUM)];
+        assert_eq!(layout(&[], &too_many), Err(ElfError::Layout("too many program headers")));
+        let wraps = [LoadSpec { vaddr: 0, paddr: u64::MAX - 10, len: 100 }];
+        assert_eq!(layout(&[], &wraps), Err(ElfError::Layout("PT_LOAD overflows")));
+    }
+}

@@ -1,0 +1,690 @@
+//! The crash store: one directory per crash, `<vm>-<YYYY-MM-DD-HH:MM:SS>` (UTC), holding
+//! `vmcore`, `vmcore-dmesg.txt`, `kexec-dmesg.log` and `meta.json` (see docs/crash-store.md).
+//!
+//! A crash is written into a hidden temporary directory (`.tmp-<vm>-<pid>-<n>`) and becomes
+//! visible in one `rename` once every file and the directory are on disk, so readers never see
+//! a half-written crash. A [`PendingCrash`] dropped before [`PendingCrash::commit`] removes its
+//! temporary directory.
+//!
+//! ```
+//! # let dir = std::env::temp_dir().join(format!("dumpd-doc-{}", std::process::id()));
+//! use dumpd::store::{CrashStore, FILE_VMCORE};
+//!
+//! let store = CrashStore::open(&dir)?;
+//! let pending = store.begin("web-1")?;
+//! pending.write_file(FILE_VMCORE, b"\x7fELF...")?;
+//! pending.write_meta(&dumpd::store::CrashMeta::new(dumpd::store::Trigger::OnDemand, "web-1", pending.created()))?;
+//! let crash = pending.commit()?;
+//! assert!(crash.id.starts_with("web-1-"));
+//! assert_eq!(store.list()?.len(), 1);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The vmcore's file name.
+pub const FILE_VMCORE: &str = "vmcore";
+/// The crashed kernel's log.
+pub const FILE_VMCORE_DMESG: &str = "vmcore-dmesg.txt";
+/// The capture kernel's own log.
+pub const FILE_KEXEC_DMESG: &str = "kexec-dmesg.log";
+/// The crash's metadata.
+pub const FILE_META: &str = "meta.json";
+/// Failed captures, one JSON object per line, in the store directory.
+pub const FILE_FAILURES: &str = "failures.jsonl";
+/// Prefix of temporary directories (hidden, never listed).
+pub const TMP_PREFIX: &str = ".tmp-";
+/// `meta.json`'s `format` written by this version.
+pub const META_FORMAT: u32 = 1;
+/// Longest VM name.
+pub const MAX_VM_NAME_LEN: usize = 64;
+/// How many `-N` suffixes are tried when a crash directory's name is taken.
+const MAX_NAME_SUFFIX: u32 = 10_000;
+
+/// Why the crash store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file-system operation failed.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What the store was doing.
+        action: &'static str,
+        /// The path it was doing it to.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A VM name the store cannot use in a directory name.
+    #[error("invalid VM name {0:?}: use 1 to 64 characters from A-Z a-z 0-9 _ . - and do not start with a dot")]
+    VmName(String),
+    /// A file name that is not a plain name inside the crash directory.
+    #[error("invalid file name {0:?} in a crash directory")]
+    FileName(String),
+    /// `commit` without `meta.json`.
+    #[error("a crash is committed only with its {FILE_META}")]
+    MissingMeta,
+    /// `meta.json` could not be encoded.
+    #[error("cannot encode {FILE_META}")]
+    Meta(#[source] serde_json::Error),
+    /// Every candidate name for the crash directory is taken.
+    #[error("no free name for a crash directory starting {0}")]
+    NoFreeName(String),
+}
+
+fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// Checks a VM name for use in the store: 1 to 64 characters of `[A-Za-z0-9_.-]`, not starting
+/// with `.` (which would hide the crash, and rules out `.` and `..`).
+pub fn validate_vm_name(name: &str) -> Result<(), StoreError> {
+    let ok = (1..=MAX_VM_NAME_LEN).contains(&name.len())
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::VmName(name.to_owned()))
+    }
+}
+
+/// What produced a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The guest's capture kernel handed over its vmcore.
+    Kdump,
+    /// The host dumped the guest after pvpanic PANICKED.
+    Pvpanic,
+    /// An operator asked for a dump.
+    OnDemand,
+}
+
+impl Trigger {
+    /// The name used in `meta.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kdump => "kdump",
+            Self::Pvpanic => "pvpanic",
+            Self::OnDemand => "on_demand",
+        }
+    }
+}
+
+/// Why the guest crashed, as it told the host before panicking.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashReasonMeta {
+    /// The detector or path (`softlockup`, `hardlockup`, `hung_task`, `oops`, `bug`, `sysrq`, ...).
+    pub detector: String,
+    /// The panicking CPU.
+    pub cpu: u32,
+    /// Pid of the task current there.
+    pub pid: u32,
+    /// That task's name.
+    pub comm: String,
+    /// The panic message.
+    pub message: String,
+}
+
+/// Sizes of the vmcore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashSizes {
+    /// Its length, holes included.
+    pub vmcore_apparent_bytes: u64,
+    /// Space it takes on disk.
+    pub vmcore_on_disk_bytes: u64,
+    /// Bytes the writer wrote.
+    pub vmcore_written_bytes: u64,
+    /// Pages left as holes because they were all zero.
+    pub zero_pages_skipped: u64,
+}
+
+/// How long the capture took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashTimings {
+    /// The capture kernel's time from its first instruction to the hand-off (kdump only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub capture_kernel_ns: Option<u64>,
+    /// The host's time to write the crash directory.
+    pub host_write_ms: u64,
+}
+
+/// The files of a crash directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashFiles {
+    /// The vmcore.
+    pub vmcore: String,
+    /// The crashed kernel's log, if the crash has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vmcore_dmesg: Option<String>,
+    /// The capture kernel's log, if the crash has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kexec_dmesg: Option<String>,
+}
+
+/// `meta.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashMeta {
+    /// `META_FORMAT`.
+    pub format: u32,
+    /// What produced the crash.
+    pub trigger: Trigger,
+    /// The VM's name.
+    pub vm: String,
+    /// The guest's crash reason, if it gave one.
+    #[serde(default)]
+    pub reason: Option<CrashReasonMeta>,
+    /// makedumpfile `-d` level applied (kdump).
+    #[serde(default)]
+    pub dump_level: Option<u32>,
+    /// Sizes.
+    pub sizes: CrashSizes,
+    /// Timings.
+    pub timings: CrashTimings,
+    /// When the capture began, RFC 3339 UTC (`2024-05-01T12:34:56Z`); the directory name uses
+    /// the same instant.
+    pub created: String,
+    /// The same instant in milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// The files.
+    pub files: CrashFiles,
+}
+
+impl CrashMeta {
+    /// Metadata with no reason, sizes or timings yet, and a vmcore as the only file.
+    pub fn new(trigger: Trigger, vm: &str, created: SystemTime) -> Self {
+        let since_epoch = created.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        Self {
+            format: META_FORMAT,
+            trigger,
+            vm: vm.to_owned(),
+            reason: None,
+            dump_level: None,
+            sizes: CrashSizes::default(),
+            timings: CrashTimings::default(),
+            created: rfc3339(created),
+            created_unix_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
+            files: CrashFiles { vmcore: FILE_VMCORE.into(), vmcore_dmesg: None, kexec_dmesg: None },
+        }
+    }
+}
+
+/// A failed capture, one line of `failures.jsonl`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureRecord {
+    /// When, RFC 3339 UTC.
+    pub time: String,
+    /// The VM's name.
+    pub vm: String,
+    /// What was capturing.
+    pub trigger: Trigger,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// A committed crash directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashEntry {
+    /// The directory's name, the crash's id.
+    pub id: String,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its `meta.json`, if it could be read.
+    pub meta: Option<CrashMeta>,
+}
+
+/// A crash store directory.
+#[derive(Debug, Clone)]
+pub struct CrashStore {
+    dir: PathBuf,
+}
+
+impl CrashStore {
+    /// Opens the store at `dir`, creating it (and its parents) if missing.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir).map_err(io("create the crash store", &dir))?;
+        Ok(Self { dir })
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Starts a crash of VM `vm_name` now, in a new hidden temporary directory.
+    pub fn begin(&self, vm_name: &str) -> Result<PendingCrash, StoreError> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        validate_vm_name(vm_name)?;
+        let pid = std::process::id();
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path = self.dir.join(format!("{TMP_PREFIX}{vm_name}-{pid}-{n}"));
+            match std::fs::create_dir(&path) {
+                Ok(()) => {
+                    return Ok(PendingCrash {
+                        store: self.dir.clone(),
+                        path,
+                        vm_name: vm_name.to_owned(),
+                        created: SystemTime::now(),
+                        committed: false,
+                    })
+                }
+                // A stale directory of an earlier process with the same pid: take the next n.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(io("create a temporary crash directory in", &self.dir)(e)),
+            }
+        }
+    }
+
+    /// The committed crashes (never temporary directories), oldest first.
+    pub fn list(&self) -> Result<Vec<CrashEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(io("read the crash store", &self.dir))? {
+            let entry = entry.map_err(io("read the crash store", &self.dir))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            if id.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            let meta = std::fs::read(path.join(FILE_META)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            entries.push(CrashEntry { id, path, meta });
+        }
+        entries.sort_by(|a, b| {
+            let at = |e: &CrashEntry| e.meta.as_ref().map_or(0, |m| m.created_unix_ms);
+            at(a).cmp(&at(b)).then_with(|| a.id.cmp(&b.id))
+        });
+        Ok(entries)
+    }
+
+    /// Appends a failed capture to `failures.jsonl` (one `write` of one line, `O_APPEND`).
+    pub fn record_failure(&self, record: &FailureRecord) -> Result<(), StoreError> {
+        let mut line = serde_json::to_vec(record).map_err(StoreError::Meta)?;
+        line.push(b'\n');
+        let path = self.dir.join(FILE_FAILURES);
+        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(io("open", &path))?;
+        file.write_all(&line).map_err(io("append to", &path))
+    }
+
+    /// The failed captures recorded so far (unreadable lines are skipped).
+    pub fn failures(&self) -> Result<Vec<FailureRecord>, StoreError> {
+        let path = self.dir.join(FILE_FAILURES);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io("read", &path)(e)),
+        }
+    }
+}
+
+/// A crash being written; invisible to [`CrashStore::list`] until committed.
+#[derive(Debug)]
+pub struct PendingCrash {
+    store: PathBuf,
+    path: PathBuf,
+    vm_name: String,
+    created: SystemTime,
+    committed: bool,
+}
+
+/// A crash made visible by [`PendingCrash::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedCrash {
+    /// The directory's name, the crash's id.
+    pub id: String,
+    /// Its path.
+    pub path: PathBuf,
+}
+
+impl PendingCrash {
+    /// The temporary directory files are written into.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the crash began (the directory's name will say this instant).
+    pub fn created(&self) -> SystemTime {
+        self.created
+    }
+
+    /// The VM's name.
+    pub fn vm_name(&self) -> &str {
+        &self.vm_name
+    }
+
+    /// Creates the new file `name` (a plain name) in the crash directory.
+    pub fn create_file(&self, name: &str) -> Result<File, StoreError> {
+        if name.is_empty() || name.starts_with('.') || name.contains('/') {
+            return Err(StoreError::FileName(name.to_owned()));
+        }
+        let path = self.path.join(name);
+        OpenOptions::new().write(true).create_new(true).open(&path).map_err(io("create", &path))
+    }
+
+    /// Creates the file `name` holding `bytes`.
+    pub fn write_file(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut file = self.create_file(name)?;
+        file.write_all(bytes).map_err(io("write", &self.path.join(name)))
+    }
+
+    /// Writes `meta.json`.
+    pub fn write_meta(&self, meta: &CrashMeta) -> Result<(), StoreError> {
+        let mut json = serde_json::to_vec_pretty(meta).map_err(StoreError::Meta)?;
+        json.push(b'\n');
+        self.write_file(FILE_META, &json)
+    }
+
+    /// Makes the crash visible: fsyncs every file and the directory, renames it to
+    /// `<vm>-<YYYY-MM-DD-HH:MM:SS>` (with `-1`, `-2`, ... if taken; never replacing anything),
+    /// then fsyncs the store directory. Needs `meta.json`.
+    pub fn commit(mut self) -> Result<CommittedCrash, StoreError> {
+        if !self.path.join(FILE_META).is_file() {
+            return Err(StoreError::MissingMeta);
+        }
+        for entry in std::fs::read_dir(&self.path).map_err(io("read", &self.path))? {
+            let path = entry.map_err(io("read", &self.path))?.path();
+            File::open(&path).and_then(|f| f.sync_all()).map_err(io("sync", &path))?;
+        }
+        sync_dir(&self.path)?;
+        let base = format!("{}-{}", self.vm_name, dir_timestamp(self.created));
+        let mut committed = None;
+        for suffix in 0..=MAX_NAME_SUFFIX {
+            let id = if suffix == 0 { base.clone() } else { format!("{base}-{suffix}") };
+            let target = self.store.join(&id);
+            if rename_noreplace(&self.path, &target).map_err(io("commit the crash directory", &target))? {
+                committed = Some(CommittedCrash { id, path: target });
+                break;
+            }
+        }
+        let committed = committed.ok_or(StoreError::NoFreeName(base))?;
+        self.committed = true;
+        sync_dir(&self.store)?;
+        Ok(committed)
+    }
+}
+
+impl Drop for PendingCrash {
+    /// Removes an uncommitted temporary directory, best effort: one that cannot be removed
+    /// stays hidden and is never listed.
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(io("sync directory", path))
+}
+
+/// Renames `from` to `to` unless `to` exists: true if renamed, false if `to` exists.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<bool> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: both pointers are NUL-terminated strings that live across the call; AT_FDCWD makes
+    // the paths relative to the working directory like `rename(2)`.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, from_c.as_ptr(), libc::AT_FDCWD, to_c.as_ptr(), libc::RENAME_NOREPLACE)
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        // A file system without RENAME_NOREPLACE: check, then rename. A directory is never
+        // renamed over a non-empty one, and a crash directory is never empty.
+        Some(libc::EINVAL | libc::ENOSYS) => {
+            if to.symlink_metadata().is_ok() {
+                return Ok(false);
+            }
+            match std::fs::rename(from, to) {
+                Ok(()) => Ok(true),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        _ => Err(e),
+    }
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
+/// `civil_from_days`: shift to eras of 400 years starting on March 1st, so leap days fall at
+/// the end of each year of the era.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days from 0000-03-01 to 1970-01-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1st, 0..=365
+    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Splits a time into UTC (year, month, day, hour, minute, second); before 1970 counts as 1970.
+fn utc_fields(time: SystemTime) -> (i64, u32, u32, u64, u64, u64) {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let in_day = secs % 86_400;
+    (year, month, day, in_day / 3600, in_day / 60 % 60, in_day % 60)
+}
+
+/// `YYYY-MM-DD-HH:MM:SS` in UTC, as crash directories are named.
+pub fn dir_timestamp(time: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = utc_fields(time);
+    format!("{y:04}-{mo:02}-{d:02}-{h:02}:{mi:02}:{s:02}")
+}
+
+/// RFC 3339 in UTC with second precision: `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(time: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = utc_fields(time);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_dir::TestDir;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn meta(vm: &str, created: SystemTime) -> CrashMeta {
+        CrashMeta::new(Trigger::Kdump, vm, created)
+    }
+
+    #[test]
+    fn civil_dates_match_known_days() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(10_956), (1999, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29), "2000 is a leap year");
+        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
+        assert_eq!(civil_from_days(47_540), (2100, 2, 28));
+        assert_eq!(civil_from_days(47_541), (2100, 3, 1), "2100 is not");
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+        assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
+    }
+
+    #[test]
+    fn civil_dates_are_consecutive() {
+        // Walk 1970..2400 day by day: every step is the next calendar day.
+        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let month_len = |y: i64, m: u32| match m {
+            2 if leap(y) => 29,
+            2 => 28,
+            4 | 6 | 9 | 11 => 30,
+            _ => 31,
+        };
+        let mut expected = (1970, 1, 1);
+        for days in 0..157_000 {
+            assert_eq!(civil_from_days(days), expected, "day {days}");
+            let (y, m, d) = expected;
+            expected = if d < month_len(y, m) {
+                (y, m, d + 1)
+            } else if m < 12 {
+                (y, m + 1, 1)
+            } else {
+                (y + 1, 1, 1)
+            };
+        }
+    }
+
+    #[test]
+    fn timestamps_are_utc() {
+        let t = at(1_709_210_096); // 2024-02-29 12:34:56 UTC
+        assert_eq!(dir_timestamp(t), "2024-02-29-12:34:56");
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56Z");
+        assert_eq!(dir_timestamp(UNIX_EPOCH - Duration::from_secs(5)), "1970-01-01-00:00:00");
+    }
+
+    #[test]
+    fn vm_names_are_checked() {
+        for good in ["vm", "web-1", "a.b_c", &"x".repeat(64)] {
+            assert!(validate_vm_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"x".repeat(65), "a\0b"] {
+            assert!(matches!(validate_vm_name(bad), Err(StoreError::VmName(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_pending_crash_is_invisible_until_committed() {
+        let dir = TestDir::new("store-commit");
+        let store = CrashStore::open(dir.path().join("crash")).unwrap();
+        let pending = store.begin("vm").unwrap();
+        let tmp = pending.path().to_path_buf();
+        assert!(tmp.file_name().unwrap().to_str().unwrap().starts_with(".tmp-vm-"));
+        pending.write_file(FILE_VMCORE, b"core").unwrap();
+        pending.write_file(FILE_VMCORE_DMESG, b"log").unwrap();
+        assert!(store.list().unwrap().is_empty(), "temporary directories are not listed");
+        assert!(matches!(pending.create_file("../x"), Err(StoreError::FileName(_))));
+        assert!(matches!(pending.create_file(FILE_VMCORE), Err(StoreError::Io { .. })), "files are new");
+
+        let mut m = meta("vm", pending.created());
+        m.sizes.vmcore_apparent_bytes = 4;
+        pending.write_meta(&m).unwrap();
+        let created = pending.created();
+        let crash = pending.commit().unwrap();
+        assert_eq!(crash.id, format!("vm-{}", dir_timestamp(created)));
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::read(crash.path.join(FILE_VMCORE)).unwrap(), b"core");
+        let list = store.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].id.as_str(), list[0].meta.as_ref()), (crash.id.as_str(), Some(&m)));
+    }
+
+    #[test]
+    fn dropping_a_pending_crash_removes_it() {
+        let dir = TestDir::new("store-drop");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let pending = store.begin("vm").unwrap();
+        pending.write_file(FILE_VMCORE, &[1; 10_000]).unwrap();
+        let tmp = pending.path().to_path_buf();
+        drop(pending);
+        assert!(!tmp.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commit_needs_meta_and_cleans_up_on_failure() {
+        let dir = TestDir::new("store-nometa");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let pending = store.begin("vm").unwrap();
+        let tmp = pending.path().to_path_buf();
+        assert!(matches!(pending.commit(), Err(StoreError::MissingMeta)));
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn name_collisions_get_suffixes() {
+        let dir = TestDir::new("store-collide");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let created = at(1_700_000_000);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let mut pending = store.begin("vm").unwrap();
+            pending.created = created; // the same second, three times
+            pending.write_meta(&meta("vm", created)).unwrap();
+            ids.push(pending.commit().unwrap().id);
+        }
+        let base = format!("vm-{}", dir_timestamp(created));
+        assert_eq!(ids, [base.clone(), format!("{base}-1"), format!("{base}-2")]);
+        // An empty directory in the way is not replaced either.
+        std::fs::create_dir(dir.path().join(format!("{base}-3"))).unwrap();
+        let mut pending = store.begin("vm").unwrap();
+        pending.created = created;
+        pending.write_meta(&meta("vm", created)).unwrap();
+        assert_eq!(pending.commit().unwrap().id, format!("{base}-4"));
+        let listed: Vec<_> = store.list().unwrap().into_iter().map(|e| (e.id, e.meta.is_some())).collect();
+        assert_eq!(listed.len(), 5);
+        assert_eq!(listed[0], (format!("{base}-3"), false), "no meta sorts first");
+    }
+
+    #[test]
+    fn list_skips_hidden_entries_and_files() {
+        let dir = TestDir::new("store-list");
+        let store = CrashStore::open(dir.path()).unwrap();
+        std::fs::create_dir(dir.path().join(".tmp-vm-1-0")).unwrap();
+        std::fs::write(dir.path().join("stray-file"), b"").unwrap();
+        let _pending = store.begin("other").unwrap();
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn failures_are_appended() {
+        let dir = TestDir::new("store-failures");
+        let store = CrashStore::open(dir.path()).unwrap();
+        assert!(store.failures().unwrap().is_empty());
+        let record = |reason: &str| FailureRecord {
+            time: rfc3339(at(0)),
+            vm: "vm".into(),
+            trigger: Trigger::Kdump,
+            reason: reason.into(),
+        };
+        store.record_failure(&record("no elfcorehdr")).unwrap();
+        store.record_failure(&record("descriptor: bad magic")).unwrap();
+        assert_eq!(store.failures().unwrap(), [record("no elfcorehdr"), record("descriptor: bad magic")]);
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn meta_json_has_stable_names() {
+        let mut m = meta("vm", at(1_709_210_096));
+        m.reason = Some(CrashReasonMeta {
+            detector: "sysrq".into(),
+            cpu: 1,
+            pid: 7,
+            comm: "sh".into(),
+            message: "sysrq triggered crash".into(),
+        });
+        m.dump_level = Some(31);
+        m.timings.capture_kernel_ns = Some(5);
+        m.files.vmcore_dmesg = Some(FILE_VMCORE_DMESG.into());
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["trigger"], "kdump");
+        assert_eq!(json["created"], "2024-02-29T12:34:56Z");
+        assert_eq!(json["created_unix_ms"], 1_709_210_096_000u64);
+        assert_eq!(json["reason"]["detector"], "sysrq");
+        assert_eq!(json["timings"]["capture_kernel_ns"], 5);
+        assert_eq!(json["files"]["vmcore_dmesg"], "vmcore-dmesg.txt");
+        assert!(json["files"].get("kexec_dmesg").is_none());
+        assert_eq!(serde_json::from_value::<CrashMeta>(json).unwrap(), m);
+        assert_eq!(Trigger::OnDemand.as_str(), serde_json::to_value(Trigger::OnDemand).unwrap());
+    }
+}
