@@ -123,5 +123,6 @@ fn report(task: &'static Task, blocked_secs: u64) {
         thread_flags
     );
     dumpstack::print_task_trace(KERN_ERR, task);
-    platform::event(EventKind::HungTask, task.cpu(), task.pid.min(u32::from(u16::MAX)) as u16);
+    // The ABI's hung-task event names the CPU the detector ran on, and the task's pid.
+    platform::event(EventKind::HungTask, crate::arch::percpu::cpu_id(), task.pid.min(u32::from(u16::MAX)) as u16);
 }

@@ -108,6 +108,11 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     hung_task::init();
     control::init();
     sysctl::go_live();
+    if kexec::capture::elfcorehdr().is_some() {
+        sched::spawn("kdump", Policy::Normal, None, kexec::capture::run, 0);
+    } else {
+        kexec::kdump::init();
+    }
     sched::idle_loop()
 }
 

@@ -97,6 +97,7 @@ fn unknown_nmi(regs: &PtRegs, cpu: usize) {
     } else {
         crate::pr_emerg!("Uhhuh. NMI received for unknown reason {:02x} on CPU {}.", reason, cpu);
         platform::event(EventKind::UnknownNmi, cpu, u16::from(reason));
+        crate::kexec::crash::set_regs(regs);
         if panics(&UNKNOWN_NMI_PANIC) || panics(&PANIC_ON_UNRECOVERED_NMI) {
             crate::panic::nmi_panic(Detector::UnknownNmi, format_args!("NMI: Not continuing"));
         }

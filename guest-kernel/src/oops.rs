@@ -16,7 +16,7 @@ static DIE_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// "general protection fault") and ends the faulting task, or panics.
 pub fn die(what: &str, error_code: u64, regs: &PtRegs) {
     report(what, error_code, regs);
-    oops_end();
+    oops_end(regs);
 }
 
 /// The oops report alone, through `---[ end trace ... ]---`, tainting the kernel `D`.
@@ -31,14 +31,31 @@ pub fn report(what: &str, error_code: u64, regs: &PtRegs) {
     if what == "Oops" {
         crate::pr_emerg!("CR2: {:016x}", cpu::read_cr2());
     }
-    taint::add(taint::TAINT_DIE);
-    crate::pr_emerg!("---[ end trace 0000000000000000 ]---");
     let pid = sched::current().pid.min(u32::from(u16::MAX)) as u16;
     platform::event(EventKind::Oops, crate::arch::percpu::cpu_id(), pid);
 }
 
-/// Linux's `oops_end`: panic in interrupt context or with `panic_on_oops`, else end the task.
-fn oops_end() {
+/// The end-of-oops marker, tainting the kernel `D`.
+pub fn end_trace() {
+    taint::add(taint::TAINT_DIE);
+    crate::pr_emerg!("---[ end trace 0000000000000000 ]---");
+}
+
+/// Linux's `kexec_should_crash`: kdump starts at the oops itself (with its registers) when the
+/// oops will panic anyway, unless the panic notifiers must run first.
+fn kexec_should_crash() -> bool {
+    let task = sched::current();
+    !panic::CRASH_KEXEC_POST_NOTIFIERS.load(core::sync::atomic::Ordering::Relaxed)
+        && (traps::in_interrupt() || task.pid <= 1 || panic::panic_on_oops())
+}
+
+/// Linux's `oops_end`: kdump first when the oops is fatal, then the end marker, then panic in
+/// interrupt context or with `panic_on_oops`, else end the task.
+fn oops_end(regs: &PtRegs) {
+    if kexec_should_crash() {
+        crate::kexec::crash::crash_kexec(Some(regs));
+    }
+    end_trace();
     if traps::in_interrupt() {
         panic::panic(format_args!("Fatal exception in interrupt"));
     }

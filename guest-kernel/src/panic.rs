@@ -9,6 +9,7 @@ use crashvisor_abi::platform::{Command, CrashReason, Detector, EventKind, PVPANI
 use crashvisor_klib::bytefmt::ByteWriter;
 
 use crate::arch::{cpu, percpu};
+use crate::kexec::crash;
 use crate::printk::KERN_EMERG;
 use crate::sync::irq;
 use crate::{dumpstack, mm, platform, printk, reboot, sched, smp, taint, time};
@@ -125,9 +126,20 @@ pub fn panic(args: fmt::Arguments<'_>) -> ! {
         dumpstack::dump_stack(KERN_EMERG);
     }
     send_crash_reason(text);
-    smp::stop_other_cpus();
+    let post_notifiers = CRASH_KEXEC_POST_NOTIFIERS.load(Ordering::Relaxed);
+    if !post_notifiers {
+        crash::crash_kexec(None);
+    }
+    if post_notifiers && crash::crash_kernel_loaded() {
+        crash::shootdown_others(); // crash_smp_send_stop: the stopped CPUs' registers are kept
+    } else {
+        smp::stop_other_cpus();
+    }
     cpu::outb(PVPANIC_PORT, PVPANIC_PANICKED);
     crate::pr_emerg!("Kernel Offset: disabled");
+    if post_notifiers {
+        crash::crash_kexec(None);
+    }
 
     let timeout = panic_timeout();
     if timeout > 0 {

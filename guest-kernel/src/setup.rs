@@ -1,7 +1,7 @@
 //! Boot-time setup of memory (Linux's `setup_arch` in miniature): read the PVH boot data,
 //! print the memory map, build the direct map, reserve what is in use, start the allocators.
 
-use crashvisor_abi::layout::{CMDLINE_GPA, CMDLINE_MAX_SIZE, LOW_BOOT_AREA_END, PAGE_SIZE};
+use crashvisor_abi::layout::{CMDLINE_GPA, CMDLINE_MAX_SIZE, HIGH_RAM_START, LOW_BOOT_AREA_END, PAGE_SIZE};
 use crashvisor_abi::pvh::{MemmapEntry, ModlistEntry, StartInfo, START_INFO_MAGIC};
 use crashvisor_klib::memmap::{FrameBitmap, MemoryMap, RangeKind};
 
@@ -139,7 +139,14 @@ pub fn memory(start_info_phys: u64) -> bool {
         );
         return false;
     }
-    crate::kexec::reserve::reserve(&mut map);
+    if crate::kexec::capture::elfcorehdr().is_some() {
+        // A capture kernel reads all of the crashed kernel's memory, which its map marks reserved.
+        for range in map.ranges().iter().filter(|r| !r.kind.is_ram_backed() && r.start >= HIGH_RAM_START) {
+            paging::map_outside_ram(range.start, range.end);
+        }
+    } else {
+        crate::kexec::reserve::reserve(&mut map);
+    }
     mm::frame::init(&map, bitmap_phys);
     *MEMORY_MAP.lock_irqsave() = Some(map);
     true

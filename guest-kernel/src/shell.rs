@@ -20,6 +20,7 @@ Commands:
   panic [MESSAGE]               call panic() with MESSAGE
   sysctl NAME | -w NAME=VALUE | -a     kernel knobs (also cat/echo /proc/sys/kernel/NAME)
   kexec -l|-p [--command-line=TEXT] | -e | -u [-p]   load / start / unload the kernel image
+  kdump start|stop|status|config KEY=VALUE   the capture kernel (dump_level, final_action, ...)
   inject FAULT [CPU] [MS]       softlockup hardlockup hung_task deadlock panic oops bug
                                 sysrq_crash stack_overflow, optionally ending after MS
   reboot                        restart the machine
@@ -86,6 +87,7 @@ fn run(line: &str) {
         ("sysctl", arg) => sysctl_command(arg, words.next()),
         ("inject", Some(fault)) => inject_command(fault, words.next(), words.next()),
         ("kexec", Some(option)) => kexec_command(option, line),
+        ("kdump", Some(verb)) => kdump_command(verb, words.next()),
         ("panic", _) => {
             let message = line.strip_prefix("panic").unwrap_or("").trim();
             crate::panic::panic(format_args!("{}", if message.is_empty() { "shell panic" } else { message }));
@@ -164,6 +166,25 @@ fn kexec_command(option: &str, line: &str) {
         }
         "-u" => load::unload(if line.contains(" -p") { Kind::Crash } else { Kind::Normal }),
         _ => out("usage: kexec -l|-p [--command-line=TEXT] | kexec -e | kexec -u [-p]\n"),
+    }
+}
+
+/// `kdump start|stop|status|config KEY=VALUE`.
+fn kdump_command(verb: &str, arg: Option<&str>) {
+    use crate::kexec::kdump;
+    match (verb, arg) {
+        ("start", _) => match kdump::start() {
+            Ok(()) => out("kdump: capture kernel loaded\n"),
+            Err(e) => out(&alloc::format!("kdump: cannot load the capture kernel: {e:?}\n")),
+        },
+        ("stop", _) => kdump::stop(),
+        ("status", _) => out(&kdump::status()),
+        ("config", Some(setting)) => match setting.split_once('=').map(|(k, v)| kdump::configure(k, v)) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => out(&alloc::format!("kdump: {e}\n")),
+            None => out("kdump: config KEY=VALUE\n"),
+        },
+        _ => out("usage: kdump start|stop|status|config KEY=VALUE\n"),
     }
 }
 

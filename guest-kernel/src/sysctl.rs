@@ -88,9 +88,17 @@ pub fn go_live() {
     LIVE.store(true, Ordering::Release);
 }
 
+/// The sysctl named `kernel.x` or at `/proc/sys/kernel/x` (no allocation: boot parameters are
+/// applied before the heap exists).
 fn find(name: &str) -> Option<&'static Sysctl> {
-    let name = name.strip_prefix("/proc/sys/").map_or(name.to_string(), |p| p.replace('/', "."));
-    TABLE.iter().find(|s| s.name == name)
+    let matches = |s: &Sysctl| match name.strip_prefix("/proc/sys/") {
+        Some(path) => {
+            path.len() == s.name.len()
+                && path.bytes().zip(s.name.bytes()).all(|(p, n)| p == n || (p == b'/' && n == b'.'))
+        }
+        None => s.name == name,
+    };
+    TABLE.iter().find(|s| matches(s))
 }
 
 /// The names of every sysctl.

@@ -22,19 +22,37 @@
 //! generous upper bound but returns as soon as the awaited output appears: nothing sleeps for a
 //! fixed time. The host may have only a few cores, so `Vm` serialises the VMs of one test binary
 //! (see [`Vm::start`]); keep VM tests in few binaries.
+//!
+//! A VM started with [`Vm::start_controlled`] also serves the control socket, and the `Vm` has a
+//! client on it ([`Control`]): requests, and the events the VMM streams, stamped on arrival.
+//!
+//! ```no_run
+//! use crashvisor_tests::{kernel_text, Vm, COMMAND_TIMEOUT};
+//! use std::time::Duration;
+//!
+//! let mut vm = Vm::start_controlled(&["--vcpus", "2", "--cmdline", "watchdog_thresh=2"]);
+//! vm.wait_booted();
+//! let fault = vm.inject("softlockup", 1, None);
+//! let event = vm.wait_event(|e| e.is_lockup("soft"), "a soft lockup", Duration::from_secs(60));
+//! println!("detected {:?} after the ack", event.at - fault.at);
+//! vm.expect(|l: &str| kernel_text(l).starts_with("watchdog: BUG: soft lockup - CPU#1"), COMMAND_TIMEOUT);
+//! ```
 #![deny(missing_docs)]
 
+mod control;
 mod elf;
 mod temp;
 mod vm;
+pub mod windows;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+pub use control::{Control, ControlError, ControlFailure, Event, Reply};
 pub use elf::ElfKernel;
 pub use temp::TempFile;
-pub use vm::{LineMatcher, Vm};
+pub use vm::{Injected, LineMatcher, Vm};
 
 /// Upper bound for a boot to the first shell prompt.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -117,9 +135,67 @@ pub fn log_text(line: &str) -> &str {
     }
 }
 
+/// The text of a kernel log line as the console shows it: without a shell prompt the line may
+/// start with (the kernel prints after a prompt that has no line ending) and without its
+/// timestamp.
+pub fn kernel_text(line: &str) -> &str {
+    let mut rest = line;
+    while let Some(after) = rest.strip_prefix(PROMPT) {
+        rest = after;
+    }
+    log_text(rest)
+}
+
+/// A kernel log line, matched on its [`kernel_text`]: exactly, or by its start. Failure messages
+/// name what was awaited.
+#[derive(Clone, Debug)]
+pub struct KernelLine {
+    text: String,
+    whole: bool,
+}
+
+impl KernelLine {
+    /// A line whose text is exactly `text`.
+    pub fn exactly(text: impl Into<String>) -> Self {
+        Self { text: text.into(), whole: true }
+    }
+
+    /// A line whose text starts with `prefix`.
+    pub fn starting(prefix: impl Into<String>) -> Self {
+        Self { text: prefix.into(), whole: false }
+    }
+}
+
+impl LineMatcher for KernelLine {
+    fn matches(&self, line: &str) -> bool {
+        let text = kernel_text(line);
+        if self.whole {
+            text == self.text
+        } else {
+            text.starts_with(&self.text)
+        }
+    }
+
+    fn describe(&self) -> String {
+        if self.whole {
+            format!("the kernel line {:?}", self.text)
+        } else {
+            format!("a kernel line starting with {:?}", self.text)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_text_strips_a_leading_prompt_and_the_timestamp() {
+        assert_eq!(kernel_text("~ # [    5.834981] watchdog: BUG: x"), "watchdog: BUG: x");
+        assert_eq!(kernel_text("~ # ~ # [    1.000000] y"), "y");
+        assert_eq!(kernel_text("[    1.000000] y"), "y");
+        assert_eq!(kernel_text("~ # ps"), "ps");
+    }
 
     #[test]
     fn log_text_strips_printk_timestamps_only() {

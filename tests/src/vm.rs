@@ -1,4 +1,5 @@
-//! `Vm`: one `vmm` process, its console (stdout), its stderr, and its stdin.
+//! `Vm`: one `vmm` process, its console (stdout), its stderr, its stdin, and optionally a
+//! client of its control socket.
 
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -6,7 +7,10 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::{require_kvm, vmm_binary, BOOT_TIMEOUT, COMMAND_TIMEOUT, PROMPT};
+use serde_json::{json, Value};
+
+use crate::control::{Control, ControlError, Event as ControlEvent, Reply};
+use crate::{require_kvm, vmm_binary, TempFile, BOOT_TIMEOUT, COMMAND_TIMEOUT, PROMPT};
 
 /// Held by every live `Vm`: VMs of one test binary run one at a time (the test harness runs
 /// tests on parallel threads, and the host may have only a couple of cores).
@@ -53,13 +57,26 @@ enum Stream {
 }
 
 enum Event {
-    Data(Stream, Vec<u8>),
+    /// Bytes and when the reader thread read them.
+    Data(Stream, Vec<u8>, Instant),
     Eof(Stream),
 }
 
+/// A fault injected over the control socket.
+#[derive(Clone, Copy, Debug)]
+pub struct Injected {
+    /// The pid of the task that carries it (the `inject` result's `pid`).
+    pub pid: u32,
+    /// When the acknowledgement was read: the fault starts in the guest only after it has sent
+    /// this answer.
+    pub at: Instant,
+}
+
 /// A running `vmm` process. Its console (stdout) is read as lines; `expect*` calls consume
-/// them in order, so a sequence of `expect`s also checks the order of the output. Dropping the
-/// `Vm` kills the process.
+/// them in order, so a sequence of `expect`s also checks the order of the output. Each chunk of
+/// console output is stamped with the `Instant` it was read, so a line's arrival can be timed
+/// ([`Vm::expect_stamped`]). A `Vm` started with [`Vm::start_controlled`] also has a
+/// [`Control`] client (`request*`, `wait_event`, ...). Dropping the `Vm` kills the process.
 pub struct Vm {
     args: Vec<String>,
     child: Child,
@@ -67,6 +84,12 @@ pub struct Vm {
     events: Receiver<Event>,
     /// Everything the console printed so far.
     console: Vec<u8>,
+    /// For each chunk of console output: the length of `console` after it, and when it was read.
+    arrivals: Vec<(usize, Instant)>,
+    /// The control-socket client, for a VM started with `start_controlled`.
+    control: Option<Control>,
+    /// The socket's path (removed with the `Vm`).
+    _socket: Option<TempFile>,
     /// Offset in `console` up to which expectations have consumed the output.
     cursor: usize,
     stderr: Vec<u8>,
@@ -110,6 +133,9 @@ impl Vm {
             child,
             events,
             console: Vec::new(),
+            arrivals: Vec::new(),
+            control: None,
+            _socket: None,
             cursor: 0,
             stderr: Vec::new(),
             stdout_open: true,
@@ -117,6 +143,29 @@ impl Vm {
             status: None,
             _slot: slot,
         }
+    }
+
+    /// Starts `vmm` with `args` and `--control <temporary path>`, and connects a [`Control`]
+    /// client to it. The VMM listens before the guest runs, so the client connects as soon as
+    /// the console prints anything; the guest's `booted` event comes later (see
+    /// [`Vm::wait_booted`]).
+    ///
+    /// # Panics
+    ///
+    /// As [`Vm::start`], or if the client cannot connect.
+    #[track_caller]
+    pub fn start_controlled(args: &[&str]) -> Self {
+        let socket = TempFile::new("control.sock");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--control", socket.arg()]);
+        let mut vm = Self::start(&all);
+        vm.await_first_output(BOOT_TIMEOUT);
+        match Control::connect(socket.path()) {
+            Ok(control) => vm.control = Some(control),
+            Err(e) => vm.fail(&format!("cannot connect to the control socket {}: {e}", socket.arg())),
+        }
+        vm._socket = Some(socket);
+        vm
     }
 
     /// Waits for the first shell prompt and returns the console lines before it (the boot log).
@@ -173,6 +222,42 @@ impl Vm {
             }
             self.await_console(deadline, &matcher.describe(), timeout);
         }
+    }
+
+    /// Like [`Vm::expect`], and also returns when the line arrived (when the chunk of output
+    /// that completed it was read).
+    #[track_caller]
+    pub fn expect_stamped(&mut self, matcher: impl LineMatcher, timeout: Duration) -> (String, Instant) {
+        let line = self.expect(matcher, timeout);
+        (line, self.arrival_of(self.cursor))
+    }
+
+    /// A mark in the console output: [`Vm::lines_since`] returns the lines after it.
+    pub fn console_mark(&mut self) -> usize {
+        self.drain();
+        self.console.len()
+    }
+
+    /// The complete console lines printed after `mark` (read so far, consumed or not), each
+    /// with its arrival time.
+    pub fn lines_since(&mut self, mark: usize) -> Vec<(String, Instant)> {
+        self.drain();
+        let mut lines = Vec::new();
+        let mut start = mark;
+        while let Some(newline) = self.console[start..].iter().position(|&b| b == b'\n') {
+            let end = start + newline + 1;
+            let bytes = &self.console[start..end - 1];
+            let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            lines.push((String::from_utf8_lossy(bytes).into_owned(), self.arrival_of(end)));
+            start = end;
+        }
+        lines
+    }
+
+    /// When the console output up to offset `end` had all arrived.
+    fn arrival_of(&self, end: usize) -> Instant {
+        let chunk = self.arrivals.partition_point(|&(len, _)| len < end);
+        self.arrivals.get(chunk).map_or_else(Instant::now, |&(_, at)| at)
     }
 
     /// Waits for the shell prompt at the start of a line (the prompt has no line ending) and
@@ -267,11 +352,24 @@ impl Vm {
         };
         let consumed = lines_of(&self.console[..self.cursor]);
         let pending = lines_of(&self.console[self.cursor..]);
+        let events = match self.control.as_mut() {
+            Some(control) => {
+                let start = Instant::now();
+                let shown: Vec<String> = control
+                    .history()
+                    .iter()
+                    .map(|e| format!("{:>9.3}s ago {}", start.duration_since(e.at).as_secs_f64(), e.body))
+                    .collect();
+                format!("--- control events received:\n{}\n", shown.join("\n"))
+            }
+            None => String::new(),
+        };
         panic!(
             "{message}\n\
              --- vmm {args} ({state})\n\
              --- console before the cursor (last {c} lines):\n{consumed}\n\
              --- console after the cursor (last {p} lines):\n{pending}\n\
+             {events}\
              --- stderr:\n{stderr}\n---",
             args = self.args.join(" "),
             c = CONSUMED_LINES_SHOWN,
@@ -280,6 +378,16 @@ impl Vm {
             pending = tail(&pending, PENDING_LINES_SHOWN),
             stderr = String::from_utf8_lossy(&self.stderr).trim_end(),
         );
+    }
+
+    /// Waits until the console has printed something (or fails).
+    #[track_caller]
+    fn await_first_output(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        self.drain();
+        if self.console.is_empty() {
+            self.await_console(deadline, "the first console output", timeout);
+        }
     }
 
     /// The complete line at the cursor and the offset just past its `\n`.
@@ -332,8 +440,11 @@ impl Vm {
 
     fn apply(&mut self, event: Event) {
         match event {
-            Event::Data(Stream::Stdout, bytes) => self.console.extend_from_slice(&bytes),
-            Event::Data(Stream::Stderr, bytes) => self.stderr.extend_from_slice(&bytes),
+            Event::Data(Stream::Stdout, bytes, at) => {
+                self.console.extend_from_slice(&bytes);
+                self.arrivals.push((self.console.len(), at));
+            }
+            Event::Data(Stream::Stderr, bytes, _) => self.stderr.extend_from_slice(&bytes),
             Event::Eof(Stream::Stdout) => self.stdout_open = false,
             Event::Eof(Stream::Stderr) => self.stderr_open = false,
         }
@@ -350,6 +461,158 @@ impl Drop for Vm {
     }
 }
 
+/// The control socket of a `Vm` started with [`Vm::start_controlled`]. Failures (no answer in
+/// time, the connection closed) fail the test with the console, stderr and events received.
+impl Vm {
+    /// The control-socket client.
+    #[track_caller]
+    pub fn control(&mut self) -> &mut Control {
+        if self.control.is_none() {
+            self.fail("this Vm has no control socket: start it with Vm::start_controlled");
+        }
+        self.control.as_mut().expect("checked just above")
+    }
+
+    /// Sends `request` (a JSON object without `id`) and returns its response with the time it
+    /// was read.
+    #[track_caller]
+    pub fn request_stamped(&mut self, request: Value) -> Reply {
+        let reply = self.control().request(request, COMMAND_TIMEOUT);
+        reply.unwrap_or_else(|failure| self.fail(&failure.to_string()))
+    }
+
+    /// Sends `request` and returns its `result`, or the error response.
+    #[track_caller]
+    pub fn request(&mut self, request: Value) -> Result<Value, ControlError> {
+        self.request_stamped(request).outcome
+    }
+
+    /// Sends `request` and returns its `result`; an error response fails the test.
+    #[track_caller]
+    pub fn request_ok(&mut self, request: Value) -> Value {
+        let shown = request.to_string();
+        match self.request(request) {
+            Ok(result) => result,
+            Err(e) => self.fail(&format!("{shown} failed: {e}")),
+        }
+    }
+
+    /// Waits up to `timeout` for an event `accept`s (the first one buffered, else the next to
+    /// arrive) and takes it; `what` describes it for the failure message.
+    #[track_caller]
+    pub fn wait_event(
+        &mut self,
+        accept: impl Fn(&ControlEvent) -> bool,
+        what: &str,
+        timeout: Duration,
+    ) -> ControlEvent {
+        let event = self.control().wait_event(accept, what, timeout);
+        event.unwrap_or_else(|failure| self.fail(&failure.to_string()))
+    }
+
+    /// Waits for the guest's `booted` event (its control thread is up) and returns its `boot`
+    /// number (1 for the first boot).
+    #[track_caller]
+    pub fn wait_booted(&mut self) -> u64 {
+        let event = self.wait_event(|e| e.is("booted"), "the booted event", BOOT_TIMEOUT);
+        event.u64("boot").unwrap_or_else(|| self.fail(&format!("a booted event without a boot number: {}", event.body)))
+    }
+
+    /// Injects `fault` on `cpu` (for `duration_ms`, if given) and returns the pid of the task
+    /// that carries it and when the acknowledgement arrived.
+    #[track_caller]
+    pub fn inject(&mut self, fault: &str, cpu: usize, duration_ms: Option<u64>) -> Injected {
+        let mut request = json!({"cmd": "inject", "fault": fault, "cpu": cpu});
+        if let Some(ms) = duration_ms {
+            request["duration_ms"] = json!(ms);
+        }
+        self.inject_request(request)
+    }
+
+    /// Sends an `inject` request (with any fields) and returns the pid and the ack's time.
+    #[track_caller]
+    pub fn inject_request(&mut self, request: Value) -> Injected {
+        let shown = request.to_string();
+        let reply = self.request_stamped(request);
+        let pid = match &reply.outcome {
+            Ok(result) => result["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+            Err(e) => self.fail(&format!("{shown} failed: {e}")),
+        };
+        let pid = pid.unwrap_or_else(|| self.fail(&format!("{shown} returned no pid: {:?}", reply.outcome)));
+        Injected { pid, at: reply.at }
+    }
+
+    /// Reads sysctl `name` over the control socket.
+    #[track_caller]
+    pub fn sysctl_get(&mut self, name: &str) -> String {
+        let result = self.request_ok(json!({"cmd": "sysctl_get", "name": name}));
+        sysctl_value(self, result)
+    }
+
+    /// Writes sysctl `name` over the control socket and returns the value read back.
+    #[track_caller]
+    pub fn sysctl_set(&mut self, name: &str, value: impl Into<Value>) -> String {
+        let result = self.request_ok(json!({"cmd": "sysctl_set", "name": name, "value": value.into()}));
+        sysctl_value(self, result)
+    }
+
+    /// Waits for Linux's `Kernel panic - not syncing: MESSAGE` line and for the `panic` event,
+    /// checks that the event carries the guest's crash reason with `detector` and `message`,
+    /// and returns it.
+    #[track_caller]
+    pub fn expect_kernel_panic(&mut self, message: &str, detector: &str) -> ControlEvent {
+        self.expect(crate::KernelLine::exactly(format!("Kernel panic - not syncing: {message}")), COMMAND_TIMEOUT);
+        let event = self.wait_event(|e| e.is("panic"), "the panic event", COMMAND_TIMEOUT);
+        if event.str("detector") != Some(detector) || event.str("message") != Some(message) {
+            self.fail(&format!("expected a panic event from {detector:?} saying {message:?}, got {}", event.body));
+        }
+        event
+    }
+
+    /// Every control event received so far that arrived at or after `since`, oldest first.
+    #[track_caller]
+    pub fn events_since(&mut self, since: Instant) -> Vec<ControlEvent> {
+        self.control().history().iter().filter(|e| e.at >= since).cloned().collect()
+    }
+
+    /// How long each vCPU's host thread (`vcpuN`, indexed by N) has waited for a physical CPU:
+    /// its scheduler run delay from `/proc/PID/task/TID/schedstat`, which is what KVM reports
+    /// to the guest as steal time. Zero for a thread or file that is not there (a host without
+    /// schedstats).
+    pub fn vcpu_run_delays(&mut self) -> Vec<Duration> {
+        let mut delays = Vec::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.child.id())) else { return delays };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let Some(cpu) = comm.trim_end().strip_prefix("vcpu").and_then(|n| n.parse::<usize>().ok()) else {
+                continue;
+            };
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            let run_delay_ns = schedstat.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
+            if delays.len() <= cpu {
+                delays.resize(cpu + 1, Duration::ZERO);
+            }
+            delays[cpu] = Duration::from_nanos(run_delay_ns);
+        }
+        delays
+    }
+
+    /// The steal time of each vCPU since `before` (an earlier [`Vm::vcpu_run_delays`]).
+    pub fn stolen_since(&mut self, before: &[Duration]) -> Vec<Duration> {
+        let now = self.vcpu_run_delays();
+        now.iter().enumerate().map(|(cpu, d)| d.saturating_sub(before.get(cpu).copied().unwrap_or_default())).collect()
+    }
+}
+
+/// The `value` of a sysctl result.
+#[track_caller]
+fn sysctl_value(vm: &mut Vm, result: Value) -> String {
+    match result["value"].as_str() {
+        Some(value) => value.to_string(),
+        None => vm.fail(&format!("a sysctl result without a string value: {result}")),
+    }
+}
+
 /// Forwards everything `source` yields to `events`, then its end.
 fn spawn_reader(stream: Stream, mut source: impl Read + Send + 'static, events: Sender<Event>) {
     std::thread::spawn(move || {
@@ -359,7 +622,7 @@ fn spawn_reader(stream: Stream, mut source: impl Read + Send + 'static, events: 
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if events.send(Event::Data(stream, buf[..n].to_vec())).is_err() {
+                    if events.send(Event::Data(stream, buf[..n].to_vec(), Instant::now())).is_err() {
                         return; // the Vm is gone
                     }
                 }

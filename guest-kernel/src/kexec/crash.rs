@@ -168,3 +168,37 @@ pub fn current_regs() -> PtRegs {
         ..PtRegs::default()
     }
 }
+
+/// Per CPU: registers a detector or oops wants the crash note to show (the interrupted code
+/// rather than the panic path), set just before it panics.
+static CRASH_REGS: crate::sync::SpinLock<[Option<PtRegs>; MAX_CPUS]> = crate::sync::SpinLock::new([None; MAX_CPUS]);
+/// Only one CPU enters the crash kernel (Linux's `kexec_trylock`).
+static CRASHING: AtomicBool = AtomicBool::new(false);
+
+/// Records the registers this CPU's crash note should carry if it panics now.
+pub fn set_regs(regs: &PtRegs) {
+    if let Some(mut slot) = CRASH_REGS.try_lock_irqsave() {
+        slot[percpu::cpu_id()] = Some(*regs);
+    }
+}
+
+/// Whether a crash kernel is loaded (Linux's `kexec_crash_image`).
+pub fn crash_kernel_loaded() -> bool {
+    super::load::loaded(super::load::Kind::Crash)
+}
+
+/// Linux's `__crash_kexec`: save VMCOREINFO and every CPU's registers, stop the other CPUs,
+/// and enter the capture kernel. Returns only when no crash kernel is loaded.
+pub fn crash_kexec(regs: Option<&PtRegs>) {
+    if !crash_kernel_loaded() || CRASHING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    crate::sync::irq::disable();
+    let recorded = CRASH_REGS.try_lock_irqsave().and_then(|slot| slot[percpu::cpu_id()]);
+    let regs = regs.copied().or(recorded).unwrap_or_else(current_regs);
+    save_vmcoreinfo();
+    shootdown_others();
+    save_cpu(&regs);
+    super::load::exec_crash();
+    CRASHING.store(false, Ordering::SeqCst);
+}

@@ -156,7 +156,7 @@ fn build_elfcorehdr(at: u64) -> Result<(), LoadError> {
     let guard = setup::MEMORY_MAP.lock_irqsave();
     let map = guard.as_ref().ok_or(LoadError::NoMemory)?;
     let mut run: Option<(u64, u64)> = None;
-    let mut flush = |builder: &mut CoreHeaderBuilder<'_>, (start, end): (u64, u64)| {
+    let flush = |builder: &mut CoreHeaderBuilder<'_>, (start, end): (u64, u64)| {
         builder.load(PAGE_OFFSET + start, start, end - start).map_err(full)
     };
     for range in map.ranges().iter().filter(|r| r.kind.is_ram_backed() && r.kind != RangeKind::CrashKernel) {
@@ -212,14 +212,27 @@ fn write_boot_data(memmap: &[MemmapEntry], cmdline: &str) -> u32 {
 }
 
 /// The capture kernel's memory map: the reservation (minus the elfcorehdr) is its RAM; all
-/// other RAM of the crashed kernel is reserved (it is the dump), firmware ranges unchanged.
+/// other RAM of the crashed kernel is reserved (it is the dump); firmware ranges unchanged.
 fn crash_memmap(elfcorehdr: u64) -> Vec<MemmapEntry> {
-    let (start, end) = reserve::region().unwrap_or((0, 0));
-    let mut map: Vec<MemmapEntry> = setup::boot_memmap()
-        .into_iter()
-        .map(|e| MemmapEntry { kind: if e.kind == MEMMAP_TYPE_RAM { MEMMAP_TYPE_RESERVED } else { e.kind }, ..e })
-        .collect();
-    map.push(MemmapEntry { addr: start, size: elfcorehdr - start, kind: MEMMAP_TYPE_RAM, reserved: 0 });
+    let (start, _) = reserve::region().unwrap_or((0, 0));
+    let mut map = Vec::new();
+    for entry in setup::boot_memmap() {
+        if entry.kind != MEMMAP_TYPE_RAM {
+            map.push(entry);
+            continue;
+        }
+        let (s, e) = (entry.addr, entry.addr + entry.size);
+        let pieces = [
+            (s, e.min(start), MEMMAP_TYPE_RESERVED),
+            (s.max(start), e.min(elfcorehdr), MEMMAP_TYPE_RAM),
+            (s.max(elfcorehdr), e, MEMMAP_TYPE_RESERVED),
+        ];
+        for (addr, end, kind) in pieces {
+            if addr < end {
+                map.push(MemmapEntry { addr, size: end - addr, kind, reserved: 0 });
+            }
+        }
+    }
     map
 }
 

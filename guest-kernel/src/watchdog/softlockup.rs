@@ -56,6 +56,7 @@ fn report(cpu: usize, duration: u64) {
     dumpstack::print_cpu_header(KERN_EMERG);
     match traps::irq_regs() {
         Some(regs) => {
+            crate::kexec::crash::set_regs(&regs);
             dumpstack::show_regs(KERN_EMERG, &regs);
             dumpstack::print_trace_from(KERN_EMERG, regs.rbp, None, None);
         }

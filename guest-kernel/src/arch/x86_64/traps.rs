@@ -102,9 +102,13 @@ fn double_fault(regs: &PtRegs) -> ! {
             task.stack_base + task.stack_size
         );
         crate::oops::report("stack guard page", 0, regs);
+        crate::oops::end_trace();
+        crate::kexec::crash::set_regs(regs);
         crate::panic::panic_with(Detector::StackOverflow, format_args!("TASK stack guard hit"));
     }
     crate::oops::report("double fault", regs.orig_rax, regs);
+    crate::oops::end_trace();
+    crate::kexec::crash::set_regs(regs);
     crate::panic::panic(format_args!("Fatal exception in interrupt"))
 }
 
