@@ -199,6 +199,7 @@ pub fn crash_kexec(regs: Option<&PtRegs>) {
     save_vmcoreinfo();
     shootdown_others();
     save_cpu(&regs);
+    super::load::update_elfcorehdr();
     super::load::exec_crash();
     CRASHING.store(false, Ordering::SeqCst);
 }

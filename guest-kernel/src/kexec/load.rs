@@ -153,7 +153,7 @@ fn build_elfcorehdr(at: u64) -> Result<(), LoadError> {
     // SAFETY: only the addresses of the linker symbols are taken.
     let (text, end) = unsafe { (&_text as *const u8 as u64, &_end as *const u8 as u64) };
     builder.load(text, mm::kernel_virt_to_phys(text), (end - text).next_multiple_of(PAGE_SIZE)).map_err(full)?;
-    let guard = setup::MEMORY_MAP.lock_irqsave();
+    let guard = setup::MEMORY_MAP.try_lock_irqsave().ok_or(LoadError::NoMemory)?;
     let map = guard.as_ref().ok_or(LoadError::NoMemory)?;
     let mut run: Option<(u64, u64)> = None;
     let flush = |builder: &mut CoreHeaderBuilder<'_>, (start, end): (u64, u64)| {
@@ -172,8 +172,27 @@ fn build_elfcorehdr(at: u64) -> Result<(), LoadError> {
     if let Some(done) = run {
         flush(&mut builder, done)?;
     }
+    drop(guard);
+    // Task stacks live outside the direct map: give each its own PT_LOAD at its virtual
+    // address, so tools can walk the crashed tasks' frames.
+    let mut result = Ok(());
+    crate::sched::task::try_for_each(|task| {
+        if task.stack_phys != 0 && result.is_ok() {
+            result = builder.load(task.stack_base, task.stack_phys, task.stack_size).map_err(full);
+        }
+    });
+    result?;
     builder.finish();
     Ok(())
+}
+
+/// Rebuilds the loaded crash image's elfcorehdr at crash time, so it covers the tasks created
+/// since `kexec -p` (Linux updates it on hotplug with `KEXEC_UPDATE_ELFCOREHDR`).
+pub fn update_elfcorehdr() {
+    let header = IMAGES.try_lock_irqsave().and_then(|images| images[1].as_ref().and_then(|i| i.elfcorehdr));
+    if let Some(header) = header {
+        let _ = build_elfcorehdr(header);
+    }
 }
 
 /// Writes the next kernel's PVH boot data at `KEXEC_BOOT_DATA_GPA`: start info, the module

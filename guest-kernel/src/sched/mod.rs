@@ -123,13 +123,14 @@ mod heapless_name {
 /// `cpu` is `None`) and makes it runnable.
 pub fn spawn(name: &str, policy: Policy, cpu: Option<usize>, entry: fn(usize), arg: usize) -> Option<&'static Task> {
     let cpu = cpu.unwrap_or_else(least_loaded_cpu);
-    let stack = crate::arch::paging::alloc_stack(STACK_SIZE as u64)?;
+    let (stack, stack_phys) = crate::arch::paging::alloc_stack(STACK_SIZE as u64)?;
     let pid = task::alloc_pid();
     // As in Linux: init (pid 1) is a child of pid 0; kernel threads are children of kthreadd.
     let ppid = if pid <= KTHREADD_PID { 0 } else { KTHREADD_PID };
     let mut task = Task::new(pid, ppid, name, policy, cpu as u32, PF_KTHREAD);
     task.stack_base = stack;
     task.stack_size = STACK_SIZE as u64;
+    task.stack_phys = stack_phys;
     task.entry = Some(entry);
     task.arg = arg;
     // SAFETY: the task is not shared yet; its stack was just allocated for it.

@@ -61,6 +61,8 @@ pub struct Task {
     pub stack_base: u64,
     /// Stack size in bytes.
     pub stack_size: u64,
+    /// Physical address of a stack mapped outside the direct map (0 when it is in it).
+    pub stack_phys: u64,
     /// Entry function and argument (new tasks).
     pub(super) entry: Option<fn(usize)>,
     pub(super) arg: usize,
@@ -95,6 +97,7 @@ impl Task {
             flags,
             stack_base: 0,
             stack_size: 0,
+            stack_phys: 0,
             entry: None,
             arg: 0,
             last_switch_count: AtomicU64::new(0),
@@ -163,6 +166,16 @@ pub fn for_each(mut f: impl FnMut(&'static Task)) {
     for task in tasks.iter() {
         f(task);
     }
+}
+
+/// Calls `f` for every task if the task list is free now (crash path: a stopped CPU may hold
+/// the lock). Returns false if it was busy.
+pub fn try_for_each(mut f: impl FnMut(&'static Task)) -> bool {
+    let Some(tasks) = TASKS.try_lock_irqsave() else { return false };
+    for task in tasks.iter() {
+        f(task);
+    }
+    true
 }
 
 /// A snapshot of the task list (for callers that print while walking).

@@ -171,15 +171,17 @@ fn map_4k(va: u64, pa: u64) -> Option<()> {
 }
 
 /// Allocates a kernel stack of `size` bytes (a multiple of 4 KiB, at most 60 KiB) with a
-/// guard page below it; returns its lowest address. Not zeroed.
-pub fn alloc_stack(size: u64) -> Option<u64> {
+/// guard page below it; returns its lowest virtual address and the physical address of its
+/// (contiguous) memory, which a vmcore maps back to the virtual one. Not zeroed.
+pub fn alloc_stack(size: u64) -> Option<(u64, u64)> {
+    let size = size.min(STACK_SLOT - PAGE);
     let slot = NEXT_STACK_SLOT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     let base = VMAP_STACK_BASE + slot * STACK_SLOT + PAGE;
-    for offset in (0..size.min(STACK_SLOT - PAGE)).step_by(PAGE as usize) {
-        let frame = mm::frame::alloc_pages(1)?;
-        map_4k(base + offset, mm::virt_to_phys(frame))?;
+    let phys = mm::virt_to_phys(mm::frame::alloc_pages((size / PAGE) as usize)?);
+    for offset in (0..size).step_by(PAGE as usize) {
+        map_4k(base + offset, phys + offset)?;
     }
-    Some(base)
+    Some((base, phys))
 }
 
 /// Whether `address` is in the guard page below the stack that starts at `stack_base`.
