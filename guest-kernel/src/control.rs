@@ -2,7 +2,6 @@
 //! text protocol of `crashvisor_abi::control` (inject faults, sysctls, ps, uptime, dmesg).
 
 use alloc::string::String;
-use core::fmt::Write;
 
 use crashvisor_abi::control::{
     decode_value, encode_value, key, parse_line, parse_u32, parse_u64, ErrorCode, FaultKind, Line, Verb, HELLO_ID,
@@ -10,7 +9,6 @@ use crashvisor_abi::control::{
 };
 use crashvisor_abi::platform::EventKind;
 use crashvisor_abi::serial::COM2_PORT;
-use crashvisor_klib::printk::{format_timestamp, TIMESTAMP_MAX_LEN};
 
 use crate::arch::percpu;
 use crate::inject::{self, Fault, InjectError};
@@ -132,7 +130,7 @@ fn serve(text: &str) {
             let Some(since) = since else {
                 return Response::err(id, ErrorCode::BadArgument, "since is not a number").send();
             };
-            let (text, next) = dmesg_since(since);
+            let (text, next) = printk::text_since(since);
             let mut r = Response::ok(id);
             r.value(key::NEXT, alloc::format!("{next}").as_bytes());
             r.value(key::TEXT, text.as_bytes());
@@ -204,22 +202,4 @@ fn serve_inject(request: &Line<'_>) {
             Response::err(id, code, &text).send();
         }
     }
-}
-
-/// Log records from sequence number `since`, as `[    1.234567] text` lines, and the next
-/// sequence number to ask for.
-fn dmesg_since(since: u64) -> (String, u64) {
-    let mut text = String::new();
-    let mut next = since;
-    printk::for_each_record(since, |record| {
-        let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
-        let _ = writeln!(
-            text,
-            "{}{}",
-            core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""),
-            String::from_utf8_lossy(record.text)
-        );
-        next = record.seq + 1;
-    });
-    (text, next.max(since))
 }

@@ -124,6 +124,27 @@ pub fn for_each_record(from_seq: u64, mut f: impl FnMut(&Record<'_>)) {
     });
 }
 
+/// Appends `record` to `text` as the line `vmcore-dmesg` and `dmesg` print:
+/// `[    1.234567] text\n`.
+pub fn push_line(text: &mut alloc::string::String, record: &Record<'_>) {
+    let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
+    text.push_str(core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""));
+    text.push_str(&alloc::string::String::from_utf8_lossy(record.text));
+    text.push('\n');
+}
+
+/// This kernel's log from sequence number `from_seq` on, as text lines, and the sequence
+/// number that follows the last one.
+pub fn text_since(from_seq: u64) -> (alloc::string::String, u64) {
+    let mut text = alloc::string::String::new();
+    let mut next = from_seq;
+    for_each_record(from_seq, |record| {
+        push_line(&mut text, record);
+        next = record.seq + 1;
+    });
+    (text, next)
+}
+
 /// `SYMBOL(log_buf)` names a pointer variable holding the buffer's address, as in Linux.
 static LOG_BUF_PTR: core::sync::atomic::AtomicPtr<u8> = core::sync::atomic::AtomicPtr::new(LOG_BUF.0.get().cast());
 /// `SYMBOL(log_buf_len)` names a 32-bit variable holding the buffer's size.

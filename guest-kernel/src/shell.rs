@@ -3,7 +3,6 @@
 use alloc::string::String;
 
 use crashvisor_abi::platform::{Progress, PLATFORM_PROGRESS};
-use crashvisor_klib::printk::{format_timestamp, TIMESTAMP_MAX_LEN};
 
 use crate::arch::{cpu, percpu};
 use crate::{console, printk, procfs, reboot, time};
@@ -221,14 +220,7 @@ fn ps() {
 }
 
 fn dmesg() {
-    let mut text = String::new();
-    printk::for_each_record(0, |record| {
-        let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
-        text.push_str(core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""));
-        text.push_str(core::str::from_utf8(record.text).unwrap_or("?"));
-        text.push('\n');
-    });
-    out(&text);
+    out(&printk::text_since(0).0);
 }
 
 fn sysrq(key: &str) {

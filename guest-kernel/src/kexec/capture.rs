@@ -6,7 +6,6 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt::Write;
 
 use crashvisor_abi::dump::{DumpDescriptor, DumpFailure, DumpRange, DUMP_LEVEL_FREE, DUMP_MAGIC, DUMP_VERSION};
 use crashvisor_abi::layout::{KERNEL_MAP, PAGE_SIZE};
@@ -14,7 +13,7 @@ use crashvisor_abi::platform::{Command, PVPANIC_CRASH_LOADED, PVPANIC_PORT, STAT
 use crashvisor_klib::cmdline::{memparse, parse_u64};
 use crashvisor_klib::elfcore::CoreHeader;
 use crashvisor_klib::elfnote::{NoteIter, VMCOREINFO_NOTE_NAME};
-use crashvisor_klib::printk::{format_timestamp, LogIndex, TIMESTAMP_MAX_LEN};
+use crashvisor_klib::printk::LogIndex;
 use crashvisor_klib::vmcore::{append_note_segment, DumpRangeBuilder, VmcoreError, VmcoreLayout};
 
 use crate::arch::cpu;
@@ -162,30 +161,9 @@ fn old_log(vmcoreinfo: &str) -> Option<String> {
     let buf = old(kernel_pa(buf_va?), len);
     let mut text = String::new();
     for record in index.records(buf, 0) {
-        let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
-        let _ = writeln!(
-            text,
-            "{}{}",
-            core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""),
-            String::from_utf8_lossy(record.text)
-        );
+        printk::push_line(&mut text, &record);
     }
     Some(text)
-}
-
-/// This kernel's own log, for `kexec-dmesg.log`.
-fn own_log() -> String {
-    let mut text = String::new();
-    printk::for_each_record(0, |record| {
-        let mut stamp = [0u8; TIMESTAMP_MAX_LEN];
-        let _ = writeln!(
-            text,
-            "{}{}",
-            core::str::from_utf8(format_timestamp(record.ts_nsec, &mut stamp)).unwrap_or(""),
-            String::from_utf8_lossy(record.text)
-        );
-    });
-    text
 }
 
 /// Runs the dump and the final action: the capture kernel's reason to exist.
@@ -264,7 +242,7 @@ fn dump() -> Result<(), String> {
         summary.bytes >> 10,
         dump_level
     );
-    let own = own_log();
+    let own = printk::text_since(0).0;
     let kexec_dmesg = Pages::from_text(&own)?;
     let descriptor = DumpDescriptor {
         magic: DUMP_MAGIC,
