@@ -59,6 +59,11 @@ extern "C" {
 extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     mm::set_phys_base(phys_base);
     percpu::init(0, cpu::cpuid(1, 0).ebx >> 24);
+    // Descriptor tables first (static memory only): an NMI can arrive at any moment, for
+    // instance in a capture kernel booting while the host still sends them.
+    gdt::init_cpu(0);
+    idt::init();
+    idt::load();
     time::init();
     console::init();
     setup::save_cmdline(start_info);
@@ -74,9 +79,6 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     kallsyms::init();
     pr_info!("tsc: Detected {}.{:03} MHz processor", time::tsc_khz() / 1000, time::tsc_khz() % 1000);
 
-    gdt::init_cpu(0);
-    idt::init();
-    idt::load();
     apic::disable_legacy_pic();
     apic::init_local();
     for irq in [COM1_IRQ, COM2_IRQ] {

@@ -52,7 +52,13 @@ fn kexec_should_crash() -> bool {
 /// Linux's `oops_end`: kdump first when the oops is fatal, then the end marker, then panic in
 /// interrupt context or with `panic_on_oops`, else end the task.
 fn oops_end(regs: &PtRegs) {
-    if kexec_should_crash() {
+    if kexec_should_crash() && crate::kexec::crash::crash_kernel_loaded() {
+        // kdump starts here, before any panic line (as Linux); the host still learns why.
+        panic::send_crash_reason(if traps::in_interrupt() {
+            "Fatal exception in interrupt"
+        } else {
+            "Fatal exception"
+        });
         crate::kexec::crash::crash_kexec(Some(regs));
     }
     end_trace();

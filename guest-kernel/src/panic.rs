@@ -46,8 +46,10 @@ pub static CRASH_KEXEC_POST_NOTIFIERS: AtomicBool = AtomicBool::new(false);
 /// What is panicking the kernel, for the host's crash reason (a `Detector` value).
 static DETECTOR: AtomicU32 = AtomicU32::new(Detector::None as u32);
 
+static REASON_SENT: AtomicBool = AtomicBool::new(false);
+
 struct ReasonCell(UnsafeCell<CrashReason>);
-// SAFETY: written only by the panicking CPU (the owner of PANIC_CPU), once.
+// SAFETY: written only by the CPU that wins REASON_SENT, once.
 unsafe impl Sync for ReasonCell {}
 static REASON: ReasonCell = ReasonCell(UnsafeCell::new(CrashReason::new(Detector::None, 0, 0)));
 
@@ -72,12 +74,16 @@ pub fn nmi_panic(detector: Detector, args: fmt::Arguments<'_>) {
     }
 }
 
-/// Tells the host why the kernel is panicking (beyond pvpanic's bit).
-fn send_crash_reason(message: &str) {
+/// Tells the host why the kernel is going down (beyond pvpanic's bit), and sends the panic event.
+pub fn send_crash_reason(message: &str) {
+    // Once per boot: the first CPU going down (a panic, or an oops entering kdump) owns it.
+    if REASON_SENT.swap(true, Ordering::SeqCst) {
+        return;
+    }
     let task = sched::current();
     let cpu = percpu::cpu_id();
     let detector = Detector::from_raw(DETECTOR.load(Ordering::Relaxed)).unwrap_or(Detector::None);
-    // SAFETY: only the panicking CPU gets here (it owns PANIC_CPU), once per boot.
+    // SAFETY: REASON_SENT lets exactly one CPU, once per boot, past this point.
     let reason = unsafe { &mut *REASON.0.get() };
     *reason = CrashReason::new(detector, cpu as u32, task.pid);
     reason.set_comm(task.comm().as_bytes());

@@ -156,7 +156,7 @@ fn kexec_command(option: &str, line: &str) {
         "-l" | "-p" => {
             let kind = if option == "-l" { Kind::Normal } else { Kind::Crash };
             if let Err(e) = load::load(kind, cmdline) {
-                out(&alloc::format!("kexec: {e:?}\n"));
+                out(&alloc::format!("kexec: {e}\n"));
             }
         }
         "-e" => {
@@ -174,7 +174,7 @@ fn kdump_command(verb: &str, arg: Option<&str>) {
     match (verb, arg) {
         ("start", _) => match kdump::start() {
             Ok(()) => out("kdump: capture kernel loaded\n"),
-            Err(e) => out(&alloc::format!("kdump: cannot load the capture kernel: {e:?}\n")),
+            Err(e) => out(&alloc::format!("kdump: cannot load the capture kernel: {e}\n")),
         },
         ("stop", _) => kdump::stop(),
         ("status", _) => out(&kdump::status()),

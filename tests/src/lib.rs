@@ -41,6 +41,7 @@
 
 mod control;
 mod elf;
+pub mod kdump;
 mod temp;
 mod vm;
 pub mod windows;
@@ -51,7 +52,7 @@ use std::time::Duration;
 
 pub use control::{Control, ControlError, ControlFailure, Event, Reply};
 pub use elf::ElfKernel;
-pub use temp::TempFile;
+pub use temp::{TempDir, TempFile};
 pub use vm::{Injected, LineMatcher, Vm};
 
 /// Upper bound for a boot to the first shell prompt.

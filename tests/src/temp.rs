@@ -48,3 +48,42 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// A uniquely named directory in the system's temporary directory, removed with its contents
+/// when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A fresh, empty directory named after `hint`.
+    ///
+    /// # Panics
+    ///
+    /// If the directory cannot be created.
+    pub fn new(hint: &str) -> Self {
+        let path = TempFile::new(hint).path.clone();
+        // The `TempFile` removed any leftover file of that name; a leftover directory from a
+        // crashed run with the same pid would be stale too.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory's path as a `&str`, for command lines.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("the temporary directory's path is UTF-8")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

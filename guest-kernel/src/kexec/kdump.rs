@@ -82,6 +82,6 @@ pub fn init() {
     }
     match start() {
         Ok(()) => crate::pr_info!("kdump: capture kernel loaded"),
-        Err(e) => crate::pr_warn!("kdump: cannot load the capture kernel: {:?}", e),
+        Err(e) => crate::pr_warn!("kdump: cannot load the capture kernel: {}", e),
     }
 }

@@ -47,6 +47,20 @@ pub enum LoadError {
     Segments(KexecError),
 }
 
+impl core::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NoImage => f.write_str("the VMM passed no kernel image to load"),
+            Self::BadImage(why) => write!(f, "the kernel image cannot be loaded: {why}"),
+            Self::NoCrashRegion => f.write_str(
+                "no (or too little) memory reserved for the capture kernel: boot with crashkernel=SIZE, e.g. crashkernel=64M",
+            ),
+            Self::NoMemory => f.write_str("not enough free memory for the new kernel"),
+            Self::Segments(e) => write!(f, "a segment breaks kexec's rules ({}: {:?})", e.errno_name(), e),
+        }
+    }
+}
+
 struct Image {
     entry: u32,
     cmdline: String,
@@ -255,6 +269,12 @@ fn crash_memmap(elfcorehdr: u64) -> Vec<MemmapEntry> {
     map
 }
 
+/// Stops the host's periodic NMIs before another kernel takes over: it installs its handlers
+/// only after booting (Linux quiesces the NMI sources with `lapic_shutdown`).
+fn quiesce_nmis() {
+    crate::platform::command(crashvisor_abi::platform::Command::SetNmiWatchdog, 0);
+}
+
 /// `kexec -e`: stop the other CPUs and start the loaded image. Returns only if none is loaded.
 pub fn exec_normal() {
     let Some((entry, cmdline)) = IMAGES.lock_irqsave()[0].as_ref().map(|i| (i.entry, i.cmdline.clone())) else {
@@ -263,6 +283,7 @@ pub fn exec_normal() {
     crate::pr_info!("kexec_core: Starting new kernel");
     irq::disable();
     smp::stop_other_cpus();
+    quiesce_nmis();
     let start_info = write_boot_data(&setup::boot_memmap(), &cmdline);
     paging::restore_identity_map();
     // SAFETY: the image was loaded (and checked) by `load`; the other CPUs are stopped and
@@ -278,6 +299,7 @@ pub fn exec_crash() {
     else {
         return;
     };
+    quiesce_nmis();
     let start_info = write_boot_data(&crash_memmap(header.unwrap_or(0)), &cmdline);
     paging::restore_identity_map();
     // SAFETY: as for `exec_normal`; the crash image lives in the reservation, untouched by the
