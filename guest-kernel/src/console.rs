@@ -1,20 +1,16 @@
 //! The COM1 console: Linux-style output (`\n` as `\r\n`, one CPU at a time, NMI-safe) and
 //! interrupt-driven input for the shell.
 
-use core::sync::atomic::{AtomicU32, Ordering};
-
 use crashvisor_abi::serial::COM1_PORT;
 
-use crate::arch::cpu;
 use crate::serial::{RxQueue, Uart};
+use crate::sync::owner::OwnerLock;
 
 static UART: Uart = Uart::new(COM1_PORT);
 static INPUT: RxQueue<256> = RxQueue::new();
 
-/// The CPU holding the output lock, or `NO_OWNER`. A re-entrant print from the same CPU (an NMI
-/// that interrupted a print) skips output instead of deadlocking; a panicking CPU takes over.
-static OUTPUT_OWNER: AtomicU32 = AtomicU32::new(NO_OWNER);
-const NO_OWNER: u32 = u32::MAX;
+/// One CPU prints at a time; a nested print from NMI context on the same CPU is skipped.
+static OUTPUT: OwnerLock = OwnerLock::new();
 
 /// Programs COM1.
 pub fn init() {
@@ -29,28 +25,12 @@ pub fn enable_rx_interrupt() {
 /// Runs `f` holding the console output lock (interrupts off). Returns `None` if this CPU
 /// already holds it (a nested print from NMI context).
 pub fn with_output<R>(f: impl FnOnce(&mut dyn FnMut(&[u8])) -> R) -> Option<R> {
-    let me = crate::arch::percpu::cpu_id() as u32;
-    let irq = crate::sync::irq::save();
-    loop {
-        match OUTPUT_OWNER.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => break,
-            Err(owner) if owner == me => {
-                crate::sync::irq::restore(irq);
-                return None;
-            }
-            Err(_) => cpu::pause(),
-        }
-    }
-    let mut emit = |bytes: &[u8]| UART.write(bytes);
-    let r = f(&mut emit);
-    OUTPUT_OWNER.store(NO_OWNER, Ordering::Release);
-    crate::sync::irq::restore(irq);
-    Some(r)
+    OUTPUT.with(|| f(&mut |bytes: &[u8]| UART.write(bytes)))
 }
 
 /// Lets the panicking CPU print even if another CPU died holding the console.
 pub fn bust_lock() {
-    OUTPUT_OWNER.store(NO_OWNER, Ordering::Release);
+    OUTPUT.bust();
 }
 
 /// Writes text to the console, turning `\n` into `\r\n` as Linux's serial console does.

@@ -7,7 +7,7 @@ use crashvisor_abi::platform::{Detector, EventKind, NMI_REASON_OPERATOR, NMI_REA
 
 use crate::arch::cpu;
 use crate::arch::idt::PtRegs;
-use crate::arch::percpu::{self, MAX_CPUS};
+use crate::arch::percpu;
 use crate::printk::KERN_INFO;
 use crate::{dumpstack, platform, smp};
 
@@ -20,8 +20,6 @@ pub static PANIC_ON_IO_NMI: AtomicBool = AtomicBool::new(false);
 
 /// CPUs asked for an NMI backtrace (bit per CPU).
 static BACKTRACE_MASK: AtomicU64 = AtomicU64::new(0);
-/// NMIs taken per CPU.
-static NMI_COUNT: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// Reason-port bits (Linux's `NMI_REASON_SERR` and `NMI_REASON_IOCHK`).
 const NMI_REASON_SERR: u8 = 0x80;
@@ -53,7 +51,6 @@ pub fn backtrace_all_but_self() {
 /// an NMI none of them claims goes down the unknown-NMI path.
 pub fn handle(regs: &mut PtRegs) {
     let cpu = percpu::cpu_id();
-    NMI_COUNT[cpu].fetch_add(1, Ordering::Relaxed);
     if crate::kexec::crash::in_shootdown() {
         crate::kexec::crash::shootdown_this_cpu(regs);
     }

@@ -3,11 +3,12 @@
 
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use crashvisor_klib::bytefmt::ByteWriter;
 use crashvisor_klib::printk::{format_timestamp, LogIndex, Record, LOG_LINE_MAX, TIMESTAMP_MAX_LEN};
 
+use crate::sync::owner::OwnerLock;
 use crate::{console, time};
 
 /// `KERN_EMERG`.
@@ -35,42 +36,27 @@ struct LogBuffer(UnsafeCell<[u8; LOG_BUF_LEN]>);
 /// The log state: the index and buffer, guarded by an owner-CPU lock so that a print from an
 /// NMI that interrupted a print on the same CPU is dropped instead of deadlocking.
 struct Log {
-    owner: AtomicU32,
+    lock: OwnerLock,
     index: UnsafeCell<LogIndex>,
 }
 
-// SAFETY: `index` and `LOG_BUF` are only accessed while `owner` is held (see `with_log`).
+// SAFETY: `index` and `LOG_BUF` are only accessed while `lock` is held (see `with_log`).
 unsafe impl Sync for Log {}
 // SAFETY: as above.
 unsafe impl Sync for LogBuffer {}
 
-static LOG: Log = Log { owner: AtomicU32::new(NO_OWNER), index: UnsafeCell::new(LogIndex::new()) };
+static LOG: Log = Log { lock: OwnerLock::new(), index: UnsafeCell::new(LogIndex::new()) };
 static LOG_BUF: LogBuffer = LogBuffer(UnsafeCell::new([0; LOG_BUF_LEN]));
-const NO_OWNER: u32 = u32::MAX;
 
 fn with_log<R>(f: impl FnOnce(&mut LogIndex, &mut [u8; LOG_BUF_LEN]) -> R) -> Option<R> {
-    let me = crate::arch::percpu::cpu_id() as u32;
-    let irq = crate::sync::irq::save();
-    loop {
-        match LOG.owner.compare_exchange_weak(NO_OWNER, me, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => break,
-            Err(owner) if owner == me => {
-                crate::sync::irq::restore(irq);
-                return None;
-            }
-            Err(_) => core::hint::spin_loop(),
-        }
-    }
-    // SAFETY: the owner lock is held, so this is the only access to the index and buffer.
-    let r = unsafe { f(&mut *LOG.index.get(), &mut *LOG_BUF.0.get()) };
-    LOG.owner.store(NO_OWNER, Ordering::Release);
-    crate::sync::irq::restore(irq);
-    Some(r)
+    // SAFETY: the owner lock is held inside `with`, so this is the only access to the index
+    // and the buffer.
+    LOG.lock.with(|| unsafe { f(&mut *LOG.index.get(), &mut *LOG_BUF.0.get()) })
 }
 
 /// Lets a panicking CPU log even if another CPU stopped while holding the log.
 pub fn bust_lock() {
-    LOG.owner.store(NO_OWNER, Ordering::Release);
+    LOG.lock.bust();
     console::bust_lock();
 }
 

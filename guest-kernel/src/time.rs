@@ -155,8 +155,6 @@ pub fn cancel(id: TimerId) -> bool {
 
 /// The local APIC timer interrupt: run every expired timer, re-arm for the next one.
 pub fn interrupt() {
-    let this = percpu::this();
-    this.timer_interrupts.fetch_add(1, Ordering::Relaxed);
     let queue = &QUEUES[percpu::cpu_id()];
     loop {
         let expired = queue.lock_irqsave().pop_expired(cpu::rdtsc());

@@ -1,5 +1,6 @@
 //! Synchronisation: interrupt masking, preemption control and spinlocks.
 pub mod irq;
+pub mod owner;
 pub mod preempt;
 pub mod spin;
 

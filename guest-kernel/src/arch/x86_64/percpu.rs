@@ -4,7 +4,7 @@
 //! The first fields have fixed offsets read with `gs:`-relative loads on hot paths.
 
 use core::arch::asm;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
 
 use crashvisor_abi::layout::MAX_VCPUS;
 
@@ -29,8 +29,6 @@ pub struct PerCpu {
     pub apic_id: AtomicU32,
     /// Set once the CPU runs its idle loop.
     pub online: AtomicBool,
-    /// Timer interrupts taken (Linux's `hrtimer_interrupts`; the hard-lockup detector's pulse).
-    pub timer_interrupts: AtomicU64,
     /// Interrupt nesting depth (non-zero while in an interrupt handler).
     pub irq_depth: AtomicU32,
     /// This CPU's idle task.
@@ -47,7 +45,6 @@ impl PerCpu {
             need_resched: AtomicBool::new(false),
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
-            timer_interrupts: AtomicU64::new(0),
             irq_depth: AtomicU32::new(0),
             idle: AtomicPtr::new(core::ptr::null_mut()),
         }
