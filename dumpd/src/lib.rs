@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod elf;
+pub mod image;
 pub mod store;
 pub mod writer;
 
