@@ -159,10 +159,7 @@ fn kexec_command(option: &str, line: &str) {
                 out(&alloc::format!("kexec: {e}\n"));
             }
         }
-        "-e" => {
-            load::exec_normal();
-            out("kexec: no kernel loaded (kexec -l first)\n");
-        }
+        "-e" => out(&alloc::format!("kexec: {}\n", load::exec_normal())),
         "-u" => load::unload(if line.contains(" -p") { Kind::Crash } else { Kind::Normal }),
         _ => out("usage: kexec -l|-p [--command-line=TEXT] | kexec -e | kexec -u [-p]\n"),
     }

@@ -186,7 +186,20 @@ pub struct Note {
     pub desc: Vec<u8>,
 }
 
-/// What a vmcore's headers say: its type, machine, notes and `PT_LOAD` count.
+/// One `PT_LOAD` segment of a vmcore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load {
+    /// `p_paddr`: the physical address of its first byte.
+    pub paddr: u64,
+    /// `p_vaddr`.
+    pub vaddr: u64,
+    /// `p_offset`: where its bytes are in the file.
+    pub offset: u64,
+    /// `p_filesz`: how many bytes the file holds.
+    pub filesz: u64,
+}
+
+/// What a vmcore's headers say: its type, machine, notes and `PT_LOAD` segments.
 #[derive(Clone, Debug)]
 pub struct Vmcore {
     /// `e_type` (`ET_CORE` is 4).
@@ -195,8 +208,8 @@ pub struct Vmcore {
     pub e_machine: u16,
     /// Every note of every `PT_NOTE` segment, in order.
     pub notes: Vec<Note>,
-    /// How many `PT_LOAD` segments it has.
-    pub loads: usize,
+    /// Its `PT_LOAD` segments, in order.
+    pub loads: Vec<Load>,
 }
 
 impl Vmcore {
@@ -219,10 +232,15 @@ impl Vmcore {
         let mut table = vec![0u8; usize::from(e_phnum) * 56];
         read_at(&mut file, e_phoff, &mut table).map_err(|e| format!("{}: program headers: {e}", path.display()))?;
         let mut notes = Vec::new();
-        let mut loads = 0;
+        let mut loads = Vec::new();
         for phdr in table.chunks_exact(56) {
             match u32_at(phdr, 0) {
-                PT_LOAD => loads += 1,
+                PT_LOAD => loads.push(Load {
+                    offset: u64_at(phdr, 8),
+                    vaddr: u64_at(phdr, 16),
+                    paddr: u64_at(phdr, 24),
+                    filesz: u64_at(phdr, 32),
+                }),
                 PT_NOTE => {
                     let (offset, size) = (u64_at(phdr, 8), u64_at(phdr, 32));
                     if size > MAX_NOTES_SIZE {
@@ -236,6 +254,19 @@ impl Vmcore {
             }
         }
         Ok(Self { e_type, e_machine, notes, loads })
+    }
+
+    /// Reads `len` bytes of physical memory at `paddr` from the vmcore at `path`, through the
+    /// first `PT_LOAD` whose file bytes hold all of them.
+    pub fn read_phys(&self, path: &Path, paddr: u64, len: usize) -> Result<Vec<u8>, String> {
+        let end = paddr + len as u64;
+        let load = self.loads.iter().find(|l| l.paddr <= paddr && end <= l.paddr + l.filesz);
+        let load = load.ok_or_else(|| format!("no PT_LOAD of {} holds {len} bytes at {paddr:#x}", path.display()))?;
+        let mut file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let mut bytes = vec![0u8; len];
+        read_at(&mut file, load.offset + (paddr - load.paddr), &mut bytes)
+            .map_err(|e| format!("{}: reading {paddr:#x}: {e}", path.display()))?;
+        Ok(bytes)
     }
 
     /// Whether it is an x86_64 `ET_CORE` file.

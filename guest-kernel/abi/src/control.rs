@@ -47,6 +47,8 @@
 //! | `ps` | | `text=<value>`: the shell's `ps` table |
 //! | `uptime` | | `ns=<n>`: nanoseconds since boot |
 //! | `dmesg` | `since=<seq>` | `next=<seq> text=<value>`: records from `since`, each `[    1.234567] text`, joined with `\n` |
+//! | `kexec` | `op=load kind=<KexecKind> [cmdline=<value>]`, `op=unload kind=<KexecKind>`, `op=exec`, `op=status` | `loaded=0\|1 crash_loaded=0\|1 crash_size=<bytes>`; `op=exec` answers first, then jumps |
+//! | `kdump` | `op=start\|stop\|status`, `op=config [dump_level=<n>] [final_action=<a>] [failure_action=<a>]` | `state=operational\|not_operational dump_level=<n> final_action=<a> failure_action=<a>` |
 
 use core::fmt;
 
@@ -103,6 +105,26 @@ pub mod key {
     pub const CPUS: &str = "cpus";
     /// `err` response: the [`super::ErrorCode`].
     pub const CODE: &str = "code";
+    /// `kexec`, `kdump`: the operation ([`super::KexecOp`], [`super::KdumpOp`]).
+    pub const OP: &str = "op";
+    /// `kexec`: which image ([`super::KexecKind`]).
+    pub const KIND: &str = "kind";
+    /// `kexec op=load`: the new kernel's command line.
+    pub const CMDLINE: &str = "cmdline";
+    /// `kexec` response: a kernel is loaded for `kexec -e`.
+    pub const LOADED: &str = "loaded";
+    /// `kexec` response: a capture kernel is loaded.
+    pub const CRASH_LOADED: &str = "crash_loaded";
+    /// `kexec` response: bytes reserved by `crashkernel=` (0 without a reservation).
+    pub const CRASH_SIZE: &str = "crash_size";
+    /// `kdump` response: `operational` or `not_operational`.
+    pub const STATE: &str = "state";
+    /// `kdump`: makedumpfile's `-d` level, 0 to 31.
+    pub const DUMP_LEVEL: &str = "dump_level";
+    /// `kdump`: what the capture kernel does after a dump (`reboot`, `halt`, `poweroff`).
+    pub const FINAL_ACTION: &str = "final_action";
+    /// `kdump`: the same when the dump fails.
+    pub const FAILURE_ACTION: &str = "failure_action";
 }
 
 /// Defines an enum of protocol names with `ALL`, `as_str` and `from_name`.
@@ -159,6 +181,60 @@ names! {
         Uptime = "uptime",
         /// Kernel log records.
         Dmesg = "dmesg",
+        /// Load, unload or start a kernel image (`kexec -l/-p/-u/-e`).
+        Kexec = "kexec",
+        /// The kdump service (`kdumpctl start/stop/status` and its configuration).
+        Kdump = "kdump",
+    }
+}
+
+names! {
+    /// What a `kexec` request does.
+    KexecOp {
+        /// Load the pristine kernel image (`kexec -l`, or `-p` with `kind=crash`).
+        Load = "load",
+        /// Unload an image (`kexec -u`, `-u -p`).
+        Unload = "unload",
+        /// Jump into the loaded image without a machine reboot (`kexec -e`).
+        Exec = "exec",
+        /// Which images are loaded.
+        Status = "status",
+    }
+}
+
+names! {
+    /// Which kexec image a request is about.
+    KexecKind {
+        /// The image `kexec -e` starts.
+        Normal = "normal",
+        /// The capture kernel a crash starts.
+        Crash = "crash",
+    }
+}
+
+names! {
+    /// What a `kdump` request does.
+    KdumpOp {
+        /// Load the capture kernel with kdump's command line.
+        Start = "start",
+        /// Unload it.
+        Stop = "stop",
+        /// Report the state and configuration.
+        Status = "status",
+        /// Change the configuration (takes effect at the next `start`).
+        Config = "config",
+    }
+}
+
+names! {
+    /// What the capture kernel does after a dump, or after a failed one.
+    KdumpAction {
+        /// Reset the machine.
+        Reboot = "reboot",
+        /// Stop the CPUs and stay.
+        Halt = "halt",
+        /// Power the machine off.
+        Poweroff = "poweroff",
     }
 }
 

@@ -7,15 +7,17 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use crashvisor_abi::control::KdumpAction;
 use crashvisor_abi::dump::{DumpDescriptor, DumpFailure, DumpRange, DUMP_LEVEL_FREE, DUMP_MAGIC, DUMP_VERSION};
 use crashvisor_abi::layout::{KERNEL_MAP, PAGE_SIZE};
 use crashvisor_abi::platform::{Command, PVPANIC_CRASH_LOADED, PVPANIC_PORT, STATUS_OK};
-use crashvisor_klib::cmdline::{memparse, parse_u64};
+use crashvisor_klib::cmdline::memparse;
 use crashvisor_klib::elfcore::CoreHeader;
 use crashvisor_klib::elfnote::{NoteIter, VMCOREINFO_NOTE_NAME};
 use crashvisor_klib::printk::LogIndex;
 use crashvisor_klib::vmcore::{append_note_segment, DumpRangeBuilder, VmcoreError, VmcoreLayout};
 
+use super::kdump;
 use crate::arch::cpu;
 use crate::{mm, params, platform, printk, reboot, time};
 
@@ -23,27 +25,11 @@ use crate::{mm, params, platform, printk, reboot, time};
 const ELFCOREHDR_MAX: usize = 16 * 1024;
 
 /// What to do once the vmcore is handed over (or when that fails).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Action {
-    Reboot,
-    Halt,
-    PowerOff,
-}
-
-fn action(key: &str, default: Action) -> Action {
-    match params::cmdline().get(key).flatten() {
-        Some("halt") => Action::Halt,
-        Some("poweroff") => Action::PowerOff,
-        Some("reboot") => Action::Reboot,
-        _ => default,
-    }
-}
-
-fn run_action(action: Action) -> ! {
+fn run_action(action: KdumpAction) -> ! {
     match action {
-        Action::Reboot => reboot::restart(),
-        Action::PowerOff => reboot::power_off(),
-        Action::Halt => {
+        KdumpAction::Reboot => reboot::restart(),
+        KdumpAction::Poweroff => reboot::power_off(),
+        KdumpAction::Halt => {
             crate::pr_emerg!("reboot: System halted");
             loop {
                 cpu::hlt();
@@ -169,22 +155,20 @@ fn old_log(vmcoreinfo: &str) -> Option<String> {
 /// Runs the dump and the final action: the capture kernel's reason to exist.
 pub fn run(_: usize) {
     cpu::outb(PVPANIC_PORT, PVPANIC_CRASH_LOADED);
-    let final_action = action("kdump_final_action", Action::Reboot);
-    let failure_action = action("kdump_failure_action", Action::Reboot);
-    match dump() {
-        Ok(()) => run_action(final_action),
+    let config = kdump::config_from_cmdline();
+    match dump(config.dump_level) {
+        Ok(()) => run_action(config.final_action),
         Err(reason) => {
             crate::pr_err!("kdump: dump failed: {}", reason);
             let failure_pa = HANDOFF.lock_irqsave().set_failure(DumpFailure::new(reason.as_bytes()));
             platform::command(Command::DumpFailed, failure_pa);
-            run_action(failure_action)
+            run_action(config.failure_action)
         }
     }
 }
 
-fn dump() -> Result<(), String> {
+fn dump(dump_level: u32) -> Result<(), String> {
     let header_pa = elfcorehdr().ok_or("no elfcorehdr= on the command line")?;
-    let dump_level = params::cmdline().get("kdump_level").flatten().and_then(parse_u64).unwrap_or(31) as u32;
     crate::pr_info!("kdump: reading the crashed kernel's elfcorehdr at {:#x}", header_pa);
     let core = CoreHeader::parse(old(header_pa, ELFCOREHDR_MAX as u64))
         .map_err(|e| alloc::format!("the elfcorehdr is not sane: {e:?}"))?;

@@ -1,55 +1,106 @@
 //! The kdump service, like `kdumpctl`: load the capture kernel with the right command line,
 //! unload it, report the state. `kdump=1` on the command line starts it at boot.
 //!
-//! The capture kernel's command line is this kernel's, without `crashkernel=`, with one CPU
-//! (`nr_cpus=1`), `elfcorehdr=` (added by the loader) and the dump configuration:
-//! `kdump_level=N` (makedumpfile's `-d`, default 31), `kdump_final_action=` and
-//! `kdump_failure_action=` (`reboot`, `halt` or `poweroff`; default `reboot`).
+//! The capture kernel's command line is this kernel's, without `crashkernel=` and the kdump
+//! settings, with one CPU (`nr_cpus=1`), `elfcorehdr=` (added by the loader) and the dump
+//! configuration: `kdump_level=N` (makedumpfile's `-d`, default 31), `kdump_final_action=` and
+//! `kdump_failure_action=` (`reboot`, `halt` or `poweroff`; default `reboot`). The same three
+//! parameters on this kernel's command line set the configuration it starts with.
 
 use alloc::string::String;
 
+use crashvisor_abi::control::KdumpAction;
 use crashvisor_klib::cmdline::remove_param;
 
 use super::load::{self, Kind, LoadError};
 use crate::params;
 
+/// Boot parameter of the dump level.
+pub const PARAM_DUMP_LEVEL: &str = "kdump_level";
+/// Boot parameter of the action after a dump.
+pub const PARAM_FINAL_ACTION: &str = "kdump_final_action";
+/// Boot parameter of the action after a failed dump.
+pub const PARAM_FAILURE_ACTION: &str = "kdump_failure_action";
+/// The default dump level: zero pages and every filterable kind of page excluded.
+const DEFAULT_DUMP_LEVEL: u32 = 31;
+
 /// The dump configuration (`kdump.conf`'s core settings).
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Config {
     /// makedumpfile `-d` level.
     pub dump_level: u32,
-    /// `reboot`, `halt` or `poweroff` after a dump.
-    pub final_action: &'static str,
+    /// What to do after a dump.
+    pub final_action: KdumpAction,
     /// The same when the dump fails.
-    pub failure_action: &'static str,
+    pub failure_action: KdumpAction,
 }
 
-static CONFIG: crate::sync::SpinLock<Config> =
-    crate::sync::SpinLock::new(Config { dump_level: 31, final_action: "reboot", failure_action: "reboot" });
+static CONFIG: crate::sync::SpinLock<Config> = crate::sync::SpinLock::new(Config {
+    dump_level: DEFAULT_DUMP_LEVEL,
+    final_action: KdumpAction::Reboot,
+    failure_action: KdumpAction::Reboot,
+});
 
-fn action(name: &str) -> Option<&'static str> {
-    ["reboot", "halt", "poweroff"].into_iter().find(|a| *a == name)
+const BAD_LEVEL: &str = "dump_level is 0 to 31";
+const BAD_ACTION: &str = "actions: reboot, halt, poweroff";
+
+fn parse_level(value: &str) -> Result<u32, &'static str> {
+    value.parse().ok().filter(|l| *l <= 31).ok_or(BAD_LEVEL)
 }
 
-/// Sets `key=value` in the configuration (`dump_level`, `final_action`, `failure_action`).
-pub fn configure(key: &str, value: &str) -> Result<(), &'static str> {
-    let mut config = CONFIG.lock_irqsave();
-    match key {
-        "dump_level" => config.dump_level = value.parse().ok().filter(|l| *l <= 31).ok_or("dump_level is 0 to 31")?,
-        "final_action" => config.final_action = action(value).ok_or("actions: reboot, halt, poweroff")?,
-        "failure_action" => config.failure_action = action(value).ok_or("actions: reboot, halt, poweroff")?,
-        _ => return Err("keys: dump_level, final_action, failure_action"),
+impl Config {
+    /// Sets `key=value` (`dump_level`, `final_action`, `failure_action`).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), &'static str> {
+        match key {
+            "dump_level" => self.dump_level = parse_level(value)?,
+            "final_action" => self.final_action = KdumpAction::from_name(value).ok_or(BAD_ACTION)?,
+            "failure_action" => self.failure_action = KdumpAction::from_name(value).ok_or(BAD_ACTION)?,
+            _ => return Err("keys: dump_level, final_action, failure_action"),
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// Sets `key=value` in the configuration (see [`Config::set`]).
+pub fn configure(key: &str, value: &str) -> Result<(), &'static str> {
+    CONFIG.lock_irqsave().set(key, value)
+}
+
+/// Replaces the configuration.
+pub fn set_config(config: Config) {
+    *CONFIG.lock_irqsave() = config;
+}
+
+/// The current configuration.
+pub fn config() -> Config {
+    *CONFIG.lock_irqsave()
+}
+
+/// The dump configuration a command line gives (defaults for what it leaves out or gets wrong).
+pub fn config_from_cmdline() -> Config {
+    let cmdline = params::cmdline();
+    let action = |key| cmdline.get(key).flatten().and_then(KdumpAction::from_name).unwrap_or(KdumpAction::Reboot);
+    Config {
+        dump_level: cmdline
+            .get(PARAM_DUMP_LEVEL)
+            .flatten()
+            .and_then(|v| parse_level(v).ok())
+            .unwrap_or(DEFAULT_DUMP_LEVEL),
+        final_action: action(PARAM_FINAL_ACTION),
+        failure_action: action(PARAM_FAILURE_ACTION),
+    }
 }
 
 /// `kdump start`: load the capture kernel into the reservation.
 pub fn start() -> Result<(), LoadError> {
-    let mut buf = [0u8; 2048];
-    let base = remove_param(params::cmdline().as_str(), "crashkernel", &mut buf).unwrap_or("");
-    let config = CONFIG.lock_irqsave().clone();
+    let mut base = String::from(params::cmdline().as_str());
+    for param in ["crashkernel", PARAM_DUMP_LEVEL, PARAM_FINAL_ACTION, PARAM_FAILURE_ACTION] {
+        let mut buf = [0u8; 2048];
+        base = String::from(remove_param(&base, param, &mut buf).unwrap_or(""));
+    }
+    let config = config();
     let cmdline = alloc::format!(
-        "{base} nr_cpus=1 kdump_level={} kdump_final_action={} kdump_failure_action={}",
+        "{base} nr_cpus=1 {PARAM_DUMP_LEVEL}={} {PARAM_FINAL_ACTION}={} {PARAM_FAILURE_ACTION}={}",
         config.dump_level,
         config.final_action,
         config.failure_action
@@ -62,10 +113,15 @@ pub fn stop() {
     load::unload(Kind::Crash);
 }
 
+/// Whether the capture kernel is loaded.
+pub fn operational() -> bool {
+    load::loaded(Kind::Crash)
+}
+
 /// `kdump status`, as text.
 pub fn status() -> String {
-    let config = CONFIG.lock_irqsave().clone();
-    let state = if load::loaded(Kind::Crash) { "operational" } else { "not operational" };
+    let config = config();
+    let state = if operational() { "operational" } else { "not operational" };
     alloc::format!(
         "Kdump is {state}\ndump_level {}\nfinal_action {}\nfailure_action {}\n",
         config.dump_level,
@@ -74,8 +130,10 @@ pub fn status() -> String {
     )
 }
 
-/// Starts the service at boot when the command line asks (`kdump=1`).
+/// Takes the configuration from the command line and starts the service when it asks
+/// (`kdump=1`).
 pub fn init() {
+    set_config(config_from_cmdline());
     let cmdline = params::cmdline();
     if !matches!(cmdline.get("kdump"), Some(Some("1" | "on" | "y")) | Some(None)) {
         return;

@@ -8,6 +8,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::fmt;
 
 use crashvisor_abi::layout::{KEXEC_BOOT_DATA_GPA, PAGE_OFFSET, PAGE_SIZE};
 use crashvisor_abi::pvh::{
@@ -19,9 +20,9 @@ use crashvisor_klib::kexec::{check_segments, relocate, KernelImage, KexecError, 
 use crashvisor_klib::memmap::RangeKind;
 
 use super::{crash, reserve, trampoline};
-use crate::arch::paging;
+use crate::arch::{cpu, paging, percpu};
 use crate::sync::{irq, SpinLock};
-use crate::{mm, setup, smp};
+use crate::{mm, setup, smp, time};
 
 /// Which slot an image goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,13 +190,9 @@ fn build_elfcorehdr(at: u64) -> Result<(), LoadError> {
     drop(guard);
     // Task stacks live outside the direct map: give each its own PT_LOAD at its virtual
     // address, so tools can walk the crashed tasks' frames.
-    let mut result = Ok(());
-    crate::sched::task::try_for_each(|task| {
-        if task.stack_phys != 0 && result.is_ok() {
-            result = builder.load(task.stack_base, task.stack_phys, task.stack_size).map_err(full);
-        }
-    });
-    result?;
+    for task in crate::sched::task::iter().filter(|task| task.stack_phys != 0) {
+        builder.load(task.stack_base, task.stack_phys, task.stack_size).map_err(full)?;
+    }
     builder.finish();
     Ok(())
 }
@@ -275,8 +272,50 @@ fn quiesce_nmis() {
     crate::platform::command(crashvisor_abi::platform::Command::SetNmiWatchdog, 0);
 }
 
-/// `kexec -e`: stop the other CPUs and start the loaded image. Returns only if none is loaded.
-pub fn exec_normal() {
+/// The CPU `kexec -e` jumps from: the new kernel starts on it and brings the others up as its
+/// APs 1..n (Linux's `reboot_cpu`).
+const REBOOT_CPU: usize = 0;
+/// How long `kexec -e` waits for the reboot CPU to take over.
+const REBOOT_CPU_TIMEOUT_NS: u64 = 5_000_000_000;
+
+/// Why `kexec -e` did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExecError {
+    /// No image is loaded.
+    NotLoaded,
+    /// CPU 0 did not take the jump over (it is locked up).
+    RebootCpuUnresponsive,
+}
+
+impl fmt::Display for ExecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NotLoaded => "no kernel loaded (kexec -l first)",
+            Self::RebootCpuUnresponsive => "CPU 0 does not respond; cannot start the new kernel from it",
+        })
+    }
+}
+
+/// `kexec -e`: stop the other CPUs and start the loaded image, from CPU 0 (like Linux's
+/// `kernel_kexec`, which first migrates to the reboot CPU). Returns only on failure.
+pub fn exec_normal() -> ExecError {
+    if !loaded(Kind::Normal) {
+        return ExecError::NotLoaded;
+    }
+    if percpu::cpu_id() == REBOOT_CPU {
+        exec_normal_here();
+        return ExecError::NotLoaded;
+    }
+    smp::call_on_cpu(REBOOT_CPU, |_| exec_normal_here(), 0);
+    // CPU 0 stops this one by NMI once it has taken over.
+    let deadline = time::now_ns() + REBOOT_CPU_TIMEOUT_NS;
+    while time::now_ns() < deadline {
+        cpu::pause();
+    }
+    ExecError::RebootCpuUnresponsive
+}
+
+fn exec_normal_here() {
     let Some((entry, cmdline)) = IMAGES.lock_irqsave()[0].as_ref().map(|i| (i.entry, i.cmdline.clone())) else {
         return;
     };

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::events::{self, BootEvents, Event, RateLimit};
 use super::guest::{self, GuestRequest, Hello, PendingTable};
+use super::memory;
 use super::protocol::{self, ClientRequest, Command, ControlError, ControlErrorCode};
 use super::{ClientId, ControlInput};
 use crate::devices::control_uart::ControlUart;
@@ -179,6 +180,10 @@ impl Controller {
             Command::Nmi { cpu } => self.nmi(cpu),
             Command::Pause => self.pause(),
             Command::Resume => self.resume(),
+            Command::ReadMemory { gpa, len } => self.running_machine().and_then(|m| memory::read(&m.memory, gpa, len)),
+            Command::WriteMemory { gpa, data } => {
+                self.running_machine().and_then(|m| memory::write(&m.memory, gpa, &data))
+            }
         };
         let line = match result {
             Ok(result) => protocol::ok_line(&id, result),

@@ -40,8 +40,18 @@ pub fn request_line(id: u32, request: &GuestRequest) -> Result<String, ControlEr
     Ok(line)
 }
 
-/// Keys whose values are numbers in JSON results; every other value is a string.
-const NUMERIC_KEYS: &[&str] = &[wire::key::PID, wire::key::NS, wire::key::NEXT, wire::key::CPUS, wire::key::VERSION];
+/// Keys whose values are numbers in JSON results.
+const NUMERIC_KEYS: &[&str] = &[
+    wire::key::PID,
+    wire::key::NS,
+    wire::key::NEXT,
+    wire::key::CPUS,
+    wire::key::VERSION,
+    wire::key::CRASH_SIZE,
+    wire::key::DUMP_LEVEL,
+];
+/// Keys whose values (`0` or `1`) are booleans in JSON results; every other value is a string.
+const BOOLEAN_KEYS: &[&str] = &[wire::key::LOADED, wire::key::CRASH_LOADED];
 
 /// Decodes a raw value to text (bytes that are not UTF-8 become U+FFFD).
 pub fn decode_text(raw: &str) -> Result<String, wire::ProtocolError> {
@@ -80,9 +90,11 @@ pub fn response_result(line: &Line<'_>) -> Result<Value, ControlError> {
             continue;
         }
         let number = NUMERIC_KEYS.contains(&key).then(|| parse_u64(raw)).flatten();
-        let value = match number {
-            Some(n) => Value::from(n),
-            None => Value::String(decode_text(raw).map_err(|e| malformed(e.as_str()))?),
+        let boolean = BOOLEAN_KEYS.contains(&key).then(|| parse_u64(raw)).flatten();
+        let value = match (number, boolean) {
+            (Some(n), _) => Value::from(n),
+            (_, Some(b)) => Value::from(b != 0),
+            _ => Value::String(decode_text(raw).map_err(|e| malformed(e.as_str()))?),
         };
         result.insert(key.to_owned(), value);
     }

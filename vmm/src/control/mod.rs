@@ -15,6 +15,7 @@
 pub mod controller;
 pub mod events;
 pub mod guest;
+pub mod memory;
 pub mod protocol;
 pub mod server;
 

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use crashvisor_abi::control::{
-    self as wire, FaultKind, Verb, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN, MAX_SYSCTL_VALUE_LEN,
+    self as wire, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, Verb, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN,
+    MAX_SYSCTL_VALUE_LEN,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -120,6 +121,20 @@ pub enum Command {
     Resume,
     /// Report the VM's state.
     Status,
+    /// Read guest physical memory.
+    ReadMemory {
+        /// First guest physical address.
+        gpa: u64,
+        /// Bytes to read.
+        len: usize,
+    },
+    /// Write guest physical memory.
+    WriteMemory {
+        /// First guest physical address.
+        gpa: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
 }
 
 /// Parses one request line (without its `\n`).
@@ -147,7 +162,9 @@ pub fn parse_request(line: &[u8]) -> Result<ClientRequest, Rejected> {
 }
 
 /// The command names, for error messages.
-const COMMANDS: &str = "hello, inject, sysctl_get, sysctl_set, ps, uptime, dmesg, nmi, pause, resume, status";
+const COMMANDS: &str =
+    "hello, inject, sysctl_get, sysctl_set, ps, uptime, dmesg, kexec, kdump, nmi, pause, resume, status, \
+     read_memory, write_memory";
 
 fn parse_command(cmd: &str, fields: Map<String, Value>) -> Result<Command, ControlError> {
     match cmd {
@@ -155,6 +172,11 @@ fn parse_command(cmd: &str, fields: Map<String, Value>) -> Result<Command, Contr
         "pause" => fields_of::<NoFields>(fields).map(|_| Command::Pause),
         "resume" => fields_of::<NoFields>(fields).map(|_| Command::Resume),
         "status" => fields_of::<NoFields>(fields).map(|_| Command::Status),
+        "read_memory" => fields_of::<ReadMemoryFields>(fields).map(|f| Command::ReadMemory { gpa: f.gpa, len: f.len }),
+        "write_memory" => {
+            let f: WriteMemoryFields = fields_of(fields)?;
+            Ok(Command::WriteMemory { gpa: f.gpa, data: super::memory::decode_hex(&f.data_hex)? })
+        }
         _ => match Verb::from_name(cmd) {
             Some(verb) => guest_request(verb, fields).map(Command::Guest),
             None => Err(ControlError::new(
@@ -177,6 +199,20 @@ struct NoFields {}
 #[serde(deny_unknown_fields)]
 struct NmiFields {
     cpu: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadMemoryFields {
+    gpa: u64,
+    len: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WriteMemoryFields {
+    gpa: u64,
+    data_hex: String,
 }
 
 #[derive(Deserialize)]
@@ -229,6 +265,86 @@ impl SysctlValue {
 struct DmesgFields {
     since: Option<u64>,
     timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KexecFields {
+    op: String,
+    kind: Option<String>,
+    cmdline: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KdumpFields {
+    op: String,
+    dump_level: Option<u32>,
+    final_action: Option<String>,
+    failure_action: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// Looks up a protocol name, or says which names there are.
+fn name_of<T: Copy>(
+    what: &str,
+    value: &str,
+    from_name: fn(&str) -> Option<T>,
+    all: &[T],
+    as_str: fn(T) -> &'static str,
+) -> Result<T, ControlError> {
+    from_name(value).ok_or_else(|| {
+        let names: Vec<&str> = all.iter().map(|v| as_str(*v)).collect();
+        ControlError::bad_argument(format!("unknown {what} {value:?}; the choices are {}", names.join(", ")))
+    })
+}
+
+fn kexec_args(f: KexecFields, args: &mut Vec<(&'static str, Vec<u8>)>) -> Result<(), ControlError> {
+    let op = name_of("kexec op", &f.op, KexecOp::from_name, KexecOp::ALL, KexecOp::as_str)?;
+    args.push((wire::key::OP, op.as_str().into()));
+    let takes_kind = matches!(op, KexecOp::Load | KexecOp::Unload);
+    match (f.kind, takes_kind) {
+        (Some(kind), true) => {
+            let kind = name_of("kexec kind", &kind, KexecKind::from_name, KexecKind::ALL, KexecKind::as_str)?;
+            args.push((wire::key::KIND, kind.as_str().into()));
+        }
+        (Some(_), false) => return Err(ControlError::bad_argument(format!("kexec op {} takes no \"kind\"", op))),
+        (None, _) => {}
+    }
+    match (f.cmdline, op) {
+        (Some(cmdline), KexecOp::Load) => args.push((wire::key::CMDLINE, cmdline.into())),
+        (Some(_), _) => return Err(ControlError::bad_argument(format!("kexec op {op} takes no \"cmdline\""))),
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+fn kdump_args(f: KdumpFields, args: &mut Vec<(&'static str, Vec<u8>)>) -> Result<(), ControlError> {
+    let op = name_of("kdump op", &f.op, KdumpOp::from_name, KdumpOp::ALL, KdumpOp::as_str)?;
+    args.push((wire::key::OP, op.as_str().into()));
+    let settings = [
+        (wire::key::DUMP_LEVEL, f.dump_level.map(|l| l.to_string())),
+        (wire::key::FINAL_ACTION, f.final_action),
+        (wire::key::FAILURE_ACTION, f.failure_action),
+    ];
+    for (key, value) in settings {
+        let Some(value) = value else { continue };
+        if op != KdumpOp::Config {
+            return Err(ControlError::bad_argument(format!("\"{key}\" goes with kdump op config, not {op}")));
+        }
+        match key {
+            wire::key::DUMP_LEVEL if value.parse::<u32>().map_or(true, |l| l > 31) => {
+                return Err(ControlError::bad_argument(format!("dump_level {value} is outside 0..=31")))
+            }
+            wire::key::DUMP_LEVEL => {}
+            _ => {
+                name_of(key, &value, KdumpAction::from_name, KdumpAction::ALL, KdumpAction::as_str)?;
+            }
+        }
+        args.push((key, value.into()));
+    }
+    Ok(())
 }
 
 fn timeout(ms: Option<u64>) -> Result<Duration, ControlError> {
@@ -292,6 +408,18 @@ fn guest_request(verb: Verb, fields: Map<String, Value>) -> Result<GuestRequest,
             let f: DmesgFields = fields_of(fields)?;
             args.push((wire::key::SINCE, f.since.unwrap_or(0).to_string().into()));
             f.timeout_ms
+        }
+        Verb::Kexec => {
+            let f: KexecFields = fields_of(fields)?;
+            let timeout_ms = f.timeout_ms;
+            kexec_args(f, &mut args)?;
+            timeout_ms
+        }
+        Verb::Kdump => {
+            let f: KdumpFields = fields_of(fields)?;
+            let timeout_ms = f.timeout_ms;
+            kdump_args(f, &mut args)?;
+            timeout_ms
         }
     };
     Ok(GuestRequest { verb, args, timeout: timeout(timeout_ms)? })

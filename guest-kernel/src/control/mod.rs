@@ -1,5 +1,8 @@
 //! The machine control channel: a kernel thread serving the host's requests on COM2 with the
-//! text protocol of `crashvisor_abi::control` (inject faults, sysctls, ps, uptime, dmesg).
+//! text protocol of `crashvisor_abi::control` (inject faults, sysctls, ps, uptime, dmesg,
+//! kexec and kdump).
+
+mod kexec;
 
 use alloc::string::String;
 
@@ -32,22 +35,22 @@ pub fn interrupt() {
 }
 
 /// A response under construction: `<id> ok|err` and `key=value` pairs, values encoded.
-struct Response {
+pub(super) struct Response {
     line: String,
 }
 
 impl Response {
-    fn ok(id: u32) -> Self {
+    pub(super) fn ok(id: u32) -> Self {
         Self { line: alloc::format!("{id} ok") }
     }
 
-    fn err(id: u32, code: ErrorCode, message: &str) -> Self {
+    pub(super) fn err(id: u32, code: ErrorCode, message: &str) -> Self {
         let mut r = Self { line: alloc::format!("{id} err {}={}", key::CODE, code.as_str()) };
         r.value(key::MESSAGE, message.as_bytes());
         r
     }
 
-    fn value(&mut self, name: &str, bytes: &[u8]) -> &mut Self {
+    pub(super) fn value(&mut self, name: &str, bytes: &[u8]) -> &mut Self {
         self.line.push(' ');
         self.line.push_str(name);
         self.line.push('=');
@@ -55,7 +58,7 @@ impl Response {
         self
     }
 
-    fn send(mut self) {
+    pub(super) fn send(mut self) {
         self.line.push('\n');
         UART.write(self.line.as_bytes());
     }
@@ -136,11 +139,13 @@ fn serve(text: &str) {
             r.value(key::TEXT, text.as_bytes());
             r.send();
         }
+        Verb::Kexec => kexec::serve_kexec(&request),
+        Verb::Kdump => kexec::serve_kdump(&request),
     }
 }
 
 /// The decoded value of argument `name`, if present and valid UTF-8.
-fn decoded(request: &Line<'_>, name: &str) -> Option<String> {
+pub(super) fn decoded(request: &Line<'_>, name: &str) -> Option<String> {
     let raw = request.arg(name)?;
     let mut buf = alloc::vec![0u8; raw.len()];
     let bytes = decode_value(raw, &mut buf).ok()?;
