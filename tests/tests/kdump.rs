@@ -330,6 +330,12 @@ fn real_tools_read_the_vmcore() {
     for lwp in 1..=VCPUS {
         assert!(rows.iter().any(|r| r.contains(&format!(" LWP {lwp} "))), "no LWP {lwp} in:\n{threads}");
     }
+    // The crashing CPU (LWP 2) backtraces through the panic into the injected fault's code.
+    let bt = kdump::run_tool("gdb", &["-nx", "-batch", "-ex", "thread apply all bt", kernel.arg(), vmcore]);
+    let crashing = bt.split("\nThread ").find(|t| t.contains("(LWP 2)")).unwrap_or_else(|| panic!("gdb bt:\n{bt}"));
+    for function in ["kexec::crash::crash_kexec", "guest_kernel::panic::panic (", "guest_kernel::inject::"] {
+        assert!(crashing.contains(function), "no {function} in CPU 1's backtrace:\n{bt}");
+    }
     kvm.vm.expect_reboot_after_dump(2);
 }
 
