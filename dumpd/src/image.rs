@@ -2,8 +2,26 @@
 //! physical memory. Analysis and conversion work through [`DumpImage`]
 //! only, so they behave the same on capture-kernel ELF vmcores, host-side ELF vmcores and
 //! kdump-compressed files.
+//!
+//! [`open`] sniffs the format and returns the image; [`open_vmcore`] also tells the format
+//! and the memory layout, which conversion needs.
+//!
+//! ```no_run
+//! let image = dumpd::image::open("vmcore".as_ref())?;
+//! let mut page = [0u8; 4096];
+//! image.read_phys(0x10_0000, &mut page)?;
+//! println!("{} notes, memory up to {:#x}", image.notes().len(), image.phys_end());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::elf::build::LoadSpec;
+use crate::elf::image::{ElfImage, ElfImageError};
 use crate::elf::NT_PRSTATUS;
+use crate::kdump::{KdumpError, KdumpImage, KDUMP_SIGNATURE};
 
 /// One ELF note of the dump, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,4 +91,151 @@ pub trait DumpImage {
         let note = self.notes().iter().find(|n| n.is_vmcoreinfo())?;
         std::str::from_utf8(&note.desc).ok()
     }
+}
+
+/// The vmcore file formats this crate reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpFormat {
+    /// ELF64 core file (`/proc/vmcore` layout).
+    Elf,
+    /// makedumpfile's kdump-compressed format.
+    Kdump,
+}
+
+/// Why a file could not be opened as a vmcore.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The file could not be opened or read.
+    #[error("cannot read {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither an ELF core file nor a kdump-compressed file.
+    #[error(
+        "{} is not a vmcore: it starts with {magic:02x?}, neither an ELF core file (7f 45 4c 46) \
+         nor a kdump-compressed file (\"KDUMP   \")",
+        path.display()
+    )]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its first bytes (up to 8).
+        magic: Vec<u8>,
+    },
+    /// makedumpfile's flattened format (`makedumpfile -F`), which must be rebuilt first.
+    #[error("{} is in makedumpfile's flattened format; rebuild it with `makedumpfile -R OUT < FILE`", path.display())]
+    Flattened {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An ELF file that is not an acceptable vmcore.
+    #[error("{} is not a valid ELF vmcore", path.display())]
+    Elf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ElfImageError,
+    },
+    /// A kdump-compressed file that cannot be read.
+    #[error("{} is not a valid kdump-compressed vmcore", path.display())]
+    Kdump {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: KdumpError,
+    },
+}
+
+/// A vmcore opened for reading, with its format known.
+#[derive(Debug)]
+pub enum Vmcore {
+    /// An ELF vmcore.
+    Elf(ElfImage),
+    /// A kdump-compressed vmcore.
+    Kdump(Box<KdumpImage>),
+}
+
+impl Vmcore {
+    /// The file's format.
+    pub fn format(&self) -> DumpFormat {
+        match self {
+            Self::Elf(_) => DumpFormat::Elf,
+            Self::Kdump(_) => DumpFormat::Kdump,
+        }
+    }
+
+    /// The memory the dump holds, as ELF `PT_LOAD`s would describe it: an ELF vmcore's own
+    /// `PT_LOAD`s; for a kdump file, one per run of present pages in the direct map.
+    pub fn loads(&self) -> Vec<LoadSpec> {
+        match self {
+            Self::Elf(elf) => elf.loads(),
+            Self::Kdump(kdump) => kdump.loads(),
+        }
+    }
+
+    /// The image, for reading.
+    pub fn image(&self) -> &(dyn DumpImage + Send + Sync) {
+        match self {
+            Self::Elf(elf) => elf,
+            Self::Kdump(kdump) => kdump.as_ref(),
+        }
+    }
+
+    /// The image, owned.
+    pub fn into_image(self) -> Box<dyn DumpImage + Send + Sync> {
+        match self {
+            Self::Elf(elf) => Box::new(elf),
+            Self::Kdump(kdump) => kdump,
+        }
+    }
+}
+
+/// `makedumpfile -F` output starts with this, padded with NULs to 16 bytes.
+const FLATTENED_SIGNATURE: &[u8] = b"makedumpfile\0\0\0\0";
+
+/// Opens the vmcore at `path`, whatever its format, for reading through [`DumpImage`].
+pub fn open(path: &Path) -> Result<Box<dyn DumpImage + Send + Sync>, OpenError> {
+    open_vmcore(path).map(Vmcore::into_image)
+}
+
+/// Opens the vmcore at `path` and tells its format: the ELF magic or the kdump signature
+/// decides; only headers and notes are read now, memory on demand.
+pub fn open_vmcore(path: &Path) -> Result<Vmcore, OpenError> {
+    let io = |source| OpenError::Io { path: path.to_path_buf(), source };
+    let file = File::open(path).map_err(io)?;
+    let mut magic = [0u8; 16];
+    let len = read_prefix(&file, &mut magic).map_err(io)?;
+    let magic = &magic[..len];
+    if magic.starts_with(b"\x7fELF") {
+        let elf = ElfImage::open(file).map_err(|source| OpenError::Elf { path: path.to_path_buf(), source })?;
+        return Ok(Vmcore::Elf(elf));
+    }
+    if magic.starts_with(&KDUMP_SIGNATURE) {
+        let kdump = KdumpImage::open(file).map_err(|source| OpenError::Kdump { path: path.to_path_buf(), source })?;
+        return Ok(Vmcore::Kdump(Box::new(kdump)));
+    }
+    if magic == FLATTENED_SIGNATURE {
+        return Err(OpenError::Flattened { path: path.to_path_buf() });
+    }
+    Err(OpenError::UnknownFormat { path: path.to_path_buf(), magic: magic[..len.min(8)].to_vec() })
+}
+
+/// Reads up to `buf.len()` bytes from the start of `file`; returns how many it could.
+fn read_prefix(file: &File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut have = 0;
+    while have < buf.len() {
+        match file.read_at(&mut buf[have..], have as u64) {
+            Ok(0) => break,
+            Ok(n) => have += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(have)
 }

@@ -1,5 +1,7 @@
 //! Everything about vmcores: reading and validating ELF core files ([`elf`]), writing them in
-//! one pass as sparse files ([`writer`]), and keeping them in the crash store ([`store`]).
+//! one pass as sparse files ([`writer`]), and keeping them in the crash store ([`store`], with
+//! retention); makedumpfile's kdump-compressed format ([`kdump`]); opening either format for
+//! reading ([`image::open`]) and converting between them ([`convert`]).
 //!
 //! A capture, end to end: lay out the headers, write the file from memory, commit it.
 //!
@@ -35,8 +37,11 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod atomic;
+pub mod convert;
 pub mod elf;
 pub mod image;
+pub mod kdump;
 pub mod store;
 pub mod writer;
 

@@ -1,18 +1,18 @@
 //! `dumpd`: inspect the crash store and vmcores offline.
 
+mod formats_cmd;
+mod store_cmd;
+
 use std::fs::File;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dumpd::elf::{Core, ElfHeader, EHDR_SIZE, NT_PRSTATUS, PRSTATUS_SIZE};
-use dumpd::store::CrashStore;
-
-/// Largest header area `check` reads (ELF header, program headers, notes).
-const MAX_HEADERS_LEN: u64 = 64 << 20;
+use dumpd::elf::image::read_headers;
+use dumpd::elf::{Core, NT_PRSTATUS, PRSTATUS_SIZE};
+use dumpd::kdump::KDUMP_SIGNATURE;
 
 /// Inspect crashvisor's crash store and vmcores.
 #[derive(Parser, Debug)]
@@ -32,12 +32,20 @@ enum Command {
         /// The crash store [default: $XDG_DATA_HOME/crashvisor/crash or ~/.local/share/crashvisor/crash].
         #[arg(long, value_name = "DIR")]
         crash_dir: Option<PathBuf>,
+        /// Print one JSON array of the crashes (id, vm, path, disk_bytes, meta) for scripts.
+        #[arg(long)]
+        json: bool,
     },
-    /// Validate a vmcore (ELF64 x86_64 core file) and print its notes and PT_LOAD segments.
+    /// Remove the oldest crashes until the store is within the given limits.
+    Prune(store_cmd::PruneArgs),
+    /// Validate a vmcore (ELF64 x86_64 core file or kdump-compressed file) and print its notes
+    /// and memory layout.
     Check {
         /// The vmcore file.
         vmcore: PathBuf,
     },
+    /// Convert a vmcore between ELF and kdump-compressed (zstd, zlib), writing OUTPUT atomically.
+    Convert(formats_cmd::ConvertArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,8 +55,12 @@ fn main() -> ExitCode {
             println!("{}", dumpd::default_crash_dir().display());
             Ok(())
         }
-        Some(Command::List { crash_dir }) => list(&crash_dir.unwrap_or_else(dumpd::default_crash_dir)),
+        Some(Command::List { crash_dir, json }) => {
+            store_cmd::list(&crash_dir.unwrap_or_else(dumpd::default_crash_dir), json)
+        }
+        Some(Command::Prune(args)) => store_cmd::prune(args),
         Some(Command::Check { vmcore }) => check(&vmcore),
+        Some(Command::Convert(args)) => formats_cmd::convert(args),
         None => {
             eprintln!("dumpd: no command given; see dumpd --help");
             return ExitCode::from(2);
@@ -63,37 +75,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn list(dir: &Path) -> anyhow::Result<()> {
-    if !dir.is_dir() {
-        bail!("{} is not a crash store (no such directory)", dir.display());
-    }
-    let store = CrashStore::open(dir)?;
-    let crashes = store.list()?;
-    if crashes.is_empty() {
-        println!("no crashes in {}", dir.display());
-        return Ok(());
-    }
-    let width = crashes.iter().map(|c| c.id.len()).max().unwrap_or(0).max(2);
-    println!("{:width$}  {:9}  {:14}  SIZE", "ID", "TRIGGER", "DETECTOR");
-    for crash in crashes {
-        let (trigger, detector, size) = match &crash.meta {
-            Some(m) => (
-                m.trigger.as_str(),
-                m.reason.as_ref().map_or("-", |r| r.detector.as_str()),
-                format!("{} ({} on disk)", human(m.sizes.vmcore_apparent_bytes), human(m.sizes.vmcore_on_disk_bytes)),
-            ),
-            None => ("?", "?", "no readable meta.json".to_owned()),
-        };
-        println!("{:width$}  {trigger:9}  {detector:14}  {size}", crash.id);
-    }
-    Ok(())
-}
-
 fn check(path: &Path) -> anyhow::Result<()> {
-    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut magic = [0u8; 8];
+    if file.read_exact_at(&mut magic, 0).is_ok() && magic == KDUMP_SIGNATURE {
+        return formats_cmd::check_kdump(path);
+    }
     let metadata = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;
-    let headers =
-        read_headers(&mut file, metadata.len()).with_context(|| format!("{} is not a vmcore", path.display()))?;
+    let headers = read_headers(&file, metadata.len()).with_context(|| format!("{} is not a vmcore", path.display()))?;
     let core = Core::parse(&headers).with_context(|| format!("{} is not a valid vmcore", path.display()))?;
     core.check_file_len(metadata.len()).with_context(|| format!("{} is truncated", path.display()))?;
 
@@ -124,30 +113,6 @@ fn check(path: &Path) -> anyhow::Result<()> {
         println!("  offset {:#014x}  paddr {:#014x}  vaddr {:#018x}  size {:#x}", l.offset, l.paddr, l.vaddr, l.filesz);
     }
     Ok(())
-}
-
-/// Reads the ELF header, then the program headers, then the notes: as much as `Core::parse`
-/// needs, never more than `MAX_HEADERS_LEN`.
-fn read_headers(file: &mut File, file_len: u64) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let mut want = EHDR_SIZE as u64;
-    loop {
-        if want > file_len {
-            bail!("it ends at byte {file_len}, inside its headers (which need {want} bytes)");
-        }
-        if want > MAX_HEADERS_LEN {
-            bail!("its headers and notes take {want} bytes, more than the {MAX_HEADERS_LEN} this tool reads");
-        }
-        let have = bytes.len() as u64;
-        bytes.resize(want as usize, 0);
-        file.read_exact(&mut bytes[have as usize..]).context("cannot read the headers")?;
-        ElfHeader::parse(&bytes)?;
-        let needed = Core::required_len(&bytes)?;
-        if needed <= want {
-            return Ok(bytes);
-        }
-        want = needed;
-    }
 }
 
 fn note_type_name(name: &str, n_type: u32) -> String {

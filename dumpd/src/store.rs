@@ -31,6 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+mod retention;
+pub use retention::{PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
+
 /// The vmcore's file name.
 pub const FILE_VMCORE: &str = "vmcore";
 /// The crashed kernel's log.
@@ -155,6 +158,9 @@ pub struct CrashTimings {
     /// The capture kernel's time from its first instruction to the hand-off (kdump only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub capture_kernel_ns: Option<u64>,
+    /// How long a host-side dump kept the vCPUs stopped (host-side dumps only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pause_us: Option<u64>,
     /// The host's time to write the crash directory.
     pub host_write_ms: u64,
 }
@@ -410,6 +416,19 @@ impl PendingCrash {
         self.committed = true;
         sync_dir(&self.store)?;
         Ok(committed)
+    }
+
+    /// [`PendingCrash::commit`], then [`CrashStore::prune`] keeping the new crash. The outer
+    /// error is the commit's; the inner result is the pruning's (the crash is committed either
+    /// way).
+    pub fn commit_with_retention(
+        self,
+        retention: &Retention,
+    ) -> Result<(CommittedCrash, Result<PruneReport, StoreError>), StoreError> {
+        let store = CrashStore { dir: self.store.clone() };
+        let committed = self.commit()?;
+        let report = store.prune(retention, Some(&committed.id));
+        Ok((committed, report))
     }
 }
 

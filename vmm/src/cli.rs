@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::config::{ConsoleOutput, KernelSource, VmConfig};
+use crate::config::{ConsoleOutput, CrashLoadedPolicy, KernelSource, PanicPolicy, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -67,6 +67,14 @@ struct Args {
     /// The VM's name in the crash store (1-64 of A-Z a-z 0-9 _ . -).
     #[arg(long, value_name = "NAME", default_value = crate::config::DEFAULT_VM_NAME, value_parser = parse_vm_name)]
     name: String,
+    /// What to do when the guest panics without a capture kernel (pvpanic PANICKED): take a
+    /// host-side vmcore into the crash store and/or reboot, power off or pause the VM.
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = PanicPolicy::None)]
+    on_panic: PanicPolicy,
+    /// What to do when a capture kernel starts (pvpanic CRASH_LOADED): report it, or also take
+    /// a host-side vmcore of the whole machine.
+    #[arg(long, value_name = "POLICY", value_enum, default_value_t = CrashLoadedPolicy::Event)]
+    on_crash_loaded: CrashLoadedPolicy,
     /// Write the embedded guest kernel ELF (with symbols, for gdb) to PATH and exit.
     #[arg(long, value_name = "PATH", exclusive = true)]
     extract_kernel: Option<PathBuf>,
@@ -74,8 +82,14 @@ struct Args {
 
 /// Parses the process arguments as `name` and runs the VM they describe.
 pub fn main(name: &'static str) -> ExitCode {
+    main_from(name, std::env::args_os())
+}
+
+/// Parses `args` (the first one is the program's name, as in `std::env::args_os`) as `name` and
+/// runs the VM they describe: `crashvisor vmm ARGS...` runs the VMM this way.
+pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::OsString>) -> ExitCode {
     let process_start = Instant::now();
-    let args = match Args::command().name(name).try_get_matches() {
+    let args = match Args::command().name(name).try_get_matches_from(args) {
         Ok(matches) => Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()),
         Err(e) => e.exit(),
     };
@@ -108,6 +122,8 @@ pub fn main(name: &'static str) -> ExitCode {
         nmi_watchdog: args.nmi_watchdog,
         crash_dir: args.crash_dir.unwrap_or_else(dumpd::default_crash_dir),
         name: args.name,
+        on_panic: args.on_panic,
+        on_crash_loaded: args.on_crash_loaded,
     };
     let raw_mode = crate::terminal::RawMode::enable_if_tty();
     let result = crate::vm::run_with(&config, process_start, args.timings);

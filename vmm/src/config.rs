@@ -28,6 +28,35 @@ pub enum ConsoleOutput {
     File(PathBuf),
 }
 
+/// What the VMM does when the guest signals pvpanic PANICKED (a panic without a capture
+/// kernel, or whose capture kernel failed to start).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PanicPolicy {
+    /// Nothing: the guest's own `panic=` setting decides (halt, or reboot after N seconds).
+    #[default]
+    None,
+    /// Take a host-side vmcore, then let the guest go on.
+    Dump,
+    /// Take a host-side vmcore, then reboot the VM.
+    DumpAndReboot,
+    /// Take a host-side vmcore, then power the VM off.
+    DumpAndPoweroff,
+    /// Pause the VM (for a debugger, or a later `dump`).
+    Pause,
+    /// Reboot the VM at once.
+    Reboot,
+}
+
+/// What the VMM does when a capture (kdump) kernel signals pvpanic CRASH_LOADED.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrashLoadedPolicy {
+    /// Report the `crash_loaded` event only; the capture kernel hands over the vmcore.
+    #[default]
+    Event,
+    /// Also take a host-side vmcore of the whole machine at that moment.
+    Dump,
+}
+
 /// The configuration of one VM; it survives guest reboots unchanged.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -53,6 +82,10 @@ pub struct VmConfig {
     pub crash_dir: PathBuf,
     /// The VM's name in the crash store: `[A-Za-z0-9_.-]{1,64}`, not starting with a dot.
     pub name: String,
+    /// What pvpanic PANICKED makes the VMM do.
+    pub on_panic: PanicPolicy,
+    /// What pvpanic CRASH_LOADED makes the VMM do.
+    pub on_crash_loaded: CrashLoadedPolicy,
 }
 
 /// The VM name used unless another is given.
@@ -134,6 +167,8 @@ mod tests {
             nmi_watchdog: true,
             crash_dir: "/tmp/crash".into(),
             name: DEFAULT_VM_NAME.into(),
+            on_panic: PanicPolicy::None,
+            on_crash_loaded: CrashLoadedPolicy::Event,
         }
     }
 

@@ -8,7 +8,7 @@
 //! reach the guest's control thread (`control`).
 //!
 //! ```no_run
-//! use vmm::config::{ConsoleOutput, KernelSource, VmConfig};
+//! use vmm::config::{ConsoleOutput, CrashLoadedPolicy, KernelSource, PanicPolicy, VmConfig};
 //!
 //! let config = VmConfig {
 //!     kernel: KernelSource::Embedded,
@@ -22,6 +22,8 @@
 //!     nmi_watchdog: true,
 //!     crash_dir: dumpd::default_crash_dir(),
 //!     name: "web-1".into(),
+//!     on_panic: PanicPolicy::DumpAndReboot,
+//!     on_crash_loaded: CrashLoadedPolicy::Event,
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");
@@ -37,6 +39,7 @@ pub mod error;
 pub mod kernel;
 pub mod memory;
 pub mod nmi_watchdog;
+pub mod snapshot;
 pub mod terminal;
 pub mod vcpu;
 pub mod vm;

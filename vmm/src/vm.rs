@@ -127,7 +127,12 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
         inbox,
     };
     let control = control::start(
-        &ControlConfig { socket: config.control_socket.clone(), vcpus: usize::from(config.vcpus) },
+        &ControlConfig {
+            socket: config.control_socket.clone(),
+            vcpus: usize::from(config.vcpus),
+            on_panic: config.on_panic,
+            on_crash_loaded: config.on_crash_loaded,
+        },
         shared.inbox.clone(),
         inputs,
         shared.control_uart.clone(),
@@ -161,6 +166,20 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
         }
         shared.reset()?;
     }
+}
+
+/// Marks the vCPU's `kvm_run` mapping `MADV_DONTFORK`: a host-side dump's forked writer
+/// (`snapshot::fork`) must not hold the vCPU, and through it the VM, alive after the parent
+/// let the machine go (a reboot then builds a new VM while the old one still exists).
+fn keep_out_of_forks(vcpu: &mut kvm_ioctls::VcpuFd, kvm: &Kvm) -> Result<(), VmmError> {
+    let size = kvm.get_vcpu_mmap_size().map_err(VmmError::kvm("read the vCPU mapping size"))?;
+    let run: *mut kvm_bindings::kvm_run = vcpu.get_kvm_run();
+    // SAFETY: `run` is the start of the vCPU's `size`-byte mapping made by kvm-ioctls, which
+    // lives as long as the `VcpuFd`; the advice changes only what a fork inherits.
+    if unsafe { libc::madvise(run.cast(), size, libc::MADV_DONTFORK) } != 0 {
+        return Err(VmmError::kvm("mark the vCPU mapping")(kvm_ioctls::Error::last()));
+    }
+    Ok(())
 }
 
 /// Decides what follows a machine's stop; `quick_resets` counts consecutive stops soon after
@@ -273,7 +292,8 @@ impl Machine {
         let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
         for id in 0..config.vcpus {
-            let vcpu = vm.create_vcpu(u64::from(id)).map_err(VmmError::kvm("create a vCPU"))?;
+            let mut vcpu = vm.create_vcpu(u64::from(id)).map_err(VmmError::kvm("create a vCPU"))?;
+            keep_out_of_forks(&mut vcpu, kvm)?;
             let tsc_khz = vcpu.get_tsc_khz().map_err(VmmError::kvm("read the TSC frequency"))?;
             vcpu.set_cpuid2(&cpuid::for_vcpu(&base_cpuid, id, config.vcpus, tsc_khz, tsc_deadline)?)
                 .map_err(VmmError::kvm("set the vCPU's CPUID"))?;

@@ -55,20 +55,7 @@ pub fn layout(notes: &[NoteSpec<'_>], loads: &[LoadSpec]) -> Result<CoreLayout, 
         .ok_or(ElfError::Layout("too many program headers"))?;
     let phdrs_end = EHDR_SIZE + phnum * PHDR_SIZE;
     let notes_offset = round_up(phdrs_end as u64).ok_or(ElfError::Layout("headers too large"))?;
-    let mut note_bytes = Vec::new();
-    for note in notes {
-        let namesz = u32::try_from(note.name.len() + 1).map_err(|_| ElfError::Layout("note name too long"))?;
-        let descsz = u32::try_from(note.desc.len()).map_err(|_| ElfError::Layout("note descriptor too long"))?;
-        note_bytes.reserve(NOTE_HEADER_SIZE + note.name.len() + note.desc.len() + 8);
-        note_bytes.extend_from_slice(&namesz.to_le_bytes());
-        note_bytes.extend_from_slice(&descsz.to_le_bytes());
-        note_bytes.extend_from_slice(&note.n_type.to_le_bytes());
-        note_bytes.extend_from_slice(note.name);
-        note_bytes.push(0);
-        pad4(&mut note_bytes);
-        note_bytes.extend_from_slice(note.desc);
-        pad4(&mut note_bytes);
-    }
+    let note_bytes = encode_notes(notes)?.bytes;
     let data_offset = notes_offset
         .checked_add(note_bytes.len() as u64)
         .and_then(round_up)
@@ -95,6 +82,37 @@ pub fn layout(notes: &[NoteSpec<'_>], loads: &[LoadSpec]) -> Result<CoreLayout, 
     headers.extend_from_slice(&note_bytes);
     headers.resize(data_offset as usize, 0);
     Ok(CoreLayout { headers, runs, file_size })
+}
+
+/// The bytes of a `PT_NOTE` segment holding `notes`, and where each descriptor starts in them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedNotes {
+    /// The segment: per note a 12-byte header, the name with its NUL, the descriptor, each
+    /// padded to 4 bytes.
+    pub bytes: Vec<u8>,
+    /// Offset of each note's descriptor in `bytes`, in the order of the notes.
+    pub desc_offsets: Vec<usize>,
+}
+
+/// Encodes `notes` as one `PT_NOTE` segment, 4-byte aligned as Linux writes them.
+pub fn encode_notes(notes: &[NoteSpec<'_>]) -> Result<EncodedNotes, ElfError> {
+    let mut bytes = Vec::new();
+    let mut desc_offsets = Vec::with_capacity(notes.len());
+    for note in notes {
+        let namesz = u32::try_from(note.name.len() + 1).map_err(|_| ElfError::Layout("note name too long"))?;
+        let descsz = u32::try_from(note.desc.len()).map_err(|_| ElfError::Layout("note descriptor too long"))?;
+        bytes.reserve(NOTE_HEADER_SIZE + note.name.len() + note.desc.len() + 8);
+        bytes.extend_from_slice(&namesz.to_le_bytes());
+        bytes.extend_from_slice(&descsz.to_le_bytes());
+        bytes.extend_from_slice(&note.n_type.to_le_bytes());
+        bytes.extend_from_slice(note.name);
+        bytes.push(0);
+        pad4(&mut bytes);
+        desc_offsets.push(bytes.len());
+        bytes.extend_from_slice(note.desc);
+        pad4(&mut bytes);
+    }
+    Ok(EncodedNotes { bytes, desc_offsets })
 }
 
 fn round_up(value: u64) -> Option<u64> {

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod build;
+pub mod image;
 
 /// `e_ident[EI_CLASS]` of a 64-bit file.
 pub const ELFCLASS64: u8 = 2;
@@ -341,6 +342,15 @@ impl<'a> Core<'a> {
         }
         Ok(())
     }
+}
+
+/// Parses a note segment stored outside an ELF file (a kdump file's copy of the notes): notes
+/// aligned to 4 bytes, `data` at file offset `base` (which only labels errors and
+/// [`Note::offset`]).
+pub fn parse_note_segment(data: &[u8], base: u64) -> Result<Vec<Note<'_>>, ElfError> {
+    let mut notes = Vec::new();
+    parse_notes(data, base, 4, &mut notes)?;
+    Ok(notes)
 }
 
 /// Parses the notes of one `PT_NOTE` segment (`data`, at file offset `base`).

@@ -83,6 +83,11 @@ pub enum Command {
     /// of a [`crate::dump::DumpFailure`] saying why. The host records it (an event, and a
     /// failed entry in the crash store's log); the guest then runs its failure action.
     DumpFailed = 5,
+    /// Where the guest keeps its VMCOREINFO ELF note (`/sys/kernel/vmcoreinfo`): the argument is
+    /// its guest-physical address (at most `VMCOREINFO_NOTE_SIZE` bytes: header, name, text).
+    /// Host-side dumps copy the note from there at the moment of the dump. 0 forgets it;
+    /// `STATUS_INVALID_ARGUMENT` if the note would not lie in RAM.
+    SetVmcoreinfo = 6,
 }
 
 impl Command {
@@ -94,6 +99,7 @@ impl Command {
             3 => Some(Self::SetCrashReason),
             4 => Some(Self::Dump),
             5 => Some(Self::DumpFailed),
+            6 => Some(Self::SetVmcoreinfo),
             _ => None,
         }
     }
@@ -397,7 +403,8 @@ mod tests {
         assert_eq!(Command::from_raw(3), Some(Command::SetCrashReason));
         assert_eq!(Command::from_raw(4), Some(Command::Dump));
         assert_eq!(Command::from_raw(5), Some(Command::DumpFailed));
-        assert_eq!(Command::from_raw(6), None);
+        assert_eq!(Command::from_raw(6), Some(Command::SetVmcoreinfo));
+        assert_eq!(Command::from_raw(7), None);
         for d in Detector::ALL {
             assert_eq!(Detector::from_raw(d as u32), Some(d));
         }

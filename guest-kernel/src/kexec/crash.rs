@@ -51,6 +51,8 @@ pub fn init() {
     let len = w.len();
     // SAFETY: boot CPU, before any crash can happen; nothing else accesses the note now.
     write_vmcoreinfo_note(unsafe { &mut *VMCOREINFO_NOTE.0.get() }, &text[..len]);
+    // The host copies it into host-side vmcores.
+    crate::platform::command(crashvisor_abi::platform::Command::SetVmcoreinfo, vmcoreinfo_note_phys());
 }
 
 /// `crash_save_vmcoreinfo`: rebuild the note with `CRASHTIME=` (the crashing CPU, others stopped).

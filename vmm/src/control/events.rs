@@ -115,6 +115,22 @@ pub enum Event {
         /// Number of memory ranges to copy.
         ranges: u64,
     },
+    /// A host-side dump stopped the vCPUs, read their registers and took a copy-on-write view of
+    /// memory; the guest runs again (unless the policy says otherwise) while the vmcore is
+    /// written.
+    SnapshotTaken {
+        /// How long the vCPUs were stopped, in microseconds.
+        pause_us: u64,
+        /// The vmcore's apparent size in bytes.
+        size: u64,
+    },
+    /// A host-side dump's progress (a few times per second).
+    DumpProgress {
+        /// Bytes of memory written.
+        done: u64,
+        /// Bytes to write in all.
+        total: u64,
+    },
     /// A crash directory was committed to the crash store.
     VmcoreReady {
         /// The crash's id: its directory's name.
@@ -172,6 +188,8 @@ impl Event {
             Self::Panic { .. }
                 | Self::CrashLoaded
                 | Self::CaptureStarted { .. }
+                | Self::SnapshotTaken { .. }
+                | Self::DumpProgress { .. }
                 | Self::VmcoreReady { .. }
                 | Self::DumpFailed { .. }
         )
@@ -203,7 +221,11 @@ impl Event {
             }
             Self::CrashLoaded => tracing::info!("guest booted a crash kernel"),
             // The dump device logs these itself, with more detail.
-            Self::CaptureStarted { .. } | Self::VmcoreReady { .. } | Self::DumpFailed { .. } => {}
+            Self::CaptureStarted { .. }
+            | Self::SnapshotTaken { .. }
+            | Self::DumpProgress { .. }
+            | Self::VmcoreReady { .. }
+            | Self::DumpFailed { .. } => {}
             Self::NmiInjected { cpus } => tracing::info!("injected an NMI into vCPUs {cpus:?}"),
             Self::Paused => tracing::info!("VM paused"),
             Self::Resumed => tracing::info!("VM resumed"),
@@ -264,6 +286,8 @@ fn dump_event(event: DumpEvent) -> Event {
         DumpEvent::VmcoreReady { id, path, size, on_disk } => {
             Event::VmcoreReady { id, path: path.display().to_string(), size, on_disk }
         }
+        DumpEvent::SnapshotTaken { pause_us, size } => Event::SnapshotTaken { pause_us, size },
+        DumpEvent::Progress { done, total } => Event::DumpProgress { done, total },
         DumpEvent::Failed { reason } => Event::DumpFailed { reason },
     }
 }

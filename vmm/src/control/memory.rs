@@ -16,7 +16,7 @@ pub const MAX_MEMORY_ACCESS: usize = 16 * 1024;
 /// Decodes hex text (either case, even length) into bytes.
 pub fn decode_hex(text: &str) -> Result<Vec<u8>, ControlError> {
     let bad = |why: &str| ControlError::new(ControlErrorCode::BadArgument, format!("data_hex {why}"));
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(bad("has an odd number of digits"));
     }
     if text.len() / 2 > MAX_MEMORY_ACCESS {

@@ -25,6 +25,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::config::{CrashLoadedPolicy, PanicPolicy};
 use crate::devices::control_uart::ControlUart;
 use crate::devices::StopReason;
 use crate::error::VmmError;
@@ -59,6 +60,8 @@ pub enum ControlInput {
     GuestLine(String),
     /// Something a device saw the guest do.
     Device(events::DeviceEvent),
+    /// A host-side dump's thread finished (its events came as `Device(Dump(..))`).
+    SnapshotDone,
     /// A machine was built and is about to run.
     MachineStarted(Arc<RunContext>),
     /// The machine stopped; `rebooting` says whether a new one follows.
@@ -120,6 +123,10 @@ pub struct ControlConfig {
     pub socket: Option<PathBuf>,
     /// Number of vCPUs of the VM.
     pub vcpus: usize,
+    /// What pvpanic PANICKED makes the VMM do.
+    pub on_panic: PanicPolicy,
+    /// What pvpanic CRASH_LOADED makes the VMM do.
+    pub on_crash_loaded: CrashLoadedPolicy,
 }
 
 /// The running control channel. Dropping it ends the controller, flushes what clients are
@@ -144,7 +151,7 @@ pub fn start(
         ),
         None => None,
     };
-    let controller = controller::Controller::new(receiver, control_uart, config.vcpus);
+    let controller = controller::Controller::new(receiver, inbox.clone(), control_uart, config);
     let controller = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || controller.run())

@@ -114,7 +114,11 @@ pub enum Command {
     Nmi {
         /// The vCPU; `None` for all.
         cpu: Option<usize>,
+        /// Take a host-side dump once the guest has handled it.
+        capture: bool,
     },
+    /// Take a host-side dump of the running VM.
+    Dump,
     /// Pause the VM.
     Pause,
     /// Resume the VM.
@@ -163,12 +167,15 @@ pub fn parse_request(line: &[u8]) -> Result<ClientRequest, Rejected> {
 
 /// The command names, for error messages.
 const COMMANDS: &str =
-    "hello, inject, sysctl_get, sysctl_set, ps, uptime, dmesg, kexec, kdump, nmi, pause, resume, status, \
+    "hello, inject, sysctl_get, sysctl_set, ps, uptime, dmesg, kexec, kdump, nmi, dump, pause, resume, status, \
      read_memory, write_memory";
 
 fn parse_command(cmd: &str, fields: Map<String, Value>) -> Result<Command, ControlError> {
     match cmd {
-        "nmi" => fields_of::<NmiFields>(fields).map(|f| Command::Nmi { cpu: f.cpu }),
+        "nmi" => {
+            fields_of::<NmiFields>(fields).map(|f| Command::Nmi { cpu: f.cpu, capture: f.capture.unwrap_or(false) })
+        }
+        "dump" => fields_of::<NoFields>(fields).map(|_| Command::Dump),
         "pause" => fields_of::<NoFields>(fields).map(|_| Command::Pause),
         "resume" => fields_of::<NoFields>(fields).map(|_| Command::Resume),
         "status" => fields_of::<NoFields>(fields).map(|_| Command::Status),
@@ -199,6 +206,7 @@ struct NoFields {}
 #[serde(deny_unknown_fields)]
 struct NmiFields {
     cpu: Option<usize>,
+    capture: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -508,9 +516,9 @@ mod tests {
     fn parses_local_commands() {
         assert_eq!(
             parse(r#"{"id":"a","cmd":"nmi","cpu":1}"#).unwrap(),
-            ClientRequest { id: json!("a"), command: Command::Nmi { cpu: Some(1) } }
+            ClientRequest { id: json!("a"), command: Command::Nmi { cpu: Some(1), capture: false } }
         );
-        assert_eq!(parse(r#"{"cmd":"nmi"}"#).unwrap().command, Command::Nmi { cpu: None });
+        assert_eq!(parse(r#"{"cmd":"nmi"}"#).unwrap().command, Command::Nmi { cpu: None, capture: false });
         assert_eq!(parse(r#"{"cmd":"pause"}"#).unwrap().id, Value::Null);
         assert_eq!(parse(r#"{"cmd":"resume"}"#).unwrap().command, Command::Resume);
         assert_eq!(parse(r#"{"cmd":"status"}"#).unwrap().command, Command::Status);

@@ -46,6 +46,8 @@ pub enum ResetCause {
     KeyboardController,
     /// A triple fault (KVM_EXIT_SHUTDOWN).
     TripleFault,
+    /// The VMM's panic policy (`--on-panic reboot`, `dump-and-reboot`).
+    PanicPolicy,
 }
 
 /// What a vCPU does after a device access.

@@ -11,7 +11,8 @@ use crashvisor_abi::platform::{
     PLATFORM_NMI_REASON, PLATFORM_PROGRESS, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, STATUS_INVALID_ARGUMENT, STATUS_OK,
     STATUS_UNKNOWN_COMMAND, STATUS_UNSUPPORTED,
 };
-use vm_memory::GuestMemoryMmap;
+use crashvisor_klib::elfnote::VMCOREINFO_NOTE_SIZE;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::crash_reason::{self, CrashInfo};
 use super::dump::{self, DumpTarget};
@@ -95,6 +96,8 @@ pub struct Platform {
     status: [AtomicU32; MAX_VCPUS],
     pvpanic: AtomicU8,
     crash_reason: Mutex<Option<CrashInfo>>,
+    /// Where the guest's VMCOREINFO note is (0: not published).
+    vmcoreinfo_gpa: AtomicU64,
     /// Event-register writes that did not decode.
     bad_events: AtomicU64,
     links: PlatformLinks,
@@ -111,6 +114,7 @@ impl Platform {
             status: std::array::from_fn(|_| AtomicU32::new(STATUS_OK)),
             pvpanic: AtomicU8::new(0),
             crash_reason: Mutex::new(None),
+            vmcoreinfo_gpa: AtomicU64::new(0),
             bad_events: AtomicU64::new(0),
             links,
         }
@@ -212,6 +216,7 @@ impl Platform {
             Some(Command::SetNmiWatchdog) => (self.set_nmi_watchdog(arg), IoAction::Continue),
             Some(Command::SetCrashReason) => (self.set_crash_reason(arg), IoAction::Continue),
             Some(Command::Dump) => (self.dump(arg), IoAction::Continue),
+            Some(Command::SetVmcoreinfo) => (self.set_vmcoreinfo(arg), IoAction::Continue),
             Some(Command::DumpFailed) => {
                 let post = &mut |event| self.post(DeviceEvent::Dump(event));
                 (dump::dump_failed(&self.links.memory, &self.links.dump, arg, post), IoAction::Continue)
@@ -244,6 +249,25 @@ impl Platform {
                 STATUS_UNSUPPORTED
             }
         }
+    }
+
+    fn set_vmcoreinfo(&self, gpa: u64) -> u32 {
+        let in_ram = gpa == 0 || self.links.memory.check_range(GuestAddress(gpa), VMCOREINFO_NOTE_SIZE);
+        if !in_ram {
+            return STATUS_INVALID_ARGUMENT;
+        }
+        self.vmcoreinfo_gpa.store(gpa, Ordering::Relaxed);
+        STATUS_OK
+    }
+
+    /// Where the guest published its VMCOREINFO note, if it did.
+    pub fn vmcoreinfo_gpa(&self) -> Option<u64> {
+        Some(self.vmcoreinfo_gpa.load(Ordering::Relaxed)).filter(|&gpa| gpa != 0)
+    }
+
+    /// Where this VM's crashes go.
+    pub fn dump_target(&self) -> &DumpTarget {
+        &self.links.dump
     }
 
     fn set_crash_reason(&self, gpa: u64) -> u32 {

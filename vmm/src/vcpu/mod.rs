@@ -18,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use self::requests::VcpuRequests;
 use crate::devices::{Devices, StopReason};
 use crate::error::VmmError;
+use crate::snapshot::regs::VcpuState;
 
 thread_local! {
     /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
@@ -157,6 +158,11 @@ fn service_requests(vcpu: &VcpuFd, id: usize, ctx: &RunContext) {
         // guest's watchdogs forgive the pause. EINVAL: the guest has not enabled kvmclock.
         if let Err(e) = vcpu.kvmclock_ctrl() {
             tracing::debug!("KVM_KVMCLOCK_CTRL failed: {e}");
+        }
+        // The registers, for a host-side dump taken while the machine is paused.
+        match (vcpu.get_regs(), vcpu.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => ctx.vcpus.record_state(id, VcpuState { regs, sregs }),
+            (Err(e), _) | (_, Err(e)) => tracing::warn!("vCPU {id}: KVM cannot give its registers: {e}"),
         }
     });
     if ctx.vcpus.take_nmi_request(id) {

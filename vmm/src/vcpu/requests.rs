@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::snapshot::regs::VcpuState;
+
 /// Request bit: inject an NMI.
 const REQUEST_NMI: u32 = 1 << 0;
 
@@ -24,6 +26,8 @@ struct Slot {
 /// The request flags of every vCPU of one machine, and its pause state.
 pub struct VcpuRequests {
     slots: Vec<Slot>,
+    /// Each vCPU's registers as of its last park (what a host-side dump reads).
+    states: Mutex<Vec<Option<VcpuState>>>,
     paused: AtomicBool,
     /// Number of vCPU threads parked by a pause.
     parked: Mutex<usize>,
@@ -37,6 +41,7 @@ impl VcpuRequests {
             slots: (0..count)
                 .map(|_| Slot { pending: AtomicU32::new(0), nmi_reason: AtomicU32::new(0), thread: Mutex::new(None) })
                 .collect(),
+            states: Mutex::new(vec![None; count]),
             paused: AtomicBool::new(false),
             parked: Mutex::new(0),
             changed: Condvar::new(),
@@ -106,6 +111,19 @@ impl VcpuRequests {
             s.pending.load(Ordering::Relaxed) != 0
                 && s.pending.fetch_and(!REQUEST_NMI, Ordering::SeqCst) & REQUEST_NMI != 0
         })
+    }
+
+    /// vCPU side: records the registers of vCPU `id` (while it is parked).
+    pub fn record_state(&self, id: usize, state: VcpuState) {
+        if let Some(slot) = self.states.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id) {
+            *slot = Some(state);
+        }
+    }
+
+    /// Every vCPU's registers as of its last park, in vCPU order (`None` for a vCPU whose
+    /// registers KVM would not give).
+    pub fn states(&self) -> Vec<Option<VcpuState>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether the machine is paused (or being paused).
@@ -218,7 +236,13 @@ mod tests {
         let stopping = Arc::new(AtomicBool::new(false));
         let thread = {
             let (r, stopping) = (r.clone(), stopping.clone());
-            std::thread::spawn(move || r.park(&|| stopping.load(Ordering::SeqCst), || {}))
+            std::thread::spawn(move || {
+                // Like a vCPU thread, it parks once it sees the pause.
+                while !r.is_paused() {
+                    std::thread::yield_now();
+                }
+                r.park(&|| stopping.load(Ordering::SeqCst), || {})
+            })
         };
         assert!(r.pause(Duration::from_secs(5)));
         stopping.store(true, Ordering::SeqCst);

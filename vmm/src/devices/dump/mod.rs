@@ -57,6 +57,21 @@ pub enum DumpEvent {
         /// Bytes it takes on disk.
         on_disk: u64,
     },
+    /// A host-side snapshot is taken: the vCPUs ran again after `pause_us` microseconds and
+    /// the vmcore (`size` bytes) is being written from a copy-on-write view of memory.
+    SnapshotTaken {
+        /// How long the vCPUs were stopped.
+        pause_us: u64,
+        /// The vmcore's apparent size.
+        size: u64,
+    },
+    /// A host-side dump's progress: bytes of memory written of `total`.
+    Progress {
+        /// Bytes done.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+    },
     /// No vmcore: the descriptor was refused, writing failed, or the capture kernel gave up.
     Failed {
         /// Why.
@@ -256,17 +271,21 @@ pub fn dump_failed(memory: &GuestMemoryMmap, target: &DumpTarget, gpa: u64, post
     status
 }
 
-/// Records a failed capture in the store's failure log and posts `Failed`.
+/// Records a failed kdump capture in the store's failure log and posts `Failed`.
 fn fail(target: &DumpTarget, reason: String, post: &mut dyn FnMut(DumpEvent)) {
-    let record =
-        FailureRecord { time: rfc3339(SystemTime::now()), vm: target.vm_name.clone(), trigger: Trigger::Kdump, reason };
+    record_failure(target, Trigger::Kdump, reason, post);
+}
+
+/// Records a failed capture in the store's failure log and posts `Failed`.
+pub(crate) fn record_failure(target: &DumpTarget, trigger: Trigger, reason: String, post: &mut dyn FnMut(DumpEvent)) {
+    let record = FailureRecord { time: rfc3339(SystemTime::now()), vm: target.vm_name.clone(), trigger, reason };
     if let Err(e) = CrashStore::open(&target.crash_dir).and_then(|store| store.record_failure(&record)) {
         tracing::warn!("cannot record the failed capture: {}", error_chain(&e));
     }
     post(DumpEvent::Failed { reason: record.reason });
 }
 
-fn reason_meta(info: &CrashInfo) -> CrashReasonMeta {
+pub(crate) fn reason_meta(info: &CrashInfo) -> CrashReasonMeta {
     CrashReasonMeta {
         detector: info.detector.as_str().into(),
         cpu: info.cpu,
@@ -277,7 +296,7 @@ fn reason_meta(info: &CrashInfo) -> CrashReasonMeta {
 }
 
 /// "outer: inner: innermost".
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,0 +1,641 @@
+//! Writing a kdump-compressed file in one sequential pass over the output, streaming from a
+//! [`MemorySource`].
+//!
+//! The page descriptors come before the page data and each names its data's offset, so the
+//! number of dumped pages must be known before the first descriptor is written. With zero
+//! pages excluded (dump level bit 1) the writer therefore reads memory twice: a first pass only
+//! checks which pages are zero (no compression, no writes), the second compresses and writes.
+//! Memory use is the two bitmaps (one bit per pfn, only 4 KiB blocks that hold a set bit) and
+//! two 1 MiB output buffers, whatever the guest's size.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::bitmap::Bitmap;
+use super::compress::{Compression, PageCompressor};
+use super::header::{DiskDumpHeader, KdumpSubHeader, PageDesc};
+use super::kernel_info::{phys_base, utsname};
+use super::{BLOCK_SIZE, DL_EXCLUDE_FREE, DL_EXCLUDE_ZERO, DL_SUPPORTED, HEADER_VERSION, KDUMP_SUB_HEADER_SIZE};
+use super::{MAX_MAPNR, MAX_NOTES_LEN, PAGE_DESC_SIZE, PAGE_SIZE};
+use crate::elf::build::{encode_notes, LoadSpec, NoteSpec};
+use crate::elf::{ElfError, NT_PRSTATUS};
+use crate::writer::{is_zero, MemorySource, SourceError};
+
+/// Bytes buffered before a write, for the descriptors and for the page data.
+const OUTPUT_BUFFER: usize = 1 << 20;
+/// Pages between two progress reports.
+const PROGRESS_PAGES: u64 = 1024;
+
+/// What goes into the file.
+#[derive(Clone, Copy)]
+pub struct KdumpInput<'a> {
+    /// The notes, in order: one `NT_PRSTATUS` per CPU, `VMCOREINFO`, ...
+    pub notes: &'a [NoteSpec<'a>],
+    /// The memory the dump holds, as `PT_LOAD`s describe it (overlaps allowed: kernel text is
+    /// usually mapped twice). A page partly covered is dumped with the rest as zeros.
+    pub loads: &'a [LoadSpec],
+    /// Where the bytes come from, by physical address.
+    pub memory: &'a dyn MemorySource,
+}
+
+/// How to write it.
+#[derive(Clone, Copy)]
+pub struct KdumpOptions<'a> {
+    /// Page compression.
+    pub compression: Compression,
+    /// makedumpfile dump level: bit 1 leaves out zero pages, bit 16 free pages; other bits are
+    /// refused.
+    pub dump_level: u32,
+    /// For bit 16: whether a pfn is a free page (the guest's allocator knows; the writer
+    /// does not).
+    pub free_pages: Option<&'a dyn Fn(u64) -> bool>,
+    /// `disk_dump_header.timestamp`: when the dump was taken.
+    pub timestamp: SystemTime,
+    /// Called now and then with (bytes of memory processed, bytes to process in all); the total
+    /// may shrink once the zero pages are known.
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
+}
+
+/// What one write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KdumpStats {
+    /// The file's length.
+    pub file_bytes: u64,
+    /// Pfns in the dump (set in the 1st bitmap).
+    pub pages_present: u64,
+    /// Pages written (set in the 2nd bitmap).
+    pub pages_dumped: u64,
+    /// Zero pages left out (dump level bit 1).
+    pub zero_pages_excluded: u64,
+    /// Free pages left out (dump level bit 16).
+    pub free_pages_excluded: u64,
+    /// Pages stored compressed.
+    pub pages_compressed: u64,
+    /// Pages stored raw (they did not shrink, or no compression).
+    pub pages_raw: u64,
+    /// Zero pages pointing at the shared zero page (when zero pages are kept).
+    pub pages_shared_zero: u64,
+    /// Time from the first read to the last write.
+    pub duration: Duration,
+}
+
+/// Why a kdump file could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum KdumpWriteError {
+    /// A dump level with bits this writer cannot apply.
+    #[error("dump level {level} is not supported: use 0 to 31 with only bits 1 (zero pages) and 16 (free pages) set")]
+    DumpLevel {
+        /// The level asked for.
+        level: u32,
+    },
+    /// Dump level bit 16 without a way to tell free pages.
+    #[error("dump level {level} leaves out free pages, but nothing says which pages are free; use a level without 16")]
+    NoFreePages {
+        /// The level asked for.
+        level: u32,
+    },
+    /// The input cannot be described by a kdump file.
+    #[error("cannot lay out the kdump file: {0}")]
+    Layout(&'static str),
+    /// The notes cannot be encoded.
+    #[error("cannot encode the notes")]
+    Notes(#[source] ElfError),
+    /// The memory source failed.
+    #[error("cannot read the page at physical address {paddr:#x}")]
+    Source {
+        /// The page's address.
+        paddr: u64,
+        /// The source's error.
+        #[source]
+        source: SourceError,
+    },
+    /// The compressor failed.
+    #[error("cannot compress the page at physical address {paddr:#x}")]
+    Compress {
+        /// The page's address.
+        paddr: u64,
+        /// The compressor's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the file failed.
+    #[error("cannot write the kdump file")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where everything goes in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Layout {
+    sub_hdr_blocks: u64,
+    bitmap_blocks: u64,
+    bitmap_offset: u64,
+    desc_offset: u64,
+    data_offset: u64,
+}
+
+/// Writes a kdump-compressed file into `file` (which should be empty), in one pass over the
+/// file. The caller syncs and renames it (see the crash store).
+pub fn write_kdump(
+    file: &File,
+    input: &KdumpInput<'_>,
+    options: &KdumpOptions<'_>,
+) -> Result<KdumpStats, KdumpWriteError> {
+    let level = options.dump_level;
+    if level & !DL_SUPPORTED != 0 {
+        return Err(KdumpWriteError::DumpLevel { level });
+    }
+    let free_pages = match options.free_pages {
+        Some(f) if level & DL_EXCLUDE_FREE != 0 => Some(f),
+        None if level & DL_EXCLUDE_FREE != 0 => return Err(KdumpWriteError::NoFreePages { level }),
+        _ => None,
+    };
+    let start = Instant::now();
+    let ranges = merge(input.loads)?;
+    let max_mapnr = ranges.last().map_or(0, |r| r.1.div_ceil(PAGE_SIZE));
+    if max_mapnr > MAX_MAPNR {
+        return Err(KdumpWriteError::Layout("memory above 64 TiB (max_mapnr over 2^34)"));
+    }
+    let notes = encode_notes(input.notes).map_err(KdumpWriteError::Notes)?;
+    if notes.bytes.len() as u64 > MAX_NOTES_LEN {
+        return Err(KdumpWriteError::Layout("the notes take more than 64 MiB"));
+    }
+    let mut present = Bitmap::new(max_mapnr);
+    for &(start, end) in &ranges {
+        present.set_range(start / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
+    }
+    let pages = PageReader { ranges: &ranges, memory: input.memory, page: vec![0; PAGE_SIZE as usize] };
+    let stats = KdumpStats { pages_present: present.count_ones(), ..KdumpStats::default() };
+    let progress =
+        Progress { report: options.progress, scan: level & DL_EXCLUDE_ZERO != 0, present: stats.pages_present };
+    let mut pass = Pass { pages, stats, progress };
+    let dumped = pass.select(&present, level, free_pages)?;
+    pass.stats.pages_dumped = dumped.count_ones();
+
+    let layout = layout(notes.bytes.len() as u64, present.block_count(), pass.stats.pages_dumped)?;
+    let vmcoreinfo_note = input.notes.iter().position(|n| n.name == b"VMCOREINFO");
+    let vmcoreinfo = vmcoreinfo_note.and_then(|i| std::str::from_utf8(input.notes[i].desc).ok());
+    let notes_offset = BLOCK_SIZE + KDUMP_SUB_HEADER_SIZE as u64;
+    let mut header = DiskDumpHeader::new(HEADER_VERSION, BLOCK_SIZE as u32);
+    header.utsname = utsname(vmcoreinfo, input.loads, input.memory);
+    let since_epoch = options.timestamp.duration_since(UNIX_EPOCH).unwrap_or_default();
+    header.timestamp_sec = since_epoch.as_secs();
+    header.timestamp_usec = u64::from(since_epoch.subsec_micros());
+    header.status = options.compression.flag();
+    // Both fit: the sub-header blocks are bounded by MAX_NOTES_LEN, the bitmaps by MAX_MAPNR.
+    header.sub_hdr_size = layout.sub_hdr_blocks as u32;
+    header.bitmap_blocks = layout.bitmap_blocks as u32;
+    header.max_mapnr = u32::try_from(max_mapnr).unwrap_or(u32::MAX);
+    header.nr_cpus = input.notes.iter().filter(|n| n.name == b"CORE" && n.n_type == NT_PRSTATUS).count() as u32;
+    let sub = KdumpSubHeader {
+        phys_base: phys_base(vmcoreinfo, input.loads),
+        dump_level: level,
+        offset_vmcoreinfo: vmcoreinfo_note.map_or(0, |i| notes_offset + notes.desc_offsets[i] as u64),
+        size_vmcoreinfo: vmcoreinfo_note.map_or(0, |i| input.notes[i].desc.len() as u64),
+        offset_note: notes_offset,
+        size_note: notes.bytes.len() as u64,
+        max_mapnr_64: max_mapnr,
+        ..KdumpSubHeader::default()
+    };
+
+    file.write_all_at(&header.encode(), 0)?;
+    let mut block1 = Vec::with_capacity(KDUMP_SUB_HEADER_SIZE + notes.bytes.len());
+    block1.extend_from_slice(&sub.encode());
+    block1.extend_from_slice(&notes.bytes);
+    file.write_all_at(&block1, BLOCK_SIZE)?;
+    let bitmap_len = present.block_count() * BLOCK_SIZE;
+    for (bitmap, base) in [(&present, layout.bitmap_offset), (&dumped, layout.bitmap_offset + bitmap_len)] {
+        for index in 0..bitmap.block_count() {
+            if let Some(block) = bitmap.block(index) {
+                file.write_all_at(block, base + index * BLOCK_SIZE)?;
+            }
+        }
+    }
+    let keep_zero_pages = level & DL_EXCLUDE_ZERO == 0;
+    let end = pass.write_pages(file, &layout, &dumped, keep_zero_pages, options.compression)?;
+    file.set_len(end)?;
+    pass.stats.file_bytes = end;
+    pass.stats.duration = start.elapsed();
+    Ok(pass.stats)
+}
+
+/// Sorts and merges the loads' physical ranges into disjoint `(start, end)` byte ranges.
+fn merge(loads: &[LoadSpec]) -> Result<Vec<(u64, u64)>, KdumpWriteError> {
+    let mut ranges = Vec::with_capacity(loads.len());
+    for load in loads.iter().filter(|l| l.len > 0) {
+        let end = load.paddr.checked_add(load.len).ok_or(KdumpWriteError::Layout("a load wraps around"))?;
+        ranges.push((load.paddr, end));
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    Ok(merged)
+}
+
+fn layout(notes_len: u64, bitmap_blocks_each: u64, pages_dumped: u64) -> Result<Layout, KdumpWriteError> {
+    let too_large = KdumpWriteError::Layout("the file would pass 2^63 bytes");
+    let sub_hdr_blocks = (KDUMP_SUB_HEADER_SIZE as u64 + notes_len).div_ceil(BLOCK_SIZE);
+    let bitmap_blocks = 2 * bitmap_blocks_each;
+    if u32::try_from(bitmap_blocks).is_err() {
+        return Err(KdumpWriteError::Layout("the bitmaps take more than 2^32 blocks"));
+    }
+    let bitmap_offset = (1 + sub_hdr_blocks) * BLOCK_SIZE;
+    let desc_offset = bitmap_offset + bitmap_blocks * BLOCK_SIZE;
+    let data_offset = pages_dumped
+        .checked_mul(PAGE_DESC_SIZE)
+        .and_then(|d| d.checked_add(desc_offset))
+        .filter(|&o| i64::try_from(o).is_ok())
+        .ok_or(too_large)?;
+    Ok(Layout { sub_hdr_blocks, bitmap_blocks, bitmap_offset, desc_offset, data_offset })
+}
+
+/// The state of the two passes over memory.
+struct Pass<'a> {
+    pages: PageReader<'a>,
+    stats: KdumpStats,
+    progress: Progress<'a>,
+}
+
+impl Pass<'_> {
+    /// The 2nd bitmap: the present pages less the free ones (bit 16) and the zero ones (bit 1,
+    /// which reads every remaining page once).
+    fn select(
+        &mut self,
+        present: &Bitmap,
+        level: u32,
+        free_pages: Option<&dyn Fn(u64) -> bool>,
+    ) -> Result<Bitmap, KdumpWriteError> {
+        let mut dumped = Bitmap::new(present.len());
+        for (n, pfn) in present.ones().enumerate() {
+            if free_pages.is_some_and(|is_free| is_free(pfn)) {
+                self.stats.free_pages_excluded += 1;
+            } else if level & DL_EXCLUDE_ZERO != 0 && is_zero(self.pages.read(pfn)?) {
+                self.stats.zero_pages_excluded += 1;
+            } else {
+                dumped.set(pfn);
+            }
+            if self.progress.scan && (n as u64).is_multiple_of(PROGRESS_PAGES) {
+                self.progress.report(n as u64, None);
+            }
+        }
+        Ok(dumped)
+    }
+
+    /// Writes the descriptors and the page data (the shared zero page first when zero pages
+    /// are kept); returns the end of the file.
+    fn write_pages(
+        &mut self,
+        file: &File,
+        layout: &Layout,
+        dumped: &Bitmap,
+        keep_zero_pages: bool,
+        compression: Compression,
+    ) -> Result<u64, KdumpWriteError> {
+        let mut descs = Appender::new(file, layout.desc_offset);
+        let mut data = Appender::new(file, layout.data_offset);
+        let mut compressor =
+            PageCompressor::new(compression).map_err(|source| KdumpWriteError::Compress { paddr: 0, source })?;
+        let zero_desc = keep_zero_pages.then_some(PageDesc {
+            offset: layout.data_offset,
+            size: PAGE_SIZE as u32,
+            flags: 0,
+            page_flags: 0,
+        });
+        if zero_desc.is_some() {
+            data.push(&[0; PAGE_SIZE as usize])?;
+        }
+        let stats = &mut self.stats;
+        for (n, pfn) in dumped.ones().enumerate() {
+            let page = self.pages.read(pfn)?;
+            let desc = match zero_desc {
+                Some(zero) if is_zero(page) => {
+                    stats.pages_shared_zero += 1;
+                    zero
+                }
+                _ => {
+                    let offset = data.end();
+                    let paddr = pfn * PAGE_SIZE;
+                    let compressed =
+                        compressor.compress(page).map_err(|source| KdumpWriteError::Compress { paddr, source })?;
+                    let (bytes, flags) = match compressed {
+                        Some(bytes) => {
+                            stats.pages_compressed += 1;
+                            (bytes, compression.flag())
+                        }
+                        None => {
+                            stats.pages_raw += 1;
+                            (page, 0)
+                        }
+                    };
+                    data.push(bytes)?;
+                    // At most a page.
+                    PageDesc { offset, size: bytes.len() as u32, flags, page_flags: 0 }
+                }
+            };
+            descs.push(&desc.encode())?;
+            if (n as u64).is_multiple_of(PROGRESS_PAGES) {
+                self.progress.report(n as u64, Some(stats.pages_dumped));
+            }
+        }
+        descs.flush()?;
+        data.flush()?;
+        self.progress.report(stats.pages_dumped, Some(stats.pages_dumped));
+        Ok(data.end())
+    }
+}
+
+/// Reads whole pages from the merged ranges; bytes outside them read as zeros.
+struct PageReader<'a> {
+    ranges: &'a [(u64, u64)],
+    memory: &'a dyn MemorySource,
+    page: Vec<u8>,
+}
+
+impl PageReader<'_> {
+    fn read(&mut self, pfn: u64) -> Result<&[u8], KdumpWriteError> {
+        // pfn < MAX_MAPNR, so this does not overflow.
+        let (page_start, page_end) = (pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
+        let first = self.ranges.partition_point(|r| r.1 <= page_start);
+        let mut filled = 0;
+        for &(start, end) in self.ranges[first..].iter().take_while(|r| r.0 < page_end) {
+            let (from, to) = (start.max(page_start), end.min(page_end));
+            let (lo, hi) = ((from - page_start) as usize, (to - page_start) as usize);
+            self.page[filled..lo].fill(0);
+            self.memory
+                .read(from, &mut self.page[lo..hi])
+                .map_err(|source| KdumpWriteError::Source { paddr: page_start, source })?;
+            filled = hi;
+        }
+        self.page[filled..].fill(0);
+        Ok(&self.page)
+    }
+}
+
+/// Appends bytes at increasing file offsets through a buffer.
+struct Appender<'f> {
+    file: &'f File,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl<'f> Appender<'f> {
+    fn new(file: &'f File, offset: u64) -> Self {
+        Self { file, offset, buf: Vec::with_capacity(OUTPUT_BUFFER) }
+    }
+
+    /// The file offset just past what was pushed.
+    fn end(&self) -> u64 {
+        self.offset + self.buf.len() as u64
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.buf.len() + bytes.len() > OUTPUT_BUFFER {
+            self.flush()?;
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&self.buf, self.offset)?;
+        self.offset += self.buf.len() as u64;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Progress in bytes of memory: the zero scan (when there is one) reads every present page,
+/// the write pass every dumped page.
+struct Progress<'a> {
+    report: Option<&'a dyn Fn(u64, u64)>,
+    scan: bool,
+    present: u64,
+}
+
+impl Progress<'_> {
+    /// `pages` done in the current pass; `dumped` is `None` during the scan, then the number
+    /// of pages the write pass reads.
+    fn report(&self, pages: u64, dumped: Option<u64>) {
+        let Some(report) = self.report else { return };
+        let scanned = if self.scan { self.present } else { 0 };
+        let (done, total) = match dumped {
+            None => (pages, self.present + self.present),
+            Some(dumped) => (scanned + pages, scanned + dumped),
+        };
+        report(done * PAGE_SIZE, total * PAGE_SIZE);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::kdump::header::UtsName;
+    use crate::kdump::{DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD, KDUMP_SIGNATURE};
+    use crate::test_dir::TestDir;
+    use crate::writer::tests::Buffer;
+
+    /// 2 MiB of memory at 0 in four kinds of page: zero (n % 4 == 0), text (1), noise (2),
+    /// and mostly zero with one marked byte (3).
+    pub(crate) fn memory() -> Buffer {
+        let mut bytes = vec![0u8; 2 << 20];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for (n, page) in bytes.chunks_mut(PAGE_SIZE as usize).enumerate() {
+            match n % 4 {
+                1 => page.iter_mut().enumerate().for_each(|(i, b)| *b = b"crashvisor page "[i % 16] ^ n as u8),
+                2 => page.iter_mut().for_each(|b| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }),
+                3 => page[n % 4096] = n as u8 | 1,
+                _ => {}
+            }
+        }
+        Buffer { base: 0, bytes }
+    }
+
+    pub(crate) const VMCOREINFO: &[u8] = b"OSRELEASE=6.1.0-cv\nPAGESIZE=4096\nNUMBER(phys_base)=16777216\n";
+
+    pub(crate) fn notes() -> Vec<NoteSpec<'static>> {
+        static PRSTATUS: [u8; 336] = [3; 336];
+        vec![
+            NoteSpec { name: b"CORE", n_type: NT_PRSTATUS, desc: &PRSTATUS },
+            NoteSpec { name: b"CORE", n_type: NT_PRSTATUS, desc: &PRSTATUS },
+            NoteSpec { name: b"VMCOREINFO", n_type: 0, desc: VMCOREINFO },
+        ]
+    }
+
+    /// Loads over `memory()`: the first 512 KiB, a hole, then 256 KiB ending mid-page, and a
+    /// duplicate mapping of the first 64 KiB.
+    pub(crate) fn loads() -> Vec<LoadSpec> {
+        vec![
+            LoadSpec { vaddr: START_TEXT, paddr: 0, len: 0x1_0000 },
+            LoadSpec { vaddr: 0xffff_8880_0000_0000, paddr: 0, len: 0x8_0000 },
+            LoadSpec { vaddr: 0xffff_8880_000c_0000, paddr: 0xc_0000, len: 0x4_0800 },
+        ]
+    }
+
+    const START_TEXT: u64 = 0xffff_ffff_8100_0000;
+
+    pub(crate) fn options(compression: Compression, dump_level: u32) -> KdumpOptions<'static> {
+        KdumpOptions {
+            compression,
+            dump_level,
+            free_pages: None,
+            timestamp: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            progress: None,
+        }
+    }
+
+    pub(crate) fn write(path: &std::path::Path, options: &KdumpOptions<'_>) -> KdumpStats {
+        let memory = memory();
+        let (notes, loads) = (notes(), loads());
+        let input = KdumpInput { notes: &notes, loads: &loads, memory: &memory };
+        let file = File::create(path).unwrap();
+        write_kdump(&file, &input, options).unwrap()
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn lays_out_makedumpfiles_format() {
+        let dir = TestDir::new("kdump-layout");
+        let path = dir.path().join("vmcore.kdump");
+        let stats = write(&path, &options(Compression::Zstd, 1));
+        let b = std::fs::read(&path).unwrap();
+        assert_eq!(b.len() as u64, stats.file_bytes);
+
+        // disk_dump_header
+        assert_eq!(b[..8], KDUMP_SIGNATURE);
+        assert_eq!(u32_at(&b, 8), 6);
+        assert_eq!(&b[12 + 2 * 65..12 + 2 * 65 + 9], b"6.1.0-cv\0", "release from OSRELEASE");
+        assert_eq!((u64_at(&b, 408), u64_at(&b, 416)), (1_700_000_000, 123_456));
+        assert_eq!(u32_at(&b, 424), DUMP_DH_COMPRESSED_ZSTD);
+        assert_eq!(u32_at(&b, 428), 4096);
+        assert_eq!(u32_at(&b, 432), 1, "sub-header and notes fit one block");
+        assert_eq!(u32_at(&b, 436), 2, "one block per bitmap");
+        assert_eq!(u32_at(&b, 440), 0x101, "max_mapnr: the last load ends inside pfn 0x100");
+        assert_eq!(u32_at(&b, 460), 2, "nr_cpus: two NT_PRSTATUS notes");
+
+        // kdump_sub_header and the notes after it
+        let sub = &b[4096..];
+        assert_eq!(u64_at(sub, 0), 16 << 20, "phys_base from VMCOREINFO");
+        assert_eq!(u32_at(sub, 8), 1);
+        assert_eq!(u64_at(sub, 48), 4096 + 104, "offset_note");
+        let notes = encode_notes(&super::tests::notes()).unwrap();
+        assert_eq!(u64_at(sub, 56), notes.bytes.len() as u64);
+        assert!(b[4200..4200 + notes.bytes.len()] == notes.bytes, "the notes verbatim");
+        let (vmcoreinfo_at, vmcoreinfo_len) = (u64_at(sub, 32) as usize, u64_at(sub, 40) as usize);
+        assert_eq!(&b[vmcoreinfo_at..vmcoreinfo_at + vmcoreinfo_len], VMCOREINFO);
+        assert_eq!(u64_at(sub, 96), 0x101, "max_mapnr_64");
+
+        // Bitmaps: pfns 0..0x80 and 0xc0..0x101 exist; zero pages (pfn % 4 == 0) are not dumped.
+        let (first, second) = (&b[2 * 4096..3 * 4096], &b[3 * 4096..4 * 4096]);
+        let bit = |map: &[u8], pfn: usize| map[pfn / 8] >> (pfn % 8) & 1 == 1;
+        for pfn in 0..0x120 {
+            let present = pfn < 0x80 || (0xc0..0x101).contains(&pfn);
+            assert_eq!(bit(first, pfn), present, "1st bitmap, pfn {pfn:#x}");
+            // pfn 0x100 is only partly covered: its covered half is zero too.
+            assert_eq!(bit(second, pfn), present && pfn % 4 != 0, "2nd bitmap, pfn {pfn:#x}");
+        }
+        assert_eq!(stats.pages_present, 0x80 + 0x41);
+        assert_eq!(stats.zero_pages_excluded, 0x20 + 0x11);
+        assert_eq!(stats.pages_dumped, stats.pages_present - stats.zero_pages_excluded);
+
+        // Descriptors in pfn order, data right after them, back to back.
+        let descs = 4 * 4096;
+        let data_start = descs + 24 * stats.pages_dumped as usize;
+        let mut expected_offset = data_start as u64;
+        for i in 0..stats.pages_dumped as usize {
+            let d = PageDesc::decode(b[descs + 24 * i..descs + 24 * (i + 1)].try_into().unwrap());
+            assert_eq!(d.offset, expected_offset, "desc {i}");
+            assert!(d.flags == 0 && d.size == 4096 || d.flags == DUMP_DH_COMPRESSED_ZSTD && d.size < 4096, "{d:?}");
+            expected_offset += u64::from(d.size);
+        }
+        assert_eq!(expected_offset, stats.file_bytes);
+        assert_eq!(stats.pages_raw, 0x20 + 0x10, "noise pages stay raw");
+        assert_eq!(stats.pages_compressed + stats.pages_raw, stats.pages_dumped);
+    }
+
+    #[test]
+    fn kept_zero_pages_share_one_blob_and_free_pages_go() {
+        let dir = TestDir::new("kdump-zero-blob");
+        let path = dir.path().join("vmcore.kdump");
+        let is_free = |pfn: u64| pfn == 1 || pfn == 4;
+        let mut opts = options(Compression::Zlib, DL_EXCLUDE_FREE);
+        opts.free_pages = Some(&is_free);
+        let stats = write(&path, &opts);
+        assert_eq!(stats.free_pages_excluded, 2);
+        assert_eq!(stats.zero_pages_excluded, 0);
+        assert_eq!(stats.pages_dumped, stats.pages_present - 2);
+        assert_eq!(stats.pages_shared_zero, 0x20 + 0x11 - 1, "pfn 4 was free");
+        let b = std::fs::read(&path).unwrap();
+        let second = &b[3 * 4096..4 * 4096];
+        assert_eq!(second[0], 0b1110_1101, "pfns 1 and 4 are not dumped");
+        let data_start = 4 * 4096 + 24 * stats.pages_dumped;
+        let first = PageDesc::decode(b[4 * 4096..4 * 4096 + 24].try_into().unwrap());
+        assert_eq!(
+            first,
+            PageDesc { offset: data_start, size: 4096, flags: 0, page_flags: 0 },
+            "pfn 0: the shared zero page"
+        );
+        assert!(b[data_start as usize..data_start as usize + 4096].iter().all(|&x| x == 0));
+        assert_eq!(u32_at(&b, 424), DUMP_DH_COMPRESSED_ZLIB);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_do() {
+        let dir = TestDir::new("kdump-refuse");
+        let file = File::create(dir.path().join("out")).unwrap();
+        let memory = memory();
+        let (notes, loads) = (notes(), loads());
+        let input = KdumpInput { notes: &notes, loads: &loads, memory: &memory };
+        let err = |opts: &KdumpOptions<'_>, input: &KdumpInput<'_>| write_kdump(&file, input, opts).unwrap_err();
+        assert!(matches!(err(&options(Compression::Zstd, 31), &input), KdumpWriteError::DumpLevel { level: 31 }));
+        assert!(matches!(err(&options(Compression::Zstd, 17), &input), KdumpWriteError::NoFreePages { level: 17 }));
+        let far = [LoadSpec { vaddr: 0, paddr: 1 << 47, len: 4096 }];
+        let far_input = KdumpInput { loads: &far, ..input };
+        assert!(matches!(err(&options(Compression::Zstd, 0), &far_input), KdumpWriteError::Layout(_)));
+        let wraps = [LoadSpec { vaddr: 0, paddr: u64::MAX - 5, len: 4096 }];
+        assert!(matches!(
+            err(&options(Compression::Zstd, 0), &KdumpInput { loads: &wraps, ..input }),
+            KdumpWriteError::Layout(_)
+        ));
+        let beyond = [LoadSpec { vaddr: 0, paddr: 0, len: 4 << 20 }];
+        let e = err(&options(Compression::Zstd, 1), &KdumpInput { loads: &beyond, ..input });
+        assert!(matches!(e, KdumpWriteError::Source { paddr: 0x20_0000, .. }), "{e:?}");
+        assert_eq!(file.metadata().unwrap().len(), 0, "nothing written before the memory is known to be readable");
+    }
+
+    #[test]
+    fn utsname_and_progress() {
+        let dir = TestDir::new("kdump-progress");
+        let reports = std::cell::RefCell::new(Vec::new());
+        let record = |done: u64, total: u64| reports.borrow_mut().push((done, total));
+        let mut opts = options(Compression::None, 1);
+        opts.progress = Some(&record);
+        let stats = write(&dir.path().join("out"), &opts);
+        let reports = reports.into_inner();
+        let last = *reports.last().unwrap();
+        assert_eq!(last.0, last.1, "ends at 100%");
+        assert_eq!(last.1, (stats.pages_present + stats.pages_dumped) * PAGE_SIZE);
+        assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{reports:?}");
+        assert_eq!(stats.pages_raw, stats.pages_dumped);
+        let header = std::fs::read(dir.path().join("out")).unwrap();
+        let header = DiskDumpHeader::decode(header[..464].try_into().unwrap());
+        assert_eq!(header.utsname, UtsName { release: "6.1.0-cv".into(), ..UtsName::default() });
+        assert_eq!(header.status, 0);
+    }
+}

@@ -1,0 +1,165 @@
+//! `dumpd convert`, `dumpd check` on kdump files, `dumpd list --json` and `dumpd prune`.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, UNIX_EPOCH};
+
+use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
+use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
+use dumpd::image::open;
+use dumpd::store::{CrashMeta, CrashStore, Trigger, FILE_VMCORE};
+use dumpd::writer::{write_vmcore, MemorySource, SourceError};
+
+fn dumpd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dumpd")).args(args).output().expect("the dumpd binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("dumpd-cli-formats-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn join(&self, name: &str) -> String {
+        self.0.join(name).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// 2 MiB of memory at 0 with a marked byte in every 5th page.
+struct Ram(Vec<u8>);
+
+impl MemorySource for Ram {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        let at = addr as usize;
+        buf.copy_from_slice(&self.0[at..at + buf.len()]);
+        Ok(())
+    }
+}
+
+fn ram() -> Ram {
+    let mut bytes = vec![0u8; 2 << 20];
+    for page in (0..512).step_by(5) {
+        bytes[page * 4096 + 99] = page as u8 | 1;
+    }
+    Ram(bytes)
+}
+
+fn write_elf(path: &Path) {
+    let prstatus = [0u8; PRSTATUS_SIZE];
+    let notes = [
+        NoteSpec { name: b"CORE", n_type: NT_PRSTATUS, desc: &prstatus },
+        NoteSpec { name: b"VMCOREINFO", n_type: 0, desc: b"OSRELEASE=6.1.0-cv\nPAGESIZE=4096\n" },
+    ];
+    let core = layout(&notes, &[LoadSpec { vaddr: 0xffff_8880_0000_0000, paddr: 0, len: 2 << 20 }]).unwrap();
+    write_vmcore(&File::create(path).unwrap(), &core.headers, &core.runs, core.file_size, &ram()).unwrap();
+}
+
+#[test]
+fn convert_round_trips_and_check_reads_kdump_files() {
+    let dir = TestDir::new("convert");
+    let (elf, kdump, back) = (dir.join("vmcore"), dir.join("vmcore.kdump"), dir.join("vmcore.elf"));
+    write_elf(Path::new(&elf));
+    let out = dumpd(&["convert", &elf, &kdump, "--format", "kdump-zstd", "--progress"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2.0 MiB of memory"), "{}", text(&out.stdout));
+    // The zero scan reads 2 MiB, then the 103 non-zero pages are compressed: 2.4 MiB in all.
+    let stderr = text(&out.stderr);
+    assert!(stderr.lines().last().is_some_and(|l| l == "converting: 2.4 MiB of 2.4 MiB (100%)"), "{stderr}");
+    let out = dumpd(&["convert", &kdump, &back, "--format", "elf"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "no progress when stderr is not a terminal: {}", text(&out.stderr));
+
+    let (a, b) = (open(Path::new(&elf)).unwrap(), open(Path::new(&back)).unwrap());
+    assert_eq!(a.notes(), b.notes());
+    let (mut pa, mut pb) = ([0u8; 4096], [0u8; 4096]);
+    for addr in (0..2 << 20).step_by(4096) {
+        a.read_phys(addr, &mut pa).unwrap();
+        b.read_phys(addr, &mut pb).unwrap();
+        assert_eq!(pa, pb, "page {addr:#x}");
+    }
+
+    let out = dumpd(&["check", &kdump]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(stdout.contains("kdump-compressed (header version 6), zstd, dump level 1"), "{stdout}");
+    assert!(stdout.contains("pages: 512 pfns, 512 present, 103 in the file"), "{stdout}");
+    assert!(stdout.lines().any(|l| l.contains("VMCOREINFO") && l.contains("33 bytes")), "{stdout}");
+    assert!(stdout.contains("every page decodes"), "{stdout}");
+    assert!(stdout.contains("6.1.0-cv"), "{stdout}");
+}
+
+#[test]
+fn convert_failures_are_clear_and_leave_nothing() {
+    let dir = TestDir::new("convert-fail");
+    let (elf, out_path) = (dir.join("vmcore"), dir.join("out"));
+    write_elf(Path::new(&elf));
+    let out = dumpd(&["convert", &elf, &out_path, "--format", "kdump-lzo"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("use elf, kdump-zstd, kdump-zlib or kdump-raw"), "{}", text(&out.stderr));
+    let out = dumpd(&["convert", &elf, &out_path, "--format", "elf", "--dump-level", "31"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("free pages (16) are known only when the guest is captured"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::write(dir.0.join("junk"), b"not a vmcore at all").unwrap();
+    let out = dumpd(&["convert", &dir.join("junk"), &out_path, "--format", "elf"]);
+    assert!(text(&out.stderr).contains("is not a vmcore"), "{}", text(&out.stderr));
+    assert!(!Path::new(&out_path).exists());
+    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 2, "no temporary files left");
+}
+
+/// Commits a crash of `vm` at `secs` whose vmcore holds `kib` KiB of data.
+fn crash(store: &CrashStore, vm: &str, secs: u64, kib: usize) -> String {
+    let pending = store.begin(vm).unwrap();
+    pending.write_file(FILE_VMCORE, &vec![7u8; kib << 10]).unwrap();
+    pending.write_meta(&CrashMeta::new(Trigger::OnDemand, vm, UNIX_EPOCH + Duration::from_secs(secs))).unwrap();
+    pending.commit().unwrap().id
+}
+
+#[test]
+fn list_json_and_prune() {
+    let dir = TestDir::new("prune");
+    let store = CrashStore::open(&dir.0).unwrap();
+    let ids: Vec<String> = (0..3).map(|i| crash(&store, "web-1", 1000 + i, 64)).collect();
+    let other = crash(&store, "db", 5000, 64);
+    let out = dumpd(&["list", "--json", "--crash-dir", &dir.join("")]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[0]["vm"], "web-1");
+    assert_eq!(list[3]["id"], other.as_str());
+    assert_eq!(list[3]["meta"]["trigger"], "on_demand");
+    assert!(list[0]["disk_bytes"].as_u64().unwrap() >= 64 << 10);
+
+    let out = dumpd(&["prune", "--crash-dir", &dir.join("")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("give --max-per-vm N and/or --max-total-bytes BYTES"));
+    let out = dumpd(&["prune", "--crash-dir", &dir.join(""), "--max-per-vm", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&format!("removed {}", ids[0])), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("1 crashes removed"), "{}", text(&out.stdout));
+    let out = dumpd(&["prune", "--crash-dir", &dir.join(""), "--max-total-bytes", "100K"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let left: Vec<String> = store.list().unwrap().into_iter().map(|e| e.id).collect();
+    assert_eq!(left, [other], "only the newest fits in 100 KiB");
+    let out = dumpd(&["list", "--json", "--crash-dir", &dir.join("empty")]);
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -1,0 +1,178 @@
+//! Host-side vmcores: a dump of a running or panicked guest without its cooperation.
+//!
+//! The vCPUs stop only while their registers are read and a copy-on-write view of guest
+//! memory is taken (a forked writer process, [`fork`]); then they run again (or the machine
+//! reboots or powers off, as the policy says) while the vmcore streams into the crash store.
+//! The vmcore has the capture kernel's layout ([`layout`]): one `NT_PRSTATUS` per vCPU
+//! ([`regs`]), the guest's VMCOREINFO, the kernel image, the direct map and the vmalloc area
+//! ([`pagewalk`]), so the same tools read both kinds.
+
+pub mod fork;
+pub mod layout;
+pub mod pagewalk;
+pub mod regs;
+
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dumpd::store::{CommittedCrash, CrashMeta, CrashSizes, CrashStore, StoreError, Trigger, FILE_VMCORE};
+
+use self::fork::{ForkError, ForkedWriter};
+use crate::devices::crash_reason::CrashInfo;
+use crate::devices::dump::{error_chain, reason_meta, record_failure, DumpEvent, DumpTarget};
+use crate::devices::{ResetCause, StopReason};
+use crate::vcpu::RunContext;
+
+/// Longest wait for every vCPU to stop.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often progress is reported while the vmcore is written.
+const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the machine does once the snapshot is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    /// Run on.
+    Resume,
+    /// Stay paused (it was paused before, or the policy is `pause`).
+    StayPaused,
+    /// Reboot (`dump-and-reboot`).
+    Reboot,
+    /// Power off (`dump-and-poweroff`).
+    PowerOff,
+}
+
+/// A host-side dump to take.
+#[derive(Clone, Debug)]
+pub struct SnapshotRequest {
+    /// Why: pvpanic or an operator.
+    pub trigger: Trigger,
+    /// The guest's crash reason, when it gave one.
+    pub reason: Option<CrashInfo>,
+    /// What the machine does afterwards.
+    pub after: After,
+}
+
+/// Why a host-side dump failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The crash store failed.
+    #[error("the crash store failed")]
+    Store(#[from] StoreError),
+    /// Not every vCPU stopped.
+    #[error("not every vCPU stopped within {PAUSE_TIMEOUT:?}")]
+    Pause,
+    /// KVM did not give a vCPU's registers.
+    #[error("KVM did not give the registers of vCPU {0}")]
+    Registers(usize),
+    /// The layout could not be built.
+    #[error("cannot lay out the vmcore")]
+    Layout(#[from] dumpd::elf::ElfError),
+    /// The writer failed.
+    #[error("writing the vmcore failed")]
+    Write(#[from] ForkError),
+    /// The written file could not be measured.
+    #[error("cannot measure the vmcore")]
+    Measure(#[source] std::io::Error),
+}
+
+/// Takes a host-side dump of the machine in `ctx` into `target`'s crash store, posting
+/// `SnapshotTaken`, `Progress` and `VmcoreReady` or `Failed` through `post`. Blocks until the
+/// vmcore is committed (the guest runs meanwhile); run it on its own thread.
+pub fn take(ctx: &Arc<RunContext>, target: &DumpTarget, request: &SnapshotRequest, post: &mut dyn FnMut(DumpEvent)) {
+    match capture(ctx, target, request, post) {
+        Ok((crash, sizes)) => {
+            tracing::info!(
+                "host-side vmcore ready: {} ({} bytes on disk)",
+                crash.path.display(),
+                sizes.vmcore_on_disk_bytes
+            );
+            post(DumpEvent::VmcoreReady {
+                id: crash.id,
+                path: crash.path,
+                size: sizes.vmcore_apparent_bytes,
+                on_disk: sizes.vmcore_on_disk_bytes,
+            });
+        }
+        Err(e) => {
+            let reason =
+                format!("cannot take a host-side dump into {}: {}", target.crash_dir.display(), error_chain(&e));
+            tracing::error!("{reason}");
+            record_failure(target, request.trigger, reason, post);
+        }
+    }
+}
+
+fn capture(
+    ctx: &Arc<RunContext>,
+    target: &DumpTarget,
+    request: &SnapshotRequest,
+    post: &mut dyn FnMut(DumpEvent),
+) -> Result<(CommittedCrash, CrashSizes), SnapshotError> {
+    let started = Instant::now();
+    let store = CrashStore::open(&target.crash_dir)?;
+    let pending = store.begin(&target.vm_name)?;
+    let file = pending.create_file(FILE_VMCORE)?;
+
+    // The pause: registers, VMCOREINFO, layout, fork.
+    let pause_start = Instant::now();
+    let was_paused = ctx.vcpus.is_paused();
+    if !ctx.pause(PAUSE_TIMEOUT) {
+        finish(ctx, if was_paused { After::StayPaused } else { After::Resume });
+        return Err(SnapshotError::Pause);
+    }
+    let snapshot = (|| {
+        let states = ctx.vcpus.states();
+        let states = states
+            .iter()
+            .enumerate()
+            .map(|(id, state)| state.ok_or(SnapshotError::Registers(id)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let crash_secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let vmcoreinfo =
+            ctx.devices.platform.vmcoreinfo_gpa().and_then(|gpa| layout::read_vmcoreinfo(&ctx.memory, gpa, crash_secs));
+        let layout = layout::layout(&ctx.memory, &states, vmcoreinfo);
+        let core = dumpd::elf::build::layout(&layout.notes(), &layout.loads)?;
+        let writer = ForkedWriter::start(&file, &core, &ctx.memory)?;
+        let total: u64 = core.runs.iter().map(|r| r.len).sum();
+        Ok::<_, SnapshotError>((writer, core.file_size, total))
+    })();
+    finish(ctx, if was_paused { After::StayPaused } else { request.after });
+    let pause = pause_start.elapsed();
+    let (writer, file_size, total) = snapshot?;
+    post(DumpEvent::SnapshotTaken { pause_us: u64::try_from(pause.as_micros()).unwrap_or(u64::MAX), size: file_size });
+    tracing::info!("host-side dump: vCPUs stopped for {pause:?}; writing {file_size} bytes");
+
+    let (written_bytes, zero_pages_skipped) = loop {
+        if let Some(outcome) = writer.poll(PROGRESS_INTERVAL) {
+            break outcome?;
+        }
+        post(DumpEvent::Progress { done: writer.done(), total });
+    };
+    post(DumpEvent::Progress { done: total, total });
+    let on_disk = file.metadata().map_err(SnapshotError::Measure)?.blocks() * 512;
+    drop(file);
+    let sizes = CrashSizes {
+        vmcore_apparent_bytes: file_size,
+        vmcore_on_disk_bytes: on_disk,
+        vmcore_written_bytes: written_bytes,
+        zero_pages_skipped,
+    };
+    let mut meta = CrashMeta::new(request.trigger, &target.vm_name, pending.created());
+    meta.reason = request.reason.as_ref().map(reason_meta);
+    meta.sizes = sizes;
+    meta.timings.pause_us = Some(u64::try_from(pause.as_micros()).unwrap_or(u64::MAX));
+    meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    pending.write_meta(&meta)?;
+    Ok((pending.commit()?, sizes))
+}
+
+/// Lets the machine go on as `after` says.
+fn finish(ctx: &RunContext, after: After) {
+    match after {
+        After::Resume => ctx.resume(),
+        After::StayPaused => {}
+        After::Reboot => ctx.request_stop(StopReason::Reset(ResetCause::PanicPolicy)),
+        After::PowerOff => ctx.request_stop(StopReason::PowerOff),
+    }
+}
