@@ -193,6 +193,9 @@ pub struct CrashMeta {
     /// makedumpfile `-d` level applied (kdump).
     #[serde(default)]
     pub dump_level: Option<u32>,
+    /// The vmcore's file format when it is not ELF (`kdump-zstd`, `kdump-zlib`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub vmcore_format: Option<String>,
     /// Sizes.
     pub sizes: CrashSizes,
     /// Timings.
@@ -216,6 +219,7 @@ impl CrashMeta {
             vm: vm.to_owned(),
             reason: None,
             dump_level: None,
+            vmcore_format: None,
             sizes: CrashSizes::default(),
             timings: CrashTimings::default(),
             created: rfc3339(created),

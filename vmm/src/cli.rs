@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 
-use crate::config::{ConsoleOutput, CrashLoadedPolicy, KernelSource, PanicPolicy, VmConfig};
+use crate::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -75,6 +75,10 @@ struct Args {
     /// a host-side vmcore of the whole machine.
     #[arg(long, value_name = "POLICY", value_enum, default_value_t = CrashLoadedPolicy::Event)]
     on_crash_loaded: CrashLoadedPolicy,
+    /// The format of host-side vmcores: elf (sparse ELF core), kdump-zstd or kdump-zlib
+    /// (makedumpfile's compressed format).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = DumpFormat::Elf)]
+    dump_format: DumpFormat,
     /// Write the embedded guest kernel ELF (with symbols, for gdb) to PATH and exit.
     #[arg(long, value_name = "PATH", exclusive = true)]
     extract_kernel: Option<PathBuf>,
@@ -124,6 +128,7 @@ pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::Os
         name: args.name,
         on_panic: args.on_panic,
         on_crash_loaded: args.on_crash_loaded,
+        dump_format: args.dump_format,
     };
     let raw_mode = crate::terminal::RawMode::enable_if_tty();
     let result = crate::vm::run_with(&config, process_start, args.timings);

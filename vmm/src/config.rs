@@ -57,6 +57,18 @@ pub enum CrashLoadedPolicy {
     Dump,
 }
 
+/// The file format of host-side vmcores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum DumpFormat {
+    /// ELF core file (sparse: zero pages are holes), what gdb and vmcore-dmesg read.
+    #[default]
+    Elf,
+    /// makedumpfile's kdump-compressed format, zstd per page, zero pages left out.
+    KdumpZstd,
+    /// The same with zlib.
+    KdumpZlib,
+}
+
 /// The configuration of one VM; it survives guest reboots unchanged.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -86,6 +98,8 @@ pub struct VmConfig {
     pub on_panic: PanicPolicy,
     /// What pvpanic CRASH_LOADED makes the VMM do.
     pub on_crash_loaded: CrashLoadedPolicy,
+    /// The format of host-side vmcores.
+    pub dump_format: DumpFormat,
 }
 
 /// The VM name used unless another is given.
@@ -169,6 +183,7 @@ mod tests {
             name: DEFAULT_VM_NAME.into(),
             on_panic: PanicPolicy::None,
             on_crash_loaded: CrashLoadedPolicy::Event,
+            dump_format: DumpFormat::Elf,
         }
     }
 

@@ -8,7 +8,7 @@
 //! reach the guest's control thread (`control`).
 //!
 //! ```no_run
-//! use vmm::config::{ConsoleOutput, CrashLoadedPolicy, KernelSource, PanicPolicy, VmConfig};
+//! use vmm::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
 //!
 //! let config = VmConfig {
 //!     kernel: KernelSource::Embedded,
@@ -24,6 +24,7 @@
 //!     name: "web-1".into(),
 //!     on_panic: PanicPolicy::DumpAndReboot,
 //!     on_crash_loaded: CrashLoadedPolicy::Event,
+//!     dump_format: DumpFormat::Elf,
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");

@@ -132,6 +132,7 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
             vcpus: usize::from(config.vcpus),
             on_panic: config.on_panic,
             on_crash_loaded: config.on_crash_loaded,
+            dump_format: config.dump_format,
         },
         shared.inbox.clone(),
         inputs,

@@ -18,7 +18,7 @@ use super::guest::{self, GuestRequest, Hello, PendingTable};
 use super::memory;
 use super::protocol::{self, ClientRequest, Command, ControlError, ControlErrorCode};
 use super::{ClientId, ControlConfig, ControlInput, Inbox};
-use crate::config::{CrashLoadedPolicy, PanicPolicy};
+use crate::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
 use crate::devices::control_uart::ControlUart;
 use crate::devices::crash_reason::CrashInfo;
 use crate::devices::{ResetCause, StopReason};
@@ -71,6 +71,7 @@ pub struct Controller {
     inbox: Inbox,
     on_panic: PanicPolicy,
     on_crash_loaded: CrashLoadedPolicy,
+    dump_format: DumpFormat,
     /// The host-side dump being written, if any.
     dump_thread: Option<JoinHandle<()>>,
     /// `Shutdown` came while a dump was being written: end once it is done.
@@ -103,6 +104,7 @@ impl Controller {
             inbox,
             on_panic: config.on_panic,
             on_crash_loaded: config.on_crash_loaded,
+            dump_format: config.dump_format,
             dump_thread: None,
             shutdown_requested: false,
         }
@@ -421,9 +423,10 @@ impl Controller {
         }
         let target = machine.devices.platform.dump_target().clone();
         let inbox = self.inbox.clone();
+        let format = self.dump_format;
         let thread = std::thread::Builder::new().name("dump".into()).spawn(move || {
             std::thread::sleep(delay);
-            snapshot::take(&machine, &target, &request, &mut |event| {
+            snapshot::take(&machine, &target, &request, format, &mut |event| {
                 inbox.post(ControlInput::Device(DeviceEvent::Dump(event)));
             });
             inbox.post(ControlInput::SnapshotDone);
@@ -589,6 +592,7 @@ mod tests {
             vcpus: VCPUS,
             on_panic: PanicPolicy::None,
             on_crash_loaded: CrashLoadedPolicy::Event,
+            dump_format: DumpFormat::Elf,
         };
         let mut c = Controller::new(inputs, inbox, ctx.devices.control_uart.clone(), &config);
         let (outbox, lines) = sync_channel(256);

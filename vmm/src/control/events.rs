@@ -121,8 +121,8 @@ pub enum Event {
     SnapshotTaken {
         /// How long the vCPUs were stopped, in microseconds.
         pause_us: u64,
-        /// The vmcore's apparent size in bytes.
-        size: u64,
+        /// Bytes of memory to write.
+        total: u64,
     },
     /// A host-side dump's progress (a few times per second).
     DumpProgress {
@@ -286,7 +286,7 @@ fn dump_event(event: DumpEvent) -> Event {
         DumpEvent::VmcoreReady { id, path, size, on_disk } => {
             Event::VmcoreReady { id, path: path.display().to_string(), size, on_disk }
         }
-        DumpEvent::SnapshotTaken { pause_us, size } => Event::SnapshotTaken { pause_us, size },
+        DumpEvent::SnapshotTaken { pause_us, total } => Event::SnapshotTaken { pause_us, total },
         DumpEvent::Progress { done, total } => Event::DumpProgress { done, total },
         DumpEvent::Failed { reason } => Event::DumpFailed { reason },
     }

@@ -25,7 +25,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::{CrashLoadedPolicy, PanicPolicy};
+use crate::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
 use crate::devices::control_uart::ControlUart;
 use crate::devices::StopReason;
 use crate::error::VmmError;
@@ -127,6 +127,8 @@ pub struct ControlConfig {
     pub on_panic: PanicPolicy,
     /// What pvpanic CRASH_LOADED makes the VMM do.
     pub on_crash_loaded: CrashLoadedPolicy,
+    /// The format of host-side vmcores.
+    pub dump_format: DumpFormat,
 }
 
 /// The running control channel. Dropping it ends the controller, flushes what clients are

@@ -14,8 +14,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dumpd::elf::build::CoreLayout;
-use dumpd::writer::{write_vmcore, MemorySource, SourceError, WriteStats};
+use dumpd::elf::build::{CoreLayout, LoadSpec, NoteSpec};
+use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
+use dumpd::writer::{write_vmcore, MemorySource, SourceError};
 use vm_memory::GuestMemoryMmap;
 
 use crate::devices::dump::{error_chain, GuestRam};
@@ -43,6 +44,7 @@ struct Report {
     /// Set by the child once it holds nothing of the VMM but the memory and the file.
     detached: AtomicU64,
     done: AtomicU64,
+    file_bytes: AtomicU64,
     written_bytes: AtomicU64,
     zero_pages_skipped: AtomicU64,
     message_len: AtomicU64,
@@ -124,6 +126,46 @@ impl MemorySource for Counting<'_> {
     }
 }
 
+/// What the child writes.
+pub enum Output<'a> {
+    /// An ELF core file laid out as `CoreLayout` says.
+    Elf(&'a CoreLayout),
+    /// makedumpfile's kdump-compressed format of these notes and loads, zero pages left out.
+    Kdump {
+        /// The notes.
+        notes: &'a [NoteSpec<'a>],
+        /// The memory.
+        loads: &'a [LoadSpec],
+        /// Page compression.
+        compression: Compression,
+    },
+}
+
+/// makedumpfile's dump level bit 1: zero pages are left out of kdump-compressed files.
+const DUMP_LEVEL_ZERO: u32 = 1;
+
+/// Writes `output` from `source` into `file`: (file size, bytes written, zero pages left out).
+fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource) -> Result<(u64, u64, u64), String> {
+    match output {
+        Output::Elf(core) => write_vmcore(file, &core.headers, &core.runs, core.file_size, source)
+            .map(|s| (s.apparent_bytes, s.written_bytes, s.zero_pages_skipped))
+            .map_err(|e| error_chain(&e)),
+        Output::Kdump { notes, loads, compression } => {
+            let input = KdumpInput { notes, loads, memory: source };
+            let options = KdumpOptions {
+                compression: *compression,
+                dump_level: DUMP_LEVEL_ZERO,
+                free_pages: None,
+                timestamp: std::time::SystemTime::now(),
+                progress: None,
+            };
+            write_kdump(file, &input, &options)
+                .map(|s| (s.file_bytes, s.file_bytes, s.zero_pages_excluded))
+                .map_err(|e| error_chain(&e))
+        }
+    }
+}
+
 /// A child process writing a vmcore.
 pub struct ForkedWriter {
     pid: libc::pid_t,
@@ -148,7 +190,7 @@ pub enum ForkError {
 impl ForkedWriter {
     /// Forks a child that writes `core` from `memory` into `file` and syncs it. The snapshot
     /// is the memory at the moment of this call.
-    pub fn start(file: &File, core: &CoreLayout, memory: &GuestMemoryMmap) -> Result<Self, ForkError> {
+    pub fn start(file: &File, output: &Output<'_>, memory: &GuestMemoryMmap) -> Result<Self, ForkError> {
         let shared = SharedReport::new().map_err(ForkError::Start)?;
         // SAFETY: see the module documentation for what the child does; the parent continues
         // normally.
@@ -163,11 +205,11 @@ impl ForkedWriter {
             close_other_fds(file.as_raw_fd());
             report.detached.store(1, Ordering::Release);
             let source = Counting { ram: GuestRam(memory), done: &report.done };
-            let result = write_vmcore(file, &core.headers, &core.runs, core.file_size, &source)
-                .map_err(|e| error_chain(&e))
+            let result = write_output(file, output, &source)
                 .and_then(|stats| file.sync_all().map(|()| stats).map_err(|e| format!("cannot sync the vmcore: {e}")));
             let code = match result {
-                Ok(WriteStats { written_bytes, zero_pages_skipped, .. }) => {
+                Ok((file_bytes, written_bytes, zero_pages_skipped)) => {
+                    report.file_bytes.store(file_bytes, Ordering::Relaxed);
                     report.written_bytes.store(written_bytes, Ordering::Relaxed);
                     report.zero_pages_skipped.store(zero_pages_skipped, Ordering::Relaxed);
                     0
@@ -201,8 +243,8 @@ impl ForkedWriter {
     }
 
     /// Waits up to `timeout` for the child; `None` while it still runs, else how it ended:
-    /// `(written_bytes, zero_pages_skipped)`.
-    pub fn poll(&self, timeout: Duration) -> Option<Result<(u64, u64), ForkError>> {
+    /// `(file_bytes, written_bytes, zero_pages_skipped)`.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<(u64, u64, u64), ForkError>> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let mut status = 0;
@@ -225,12 +267,14 @@ impl ForkedWriter {
         }
     }
 
-    fn outcome(&self, status: i32) -> Result<(u64, u64), ForkError> {
+    fn outcome(&self, status: i32) -> Result<(u64, u64, u64), ForkError> {
         let report = self.shared.report();
         match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
-            (true, 0) => {
-                Ok((report.written_bytes.load(Ordering::Relaxed), report.zero_pages_skipped.load(Ordering::Relaxed)))
-            }
+            (true, 0) => Ok((
+                report.file_bytes.load(Ordering::Relaxed),
+                report.written_bytes.load(Ordering::Relaxed),
+                report.zero_pages_skipped.load(Ordering::Relaxed),
+            )),
             (true, _) => Err(ForkError::Write(self.shared.message())),
             _ => Err(ForkError::Died(status)),
         }

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dumpd::store::{CommittedCrash, CrashMeta, CrashSizes, CrashStore, StoreError, Trigger, FILE_VMCORE};
 
-use self::fork::{ForkError, ForkedWriter};
+use dumpd::kdump::Compression;
+
+use self::fork::{ForkError, ForkedWriter, Output};
+use crate::config::DumpFormat;
 use crate::devices::crash_reason::CrashInfo;
 use crate::devices::dump::{error_chain, reason_meta, record_failure, DumpEvent, DumpTarget};
 use crate::devices::{ResetCause, StopReason};
@@ -79,8 +82,14 @@ pub enum SnapshotError {
 /// Takes a host-side dump of the machine in `ctx` into `target`'s crash store, posting
 /// `SnapshotTaken`, `Progress` and `VmcoreReady` or `Failed` through `post`. Blocks until the
 /// vmcore is committed (the guest runs meanwhile); run it on its own thread.
-pub fn take(ctx: &Arc<RunContext>, target: &DumpTarget, request: &SnapshotRequest, post: &mut dyn FnMut(DumpEvent)) {
-    match capture(ctx, target, request, post) {
+pub fn take(
+    ctx: &Arc<RunContext>,
+    target: &DumpTarget,
+    request: &SnapshotRequest,
+    format: DumpFormat,
+    post: &mut dyn FnMut(DumpEvent),
+) {
+    match capture(ctx, target, request, format, post) {
         Ok((crash, sizes)) => {
             tracing::info!(
                 "host-side vmcore ready: {} ({} bytes on disk)",
@@ -107,6 +116,7 @@ fn capture(
     ctx: &Arc<RunContext>,
     target: &DumpTarget,
     request: &SnapshotRequest,
+    format: DumpFormat,
     post: &mut dyn FnMut(DumpEvent),
 ) -> Result<(CommittedCrash, CrashSizes), SnapshotError> {
     let started = Instant::now();
@@ -132,22 +142,32 @@ fn capture(
         let vmcoreinfo =
             ctx.devices.platform.vmcoreinfo_gpa().and_then(|gpa| layout::read_vmcoreinfo(&ctx.memory, gpa, crash_secs));
         let layout = layout::layout(&ctx.memory, &states, vmcoreinfo);
-        let core = dumpd::elf::build::layout(&layout.notes(), &layout.loads)?;
-        let writer = ForkedWriter::start(&file, &core, &ctx.memory)?;
+        let notes = layout.notes();
+        let core = dumpd::elf::build::layout(&notes, &layout.loads)?;
+        let output = match format {
+            DumpFormat::Elf => Output::Elf(&core),
+            DumpFormat::KdumpZstd => {
+                Output::Kdump { notes: &notes, loads: &layout.loads, compression: Compression::Zstd }
+            }
+            DumpFormat::KdumpZlib => {
+                Output::Kdump { notes: &notes, loads: &layout.loads, compression: Compression::Zlib }
+            }
+        };
+        let writer = ForkedWriter::start(&file, &output, &ctx.memory)?;
         let total: u64 = core.runs.iter().map(|r| r.len).sum();
-        Ok::<_, SnapshotError>((writer, core.file_size, total))
+        Ok::<_, SnapshotError>((writer, total))
     })();
     finish(ctx, if was_paused { After::StayPaused } else { request.after });
     let pause = pause_start.elapsed();
-    let (writer, file_size, total) = snapshot?;
-    post(DumpEvent::SnapshotTaken { pause_us: u64::try_from(pause.as_micros()).unwrap_or(u64::MAX), size: file_size });
-    tracing::info!("host-side dump: vCPUs stopped for {pause:?}; writing {file_size} bytes");
+    let (writer, total) = snapshot?;
+    post(DumpEvent::SnapshotTaken { pause_us: u64::try_from(pause.as_micros()).unwrap_or(u64::MAX), total });
+    tracing::info!("host-side dump: vCPUs stopped for {pause:?}; writing {total} bytes of memory ({format:?})");
 
-    let (written_bytes, zero_pages_skipped) = loop {
+    let (file_size, written_bytes, zero_pages_skipped) = loop {
         if let Some(outcome) = writer.poll(PROGRESS_INTERVAL) {
             break outcome?;
         }
-        post(DumpEvent::Progress { done: writer.done(), total });
+        post(DumpEvent::Progress { done: writer.done().min(total), total });
     };
     post(DumpEvent::Progress { done: total, total });
     let on_disk = file.metadata().map_err(SnapshotError::Measure)?.blocks() * 512;
@@ -159,12 +179,21 @@ fn capture(
         zero_pages_skipped,
     };
     let mut meta = CrashMeta::new(request.trigger, &target.vm_name, pending.created());
+    meta.vmcore_format = (format != DumpFormat::Elf).then(|| format_name(format).into());
     meta.reason = request.reason.as_ref().map(reason_meta);
     meta.sizes = sizes;
     meta.timings.pause_us = Some(u64::try_from(pause.as_micros()).unwrap_or(u64::MAX));
     meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     pending.write_meta(&meta)?;
     Ok((pending.commit()?, sizes))
+}
+
+fn format_name(format: DumpFormat) -> &'static str {
+    match format {
+        DumpFormat::Elf => "elf",
+        DumpFormat::KdumpZstd => "kdump-zstd",
+        DumpFormat::KdumpZlib => "kdump-zlib",
+    }
 }
 
 /// Lets the machine go on as `after` says.

@@ -58,12 +58,12 @@ pub enum DumpEvent {
         on_disk: u64,
     },
     /// A host-side snapshot is taken: the vCPUs ran again after `pause_us` microseconds and
-    /// the vmcore (`size` bytes) is being written from a copy-on-write view of memory.
+    /// `total` bytes of memory are being written from a copy-on-write view of it.
     SnapshotTaken {
         /// How long the vCPUs were stopped.
         pause_us: u64,
-        /// The vmcore's apparent size.
-        size: u64,
+        /// Bytes of memory to write.
+        total: u64,
     },
     /// A host-side dump's progress: bytes of memory written of `total`.
     Progress {
