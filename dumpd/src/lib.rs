@@ -37,6 +37,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod analysis;
 pub mod atomic;
 pub mod convert;
 pub mod elf;

@@ -1,5 +1,6 @@
 //! `dumpd`: inspect the crash store and vmcores offline.
 
+mod analysis_cmd;
 mod formats_cmd;
 mod store_cmd;
 
@@ -46,6 +47,8 @@ enum Command {
     },
     /// Convert a vmcore between ELF and kdump-compressed (zstd, zlib), writing OUTPUT atomically.
     Convert(formats_cmd::ConvertArgs),
+    #[command(flatten)]
+    Analysis(analysis_cmd::AnalysisCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Some(Command::Prune(args)) => store_cmd::prune(args),
         Some(Command::Check { vmcore }) => check(&vmcore),
         Some(Command::Convert(args)) => formats_cmd::convert(args),
+        Some(Command::Analysis(command)) => analysis_cmd::run(command),
         None => {
             eprintln!("dumpd: no command given; see dumpd --help");
             return ExitCode::from(2);

@@ -67,7 +67,7 @@ fn scan(timeout_secs: u64) {
     let panic_count = PANIC_COUNT.load(Ordering::Relaxed);
     let mut hung = 0u32;
     let mut should_panic = false;
-    for task in sched::task::snapshot().into_iter().take(limit as usize) {
+    for task in sched::task::iter().take(limit as usize) {
         if task.state() != TASK_UNINTERRUPTIBLE {
             continue; // not D, or TASK_IDLE (NOLOAD), killable, frozen
         }

@@ -48,10 +48,31 @@ static DETECTOR: AtomicU32 = AtomicU32::new(Detector::None as u32);
 
 static REASON_SENT: AtomicBool = AtomicBool::new(false);
 
+/// `CrashReason::cpu` until a CPU goes down: tells a dump analyser there is no crash reason.
+const NO_CRASH_CPU: u32 = u32::MAX;
+
 struct ReasonCell(UnsafeCell<CrashReason>);
 // SAFETY: written only by the CPU that wins REASON_SENT, once.
 unsafe impl Sync for ReasonCell {}
-static REASON: ReasonCell = ReasonCell(UnsafeCell::new(CrashReason::new(Detector::None, 0, 0)));
+static REASON: ReasonCell = ReasonCell(UnsafeCell::new(CrashReason::new(Detector::None, NO_CRASH_CPU, 0)));
+
+/// The VMCOREINFO keys of the crash reason (the first crash's CPU, pid and message; `cpu` is
+/// `u32::MAX` until then), so a dump analyser shows why the kernel went down.
+pub fn write_vmcoreinfo(w: &mut dyn Write) -> fmt::Result {
+    use core::mem::{offset_of, size_of};
+    writeln!(w, "SYMBOL(crashvisor_crash_reason)={:x}", REASON.0.get() as u64)?;
+    writeln!(w, "SIZE(crashvisor_crash_reason)={}", size_of::<CrashReason>())?;
+    let fields = [
+        ("cpu", offset_of!(CrashReason, cpu)),
+        ("pid", offset_of!(CrashReason, pid)),
+        ("message_len", offset_of!(CrashReason, message_len)),
+        ("message", offset_of!(CrashReason, message)),
+    ];
+    for (field, offset) in fields {
+        writeln!(w, "OFFSET(crashvisor_crash_reason.{field})={offset}")?;
+    }
+    Ok(())
+}
 
 /// Names what is about to panic the kernel (a detector, an oops, sysrq), for the host.
 pub fn set_detector(detector: Detector) {

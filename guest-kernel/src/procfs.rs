@@ -116,7 +116,7 @@ pub fn meminfo() -> String {
 /// voluntary and involuntary context switches, and the name (kernel threads in brackets).
 pub fn ps() -> String {
     let mut text = String::from("  PID  PPID CPU S    NVCSW   NIVCSW COMMAND\n");
-    crate::sched::task::for_each(|t| {
+    for t in crate::sched::task::iter() {
         let kernel_thread = t.flags & crate::sched::task::PF_KTHREAD != 0 && t.pid != 1;
         let (open, close) = if kernel_thread { ("[", "]") } else { ("", "") };
         let _ = writeln!(
@@ -130,6 +130,6 @@ pub fn ps() -> String {
             t.nivcsw.load(Ordering::Relaxed),
             t.comm()
         );
-    });
+    }
     text
 }

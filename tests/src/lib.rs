@@ -15,8 +15,9 @@
 //! ```
 //!
 //! The binaries are found next to the test executable (`target/<profile>/vmm`), so build them
-//! with the same profile first: `cargo test --workspace` does (the `vmm` package's own `cli`
-//! test makes Cargo build the `vmm` binary), as does `cargo test -p vmm -p crashvisor-tests`.
+//! with the same profile first: `cargo test --workspace` does (the `vmm` and `dumpd` packages'
+//! own `cli` tests make Cargo build their binaries), as does
+//! `cargo test -p vmm -p dumpd -p crashvisor-tests`.
 //!
 //! Guest ring-0 code may run under an instruction emulator on some hosts, so every wait has a
 //! generous upper bound but returns as soon as the awaited output appears: nothing sleeps for a
@@ -75,6 +76,16 @@ pub const KVM_DEVICE: &str = "/dev/kvm";
 #[track_caller]
 pub fn vmm_binary() -> PathBuf {
     built_binary("vmm", "vmm")
+}
+
+/// Path of the `dumpd` binary built with the same profile as the running test executable.
+///
+/// # Panics
+///
+/// If it has not been built, with a message saying how to build it.
+#[track_caller]
+pub fn dumpd_binary() -> PathBuf {
+    built_binary("dumpd", "dumpd")
 }
 
 /// `target/<profile>/<name>`, found from the test executable `target/<profile>/deps/<test>-<hash>`.

@@ -46,9 +46,7 @@ pub fn vmcoreinfo_note_phys() -> u64 {
 /// frame bitmap exist.
 pub fn init() {
     let mut text = [0u8; VMCOREINFO_BYTES];
-    let mut w = crashvisor_klib::bytefmt::ByteWriter::new(&mut text);
-    let _ = vmcoreinfo::write(&mut w);
-    let len = w.len();
+    let len = vmcoreinfo::write_at_boot(&mut text);
     // SAFETY: boot CPU, before any crash can happen; nothing else accesses the note now.
     write_vmcoreinfo_note(unsafe { &mut *VMCOREINFO_NOTE.0.get() }, &text[..len]);
     // The host copies it into host-side vmcores.

@@ -1,8 +1,9 @@
 //! Tasks: kernel threads with a name, a pid, a state and scheduling attributes.
 
-use alloc::vec::Vec;
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::fmt::{self, Write};
+use core::mem::{offset_of, size_of};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crate::sync::SpinLock;
 
@@ -70,6 +71,8 @@ pub struct Task {
     pub last_switch_count: AtomicU64,
     /// See `last_switch_count`.
     pub last_switch_time_ns: AtomicU64,
+    /// The next task of the task list (null for the last one).
+    next: AtomicPtr<Task>,
 }
 
 // SAFETY: shared fields are atomics; `saved_rsp` is only accessed by the scheduler of the CPU
@@ -102,6 +105,7 @@ impl Task {
             arg: 0,
             last_switch_count: AtomicU64::new(0),
             last_switch_time_ns: AtomicU64::new(0),
+            next: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
@@ -146,8 +150,13 @@ impl Task {
     }
 }
 
-/// Every task ever created (dead ones stay, marked `X`; there are few).
-static TASKS: SpinLock<Vec<&'static Task>> = SpinLock::new(Vec::new());
+/// The first task of the list of every task ever created, oldest first, linked through
+/// `Task::next` (dead ones stay, marked `X`; there are few). Tasks are leaked, never freed, so
+/// readers walk the list without a lock, and so can a crash-dump analyser
+/// (`SYMBOL(crashvisor_task_list)` in VMCOREINFO).
+static TASK_LIST: AtomicPtr<Task> = AtomicPtr::new(core::ptr::null_mut());
+/// The last task of the list; the lock serialises writers.
+static TASK_LIST_TAIL: SpinLock<Option<&'static Task>> = SpinLock::new(None);
 static NEXT_PID: AtomicU32 = AtomicU32::new(1);
 
 /// Allocates the next pid.
@@ -155,30 +164,50 @@ pub(super) fn alloc_pid() -> u32 {
     NEXT_PID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Adds a task to the task list.
+/// Appends a task to the task list.
 pub(super) fn register(task: &'static Task) {
-    TASKS.lock_irqsave().push(task);
+    let mut tail = TASK_LIST_TAIL.lock_irqsave();
+    let link = match *tail {
+        Some(last) => &last.next,
+        None => &TASK_LIST,
+    };
+    // Release: a reader that sees the pointer sees the task's fields.
+    link.store(task as *const Task as *mut Task, Ordering::Release);
+    *tail = Some(task);
 }
 
-/// Calls `f` for every task, in creation order, with the list locked (`f` must not block).
-pub fn for_each(mut f: impl FnMut(&'static Task)) {
-    let tasks = TASKS.lock_irqsave();
-    for task in tasks.iter() {
-        f(task);
+/// Every task, in creation order, without locking (tasks added meanwhile may be seen or not).
+pub fn iter() -> impl Iterator<Item = &'static Task> {
+    core::iter::successors(follow(&TASK_LIST), |task| follow(&task.next))
+}
+
+/// The task a link of the list (`TASK_LIST` or a `Task::next`) points at.
+fn follow(link: &AtomicPtr<Task>) -> Option<&'static Task> {
+    // SAFETY: the links of the list only ever hold leaked `&'static Task`s (see `register`),
+    // stored with release ordering, so a non-null pointer loaded with acquire ordering points
+    // at a live, initialised task.
+    unsafe { link.load(Ordering::Acquire).as_ref() }
+}
+
+/// The VMCOREINFO keys of the task list: where it starts and the layout of a task (the field
+/// types, hence sizes, are documented in docs/analysis.md).
+pub fn write_vmcoreinfo(w: &mut dyn Write) -> fmt::Result {
+    writeln!(w, "SYMBOL(crashvisor_task_list)={:x}", &TASK_LIST as *const _ as u64)?;
+    writeln!(w, "SIZE(task_struct)={}", size_of::<Task>())?;
+    let fields = [
+        ("next", offset_of!(Task, next)),
+        ("pid", offset_of!(Task, pid)),
+        ("ppid", offset_of!(Task, ppid)),
+        ("comm", offset_of!(Task, comm)),
+        ("state", offset_of!(Task, state)),
+        ("cpu", offset_of!(Task, cpu)),
+        ("flags", offset_of!(Task, flags)),
+        ("saved_rsp", offset_of!(Task, saved_rsp)),
+        ("stack_base", offset_of!(Task, stack_base)),
+        ("stack_size", offset_of!(Task, stack_size)),
+    ];
+    for (field, offset) in fields {
+        writeln!(w, "OFFSET(task_struct.{field})={offset}")?;
     }
-}
-
-/// Calls `f` for every task if the task list is free now (crash path: a stopped CPU may hold
-/// the lock). Returns false if it was busy.
-pub fn try_for_each(mut f: impl FnMut(&'static Task)) -> bool {
-    let Some(tasks) = TASKS.try_lock_irqsave() else { return false };
-    for task in tasks.iter() {
-        f(task);
-    }
-    true
-}
-
-/// A snapshot of the task list (for callers that print while walking).
-pub fn snapshot() -> Vec<&'static Task> {
-    TASKS.lock_irqsave().clone()
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! The first fields have fixed offsets read with `gs:`-relative loads on hot paths.
 
 use core::arch::asm;
+use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU32, Ordering};
 
 use crashvisor_abi::layout::MAX_VCPUS;
@@ -146,6 +147,14 @@ pub fn need_resched() -> bool {
 /// Number of CPUs that are online.
 pub fn online_count() -> usize {
     PER_CPU.iter().filter(|c| c.online.load(Ordering::Relaxed)).count()
+}
+
+/// The VMCOREINFO keys of the per-CPU blocks: the array, a block's size (the array's stride) and
+/// where its current task pointer is, so a dump analyser finds each CPU's running task.
+pub fn write_vmcoreinfo(w: &mut dyn Write) -> core::fmt::Result {
+    writeln!(w, "SYMBOL(crashvisor_per_cpu)={:x}", PER_CPU.as_ptr() as u64)?;
+    writeln!(w, "SIZE(per_cpu)={}", core::mem::size_of::<PerCpu>())?;
+    writeln!(w, "OFFSET(per_cpu.current)={}", core::mem::offset_of!(PerCpu, current))
 }
 
 const _: () = {

@@ -48,6 +48,15 @@ extern "C" {
 /// Number of callee-saved registers `switch_context` pops before returning.
 const SAVED_REGISTERS: usize = 6;
 
+/// The VMCOREINFO keys of a switched-out task's stack, which has the layout of Linux's
+/// `struct inactive_task_frame` (r15, r14, r13, r12, bx, bp, ret_addr from the saved stack
+/// pointer up): where `switch_context` saved rbp and its return address, so a dump analyser
+/// walks a sleeping task's frames.
+pub fn write_vmcoreinfo(w: &mut dyn core::fmt::Write) -> core::fmt::Result {
+    writeln!(w, "OFFSET(inactive_task_frame.bp)={}", (SAVED_REGISTERS - 1) * 8)?;
+    writeln!(w, "OFFSET(inactive_task_frame.ret_addr)={}", SAVED_REGISTERS * 8)
+}
+
 /// Prepares a fresh stack so that switching to it starts `task_trampoline`; returns the
 /// initial saved stack pointer.
 pub fn initial_stack(stack_top: u64) -> u64 {
