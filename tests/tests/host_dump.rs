@@ -36,7 +36,7 @@ fn expect_host_vmcore(vm: &mut Vm) -> (PathBuf, Value, Event) {
     let meta = std::fs::read_to_string(dir.join("meta.json")).expect("meta.json is there");
     let meta: Value = serde_json::from_str(&meta).expect("meta.json parses");
     assert!(meta["timings"]["pause_us"].as_u64().is_some(), "{meta}");
-    assert_eq!(meta["files"], json!({"vmcore": "vmcore"}), "{meta}");
+    assert_eq!(meta["files"], json!({"vmcore": "vmcore", "vmcore_dmesg": "vmcore-dmesg.txt"}), "{meta}");
     (dir, meta, taken)
 }
 
@@ -87,6 +87,21 @@ fn a_panic_without_kdump_is_dumped_by_the_host_then_the_vm_reboots() {
     let bt = kdump::run_tool("gdb", &["-nx", "-batch", "-ex", "thread apply all bt", kernel.arg(), vmcore]);
     let crashing = bt.split("\nThread ").find(|t| t.contains("(LWP 2)")).unwrap_or_else(|| panic!("gdb:\n{bt}"));
     assert!(crashing.contains("guest_kernel::panic::panic"), "CPU 1's backtrace:\n{bt}");
+
+    // The host's own log copy, and dumpd's analysis, from the vmcore alone.
+    let log_copy = std::fs::read_to_string(dir.join("vmcore-dmesg.txt")).expect("vmcore-dmesg.txt");
+    assert!(log_copy.lines().any(|l| kernel_text(l) == panic_line), "vmcore-dmesg.txt:\n{log_copy}");
+    let dumpd = |args: &[&str]| {
+        let out = std::process::Command::new(crashvisor_tests::dumpd_binary()).args(args).output().expect("dumpd runs");
+        assert!(out.status.success(), "dumpd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let show = dumpd(&["show", vmcore, "--kernel", kernel.arg()]);
+    for field in ["CPU: 1", "COMMAND: \"panic/1\"", message] {
+        assert!(show.contains(field), "no {field:?} in dumpd show:\n{show}");
+    }
+    let bt = dumpd(&["bt", vmcore, "--kernel", kernel.arg()]);
+    assert!(bt.contains("guest_kernel::panic::panic"), "dumpd bt:\n{bt}");
 }
 
 #[test]

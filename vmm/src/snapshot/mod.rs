@@ -16,7 +16,9 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dumpd::store::{CommittedCrash, CrashMeta, CrashSizes, CrashStore, StoreError, Trigger, FILE_VMCORE};
+use dumpd::store::{
+    CommittedCrash, CrashMeta, CrashSizes, CrashStore, StoreError, Trigger, FILE_VMCORE, FILE_VMCORE_DMESG,
+};
 
 use dumpd::kdump::Compression;
 
@@ -178,7 +180,14 @@ fn capture(
         vmcore_written_bytes: written_bytes,
         zero_pages_skipped,
     };
+    // The crashed kernel's log, as the capture kernel's vmcore-dmesg.txt, read back from the
+    // vmcore through the guest's VMCOREINFO (a guest without one has no log file).
+    let dmesg = kernel_log(&pending.path().join(FILE_VMCORE));
+    if let Some(text) = &dmesg {
+        pending.write_file(FILE_VMCORE_DMESG, text.as_bytes())?;
+    }
     let mut meta = CrashMeta::new(request.trigger, &target.vm_name, pending.created());
+    meta.files.vmcore_dmesg = dmesg.is_some().then(|| FILE_VMCORE_DMESG.into());
     meta.vmcore_format = (format != DumpFormat::Elf).then(|| format_name(format).into());
     meta.reason = request.reason.as_ref().map(reason_meta);
     meta.sizes = sizes;
@@ -186,6 +195,16 @@ fn capture(
     meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     pending.write_meta(&meta)?;
     Ok((pending.commit()?, sizes))
+}
+
+/// The kernel log in the vmcore at `path`, or `None` when it cannot be read (logged).
+fn kernel_log(path: &std::path::Path) -> Option<String> {
+    let read = || -> Result<String, Box<dyn std::error::Error>> {
+        let image = dumpd::image::open(path)?;
+        let dump = dumpd::analysis::Dump::new(image.as_ref())?;
+        Ok(dumpd::analysis::log::read_log(&dump)?.to_string())
+    };
+    read().map_err(|e| tracing::warn!("no vmcore-dmesg.txt for the host-side dump: {e}")).ok()
 }
 
 fn format_name(format: DumpFormat) -> &'static str {
