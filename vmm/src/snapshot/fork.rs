@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use dumpd::elf::build::{CoreLayout, LoadSpec, NoteSpec};
 use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
-use dumpd::writer::{write_vmcore, MemorySource, SourceError};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use dumpd::writer::{write_vmcore, MemorySource};
+use vm_memory::GuestMemoryMmap;
 
 use crate::devices::dump::{error_chain, GuestRam};
 
@@ -112,87 +112,6 @@ impl Drop for SharedReport {
     }
 }
 
-/// `/proc/self/pagemap` entry bits: the page is in RAM, or in swap.
-const PAGEMAP_PRESENT: u64 = 1 << 63;
-const PAGEMAP_SWAPPED: u64 = 1 << 62;
-const PAGE: u64 = 4096;
-
-/// Guest RAM as the child sees it, counting the bytes read into the shared report. A page the
-/// host never populated (private anonymous memory neither present nor swapped, per
-/// `/proc/self/pagemap`) is zero: it is filled in without touching it, where reading would
-/// fault in the zero page once per 4 KiB.
-struct ChildRam<'a> {
-    memory: &'a GuestMemoryMmap,
-    pagemap: Option<File>,
-    /// A window of pagemap entries: its first page number and the entries (the kdump writer
-    /// reads page by page; one `pread` per window, not per page).
-    window: std::cell::RefCell<(u64, Vec<u64>)>,
-    done: &'a AtomicU64,
-}
-
-/// Pagemap entries read at once: 16 MiB of guest memory.
-const PAGEMAP_WINDOW: u64 = 4096;
-
-impl ChildRam<'_> {
-    /// Whether each page of the host range `hva..hva + len` is populated; `None` if unknown.
-    fn populated(&self, hva: u64, len: usize) -> Option<Vec<bool>> {
-        let pagemap = self.pagemap.as_ref()?;
-        let (first, last) = (hva / PAGE, (hva + len as u64 - 1) / PAGE);
-        let mut window = self.window.borrow_mut();
-        let covered = |w: &(u64, Vec<u64>)| first >= w.0 && last < w.0 + w.1.len() as u64;
-        if !covered(&window) {
-            let count = (last - first + 1).max(PAGEMAP_WINDOW);
-            let mut bytes = vec![0u8; usize::try_from(count * 8).ok()?];
-            // A short read at the end of the address space still covers what was asked.
-            let got = std::os::unix::fs::FileExt::read_at(pagemap, &mut bytes, first * 8).ok()?;
-            let entries =
-                bytes[..got - got % 8].chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])));
-            *window = (first, entries.collect());
-            if !covered(&window) {
-                return None;
-            }
-        }
-        let offset = (first - window.0) as usize;
-        let flags = PAGEMAP_PRESENT | PAGEMAP_SWAPPED;
-        Some(window.1[offset..=offset + (last - first) as usize].iter().map(|e| e & flags != 0).collect())
-    }
-
-    /// The host address of guest `addr..addr + len` if it is one contiguous piece of RAM.
-    fn host_range(&self, addr: u64, len: usize) -> Option<u64> {
-        let start = self.memory.get_host_address(GuestAddress(addr)).ok()? as u64;
-        let end = self.memory.get_host_address(GuestAddress(addr.checked_add(len as u64 - 1)?)).ok()? as u64;
-        (end - start == len as u64 - 1).then_some(start)
-    }
-}
-
-impl MemorySource for ChildRam<'_> {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let ram = GuestRam(self.memory);
-        let populated = if buf.is_empty() { None } else { self.host_range(addr, buf.len()) }
-            .and_then(|hva| Some((hva, self.populated(hva, buf.len())?)));
-        match populated {
-            None => ram.read(addr, buf)?,
-            Some((hva, pages)) => {
-                let mut at = 0usize;
-                while at < buf.len() {
-                    let page = ((hva + at as u64) / PAGE - hva / PAGE) as usize;
-                    let to_boundary = (PAGE - (hva + at as u64) % PAGE) as usize;
-                    let end = buf.len().min(at + to_boundary);
-                    let piece = &mut buf[at..end];
-                    if pages.get(page).copied().unwrap_or(true) {
-                        ram.read(addr + at as u64, piece)?;
-                    } else {
-                        piece.fill(0);
-                    }
-                    at += piece.len();
-                }
-            }
-        }
-        self.done.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        Ok(())
-    }
-}
-
 /// What the child writes.
 pub enum Output<'a> {
     /// An ELF core file laid out as `CoreLayout` says.
@@ -271,8 +190,7 @@ impl ForkedWriter {
             // vmcore's: the parent may tear the machine down and build a new one at once.
             close_other_fds(file.as_raw_fd());
             report.detached.store(1, Ordering::Release);
-            let pagemap = File::open("/proc/self/pagemap").ok();
-            let source = ChildRam { memory, pagemap, window: Default::default(), done: &report.done };
+            let source = GuestRam::counting(memory, &report.done);
             let result = write_output(file, output, &source)
                 .and_then(|stats| file.sync_all().map(|()| stats).map_err(|e| format!("cannot sync the vmcore: {e}")));
             let code = match result {

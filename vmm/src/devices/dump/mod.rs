@@ -7,6 +7,9 @@
 //! the capture kernel has nothing else to do. Events tell clients how it went.
 
 pub mod descriptor;
+mod ram;
+
+pub use self::ram::GuestRam;
 
 use std::mem::offset_of;
 use std::os::unix::fs::MetadataExt;
@@ -19,8 +22,8 @@ use dumpd::store::{
     rfc3339, CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, StoreError,
     Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
-use dumpd::writer::{write_vmcore, MemorySource, Run, SourceError, WriteError};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use dumpd::writer::{write_vmcore, Run, WriteError};
+use vm_memory::GuestMemoryMmap;
 
 use self::descriptor::{read_and_validate, read_bytes, DescriptorError, ValidDump};
 use super::crash_reason::{self, CrashInfo};
@@ -77,19 +80,6 @@ pub enum DumpEvent {
         /// Why.
         reason: String,
     },
-}
-
-/// Guest RAM as a vmcore's memory source.
-pub struct GuestRam<'a>(pub &'a GuestMemoryMmap);
-
-impl MemorySource for GuestRam<'_> {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        self.0.read_slice(buf, GuestAddress(addr)).map_err(|e| SourceError {
-            addr,
-            len: buf.len() as u64,
-            source: Some(Box::new(e)),
-        })
-    }
 }
 
 /// Why an accepted dump could not be stored (answered with `STATUS_IO_ERROR`).
@@ -187,7 +177,7 @@ pub fn capture(
     let file = pending.create_file(FILE_VMCORE)?;
     let runs: Vec<Run> =
         valid.ranges.iter().map(|r| Run { file_offset: r.file_offset, addr: r.gpa, len: r.len }).collect();
-    let stats = write_vmcore(&file, &valid.headers, &runs, d.file_size, &GuestRam(memory))?;
+    let stats = write_vmcore(&file, &valid.headers, &runs, d.file_size, &GuestRam::new(memory))?;
     // Synced now so the block count is final (commit syncs again, at no cost).
     file.sync_all().map_err(CaptureError::Sync)?;
     let on_disk = file.metadata().map_err(CaptureError::Sync)?.blocks() * 512;
@@ -317,6 +307,7 @@ pub(crate) mod tests {
     use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
     use dumpd::elf::{Core, NT_PRSTATUS, PRSTATUS_SIZE};
     use std::path::Path;
+    use vm_memory::{Bytes, GuestAddress};
 
     /// Guest RAM of the fixture.
     pub(crate) const RAM_SIZE: usize = 16 << 20;

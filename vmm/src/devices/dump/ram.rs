@@ -1,0 +1,133 @@
+//! Guest RAM as the source of a vmcore, read without faulting in pages the guest never used.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dumpd::writer::{MemorySource, SourceError};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+/// `/proc/self/pagemap` entry bits: the page is in RAM, or in swap.
+const PAGEMAP_PRESENT: u64 = 1 << 63;
+const PAGEMAP_SWAPPED: u64 = 1 << 62;
+const PAGE: u64 = 4096;
+
+/// Guest RAM as a vmcore's memory source. A page the host never populated (private anonymous
+/// memory neither present nor swapped, per `/proc/self/pagemap`) is zero: it is filled in
+/// without touching it, where reading it would fault in the zero page once per 4 KiB — most of
+/// a small guest's RAM, which would otherwise dominate a dump's time.
+pub struct GuestRam<'a> {
+    memory: &'a GuestMemoryMmap,
+    pagemap: Option<File>,
+    /// A window of pagemap entries: its first page number and the entries (the kdump writer
+    /// reads page by page; one `pread` per window, not per page).
+    window: RefCell<(u64, Vec<u64>)>,
+    /// Bytes read so far, for progress reports.
+    done: Option<&'a AtomicU64>,
+}
+
+/// Pagemap entries read at once: 16 MiB of guest memory.
+const PAGEMAP_WINDOW: u64 = 4096;
+
+impl<'a> GuestRam<'a> {
+    /// Reads `memory` (without `/proc/self/pagemap`, every page is read).
+    pub fn new(memory: &'a GuestMemoryMmap) -> Self {
+        Self { memory, pagemap: File::open("/proc/self/pagemap").ok(), window: RefCell::default(), done: None }
+    }
+
+    /// The same, adding the bytes read to `done`.
+    pub fn counting(memory: &'a GuestMemoryMmap, done: &'a AtomicU64) -> Self {
+        Self { done: Some(done), ..Self::new(memory) }
+    }
+
+    fn read_all(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.memory.read_slice(buf, GuestAddress(addr)).map_err(|e| SourceError {
+            addr,
+            len: buf.len() as u64,
+            source: Some(Box::new(e)),
+        })
+    }
+
+    /// Whether each page of the host range `hva..hva + len` is populated; `None` if unknown.
+    fn populated(&self, hva: u64, len: usize) -> Option<Vec<bool>> {
+        let pagemap = self.pagemap.as_ref()?;
+        let (first, last) = (hva / PAGE, (hva + len as u64 - 1) / PAGE);
+        let mut window = self.window.borrow_mut();
+        let covered = |w: &(u64, Vec<u64>)| first >= w.0 && last < w.0 + w.1.len() as u64;
+        if !covered(&window) {
+            let count = (last - first + 1).max(PAGEMAP_WINDOW);
+            let mut bytes = vec![0u8; usize::try_from(count * 8).ok()?];
+            // A short read at the end of the address space still covers what was asked.
+            let got = std::os::unix::fs::FileExt::read_at(pagemap, &mut bytes, first * 8).ok()?;
+            let entries =
+                bytes[..got - got % 8].chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])));
+            *window = (first, entries.collect());
+            if !covered(&window) {
+                return None;
+            }
+        }
+        let offset = (first - window.0) as usize;
+        let flags = PAGEMAP_PRESENT | PAGEMAP_SWAPPED;
+        Some(window.1[offset..=offset + (last - first) as usize].iter().map(|e| e & flags != 0).collect())
+    }
+
+    /// The host address of guest `addr..addr + len` if it is one contiguous piece of RAM.
+    fn host_range(&self, addr: u64, len: usize) -> Option<u64> {
+        let start = self.memory.get_host_address(GuestAddress(addr)).ok()? as u64;
+        let end = self.memory.get_host_address(GuestAddress(addr.checked_add(len as u64 - 1)?)).ok()? as u64;
+        (end - start == len as u64 - 1).then_some(start)
+    }
+}
+
+impl MemorySource for GuestRam<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        let populated = if buf.is_empty() { None } else { self.host_range(addr, buf.len()) }
+            .and_then(|hva| Some((hva, self.populated(hva, buf.len())?)));
+        match populated {
+            None => self.read_all(addr, buf)?,
+            Some((hva, pages)) => {
+                let mut at = 0usize;
+                while at < buf.len() {
+                    let page = ((hva + at as u64) / PAGE - hva / PAGE) as usize;
+                    let to_boundary = (PAGE - (hva + at as u64) % PAGE) as usize;
+                    let end = buf.len().min(at + to_boundary);
+                    let piece = &mut buf[at..end];
+                    if pages.get(page).copied().unwrap_or(true) {
+                        self.read_all(addr + at as u64, piece)?;
+                    } else {
+                        piece.fill(0);
+                    }
+                    at += piece.len();
+                }
+            }
+        }
+        if let Some(done) = self.done {
+            done.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn untouched_pages_read_as_zero_and_written_ones_as_written() {
+        let memory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x1000)]).unwrap();
+        memory.write_slice(&[0xab; 10], GuestAddress(0x3ffb)).unwrap();
+        let done = AtomicU64::new(0);
+        let ram = GuestRam::counting(&memory, &done);
+        let mut buf = vec![0xffu8; 0x2000];
+        ram.read(0x3000, &mut buf).unwrap();
+        assert!(buf[..0xffb].iter().all(|&b| b == 0));
+        assert_eq!(&buf[0xffb..0x1005], &[0xab; 10]);
+        assert!(buf[0x1005..].iter().all(|&b| b == 0));
+        // Across the gap between the regions: an error, as vm-memory says.
+        assert!(ram.read(0xf_f000, &mut buf).is_err());
+        let mut page = [0u8; 0x1000];
+        ram.read(0x20_0000, &mut page).unwrap();
+        assert_eq!(done.load(Ordering::Relaxed), 0x3000);
+    }
+}
