@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 mod retention;
-pub use retention::{PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
+pub use retention::{parse_bytes, PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
 
 /// The vmcore's file name.
 pub const FILE_VMCORE: &str = "vmcore";

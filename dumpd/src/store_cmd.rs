@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use dumpd::store::{CrashEntry, CrashMeta, CrashStore, Retention};
+use dumpd::store::{parse_bytes, CrashEntry, CrashMeta, CrashStore, Retention};
 use serde::Serialize;
 
 use crate::human;
@@ -118,29 +118,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// `1234`, `10K`, `1.5G`: bytes, or binary units.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    let (number, shift) = match text.trim().char_indices().last() {
-        Some((at, unit)) if unit.is_ascii_alphabetic() => {
-            let shift = match unit.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("{text:?}: unknown unit {unit:?}; use K, M, G or T")),
-            };
-            (&text.trim()[..at], shift)
-        }
-        _ => (text.trim(), 0),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size in bytes (e.g. 500M, 20G)"))?;
-    let bytes = value * (1u64 << shift) as f64;
-    if !(0.0..1.8e19).contains(&bytes) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(bytes as u64)
 }
 
 #[cfg(test)]

@@ -79,6 +79,13 @@ struct Args {
     /// (makedumpfile's compressed format).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = DumpFormat::Elf)]
     dump_format: DumpFormat,
+    /// Keep at most N crashes of each VM in the crash store; the oldest go after each new one.
+    #[arg(long, value_name = "N")]
+    keep_per_vm: Option<usize>,
+    /// Keep the crash store under SIZE on disk (e.g. 20G); the oldest crashes go first, never
+    /// the one just written.
+    #[arg(long, value_name = "SIZE", value_parser = dumpd::store::parse_bytes)]
+    keep_bytes: Option<u64>,
     /// Write the embedded guest kernel ELF (with symbols, for gdb) to PATH and exit.
     #[arg(long, value_name = "PATH", exclusive = true)]
     extract_kernel: Option<PathBuf>,
@@ -129,6 +136,7 @@ pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::Os
         on_panic: args.on_panic,
         on_crash_loaded: args.on_crash_loaded,
         dump_format: args.dump_format,
+        retention: dumpd::store::Retention { max_per_vm: args.keep_per_vm, max_total_bytes: args.keep_bytes },
     };
     let raw_mode = crate::terminal::RawMode::enable_if_tty();
     let result = crate::vm::run_with(&config, process_start, args.timings);

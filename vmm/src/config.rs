@@ -100,6 +100,8 @@ pub struct VmConfig {
     pub on_crash_loaded: CrashLoadedPolicy,
     /// The format of host-side vmcores.
     pub dump_format: DumpFormat,
+    /// What the crash store keeps (older crashes are removed after each new one).
+    pub retention: dumpd::store::Retention,
 }
 
 /// The VM name used unless another is given.
@@ -184,6 +186,7 @@ mod tests {
             on_panic: PanicPolicy::None,
             on_crash_loaded: CrashLoadedPolicy::Event,
             dump_format: DumpFormat::Elf,
+            retention: dumpd::store::Retention::default(),
         }
     }
 

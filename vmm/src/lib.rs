@@ -25,6 +25,7 @@
 //!     on_panic: PanicPolicy::DumpAndReboot,
 //!     on_crash_loaded: CrashLoadedPolicy::Event,
 //!     dump_format: DumpFormat::Elf,
+//!     retention: dumpd::store::Retention::default(),
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");

@@ -312,7 +312,11 @@ impl Machine {
             platform: Platform::new(PlatformLinks {
                 boot_times: shared.boot_times.clone(),
                 memory: memory.clone(),
-                dump: DumpTarget { crash_dir: config.crash_dir.clone(), vm_name: config.name.clone() },
+                dump: DumpTarget {
+                    crash_dir: config.crash_dir.clone(),
+                    vm_name: config.name.clone(),
+                    retention: config.retention,
+                },
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(config.nmi_watchdog, requests.clone())),
                 inbox: shared.inbox.clone(),

@@ -165,6 +165,29 @@ fn disk_usage(dir: &Path) -> Result<u64, StoreError> {
     Ok(bytes)
 }
 
+/// `1234`, `10K`, `1.5G`: bytes, or binary units.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (number, shift) = match text.trim().char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => {
+            let shift = match unit.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{text:?}: unknown unit {unit:?}; use K, M, G or T")),
+            };
+            (&text.trim()[..at], shift)
+        }
+        _ => (text.trim(), 0),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size in bytes (e.g. 500M, 20G)"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !(0.0..1.8e19).contains(&bytes) {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -573,7 +573,11 @@ mod tests {
             platform: Platform::new(PlatformLinks {
                 boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
                 memory: memory.clone(),
-                dump: crate::devices::dump::DumpTarget { crash_dir: "/nonexistent/crash".into(), vm_name: "vm".into() },
+                dump: crate::devices::dump::DumpTarget {
+                    crash_dir: "/nonexistent/crash".into(),
+                    vm_name: "vm".into(),
+                    retention: dumpd::store::Retention::default(),
+                },
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(true, requests.clone())),
                 inbox,

@@ -307,7 +307,11 @@ mod tests {
 
     fn platform_with(nmi_watchdog: bool) -> (Platform, Receiver<ControlInput>) {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
-        let dump = DumpTarget { crash_dir: "/nonexistent/crash".into(), vm_name: "vm".into() };
+        let dump = DumpTarget {
+            crash_dir: "/nonexistent/crash".into(),
+            vm_name: "vm".into(),
+            retention: dumpd::store::Retention::default(),
+        };
         platform_on(memory, dump, nmi_watchdog)
     }
 

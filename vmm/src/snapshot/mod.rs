@@ -25,7 +25,7 @@ use dumpd::kdump::Compression;
 use self::fork::{ForkError, ForkedWriter, Output};
 use crate::config::DumpFormat;
 use crate::devices::crash_reason::CrashInfo;
-use crate::devices::dump::{error_chain, reason_meta, record_failure, DumpEvent, DumpTarget};
+use crate::devices::dump::{commit, error_chain, reason_meta, record_failure, DumpEvent, DumpTarget};
 use crate::devices::{ResetCause, StopReason};
 use crate::vcpu::RunContext;
 
@@ -194,7 +194,7 @@ fn capture(
     meta.timings.pause_us = Some(u64::try_from(pause.as_micros()).unwrap_or(u64::MAX));
     meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     pending.write_meta(&meta)?;
-    Ok((pending.commit()?, sizes))
+    Ok((commit(pending, target)?, sizes))
 }
 
 /// The kernel log in the vmcore at `path`, or `None` when it cannot be read (logged).

@@ -19,8 +19,8 @@ use std::time::{Instant, SystemTime};
 use crashvisor_abi::dump::{DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE_LEN};
 use crashvisor_abi::platform::{STATUS_INVALID_ARGUMENT, STATUS_IO_ERROR, STATUS_OK};
 use dumpd::store::{
-    rfc3339, CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, StoreError,
-    Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
+    rfc3339, CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord,
+    PendingCrash, Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 use dumpd::writer::{write_vmcore, Run, WriteError};
 use vm_memory::GuestMemoryMmap;
@@ -35,6 +35,25 @@ pub struct DumpTarget {
     pub crash_dir: PathBuf,
     /// The VM's name in the store.
     pub vm_name: String,
+    /// What the store keeps: older crashes go after each commit.
+    pub retention: Retention,
+}
+
+/// Commits `pending`, then applies the target's retention (never to the crash just committed).
+pub(crate) fn commit(pending: PendingCrash, target: &DumpTarget) -> Result<CommittedCrash, StoreError> {
+    let (committed, pruned) = pending.commit_with_retention(&target.retention)?;
+    match pruned {
+        Ok(report) => {
+            for crash in &report.removed {
+                tracing::info!("crash store retention removed {}", crash.id);
+            }
+            for (id, e) in &report.failed {
+                tracing::warn!("crash store retention could not remove {id}: {}", error_chain(e));
+            }
+        }
+        Err(e) => tracing::warn!("crash store retention failed: {}", error_chain(&e)),
+    }
+    Ok(committed)
 }
 
 /// What the dump device reports to the controller.
@@ -208,7 +227,7 @@ pub fn capture(
         kexec_dmesg: Some(FILE_KEXEC_DMESG.into()),
     };
     pending.write_meta(&meta)?;
-    Ok(Captured { crash: pending.commit()?, sizes })
+    Ok(Captured { crash: commit(pending, target)?, sizes })
 }
 
 /// Why a capture kernel's failure report could not be read.
@@ -430,7 +449,7 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn target(&self) -> DumpTarget {
-            DumpTarget { crash_dir: self.0.clone(), vm_name: "testvm".into() }
+            DumpTarget { crash_dir: self.0.clone(), vm_name: "testvm".into(), retention: Retention::default() }
         }
     }
 
@@ -529,7 +548,7 @@ pub(crate) mod tests {
         // The crash store's path is a file: nothing can be created under it.
         let blocked = dir.0.join("not-a-dir");
         std::fs::write(&blocked, b"").unwrap();
-        let target = DumpTarget { crash_dir: blocked, vm_name: "vm".into() };
+        let target = DumpTarget { crash_dir: blocked, vm_name: "vm".into(), retention: Retention::default() };
         let g = guest();
         g.install();
         let mut events = Vec::new();
