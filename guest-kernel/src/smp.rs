@@ -1,7 +1,7 @@
 //! SMP: bringing up the application processors by INIT-SIPI-SIPI, stopping CPUs on panic, and
 //! running a function on another CPU.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use crashvisor_abi::layout::AP_TRAMPOLINE_GPA;
 
@@ -12,8 +12,9 @@ use crate::{mm, sched, time};
 
 /// CPUs counted at boot (from CPUID, capped by `nr_cpus=`).
 static POSSIBLE_CPUS: AtomicUsize = AtomicUsize::new(1);
-/// Set when the panicking CPU wants the others stopped.
-static STOPPING: AtomicBool = AtomicBool::new(false);
+/// The panicking CPU once it wants the others stopped, else `NO_CPU`.
+static STOPPING_BY: AtomicU32 = AtomicU32::new(NO_CPU);
+const NO_CPU: u32 = u32::MAX;
 /// How long the boot CPU waits for an AP to check in.
 const AP_TIMEOUT_NS: u64 = 2_000_000_000;
 
@@ -96,7 +97,7 @@ pub fn stop_other_cpus() {
     if possible_cpus() <= 1 {
         return;
     }
-    STOPPING.store(true, Ordering::SeqCst);
+    STOPPING_BY.store(percpu::cpu_id() as u32, Ordering::SeqCst);
     apic::send_nmi_all_but_self();
     let deadline = cpu::rdtsc() + time::ns_to_tsc(1_000_000_000);
     let me = percpu::cpu_id();
@@ -107,9 +108,12 @@ pub fn stop_other_cpus() {
     }
 }
 
-/// Whether an NMI on this CPU is the panic stop (then the CPU halts for good).
+/// Whether an NMI on this CPU is the panic stop (then the CPU halts for good): another CPU
+/// panicked and stops the others. The panicking CPU itself goes on (an operator's NMI on it is
+/// just an NMI).
 pub fn stop_requested() -> bool {
-    STOPPING.load(Ordering::SeqCst)
+    let by = STOPPING_BY.load(Ordering::SeqCst);
+    by != NO_CPU && by != percpu::cpu_id() as u32
 }
 
 /// Marks this CPU offline and halts it forever (NMIs stay blocked: the handler never returns).

@@ -2,7 +2,7 @@
 //! NMI shootdown of `kdump_nmi_shootdown_cpus`).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crashvisor_klib::elfnote::{
     write_prstatus, write_vmcoreinfo_note, CRASH_NOTE_BYTES, ELF_NGREG, VMCOREINFO_NOTE_SIZE,
@@ -26,8 +26,10 @@ struct VmcoreinfoNote(UnsafeCell<[u8; VMCOREINFO_NOTE_SIZE]>);
 unsafe impl Sync for VmcoreinfoNote {}
 static VMCOREINFO_NOTE: VmcoreinfoNote = VmcoreinfoNote(UnsafeCell::new([0; VMCOREINFO_NOTE_SIZE]));
 
-/// Set while the crashing CPU stops the others; each saves its registers and halts.
-static SHOOTDOWN: AtomicBool = AtomicBool::new(false);
+/// The crashing CPU while it stops the others (each saves its registers and halts), else
+/// `NO_CPU`.
+static SHOOTDOWN_BY: AtomicU32 = AtomicU32::new(NO_CPU);
+const NO_CPU: u32 = u32::MAX;
 /// CPUs whose registers are saved (bit per CPU).
 static SAVED: AtomicU64 = AtomicU64::new(0);
 
@@ -107,9 +109,13 @@ pub fn save_cpu(regs: &PtRegs) {
     SAVED.fetch_or(1 << cpu, Ordering::SeqCst);
 }
 
-/// Whether the crashing CPU is stopping the others (checked first thing in the NMI handler).
+/// Whether another CPU is crashing and stopping this one (checked first thing in the NMI
+/// handler). An NMI on the crashing CPU itself — an operator's, say — is not the shootdown
+/// (Linux's `crash_nmi_callback` returns at once there): it must not halt the CPU that is
+/// about to start the capture kernel.
 pub fn in_shootdown() -> bool {
-    SHOOTDOWN.load(Ordering::SeqCst)
+    let by = SHOOTDOWN_BY.load(Ordering::SeqCst);
+    by != NO_CPU && by != percpu::cpu_id() as u32
 }
 
 /// NMI handler side of the shootdown: save this CPU's registers, then halt for good.
@@ -130,7 +136,7 @@ pub fn shootdown_others() {
     if others == 0 {
         return;
     }
-    SHOOTDOWN.store(true, Ordering::SeqCst);
+    SHOOTDOWN_BY.store(me as u32, Ordering::SeqCst);
     apic::send_nmi_all_but_self();
     let deadline = cpu::rdtsc() + time::ns_to_tsc(1_000_000_000);
     while SAVED.load(Ordering::SeqCst) & others != others && cpu::rdtsc() < deadline {
