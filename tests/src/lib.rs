@@ -40,6 +40,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod api;
 mod control;
 mod elf;
 pub mod kdump;

@@ -1,0 +1,168 @@
+//! The service's event stream: what happens to its VMs (booted, lockup_detected, panicked,
+//! vmcore_ready, failed, ...), numbered in order, kept in a bounded history and broadcast to
+//! every subscriber (the SSE endpoints). A subscriber gets the history after a sequence number
+//! and then the live events, with no gap and no duplicate.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::broadcast;
+
+/// Events kept for late subscribers (`?since=` / `Last-Event-ID`).
+pub const HISTORY_LEN: usize = 4096;
+/// Events that may wait for one slow subscriber before it skips ahead.
+const CHANNEL_CAPACITY: usize = 1024;
+
+/// One event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceEvent {
+    /// Its number, from 1, in the order events happened.
+    pub seq: u64,
+    /// The event's name (`booted`, `vmcore_ready`, ...).
+    pub event: String,
+    /// The VM it concerns.
+    pub vm: String,
+    /// When the service saw it, RFC 3339 UTC.
+    pub time: String,
+    /// The same in milliseconds since the Unix epoch.
+    pub time_unix_ms: u64,
+    /// The event's own fields.
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+}
+
+/// An event before it is numbered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    /// The name.
+    pub event: String,
+    /// Its fields.
+    pub fields: Map<String, Value>,
+}
+
+impl NewEvent {
+    /// An event named `event` with the fields of `fields` (a JSON object; anything else gives
+    /// no fields).
+    pub fn new(event: impl Into<String>, fields: Value) -> Self {
+        let fields = match fields {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        Self { event: event.into(), fields }
+    }
+}
+
+struct History {
+    next_seq: u64,
+    events: VecDeque<Arc<ServiceEvent>>,
+}
+
+/// The event bus.
+pub struct EventBus {
+    history: Mutex<History>,
+    sender: broadcast::Sender<Arc<ServiceEvent>>,
+}
+
+/// A subscription: the retained events after the requested sequence number, then `live`.
+pub struct Subscription {
+    /// Retained events the subscriber asked for, oldest first.
+    pub backlog: Vec<Arc<ServiceEvent>>,
+    /// Everything published after the backlog.
+    pub live: broadcast::Receiver<Arc<ServiceEvent>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
+        Self { history: Mutex::new(History { next_seq: 1, events: VecDeque::new() }), sender }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Numbers, records and broadcasts `event` of VM `vm`.
+    pub fn publish(&self, vm: &str, event: NewEvent) -> Arc<ServiceEvent> {
+        let now = SystemTime::now();
+        let mut history = self.lock();
+        let seq = history.next_seq;
+        history.next_seq += 1;
+        let event = Arc::new(ServiceEvent {
+            seq,
+            event: event.event,
+            vm: vm.to_owned(),
+            time: dumpd::store::rfc3339(now),
+            time_unix_ms: unix_ms(now),
+            fields: event.fields,
+        });
+        tracing::info!(vm, seq, "event {}", event.event);
+        if history.events.len() == HISTORY_LEN {
+            history.events.pop_front();
+        }
+        history.events.push_back(event.clone());
+        // No subscriber is fine.
+        let _ = self.sender.send(event.clone());
+        event
+    }
+
+    /// Subscribes to events with a sequence number above `after` (0: every retained event;
+    /// `None`: only events from now on).
+    pub fn subscribe(&self, after: Option<u64>) -> Subscription {
+        let history = self.lock();
+        let backlog = match after {
+            Some(after) => history.events.iter().filter(|e| e.seq > after).cloned().collect(),
+            None => Vec::new(),
+        };
+        // Subscribing under the lock: nothing is published between the backlog and `live`.
+        Subscription { backlog, live: self.sender.subscribe() }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn subscribers_get_the_backlog_then_live_events_without_gaps() {
+        let bus = EventBus::new();
+        bus.publish("a", NewEvent::new("booted", json!({"boot": 1})));
+        bus.publish("b", NewEvent::new("panicked", json!({})));
+        let mut sub = bus.subscribe(Some(1));
+        assert_eq!(sub.backlog.iter().map(|e| e.seq).collect::<Vec<_>>(), [2]);
+        bus.publish("a", NewEvent::new("vmcore_ready", json!({"id": "a-x"})));
+        let live = sub.live.try_recv().unwrap();
+        assert_eq!((live.seq, live.event.as_str(), live.vm.as_str()), (3, "vmcore_ready", "a"));
+        let json = serde_json::to_value(&*live).unwrap();
+        assert_eq!(json["id"], "a-x");
+        assert_eq!(json["event"], "vmcore_ready");
+        assert!(bus.subscribe(None).backlog.is_empty());
+        assert_eq!(bus.subscribe(Some(0)).backlog.len(), 3);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let bus = EventBus::new();
+        for _ in 0..HISTORY_LEN + 5 {
+            bus.publish("a", NewEvent::new("oops", json!({})));
+        }
+        let sub = bus.subscribe(Some(0));
+        assert_eq!(sub.backlog.len(), HISTORY_LEN);
+        assert_eq!(sub.backlog[0].seq, 6);
+    }
+}

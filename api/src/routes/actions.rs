@@ -1,0 +1,88 @@
+//! `POST /v1/vms/{id}/actions`: pause, resume, reboot, poweroff, nmi, dump, kexec.
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::CONTROL_TIMEOUT;
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/vms/{id}/actions", post(act))
+}
+
+/// An action and its arguments.
+#[derive(Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+enum Action {
+    /// Stop the vCPUs (the guest's clocks account for it).
+    Pause,
+    /// Run them again.
+    Resume,
+    /// Restart the VM's VMM with the same configuration (a cold reset).
+    Reboot,
+    /// Stop the VM: the VMM exits; the VM stays listed as stopped.
+    Poweroff,
+    /// Inject an NMI into one vCPU or all.
+    Nmi {
+        cpu: Option<u32>,
+        /// Take a host-side vmcore once the guest has handled the NMI.
+        capture: Option<bool>,
+    },
+    /// A host-side vmcore of the running VM (`vmcore_ready` follows).
+    Dump {},
+    /// Boot the kernel image again through kexec (`kexec -l` then `kexec -e`).
+    Kexec { cmdline: Option<String> },
+}
+
+async fn act(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(action): Json<Action>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let vm = state.supervisor().get(&id)?;
+    let result = match action {
+        Action::Pause => vm.control(json!({"cmd": "pause"}), CONTROL_TIMEOUT).await?,
+        Action::Resume => vm.control(json!({"cmd": "resume"}), CONTROL_TIMEOUT).await?,
+        Action::Reboot => {
+            vm.reboot().await?;
+            json!({})
+        }
+        Action::Poweroff => {
+            vm.stop().await;
+            json!({})
+        }
+        Action::Nmi { cpu, capture } => {
+            if let Some(cpu) = cpu.filter(|&c| c >= vm.spec.vcpus) {
+                return Err(ApiError::invalid(format!("cpu is {cpu}; VM {id} has vCPUs 0 to {}", vm.spec.vcpus - 1)));
+            }
+            let mut request = json!({"cmd": "nmi"});
+            if let Some(cpu) = cpu {
+                request["cpu"] = json!(cpu);
+            }
+            if let Some(capture) = capture {
+                request["capture"] = json!(capture);
+            }
+            vm.control(request, CONTROL_TIMEOUT).await?
+        }
+        Action::Dump {} => vm.control(json!({"cmd": "dump"}), CONTROL_TIMEOUT).await?,
+        Action::Kexec { cmdline } => {
+            let mut load = json!({"cmd": "kexec", "op": "load", "kind": "normal"});
+            if let Some(cmdline) = cmdline {
+                load["cmdline"] = json!(cmdline);
+            }
+            vm.control(load, CONTROL_TIMEOUT).await?;
+            vm.control(json!({"cmd": "kexec", "op": "exec"}), CONTROL_TIMEOUT).await?
+        }
+    };
+    Ok(axum::Json(json!({ "state": view_state(&state, &id), "result": result })))
+}
+
+/// The VM's state after the action.
+fn view_state(state: &AppState, id: &str) -> Value {
+    state.supervisor().get(id).map_or(Value::Null, |vm| json!(vm.state()))
+}

@@ -1,0 +1,128 @@
+//! What the guest kernel answers itself over the control channel: sysctls, the kdump service
+//! and the kernel log.
+
+use axum::extract::State;
+use axum::http::{header, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{CONTROL_TIMEOUT, TEXT_PLAIN};
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/vms/{id}/sysctl/{name}", get(sysctl_get).put(sysctl_put))
+        .route("/v1/vms/{id}/kdump", get(kdump_get).put(kdump_put))
+        .route("/v1/vms/{id}/dmesg", get(dmesg))
+}
+
+async fn sysctl_get(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let vm = state.supervisor().get(&id)?;
+    let result = vm.control(json!({"cmd": "sysctl_get", "name": name}), CONTROL_TIMEOUT).await?;
+    Ok(axum::Json(json!({"name": name, "value": result["value"]})))
+}
+
+/// `PUT .../sysctl/{name}`'s body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SysctlValue {
+    /// A string, number or boolean.
+    value: Value,
+}
+
+async fn sysctl_put(
+    State(state): State<AppState>,
+    Path((id, name)): Path<(String, String)>,
+    Json(body): Json<SysctlValue>,
+) -> Result<axum::Json<Value>, ApiError> {
+    if !(body.value.is_string() || body.value.is_number() || body.value.is_boolean()) {
+        return Err(ApiError::invalid("value must be a string, a number or a boolean"));
+    }
+    let vm = state.supervisor().get(&id)?;
+    let request = json!({"cmd": "sysctl_set", "name": name, "value": body.value});
+    let result = vm.control(request, CONTROL_TIMEOUT).await?;
+    Ok(axum::Json(json!({"name": name, "value": result["value"]})))
+}
+
+async fn kdump_get(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+    let vm = state.supervisor().get(&id)?;
+    Ok(axum::Json(vm.control(json!({"cmd": "kdump", "op": "status"}), CONTROL_TIMEOUT).await?))
+}
+
+/// `PUT .../kdump`'s body: settings to change, then start or stop the service.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KdumpChange {
+    /// Start (true) or stop (false) the kdump service.
+    enabled: Option<bool>,
+    /// makedumpfile `-d` level, 0-31.
+    dump_level: Option<u32>,
+    /// After a dump: `reboot`, `halt`, `poweroff`.
+    final_action: Option<String>,
+    /// After a failed dump: the same choices.
+    failure_action: Option<String>,
+}
+
+async fn kdump_put(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(change): Json<KdumpChange>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let vm = state.supervisor().get(&id)?;
+    let mut config = json!({"cmd": "kdump", "op": "config"});
+    let settings = [
+        ("dump_level", change.dump_level.map(|l| json!(l))),
+        ("final_action", change.final_action.map(Value::from)),
+        ("failure_action", change.failure_action.map(Value::from)),
+    ];
+    let mut any = false;
+    for (key, value) in settings {
+        if let Some(value) = value {
+            config[key] = value;
+            any = true;
+        }
+    }
+    if any {
+        vm.control(config, CONTROL_TIMEOUT).await?;
+    }
+    if let Some(enabled) = change.enabled {
+        let op = if enabled { "start" } else { "stop" };
+        vm.control(json!({"cmd": "kdump", "op": op}), CONTROL_TIMEOUT).await?;
+    }
+    Ok(axum::Json(vm.control(json!({"cmd": "kdump", "op": "status"}), CONTROL_TIMEOUT).await?))
+}
+
+/// `GET .../dmesg`'s query.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DmesgQuery {
+    /// First record sequence number (default 0).
+    since: Option<u64>,
+}
+
+async fn dmesg(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<DmesgQuery>,
+) -> Result<Response, ApiError> {
+    let vm = state.supervisor().get(&id)?;
+    let result = vm.control(json!({"cmd": "dmesg", "since": query.since.unwrap_or(0)}), CONTROL_TIMEOUT).await?;
+    let mut text = result["text"].as_str().unwrap_or("").to_owned();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let next = result["next"].as_u64().unwrap_or(0);
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static(TEXT_PLAIN)),
+        (HeaderName::from_static("x-dmesg-next"), HeaderValue::from(next)),
+    ];
+    Ok((headers, text).into_response())
+}

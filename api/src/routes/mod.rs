@@ -1,0 +1,38 @@
+//! The `/v1` endpoints, one module per resource, each with its own `router()`.
+
+mod actions;
+mod analysis;
+mod console;
+mod events;
+mod faults;
+mod guest;
+pub mod range;
+mod service;
+mod vmcores;
+mod vms;
+
+use std::time::Duration;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+/// How long a handler waits for a VMM's answer: longer than the VMM's own wait for the guest
+/// (10 s by default), so the VMM's `guest_timeout` is what clients normally see.
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
+/// The content type of logs and consoles.
+pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Every endpoint.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .merge(vms::router())
+        .merge(actions::router())
+        .merge(faults::router())
+        .merge(guest::router())
+        .merge(console::router())
+        .merge(events::router())
+        .merge(vmcores::router())
+        .merge(analysis::router())
+        .merge(service::router())
+}

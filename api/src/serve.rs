@@ -1,0 +1,220 @@
+//! `crashvisor serve`: the REST service's command line, start-up checks, and an orderly
+//! shutdown on SIGTERM or SIGINT (stop accepting, stop every VM, then close what is open).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::limits::{Host, Limits};
+use crate::state::{AppState, ServiceConfig};
+
+/// The address `crashvisor` listens on by default.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+/// How long open connections (event streams, console follows) may stay after the VMs stopped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Longest control-socket directory: a socket path (`<dir>/<64-char name>.sock`) must fit in
+/// `sun_path`'s 108 bytes.
+const MAX_RUN_DIR_LEN: usize = 107 - 1 - 64 - 5;
+
+/// `crashvisor serve`'s options; each also comes from the environment.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on. Beyond loopback a --token is required.
+    #[arg(long, env = "CRASHVISOR_ADDR", default_value = DEFAULT_ADDR, value_name = "IP:PORT")]
+    pub addr: SocketAddr,
+    /// The crash store vmcores are written to and served from
+    /// [default: $XDG_DATA_HOME/crashvisor/crash or ~/.local/share/crashvisor/crash].
+    #[arg(long, env = "CRASHVISOR_CRASH_DIR", value_name = "DIR")]
+    pub crash_dir: Option<PathBuf>,
+    /// Directory for the VMs' control sockets [default: a new $TMPDIR/crashvisor-<pid>].
+    #[arg(long, env = "CRASHVISOR_RUN_DIR", value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Require `Authorization: Bearer <TOKEN>` on every request (but /v1/healthz).
+    #[arg(long, env = "CRASHVISOR_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Most VMs held at once, in any state [default: 64].
+    #[arg(long, env = "CRASHVISOR_MAX_VMS", value_name = "N")]
+    pub max_vms: Option<usize>,
+    /// Most vCPUs of one VM [default: the host's CPUs, at most 16].
+    #[arg(long, env = "CRASHVISOR_MAX_VCPUS", value_name = "N")]
+    pub max_vcpus: Option<u32>,
+    /// Most vCPUs of all live VMs together [default: 16 per host CPU].
+    #[arg(long, env = "CRASHVISOR_MAX_TOTAL_VCPUS", value_name = "N")]
+    pub max_total_vcpus: Option<usize>,
+    /// Most guest RAM of one VM, MiB [default: the total limit, at most 65536].
+    #[arg(long, env = "CRASHVISOR_MAX_MEMORY_MIB", value_name = "MIB")]
+    pub max_memory_mib: Option<u64>,
+    /// Most guest RAM of all live VMs together, MiB [default: 80% of the host's RAM].
+    #[arg(long, env = "CRASHVISOR_MAX_TOTAL_MEMORY_MIB", value_name = "MIB")]
+    pub max_total_memory_mib: Option<u64>,
+    /// Keep at most N crashes of each VM in the crash store (each VMM prunes after a crash).
+    #[arg(long, env = "CRASHVISOR_KEEP_PER_VM", value_name = "N")]
+    pub keep_per_vm: Option<usize>,
+    /// Keep the crash store under SIZE on disk (e.g. 20G); the oldest crashes go first.
+    #[arg(long, env = "CRASHVISOR_KEEP_BYTES", value_name = "SIZE", value_parser = dumpd::store::parse_bytes)]
+    pub keep_bytes: Option<u64>,
+}
+
+impl ServeArgs {
+    /// The limits: the host's defaults with the options applied.
+    pub fn limits(&self, host: Host) -> anyhow::Result<Limits> {
+        let mut limits = Limits::for_host(host);
+        if let Some(total) = self.max_total_memory_mib {
+            limits.max_total_memory_mib = total;
+            limits.max_memory_mib_per_vm = limits.max_memory_mib_per_vm.min(total);
+        }
+        limits.max_vms = self.max_vms.unwrap_or(limits.max_vms);
+        limits.max_vcpus_per_vm = self.max_vcpus.unwrap_or(limits.max_vcpus_per_vm);
+        limits.max_total_vcpus = self.max_total_vcpus.unwrap_or(limits.max_total_vcpus);
+        limits.max_memory_mib_per_vm = self.max_memory_mib.unwrap_or(limits.max_memory_mib_per_vm);
+        limits.validate(host).map_err(anyhow::Error::msg)?;
+        Ok(limits)
+    }
+
+    /// The retention options, as every VMM takes them.
+    pub fn vmm_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if let Some(n) = self.keep_per_vm {
+            args.extend(["--keep-per-vm".into(), n.to_string().into()]);
+        }
+        if let Some(bytes) = self.keep_bytes {
+            args.extend(["--keep-bytes".into(), bytes.to_string().into()]);
+        }
+        args
+    }
+
+    /// Refuses a configuration that would expose VMs to the network without a token.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if self.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            bail!("the token is empty; give a real one with --token or CRASHVISOR_TOKEN");
+        }
+        if !self.addr.ip().is_loopback() && self.token.is_none() {
+            bail!(
+                "refusing to listen on {} without a token: anyone who can reach it could start VMs and read \
+                 their memory. Set --token (or CRASHVISOR_TOKEN), or listen on 127.0.0.1",
+                self.addr
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Runs the service until SIGTERM or SIGINT.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.check_exposure()?;
+    let host = Host::detect()?;
+    let limits = args.limits(host)?;
+    let crash_dir = args.crash_dir.clone().unwrap_or_else(dumpd::default_crash_dir);
+    let (run_dir, own_run_dir) = match &args.run_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (std::env::temp_dir().join(format!("crashvisor-{}", std::process::id())), true),
+    };
+    if run_dir.as_os_str().len() > MAX_RUN_DIR_LEN {
+        bail!("the run directory {} is too long for unix socket paths; use a shorter --run-dir", run_dir.display());
+    }
+    create_private_dir(&run_dir)?;
+    let exe = std::env::current_exe().context("cannot find this binary to run VMMs with")?;
+    let state = AppState::new(ServiceConfig {
+        crash_dir: crash_dir.clone(),
+        run_dir: run_dir.clone(),
+        exe,
+        token: args.token.clone(),
+        limits,
+        vmm_args: args.vmm_args(),
+    })
+    .with_context(|| format!("cannot open the crash store {}", crash_dir.display()))?;
+    let vmcores = state.store().list().map(|l| l.len()).unwrap_or(0);
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another crashvisor running? use --addr)", args.addr))?;
+    let addr = listener.local_addr().unwrap_or(args.addr);
+    tracing::info!("limits: {limits}");
+    tracing::info!("crash store {} holds {vmcores} vmcores", crash_dir.display());
+    // On stdout, for people and for scripts that started it on port 0.
+    println!("crashvisor listening on http://{addr}");
+
+    let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, crate::app(state.clone())).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        result = &mut server => {
+            result.context("the server task failed")?.context("the server failed")?;
+        }
+        signal = shutdown_signal() => {
+            tracing::info!("{signal}: shutting down");
+            let _ = stop_accepting.send(());
+            state.supervisor().shutdown().await;
+            if tokio::time::timeout(CLOSE_GRACE, &mut server).await.is_err() {
+                tracing::info!("closing the connections still open");
+                server.abort();
+            }
+        }
+    }
+    if own_run_dir {
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+    Ok(())
+}
+
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the run directory {}", dir.display()))
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        Cli::parse_from(std::iter::once("serve").chain(argv.iter().copied())).serve
+    }
+
+    #[test]
+    fn beyond_loopback_needs_a_token() {
+        assert!(args(&[]).check_exposure().is_ok());
+        assert!(args(&["--addr", "[::1]:80"]).check_exposure().is_ok());
+        let open = args(&["--addr", "0.0.0.0:8080"]).check_exposure().unwrap_err().to_string();
+        assert!(open.contains("without a token"), "{open}");
+        assert!(args(&["--addr", "0.0.0.0:8080", "--token", "s3cret"]).check_exposure().is_ok());
+        assert!(args(&["--token", " "]).check_exposure().is_err());
+    }
+
+    #[test]
+    fn limit_options_apply() {
+        let host = Host { cpus: 4, memory_mib: 8192 };
+        let limits = args(&["--max-vms", "3", "--max-total-memory-mib", "1024"]).limits(host).unwrap();
+        assert_eq!((limits.max_vms, limits.max_total_memory_mib, limits.max_memory_mib_per_vm), (3, 1024, 1024));
+        assert!(args(&["--max-vcpus", "17"]).limits(host).is_err());
+        let retention = args(&["--keep-per-vm", "3", "--keep-bytes", "1G"]).vmm_args();
+        assert_eq!(retention, ["--keep-per-vm", "3", "--keep-bytes", "1073741824"]);
+        assert!(args(&["--max-total-memory-mib", "9000"]).limits(host).is_err());
+    }
+}

@@ -1,0 +1,104 @@
+//! `AppState`: what every handler can reach — the supervisor, the crash store, the event bus,
+//! the metrics and the auth token. Cheap to clone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dumpd::store::CrashStore;
+
+use crate::analysis::Symbols;
+use crate::events::EventBus;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::supervisor::vm::Services;
+use crate::supervisor::{Paths, Supervisor};
+
+/// How the service is set up.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    /// The crash store.
+    pub crash_dir: PathBuf,
+    /// Where the VMs' control sockets go.
+    pub run_dir: PathBuf,
+    /// The binary that runs VMMs (`<exe> vmm ...`).
+    pub exe: PathBuf,
+    /// The bearer token every request must carry, if any.
+    pub token: Option<String>,
+    /// The limits.
+    pub limits: Limits,
+    /// Arguments every VMM gets (the crash store's retention: `--keep-per-vm`, `--keep-bytes`).
+    pub vmm_args: Vec<std::ffi::OsString>,
+}
+
+struct Inner {
+    supervisor: Supervisor,
+    store: CrashStore,
+    bus: Arc<EventBus>,
+    metrics: Arc<Metrics>,
+    token: Option<String>,
+    started: Instant,
+    symbols: Symbols,
+    cache_dir: PathBuf,
+}
+
+/// The shared state of the service.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// Opens (creates) the crash store and sets up an empty supervisor.
+    pub fn new(config: ServiceConfig) -> Result<Self, dumpd::store::StoreError> {
+        let store = CrashStore::open(&config.crash_dir)?;
+        let bus = Arc::new(EventBus::new());
+        let metrics = Arc::new(Metrics::default());
+        let symbols = Symbols::new(config.run_dir.join("guest-kernel.elf"));
+        let cache_dir = config.run_dir.join("cache");
+        let paths =
+            Paths { exe: config.exe, run_dir: config.run_dir, crash_dir: config.crash_dir, vmm_args: config.vmm_args };
+        let services = Services { bus: bus.clone(), metrics: metrics.clone() };
+        let supervisor = Supervisor::new(paths, config.limits, services);
+        let started = Instant::now();
+        Ok(Self(Arc::new(Inner { supervisor, store, bus, metrics, token: config.token, started, symbols, cache_dir })))
+    }
+
+    /// The VMs.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.0.supervisor
+    }
+
+    /// The crash store.
+    pub fn store(&self) -> &CrashStore {
+        &self.0.store
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &EventBus {
+        &self.0.bus
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The bearer token, if one is required.
+    pub fn token(&self) -> Option<&str> {
+        self.0.token.as_deref()
+    }
+
+    /// The guest kernel's symbols, for backtraces.
+    pub fn symbols(&self) -> &Symbols {
+        &self.0.symbols
+    }
+
+    /// Where converted vmcores are cached (in the run directory, gone with the service).
+    pub fn cache_dir(&self) -> &std::path::Path {
+        &self.0.cache_dir
+    }
+
+    /// When the service started.
+    pub fn started(&self) -> Instant {
+        self.0.started
+    }
+}

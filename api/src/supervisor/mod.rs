@@ -1,0 +1,150 @@
+//! The supervisor: the VMs the service runs, one `vmm` process each. It admits new VMs against
+//! the limits, starts their tasks ([`vm`]), finds them for handlers, deletes them, and stops
+//! them all when the service shuts down.
+
+pub mod console;
+pub mod control;
+pub mod process;
+pub mod spec;
+pub mod state;
+pub mod vm;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::json;
+
+use self::spec::CreateVm;
+pub use self::state::VmState;
+use self::vm::{Launch, Services};
+pub use self::vm::{VmHandle, VmStatus};
+use crate::error::ApiError;
+use crate::events::NewEvent;
+use crate::limits::{Limits, Usage};
+
+/// How long service shutdown waits for VMs to stop before their VMMs are killed.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where VMMs come from and write to.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// The binary that runs a VMM as `<exe> vmm ...` (this one).
+    pub exe: PathBuf,
+    /// The directory of the control sockets.
+    pub run_dir: PathBuf,
+    /// The crash store.
+    pub crash_dir: PathBuf,
+    /// Arguments every VMM gets (the crash store's retention).
+    pub vmm_args: Vec<OsString>,
+}
+
+/// The VMs of the service.
+pub struct Supervisor {
+    vms: Mutex<BTreeMap<String, VmHandle>>,
+    next_default_name: AtomicU64,
+    paths: Paths,
+    limits: Limits,
+    services: Services,
+}
+
+impl Supervisor {
+    /// A supervisor with no VMs.
+    pub fn new(paths: Paths, limits: Limits, services: Services) -> Self {
+        Self { vms: Mutex::new(BTreeMap::new()), next_default_name: AtomicU64::new(1), paths, limits, services }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, VmHandle>> {
+        self.vms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Checks `request`, admits it against the limits and starts the VM.
+    pub fn create(&self, request: CreateVm) -> Result<VmHandle, ApiError> {
+        let mut vms = self.lock();
+        let default_name = loop {
+            let name = format!("vm-{}", self.next_default_name.fetch_add(1, Ordering::Relaxed));
+            if !vms.contains_key(&name) {
+                break name;
+            }
+        };
+        let spec = request.into_spec(default_name)?;
+        if vms.contains_key(&spec.name) {
+            return Err(ApiError::conflict(
+                "already_exists",
+                format!("a VM named {} exists; pick another name or delete it first", spec.name),
+            ));
+        }
+        let usage = vms.values().filter(|vm| vm.state().is_live()).fold(Usage::default(), |u, vm| Usage {
+            vcpus: u.vcpus + vm.spec.vcpus as usize,
+            memory_mib: u.memory_mib + vm.spec.memory_mib,
+        });
+        self.limits.admit(vms.len(), usage, spec.vcpus, spec.memory_mib)?;
+        let launch = Launch {
+            exe: self.paths.exe.clone(),
+            control: self.paths.run_dir.join(format!("{}.sock", spec.name)),
+            crash_dir: self.paths.crash_dir.clone(),
+            extra_args: self.paths.vmm_args.clone(),
+        };
+        let name = spec.name.clone();
+        let event = json!({"vcpus": spec.vcpus, "memory_mib": spec.memory_mib, "cmdline": spec.cmdline});
+        let handle = vm::start(spec, launch, self.services.clone());
+        vms.insert(name.clone(), handle.clone());
+        self.services.bus.publish(&name, NewEvent::new("created", event));
+        Ok(handle)
+    }
+
+    /// The VM named `name`.
+    pub fn get(&self, name: &str) -> Result<VmHandle, ApiError> {
+        self.lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("no VM named {name:?}; GET /v1/vms lists them")))
+    }
+
+    /// Every VM, by name.
+    pub fn list(&self) -> Vec<VmHandle> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// VMs by state, for the metrics.
+    pub fn count_by_state(&self) -> BTreeMap<VmState, usize> {
+        let mut counts = BTreeMap::new();
+        for vm in self.lock().values() {
+            *counts.entry(vm.state()).or_default() += 1;
+        }
+        counts
+    }
+
+    /// Stops the VM `name` and forgets it.
+    pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let handle = self.get(name)?;
+        handle.stop().await;
+        // Another delete may have won the race; either way it is gone.
+        if self.lock().remove(name).is_some() {
+            self.services.bus.publish(name, NewEvent::new("deleted", json!({})));
+        }
+        Ok(())
+    }
+
+    /// Stops every VM (service shutdown); VMMs still running after `SHUTDOWN_TIMEOUT` are
+    /// killed when their tasks end with the runtime.
+    pub async fn shutdown(&self) {
+        let vms = self.list();
+        if vms.is_empty() {
+            return;
+        }
+        tracing::info!("stopping {} VMs", vms.len());
+        let stops = futures_util::future::join_all(vms.iter().map(VmHandle::stop));
+        if tokio::time::timeout(SHUTDOWN_TIMEOUT, stops).await.is_err() {
+            tracing::warn!("some VMs did not stop within {SHUTDOWN_TIMEOUT:?}; their VMMs are killed");
+        }
+    }
+}

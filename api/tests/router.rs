@@ -1,0 +1,252 @@
+//! The router without a network and without VMs: errors, limits, auth, the crash store over
+//! HTTP (list, show, whole and ranged downloads, delete) and a VMM that cannot start.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use api::limits::{Host, Limits};
+use api::state::{AppState, ServiceConfig};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use dumpd::store::{CrashMeta, CrashStore, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("api-router-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
+    let limits = Limits::for_host(Host { cpus: 2, memory_mib: 4096 });
+    let state = AppState::new(ServiceConfig {
+        crash_dir: scratch.0.join("crash"),
+        run_dir: scratch.0.join("run"),
+        exe: "/nonexistent/crashvisor".into(),
+        token: token.map(str::to_owned),
+        limits,
+        vmm_args: Vec::new(),
+    })
+    .unwrap();
+    (api::app(state.clone()), state)
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap().to_owned()
+    }
+}
+
+async fn call(app: &Router, request: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec();
+    Reply { status, headers, body }
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).unwrap()
+}
+
+fn post_json(uri: &str, body: &str) -> Request<Body> {
+    Request::post(uri).header(header::CONTENT_TYPE, "application/json").body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn bad_requests_get_documented_errors() {
+    let scratch = Scratch::new("errors");
+    let (app, _) = app(&scratch, None);
+    let r = call(&app, get("/v1/vms/nope")).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("nope"));
+    let cases = [
+        ("{", StatusCode::BAD_REQUEST, "bad_request"),
+        (r#"{"vcpu": 2}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+        (r#"{"vcpus": 3}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+        (r#"{"memory_mib": 8}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+        (r#"{"memory_mib": 4000}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+        (r#"{"name": "../x"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+        (r#"{"on_panic": "explode"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+        (r#"{"dump_format": "tar"}"#, StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"),
+    ];
+    for (body, status, code) in cases {
+        let r = call(&app, post_json("/v1/vms", body)).await;
+        assert_eq!((r.status, r.error_code().as_str()), (status, code), "{body}: {}", r.json());
+    }
+    let huge = format!(r#"{{"cmdline": "{}"}}"#, "x".repeat(100_000));
+    let r = call(&app, post_json("/v1/vms", &huge)).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    let r = call(&app, Request::post("/v1/vms").body(Body::from("{}")).unwrap()).await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = call(&app, Request::put("/v1/vms").body(Body::empty()).unwrap()).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let r = call(&app, get("/v2/nothing")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    for id in ["..", ".hidden", "a%2Fb", "a%00b"] {
+        let r = call(&app, get(&format!("/v1/vmcores/{id}/vmcore"))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id}");
+    }
+    let r = call(&app, get("/v1/vmcores/vm-2024-01-01-00:00:00")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_token_guards_everything_but_healthz() {
+    let scratch = Scratch::new("auth");
+    let (app, _) = app(&scratch, Some("s3cret"));
+    assert_eq!(call(&app, get("/v1/healthz")).await.status, StatusCode::OK);
+    let r = call(&app, get("/v1/vms")).await;
+    assert_eq!((r.status, r.error_code().as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(r.headers[header::WWW_AUTHENTICATE], "Bearer");
+    let wrong = Request::get("/v1/vms").header(header::AUTHORIZATION, "Bearer nope").body(Body::empty()).unwrap();
+    assert_eq!(call(&app, wrong).await.status, StatusCode::UNAUTHORIZED);
+    let right = Request::get("/v1/vms").header(header::AUTHORIZATION, "Bearer s3cret").body(Body::empty()).unwrap();
+    assert_eq!(call(&app, right).await.json(), json!({"vms": []}));
+}
+
+/// A committed crash of `vm` with a 3-page "vmcore" whose bytes are their offsets mod 251.
+fn commit_crash(store: &CrashStore, vm: &str) -> (String, Vec<u8>) {
+    let vmcore: Vec<u8> = (0..3 * 4096u32).map(|i| (i % 251) as u8).collect();
+    let pending = store.begin(vm).unwrap();
+    pending.write_file(FILE_VMCORE, &vmcore).unwrap();
+    pending.write_file(FILE_VMCORE_DMESG, b"[    1.000000] Kernel panic - not syncing: test\n").unwrap();
+    pending.write_file(FILE_KEXEC_DMESG, b"[    0.000000] capture kernel\n").unwrap();
+    let mut meta = CrashMeta::new(Trigger::Kdump, vm, pending.created());
+    meta.sizes.vmcore_apparent_bytes = vmcore.len() as u64;
+    pending.write_meta(&meta).unwrap();
+    (pending.commit().unwrap().id, vmcore)
+}
+
+#[tokio::test]
+async fn vmcores_are_listed_downloaded_by_range_and_deleted() {
+    let scratch = Scratch::new("vmcores");
+    let (app, state) = app(&scratch, None);
+    let (id, vmcore) = commit_crash(state.store(), "web-1");
+    commit_crash(state.store(), "db-1");
+
+    let list = call(&app, get("/v1/vmcores")).await.json();
+    assert_eq!(list["vmcores"].as_array().unwrap().len(), 2);
+    let list = call(&app, get("/v1/vmcores?vm=web-1")).await.json();
+    assert_eq!(list["vmcores"][0]["id"], id.as_str());
+    assert_eq!(list["vmcores"][0]["size"], vmcore.len());
+    assert_eq!(list["vmcores"].as_array().unwrap().len(), 1);
+
+    let show = call(&app, get(&format!("/v1/vmcores/{id}"))).await.json();
+    assert_eq!(show["meta"]["vm"], "web-1");
+    assert_eq!(show["files"]["vmcore"]["bytes"], vmcore.len());
+
+    let whole = call(&app, get(&format!("/v1/vmcores/{id}/vmcore"))).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(whole.headers[header::CONTENT_LENGTH], vmcore.len().to_string().as_str());
+    assert_eq!(whole.headers[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(whole.body, vmcore);
+
+    let ranged = |range: &str| {
+        Request::get(format!("/v1/vmcores/{id}/vmcore")).header(header::RANGE, range).body(Body::empty()).unwrap()
+    };
+    let part = call(&app, ranged("bytes=4000-4199")).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(part.headers[header::CONTENT_RANGE], format!("bytes 4000-4199/{}", vmcore.len()).as_str());
+    assert_eq!(part.body, &vmcore[4000..4200]);
+    let tail = call(&app, ranged("bytes=-10")).await;
+    assert_eq!(tail.body, &vmcore[vmcore.len() - 10..]);
+    let bad = call(&app, ranged("bytes=99999-")).await;
+    assert_eq!((bad.status, bad.error_code().as_str()), (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"));
+    assert_eq!(bad.headers[header::CONTENT_RANGE], format!("bytes */{}", vmcore.len()).as_str());
+    assert_eq!(call(&app, ranged("bytes=0-1,4-5")).await.status, StatusCode::RANGE_NOT_SATISFIABLE);
+
+    let dmesg = call(&app, get(&format!("/v1/vmcores/{id}/dmesg"))).await;
+    assert!(String::from_utf8(dmesg.body).unwrap().contains("Kernel panic - not syncing: test"));
+    let kexec = call(&app, get(&format!("/v1/vmcores/{id}/kexec-dmesg"))).await;
+    assert!(String::from_utf8(kexec.body).unwrap().contains("capture kernel"));
+    // The fake vmcore is no ELF core: analysis and conversion say so.
+    let converted = call(&app, get(&format!("/v1/vmcores/{id}/vmcore?format=kdump-zstd"))).await;
+    assert_eq!(
+        (converted.status, converted.error_code().as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unconvertible")
+    );
+    let backtrace = call(&app, get(&format!("/v1/vmcores/{id}/backtrace"))).await;
+    assert_eq!((backtrace.status, backtrace.error_code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "unanalysable"));
+    assert_eq!(
+        call(&app, get(&format!("/v1/vmcores/{id}/backtrace?cpu=1&pid=2"))).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert!(show["summary"].is_null() && show["summary_error"].is_string(), "{show}");
+    assert_eq!(
+        call(&app, get(&format!("/v1/vmcores/{id}/vmcore?format=zip"))).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+
+    let delete = Request::delete(format!("/v1/vmcores/{id}")).body(Body::empty()).unwrap();
+    assert_eq!(call(&app, delete).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(call(&app, get(&format!("/v1/vmcores/{id}"))).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, get("/v1/vmcores")).await.json()["vmcores"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_vmm_that_cannot_start_fails_the_vm_with_its_reason() {
+    let scratch = Scratch::new("spawn");
+    let (app, _) = app(&scratch, None);
+    let r = call(&app, post_json("/v1/vms", r#"{"name": "web-1"}"#)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.json());
+    assert_eq!(r.headers[header::LOCATION], "/v1/vms/web-1");
+    let again = call(&app, post_json("/v1/vms", r#"{"name": "web-1"}"#)).await;
+    assert_eq!((again.status, again.error_code().as_str()), (StatusCode::CONFLICT, "already_exists"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let vm = loop {
+        let vm = call(&app, get("/v1/vms/web-1")).await.json();
+        if vm["state"] == "failed" || Instant::now() > deadline {
+            break vm;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(vm["state"], "failed", "{vm}");
+    assert!(vm["failure"].as_str().unwrap().contains("cannot start the VMM"), "{vm}");
+    let inject = call(&app, post_json("/v1/vms/web-1/faults", r#"{"kind": "panic"}"#)).await;
+    assert_eq!((inject.status, inject.error_code().as_str()), (StatusCode::CONFLICT, "vm_not_running"));
+    let bad_kind = call(&app, post_json("/v1/vms/web-1/faults", r#"{"kind": "meltdown"}"#)).await;
+    assert_eq!(bad_kind.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let metrics = String::from_utf8(call(&app, get("/v1/metrics")).await.body).unwrap();
+    assert!(metrics.lines().any(|l| l == "crashvisor_vms{state=\"failed\"} 1"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == "crashvisor_vm_failures_total 1"), "{metrics}");
+    let delete = Request::delete("/v1/vms/web-1").body(Body::empty()).unwrap();
+    assert_eq!(call(&app, delete).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(call(&app, get("/v1/vms")).await.json(), json!({"vms": []}));
+}
+
+#[tokio::test]
+async fn the_service_describes_itself() {
+    let scratch = Scratch::new("self");
+    let (app, _) = app(&scratch, None);
+    let health = call(&app, get("/v1/healthz")).await.json();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["limits"]["max_vcpus_per_vm"], 2);
+    let openapi = call(&app, get("/v1/openapi.json")).await;
+    assert_eq!(openapi.headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(openapi.json()["openapi"], "3.0.3");
+}
