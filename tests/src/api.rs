@@ -148,6 +148,11 @@ impl Service {
         Self { child, addr, crash_dir, stderr }
     }
 
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The service's log so far (stderr).
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
