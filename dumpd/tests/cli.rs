@@ -1,48 +1,14 @@
 //! The `dumpd` command line on a crash store and a vmcore made with the library.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
 use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::store::{CrashReasonMeta, CrashStore, Trigger, FILE_META, FILE_VMCORE};
-use dumpd::writer::{write_vmcore, MemorySource, SourceError};
+use dumpd::writer::write_vmcore;
 
-fn dumpd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dumpd")).args(args).output().expect("the dumpd binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A scratch directory, removed when dropped.
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("dumpd-cli-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        Self(path)
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// 1 MiB of memory at 1 MiB with one non-zero page.
-struct Ram(Vec<u8>);
-
-impl MemorySource for Ram {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let at = (addr - 0x10_0000) as usize;
-        buf.copy_from_slice(&self.0[at..at + buf.len()]);
-        Ok(())
-    }
-}
+mod common;
+use common::{dumpd, text, Ram, TestDir};
 
 /// Commits one kdump crash of VM `web-1` into `store` and returns the vmcore's path.
 fn make_crash(store: &Path) -> PathBuf {
@@ -52,8 +18,8 @@ fn make_crash(store: &Path) -> PathBuf {
         NoteSpec { name: b"VMCOREINFO", n_type: 0, desc: b"PAGESIZE=4096\n" },
     ];
     let core = layout(&notes, &[LoadSpec { vaddr: 0xffff_8880_0010_0000, paddr: 0x10_0000, len: 0x10_0000 }]).unwrap();
-    let mut ram = Ram(vec![0; 0x10_0000]);
-    ram.0[0x5000] = 1;
+    let mut ram = Ram::zeroed(0x10_0000, 0x10_0000);
+    ram.put(0x10_5000, &[1]);
     let store = CrashStore::open(store).unwrap();
     let pending = store.begin("web-1").unwrap();
     let file = pending.create_file(FILE_VMCORE).unwrap();

@@ -4,11 +4,13 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
 use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
-use dumpd::writer::{write_vmcore, MemorySource, SourceError};
+use dumpd::writer::write_vmcore;
+
+mod common;
+use common::{dumpd, text, Ram};
 
 const KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 const PAGE_OFFSET: u64 = 0xffff_8880_0000_0000;
@@ -21,30 +23,6 @@ const UTS: u64 = 0x800;
 const TOP_PGT: u64 = 0x1000;
 const TASK: u64 = 0x2000;
 const LOG_BUF: u64 = 0x4000;
-
-fn dumpd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dumpd")).args(args).output().expect("the dumpd binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// 32 KiB of RAM at physical 0.
-struct Ram(Vec<u8>);
-
-impl Ram {
-    fn put(&mut self, paddr: u64, bytes: &[u8]) {
-        self.0[paddr as usize..paddr as usize + bytes.len()].copy_from_slice(bytes);
-    }
-}
-
-impl MemorySource for Ram {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        buf.copy_from_slice(&self.0[addr as usize..addr as usize + buf.len()]);
-        Ok(())
-    }
-}
 
 fn vmcoreinfo() -> String {
     let k = |paddr: u64| format!("{:x}", KERNEL_MAP + paddr);
@@ -75,7 +53,7 @@ fn vmcoreinfo() -> String {
 
 /// Writes a one-CPU vmcore into the temporary directory and returns its path.
 fn make_vmcore(name: &str, vmcoreinfo: Option<&str>) -> PathBuf {
-    let mut ram = Ram(vec![0; 0x8000]);
+    let mut ram = Ram::zeroed(0, 0x8000);
     ram.put(TASK_LIST, &(PAGE_OFFSET + TASK).to_le_bytes());
     ram.put(PER_CPU + 16, &(PAGE_OFFSET + TASK).to_le_bytes());
     // The task: pid 1, "init", running, CPU 0.

@@ -1,62 +1,25 @@
 //! `dumpd convert`, `dumpd check` on kdump files, `dumpd list --json` and `dumpd prune`.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
 use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
 use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::image::open;
 use dumpd::store::{CrashMeta, CrashStore, Trigger, FILE_VMCORE};
-use dumpd::writer::{write_vmcore, MemorySource, SourceError};
+use dumpd::writer::write_vmcore;
 
-fn dumpd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dumpd")).args(args).output().expect("the dumpd binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-struct TestDir(PathBuf);
-
-impl TestDir {
-    fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("dumpd-cli-formats-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn join(&self, name: &str) -> String {
-        self.0.join(name).to_str().unwrap().to_owned()
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+mod common;
+use common::{dumpd, text, Ram, TestDir};
 
 /// 2 MiB of memory at 0 with a marked byte in every 5th page.
-struct Ram(Vec<u8>);
-
-impl MemorySource for Ram {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let at = addr as usize;
-        buf.copy_from_slice(&self.0[at..at + buf.len()]);
-        Ok(())
-    }
-}
-
 fn ram() -> Ram {
-    let mut bytes = vec![0u8; 2 << 20];
-    for page in (0..512).step_by(5) {
-        bytes[page * 4096 + 99] = page as u8 | 1;
+    let mut ram = Ram::zeroed(0, 2 << 20);
+    for page in (0..512u64).step_by(5) {
+        ram.put(page * 4096 + 99, &[page as u8 | 1]);
     }
-    Ram(bytes)
+    ram
 }
 
 fn write_elf(path: &Path) {
