@@ -48,6 +48,22 @@ pub mod writer;
 
 use std::path::PathBuf;
 
+/// An error and its causes on one line, "outer: inner: innermost". A cause whose text the line
+/// already holds (some library errors repeat their source) is not repeated.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// The crash store used when none is given: `$XDG_DATA_HOME/crashvisor/crash`, else
 /// `~/.local/share/crashvisor/crash`, else `./crash`.
 pub fn default_crash_dir() -> PathBuf {

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use dumpd::error_chain;
 use dumpd::store::{parse_bytes, CrashEntry, CrashMeta, CrashStore, Retention};
 use serde::Serialize;
 
@@ -107,17 +108,6 @@ pub fn prune(args: PruneArgs) -> anyhow::Result<()> {
         bail!("{} crashes could not be removed", report.failed.len());
     }
     Ok(())
-}
-
-/// The error and its causes as one message.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use dumpd::error_chain;
 
 use crate::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
 
@@ -167,20 +168,4 @@ fn parse_on_off(value: &str) -> Result<bool, String> {
 /// A VM name the crash store accepts.
 fn parse_vm_name(value: &str) -> Result<String, String> {
     dumpd::store::validate_vm_name(value).map(|()| value.to_owned()).map_err(|e| e.to_string())
-}
-
-/// "outer: inner: innermost", the way errors read best on one line. A cause whose text the
-/// line already holds (some library errors repeat their source) is not repeated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let cause = s.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -83,11 +83,11 @@ pub fn cpu_backtrace(
         )));
     };
     let task = tasks.running_on(cpu).cloned();
-    let mut frames = vec![frame(0, regs.rsp, regs.rip, false, symbols)];
+    let mut frames = vec![frame(0, regs.rsp(), regs.rip(), false, symbols)];
     let end = if regs.is_empty() {
         Some("the CPU did not save its registers".to_owned())
     } else {
-        walk(dump, regs.rbp, regs.rsp, &mut frames, symbols)
+        walk(dump, regs.rbp(), regs.rsp(), &mut frames, symbols)
     };
     Ok(Backtrace { cpu: Some(cpu), task, registers: Some(regs), frames, end })
 }

@@ -36,6 +36,7 @@ pub mod tasks;
 pub mod vmcoreinfo;
 pub mod vtop;
 
+pub(crate) use crate::error_chain;
 use crate::image::DumpImage;
 
 use self::registers::CpuRegisters;
@@ -147,18 +148,6 @@ pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
 /// Reads a little-endian `u16` at `at` of `bytes` (`None` if it does not fit).
 pub(crate) fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes(bytes.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
-/// An error and its sources, joined by `: ` (for the `problem` fields of reports).
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// Serialises an address as a `0x` hexadecimal string (JSON numbers lose precision above 2^53,

@@ -300,15 +300,7 @@ impl DumpImage for KdumpImage {
 fn corrupt(paddr: u64, error: KdumpError) -> ReadError {
     match error {
         KdumpError::Io(e) => ReadError::Io(e),
-        other => {
-            let mut reason = other.to_string();
-            let mut source = std::error::Error::source(&other);
-            while let Some(cause) = source {
-                reason = format!("{reason}: {cause}");
-                source = cause.source();
-            }
-            ReadError::Corrupt { paddr, reason }
-        }
+        other => ReadError::Corrupt { paddr, reason: crate::error_chain(&other) },
     }
 }
 

@@ -41,6 +41,13 @@ pub const PRSTATUS_REG_OFFSET: usize = 112;
 /// Registers in `pr_reg`, in `user_regs_struct` order: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax
 /// rcx rdx rsi rdi orig_rax rip cs eflags rsp ss fs_base gs_base ds es fs gs.
 pub const ELF_NGREG: usize = 27;
+/// The registers of `pr_reg` by name, in order.
+pub const USER_REGS_NAMES: [&str; ELF_NGREG] = [
+    "r15", "r14", "r13", "r12", "rbp", "rbx", "r11", "r10", "r9", "r8", "rax", "rcx", "rdx", "rsi", "rdi", "orig_rax",
+    "rip", "cs", "eflags", "rsp", "ss", "fs_base", "gs_base", "ds", "es", "fs", "gs",
+];
+/// Index of `rbp` in `pr_reg`.
+pub const REG_RBP: usize = 4;
 /// Index of `rip` in `pr_reg`.
 pub const REG_RIP: usize = 16;
 /// Index of `rsp` in `pr_reg`.

@@ -19,7 +19,9 @@ use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
 use dumpd::writer::{write_vmcore, MemorySource};
 use vm_memory::GuestMemoryMmap;
 
-use crate::devices::dump::{error_chain, GuestRam};
+use dumpd::error_chain;
+
+use crate::devices::dump::GuestRam;
 
 /// Longest error message the child reports.
 const MESSAGE_MAX: usize = 3000;

@@ -20,12 +20,13 @@ use dumpd::store::{
     CommittedCrash, CrashMeta, CrashSizes, CrashStore, StoreError, Trigger, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 
+use dumpd::error_chain;
 use dumpd::kdump::Compression;
 
 use self::fork::{ForkError, ForkedWriter, Output};
 use crate::config::DumpFormat;
 use crate::devices::crash_reason::CrashInfo;
-use crate::devices::dump::{commit, error_chain, reason_meta, record_failure, DumpEvent, DumpTarget};
+use crate::devices::dump::{commit, reason_meta, record_failure, DumpEvent, DumpTarget};
 use crate::devices::{ResetCause, StopReason};
 use crate::vcpu::RunContext;
 

@@ -18,6 +18,7 @@ use std::time::{Instant, SystemTime};
 
 use crashvisor_abi::dump::{DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE_LEN};
 use crashvisor_abi::platform::{STATUS_INVALID_ARGUMENT, STATUS_IO_ERROR, STATUS_OK};
+use dumpd::error_chain;
 use dumpd::store::{
     rfc3339, CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord,
     PendingCrash, Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
@@ -302,18 +303,6 @@ pub(crate) fn reason_meta(info: &CrashInfo) -> CrashReasonMeta {
         comm: info.comm.clone(),
         message: info.message.clone(),
     }
-}
-
-/// "outer: inner: innermost".
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
