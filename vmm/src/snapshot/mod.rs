@@ -99,12 +99,7 @@ pub fn take(
                 crash.path.display(),
                 sizes.vmcore_on_disk_bytes
             );
-            post(DumpEvent::VmcoreReady {
-                id: crash.id,
-                path: crash.path,
-                size: sizes.vmcore_apparent_bytes,
-                on_disk: sizes.vmcore_on_disk_bytes,
-            });
+            post(DumpEvent::vmcore_ready(crash, &sizes));
         }
         Err(e) => {
             let reason =

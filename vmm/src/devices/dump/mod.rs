@@ -102,6 +102,18 @@ pub enum DumpEvent {
     },
 }
 
+impl DumpEvent {
+    /// `VmcoreReady` for a committed crash.
+    pub(crate) fn vmcore_ready(crash: CommittedCrash, sizes: &CrashSizes) -> Self {
+        Self::VmcoreReady {
+            id: crash.id,
+            path: crash.path,
+            size: sizes.vmcore_apparent_bytes,
+            on_disk: sizes.vmcore_on_disk_bytes,
+        }
+    }
+}
+
 /// Why an accepted dump could not be stored (answered with `STATUS_IO_ERROR`).
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -166,12 +178,7 @@ pub fn dump(
                 sizes.vmcore_apparent_bytes,
                 sizes.vmcore_on_disk_bytes
             );
-            post(DumpEvent::VmcoreReady {
-                id: crash.id,
-                path: crash.path,
-                size: sizes.vmcore_apparent_bytes,
-                on_disk: sizes.vmcore_on_disk_bytes,
-            });
+            post(DumpEvent::vmcore_ready(crash, &sizes));
             STATUS_OK
         }
         Err(e) => {

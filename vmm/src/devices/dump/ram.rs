@@ -48,27 +48,31 @@ impl<'a> GuestRam<'a> {
         })
     }
 
-    /// Whether each page of the host range `hva..hva + len` is populated; `None` if unknown.
-    fn populated(&self, hva: u64, len: usize) -> Option<Vec<bool>> {
-        let pagemap = self.pagemap.as_ref()?;
-        let (first, last) = (hva / PAGE, (hva + len as u64 - 1) / PAGE);
+    /// Loads pagemap entries so the window covers host pages `first..=last`; false if the
+    /// entries cannot be read (then nothing is known).
+    fn cover(&self, first: u64, last: u64) -> bool {
+        let Some(pagemap) = self.pagemap.as_ref() else { return false };
         let mut window = self.window.borrow_mut();
         let covered = |w: &(u64, Vec<u64>)| first >= w.0 && last < w.0 + w.1.len() as u64;
-        if !covered(&window) {
-            let count = (last - first + 1).max(PAGEMAP_WINDOW);
-            let mut bytes = vec![0u8; usize::try_from(count * 8).ok()?];
-            // A short read at the end of the address space still covers what was asked.
-            let got = std::os::unix::fs::FileExt::read_at(pagemap, &mut bytes, first * 8).ok()?;
-            let entries =
-                bytes[..got - got % 8].chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])));
-            *window = (first, entries.collect());
-            if !covered(&window) {
-                return None;
-            }
+        if covered(&window) {
+            return true;
         }
-        let offset = (first - window.0) as usize;
-        let flags = PAGEMAP_PRESENT | PAGEMAP_SWAPPED;
-        Some(window.1[offset..=offset + (last - first) as usize].iter().map(|e| e & flags != 0).collect())
+        let count = (last - first + 1).max(PAGEMAP_WINDOW);
+        let Ok(count) = usize::try_from(count * 8) else { return false };
+        let mut bytes = vec![0u8; count];
+        // A short read at the end of the address space still covers what was asked.
+        let Ok(got) = std::os::unix::fs::FileExt::read_at(pagemap, &mut bytes, first * 8) else { return false };
+        let entries =
+            bytes[..got - got % 8].chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])));
+        *window = (first, entries.collect());
+        covered(&window)
+    }
+
+    /// Whether host page `page` (inside the window) holds data: present or swapped.
+    fn populated(&self, page: u64) -> bool {
+        let window = self.window.borrow();
+        let entry = window.1.get((page - window.0) as usize).copied().unwrap_or(PAGEMAP_PRESENT);
+        entry & (PAGEMAP_PRESENT | PAGEMAP_SWAPPED) != 0
     }
 
     /// The host address of guest `addr..addr + len` if it is one contiguous piece of RAM.
@@ -81,23 +85,25 @@ impl<'a> GuestRam<'a> {
 
 impl MemorySource for GuestRam<'_> {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let populated = if buf.is_empty() { None } else { self.host_range(addr, buf.len()) }
-            .and_then(|hva| Some((hva, self.populated(hva, buf.len())?)));
-        match populated {
+        let hva = if buf.is_empty() { None } else { self.host_range(addr, buf.len()) };
+        let known = hva.filter(|&hva| self.cover(hva / PAGE, (hva + buf.len() as u64 - 1) / PAGE));
+        match known {
             None => self.read_all(addr, buf)?,
-            Some((hva, pages)) => {
+            // Runs of populated pages are read in one go; runs of untouched ones are zeroed.
+            Some(hva) => {
                 let mut at = 0usize;
                 while at < buf.len() {
-                    let page = ((hva + at as u64) / PAGE - hva / PAGE) as usize;
-                    let to_boundary = (PAGE - (hva + at as u64) % PAGE) as usize;
-                    let end = buf.len().min(at + to_boundary);
-                    let piece = &mut buf[at..end];
-                    if pages.get(page).copied().unwrap_or(true) {
-                        self.read_all(addr + at as u64, piece)?;
-                    } else {
-                        piece.fill(0);
+                    let populated = self.populated((hva + at as u64) / PAGE);
+                    let mut end = at;
+                    while end < buf.len() && self.populated((hva + end as u64) / PAGE) == populated {
+                        end = buf.len().min(end + (PAGE - (hva + end as u64) % PAGE) as usize);
                     }
-                    at += piece.len();
+                    if populated {
+                        self.read_all(addr + at as u64, &mut buf[at..end])?;
+                    } else {
+                        buf[at..end].fill(0);
+                    }
+                    at = end;
                 }
             }
         }
