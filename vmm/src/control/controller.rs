@@ -410,16 +410,13 @@ impl Controller {
     }
 
     /// Starts a host-side dump on its own thread after `delay`; its events follow.
-    fn start_snapshot(&mut self, mut request: SnapshotRequest, delay: Duration) -> Result<(), ControlError> {
+    fn start_snapshot(&mut self, request: SnapshotRequest, delay: Duration) -> Result<(), ControlError> {
         let machine = self.running_machine()?;
         if self.dump_thread.is_some() {
             return Err(ControlError::new(
                 ControlErrorCode::Busy,
                 "a dump is already being written; wait for its vmcore_ready",
             ));
-        }
-        if self.paused && request.after == After::Resume {
-            request.after = After::StayPaused;
         }
         let target = machine.devices.platform.dump_target().clone();
         let inbox = self.inbox.clone();

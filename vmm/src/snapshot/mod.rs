@@ -141,18 +141,16 @@ fn capture(
             ctx.devices.platform.vmcoreinfo_gpa().and_then(|gpa| layout::read_vmcoreinfo(&ctx.memory, gpa, crash_secs));
         let layout = layout::layout(&ctx.memory, &states, vmcoreinfo);
         let notes = layout.notes();
-        let core = dumpd::elf::build::layout(&notes, &layout.loads)?;
-        let output = match format {
-            DumpFormat::Elf => Output::Elf(&core),
-            DumpFormat::KdumpZstd => {
-                Output::Kdump { notes: &notes, loads: &layout.loads, compression: Compression::Zstd }
+        let kdump = |compression| Output::Kdump { notes: &notes, loads: &layout.loads, compression };
+        let writer = match format {
+            DumpFormat::Elf => {
+                let core = dumpd::elf::build::layout(&notes, &layout.loads)?;
+                ForkedWriter::start(&file, &Output::Elf(&core), &ctx.memory)?
             }
-            DumpFormat::KdumpZlib => {
-                Output::Kdump { notes: &notes, loads: &layout.loads, compression: Compression::Zlib }
-            }
+            DumpFormat::KdumpZstd => ForkedWriter::start(&file, &kdump(Compression::Zstd), &ctx.memory)?,
+            DumpFormat::KdumpZlib => ForkedWriter::start(&file, &kdump(Compression::Zlib), &ctx.memory)?,
         };
-        let writer = ForkedWriter::start(&file, &output, &ctx.memory)?;
-        let total: u64 = core.runs.iter().map(|r| r.len).sum();
+        let total: u64 = layout.loads.iter().map(|l| l.len).sum();
         Ok::<_, SnapshotError>((writer, total))
     })();
     finish(ctx, if was_paused { After::StayPaused } else { request.after });
