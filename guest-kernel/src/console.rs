@@ -52,5 +52,5 @@ pub fn interrupt() {
 
 /// Blocks until a byte of console input arrives.
 pub fn read_byte() -> u8 {
-    INPUT.read_byte()
+    INPUT.read_byte(&UART)
 }

@@ -55,6 +55,11 @@ impl Uart {
 }
 
 /// Received bytes not yet consumed, and the task waiting for them.
+///
+/// When the ring is full the interrupt handler leaves the rest in the UART: the host holds
+/// input back until the FIFO drains, so nothing is lost, and the reader pulls it in as it
+/// makes room. (Dropping bytes here, as a real UART overruns, would tear a control request
+/// in half whenever the reader fell behind on a busy host.)
 pub struct RxQueue<const N: usize> {
     ring: SpinLock<Ring<N>>,
     waiters: WaitQueue,
@@ -64,35 +69,39 @@ struct Ring<const N: usize> {
     buf: [u8; N],
     head: usize,
     len: usize,
+    /// The ring filled up with bytes still waiting in the UART.
+    stalled: bool,
 }
 
 impl<const N: usize> RxQueue<N> {
     /// An empty queue.
     pub const fn new() -> Self {
-        Self { ring: SpinLock::new(Ring { buf: [0; N], head: 0, len: 0 }), waiters: WaitQueue::new() }
+        Self { ring: SpinLock::new(Ring { buf: [0; N], head: 0, len: 0, stalled: false }), waiters: WaitQueue::new() }
     }
 
-    /// Moves every byte the UART holds into the queue and wakes the reader (interrupt context).
-    /// Bytes beyond the queue's capacity are dropped, as a real UART overruns.
+    /// Moves what the UART holds into the queue, as far as it has room, and wakes the reader
+    /// (from the UART's interrupt, and from the reader once it made room).
     pub fn fill_from(&self, uart: &Uart) {
         let mut got = false;
         {
             let mut ring = self.ring.lock_irqsave();
-            while let Some(byte) = uart.read() {
-                if ring.len < N {
-                    let tail = (ring.head + ring.len) % N;
-                    ring.buf[tail] = byte;
-                    ring.len += 1;
-                }
+            ring.stalled = false;
+            while ring.len < N {
+                let Some(byte) = uart.read() else { break };
+                let tail = (ring.head + ring.len) % N;
+                ring.buf[tail] = byte;
+                ring.len += 1;
                 got = true;
             }
+            ring.stalled = ring.len == N;
         }
         if got {
             self.waiters.wake_all();
         }
     }
 
-    fn pop(&self) -> Option<u8> {
+    /// The next byte, and whether the ring had stalled the UART before it was taken.
+    fn pop(&self) -> Option<(u8, bool)> {
         let mut ring = self.ring.lock_irqsave();
         if ring.len == 0 {
             return None;
@@ -100,13 +109,16 @@ impl<const N: usize> RxQueue<N> {
         let byte = ring.buf[ring.head];
         ring.head = (ring.head + 1) % N;
         ring.len -= 1;
-        Some(byte)
+        Some((byte, core::mem::replace(&mut ring.stalled, false)))
     }
 
-    /// Blocks until a byte arrives.
-    pub fn read_byte(&self) -> u8 {
+    /// Blocks until a byte from `uart` arrives.
+    pub fn read_byte(&self, uart: &Uart) -> u8 {
         loop {
-            if let Some(byte) = self.pop() {
+            if let Some((byte, stalled)) = self.pop() {
+                if stalled {
+                    self.fill_from(uart);
+                }
                 return byte;
             }
             self.waiters.wait_interruptible(|| self.ring.lock_irqsave().len > 0);

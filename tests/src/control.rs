@@ -2,12 +2,13 @@
 //! docs/control-protocol.md). One JSON request per line out; responses and events in, each
 //! stamped with the `Instant` its line was read, so tests can time what the guest does.
 //!
-//! Requests are synchronous: [`Control::request`] sends one and waits for the response with its
-//! id. Events that arrive meanwhile are kept, in order, for [`Control::wait_event`], which takes
+//! [`Control::request`] sends one request and waits for the response with its id; pipelined
+//! clients [`Control::send`] several and collect each with [`Control::response`], in any
+//! order (responses that arrive for another id wait in a buffer). Events that arrive meanwhile are kept, in order, for [`Control::wait_event`], which takes
 //! the first buffered event a predicate accepts and leaves the others where they are; every
 //! event ever received also stays in [`Control::history`].
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -122,6 +123,9 @@ pub struct Control {
     pending: VecDeque<Event>,
     /// Every event received, oldest first.
     history: Vec<Event>,
+    /// Ids sent and not yet collected, and the responses that came for them meanwhile.
+    outstanding: HashSet<u64>,
+    answers: HashMap<u64, Reply>,
     next_id: u64,
     closed: bool,
 }
@@ -133,12 +137,28 @@ impl Control {
         let reader = stream.try_clone()?;
         let (sender, incoming) = mpsc::channel();
         spawn_reader(reader, sender);
-        Ok(Self { stream, incoming, pending: VecDeque::new(), history: Vec::new(), next_id: 1, closed: false })
+        Ok(Self {
+            stream,
+            incoming,
+            pending: VecDeque::new(),
+            history: Vec::new(),
+            outstanding: HashSet::new(),
+            answers: HashMap::new(),
+            next_id: 1,
+            closed: false,
+        })
     }
 
     /// Sends `request` (a JSON object; its `id` is set here) and waits up to `timeout` for the
     /// response, buffering the events that come first.
-    pub fn request(&mut self, mut request: Value, timeout: Duration) -> Result<Reply, ControlFailure> {
+    pub fn request(&mut self, request: Value, timeout: Duration) -> Result<Reply, ControlFailure> {
+        let id = self.send(request)?;
+        self.response(id, timeout)
+    }
+
+    /// Sends `request` (a JSON object; its `id` is set here) without waiting, and returns the
+    /// id to collect its response with.
+    pub fn send(&mut self, mut request: Value) -> Result<u64, ControlFailure> {
         let id = self.next_id;
         self.next_id += 1;
         let Some(object) = request.as_object_mut() else {
@@ -150,26 +170,42 @@ impl Control {
         self.stream
             .write_all(line.as_bytes())
             .map_err(|e| ControlFailure::Broken(format!("cannot send {}: {e}", line.trim_end())))?;
-        let what = format!("the response to {}", line.trim_end());
+        self.outstanding.insert(id);
+        Ok(id)
+    }
+
+    /// Waits up to `timeout` for the response to request `id`, buffering events and the
+    /// responses to other outstanding requests. Either way `id` is collected: an answer that
+    /// comes after a timeout here is dropped.
+    pub fn response(&mut self, id: u64, timeout: Duration) -> Result<Reply, ControlFailure> {
+        let what = format!("the response to request {id}");
         let deadline = Instant::now() + timeout;
-        loop {
-            let (at, value) = self.receive(deadline, &what)?;
+        let result = loop {
+            if let Some(reply) = self.answers.remove(&id) {
+                break Ok(reply);
+            }
+            let (at, value) = match self.receive(deadline, &what) {
+                Ok(line) => line,
+                Err(failure) => break Err(failure),
+            };
             if value.get("event").is_some() {
                 continue; // buffered by `receive`
             }
-            if value["id"] != json!(id) {
-                continue; // an answer to an earlier request that timed out here: nobody waits for it
-            }
+            let Some(answered) = value["id"].as_u64().filter(|i| self.outstanding.contains(i)) else {
+                continue; // an answer to a request that timed out here: nobody waits for it
+            };
             let outcome = match value["ok"].as_bool() {
                 Some(true) => Ok(value["result"].clone()),
                 Some(false) => Err(ControlError {
                     code: value["error"]["code"].as_str().unwrap_or("").to_string(),
                     message: value["error"]["message"].as_str().unwrap_or("").to_string(),
                 }),
-                None => return Err(ControlFailure::Broken(format!("a response without \"ok\": {value}"))),
+                None => break Err(ControlFailure::Broken(format!("a response without \"ok\": {value}"))),
             };
-            return Ok(Reply { at, outcome });
-        }
+            self.answers.insert(answered, Reply { at, outcome });
+        };
+        self.outstanding.remove(&id);
+        result
     }
 
     /// Waits up to `timeout` for an event `accept`s: the first buffered one, else the next

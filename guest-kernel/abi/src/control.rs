@@ -18,6 +18,10 @@
 //! [`MAX_RESPONSE_LEN`]. Everything here works without allocation, so the guest can parse a
 //! request in place and stream its response to the UART.
 //!
+//! An empty line is the host's resynchronisation mark: the guest ignores it without an answer.
+//! After a request went unanswered the host sends one before the next request, so a request
+//! line the guest received only in part can never swallow the next one.
+//!
 //! ```
 //! use crashvisor_abi::control::{arg, decode_value, encode_value, parse_line, Verb};
 //!

@@ -72,7 +72,7 @@ fn control_thread(_: usize) {
     let mut line = alloc::vec::Vec::with_capacity(MAX_REQUEST_LEN);
     let mut overlong = false;
     loop {
-        let byte = INPUT.read_byte();
+        let byte = INPUT.read_byte(&UART);
         if byte != b'\n' {
             if line.len() < MAX_REQUEST_LEN {
                 line.push(byte);
@@ -83,6 +83,8 @@ fn control_thread(_: usize) {
         }
         if overlong {
             Response::err(0, ErrorCode::BadArgument, "request longer than MAX_REQUEST_LEN").send();
+        } else if line.is_empty() {
+            // The host's resynchronisation mark: whatever came before it is finished.
         } else if let Ok(text) = core::str::from_utf8(&line) {
             serve(text);
         }

@@ -162,12 +162,27 @@ fn enqueue_and_kick(task: &'static Task) {
     }
     // SAFETY: `current` of an online CPU always points at a live task.
     let running = unsafe { &*block.current() };
+    let local = cpu == percpu::cpu_id();
     if preempts(task, running) {
         block.set_need_resched(true);
-        if cpu != percpu::cpu_id() {
+        if !local {
             apic::send_ipi(block.apic_id.load(Ordering::Relaxed), vector::RESCHEDULE);
         }
-    } else if cpu == percpu::cpu_id() {
+    } else if local {
+        arm_slice(cpu);
+    } else if !SLICE_ARMED[cpu].load(Ordering::Relaxed) {
+        // The task waits behind a normal task on another CPU: that CPU arms its own time slice
+        // (timers are per CPU) from the IPI, or the woken task would wait until the running
+        // one blocks.
+        apic::send_ipi(block.apic_id.load(Ordering::Relaxed), vector::RESCHEDULE);
+    }
+}
+
+/// The reschedule IPI: another CPU queued a task here. Preemption happens at interrupt exit
+/// when `need_resched` is set; otherwise the queued task gets the CPU when this slice ends.
+pub fn reschedule_interrupt() {
+    let cpu = percpu::cpu_id();
+    if RUN_QUEUES[cpu].lock_irqsave().len() > 0 {
         arm_slice(cpu);
     }
 }
@@ -241,6 +256,15 @@ pub fn schedule() {
             // SAFETY: `idle` is set for every online CPU by `init_idle`.
             None => unsafe { &*block.idle.load(Ordering::Relaxed) },
         };
+        // `current` changes under the run-queue lock, in the same critical section that
+        // decided whether `prev` stays runnable. `enqueue_and_kick` skips a task that is still
+        // `current` (it will see TASK_RUNNING here); if `current` changed only after this lock
+        // was dropped, a wake-up from another CPU in between would find `prev` still current,
+        // skip the enqueue after `prev` had been judged asleep, and `prev` would sit in
+        // TASK_RUNNING on no run queue for good. The window is a few instructions on a real
+        // CPU; on a busy host the vCPU thread can be descheduled inside it for milliseconds,
+        // which is how the control thread (woken by the COM2 interrupt on CPU 0) was lost.
+        block.set_current(next as *const Task as *mut Task);
         if rq.len() > 0 && matches!(next.policy, Policy::Normal) {
             drop(rq);
             arm_slice(cpu);
@@ -256,7 +280,6 @@ pub fn schedule() {
     } else {
         prev.nvcsw.fetch_add(1, Ordering::Relaxed);
     }
-    block.set_current(next as *const Task as *mut Task);
     // SAFETY: interrupts are off, `prev` is this CPU's current task and `next` is a runnable
     // task of this CPU whose saved stack pointer was written by a previous switch (or by
     // `initial_stack`). Neither can be switched to by another CPU meanwhile.

@@ -1,6 +1,6 @@
 //! The controller: the VM side of the control channel. One thread owns the clients' outboxes,
-//! the guest channel (request ids, deadlines) and the handle of the running machine, and acts on
-//! one [`ControlInput`] at a time.
+//! the guest channel ([`GuestChannel`]: request ids, deadlines, health) and the handle of the
+//! running machine, and acts on one [`ControlInput`] at a time.
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crashvisor_abi::control::parse_line;
 use crashvisor_abi::platform::{NMI_REASON_OPERATOR, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
 use dumpd::store::Trigger;
 use serde_json::{json, Value};
 
+use super::channel::{GuestChannel, Received};
 use super::events::{self, BootEvents, DeviceEvent, Event, RateLimit};
-use super::guest::{self, GuestRequest, Hello, PendingTable};
+use super::guest::GuestRequest;
 use super::memory;
 use super::protocol::{self, ClientRequest, Command, ControlError, ControlErrorCode};
 use super::{ClientId, ControlConfig, ControlInput, Inbox};
@@ -25,8 +25,6 @@ use crate::devices::{ResetCause, StopReason};
 use crate::snapshot::{self, After, SnapshotRequest};
 use crate::vcpu::RunContext;
 
-/// Most guest requests in flight at once.
-const MAX_IN_FLIGHT: usize = 64;
 /// How long `pause` waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `nmi` with `capture` lets the guest handle the NMI (and print what it prints)
@@ -52,21 +50,17 @@ struct Waiter {
 /// The controller's state.
 pub struct Controller {
     inputs: Receiver<ControlInput>,
-    control_uart: Arc<ControlUart>,
     vcpus: usize,
     clients: HashMap<ClientId, Client>,
     machine: Option<Arc<RunContext>>,
     boots: u64,
     paused: bool,
-    /// The guest's hello, while its control channel is up.
-    guest: Option<Hello>,
-    pending: PendingTable<Waiter>,
+    /// The guest's end of the control channel.
+    channel: GuestChannel<Waiter>,
     boot_events: BootEvents,
     rate_limit: RateLimit,
     /// The final state once the VM stopped for good.
     ended: Option<&'static str>,
-    /// Guest lines that did not parse.
-    malformed_lines: u64,
     /// Where the dump thread posts its events.
     inbox: Inbox,
     on_panic: PanicPolicy,
@@ -89,18 +83,15 @@ impl Controller {
     ) -> Self {
         Self {
             inputs,
-            control_uart,
             vcpus: config.vcpus,
             clients: HashMap::new(),
             machine: None,
             boots: 0,
             paused: false,
-            guest: None,
-            pending: PendingTable::new(MAX_IN_FLIGHT),
+            channel: GuestChannel::new(control_uart),
             boot_events: BootEvents::default(),
             rate_limit: RateLimit::new(EVENT_BURST, EVENTS_PER_SEC, Instant::now()),
             ended: None,
-            malformed_lines: 0,
             inbox,
             on_panic: config.on_panic,
             on_crash_loaded: config.on_crash_loaded,
@@ -114,7 +105,7 @@ impl Controller {
     pub fn run(mut self) {
         let _span = tracing::info_span!("control").entered();
         loop {
-            let input = match self.pending.next_deadline() {
+            let input = match self.channel.next_deadline() {
                 Some(deadline) => {
                     let wait = deadline.saturating_duration_since(Instant::now());
                     match self.inputs.recv_timeout(wait) {
@@ -156,7 +147,7 @@ impl Controller {
                 }
                 self.drop_if_done(client);
             }
-            ControlInput::GuestLine(line) => self.guest_line(&line),
+            ControlInput::GuestLine(line) => self.guest_line(&line, Instant::now()),
             ControlInput::Device(event) => {
                 let pvpanic = match &event {
                     DeviceEvent::Pvpanic { bits, crash } => Some((*bits, crash.clone())),
@@ -183,7 +174,7 @@ impl Controller {
                 self.boots += 1;
                 self.machine = Some(ctx);
                 self.paused = false;
-                self.guest = None;
+                self.fail_pending(ControlErrorCode::GuestUnavailable, "a new machine started");
                 self.boot_events = BootEvents::default();
             }
             ControlInput::MachineStopped { reason, rebooting } => self.machine_stopped(reason, rebooting),
@@ -197,7 +188,6 @@ impl Controller {
     fn machine_stopped(&mut self, reason: StopReason, rebooting: bool) {
         self.machine = None;
         self.paused = false;
-        self.guest = None;
         let message = if rebooting { "the guest rebooted" } else { "the VM stopped" };
         self.fail_pending(ControlErrorCode::GuestUnavailable, message);
         let event = match (reason, rebooting) {
@@ -269,27 +259,7 @@ impl Controller {
         if self.paused {
             return Err(unavailable("the VM is paused; resume it first"));
         }
-        if self.guest.is_none() {
-            return Err(unavailable("the guest's control channel is not up (no hello from the guest yet)"));
-        }
-        let waiter = Waiter { client, id: id.clone(), timeout: request.timeout };
-        let wire_id = self.pending.insert(waiter, Instant::now() + request.timeout).ok_or_else(|| {
-            ControlError::new(ControlErrorCode::Busy, format!("{MAX_IN_FLIGHT} requests already wait for the guest"))
-        })?;
-        let sent = guest::request_line(wire_id, request).and_then(|line| {
-            if self.control_uart.send_line(line.as_bytes()) {
-                Ok(())
-            } else {
-                Err(ControlError::new(
-                    ControlErrorCode::Busy,
-                    "the guest is not reading its control channel (input queue full)",
-                ))
-            }
-        });
-        if sent.is_err() {
-            self.pending.take(wire_id);
-        }
-        sent
+        self.channel.send(Waiter { client, id: id.clone(), timeout: request.timeout }, request)
     }
 
     /// Broadcasts an event the guest reported. Panics always pass (the guest's control thread
@@ -297,7 +267,6 @@ impl Controller {
     /// limit.
     fn guest_event(&mut self, event: Event) {
         if matches!(event, Event::Panic { .. }) {
-            self.guest = None;
             self.fail_pending(ControlErrorCode::GuestUnavailable, "the guest panicked");
         } else if !event.is_rare() && !self.rate_limit.allow(Instant::now()) {
             if self.rate_limit.dropped.is_power_of_two() {
@@ -308,49 +277,26 @@ impl Controller {
         self.broadcast(&event);
     }
 
-    fn guest_line(&mut self, text: &str) {
-        let line = match parse_line(text) {
-            Ok(line) => line,
-            Err(e) => {
-                // Counted, and logged sparingly: a guest can write garbage fast.
-                self.malformed_lines += 1;
-                if self.malformed_lines.is_power_of_two() {
-                    tracing::warn!(
-                        "ignoring a malformed control line from the guest ({e}; {} so far)",
-                        self.malformed_lines
-                    );
-                }
-                return;
+    fn guest_line(&mut self, text: &str, now: Instant) {
+        match self.channel.receive(text, now) {
+            Received::Hello(hello) => {
+                let event = Event::Booted { boot: self.boots, release: hello.release, cpus: hello.cpus };
+                self.broadcast(&event);
             }
-        };
-        if line.is_hello() {
-            match guest::parse_hello(&line) {
-                Ok(hello) => {
-                    let event = Event::Booted { boot: self.boots, release: hello.release.clone(), cpus: hello.cpus };
-                    self.guest = Some(hello);
-                    self.broadcast(&event);
-                }
-                Err(e) => {
-                    tracing::error!("the guest's control channel is unusable: {e}");
-                    self.guest = None;
-                }
+            Received::Answer(waiter, result) => {
+                let response = match result {
+                    Ok(result) => protocol::ok_line(&waiter.id, result),
+                    Err(error) => protocol::error_line(&waiter.id, &error),
+                };
+                self.send(waiter.client, response);
+                self.drop_if_done(waiter.client);
             }
-            return;
+            Received::Nothing => {}
         }
-        let Some(waiter) = self.pending.take(line.id) else {
-            tracing::debug!("guest answered request {} that nobody waits for", line.id);
-            return;
-        };
-        let response = match guest::response_result(&line) {
-            Ok(result) => protocol::ok_line(&waiter.id, result),
-            Err(error) => protocol::error_line(&waiter.id, &error),
-        };
-        self.send(waiter.client, response);
-        self.drop_if_done(waiter.client);
     }
 
     fn expire(&mut self, now: Instant) {
-        for waiter in self.pending.expire(now) {
+        for waiter in self.channel.expire(now) {
             let error = ControlError::new(
                 ControlErrorCode::GuestTimeout,
                 format!("the guest did not answer within {} ms", waiter.timeout.as_millis()),
@@ -361,7 +307,7 @@ impl Controller {
     }
 
     fn fail_pending(&mut self, code: ControlErrorCode, message: &str) {
-        for waiter in self.pending.drain() {
+        for waiter in self.channel.down() {
             let error = ControlError::new(code, message);
             self.send(waiter.client, protocol::error_line(&waiter.id, &error));
             self.drop_if_done(waiter.client);
@@ -380,9 +326,9 @@ impl Controller {
             "state": state,
             "vcpus": self.vcpus,
             "boots": self.boots,
-            "guest_control": self.guest.is_some(),
-            "release": self.guest.as_ref().map(|g| g.release.clone()),
-            "guest_cpus": self.guest.as_ref().map(|g| g.cpus),
+            "guest_control": self.channel.is_answering(),
+            "release": self.channel.hello().map(|g| g.release.clone()),
+            "guest_cpus": self.channel.hello().map(|g| g.cpus),
             "nmi_watchdog": {
                 "enabled": watchdog.is_some_and(|w| w.enabled()),
                 "period_ms": watchdog.map_or(0, |w| w.period_ms()),
@@ -510,14 +456,14 @@ impl Controller {
     /// Drops a closing client once nothing it asked for is outstanding.
     fn drop_if_done(&mut self, client: ClientId) {
         let closing = self.clients.get(&client).is_some_and(|c| c.closing);
-        if closing && !self.pending.any(|w| w.client == client) {
+        if closing && !self.channel.any_waiting(|w| w.client == client) {
             self.remove_client(client);
         }
     }
 
     fn remove_client(&mut self, client: ClientId) {
         self.clients.remove(&client);
-        self.pending.retain(|w| w.client != client);
+        self.channel.retain(|w| w.client != client);
     }
 }
 

@@ -5,13 +5,14 @@
 //! - the **server** (`server`) accepts clients and turns their lines into [`ControlInput`]s;
 //!   it never touches the VM;
 //! - the **controller** (`controller`) is the VM side: one thread that owns the guest channel
-//!   (request ids, timeouts), pauses and resumes the machine, injects NMIs, and broadcasts
+//!   (`channel`: request ids, timeouts, health), pauses and resumes the machine, injects NMIs, and broadcasts
 //!   events to every client;
 //! - devices on vCPU threads post what the guest reports (COM2 lines, platform events,
 //!   pvpanic) with [`Inbox::try_post`], which never blocks.
 //!
 //! The wire protocol is documented in `docs/control-protocol.md`.
 
+pub mod channel;
 pub mod controller;
 pub mod events;
 pub mod guest;

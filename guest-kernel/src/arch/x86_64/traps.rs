@@ -30,7 +30,8 @@ extern "C" fn interrupt_dispatch(vector: u64, regs: &mut PtRegs) {
                 COM1_VECTOR => crate::console::interrupt(),
                 COM2_VECTOR => crate::control::interrupt(),
                 vector::CALL_FUNCTION => crate::smp::call_function_interrupt(),
-                _ => {} // reschedule IPI: the preemption check below does the work
+                vector::RESCHEDULE => crate::sched::reschedule_interrupt(),
+                _ => {}
             }
             apic::eoi();
             IRQ_REGS[percpu::cpu_id()].store(core::ptr::null_mut(), Ordering::Relaxed);
