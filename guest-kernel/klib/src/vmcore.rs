@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(layout.write_headers(&notes[..used], &mut blob), Ok(8192));
         assert_eq!(blob[8192], 0xee, "nothing past the blob");
         assert_eq!(&blob[..56], &layout.header().elf().ehdr_bytes()[..56], "the ELF header is kept");
-        assert_eq!(u16::from_le_bytes([blob[56], blob[57]]), 5);
+        assert_eq!(crate::le::u16_at(&blob, 56), 5);
         let phdr = |i: usize| ProgramHeader::from_bytes(blob[64 + i * 56..120 + i * 56].try_into().unwrap());
         assert_eq!(phdr(0), layout.note_phdr());
         let loads: Vec<_> = layout.loads().collect();
