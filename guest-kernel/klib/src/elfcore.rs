@@ -213,8 +213,12 @@ impl ElfHeader {
         expect_field("e_version", u32_at(ehdr, 20).into(), EV_CURRENT.into(), "1")?;
         expect_field("e_ehsize", u16_at(ehdr, 52).into(), EHDR_SIZE as u64, "64")?;
         expect_field("e_phentsize", u16_at(ehdr, 54).into(), PHDR_SIZE as u64, "56")?;
-        let header =
-            Self { e_type: u16_at(ehdr, 16), e_entry: u64_at(ehdr, 24), e_phoff: u64_at(ehdr, 32), e_phnum: u16_at(ehdr, 56) };
+        let header = Self {
+            e_type: u16_at(ehdr, 16),
+            e_entry: u64_at(ehdr, 24),
+            e_phoff: u64_at(ehdr, 32),
+            e_phnum: u16_at(ehdr, 56),
+        };
         if header.e_phnum == PN_XNUM {
             return Err(ElfError::Header { field: "e_phnum", value: PN_XNUM.into(), expected: "0 to 65534" });
         }
@@ -313,10 +317,32 @@ impl ProgramHeader {
         b
     }
 
+    /// A PT_LOAD (RWX) of `size` bytes at physical `paddr`, mapped at `vaddr`, its data at file
+    /// offset `offset` (`p_filesz = p_memsz`, alignment 0), as Linux's vmcores have them.
+    pub fn load(offset: u64, vaddr: u64, paddr: u64, size: u64) -> Self {
+        Self {
+            p_type: PT_LOAD,
+            p_flags: PF_R | PF_W | PF_X,
+            p_offset: offset,
+            p_vaddr: vaddr,
+            p_paddr: paddr,
+            p_filesz: size,
+            p_memsz: size,
+            p_align: 0,
+        }
+    }
+
     /// File offset just past the segment's data (saturating).
     pub fn file_end(&self) -> u64 {
         self.p_offset.saturating_add(self.p_filesz)
     }
+}
+
+/// `len` bytes of `file` at `offset`, or `None` if they do not all lie inside it.
+pub fn file_range(file: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    file.get(start..end)
 }
 
 /// A little-endian ELF64 x86_64 file's header and program-header table, validated.
@@ -334,7 +360,8 @@ impl<'a> ElfFile<'a> {
         let header = ElfHeader::parse(bytes)?;
         let end = header.phdrs_end();
         let truncated = ElfError::Truncated { what: "program header table", needed: end, len: bytes.len() as u64 };
-        let phdrs = usize::try_from(end).ok().and_then(|end| bytes.get(header.e_phoff as usize..end)).ok_or(truncated)?;
+        let phdrs =
+            usize::try_from(end).ok().and_then(|end| bytes.get(header.e_phoff as usize..end)).ok_or(truncated)?;
         let ehdr = bytes.first_chunk().expect("ElfHeader::parse checked the length");
         Ok(Self { header, ehdr, phdrs })
     }
@@ -426,16 +453,7 @@ impl<'a> CoreHeaderBuilder<'a> {
     /// Appends a PT_LOAD (RWX) for `size` bytes at physical `paddr` mapped at `vaddr`
     /// (`p_offset = p_paddr`, filesz = memsz, align 0).
     pub fn load(&mut self, vaddr: u64, paddr: u64, size: u64) -> Result<(), ElfError> {
-        self.push(&ProgramHeader {
-            p_type: PT_LOAD,
-            p_flags: PF_R | PF_W | PF_X,
-            p_offset: paddr,
-            p_vaddr: vaddr,
-            p_paddr: paddr,
-            p_filesz: size,
-            p_memsz: size,
-            p_align: 0,
-        })
+        self.push(&ProgramHeader::load(paddr, vaddr, paddr, size))
     }
 
     /// Bytes written so far.

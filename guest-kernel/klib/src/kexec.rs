@@ -25,7 +25,7 @@ use core::fmt;
 
 use crashvisor_abi::layout::{KERNEL_ALIGN, PAGE_SIZE};
 
-use crate::elfcore::{ElfError, ElfFile, ET_EXEC, PT_LOAD, PT_NOTE};
+use crate::elfcore::{file_range, ElfError, ElfFile, ET_EXEC, PT_LOAD, PT_NOTE};
 use crate::elfnote::NoteIter;
 use crate::le;
 
@@ -374,12 +374,6 @@ impl<'a> KernelElf<'a> {
     pub fn phys_end(&self) -> u64 {
         self.phys_end
     }
-}
-
-fn file_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    bytes.get(start..end)
 }
 
 fn find_pvh_entry(notes: &[u8]) -> Option<u64> {

@@ -95,7 +95,10 @@ mod tests {
         put_u32(&mut b, 8, 0x0c0b_0a09);
         assert_eq!(b, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
         assert_eq!((u16_at(&b, 1), u32_at(&b, 8), u64_at(&b, 4)), (0x0302, 0x0c0b_0a09, 0x0c0b_0a09_0807_0605));
-        assert_eq!((get_u16(&b, 10), get_u32(&b, 8), get_u64(&b, 4)), (Some(0x0c0b), Some(0x0c0b_0a09), Some(u64_at(&b, 4))));
+        assert_eq!(
+            (get_u16(&b, 10), get_u32(&b, 8), get_u64(&b, 4)),
+            (Some(0x0c0b), Some(0x0c0b_0a09), Some(u64_at(&b, 4)))
+        );
     }
 
     #[test]
