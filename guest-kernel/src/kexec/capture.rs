@@ -195,10 +195,9 @@ fn dump(dump_level: u32) -> Result<(), String> {
     let bitmap = vmcoreinfo_value(&vmcoreinfo, "NUMBER(crashvisor_frame_bitmap)").and_then(|v| v.parse::<u64>().ok());
     let nr_frames = vmcoreinfo_value(&vmcoreinfo, "NUMBER(crashvisor_nr_frames)").and_then(|v| v.parse::<u64>().ok());
     let words: Vec<u64> = match (bitmap, nr_frames) {
-        (Some(pa), Some(n)) if dump_level & DUMP_LEVEL_FREE != 0 => old(pa, n.div_ceil(64) * 8)
-            .chunks_exact(8)
-            .map(|w| le::u64_at(w, 0))
-            .collect(),
+        (Some(pa), Some(n)) if dump_level & DUMP_LEVEL_FREE != 0 => {
+            old(pa, n.div_ceil(64) * 8).chunks_exact(8).map(|w| le::u64_at(w, 0)).collect()
+        }
         _ => Vec::new(),
     };
     let mut capacity = 1024;

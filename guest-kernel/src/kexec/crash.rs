@@ -4,7 +4,9 @@
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use crashvisor_klib::elfnote::{write_prstatus, write_vmcoreinfo_note, UserRegs, CRASH_NOTE_BYTES, VMCOREINFO_NOTE_SIZE};
+use crashvisor_klib::elfnote::{
+    write_prstatus, write_vmcoreinfo_note, UserRegs, CRASH_NOTE_BYTES, VMCOREINFO_NOTE_SIZE,
+};
 
 use super::vmcoreinfo::{self, VMCOREINFO_BYTES};
 use crate::arch::idt::PtRegs;
