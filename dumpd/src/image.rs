@@ -143,12 +143,6 @@ impl DumpFormat {
     }
 }
 
-impl std::fmt::Display for DumpFormat {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 impl std::str::FromStr for DumpFormat {
     type Err = String;
 
