@@ -24,7 +24,7 @@
 //!
 //! let core = CoreHeader::parse(&buf[..len])?;
 //! assert_eq!(core.notes().map(|n| (n.paddr, n.size)).collect::<Vec<_>>(), [(0x7f00_0000, 368)]);
-//! assert_eq!(core.loads().next().map(|l| l.memsz), Some(0x3f0_0000));
+//! assert_eq!(core.loads().next().map(|l| l.p_memsz), Some(0x3f0_0000));
 //! # Ok::<(), crashvisor_klib::elfcore::ElfError>(())
 //! ```
 
@@ -481,22 +481,6 @@ pub struct CoreNote {
     pub size: u64,
 }
 
-/// A PT_LOAD of an elfcorehdr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CoreLoad {
-    /// `p_vaddr`.
-    pub vaddr: u64,
-    /// `p_paddr`.
-    pub paddr: u64,
-    /// `p_offset`: the physical address the data is read from (normally `paddr`; kexec-tools
-    /// points the low 640K at its backup copy).
-    pub offset: u64,
-    /// `p_filesz`.
-    pub filesz: u64,
-    /// `p_memsz`: the bytes `/proc/vmcore` copies from `offset`.
-    pub memsz: u64,
-}
-
 /// A validated elfcorehdr.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreHeader<'a> {
@@ -530,15 +514,11 @@ impl<'a> CoreHeader<'a> {
         self.program_headers().filter(|p| p.p_type == PT_NOTE).map(|p| CoreNote { paddr: p.p_offset, size: p.p_memsz })
     }
 
-    /// The PT_LOADs, in order.
-    pub fn loads(&self) -> impl Iterator<Item = CoreLoad> + 'a {
-        self.program_headers().filter(|p| p.p_type == PT_LOAD).map(|p| CoreLoad {
-            vaddr: p.p_vaddr,
-            paddr: p.p_paddr,
-            offset: p.p_offset,
-            filesz: p.p_filesz,
-            memsz: p.p_memsz,
-        })
+    /// The PT_LOADs, in order. `p_offset` is the physical address `/proc/vmcore` copies
+    /// `p_memsz` bytes from: normally `p_paddr`, but kexec-tools points the low 640K at its
+    /// backup copy.
+    pub fn loads(&self) -> impl Iterator<Item = ProgramHeader> + 'a {
+        self.program_headers().filter(|p| p.p_type == PT_LOAD)
     }
 }
 
@@ -602,7 +582,7 @@ mod tests {
         assert_eq!(core.elf().phnum(), 5);
         let notes: Vec<_> = core.notes().map(|n| (n.paddr, n.size)).collect();
         assert_eq!(notes, [(0x7f00_1000, 368), (0x7f00_2000, 368), (0x7f00_3000, 4132)]);
-        let loads: Vec<_> = core.loads().map(|l| (l.vaddr, l.paddr, l.offset, l.memsz)).collect();
+        let loads: Vec<_> = core.loads().map(|l| (l.p_vaddr, l.p_paddr, l.p_offset, l.p_memsz)).collect();
         assert_eq!(
             loads,
             [

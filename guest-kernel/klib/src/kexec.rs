@@ -25,7 +25,7 @@ use core::fmt;
 
 use crashvisor_abi::layout::{KERNEL_ALIGN, PAGE_SIZE};
 
-use crate::elfcore::{file_range, ElfError, ElfFile, ET_EXEC, PT_LOAD, PT_NOTE};
+use crate::elfcore::{file_range, ElfError, ElfFile, ProgramHeader, ET_EXEC, PT_LOAD, PT_NOTE};
 use crate::elfnote::NoteIter;
 use crate::le;
 
@@ -284,21 +284,6 @@ impl core::error::Error for KernelElfError {
     }
 }
 
-/// A PT_LOAD segment of the kernel image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageSegment {
-    /// Physical load address (at the link base).
-    pub paddr: u64,
-    /// Virtual address.
-    pub vaddr: u64,
-    /// File offset of the bytes.
-    pub offset: u64,
-    /// Bytes in the file.
-    pub filesz: u64,
-    /// Bytes in memory; the rest past `filesz` is zeroed (bss).
-    pub memsz: u64,
-}
-
 /// A validated kernel image: ELF64 x86_64 `ET_EXEC` with PT_LOADs inside the file and a PVH
 /// entry note.
 #[derive(Clone, Copy, Debug)]
@@ -345,19 +330,13 @@ impl<'a> KernelElf<'a> {
     }
 
     /// The PT_LOAD segments, in order.
-    pub fn segments(&self) -> impl Iterator<Item = ImageSegment> + 'a {
-        self.elf.program_headers().filter(|p| p.p_type == PT_LOAD).map(|p| ImageSegment {
-            paddr: p.p_paddr,
-            vaddr: p.p_vaddr,
-            offset: p.p_offset,
-            filesz: p.p_filesz,
-            memsz: p.p_memsz,
-        })
+    pub fn segments(&self) -> impl Iterator<Item = ProgramHeader> + 'a {
+        self.elf.program_headers().filter(|p| p.p_type == PT_LOAD)
     }
 
-    /// A segment's file bytes (`filesz` of them).
-    pub fn segment_data(&self, segment: &ImageSegment) -> Option<&'a [u8]> {
-        file_range(self.bytes, segment.offset, segment.filesz)
+    /// A segment's file bytes (`p_filesz` of them); bytes up to `p_memsz` are zeroed (bss).
+    pub fn segment_data(&self, segment: &ProgramHeader) -> Option<&'a [u8]> {
+        file_range(self.bytes, segment.p_offset, segment.p_filesz)
     }
 
     /// The physical PVH entry point at the link base.
@@ -389,7 +368,7 @@ fn find_pvh_entry(notes: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::elfcore::{ElfHeader, ProgramHeader, EHDR_SIZE, PF_R, PF_W, PF_X, PHDR_SIZE};
+    use crate::elfcore::{ElfHeader, EHDR_SIZE, PF_R, PF_W, PF_X, PHDR_SIZE};
     use crate::elfnote::write_note_with_desc;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -543,8 +522,8 @@ mod tests {
         assert_eq!((image.phys_start(), image.phys_end()), (0x100_0000, 0x100_4000));
         let segments: Vec<_> = image.segments().collect();
         assert_eq!(segments.len(), 2);
-        assert_eq!(segments[0].paddr, 0x100_0000);
-        assert_eq!((segments[1].filesz, segments[1].memsz), (20, 0x3000));
+        assert_eq!(segments[0].p_paddr, 0x100_0000);
+        assert_eq!((segments[1].p_filesz, segments[1].p_memsz), (20, 0x3000));
         assert_eq!(&image.segment_data(&segments[0]).unwrap()[..4], &[0xfa, 0xfc, 0xeb, 0xfe]);
         let load_base = 0x2000_0000;
         assert_eq!(relocate(image.pvh_entry(), image.phys_start(), load_base), Some(0x2000_0010));

@@ -129,8 +129,8 @@ impl<'a> VmcoreLayout<'a> {
         let data_offset = notes_offset.checked_add(notes_pad).ok_or(VmcoreError::Overflow)?;
         let mut file_size = data_offset;
         for load in header.loads() {
-            let start = load.offset - load.offset % PAGE_SIZE;
-            let end = load.offset.checked_add(load.memsz).and_then(round_up_page).ok_or(VmcoreError::Overflow)?;
+            let start = load.p_offset - load.p_offset % PAGE_SIZE;
+            let end = load.p_offset.checked_add(load.p_memsz).and_then(round_up_page).ok_or(VmcoreError::Overflow)?;
             file_size = file_size.checked_add(end - start).ok_or(VmcoreError::Overflow)?;
         }
         Ok(Self { header, phnum: phnum as u16, notes_offset, notes_len, data_offset, file_size })

@@ -117,8 +117,8 @@ pub fn load(kind: Kind, cmdline: &str) -> Result<(), LoadError> {
     };
     let mut segments = Vec::new();
     for segment in image.segments() {
-        let mem = relocate(segment.paddr, link_base, base).ok_or(LoadError::BadImage("segment not relocatable"))?;
-        segments.push(Segment { bufsz: segment.filesz, mem, memsz: segment.memsz.next_multiple_of(PAGE_SIZE) });
+        let mem = relocate(segment.p_paddr, link_base, base).ok_or(LoadError::BadImage("segment not relocatable"))?;
+        segments.push(Segment { bufsz: segment.p_filesz, mem, memsz: segment.p_memsz.next_multiple_of(PAGE_SIZE) });
     }
     let ram_pages = setup::MEMORY_MAP.lock_irqsave().as_ref().map_or(0, |m| m.total_ram() / PAGE_SIZE);
     let checked_region = if kind == Kind::Crash { crash_region } else { None };
