@@ -11,6 +11,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
+use crate::clock;
+
 /// Events kept for late subscribers (`?since=` / `Last-Event-ID`).
 pub const HISTORY_LEN: usize = 4096;
 /// Events that may wait for one slow subscriber before it skips ahead.
@@ -101,8 +103,8 @@ impl EventBus {
             seq,
             event: event.event,
             vm: vm.to_owned(),
-            time: dumpd::store::rfc3339(now),
-            time_unix_ms: unix_ms(now),
+            time: clock::rfc3339(now),
+            time_unix_ms: clock::unix_ms(now),
             fields: event.fields,
         });
         tracing::info!(vm, seq, "event {}", event.event);
@@ -126,11 +128,6 @@ impl EventBus {
         // Subscribing under the lock: nothing is published between the backlog and `live`.
         Subscription { backlog, live: self.sender.subscribe() }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

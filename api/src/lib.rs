@@ -28,6 +28,7 @@
 pub mod analysis;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod error;
 pub mod events;
 pub mod extract;

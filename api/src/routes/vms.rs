@@ -7,6 +7,7 @@ use axum::routing::get;
 use axum::Router;
 use serde_json::{json, Value};
 
+use crate::clock;
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
 use crate::state::AppState;
@@ -35,7 +36,7 @@ pub fn view(vm: &VmHandle) -> Value {
         "on_panic": spec.on_panic,
         "on_crash_loaded": spec.on_crash_loaded,
         "dump_format": spec.dump_format,
-        "created": dumpd::store::rfc3339(vm.created),
+        "created": clock::rfc3339(vm.created),
         "uptime_secs": status.booted_at.map(|t| t.elapsed().as_secs_f64()),
         "release": status.release,
         "boots": status.boots,
