@@ -44,7 +44,7 @@ fn limits(state: &AppState) -> Value {
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let text = state.metrics().render(&state.supervisor().count_by_state());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 async fn openapi() -> impl IntoResponse {
