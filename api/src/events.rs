@@ -18,12 +18,14 @@ pub const HISTORY_LEN: usize = 4096;
 /// Events that may wait for one slow subscriber before it skips ahead.
 const CHANNEL_CAPACITY: usize = 1024;
 
-/// One event.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One event; as an SSE message's data, with the same name as the message's `event` and the
+/// same `seq` as its `id`.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct ServiceEvent {
     /// Its number, from 1, in the order events happened.
     pub seq: u64,
-    /// The event's name (`booted`, `vmcore_ready`, ...).
+    /// The event's name (`booted`, `vmcore_ready`, ...; docs/api.md lists them).
     pub event: String,
     /// The VM it concerns.
     pub vm: String,

@@ -34,6 +34,7 @@ pub mod events;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod state;
@@ -51,7 +52,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
-    routes::router()
+    Router::from(routes::router())
         // Inside the routes, so the metrics see which route matched.
         .route_layer(from_fn_with_state(state.clone(), metrics::track))
         .fallback(not_found)
