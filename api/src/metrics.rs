@@ -54,8 +54,8 @@ struct RouteLabels {
 /// `{route,method,status}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
-    route: String,
-    method: String,
+    #[prometheus(flatten)]
+    request: RouteLabels,
     status: u16,
 }
 
@@ -162,9 +162,9 @@ impl Metrics {
 
     /// An HTTP request to `route` took `latency`.
     pub fn request(&self, route: &str, method: &str, status: u16, latency: Duration) {
-        let (route, method) = (route.to_owned(), method.to_owned());
-        self.responses.get_or_create(&ResponseLabels { route: route.clone(), method: method.clone(), status }).inc();
-        self.requests.get_or_create(&RouteLabels { route, method }).observe(latency.as_secs_f64());
+        let request = RouteLabels { route: route.to_owned(), method: method.to_owned() };
+        self.requests.get_or_create(&request).observe(latency.as_secs_f64());
+        self.responses.get_or_create(&ResponseLabels { request, status }).inc();
     }
 
     /// The OpenMetrics text, with `vms` counted by state.

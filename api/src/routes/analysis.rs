@@ -22,6 +22,9 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(backtrace)).routes(routes!(tasks))
 }
 
+/// The 422 of both endpoints.
+const UNANALYSABLE: &str = "A bad selector or format, or a vmcore that cannot be analysed (unanalysable).";
+
 /// `json` (the default) or `text`.
 fn text_wanted(format: Option<&str>) -> Result<bool, ApiError> {
     match format {
@@ -52,14 +55,9 @@ struct BacktraceQuery {
 /// embedded guest kernel.
 #[utoipa::path(get, path = "/v1/vmcores/{id}/backtrace",
     params(("id" = String, Path, description = VMCORE_ID), BacktraceQuery),
-    responses(
-        (status = 200, description = "JSON, or text with format=text.", content(
-            (Backtraces = "application/json"),
-            (String = "text/plain"),
-        )),
-        (status = 422, description = "A bad selector or format, or a vmcore that cannot be analysed (unanalysable).", body = ErrorBody),
-        LookupErrors,
-    ))]
+    responses((status = 200, description = "JSON, or text with format=text.",
+        content((Backtraces = "application/json"), (String = "text/plain"))),
+        (status = 422, description = UNANALYSABLE, body = ErrorBody), LookupErrors))]
 async fn backtrace(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -102,14 +100,9 @@ struct TasksQuery {
 /// The task list (dumpd ps).
 #[utoipa::path(get, path = "/v1/vmcores/{id}/tasks",
     params(("id" = String, Path, description = VMCORE_ID), TasksQuery),
-    responses(
-        (status = 200, description = "JSON (`dumpd ps --json`), or text with format=text.", content(
-            (Object = "application/json"),
-            (String = "text/plain"),
-        )),
-        (status = 422, description = "A bad format, or a vmcore that cannot be analysed (unanalysable).", body = ErrorBody),
-        LookupErrors,
-    ))]
+    responses((status = 200, description = "JSON (`dumpd ps --json`), or text with format=text.",
+        content((Object = "application/json"), (String = "text/plain"))),
+        (status = 422, description = UNANALYSABLE, body = ErrorBody), LookupErrors))]
 async fn tasks(
     State(state): State<AppState>,
     Path(id): Path<String>,
