@@ -111,9 +111,10 @@ pub enum Which {
 }
 
 /// Backtraces and whether they are symbolised.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Backtraces {
     /// The backtraces, as `dumpd bt --json` gives them.
+    #[schema(value_type = Vec<Object>)]
     pub backtraces: Vec<Backtrace>,
     /// Whether function names were resolved.
     pub symbolised: bool,

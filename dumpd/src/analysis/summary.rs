@@ -186,29 +186,15 @@ impl fmt::Display for Summary {
     }
 }
 
-/// `Thu Jan  1 00:00:00 UTC 1970`, like `date -u`.
+/// `Thu Jan  1 00:00:00 UTC 1970`, like `date -u` (times beyond jiff's years -9999 to 9999
+/// are shown as its bounds).
 pub fn format_date(unix_secs: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let (days, secs) = (unix_secs.div_euclid(86_400), unix_secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{} {} {day:>2} {:02}:{:02}:{:02} UTC {year}",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let time = jiff::Timestamp::from_second(unix_secs).unwrap_or(if unix_secs < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    time.strftime("%a %b %e %H:%M:%S UTC %Y").to_string()
 }
 
 /// `00:01:02`, or `3 days, 00:01:02`, as crash prints uptime.

@@ -20,8 +20,8 @@ use crashvisor_abi::dump::{DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE
 use crashvisor_abi::platform::{STATUS_INVALID_ARGUMENT, STATUS_IO_ERROR, STATUS_OK};
 use dumpd::error_chain;
 use dumpd::store::{
-    rfc3339, CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord,
-    PendingCrash, Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
+    CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash,
+    Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 use dumpd::writer::{write_vmcore, Run, WriteError};
 use vm_memory::GuestMemoryMmap;
@@ -291,7 +291,7 @@ fn fail(target: &DumpTarget, reason: String, post: &mut dyn FnMut(DumpEvent)) {
 
 /// Records a failed capture in the store's failure log and posts `Failed`.
 pub(crate) fn record_failure(target: &DumpTarget, trigger: Trigger, reason: String, post: &mut dyn FnMut(DumpEvent)) {
-    let record = FailureRecord { time: rfc3339(SystemTime::now()), vm: target.vm_name.clone(), trigger, reason };
+    let record = FailureRecord::new(&target.vm_name, trigger, reason, SystemTime::now());
     if let Err(e) = CrashStore::open(&target.crash_dir).and_then(|store| store.record_failure(&record)) {
         tracing::warn!("cannot record the failed capture: {}", error_chain(&e));
     }
