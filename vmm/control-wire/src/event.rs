@@ -200,6 +200,18 @@ pub enum ResetCause {
     PanicPolicy,
 }
 
+impl ResetCause {
+    /// The cause's wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ResetControl => "reset_control",
+            Self::KeyboardController => "keyboard_controller",
+            Self::TripleFault => "triple_fault",
+            Self::PanicPolicy => "panic_policy",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +249,21 @@ mod tests {
         assert_eq!(round_trip(&cpu_only), "{\"event\":\"panic\",\"source\":\"pvpanic\",\"cpu\":2}\n");
         let nothing = Event::Panic { source: PanicSource::Pvpanic, about: PanicAbout::Cpu { cpu: None } };
         assert_eq!(round_trip(&nothing), "{\"event\":\"panic\",\"source\":\"pvpanic\"}\n");
+    }
+
+    #[test]
+    fn names_match_the_wire() {
+        let causes = [
+            ResetCause::ResetControl,
+            ResetCause::KeyboardController,
+            ResetCause::TripleFault,
+            ResetCause::PanicPolicy,
+        ];
+        for cause in causes {
+            assert_eq!(serde_json::to_value(cause).unwrap(), cause.as_str());
+        }
+        for kind in [LockupKind::Soft, LockupKind::Hard, LockupKind::HungTask] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
     }
 }

@@ -458,7 +458,10 @@ mod tests {
         assert_eq!(code(r#"{"cmd":"kdump","op":"config","dump_level":32}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"kdump","op":"config","final_action":"explode"}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"read_memory","gpa":0,"len":0}"#), "bad_argument");
-        assert_eq!(code(&format!(r#"{{"cmd":"read_memory","gpa":0,"len":{}}}"#, MAX_MEMORY_ACCESS + 1)), "bad_argument");
+        assert_eq!(
+            code(&format!(r#"{{"cmd":"read_memory","gpa":0,"len":{}}}"#, MAX_MEMORY_ACCESS + 1)),
+            "bad_argument"
+        );
         assert_eq!(code(r#"{"cmd":"write_memory","gpa":0,"data_hex":""}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"write_memory","gpa":0,"data_hex":"zz"}"#), "bad_argument");
         // The id is echoed whenever it was readable.

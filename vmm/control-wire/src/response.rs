@@ -204,8 +204,14 @@ mod tests {
         assert_eq!(err.matches('\n').count(), 1);
         let v: Value = serde_json::from_str(&err).unwrap();
         assert_eq!(v["error"]["code"], "guest_timeout");
-        assert_eq!(ServerLine::parse(&err).unwrap(), ServerLine::Response(Response { id: Value::Null, outcome: Err(error) }));
-        assert_eq!(ControlErrorCode::from(crashvisor_abi::control::ErrorCode::UnknownSysctl).as_str(), "unknown_sysctl");
+        assert_eq!(
+            ServerLine::parse(&err).unwrap(),
+            ServerLine::Response(Response { id: Value::Null, outcome: Err(error) })
+        );
+        assert_eq!(
+            ControlErrorCode::from(crashvisor_abi::control::ErrorCode::UnknownSysctl).as_str(),
+            "unknown_sysctl"
+        );
     }
 
     #[test]
