@@ -3,6 +3,8 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
+use crashvisor_abi::control::{KexecKind, KexecOp};
+use crashvisor_control::Request;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -46,8 +48,8 @@ async fn act(
 ) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
     let result = match action {
-        Action::Pause => vm.control(json!({"cmd": "pause"}), CONTROL_TIMEOUT).await?,
-        Action::Resume => vm.control(json!({"cmd": "resume"}), CONTROL_TIMEOUT).await?,
+        Action::Pause => vm.control(Request::Pause {}, CONTROL_TIMEOUT).await?,
+        Action::Resume => vm.control(Request::Resume {}, CONTROL_TIMEOUT).await?,
         Action::Reboot => {
             vm.reboot().await?;
             json!({})
@@ -60,23 +62,14 @@ async fn act(
             if let Some(cpu) = cpu.filter(|&c| c >= vm.spec.vcpus) {
                 return Err(ApiError::invalid(format!("cpu is {cpu}; VM {id} has vCPUs 0 to {}", vm.spec.vcpus - 1)));
             }
-            let mut request = json!({"cmd": "nmi"});
-            if let Some(cpu) = cpu {
-                request["cpu"] = json!(cpu);
-            }
-            if let Some(capture) = capture {
-                request["capture"] = json!(capture);
-            }
+            let request = Request::Nmi { cpu: cpu.map(|c| c as usize), capture: capture.unwrap_or(false) };
             vm.control(request, CONTROL_TIMEOUT).await?
         }
-        Action::Dump {} => vm.control(json!({"cmd": "dump"}), CONTROL_TIMEOUT).await?,
+        Action::Dump {} => vm.control(Request::Dump {}, CONTROL_TIMEOUT).await?,
         Action::Kexec { cmdline } => {
-            let mut load = json!({"cmd": "kexec", "op": "load", "kind": "normal"});
-            if let Some(cmdline) = cmdline {
-                load["cmdline"] = json!(cmdline);
-            }
-            vm.control(load, CONTROL_TIMEOUT).await?;
-            vm.control(json!({"cmd": "kexec", "op": "exec"}), CONTROL_TIMEOUT).await?
+            let kexec = |op, kind, cmdline| Request::Kexec { op, kind, cmdline, timeout_ms: None };
+            vm.control(kexec(KexecOp::Load, Some(KexecKind::Normal), cmdline), CONTROL_TIMEOUT).await?;
+            vm.control(kexec(KexecOp::Exec, None, None), CONTROL_TIMEOUT).await?
         }
     };
     Ok(axum::Json(json!({ "state": view_state(&state, &id), "result": result })))

@@ -6,6 +6,8 @@ use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use crashvisor_abi::control::{KdumpAction, KdumpOp};
+use crashvisor_control::{Request, SysctlValue, WireName};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -26,14 +28,14 @@ async fn sysctl_get(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let result = vm.control(json!({"cmd": "sysctl_get", "name": name}), CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::SysctlGet { name: name.clone(), timeout_ms: None }, CONTROL_TIMEOUT).await?;
     Ok(axum::Json(json!({"name": name, "value": result["value"]})))
 }
 
 /// `PUT .../sysctl/{name}`'s body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SysctlValue {
+struct SysctlBody {
     /// A string, number or boolean.
     value: Value,
 }
@@ -41,20 +43,23 @@ struct SysctlValue {
 async fn sysctl_put(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
-    Json(body): Json<SysctlValue>,
+    Json(body): Json<SysctlBody>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    if !(body.value.is_string() || body.value.is_number() || body.value.is_boolean()) {
-        return Err(ApiError::invalid("value must be a string, a number or a boolean"));
-    }
+    let value = serde_json::from_value::<SysctlValue>(body.value)
+        .map_err(|_| ApiError::invalid("value must be a string, a number or a boolean"))?;
     let vm = state.supervisor().get(&id)?;
-    let request = json!({"cmd": "sysctl_set", "name": name, "value": body.value});
-    let result = vm.control(request, CONTROL_TIMEOUT).await?;
+    let result =
+        vm.control(Request::SysctlSet { name: name.clone(), value, timeout_ms: None }, CONTROL_TIMEOUT).await?;
     Ok(axum::Json(json!({"name": name, "value": result["value"]})))
+}
+
+fn kdump(op: KdumpOp) -> Request {
+    Request::Kdump { op, dump_level: None, final_action: None, failure_action: None, timeout_ms: None }
 }
 
 async fn kdump_get(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    Ok(axum::Json(vm.control(json!({"cmd": "kdump", "op": "status"}), CONTROL_TIMEOUT).await?))
+    Ok(axum::Json(vm.control(kdump(KdumpOp::Status), CONTROL_TIMEOUT).await?))
 }
 
 /// `PUT .../kdump`'s body: settings to change, then start or stop the service.
@@ -77,27 +82,23 @@ async fn kdump_put(
     Json(change): Json<KdumpChange>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let mut config = json!({"cmd": "kdump", "op": "config"});
-    let settings = [
-        ("dump_level", change.dump_level.map(|l| json!(l))),
-        ("final_action", change.final_action.map(Value::from)),
-        ("failure_action", change.failure_action.map(Value::from)),
-    ];
-    let mut any = false;
-    for (key, value) in settings {
-        if let Some(value) = value {
-            config[key] = value;
-            any = true;
-        }
-    }
-    if any {
+    let action = |field, action: Option<String>| {
+        action.map(|a| KdumpAction::parse(&a).map_err(|e| ApiError::invalid(format!("{field}: {e}")))).transpose()
+    };
+    let config = Request::Kdump {
+        op: KdumpOp::Config,
+        dump_level: change.dump_level,
+        final_action: action("final_action", change.final_action)?,
+        failure_action: action("failure_action", change.failure_action)?,
+        timeout_ms: None,
+    };
+    if config != kdump(KdumpOp::Config) {
         vm.control(config, CONTROL_TIMEOUT).await?;
     }
     if let Some(enabled) = change.enabled {
-        let op = if enabled { "start" } else { "stop" };
-        vm.control(json!({"cmd": "kdump", "op": op}), CONTROL_TIMEOUT).await?;
+        vm.control(kdump(if enabled { KdumpOp::Start } else { KdumpOp::Stop }), CONTROL_TIMEOUT).await?;
     }
-    Ok(axum::Json(vm.control(json!({"cmd": "kdump", "op": "status"}), CONTROL_TIMEOUT).await?))
+    Ok(axum::Json(vm.control(kdump(KdumpOp::Status), CONTROL_TIMEOUT).await?))
 }
 
 /// `GET .../dmesg`'s query.
@@ -114,7 +115,7 @@ async fn dmesg(
     Query(query): Query<DmesgQuery>,
 ) -> Result<Response, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let result = vm.control(json!({"cmd": "dmesg", "since": query.since.unwrap_or(0)}), CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::Dmesg { since: query.since, timeout_ms: None }, CONTROL_TIMEOUT).await?;
     let mut text = result["text"].as_str().unwrap_or("").to_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
