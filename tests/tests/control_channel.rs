@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crashvisor_tests::{ControlError, Vm};
+use crashvisor_tests::{ErrorReply, Vm};
 use serde_json::{json, Value};
 
 /// Forwarded requests per boot, half one at a time and half pipelined (three boots).
@@ -63,7 +63,7 @@ impl Drop for BusyHost {
 struct Kind {
     name: &'static str,
     request: fn(usize) -> Value,
-    check: fn(&Result<Value, ControlError>) -> bool,
+    check: fn(&Result<Value, ErrorReply>) -> bool,
 }
 
 const KINDS: &[Kind] = &[
