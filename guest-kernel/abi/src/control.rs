@@ -133,7 +133,9 @@ pub mod key {
     pub const FAILURE_ACTION: &str = "failure_action";
 }
 
-/// Defines an enum of protocol names with `ALL`, `as_str` and `from_name`.
+/// Defines an enum of protocol names with `ALL`, `as_str`, `from_name` and `Display` (the
+/// host's control socket defines its own names with it too).
+#[macro_export]
 macro_rules! names {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$meta])*
@@ -162,8 +164,8 @@ macro_rules! names {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.write_str(self.as_str())
             }
         }

@@ -1,12 +1,16 @@
-//! The guest protocol's names (`crashvisor_abi`) on the socket: fault kinds, kexec and kdump
-//! operations, kdump actions and panic detectors travel as their wire names, and an unknown
-//! name is refused with the list of the known ones. Use the module with
-//! `#[serde(with = "crate::names")]`, and [`option`] for optional fields.
+//! Names on the socket: the guest protocol's (`crashvisor_abi`: fault kinds, kexec and kdump
+//! operations, kdump actions, panic detectors) and this crate's own (error codes, lockup kinds,
+//! ...) travel as their wire names, and an unknown name is refused with the list of the known
+//! ones. The abi's names take `#[serde(with = "crate::names")]` ([`option`] for optional
+//! fields); this crate's implement `Serialize` and `Deserialize` themselves.
 
 use crashvisor_abi::control::{FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp};
 use crashvisor_abi::platform::Detector;
 use serde::de::Error as _;
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::event::{LockupKind, PanicSource, ResetCause};
+use crate::response::ControlErrorCode;
 
 /// A name of the guest↔host contract, spelt on the wire as [`WireName::name`] gives it.
 pub trait WireName: Copy + 'static {
@@ -51,7 +55,30 @@ wire_names! {
     KdumpOp: "kdump op", KdumpOp::ALL;
     KdumpAction: "kdump action", KdumpAction::ALL;
     Detector: "detector", &Detector::ALL;
+    ControlErrorCode: "error code", ControlErrorCode::ALL;
+    LockupKind: "lockup kind", LockupKind::ALL;
+    PanicSource: "panic source", PanicSource::ALL;
+    ResetCause: "reset cause", ResetCause::ALL;
 }
+
+/// `Serialize` and `Deserialize` by wire name, for this crate's own names.
+macro_rules! serde_by_name {
+    ($($ty:ident),*) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serialize(self, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                deserialize(deserializer)
+            }
+        }
+    )*};
+}
+
+serde_by_name!(ControlErrorCode, LockupKind, PanicSource, ResetCause);
 
 /// Writes the value's wire name.
 pub fn serialize<T: WireName, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {

@@ -10,62 +10,35 @@ use serde_json::Value;
 
 use crate::event::Event;
 
-/// The `code` of an error response (docs/control-protocol.md, "Errors").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ControlErrorCode {
-    /// The line is not a JSON object.
-    BadJson,
-    /// No such command.
-    UnknownCommand,
-    /// A field is missing, unknown, or has a bad value (from the VMM or the guest).
-    BadArgument,
-    /// The line exceeds `MAX_LINE_LEN`; it was skipped.
-    LineTooLong,
-    /// The VMM already serves its maximum of clients.
-    TooManyClients,
-    /// No machine is running (it is rebooting or has stopped).
-    VmUnavailable,
-    /// The guest's control channel is not up (no hello yet, paused, panicked or rebooting).
-    GuestUnavailable,
-    /// The guest did not answer in time.
-    GuestTimeout,
-    /// Too many requests wait for the guest, or the guest said it is busy.
-    Busy,
-    /// The VMM or the guest failed.
-    Internal,
-    /// The guest does not know the verb.
-    UnknownVerb,
-    /// The guest has no such sysctl.
-    UnknownSysctl,
-    /// The guest cannot do this in its configuration.
-    Unsupported,
-}
-
-impl ControlErrorCode {
-    /// The code on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadJson => "bad_json",
-            Self::UnknownCommand => "unknown_command",
-            Self::BadArgument => "bad_argument",
-            Self::LineTooLong => "line_too_long",
-            Self::TooManyClients => "too_many_clients",
-            Self::VmUnavailable => "vm_unavailable",
-            Self::GuestUnavailable => "guest_unavailable",
-            Self::GuestTimeout => "guest_timeout",
-            Self::Busy => "busy",
-            Self::Internal => "internal",
-            Self::UnknownVerb => "unknown_verb",
-            Self::UnknownSysctl => "unknown_sysctl",
-            Self::Unsupported => "unsupported",
-        }
-    }
-}
-
-impl fmt::Display for ControlErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+crashvisor_abi::names! {
+    /// The `code` of an error response (docs/control-protocol.md, "Errors").
+    ControlErrorCode {
+        /// The line is not a JSON object.
+        BadJson = "bad_json",
+        /// No such command.
+        UnknownCommand = "unknown_command",
+        /// A field is missing, unknown, or has a bad value (from the VMM or the guest).
+        BadArgument = "bad_argument",
+        /// The line exceeds `MAX_LINE_LEN`; it was skipped.
+        LineTooLong = "line_too_long",
+        /// The VMM already serves its maximum of clients.
+        TooManyClients = "too_many_clients",
+        /// No machine is running (it is rebooting or has stopped).
+        VmUnavailable = "vm_unavailable",
+        /// The guest's control channel is not up (no hello yet, paused, panicked or rebooting).
+        GuestUnavailable = "guest_unavailable",
+        /// The guest did not answer in time.
+        GuestTimeout = "guest_timeout",
+        /// Too many requests wait for the guest, or the guest said it is busy.
+        Busy = "busy",
+        /// The VMM or the guest failed.
+        Internal = "internal",
+        /// The guest does not know the verb.
+        UnknownVerb = "unknown_verb",
+        /// The guest has no such sysctl.
+        UnknownSysctl = "unknown_sysctl",
+        /// The guest cannot do this in its configuration.
+        Unsupported = "unsupported",
     }
 }
 
