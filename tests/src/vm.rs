@@ -526,7 +526,7 @@ impl Vm {
     pub fn inject(&mut self, fault: &str, cpu: usize, duration_ms: Option<u64>) -> Injected {
         let fault = FaultKind::from_name(fault).unwrap_or_else(|| self.fail(&format!("no fault named {fault:?}")));
         let cpu = u32::try_from(cpu).unwrap_or_else(|_| self.fail(&format!("no CPU {cpu}")));
-        let request = Request::Inject { fault, cpu: Some(cpu), duration_ms, message: None, timeout_ms: None };
+        let request = Request::Inject { fault, cpu: Some(cpu), duration_ms, message: None };
         self.inject_request(typed(request))
     }
 
@@ -546,7 +546,7 @@ impl Vm {
     /// Reads sysctl `name` over the control socket.
     #[track_caller]
     pub fn sysctl_get(&mut self, name: &str) -> String {
-        let result = self.request_ok(typed(Request::SysctlGet { name: name.into(), timeout_ms: None }));
+        let result = self.request_ok(typed(Request::SysctlGet { name: name.into() }));
         sysctl_value(self, result)
     }
 
@@ -556,7 +556,7 @@ impl Vm {
         let value = value.into();
         let value = serde_json::from_value::<SysctlValue>(value.clone())
             .unwrap_or_else(|_| self.fail(&format!("{value} is not a sysctl value (a string, number or boolean)")));
-        let result = self.request_ok(typed(Request::SysctlSet { name: name.into(), value, timeout_ms: None }));
+        let result = self.request_ok(typed(Request::SysctlSet { name: name.into(), value }));
         sysctl_value(self, result)
     }
 

@@ -67,7 +67,7 @@ async fn act(
         }
         Action::Dump {} => vm.control(Request::Dump {}, CONTROL_TIMEOUT).await?,
         Action::Kexec { cmdline } => {
-            let kexec = |op, kind, cmdline| Request::Kexec { op, kind, cmdline, timeout_ms: None };
+            let kexec = |op, kind, cmdline| Request::Kexec { op, kind, cmdline };
             vm.control(kexec(KexecOp::Load, Some(KexecKind::Normal), cmdline), CONTROL_TIMEOUT).await?;
             vm.control(kexec(KexecOp::Exec, None, None), CONTROL_TIMEOUT).await?
         }

@@ -57,13 +57,8 @@ async fn inject(
             return Err(ApiError::invalid(format!("message is {} bytes; at most {MAX_MESSAGE_LEN}", message.len())));
         }
     }
-    let request = Request::Inject {
-        fault: kind,
-        cpu: Some(cpu),
-        duration_ms: fault.duration_ms,
-        message: fault.message,
-        timeout_ms: None,
-    };
+    let request =
+        Request::Inject { fault: kind, cpu: Some(cpu), duration_ms: fault.duration_ms, message: fault.message };
     let result = vm.control(request, CONTROL_TIMEOUT).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({"kind": fault.kind, "cpu": cpu, "pid": result.get("pid")}))))
 }

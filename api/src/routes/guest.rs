@@ -28,7 +28,7 @@ async fn sysctl_get(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let result = vm.control(Request::SysctlGet { name: name.clone(), timeout_ms: None }, CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::SysctlGet { name: name.clone() }, CONTROL_TIMEOUT).await?;
     Ok(axum::Json(json!({"name": name, "value": result["value"]})))
 }
 
@@ -48,13 +48,12 @@ async fn sysctl_put(
     let value = serde_json::from_value::<SysctlValue>(body.value)
         .map_err(|_| ApiError::invalid("value must be a string, a number or a boolean"))?;
     let vm = state.supervisor().get(&id)?;
-    let result =
-        vm.control(Request::SysctlSet { name: name.clone(), value, timeout_ms: None }, CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::SysctlSet { name: name.clone(), value }, CONTROL_TIMEOUT).await?;
     Ok(axum::Json(json!({"name": name, "value": result["value"]})))
 }
 
 fn kdump(op: KdumpOp) -> Request {
-    Request::Kdump { op, dump_level: None, final_action: None, failure_action: None, timeout_ms: None }
+    Request::Kdump { op, dump_level: None, final_action: None, failure_action: None }
 }
 
 async fn kdump_get(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
@@ -90,7 +89,6 @@ async fn kdump_put(
         dump_level: change.dump_level,
         final_action: action("final_action", change.final_action)?,
         failure_action: action("failure_action", change.failure_action)?,
-        timeout_ms: None,
     };
     if config != kdump(KdumpOp::Config) {
         vm.control(config, CONTROL_TIMEOUT).await?;
@@ -115,7 +113,7 @@ async fn dmesg(
     Query(query): Query<DmesgQuery>,
 ) -> Result<Response, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let result = vm.control(Request::Dmesg { since: query.since, timeout_ms: None }, CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::Dmesg { since: query.since }, CONTROL_TIMEOUT).await?;
     let mut text = result["text"].as_str().unwrap_or("").to_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');

@@ -11,7 +11,7 @@
 //! use crashvisor_control::{parse_request, Event, LockupKind, Request, Response, ServerLine};
 //!
 //! // The client side: a request line...
-//! let inject = Request::Inject { fault: FaultKind::SoftLockup, cpu: Some(1), duration_ms: Some(5000), message: None, timeout_ms: None };
+//! let inject = Request::Inject { fault: FaultKind::SoftLockup, cpu: Some(1), duration_ms: Some(5000), message: None };
 //! let line = inject.to_line(1);
 //! assert_eq!(line, "{\"id\":1,\"cmd\":\"inject\",\"fault\":\"softlockup\",\"cpu\":1,\"duration_ms\":5000}\n");
 //!

@@ -24,10 +24,9 @@ pub const MAX_GUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// must fit in a request line).
 pub const MAX_MEMORY_ACCESS: usize = 16 * 1024;
 
-/// What a client can ask. The VMM answers the first eight itself; it forwards the others to
-/// the guest's control thread, and `timeout_ms` (1 to 120000, default 10000) bounds its wait.
-/// Variants without fields are written `Status {}` so that unknown fields are refused for
-/// them too.
+/// What a client can ask. The VMM answers the first eight itself and forwards the others to
+/// the guest's control thread. Variants without fields are written `Status {}` so that unknown
+/// fields are refused for them too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -65,11 +64,7 @@ pub enum Request {
         data_hex: String,
     },
     /// The guest's protocol version, release and CPUs.
-    Hello {
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
-    },
+    Hello {},
     /// Inject a fault.
     Inject {
         /// Which fault.
@@ -84,17 +79,11 @@ pub enum Request {
         /// The panic message, at most `MAX_MESSAGE_LEN` bytes.
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
     },
     /// Read a sysctl.
     SysctlGet {
         /// Its name (`kernel.panic`).
         name: String,
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
     },
     /// Write a sysctl; the answer is the value read back.
     SysctlSet {
@@ -102,30 +91,16 @@ pub enum Request {
         name: String,
         /// The value.
         value: SysctlValue,
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
     },
     /// The shell's `ps` table.
-    Ps {
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
-    },
+    Ps {},
     /// Nanoseconds since the guest booted.
-    Uptime {
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
-    },
+    Uptime {},
     /// Kernel log records.
     Dmesg {
         /// The first record sequence number (default 0).
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
     },
     /// `kexec -l/-p/-u/-e` and its status.
     Kexec {
@@ -138,9 +113,6 @@ pub enum Request {
         /// The new kernel's command line, for `load`.
         #[serde(skip_serializing_if = "Option::is_none")]
         cmdline: Option<String>,
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
     },
     /// The kdump service: start, stop, status, or its configuration.
     Kdump {
@@ -156,9 +128,6 @@ pub enum Request {
         /// `config`: the same after a failed dump.
         #[serde(default, with = "crate::names::option", skip_serializing_if = "Option::is_none")]
         failure_action: Option<KdumpAction>,
-        /// How long to wait for the guest, in ms.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_ms: Option<u64>,
     },
 }
 
@@ -212,31 +181,23 @@ impl Request {
         }
     }
 
-    /// How long the VMM waits for the guest's answer to this request.
-    pub fn guest_timeout(&self) -> Duration {
-        self.timeout_ms().map_or(DEFAULT_GUEST_TIMEOUT, Duration::from_millis)
-    }
-
-    fn timeout_ms(&self) -> Option<u64> {
-        match self {
-            Self::Hello { timeout_ms }
-            | Self::Inject { timeout_ms, .. }
-            | Self::SysctlGet { timeout_ms, .. }
-            | Self::SysctlSet { timeout_ms, .. }
-            | Self::Ps { timeout_ms }
-            | Self::Uptime { timeout_ms }
-            | Self::Dmesg { timeout_ms, .. }
-            | Self::Kexec { timeout_ms, .. }
-            | Self::Kdump { timeout_ms, .. } => *timeout_ms,
-            _ => None,
-        }
+    /// Whether the VMM forwards this request to the guest.
+    pub fn is_for_guest(&self) -> bool {
+        !matches!(
+            self,
+            Self::Status {}
+                | Self::Nmi { .. }
+                | Self::Dump {}
+                | Self::Pause {}
+                | Self::Resume {}
+                | Self::Shutdown {}
+                | Self::ReadMemory { .. }
+                | Self::WriteMemory { .. }
+        )
     }
 
     /// Checks what serde cannot: lengths, ranges, names and which fields go together.
     pub fn validate(&self) -> Result<(), ControlError> {
-        if let Some(ms) = self.timeout_ms().filter(|&ms| ms == 0 || Duration::from_millis(ms) > MAX_GUEST_TIMEOUT) {
-            return Err(bad(format!("timeout_ms {ms} is outside 1..={}", MAX_GUEST_TIMEOUT.as_millis())));
-        }
         match self {
             Self::ReadMemory { len, .. } if *len == 0 || *len > MAX_MEMORY_ACCESS => {
                 Err(bad(format!("len {len} is outside 1..={MAX_MEMORY_ACCESS}")))
@@ -283,7 +244,7 @@ impl Request {
 
     /// The request line under `id`, with its `\n`.
     pub fn to_line(&self, id: impl Into<Value>) -> String {
-        crate::to_line(&ClientRequest { id: id.into(), request: self.clone() })
+        crate::to_line(&ClientRequest { id: id.into(), timeout_ms: None, request: self.clone() })
     }
 }
 
@@ -301,14 +262,26 @@ fn check_sysctl_name(name: &str) -> Result<(), ControlError> {
     )))
 }
 
-/// A request and the id its response carries (any JSON number or string; null when absent).
+/// A request with what goes beside its `cmd`: the id its response carries (any JSON number or
+/// string; null when absent) and, for a guest command, how long the VMM waits for the guest's
+/// answer (`timeout_ms`, 1 to 120000; 10000 when absent).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ClientRequest {
     /// The client's id.
     pub id: Value,
+    /// The wait for the guest, in ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     /// The request.
     #[serde(flatten)]
     pub request: Request,
+}
+
+impl ClientRequest {
+    /// How long the VMM waits for the guest's answer.
+    pub fn guest_timeout(&self) -> Duration {
+        self.timeout_ms.map_or(DEFAULT_GUEST_TIMEOUT, Duration::from_millis)
+    }
 }
 
 /// A request line that was refused, and the id to answer under (null if it was not read).
@@ -337,13 +310,29 @@ pub fn parse_request(line: &[u8]) -> Result<ClientRequest, Rejected> {
         Some(_) => return Err(reject(&id, bad("\"cmd\" must be a string"))),
         None => return Err(reject(&id, bad("the request has no \"cmd\""))),
     };
+    let timeout_ms = fields.remove("timeout_ms").map(Option::<u64>::deserialize).transpose().map(Option::flatten);
     let request = match Request::deserialize(Value::Object(fields)) {
         Ok(request) => request,
         Err(e) => return Err(reject(&id, refusal(&cmd, e))),
     };
-    match request.validate() {
-        Ok(()) => Ok(ClientRequest { id, request }),
+    let checked = timeout_ms.map_err(|e| bad(format!("timeout_ms: {e}"))).and_then(|timeout_ms| {
+        check_timeout(&request, timeout_ms)?;
+        request.validate()?;
+        Ok(timeout_ms)
+    });
+    match checked {
+        Ok(timeout_ms) => Ok(ClientRequest { id, timeout_ms, request }),
         Err(error) => Err(reject(&id, error)),
+    }
+}
+
+fn check_timeout(request: &Request, timeout_ms: Option<u64>) -> Result<(), ControlError> {
+    match timeout_ms {
+        Some(_) if !request.is_for_guest() => Err(bad(format!("{} takes no \"timeout_ms\"", request.name()))),
+        Some(ms) if ms == 0 || Duration::from_millis(ms) > MAX_GUEST_TIMEOUT => {
+            Err(bad(format!("timeout_ms {ms} is outside 1..={}", MAX_GUEST_TIMEOUT.as_millis())))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -376,15 +365,10 @@ mod tests {
         let line = r#"{"id":1,"cmd":"inject","fault":"softlockup","cpu":1,"duration_ms":5000}"#;
         let req = parse(line).unwrap();
         assert_eq!(req.id, json!(1));
-        let inject = Request::Inject {
-            fault: FaultKind::SoftLockup,
-            cpu: Some(1),
-            duration_ms: Some(5000),
-            message: None,
-            timeout_ms: None,
-        };
+        let inject =
+            Request::Inject { fault: FaultKind::SoftLockup, cpu: Some(1), duration_ms: Some(5000), message: None };
         assert_eq!(req.request, inject);
-        assert_eq!(req.request.guest_timeout(), DEFAULT_GUEST_TIMEOUT);
+        assert_eq!(req.guest_timeout(), DEFAULT_GUEST_TIMEOUT);
         assert_eq!(inject.to_line(1), format!("{line}\n"), "the same line back");
     }
 
@@ -392,7 +376,7 @@ mod tests {
     fn parses_local_commands() {
         assert_eq!(
             parse(r#"{"id":"a","cmd":"nmi","cpu":1}"#).unwrap(),
-            ClientRequest { id: json!("a"), request: Request::Nmi { cpu: Some(1), capture: false } }
+            ClientRequest { id: json!("a"), timeout_ms: None, request: Request::Nmi { cpu: Some(1), capture: false } }
         );
         assert_eq!(parse(r#"{"cmd":"nmi"}"#).unwrap().request, Request::Nmi { cpu: None, capture: false });
         assert_eq!(parse(r#"{"cmd":"pause"}"#).unwrap().id, Value::Null);
@@ -405,9 +389,9 @@ mod tests {
     #[test]
     fn guest_commands_keep_their_values_and_timeouts() {
         let request = |line: &str| parse(line).unwrap().request;
-        let set = request(r#"{"cmd":"sysctl_set","name":"kernel.panic","value":10,"timeout_ms":500}"#);
+        let set = parse(r#"{"cmd":"sysctl_set","name":"kernel.panic","value":10,"timeout_ms":500}"#).unwrap();
         assert_eq!(set.guest_timeout(), Duration::from_millis(500));
-        let Request::SysctlSet { value, .. } = set else { panic!("{set:?}") };
+        let Request::SysctlSet { value, .. } = set.request else { panic!("{set:?}") };
         assert_eq!(value.text(), "10");
         let Request::SysctlSet { value, .. } = request(r#"{"cmd":"sysctl_set","name":"kernel.watchdog","value":true}"#)
         else {
@@ -451,6 +435,8 @@ mod tests {
         assert_eq!(code(r#"{"cmd":"sysctl_set","name":"kernel.panic","value":[1]}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"uptime","timeout_ms":0}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"uptime","timeout_ms":999999999}"#), "bad_argument");
+        assert_eq!(code(r#"{"cmd":"uptime","timeout_ms":"1"}"#), "bad_argument");
+        assert_eq!(code(r#"{"cmd":"status","timeout_ms":100}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"dmesg","since":-5}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"kexec","op":"exec","kind":"crash"}"#), "bad_argument");
         assert_eq!(code(r#"{"cmd":"kexec","op":"unload","cmdline":"x"}"#), "bad_argument");

@@ -4,8 +4,7 @@
 
 use std::fmt;
 
-use serde::ser::SerializeStruct;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event::Event;
@@ -86,8 +85,8 @@ impl fmt::Display for ControlError {
 
 /// The answer to one request: its client's `id` (echoed unchanged; null when the request had
 /// none or could not be read that far) and its `result` or error.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(try_from = "WireResponse")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "WireResponse", try_from = "WireResponse")]
 pub struct Response {
     /// The request's id.
     pub id: Value,
@@ -102,27 +101,27 @@ impl Response {
     }
 }
 
-impl Serialize for Response {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut fields = serializer.serialize_struct("Response", 3)?;
-        fields.serialize_field("id", &self.id)?;
-        fields.serialize_field("ok", &self.outcome.is_ok())?;
-        match &self.outcome {
-            Ok(result) => fields.serialize_field("result", result)?,
-            Err(error) => fields.serialize_field("error", error)?,
-        }
-        fields.end()
-    }
-}
-
-/// A response as it is spelt, checked into a [`Response`].
-#[derive(Deserialize)]
+/// A response as it is spelt.
+#[derive(Serialize, Deserialize)]
 struct WireResponse {
     #[serde(default)]
     id: Value,
     ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<ControlError>,
+}
+
+impl From<Response> for WireResponse {
+    fn from(response: Response) -> Self {
+        let ok = response.outcome.is_ok();
+        let (result, error) = match response.outcome {
+            Ok(result) => (Some(result), None),
+            Err(error) => (None, Some(error)),
+        };
+        Self { id: response.id, ok, result, error }
+    }
 }
 
 impl TryFrom<WireResponse> for Response {

@@ -206,7 +206,8 @@ impl Controller {
     }
 
     fn execute(&mut self, client: ClientId, request: ClientRequest) {
-        let ClientRequest { id, request } = request;
+        let timeout = request.guest_timeout();
+        let ClientRequest { id, request, .. } = request;
         let on_demand = SnapshotRequest { trigger: Trigger::OnDemand, reason: None, after: After::Resume };
         let result = match &request {
             Request::Status {} => Ok(self.status()),
@@ -227,7 +228,7 @@ impl Controller {
                 self.running_machine().and_then(|m| memory::write(&m.memory, *gpa, data_hex))
             }
             // Every other command is the guest's: answered when it responds or the deadline passes.
-            guest => match self.forward(client, &id, guest) {
+            guest => match self.forward(client, &id, guest, timeout) {
                 Ok(()) => return,
                 Err(error) => Err(error),
             },
@@ -244,8 +245,14 @@ impl Controller {
         })
     }
 
-    fn forward(&mut self, client: ClientId, id: &Value, request: &Request) -> Result<(), ControlError> {
-        let Some(request) = GuestRequest::from_request(request) else {
+    fn forward(
+        &mut self,
+        client: ClientId,
+        id: &Value,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let Some(request) = GuestRequest::from_request(request, timeout) else {
             return Err(ControlError::new(
                 ControlErrorCode::Internal,
                 format!("{} is not a guest command", request.name()),
@@ -443,8 +450,14 @@ impl Controller {
     }
 
     fn broadcast(&mut self, event: &Event) {
-        events::log(event);
-        for gone in self.clients.broadcast(&event.to_line()) {
+        let line = event.to_line();
+        // Events are rare state changes (info); a dump's progress is not.
+        if matches!(event, Event::DumpProgress { .. }) {
+            tracing::debug!("event {}", line.trim_end());
+        } else {
+            tracing::info!("event {}", line.trim_end());
+        }
+        for gone in self.clients.broadcast(&line) {
             self.channel.retain(|w| w.client != gone);
         }
     }
@@ -528,12 +541,12 @@ mod tests {
     }
 
     fn request(c: &mut Controller, id: u64, request: Request) {
-        let request = ClientRequest { id: json!(id), request };
+        let request = ClientRequest { id: json!(id), timeout_ms: None, request };
         c.handle(ControlInput::ClientRequest { client: CLIENT, request: Ok(request) });
     }
 
-    const UPTIME: Request = Request::Uptime { timeout_ms: None };
-    const PS: Request = Request::Ps { timeout_ms: None };
+    const UPTIME: Request = Request::Uptime {};
+    const PS: Request = Request::Ps {};
 
     fn next(lines: &Receiver<String>) -> Value {
         serde_json::from_str(&lines.try_recv().expect("a line for the client")).unwrap()
@@ -590,7 +603,7 @@ mod tests {
         let (mut c, lines, ctx) = controller();
         c.handle(ControlInput::GuestLine("0 hello version=1 cpus=2".into()));
         next(&lines);
-        request(&mut c, 3, Request::Dmesg { since: None, timeout_ms: None });
+        request(&mut c, 3, Request::Dmesg { since: None });
         c.handle(ControlInput::MachineStopped { reason: StopReason::Reset(ResetCause::TripleFault), rebooting: true });
         assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
         assert_eq!(next(&lines), json!({"event": "rebooting", "cause": "triple_fault"}));

@@ -49,44 +49,6 @@ pub fn is_rare(event: &Event) -> bool {
     )
 }
 
-/// Logs the event (they are rare state changes: info).
-pub fn log(event: &Event) {
-    match event {
-        Event::Booted { boot, release, cpus } => tracing::info!("guest booted (boot {boot}): {release}, {cpus} CPUs"),
-        Event::LockupDetected { kind, cpu, arg } => {
-            tracing::info!("guest detected a {kind:?} lockup on CPU {cpu} (arg {arg})")
-        }
-        Event::Oops { cpu, pid } => tracing::info!("guest oopsed on CPU {cpu} (pid {pid})"),
-        Event::Panic { source, about: PanicAbout::Reason(r) } => tracing::info!(
-            "guest panicked ({source:?}) on CPU {}: {} [{}:{}] {}",
-            r.cpu,
-            r.detector.as_str(),
-            r.comm,
-            r.pid,
-            r.message
-        ),
-        Event::Panic { source, about: PanicAbout::Cpu { cpu } } => {
-            tracing::info!("guest panicked ({source:?}) on CPU {cpu:?}")
-        }
-        Event::UnknownNmi { cpu, reason } => {
-            tracing::info!("guest took an unknown NMI on CPU {cpu} (reason {reason:#x})")
-        }
-        Event::CrashLoaded => tracing::info!("guest booted a crash kernel"),
-        // The dump device logs these itself, with more detail.
-        Event::CaptureStarted { .. }
-        | Event::SnapshotTaken { .. }
-        | Event::DumpProgress { .. }
-        | Event::VmcoreReady { .. }
-        | Event::DumpFailed { .. } => {}
-        Event::NmiInjected { cpus } => tracing::info!("injected an NMI into vCPUs {cpus:?}"),
-        Event::Paused => tracing::info!("VM paused"),
-        Event::Resumed => tracing::info!("VM resumed"),
-        Event::Rebooting { cause } => tracing::info!("guest reset ({cause:?}); rebooting"),
-        Event::PoweredOff => tracing::info!("guest powered off"),
-        Event::Stopped { reason } => tracing::info!("VM stopped: {reason}"),
-    }
-}
-
 /// Per-boot memory of what was already reported.
 #[derive(Debug, Default)]
 pub struct BootEvents {

@@ -24,9 +24,9 @@ pub struct GuestRequest {
 }
 
 impl GuestRequest {
-    /// What a client's (validated) request asks of the guest; `None` for the VMM's own
-    /// commands.
-    pub fn from_request(request: &Request) -> Option<Self> {
+    /// What a client's (validated) request asks of the guest, answered within `timeout`; `None`
+    /// for the VMM's own commands.
+    pub fn from_request(request: &Request, timeout: Duration) -> Option<Self> {
         let mut args: Vec<(&'static str, Vec<u8>)> = Vec::new();
         let mut arg = |key, value: Option<String>| args.extend(value.map(|v| (key, v.into_bytes())));
         let verb = match request {
@@ -75,7 +75,7 @@ impl GuestRequest {
             | Request::ReadMemory { .. }
             | Request::WriteMemory { .. } => return None,
         };
-        Some(Self { verb, args, timeout: request.guest_timeout() })
+        Some(Self { verb, args, timeout })
     }
 }
 
@@ -258,8 +258,10 @@ mod tests {
     }
 
     fn guest(line: &str) -> GuestRequest {
-        let request = parse_request(line.as_bytes()).unwrap().request;
-        GuestRequest::from_request(&request).unwrap_or_else(|| panic!("{request:?} is not for the guest"))
+        let request = parse_request(line.as_bytes()).unwrap();
+        let timeout = request.guest_timeout();
+        GuestRequest::from_request(&request.request, timeout)
+            .unwrap_or_else(|| panic!("{request:?} is not for the guest"))
     }
 
     #[test]
@@ -291,7 +293,7 @@ mod tests {
             g.args,
             vec![("op", b"config".to_vec()), ("dump_level", b"16".to_vec()), ("failure_action", b"halt".to_vec())]
         );
-        assert_eq!(GuestRequest::from_request(&Request::Status {}), None);
+        assert_eq!(GuestRequest::from_request(&Request::Status {}, DEFAULT_GUEST_TIMEOUT), None);
     }
 
     #[test]
