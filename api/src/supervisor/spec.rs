@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use clap::ValueEnum;
 use crashvisor_abi::control::{is_sysctl_name, KdumpAction, SYSCTL_NAMESPACE};
 use crashvisor_abi::dump::DUMP_LEVEL_ALL;
-use crashvisor_abi::layout::CMDLINE_MAX_SIZE;
 use crashvisor_abi::params::{
     CRASHKERNEL, KDUMP, KDUMP_FAILURE_ACTION, KDUMP_FINAL_ACTION, KDUMP_LEVEL, SYSCTL_PREFIX,
 };
@@ -156,11 +155,6 @@ impl CreateVm {
         let on_crash_loaded = policy("on_crash_loaded", self.on_crash_loaded.as_deref())?;
         let dump_format = policy("dump_format", self.dump_format.as_deref())?;
         let name = self.name.unwrap_or(default_name);
-        if dumpd::store::validate_vm_name(&name).is_err() {
-            return Err(ApiError::invalid(format!(
-                "name {name:?} is not a VM name: use 1 to 64 of A-Z a-z 0-9 _ . - and do not start with a dot"
-            )));
-        }
         let kernel = self.kernel.map(|k| check_kernel(Path::new(&k))).transpose()?;
         let mut params: Vec<String> = self.cmdline.iter().filter(|c| !c.trim().is_empty()).cloned().collect();
         let kdump_on = self.kdump.as_ref().is_some_and(|k| k.enabled.unwrap_or(true));
@@ -238,40 +232,24 @@ impl CreateVm {
             on_crash_loaded,
             dump_format,
         };
-        spec.check_for_vmm()?;
+        if !(1..=crate::limits::VMM_MAX_VCPUS).contains(&spec.vcpus) {
+            let max = crate::limits::VMM_MAX_VCPUS;
+            return Err(ApiError::invalid(format!("vcpus is {}; a VM has 1 to {max} vCPUs", spec.vcpus)));
+        }
+        // The VMM's own checks (the name, memory, the command line with the added parameters).
+        let config = spec.vmm_config(Path::new(""), Path::new(""), Retention::default());
+        config.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok(spec)
     }
 }
 
 impl VmSpec {
-    /// The VMM's own limits on the command line and vCPUs (`vmm --help`).
-    fn check_for_vmm(&self) -> Result<(), ApiError> {
-        if !(1..=crate::limits::VMM_MAX_VCPUS).contains(&self.vcpus) {
-            return Err(ApiError::invalid(format!(
-                "vcpus is {}; a VM has 1 to {} vCPUs",
-                self.vcpus,
-                crate::limits::VMM_MAX_VCPUS
-            )));
-        }
-        if self.cmdline.len() as u64 >= CMDLINE_MAX_SIZE {
-            return Err(ApiError::invalid(format!(
-                "the kernel command line is {} bytes with the parameters the request adds; the limit is {}",
-                self.cmdline.len(),
-                CMDLINE_MAX_SIZE - 1
-            )));
-        }
-        if !self.cmdline.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(ApiError::invalid("the kernel command line must be printable ASCII"));
-        }
-        Ok(())
-    }
-
     /// The VMM's configuration for this VM, serving its control socket at `control` and
     /// writing crashes to `crash_dir`, kept by `retention`.
     pub fn vmm_config(&self, control: &Path, crash_dir: &Path, retention: Retention) -> VmConfig {
         VmConfig {
             kernel: self.kernel.clone().map_or(KernelSource::Embedded, KernelSource::File),
-            // check_for_vmm keeps vcpus within the VMM's limit.
+            // into_spec keeps vcpus within the VMM's limit.
             vcpus: u8::try_from(self.vcpus).unwrap_or(u8::MAX),
             memory_mib: self.memory_mib,
             cmdline: self.cmdline.clone(),
