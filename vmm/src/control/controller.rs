@@ -66,7 +66,7 @@ pub struct Controller {
     /// `Shutdown` came while a dump was being written: end once it is done.
     shutdown_requested: bool,
     /// A client asked for `shutdown`: every machine is stopped, the VMM ends.
-    shutting_down: bool,
+    client_shutdown: bool,
 }
 
 impl Controller {
@@ -95,7 +95,7 @@ impl Controller {
             dump_format: config.dump_format,
             dump_thread: None,
             shutdown_requested: false,
-            shutting_down: false,
+            client_shutdown: false,
         }
     }
 
@@ -165,7 +165,7 @@ impl Controller {
                 }
             }
             ControlInput::MachineStarted(ctx) => {
-                if self.shutting_down {
+                if self.client_shutdown {
                     ctx.request_stop(StopReason::Quit);
                 }
                 self.boots += 1;
@@ -193,7 +193,7 @@ impl Controller {
                 self.ended = Some("powered_off");
                 Event::PoweredOff
             }
-            (StopReason::Quit, _) if self.shutting_down => {
+            (StopReason::Quit, _) if self.client_shutdown => {
                 self.ended = Some("stopped");
                 Event::Stopped { reason: "shutdown requested over the control socket".into() }
             }
@@ -430,7 +430,7 @@ impl Controller {
     /// Stops the machine (and any machine a reboot builds meanwhile); the VMM then ends, once
     /// a dump being written is done.
     fn shutdown(&mut self) -> Value {
-        self.shutting_down = true;
+        self.client_shutdown = true;
         if let Some(machine) = &self.machine {
             machine.request_stop(StopReason::Quit);
         }
