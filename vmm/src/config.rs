@@ -67,18 +67,8 @@ pub enum CrashLoadedPolicy {
     Dump,
 }
 
-/// The file format of host-side vmcores.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DumpFormat {
-    /// ELF core file (sparse: zero pages are holes), what gdb and vmcore-dmesg read.
-    #[default]
-    Elf,
-    /// makedumpfile's kdump-compressed format, zstd per page, zero pages left out.
-    KdumpZstd,
-    /// The same with zlib.
-    KdumpZlib,
-}
+/// The file format of host-side vmcores (`elf`, `kdump-zstd` or `kdump-zlib`).
+pub use dumpd::image::DumpFormat;
 
 /// The configuration of one VM; it survives guest reboots unchanged. In a file, every field is
 /// optional (the defaults are `vmm`'s) and an unknown one is an error.
@@ -261,7 +251,7 @@ mod tests {
         let mut c = config();
         c.kernel = KernelSource::File("/boot/kernel".into());
         c.on_panic = PanicPolicy::DumpAndReboot;
-        c.dump_format = DumpFormat::KdumpZstd;
+        c.dump_format = DumpFormat::Kdump(dumpd::kdump::Compression::Zstd);
         c.retention.max_per_vm = Some(3);
         std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
         assert_eq!(VmConfig::read_file(&path), Ok(c));

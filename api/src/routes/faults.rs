@@ -2,27 +2,29 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
 use crashvisor_abi::control::{FaultKind, MAX_MESSAGE_LEN};
 use crashvisor_control::{Request, WireName};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::CONTROL_TIMEOUT;
+use super::{CONTROL_TIMEOUT, VM_ID};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
+use crate::openapi::{BodyErrors, ControlErrors};
 use crate::state::AppState;
 
 /// Longest `duration_ms`: an hour.
 const MAX_DURATION_MS: u64 = 3_600_000;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/vms/{id}/faults", post(inject))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(inject))
 }
 
 /// A fault to inject.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Fault {
     /// A `FaultKind` name (docs/watchdogs.md, "Fault injection").
@@ -35,11 +37,30 @@ struct Fault {
     message: Option<String>,
 }
 
+/// A fault the guest accepted.
+#[derive(Serialize, ToSchema)]
+struct FaultAccepted {
+    /// The fault.
+    kind: String,
+    /// The CPU it runs on.
+    cpu: u32,
+    /// The guest task that runs it, if it has one.
+    pid: Option<Value>,
+}
+
+/// Inject a fault into the guest kernel.
+#[utoipa::path(post, path = "/v1/vms/{id}/faults", params(("id" = String, Path, description = VM_ID)),
+    request_body = Fault,
+    responses(
+        (status = 202, description = "The guest accepted the fault; it starts now.", body = FaultAccepted),
+        ControlErrors,
+        BodyErrors,
+    ))]
 async fn inject(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Json(fault): Json<Fault>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<FaultAccepted>), ApiError> {
     let vm = state.supervisor().get(&id)?;
     let kind = FaultKind::parse(&fault.kind).map_err(ApiError::invalid)?;
     let cpu = fault.cpu.unwrap_or(0);
@@ -60,5 +81,6 @@ async fn inject(
     let request =
         Request::Inject { fault: kind, cpu: Some(cpu), duration_ms: fault.duration_ms, message: fault.message };
     let result = vm.control(request, CONTROL_TIMEOUT).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"kind": fault.kind, "cpu": cpu, "pid": result.get("pid")}))))
+    let pid = result.get("pid").cloned();
+    Ok((StatusCode::ACCEPTED, axum::Json(FaultAccepted { kind: fault.kind, cpu, pid })))
 }

@@ -26,7 +26,7 @@ const MAX_SYSCTL_VALUE_LEN: usize = 64;
 pub const DEFAULT_CRASHKERNEL: &str = "64M";
 
 /// The body of `POST /v1/vms`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// The VM's name and id: 1-64 of `A-Z a-z 0-9 _ . -`, not starting with a dot.
@@ -60,7 +60,7 @@ pub struct CreateVm {
 }
 
 /// kdump settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KdumpSpec {
     /// Start the kdump service at boot (`kdump=1`; default true).
@@ -74,7 +74,7 @@ pub struct KdumpSpec {
 }
 
 /// Lockup detector settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogSpec {
     /// `kernel.watchdog_thresh`, 0-60 s (soft lockups after twice that).
@@ -92,7 +92,7 @@ pub struct WatchdogSpec {
 }
 
 /// Panic settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PanicSpec {
     /// `kernel.panic`: reboot this many seconds after a panic (0: stay; negative: at once).
@@ -102,7 +102,7 @@ pub struct PanicSpec {
 }
 
 /// A boot-time sysctl value: text, a number or a boolean.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BootValue {
     /// Text.
@@ -272,14 +272,18 @@ impl VmSpec {
 /// spelling (`dump-and-reboot`; `dump_and_reboot` is accepted too); its default when absent.
 fn policy<P: ValueEnum + Default>(field: &str, value: Option<&str>) -> Result<P, ApiError> {
     let Some(value) = value else { return Ok(P::default()) };
-    let name = |p: &P| p.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
-    match P::value_variants().iter().find(|p| name(p) == value.replace('_', "-")) {
+    match P::value_variants().iter().find(|p| policy_name(*p) == value.replace('_', "-")) {
         Some(p) => Ok(p.clone()),
         None => {
-            let names: Vec<String> = P::value_variants().iter().map(name).collect();
+            let names: Vec<String> = P::value_variants().iter().map(policy_name).collect();
             Err(ApiError::invalid(format!("{field} is {value:?}; it is one of {}", names.join(", "))))
         }
     }
+}
+
+/// A choice's name as the VMM spells it (`dump-and-reboot`).
+pub fn policy_name<P: ValueEnum>(choice: &P) -> String {
+    choice.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
 }
 
 fn check_kernel(path: &Path) -> Result<PathBuf, ApiError> {
@@ -363,7 +367,10 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         let s = spec(json!({"on_panic": "dump_and_reboot", "on_crash_loaded": "dump"})).unwrap();
         assert_eq!((s.on_panic, s.on_crash_loaded), (PanicPolicy::DumpAndReboot, CrashLoadedPolicy::Dump));
-        assert_eq!(spec(json!({"dump_format": "kdump-zstd"})).unwrap().dump_format, DumpFormat::KdumpZstd);
+        assert_eq!(
+            spec(json!({"dump_format": "kdump-zstd"})).unwrap().dump_format,
+            DumpFormat::Kdump(dumpd::kdump::Compression::Zstd)
+        );
         assert_eq!(serde_json::to_value(&s).unwrap()["on_panic"], "dump-and-reboot", "as the VMM spells it");
     }
 

@@ -77,11 +77,7 @@ pub fn config_from_cmdline() -> Config {
     let cmdline = params::cmdline();
     let action = |key| cmdline.get(key).flatten().and_then(KdumpAction::from_name).unwrap_or(KdumpAction::Reboot);
     Config {
-        dump_level: cmdline
-            .get(KDUMP_LEVEL)
-            .flatten()
-            .and_then(|v| parse_level(v).ok())
-            .unwrap_or(DEFAULT_DUMP_LEVEL),
+        dump_level: cmdline.get(KDUMP_LEVEL).flatten().and_then(|v| parse_level(v).ok()).unwrap_or(DEFAULT_DUMP_LEVEL),
         final_action: action(KDUMP_FINAL_ACTION),
         failure_action: action(KDUMP_FAILURE_ACTION),
     }
