@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crashvisor_abi::control::{
-    is_sysctl_name, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN,
+    is_sysctl_name, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, Verb, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN,
     MAX_SYSCTL_VALUE_LEN,
 };
 use crashvisor_abi::dump::DUMP_LEVEL_ALL;
@@ -181,19 +181,28 @@ impl Request {
         }
     }
 
-    /// Whether the VMM forwards this request to the guest.
-    pub fn is_for_guest(&self) -> bool {
-        !matches!(
-            self,
+    /// The guest protocol's verb that carries this request, or `None` for the VMM's own
+    /// commands (the VMM answers them without the guest).
+    pub fn guest_verb(&self) -> Option<Verb> {
+        Some(match self {
+            Self::Hello {} => Verb::Hello,
+            Self::Inject { .. } => Verb::Inject,
+            Self::SysctlGet { .. } => Verb::SysctlGet,
+            Self::SysctlSet { .. } => Verb::SysctlSet,
+            Self::Ps {} => Verb::Ps,
+            Self::Uptime {} => Verb::Uptime,
+            Self::Dmesg { .. } => Verb::Dmesg,
+            Self::Kexec { .. } => Verb::Kexec,
+            Self::Kdump { .. } => Verb::Kdump,
             Self::Status {}
-                | Self::Nmi { .. }
-                | Self::Dump {}
-                | Self::Pause {}
-                | Self::Resume {}
-                | Self::Shutdown {}
-                | Self::ReadMemory { .. }
-                | Self::WriteMemory { .. }
-        )
+            | Self::Nmi { .. }
+            | Self::Dump {}
+            | Self::Pause {}
+            | Self::Resume {}
+            | Self::Shutdown {}
+            | Self::ReadMemory { .. }
+            | Self::WriteMemory { .. } => return None,
+        })
     }
 
     /// Checks what serde cannot: lengths, ranges, names and which fields go together.
@@ -328,7 +337,7 @@ pub fn parse_request(line: &[u8]) -> Result<ClientRequest, Rejected> {
 
 fn check_timeout(request: &Request, timeout_ms: Option<u64>) -> Result<(), ControlError> {
     match timeout_ms {
-        Some(_) if !request.is_for_guest() => Err(bad(format!("{} takes no \"timeout_ms\"", request.name()))),
+        Some(_) if request.guest_verb().is_none() => Err(bad(format!("{} takes no \"timeout_ms\"", request.name()))),
         Some(ms) if ms == 0 || Duration::from_millis(ms) > MAX_GUEST_TIMEOUT => {
             Err(bad(format!("timeout_ms {ms} is outside 1..={}", MAX_GUEST_TIMEOUT.as_millis())))
         }

@@ -27,54 +27,36 @@ impl GuestRequest {
     /// What a client's (validated) request asks of the guest, answered within `timeout`; `None`
     /// for the VMM's own commands.
     pub fn from_request(request: &Request, timeout: Duration) -> Option<Self> {
+        let verb = request.guest_verb()?;
         let mut args: Vec<(&'static str, Vec<u8>)> = Vec::new();
         let mut arg = |key, value: Option<String>| args.extend(value.map(|v| (key, v.into_bytes())));
-        let verb = match request {
-            Request::Hello { .. } => Verb::Hello,
-            Request::Ps { .. } => Verb::Ps,
-            Request::Uptime { .. } => Verb::Uptime,
-            Request::Inject { fault, cpu, duration_ms, message, .. } => {
+        match request {
+            Request::Inject { fault, cpu, duration_ms, message } => {
                 arg(key::FAULT, Some(fault.as_str().into()));
                 arg(key::CPU, Some(cpu.unwrap_or(0).to_string()));
                 arg(key::DURATION_MS, duration_ms.map(|ms| ms.to_string()));
                 arg(key::MESSAGE, message.clone());
-                Verb::Inject
             }
-            Request::SysctlGet { name, .. } => {
-                arg(key::NAME, Some(name.clone()));
-                Verb::SysctlGet
-            }
-            Request::SysctlSet { name, value, .. } => {
+            Request::SysctlGet { name } => arg(key::NAME, Some(name.clone())),
+            Request::SysctlSet { name, value } => {
                 arg(key::NAME, Some(name.clone()));
                 arg(key::VALUE, Some(value.text()));
-                Verb::SysctlSet
             }
-            Request::Dmesg { since, .. } => {
-                arg(key::SINCE, Some(since.unwrap_or(0).to_string()));
-                Verb::Dmesg
-            }
-            Request::Kexec { op, kind, cmdline, .. } => {
+            Request::Dmesg { since } => arg(key::SINCE, Some(since.unwrap_or(0).to_string())),
+            Request::Kexec { op, kind, cmdline } => {
                 arg(key::OP, Some(op.as_str().into()));
                 arg(key::KIND, kind.map(|k| k.as_str().into()));
                 arg(key::CMDLINE, cmdline.clone());
-                Verb::Kexec
             }
-            Request::Kdump { op, dump_level, final_action, failure_action, .. } => {
+            Request::Kdump { op, dump_level, final_action, failure_action } => {
                 arg(key::OP, Some(op.as_str().into()));
                 arg(key::DUMP_LEVEL, dump_level.map(|l| l.to_string()));
                 arg(key::FINAL_ACTION, final_action.map(|a| a.as_str().into()));
                 arg(key::FAILURE_ACTION, failure_action.map(|a| a.as_str().into()));
-                Verb::Kdump
             }
-            Request::Status {}
-            | Request::Nmi { .. }
-            | Request::Dump {}
-            | Request::Pause {}
-            | Request::Resume {}
-            | Request::Shutdown {}
-            | Request::ReadMemory { .. }
-            | Request::WriteMemory { .. } => return None,
-        };
+            // hello, ps and uptime take no arguments (the VMM's own commands have no verb).
+            _ => {}
+        }
         Some(Self { verb, args, timeout })
     }
 }
