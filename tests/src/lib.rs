@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use control::{Control, ControlError, ControlFailure, Event, Reply};
+pub use control::{Control, ControlFailure, ErrorReply, Event, Reply};
 pub use elf::ElfKernel;
 pub use temp::{TempDir, TempFile};
 pub use vm::{Injected, LineMatcher, Vm};
