@@ -5,6 +5,7 @@
 pub mod console;
 pub mod control;
 pub mod process;
+pub mod record;
 pub mod spec;
 pub mod state;
 pub mod vm;

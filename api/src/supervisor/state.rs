@@ -5,13 +5,13 @@
 use std::time::{Duration, Instant};
 
 use crashvisor_control::{Event, PanicAbout};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::events::NewEvent;
 
 /// The states of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// The VMM runs; the guest has not said hello yet.
