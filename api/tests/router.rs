@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use api::limits::{Host, Limits};
 use api::state::{AppState, ServiceConfig};
+use api::supervisor::record::StateDir;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -33,15 +34,15 @@ impl Drop for Scratch {
 
 fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
     let limits = Limits::for_host(Host { cpus: 2, memory_mib: 4096 });
-    let state = AppState::new(ServiceConfig {
+    let config = ServiceConfig {
         crash_dir: scratch.0.join("crash"),
         run_dir: scratch.0.join("run"),
         exe: "/nonexistent/crashvisor".into(),
         token: token.map(str::to_owned),
         limits,
         retention: Default::default(),
-    })
-    .unwrap();
+    };
+    let state = AppState::new(config, StateDir::open(&scratch.0.join("state")).unwrap()).unwrap();
     (api::app(state.clone()), state)
 }
 

@@ -1,9 +1,10 @@
 //! The state directory (`crashvisor serve --state-dir`): what a restarted service needs to find
 //! its VMs again. One directory per VM under `vms/`, holding the VM's record (`vm.json`: its
-//! spec, its last known status, its VMM's identity and control socket, the last crash the
-//! service announced), the VMM's configuration (`vmm.json`), its console (`console.log`) and its
-//! stderr (`vmm.log`). Records are written whole and atomically (temporary file, `fsync`,
-//! rename); one service at a time holds the directory (`flock` on `lock`).
+//! spec, its last known state and counters with the vmcores announced for it, its VMM's identity
+//! and control socket), the VMM's configuration (`vmm.json`), its console (`console.log`) and its
+//! stderr (`vmm.log`); `run-dir` names the run directory the service made for itself, which the
+//! next one reuses. Records are written whole and atomically (temporary file, `fsync`, rename);
+//! one service at a time holds the directory (`flock` on `lock`).
 
 use std::fs::File;
 use std::io::Write;
@@ -12,10 +13,9 @@ use std::path::{Path, PathBuf};
 
 use dumpd::atomic::AtomicFile;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::spec::VmSpec;
-use super::state::VmState;
+use super::state::Tracker;
 
 /// The record format this service writes and reads.
 pub const RECORD_FORMAT: u32 = 1;
@@ -29,6 +29,8 @@ const FILE_CONSOLE: &str = "console.log";
 const FILE_STDERR: &str = "vmm.log";
 /// The lock one service holds on the state directory.
 const FILE_LOCK: &str = "lock";
+/// The run directory a service made for itself (no `--run-dir`), for the next one to reuse.
+const FILE_RUN_DIR: &str = "run-dir";
 
 /// What went wrong with the state directory.
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +54,7 @@ pub enum StateDirError {
     )]
     InUse(PathBuf),
     /// A record that is not one this service can read.
-    #[error(
-        "the VM record {} cannot be read ({reason}); the VM is listed as failed, delete it to remove its directory",
-        path.display()
-    )]
+    #[error("the VM record {} cannot be read: {reason}", path.display())]
     Corrupt {
         /// The record file.
         path: PathBuf,
@@ -136,36 +135,6 @@ fn parse_stat(text: &str) -> Result<Stat, String> {
     Ok(Stat { state, start_time })
 }
 
-/// A VM's last known status, as `GET /v1/vms/{id}` shows it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SavedStatus {
-    /// The state (`None` before the first status).
-    pub state: Option<VmState>,
-    /// Guest boots so far.
-    pub boots: u64,
-    /// Guest panics so far.
-    pub crashes: u64,
-    /// Ids of the vmcores announced for it, oldest first.
-    pub vmcores: Vec<String>,
-    /// The last panic.
-    pub last_panic: Option<Value>,
-    /// The last lockup.
-    pub last_lockup: Option<Value>,
-    /// Why it failed.
-    pub failure: Option<String>,
-    /// The guest kernel's release.
-    pub release: Option<String>,
-}
-
-/// The last crash announced (`vmcore_ready`) for a VM.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AnnouncedCrash {
-    /// Its id in the crash store.
-    pub id: String,
-    /// When it was created (its `meta.json`'s `created_unix_ms`).
-    pub created_unix_ms: u64,
-}
-
 /// Everything the state directory holds about one VM.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,12 +147,10 @@ pub struct VmRecord {
     pub created_unix_ms: u64,
     /// Its VMM's control socket.
     pub control_socket: PathBuf,
-    /// Its running VMM, if any.
+    /// Its running VMM, if any (none yet while it is being started).
     pub vmm: Option<VmmIdentity>,
-    /// Its last known status.
-    pub status: SavedStatus,
-    /// The last crash announced for it.
-    pub last_announced: Option<AnnouncedCrash>,
+    /// Its last known state and counters, among them the vmcores announced for it.
+    pub status: Tracker,
 }
 
 /// The state directory, held by this service.
@@ -228,6 +195,29 @@ impl StateDir {
         &self.root
     }
 
+    /// The run directory the last service made for itself, if it named one.
+    pub fn run_dir(&self) -> Option<PathBuf> {
+        let text = std::fs::read_to_string(self.root.join(FILE_RUN_DIR)).ok()?;
+        Some(PathBuf::from(text.trim_end_matches('\n'))).filter(|p| p.is_absolute())
+    }
+
+    /// Names the run directory this service made for itself (`None`: it was given one).
+    pub fn set_run_dir(&self, dir: Option<&Path>) -> Result<(), StateDirError> {
+        let path = self.root.join(FILE_RUN_DIR);
+        match dir {
+            Some(dir) => {
+                let file = AtomicFile::create(&path)?;
+                let text = format!("{}\n", dir.display());
+                file.file().write_all(text.as_bytes()).map_err(io("write", &path))?;
+                Ok(file.commit()?)
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &path)(e)),
+                _ => Ok(()),
+            },
+        }
+    }
+
     /// The directory of VM `name` (a name the crash store accepts, so a safe file name).
     pub fn vm(&self, name: &str) -> VmDir {
         VmDir { dir: self.root.join("vms").join(name) }
@@ -243,8 +233,9 @@ impl StateDir {
             if dumpd::store::validate_vm_name(&name).is_err() || !entry.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let record = self.vm(&name).read();
-            found.push((name, record));
+            let vm = self.vm(&name);
+            vm.sweep();
+            found.push((name, vm.read()));
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
@@ -263,6 +254,17 @@ impl VmDir {
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &self.dir)(e)),
             _ => Ok(()),
+        }
+    }
+
+    /// Removes temporary files a killed service left half written (the directory's lock is
+    /// held: no other writer runs).
+    fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.contains(".tmp-")) {
+                let _ = std::fs::remove_file(entry.path());
+            }
         }
     }
 
@@ -322,8 +324,7 @@ mod tests {
             created_unix_ms: 1_700_000_000_000,
             control_socket: "/run/x/web-1.sock".into(),
             vmm: Some(VmmIdentity { pid: 42, start_time: 1234 }),
-            status: SavedStatus { state: Some(VmState::Running), boots: 1, ..Default::default() },
-            last_announced: Some(AnnouncedCrash { id: "web-1-x".into(), created_unix_ms: 5 }),
+            status: Tracker::new(),
         }
     }
 
@@ -339,14 +340,31 @@ mod tests {
         r.vmm = None;
         vm.write(&r).unwrap();
         assert_eq!(vm.read().unwrap(), r);
-        let files: Vec<_> =
-            std::fs::read_dir(root.join("vms/web-1")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(files, ["vm.json"], "no temporary file is left");
+        let files = || -> Vec<_> {
+            std::fs::read_dir(root.join("vms/web-1")).unwrap().map(|e| e.unwrap().file_name()).collect()
+        };
+        assert_eq!(files(), ["vm.json"], "no temporary file is left");
+        std::fs::write(root.join("vms/web-1/.vm.json.tmp-1-0"), "{").unwrap();
         let scanned = state.scan().unwrap();
         assert_eq!(scanned.len(), 1);
         assert_eq!(scanned[0].1.as_ref().unwrap(), &r);
+        assert_eq!(files(), ["vm.json"], "a killed writer's temporary file is swept");
         vm.remove().unwrap();
         assert!(state.scan().unwrap().is_empty());
+        drop(state);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_run_directory_is_remembered() {
+        let root = temp_root("rundir");
+        let state = StateDir::open(&root).unwrap();
+        assert_eq!(state.run_dir(), None);
+        state.set_run_dir(Some(Path::new("/tmp/crashvisor-7"))).unwrap();
+        assert_eq!(state.run_dir(), Some(PathBuf::from("/tmp/crashvisor-7")));
+        state.set_run_dir(None).unwrap();
+        assert_eq!(state.run_dir(), None);
+        state.set_run_dir(None).unwrap();
         drop(state);
         std::fs::remove_dir_all(&root).unwrap();
     }

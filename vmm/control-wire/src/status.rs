@@ -65,6 +65,7 @@ mod tests {
                                "release": null, "guest_cpus": null});
         assert_eq!(serde_json::from_value::<Status>(rebooting).unwrap().state, MachineState::Rebooting);
         assert!(serde_json::from_value::<Status>(json!({"state": "melting", "vcpus": 1, "boots": 1,
-            "guest_control": false, "release": null, "guest_cpus": null})).is_err());
+            "guest_control": false, "release": null, "guest_cpus": null}))
+        .is_err());
     }
 }
