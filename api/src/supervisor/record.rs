@@ -153,6 +153,9 @@ pub struct VmRecord {
     pub status: Tracker,
 }
 
+/// A VM's record, or why it cannot be read.
+pub type RecordRead = Result<VmRecord, StateDirError>;
+
 /// The state directory, held by this service.
 #[derive(Debug)]
 pub struct StateDir {
@@ -224,7 +227,7 @@ impl StateDir {
     }
 
     /// The VMs recorded, by name, each with its record or why it cannot be read.
-    pub fn scan(&self) -> Result<Vec<(String, Result<VmRecord, StateDirError>)>, StateDirError> {
+    pub fn scan(&self) -> Result<Vec<(String, RecordRead)>, StateDirError> {
         let vms = self.root.join("vms");
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&vms).map_err(io("read", &vms))? {
