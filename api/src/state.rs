@@ -52,7 +52,7 @@ impl AppState {
     /// directory (their VMMs are adopted again in the background).
     pub fn new(config: ServiceConfig, state_dir: StateDir) -> Result<Self, dumpd::store::StoreError> {
         let store = CrashStore::open(&config.crash_dir)?;
-        let bus = Arc::new(EventBus::new());
+        let bus = Arc::new(EventBus::resuming(state_dir.event_seq(), Box::new(state_dir.reserve_event_seq())));
         let metrics = Arc::new(Metrics::default());
         let symbols = Symbols::new(config.run_dir.join("guest-kernel.elf"));
         let cache_dir = config.run_dir.join("cache");

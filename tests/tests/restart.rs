@@ -78,6 +78,7 @@ fn vms_outlive_a_killed_service_and_are_adopted_again() {
     let panics = create_booted(&service, &mut events, "panics", json!({"on_panic": "dump-and-reboot"}));
     wait_console(&service, "keep", "smp: Brought up 1 node, 1 CPU");
 
+    let last_seq = events.history.iter().filter_map(|e| e.id).max().expect("numbered events");
     let killed = service.kill();
     assert!(!killed.success(), "{killed}");
     for (name, pid) in [("keep", keep), ("doomed", doomed), ("panics", panics)] {
@@ -99,6 +100,8 @@ fn vms_outlive_a_killed_service_and_are_adopted_again() {
     let mut events = service.events("/v1/events?since=0");
     let adopted = events.wait("keep", "adopted", COMMAND_TIMEOUT);
     assert_eq!((adopted.data["pid"].as_u64(), adopted.data["state"].as_str()), (Some(keep.into()), Some("running")));
+    let first_seq = events.history.iter().filter_map(|e| e.id).min().expect("numbered events");
+    assert!(first_seq > last_seq, "event numbers go on above the last service's: {first_seq} after {last_seq}");
     let failed = events.wait("doomed", "failed", COMMAND_TIMEOUT);
     let reason = failed.data["reason"].as_str().unwrap_or("");
     assert!(reason.contains("ended while no service ran") && reason.contains("was running"), "{reason}");

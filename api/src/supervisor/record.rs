@@ -3,7 +3,7 @@
 //! spec, its last known state and counters with the vmcores announced for it, its VMM's identity
 //! and control socket), the VMM's configuration (`vmm.json`), its console (`console.log`) and its
 //! stderr (`vmm.log`); `run-dir` names the run directory the service made for itself, which the
-//! next one reuses. Records are written whole and atomically (temporary file, `fsync`, rename);
+//! next one reuses, and `event-seq` the first event number no service has used. Records are written whole and atomically (temporary file, `fsync`, rename);
 //! one service at a time holds the directory (`flock` on `lock`).
 
 use std::fs::File;
@@ -31,6 +31,8 @@ const FILE_STDERR: &str = "vmm.log";
 const FILE_LOCK: &str = "lock";
 /// The run directory a service made for itself (no `--run-dir`), for the next one to reuse.
 const FILE_RUN_DIR: &str = "run-dir";
+/// The first event sequence number no service has used (events.rs reserves them in blocks).
+const FILE_EVENT_SEQ: &str = "event-seq";
 
 /// What went wrong with the state directory.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +223,33 @@ impl StateDir {
         }
     }
 
+    /// The first event sequence number no earlier service used (1 for a new directory).
+    pub fn event_seq(&self) -> u64 {
+        let path = self.root.join(FILE_EVENT_SEQ);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|e| {
+                tracing::warn!("{} is not a number ({e}); event numbers start again at 1", path.display());
+                1
+            }),
+            Err(_) => 1,
+        }
+    }
+
+    /// Records `next` as the first event sequence number no service may have used (an error is
+    /// logged: the next service could then reuse numbers).
+    pub fn reserve_event_seq(&self) -> impl Fn(u64) + Send + Sync + 'static {
+        let path = self.root.join(FILE_EVENT_SEQ);
+        move |next| {
+            let written = AtomicFile::create(&path).map_err(StateDirError::from).and_then(|file| {
+                file.file().write_all(format!("{next}\n").as_bytes()).map_err(io("write", &path))?;
+                Ok(file.commit()?)
+            });
+            if let Err(e) = written {
+                tracing::error!("cannot reserve event numbers, so the next service may reuse them: {e}");
+            }
+        }
+    }
+
     /// The directory of VM `name` (a name the crash store accepts, so a safe file name).
     pub fn vm(&self, name: &str) -> VmDir {
         VmDir { dir: self.root.join("vms").join(name) }
@@ -368,6 +397,17 @@ mod tests {
         state.set_run_dir(None).unwrap();
         assert_eq!(state.run_dir(), None);
         state.set_run_dir(None).unwrap();
+        drop(state);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn event_numbers_are_remembered() {
+        let root = temp_root("seq");
+        let state = StateDir::open(&root).unwrap();
+        assert_eq!(state.event_seq(), 1);
+        state.reserve_event_seq()(4097);
+        assert_eq!(state.event_seq(), 4097);
         drop(state);
         std::fs::remove_dir_all(&root).unwrap();
     }
