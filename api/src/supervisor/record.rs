@@ -255,7 +255,9 @@ impl StateDir {
         VmDir { dir: self.root.join("vms").join(name) }
     }
 
-    /// The VMs recorded, by name, each with its record or why it cannot be read.
+    /// The VMs recorded, by name, each with its record or why it cannot be read. A directory
+    /// with no record is removed: its VM was being created or deleted when the last service
+    /// died, and no VMM is started before the first record is on disk.
     pub fn scan(&self) -> Result<Vec<(String, RecordRead)>, StateDirError> {
         let vms = self.root.join("vms");
         let mut found = Vec::new();
@@ -267,6 +269,11 @@ impl StateDir {
             }
             let vm = self.vm(&name);
             vm.sweep();
+            if !vm.dir.join(FILE_RECORD).exists() {
+                tracing::info!("removing {}: it holds no VM record", vm.dir.display());
+                vm.remove()?;
+                continue;
+            }
             found.push((name, vm.read()));
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
@@ -442,11 +449,14 @@ mod tests {
         future["format"] = 2.into();
         std::fs::write(root.join("vms/bad/vm.json"), future.to_string()).unwrap();
         assert!(vm.read().unwrap_err().to_string().contains("format 2"));
+        let scanned = state.scan().unwrap();
+        assert!(scanned[0].1.is_err(), "a bad record is reported, not skipped");
         std::fs::remove_file(root.join("vms/bad/vm.json")).unwrap();
         let missing = vm.read().unwrap_err().to_string();
         assert!(missing.contains("cannot read") && missing.contains("vm.json"), "{missing}");
-        let scanned = state.scan().unwrap();
-        assert!(scanned[0].1.is_err(), "a bad record is reported, not skipped");
+        std::fs::write(root.join("vms/bad/console.log"), "half deleted").unwrap();
+        assert!(state.scan().unwrap().is_empty(), "a directory without a record is not a VM");
+        assert!(!root.join("vms/bad").exists(), "and it is removed");
         drop(state);
         std::fs::remove_dir_all(&root).unwrap();
     }
