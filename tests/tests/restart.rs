@@ -4,10 +4,14 @@
 //! (through its VMM's control socket, which the test reaches as any client could); the service
 //! started again on the same directories lists the live VMs as running and controls them
 //! (sysctl, NMI, events, console, stop), reports the killed one failed, and announces the
-//! vmcore committed while it was down.
+//! vmcore committed while it was down. And a service killed at 20 random moments (VM boots,
+//! panics caught by kdump or the host, host-side dumps, its own adoption of its VMs) loses no
+//! VM and no crash: each restart finds every VM running and controllable, every crash
+//! committed and announced, nothing half written, and no VMM outlives the final stop.
 //!
 //! `cargo test -p crashvisor-tests --test restart` (after `cargo build -p vmm -p api`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crashvisor_tests::api::{one_at_a_time, process_runs, signal, EventStream, HttpResponse, Service};
@@ -155,4 +159,135 @@ fn vms_outlive_a_killed_service_and_are_adopted_again() {
     assert!(status.success(), "{status}\n{}", service.log());
     let left: Vec<_> = std::fs::read_dir(service.state_dir.path().join("vms")).expect("vms/").collect();
     assert!(left.is_empty(), "a stopped service forgets its VMs: {left:?}");
+}
+
+/// Rounds of the random test: each kills the service at a random moment.
+const ROUNDS: usize = 20;
+/// VMs the random test runs at most (each 128 MiB).
+const MAX_VMS: usize = 4;
+
+/// xorshift64: the random test's moments. The seed is printed, and read from
+/// `CRASHVISOR_TEST_SEED`, so a failing run can be replayed.
+struct Moments(u64);
+
+impl Moments {
+    fn new() -> Self {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let seed = std::env::var("CRASHVISOR_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| now.map_or(1, |d| d.as_nanos() as u64) | 1);
+        eprintln!("random moments from seed {seed} (CRASHVISOR_TEST_SEED={seed} replays them)");
+        Self(seed)
+    }
+
+    /// A number below `n`.
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// What is not yet as it must end up: every VM running, every crash asked for committed (or
+/// recorded as failed) and listed by its VM, nothing half written visible.
+fn unsettled(service: &Service, store: &CrashStore, crashes: &BTreeMap<String, usize>) -> Option<String> {
+    let entries = store.list().expect("the crash store lists");
+    assert!(entries.iter().all(|e| e.meta.is_some()), "a crash without its meta.json is visible: {entries:?}");
+    let failures = store.failures().expect("the failures read");
+    for (name, &asked) in crashes {
+        let vm = vm(service, name);
+        assert_ne!(vm["state"], "failed", "no VMM was killed, yet: {vm}");
+        if vm["state"] != "running" {
+            return Some(format!("{name} is {}", vm["state"]));
+        }
+        let committed: BTreeSet<&str> =
+            entries.iter().filter(|e| e.meta.as_ref().is_some_and(|m| &m.vm == name)).map(|e| e.id.as_str()).collect();
+        let failed = failures.iter().filter(|f| &f.vm == name).count();
+        assert!(committed.len() + failed <= asked, "{name}: more crashes than asked for ({asked}): {committed:?}");
+        if committed.len() + failed < asked {
+            return Some(format!("{name}: {} of {asked} crashes committed, {failed} failed", committed.len()));
+        }
+        let listed: BTreeSet<&str> = vm["vmcores"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if listed != committed {
+            return Some(format!("{name} lists the vmcores {listed:?}, the store holds {committed:?}"));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_service_killed_at_random_moments_loses_no_vm_and_no_crash() {
+    let _serial = one_at_a_time();
+    let mut moments = Moments::new();
+    let mut service = Service::start(&[]);
+    let mut events = service.events("/v1/events?since=0");
+    let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
+    // Each panic gives one vmcore: kdump's once the capture kernel is loaded, else the host's.
+    let crashing = json!({"kdump": {}, "on_panic": "dump-and-reboot"});
+    let mut crashes = BTreeMap::new();
+    let mut pids = BTreeSet::new();
+    for name in ["vm-0", "vm-1"] {
+        pids.insert(create_booted(&service, &mut events, name, crashing.clone()));
+        crashes.insert(name.to_owned(), 0);
+    }
+    for round in 0..ROUNDS {
+        let names: Vec<String> = crashes.keys().cloned().collect();
+        let name = names[moments.below(names.len())].clone();
+        let what = match moments.below(5) {
+            0 | 1 => {
+                let injected = service.post(&format!("/v1/vms/{name}/faults"), &json!({"kind": "panic"}));
+                expect_status(&injected, 202, "inject a panic");
+                *crashes.entry(name.clone()).or_default() += 1;
+                format!("a panic of {name}")
+            }
+            2 => {
+                let dumped = service.post(&format!("/v1/vms/{name}/actions"), &json!({"action": "dump"}));
+                expect_status(&dumped, 200, "a host-side dump");
+                *crashes.entry(name.clone()).or_default() += 1;
+                format!("a host-side dump of {name}")
+            }
+            3 if crashes.len() < MAX_VMS => {
+                let name = format!("vm-{}", crashes.len());
+                let mut body = crashing.clone();
+                body["name"] = json!(name);
+                body["memory_mib"] = json!(128);
+                expect_status(&service.post("/v1/vms", &body), 201, "POST /v1/vms");
+                crashes.insert(name.clone(), 0);
+                format!("the creation of {name}")
+            }
+            _ => "nothing in particular".to_owned(),
+        };
+        let delay = moments.below(3000);
+        std::thread::sleep(Duration::from_millis(delay as u64));
+        let listed = service.get("/v1/vms").json();
+        pids.extend(listed["vms"].as_array().into_iter().flatten().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32));
+        eprintln!("round {round}: the service is killed {delay} ms after {what}");
+        service.kill();
+        if moments.below(3) == 0 {
+            // Killed again while it adopts its VMs.
+            service.restart();
+            let delay = moments.below(1000);
+            std::thread::sleep(Duration::from_millis(delay as u64));
+            eprintln!("round {round}: and {delay} ms after its restart");
+            service.kill();
+        }
+        service.restart();
+        let deadline = Instant::now() + CAPTURE_TIMEOUT;
+        while let Some(missing) = unsettled(&service, &store, &crashes) {
+            assert!(Instant::now() < deadline, "round {round}, after {what}: {missing}\n{}", service.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for name in crashes.keys() {
+            let read = service.get(&format!("/v1/vms/{name}/sysctl/kernel.panic"));
+            expect_status(&read, 200, &format!("round {round}: {name}'s guest answers"));
+        }
+    }
+    let listed = service.get("/v1/vms").json();
+    pids.extend(listed["vms"].as_array().into_iter().flatten().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32));
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    let running: Vec<u32> = pids.into_iter().filter(|&pid| process_runs(pid)).collect();
+    assert!(running.is_empty(), "VMMs outlived the service's stop: {running:?}");
 }

@@ -49,7 +49,7 @@ pub async fn adopt(recorded: Option<VmmIdentity>, socket: &Path) -> Result<Adopt
         Err(_) => {
             let reason = match recorded {
                 Some(_) => format!("it did not accept a connection on {} within {ADOPT_TIMEOUT:?}", socket.display()),
-                None => "the service stopped while starting the VMM, and no VMM serves its control socket".to_owned(),
+                None => "no VMM serves its control socket".to_owned(),
             };
             return Err(kill_unservable(recorded, reason));
         }

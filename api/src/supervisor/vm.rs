@@ -314,8 +314,9 @@ impl VmTask {
             .map_err(|e| format!("cannot start the VMM ({}): {e}", exe.display()))
     }
 
-    /// Adopts the VM's VMM again after a restart of the service; `None` (the VM failed, or
-    /// stopped if its VMM had said so) if it cannot be.
+    /// Adopts the VM's VMM again after a restart of the service (or starts it, if the last
+    /// service died before it had); `None` (the VM failed, or stopped if its VMM had said so)
+    /// if it cannot be.
     async fn adopt_session(&mut self, recorded: Option<VmmIdentity>) -> Option<Session> {
         match adopt::adopt(recorded, &self.launch.control).await {
             Ok(Adopted { process, conn, status, events }) => {
@@ -329,6 +330,12 @@ impl VmTask {
                 tracing::info!(pid = identity.pid, state = self.tracker.state.as_str(), "VMM adopted");
                 self.apply(effects);
                 Some(Session::new(process, Some(conn)))
+            }
+            Err(reason) if recorded.is_none() => {
+                // The last service died as it was starting the VMM (a new VM, or a reboot):
+                // start it, as it was asked to.
+                tracing::info!("no VMM was started for the VM ({reason}); starting one");
+                self.spawn_session().await
             }
             Err(reason) => {
                 tracing::warn!("cannot adopt the VMM: {reason}");
