@@ -5,11 +5,9 @@
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crashvisor_abi::platform::{NMI_REASON_OPERATOR, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
-use dumpd::store::Trigger;
+use crashvisor_abi::platform::NMI_REASON_OPERATOR;
 use serde_json::{json, Value};
 
 use super::channel::{GuestChannel, Received};
@@ -17,19 +15,15 @@ use super::events::{self, BootEvents, DeviceEvent, Event, RateLimit};
 use super::guest::GuestRequest;
 use super::memory;
 use super::protocol::{self, ClientRequest, Command, ControlError, ControlErrorCode};
-use super::{ClientId, ControlConfig, ControlInput, Inbox};
-use crate::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
+use super::{ClientId, ControlConfig, ControlInput};
+use crate::crash::policy::{CrashPolicy, DumpRefused, PanicAction};
 use crate::devices::control_uart::ControlUart;
-use crate::devices::crash_reason::CrashInfo;
-use crate::devices::{ResetCause, StopReason};
-use crate::snapshot::{self, After, SnapshotRequest};
+use crate::vcpu::requests::Pauser;
 use crate::vcpu::RunContext;
+use crate::vm::{ResetCause, StopReason};
 
 /// How long `pause` waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long `nmi` with `capture` lets the guest handle the NMI (and print what it prints)
-/// before the snapshot: its handler runs emulated here, at ~1.5 µs per instruction.
-const NMI_CAPTURE_DELAY: Duration = Duration::from_millis(200);
 /// Guest events that may reach clients at once, and per second after that.
 const EVENT_BURST: u32 = 100;
 const EVENTS_PER_SEC: u32 = 20;
@@ -54,32 +48,23 @@ pub struct Controller {
     clients: HashMap<ClientId, Client>,
     machine: Option<Arc<RunContext>>,
     boots: u64,
-    paused: bool,
     /// The guest's end of the control channel.
     channel: GuestChannel<Waiter>,
     boot_events: BootEvents,
     rate_limit: RateLimit,
     /// The final state once the VM stopped for good.
     ended: Option<&'static str>,
-    /// Where the dump thread posts its events.
-    inbox: Inbox,
-    on_panic: PanicPolicy,
-    on_crash_loaded: CrashLoadedPolicy,
-    dump_format: DumpFormat,
-    /// The host-side dump being written, if any.
-    dump_thread: Option<JoinHandle<()>>,
-    /// `Shutdown` came while a dump was being written: end once it is done.
-    shutdown_requested: bool,
+    /// What panics and operators' dump requests make the VMM do.
+    crash: CrashPolicy,
 }
 
 impl Controller {
-    /// A controller reading `inputs` (which `inbox` posts to), writing guest requests to
-    /// `control_uart`.
+    /// A controller reading `inputs`, writing guest requests to `control_uart`.
     pub fn new(
         inputs: Receiver<ControlInput>,
-        inbox: Inbox,
         control_uart: Arc<ControlUart>,
         config: &ControlConfig,
+        crash: CrashPolicy,
     ) -> Self {
         Self {
             inputs,
@@ -87,17 +72,11 @@ impl Controller {
             clients: HashMap::new(),
             machine: None,
             boots: 0,
-            paused: false,
             channel: GuestChannel::new(control_uart),
             boot_events: BootEvents::default(),
             rate_limit: RateLimit::new(EVENT_BURST, EVENTS_PER_SEC, Instant::now()),
             ended: None,
-            inbox,
-            on_panic: config.on_panic,
-            on_crash_loaded: config.on_crash_loaded,
-            dump_format: config.dump_format,
-            dump_thread: None,
-            shutdown_requested: false,
+            crash,
         }
     }
 
@@ -156,30 +135,21 @@ impl Controller {
                 for event in events::translate(event, &mut self.boot_events) {
                     self.guest_event(event);
                 }
-                if let Some((bits, crash)) = pvpanic {
-                    self.apply_pvpanic_policy(bits, crash);
-                }
-            }
-            ControlInput::SnapshotDone => {
-                if let Some(thread) = self.dump_thread.take() {
-                    if thread.join().is_err() {
-                        tracing::error!("the dump thread panicked");
+                let action = pvpanic.map(|(bits, crash)| self.crash.on_pvpanic(self.machine.as_ref(), bits, crash));
+                if action == Some(PanicAction::Pause) {
+                    if let Err(e) = self.pause() {
+                        tracing::error!("the panic policy could not be carried out: {}", e.message);
                     }
                 }
-                if self.shutdown_requested {
-                    return false;
-                }
             }
+            ControlInput::Event(event) => self.broadcast(&event),
             ControlInput::MachineStarted(ctx) => {
                 self.boots += 1;
                 self.machine = Some(ctx);
-                self.paused = false;
                 self.fail_pending(ControlErrorCode::GuestUnavailable, "a new machine started");
                 self.boot_events = BootEvents::default();
             }
             ControlInput::MachineStopped { reason, rebooting } => self.machine_stopped(reason, rebooting),
-            // A dump being written finishes first (dump-and-poweroff powers off meanwhile).
-            ControlInput::Shutdown if self.dump_thread.is_some() => self.shutdown_requested = true,
             ControlInput::Shutdown => return false,
         }
         true
@@ -187,7 +157,6 @@ impl Controller {
 
     fn machine_stopped(&mut self, reason: StopReason, rebooting: bool) {
         self.machine = None;
-        self.paused = false;
         let message = if rebooting { "the guest rebooted" } else { "the VM stopped" };
         self.fail_pending(ControlErrorCode::GuestUnavailable, message);
         let event = match (reason, rebooting) {
@@ -217,17 +186,11 @@ impl Controller {
             Command::Status => Ok(self.status()),
             Command::Nmi { cpu, capture } => self.nmi(cpu).and_then(|result| {
                 if capture {
-                    let request = SnapshotRequest { trigger: Trigger::OnDemand, reason: None, after: After::Resume };
-                    self.start_snapshot(request, NMI_CAPTURE_DELAY)?;
+                    self.host_dump(true)?;
                 }
                 Ok(result)
             }),
-            Command::Dump => self
-                .start_snapshot(
-                    SnapshotRequest { trigger: Trigger::OnDemand, reason: None, after: After::Resume },
-                    Duration::ZERO,
-                )
-                .map(|()| json!({ "state": "dumping" })),
+            Command::Dump => self.host_dump(false).map(|()| json!({ "state": "dumping" })),
             Command::Pause => self.pause(),
             Command::Resume => self.resume(),
             Command::ReadMemory { gpa, len } => self.running_machine().and_then(|m| memory::read(&m.memory, gpa, len)),
@@ -256,7 +219,7 @@ impl Controller {
         if self.machine.is_none() {
             return Err(unavailable("no machine is running (the VM is rebooting or has stopped)"));
         }
-        if self.paused {
+        if self.machine.as_ref().is_some_and(|m| m.is_paused()) {
             return Err(unavailable("the VM is paused; resume it first"));
         }
         self.channel.send(Waiter { client, id: id.clone(), timeout: request.timeout }, request)
@@ -315,7 +278,8 @@ impl Controller {
     }
 
     fn status(&self) -> Value {
-        let state = match (&self.machine, self.paused, self.ended) {
+        let paused = self.machine.as_ref().is_some_and(|m| m.is_paused());
+        let state = match (&self.machine, paused, self.ended) {
             (_, _, Some(ended)) => ended,
             (Some(_), true, _) => "paused",
             (Some(_), false, _) => "running",
@@ -355,65 +319,22 @@ impl Controller {
         Ok(json!({ "cpus": cpus }))
     }
 
-    /// Starts a host-side dump on its own thread after `delay`; its events follow.
-    fn start_snapshot(&mut self, request: SnapshotRequest, delay: Duration) -> Result<(), ControlError> {
+    /// An operator's host-side dump, after the guest handled an NMI or at once; the crash
+    /// policy starts it and its events follow.
+    fn host_dump(&self, after_nmi: bool) -> Result<(), ControlError> {
         let machine = self.running_machine()?;
-        if self.dump_thread.is_some() {
-            return Err(ControlError::new(
-                ControlErrorCode::Busy,
-                "a dump is already being written; wait for its vmcore_ready",
-            ));
-        }
-        let target = machine.devices.platform.dump_target().clone();
-        let inbox = self.inbox.clone();
-        let format = self.dump_format;
-        let thread = std::thread::Builder::new().name("dump".into()).spawn(move || {
-            std::thread::sleep(delay);
-            snapshot::take(&machine, &target, &request, format, &mut |event| {
-                inbox.post(ControlInput::Device(DeviceEvent::Dump(event)));
-            });
-            inbox.post(ControlInput::SnapshotDone);
-        });
-        match thread {
-            Ok(thread) => {
-                self.dump_thread = Some(thread);
-                Ok(())
-            }
-            Err(e) => Err(ControlError::new(ControlErrorCode::Internal, format!("cannot start the dump thread: {e}"))),
-        }
-    }
-
-    /// What the VMM's policies say to do about a pvpanic write.
-    fn apply_pvpanic_policy(&mut self, bits: u8, reason: Option<CrashInfo>) {
-        let snapshot = |after| SnapshotRequest { trigger: Trigger::Pvpanic, reason: reason.clone(), after };
-        let outcome = if bits & PVPANIC_PANICKED != 0 {
-            match self.on_panic {
-                PanicPolicy::None => Ok(()),
-                PanicPolicy::Dump => self.start_snapshot(snapshot(After::Resume), Duration::ZERO),
-                PanicPolicy::DumpAndReboot => self.start_snapshot(snapshot(After::Reboot), Duration::ZERO),
-                PanicPolicy::DumpAndPoweroff => self.start_snapshot(snapshot(After::PowerOff), Duration::ZERO),
-                PanicPolicy::Pause => self.pause().map(drop),
-                PanicPolicy::Reboot => {
-                    self.running_machine().map(|m| m.request_stop(StopReason::Reset(ResetCause::PanicPolicy)))
-                }
-            }
-        } else if bits & PVPANIC_CRASH_LOADED != 0 && self.on_crash_loaded == CrashLoadedPolicy::Dump {
-            self.start_snapshot(snapshot(After::Resume), Duration::ZERO)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = outcome {
-            tracing::error!("the panic policy could not be carried out: {}", e.message);
-        }
+        self.crash.operator_dump(&machine, after_nmi).map_err(|e| {
+            let code = if matches!(e, DumpRefused::Busy) { ControlErrorCode::Busy } else { ControlErrorCode::Internal };
+            ControlError::new(code, e.to_string())
+        })
     }
 
     fn pause(&mut self) -> Result<Value, ControlError> {
         let machine = self.running_machine()?;
-        if !self.paused {
-            if !machine.pause(PAUSE_TIMEOUT) {
+        if !machine.is_paused() {
+            if !machine.pause(Pauser::Operator, PAUSE_TIMEOUT) {
                 tracing::warn!("not every vCPU parked within {PAUSE_TIMEOUT:?} of the pause");
             }
-            self.paused = true;
             self.broadcast(&Event::Paused);
         }
         Ok(json!({ "state": "paused" }))
@@ -421,9 +342,8 @@ impl Controller {
 
     fn resume(&mut self) -> Result<Value, ControlError> {
         let machine = self.running_machine()?;
-        if self.paused {
-            machine.resume();
-            self.paused = false;
+        if machine.is_paused() {
+            machine.resume(Pauser::Operator);
             self.broadcast(&Event::Resumed);
         }
         Ok(json!({ "state": "running" }))
@@ -489,9 +409,11 @@ fn stop_reason_text(reason: &StopReason) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
     use crate::control::events::DeviceEvent;
     use crate::control::guest::GuestRequest;
     use crate::control::Inbox;
+    use crate::crash::{CrashSink, DumpTarget, SinkThread};
     use crate::devices::console::Console;
     use crate::devices::platform::{BootTimes, Platform, PlatformLinks};
     use crate::devices::Devices;
@@ -505,6 +427,16 @@ mod tests {
     const VCPUS: usize = 2;
     const CLIENT: ClientId = ClientId(1);
 
+    /// A crash sink that has stopped (these tests take no dumps).
+    fn sink() -> CrashSink {
+        let target = DumpTarget {
+            crash_dir: "/nonexistent/crash".into(),
+            vm_name: "vm".into(),
+            retention: dumpd::store::Retention::default(),
+        };
+        SinkThread::start(target, Inbox::channel().0).unwrap().sink()
+    }
+
     /// A machine without KVM: devices, memory and vCPU mailboxes.
     fn machine() -> Arc<RunContext> {
         let (inbox, _) = Inbox::channel();
@@ -516,11 +448,7 @@ mod tests {
             platform: Platform::new(PlatformLinks {
                 boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
                 memory: memory.clone(),
-                dump: crate::devices::dump::DumpTarget {
-                    crash_dir: "/nonexistent/crash".into(),
-                    vm_name: "vm".into(),
-                    retention: dumpd::store::Retention::default(),
-                },
+                sink: sink(),
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(true, requests.clone())),
                 inbox,
@@ -532,16 +460,11 @@ mod tests {
 
     /// A controller with one connected client and a running machine.
     fn controller() -> (Controller, Receiver<String>, Arc<RunContext>) {
-        let (inbox, inputs) = Inbox::channel();
+        let (_, inputs) = Inbox::channel();
         let ctx = machine();
-        let config = ControlConfig {
-            socket: None,
-            vcpus: VCPUS,
-            on_panic: PanicPolicy::None,
-            on_crash_loaded: CrashLoadedPolicy::Event,
-            dump_format: DumpFormat::Elf,
-        };
-        let mut c = Controller::new(inputs, inbox, ctx.devices.control_uart.clone(), &config);
+        let config = ControlConfig { socket: None, vcpus: VCPUS };
+        let crash = CrashPolicy::new(PanicPolicy::None, CrashLoadedPolicy::Event, DumpFormat::Elf, sink());
+        let mut c = Controller::new(inputs, ctx.devices.control_uart.clone(), &config, crash);
         let (outbox, lines) = sync_channel(256);
         assert!(c.handle(ControlInput::ClientConnected { client: CLIENT, outbox }));
         c.handle(ControlInput::MachineStarted(ctx.clone()));
@@ -660,11 +583,11 @@ mod tests {
         let (mut c, lines, ctx) = controller();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let fake_vcpus: Vec<_> = (0..VCPUS)
-            .map(|_| {
+            .map(|id| {
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 std::thread::spawn(move || {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        ctx.vcpus.park(&|| false, || {});
+                        ctx.vcpus.park(id, &|| false, || {});
                         std::thread::yield_now();
                     }
                 })

@@ -14,14 +14,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dumpd::elf::build::{CoreLayout, LoadSpec, NoteSpec};
-use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
-use dumpd::writer::{write_vmcore, MemorySource};
 use vm_memory::GuestMemoryMmap;
 
-use dumpd::error_chain;
-
-use crate::devices::dump::GuestRam;
+use super::{write_output, GuestRam, Output, VmcoreStats};
 
 /// Longest error message the child reports.
 const MESSAGE_MAX: usize = 3000;
@@ -114,46 +109,6 @@ impl Drop for SharedReport {
     }
 }
 
-/// What the child writes.
-pub enum Output<'a> {
-    /// An ELF core file laid out as `CoreLayout` says.
-    Elf(&'a CoreLayout),
-    /// makedumpfile's kdump-compressed format of these notes and loads, zero pages left out.
-    Kdump {
-        /// The notes.
-        notes: &'a [NoteSpec<'a>],
-        /// The memory.
-        loads: &'a [LoadSpec],
-        /// Page compression.
-        compression: Compression,
-    },
-}
-
-/// makedumpfile's dump level bit 1: zero pages are left out of kdump-compressed files.
-const DUMP_LEVEL_ZERO: u32 = 1;
-
-/// Writes `output` from `source` into `file`: (file size, bytes written, zero pages left out).
-fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource) -> Result<(u64, u64, u64), String> {
-    match output {
-        Output::Elf(core) => write_vmcore(file, &core.headers, &core.runs, core.file_size, source)
-            .map(|s| (s.apparent_bytes, s.written_bytes, s.zero_pages_skipped))
-            .map_err(|e| error_chain(&e)),
-        Output::Kdump { notes, loads, compression } => {
-            let input = KdumpInput { notes, loads, memory: source };
-            let options = KdumpOptions {
-                compression: *compression,
-                dump_level: DUMP_LEVEL_ZERO,
-                free_pages: None,
-                timestamp: std::time::SystemTime::now(),
-                progress: None,
-            };
-            write_kdump(file, &input, &options)
-                .map(|s| (s.file_bytes, s.file_bytes, s.zero_pages_excluded))
-                .map_err(|e| error_chain(&e))
-        }
-    }
-}
-
 /// A child process writing a vmcore.
 pub struct ForkedWriter {
     pid: libc::pid_t,
@@ -176,7 +131,7 @@ pub enum ForkError {
 }
 
 impl ForkedWriter {
-    /// Forks a child that writes `core` from `memory` into `file` and syncs it. The snapshot
+    /// Forks a child that writes `output` from `memory` into `file` and syncs it. The snapshot
     /// is the memory at the moment of this call.
     pub fn start(file: &File, output: &Output<'_>, memory: &GuestMemoryMmap) -> Result<Self, ForkError> {
         let shared = SharedReport::new().map_err(ForkError::Start)?;
@@ -196,10 +151,10 @@ impl ForkedWriter {
             let result = write_output(file, output, &source)
                 .and_then(|stats| file.sync_all().map(|()| stats).map_err(|e| format!("cannot sync the vmcore: {e}")));
             let code = match result {
-                Ok((file_bytes, written_bytes, zero_pages_skipped)) => {
-                    report.file_bytes.store(file_bytes, Ordering::Relaxed);
-                    report.written_bytes.store(written_bytes, Ordering::Relaxed);
-                    report.zero_pages_skipped.store(zero_pages_skipped, Ordering::Relaxed);
+                Ok(stats) => {
+                    report.file_bytes.store(stats.file_bytes, Ordering::Relaxed);
+                    report.written_bytes.store(stats.written_bytes, Ordering::Relaxed);
+                    report.zero_pages_skipped.store(stats.zero_pages_skipped, Ordering::Relaxed);
                     0
                 }
                 Err(message) => {
@@ -230,9 +185,8 @@ impl ForkedWriter {
         self.shared.report().done.load(Ordering::Relaxed)
     }
 
-    /// Waits up to `timeout` for the child; `None` while it still runs, else how it ended:
-    /// `(file_bytes, written_bytes, zero_pages_skipped)`.
-    pub fn poll(&self, timeout: Duration) -> Option<Result<(u64, u64, u64), ForkError>> {
+    /// Waits up to `timeout` for the child; `None` while it still runs, else how it ended.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<VmcoreStats, ForkError>> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let mut status = 0;
@@ -255,14 +209,14 @@ impl ForkedWriter {
         }
     }
 
-    fn outcome(&self, status: i32) -> Result<(u64, u64, u64), ForkError> {
+    fn outcome(&self, status: i32) -> Result<VmcoreStats, ForkError> {
         let report = self.shared.report();
         match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
-            (true, 0) => Ok((
-                report.file_bytes.load(Ordering::Relaxed),
-                report.written_bytes.load(Ordering::Relaxed),
-                report.zero_pages_skipped.load(Ordering::Relaxed),
-            )),
+            (true, 0) => Ok(VmcoreStats {
+                file_bytes: report.file_bytes.load(Ordering::Relaxed),
+                written_bytes: report.written_bytes.load(Ordering::Relaxed),
+                zero_pages_skipped: report.zero_pages_skipped.load(Ordering::Relaxed),
+            }),
             (true, _) => Err(ForkError::Write(self.shared.message())),
             _ => Err(ForkError::Died(status)),
         }

@@ -21,34 +21,7 @@ use crashvisor_abi::serial::{COM1_PORT, COM2_PORT, UART_PORT_COUNT};
 use self::console::Console;
 use self::control_uart::ControlUart;
 use self::platform::Platform;
-
-/// Why the guest wants the machine stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The guest powered off.
-    PowerOff,
-    /// The guest reset the machine.
-    Reset(ResetCause),
-    /// KVM could not emulate a guest instruction.
-    EmulationFailure(String),
-    /// KVM or the VMM failed while running the guest.
-    Fatal(String),
-    /// The operator asked the VMM to quit (console escape).
-    Quit,
-}
-
-/// How the guest reset the machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetCause {
-    /// A write to the reset control register (0xcf9).
-    ResetControl,
-    /// The i8042 keyboard controller's reset pulse.
-    KeyboardController,
-    /// A triple fault (KVM_EXIT_SHUTDOWN).
-    TripleFault,
-    /// The VMM's panic policy (`--on-panic reboot`, `dump-and-reboot`).
-    PanicPolicy,
-}
+use crate::vm::{ResetCause, StopReason};
 
 /// What a vCPU does after a device access.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,16 +2,8 @@
 //! same format the guest's crash path writes, so gdb shows one thread per vCPU.
 
 use crashvisor_klib::elfnote::{write_prstatus, CRASH_NOTE_BYTES, ELF_NGREG, NOTE_HEADER_SIZE, PRSTATUS_SIZE};
-use kvm_bindings::{kvm_regs, kvm_sregs};
 
-/// A vCPU's state as KVM reports it while the vCPU is parked.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct VcpuState {
-    /// General-purpose registers, RIP, RFLAGS.
-    pub regs: kvm_regs,
-    /// Segment and control registers (CR3 for the page walk, FS/GS bases).
-    pub sregs: kvm_sregs,
-}
+use crate::vcpu::VcpuState;
 
 /// `user_regs_struct` from KVM's registers: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx
 /// rsi rdi orig_rax rip cs eflags rsp ss fs_base gs_base ds es fs gs.
