@@ -322,9 +322,12 @@ impl Controller {
     /// An operator's host-side dump, after the guest handled an NMI or at once; the crash
     /// policy starts it and its events follow.
     fn host_dump(&self, after_nmi: bool) -> Result<(), ControlError> {
-        let machine = self.running_machine()?;
-        self.crash.operator_dump(&machine, after_nmi).map_err(|e| {
-            let code = if matches!(e, DumpRefused::Busy) { ControlErrorCode::Busy } else { ControlErrorCode::Internal };
+        self.crash.operator_dump(self.machine.as_ref(), after_nmi).map_err(|e| {
+            let code = match e {
+                DumpRefused::NoMachine => ControlErrorCode::VmUnavailable,
+                DumpRefused::Busy => ControlErrorCode::Busy,
+                DumpRefused::SinkStopped => ControlErrorCode::Internal,
+            };
             ControlError::new(code, e.to_string())
         })
     }

@@ -58,9 +58,9 @@ impl CrashPolicy {
 
     /// An operator's dump of `machine`; `after_nmi` gives the guest time to handle an NMI first.
     /// Its events follow.
-    pub fn operator_dump(&self, machine: &Arc<RunContext>, after_nmi: bool) -> Result<(), DumpRefused> {
+    pub fn operator_dump(&self, machine: Option<&Arc<RunContext>>, after_nmi: bool) -> Result<(), DumpRefused> {
         let delay = if after_nmi { NMI_CAPTURE_DELAY } else { Duration::ZERO };
-        self.dump(Some(machine), Trigger::OnDemand, None, After::Resume, delay)
+        self.dump(machine, Trigger::OnDemand, None, After::Resume, delay)
     }
 
     /// Carries out the policy for a pvpanic write of `bits` (with the guest's crash reason);

@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -143,17 +143,11 @@ impl CrashSink {
     }
 
     fn queue(&self, job: Job) -> bool {
-        match self.jobs.try_send(job) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                tracing::warn!("the crash sink has {QUEUE_CAPACITY} jobs waiting; dropping a capture");
-                false
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                tracing::warn!("the crash sink has stopped; dropping a capture");
-                false
-            }
+        let queued = self.jobs.try_send(job);
+        if let Err(e) = &queued {
+            tracing::warn!("the crash sink takes no more jobs ({e}); dropping a capture");
         }
+        queued.is_ok()
     }
 }
 

@@ -460,13 +460,8 @@ mod tests {
         assert_eq!(command(&off, 0, Command::SetNmiWatchdog, 10_000).1, STATUS_UNSUPPORTED);
     }
 
-    #[test]
-    fn a_crash_reason_is_validated_and_reported_with_the_panic() {
-        let (p, inputs) = platform_with(true);
-        let mut reason = CrashReason::new(Detector::Sysrq, 1, 7);
-        reason.set_comm(b"sh");
-        reason.push_message(b"sysrq triggered crash");
-        // The guest's bytes: every field is a little-endian u32 or a byte array.
+    /// A crash reason as the guest's bytes: every field is a little-endian u32 or a byte array.
+    fn reason_bytes(reason: &CrashReason) -> Vec<u8> {
         let mut bytes = Vec::new();
         for v in [reason.magic, reason.version, reason.detector, reason.cpu, reason.pid, 0] {
             bytes.extend_from_slice(&v.to_le_bytes());
@@ -476,7 +471,16 @@ mod tests {
         bytes.extend_from_slice(&0u32.to_le_bytes());
         bytes.extend_from_slice(&reason.message);
         assert_eq!(bytes.len(), CrashReason::SIZE);
-        p.links.memory.write_slice(&bytes, GuestAddress(0x1000)).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_crash_reason_is_validated_and_reported_with_the_panic() {
+        let (p, inputs) = platform_with(true);
+        let mut reason = CrashReason::new(Detector::Sysrq, 1, 7);
+        reason.set_comm(b"sh");
+        reason.push_message(b"sysrq triggered crash");
+        p.links.memory.write_slice(&reason_bytes(&reason), GuestAddress(0x1000)).unwrap();
 
         assert_eq!(command(&p, 0, Command::SetCrashReason, 0xffff_0000).1, STATUS_INVALID_ARGUMENT);
         assert_eq!(command(&p, 0, Command::SetCrashReason, 0x2000).1, STATUS_INVALID_ARGUMENT, "zeroes: bad magic");
@@ -504,13 +508,7 @@ mod tests {
         };
         let mut reason = CrashReason::new(Detector::HungTask, 0, 57);
         reason.set_comm(b"khungtaskd");
-        let mut bytes = Vec::new();
-        for v in [reason.magic, reason.version, reason.detector, reason.cpu, reason.pid, 0] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        bytes.extend_from_slice(&reason.comm);
-        bytes.extend_from_slice(&[0; 8 + 256]);
-        p.links.memory.write_slice(&bytes, GuestAddress(0xa0_0000)).unwrap();
+        p.links.memory.write_slice(&reason_bytes(&reason), GuestAddress(0xa0_0000)).unwrap();
         assert_eq!(command(&p, 0, Command::SetCrashReason, 0xa0_0000).1, STATUS_OK);
 
         assert_eq!(command(&p, 1, Command::Dump, DESCRIPTOR_GPA), (IoAction::Continue, STATUS_OK));

@@ -64,8 +64,8 @@ impl Producer for Handoff {
 
 /// Handles `Command::Dump` with the descriptor at `gpa`: validates it and hands the crash to
 /// `sink`, posting `capture_started` through `post`; the sink answers through `reply` once the
-/// crash is stored. A descriptor that breaks a rule is refused at once: `reply` is dropped, the
-/// failure recorded, and `STATUS_INVALID_ARGUMENT` returned.
+/// crash is stored (`None` is returned). A descriptor that breaks a rule is refused at once:
+/// `reply` is dropped, the failure recorded, and `Some(STATUS_INVALID_ARGUMENT)` returned.
 pub fn dump(
     memory: &GuestMemoryMmap,
     sink: &CrashSink,
