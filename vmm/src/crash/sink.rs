@@ -18,8 +18,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dumpd::error_chain;
 use dumpd::store::{
-    rfc3339, CommittedCrash, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash,
-    StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
+    CommittedCrash, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash, StoreError,
+    Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 
 use super::fork::{ForkError, ForkedWriter};
@@ -103,7 +103,7 @@ pub enum CaptureError {
     Registers(usize),
     /// The vmcore could not be laid out.
     #[error("cannot lay out the vmcore")]
-    Layout(#[from] dumpd::elf::ElfError),
+    Layout(#[from] crashvisor_klib::elfcore::ElfError),
 }
 
 enum Job {
@@ -311,8 +311,7 @@ impl Worker {
     /// Records a capture that produced no vmcore in the store's failure log and posts
     /// `dump_failed`.
     fn record_failure(&self, trigger: Trigger, reason: String) {
-        let record =
-            FailureRecord { time: rfc3339(SystemTime::now()), vm: self.target.vm_name.clone(), trigger, reason };
+        let record = FailureRecord::new(&self.target.vm_name, trigger, reason, SystemTime::now());
         if let Err(e) = CrashStore::open(&self.target.crash_dir).and_then(|store| store.record_failure(&record)) {
             tracing::warn!("cannot record the failed capture: {}", error_chain(&e));
         }

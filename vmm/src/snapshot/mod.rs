@@ -16,7 +16,6 @@ use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dumpd::kdump::Compression;
 use dumpd::store::CrashMeta;
 
 use crate::config::DumpFormat;
@@ -77,8 +76,7 @@ impl Snapshot {
                 let core = dumpd::elf::build::layout(&notes, &layout.loads)?;
                 ForkedWriter::start(file, &Output::Elf(&core), &ctx.memory)?
             }
-            DumpFormat::KdumpZstd => ForkedWriter::start(file, &kdump(Compression::Zstd), &ctx.memory)?,
-            DumpFormat::KdumpZlib => ForkedWriter::start(file, &kdump(Compression::Zlib), &ctx.memory)?,
+            DumpFormat::Kdump(compression) => ForkedWriter::start(file, &kdump(compression), &ctx.memory)?,
         };
         Ok((writer, layout.loads.iter().map(|l| l.len).sum()))
     }
@@ -87,7 +85,7 @@ impl Snapshot {
 impl Producer for Snapshot {
     fn start(&mut self, file: &File, meta: &mut CrashMeta) -> Result<Writing, CaptureError> {
         std::thread::sleep(self.delay);
-        meta.vmcore_format = (self.format != DumpFormat::Elf).then(|| format_name(self.format).into());
+        meta.vmcore_format = (self.format != DumpFormat::Elf).then(|| self.format.name().into());
         let ctx = &self.machine;
         let pause_start = Instant::now();
         let stopped = ctx.pause(Pauser::Snapshot, PAUSE_TIMEOUT);
@@ -107,13 +105,5 @@ impl Producer for Snapshot {
             self.format
         );
         Ok(Writing::Forked { writer, pause, total })
-    }
-}
-
-fn format_name(format: DumpFormat) -> &'static str {
-    match format {
-        DumpFormat::Elf => "elf",
-        DumpFormat::KdumpZstd => "kdump-zstd",
-        DumpFormat::KdumpZlib => "kdump-zlib",
     }
 }

@@ -118,11 +118,7 @@ pub enum FailureReportError {
 pub fn read_failure(memory: &GuestMemoryMmap, gpa: u64) -> Result<String, FailureReportError> {
     let size = std::mem::size_of::<DumpFailure>() as u64;
     let bytes = read_bytes(memory, "failure report", gpa, size).map_err(|_| FailureReportError::OutOfRam(gpa))?;
-    let u64_at = |at: usize| {
-        let mut le = [0u8; 8];
-        le.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(le)
-    };
+    let u64_at = |at: usize| crashvisor_klib::le::u64_at(&bytes, at);
     let magic = u64_at(offset_of!(DumpFailure, magic));
     if magic != DUMP_FAILURE_MAGIC {
         return Err(FailureReportError::Magic(magic));
@@ -159,8 +155,9 @@ pub(crate) mod tests {
     use crashvisor_abi::dump::{DumpRange, DUMP_LEVEL_ALL, DUMP_MAGIC, DUMP_VERSION};
     use crashvisor_abi::layout::PAGE_OFFSET;
     use crashvisor_abi::platform::Detector;
+    use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
     use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
-    use dumpd::elf::{Core, NT_PRSTATUS, PRSTATUS_SIZE};
+    use dumpd::elf::Core;
     use dumpd::store::{CrashStore, Retention, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG};
     use std::path::{Path, PathBuf};
     use std::sync::mpsc::Receiver;
