@@ -96,7 +96,11 @@ pub fn dump(
     );
     let runs = valid.ranges.iter().map(|r| Run { file_offset: r.file_offset, addr: r.gpa, len: r.len }).collect();
     let core = CoreLayout { headers: valid.headers, runs, file_size: d.file_size };
-    sink.submit(Trigger::Kdump, reason, Box::new(Handoff { memory: memory.clone(), descriptor: d, core, reply }));
+    let handoff = Handoff { memory: memory.clone(), descriptor: d, core, reply };
+    if !sink.submit(Trigger::Kdump, reason, Box::new(handoff)) {
+        // The hand-off was dropped: the vCPU reads STATUS_IO_ERROR; clients must not wait.
+        post(Event::DumpFailed { reason: "the crash sink takes no more jobs; the vmcore was not stored".into() });
+    }
     None
 }
 
@@ -413,6 +417,25 @@ pub(crate) mod tests {
         assert!(matches!(events[0], Event::CaptureStarted { .. }));
         let Event::DumpFailed { reason } = &events[1] else { panic!("{events:?}") };
         assert!(reason.contains("cannot store the vmcore"), "{reason}");
+    }
+
+    #[test]
+    fn a_hand_off_the_sink_cannot_take_fails_at_once() {
+        let store = TestDir::new("dump-stopped");
+        let g = guest();
+        g.install();
+        let (inbox, inputs) = Inbox::channel();
+        let sink = SinkThread::start(store.target(), inbox.clone()).unwrap().sink();
+        let (reply, replied) = std::sync::mpsc::channel::<u32>();
+        let reply = Box::new(move |status| reply.send(status).unwrap());
+        let post = &mut |event| assert!(inbox.try_post(ControlInput::Event(event)));
+        assert_eq!(dump(&g.memory, &sink, DESCRIPTOR_GPA, None, reply, post), None);
+        assert!(replied.recv().is_err(), "the reply is dropped unanswered: the vCPU reads its I/O error");
+        let events = events(&inputs);
+        let [Event::CaptureStarted { .. }, Event::DumpFailed { reason }] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert!(reason.contains("not stored"), "{reason}");
     }
 
     #[test]
