@@ -104,16 +104,13 @@ impl RunContext {
     /// telling KVM the guest is stopped, so its kvmclock page shows `PVCLOCK_GUEST_STOPPED`).
     /// Returns whether all vCPUs parked within `timeout`.
     pub fn pause(&self, by: Pauser, timeout: std::time::Duration) -> bool {
-        self.devices.platform.nmi_watchdog().pause();
-        self.vcpus.pause(by, timeout)
+        self.vcpus.pause(by, timeout, || self.devices.platform.nmi_watchdog().pause())
     }
 
     /// Ends `by`'s pause; once nobody holds the machine paused it runs, and the next
     /// NMI-watchdog tick comes a full period from now.
     pub fn resume(&self, by: Pauser) {
-        if self.vcpus.resume(by) {
-            self.devices.platform.nmi_watchdog().resume();
-        }
+        self.vcpus.resume(by, || self.devices.platform.nmi_watchdog().resume());
     }
 
     /// Whether an operator (or the panic policy) paused the machine.

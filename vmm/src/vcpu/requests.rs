@@ -162,9 +162,12 @@ impl VcpuRequests {
     }
 
     /// Pauses every vCPU for `by` and waits up to `timeout` for all of them to park; returns
-    /// whether they did. The vCPU threads park before they next enter the guest.
-    pub fn pause(&self, by: Pauser, timeout: Duration) -> bool {
+    /// whether they did. The vCPU threads park before they next enter the guest. `stop_clocks`
+    /// (the machine's clocks that must stand still while it is paused) runs first, under the
+    /// same lock as the pause state, so a concurrent `resume` cannot start them again after it.
+    pub fn pause(&self, by: Pauser, timeout: Duration, stop_clocks: impl FnOnce()) -> bool {
         let mut parked = self.parked();
+        stop_clocks();
         self.paused.fetch_or(by as u8, Ordering::SeqCst);
         // vCPUs waiting for a host call wait on `changed`, not in `KVM_RUN`.
         self.changed.notify_all();
@@ -182,11 +185,15 @@ impl VcpuRequests {
         true
     }
 
-    /// Ends `by`'s pause; the parked vCPUs run again unless somebody else holds them. Returns
-    /// whether the machine runs now.
-    pub fn resume(&self, by: Pauser) -> bool {
+    /// Ends `by`'s pause; the parked vCPUs run again unless somebody else holds them, and then
+    /// `start_clocks` runs (under the lock of the pause state). Returns whether the machine runs
+    /// now.
+    pub fn resume(&self, by: Pauser, start_clocks: impl FnOnce()) -> bool {
         let _parked = self.parked();
         let running = self.paused.fetch_and(!(by as u8), Ordering::SeqCst) & !(by as u8) == 0;
+        if running {
+            start_clocks();
+        }
         self.changed.notify_all();
         running
     }
@@ -286,7 +293,7 @@ mod tests {
     fn pause_waits_for_every_vcpu_to_park_and_resume_releases_them() {
         let r = Arc::new(VcpuRequests::new(2));
         let stopping = Arc::new(AtomicBool::new(false));
-        assert!(!r.pause(Pauser::Operator, Duration::from_millis(10)), "nobody parked yet");
+        assert!(!r.pause(Pauser::Operator, Duration::from_millis(10), || {}), "nobody parked yet");
         let threads: Vec<_> = (0..2)
             .map(|id| {
                 let (r, stopping) = (r.clone(), stopping.clone());
@@ -297,8 +304,8 @@ mod tests {
                 })
             })
             .collect();
-        assert!(r.pause(Pauser::Operator, Duration::from_secs(5)));
-        assert!(r.resume(Pauser::Operator));
+        assert!(r.pause(Pauser::Operator, Duration::from_secs(5), || {}));
+        assert!(r.resume(Pauser::Operator, || {}));
         for t in threads {
             assert!(t.join().unwrap());
         }
@@ -321,7 +328,7 @@ mod tests {
                 r.park(0, &|| stopping.load(Ordering::SeqCst), || {})
             })
         };
-        assert!(r.pause(Pauser::Operator, Duration::from_secs(5)));
+        assert!(r.pause(Pauser::Operator, Duration::from_secs(5), || {}));
         stopping.store(true, Ordering::SeqCst);
         r.wake_all();
         thread.join().unwrap();
@@ -331,12 +338,15 @@ mod tests {
     #[test]
     fn each_pauser_holds_its_own_pause() {
         let r = VcpuRequests::new(0);
-        assert!(r.pause(Pauser::Operator, Duration::ZERO));
-        assert!(r.pause(Pauser::Snapshot, Duration::ZERO));
-        assert!(!r.resume(Pauser::Snapshot), "the operator's pause stays");
+        let clocks = std::cell::Cell::new(true);
+        let (stop, start) = (|| clocks.set(false), || clocks.set(true));
+        assert!(r.pause(Pauser::Operator, Duration::ZERO, stop));
+        assert!(r.pause(Pauser::Snapshot, Duration::ZERO, stop));
+        assert!(!r.resume(Pauser::Snapshot, start), "the operator's pause stays");
         assert!(r.is_paused() && r.is_paused_by(Pauser::Operator) && !r.is_paused_by(Pauser::Snapshot));
-        assert!(r.resume(Pauser::Operator));
-        assert!(!r.is_paused());
+        assert!(!clocks.get(), "the clocks stand still while anybody holds the machine");
+        assert!(r.resume(Pauser::Operator, start));
+        assert!(!r.is_paused() && clocks.get());
     }
 
     #[test]
@@ -352,8 +362,8 @@ mod tests {
                 })
             })
         };
-        assert!(r.pause(Pauser::Operator, Duration::from_secs(5)), "a vCPU in a host call parks for a pause");
-        assert!(r.resume(Pauser::Operator));
+        assert!(r.pause(Pauser::Operator, Duration::from_secs(5), || {}), "a vCPU in a host call parks for a pause");
+        assert!(r.resume(Pauser::Operator, || {}));
         std::thread::sleep(Duration::from_millis(20));
         assert!(!thread.is_finished(), "the host call is still in progress");
         drop(call);
