@@ -3,7 +3,8 @@
 //! `run` reads like a script: open KVM, start the crash sink and the control channel, then per
 //! boot create the VM, its memory, the kernel and boot data, the vCPUs; run until the guest powers
 //! off, resets or fails; on reset, tear the machine down and build it again from the same
-//! configuration. The machine's lifecycle types ([`StopReason`], [`ResetCause`]) live here.
+//! configuration. The machine's lifecycle types live here: [`StopReason`], and [`ResetCause`], a
+//! word of the control protocol re-exported from `crashvisor_control`.
 
 use std::fmt;
 use std::fs::File;
@@ -56,18 +57,8 @@ pub enum StopReason {
     Quit,
 }
 
-/// How the guest reset the machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetCause {
-    /// A write to the reset control register (0xcf9).
-    ResetControl,
-    /// The i8042 keyboard controller's reset pulse.
-    KeyboardController,
-    /// A triple fault (KVM_EXIT_SHUTDOWN).
-    TripleFault,
-    /// The VMM's panic policy (`--on-panic reboot`, `dump-and-reboot`).
-    PanicPolicy,
-}
+/// How the guest reset the machine: a word of the control protocol (`rebooting` events).
+pub use crashvisor_control::ResetCause;
 
 /// How the guest ended, which decides the VMM's exit status.
 #[derive(Clone, Debug, PartialEq, Eq)]

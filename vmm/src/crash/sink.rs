@@ -24,10 +24,10 @@ use dumpd::store::{
 
 use super::fork::{ForkError, ForkedWriter};
 use super::{DumpTarget, VmcoreStats};
-use crate::control::events::Event;
 use crate::control::{ControlInput, Inbox};
 use crate::devices::crash_reason::CrashInfo;
 use crate::error::VmmError;
+use crashvisor_control::Event;
 
 /// How often a forked writer's progress is reported.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);

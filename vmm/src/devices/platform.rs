@@ -312,9 +312,9 @@ fn port_value(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::events::Event;
     use crate::crash::{DumpTarget, SinkThread};
     use crashvisor_abi::platform::{encode_event, CrashReason, Detector, NMI_REASON_OPERATOR, NMI_REASON_WATCHDOG};
+    use crashvisor_control::Event;
     use std::sync::mpsc::Receiver;
     use vm_memory::{Bytes, GuestAddress};
 

@@ -22,8 +22,8 @@ use vm_memory::GuestMemoryMmap;
 
 use self::descriptor::{read_and_validate, read_bytes};
 use super::crash_reason::{self, CrashInfo};
-use crate::control::events::Event;
 use crate::crash::{write_output, CaptureError, CrashSink, GuestRam, Logs, Output, Producer, Writing};
+use crashvisor_control::Event;
 
 /// Where the platform device takes the status of a hand-off the sink finished.
 pub type Reply = Box<dyn FnOnce(u32) + Send>;
