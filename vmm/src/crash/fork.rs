@@ -9,30 +9,34 @@
 //! `_exit`. It reports through a shared anonymous page: bytes done, the writer's statistics,
 //! and an error message.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::{write_output, GuestRam, Output, VmcoreStats};
+use super::{write_output, GuestRam, Output, VmcoreFile, VmcoreStats};
 
 /// Longest error message the child reports.
 const MESSAGE_MAX: usize = 3000;
 /// Longest wait for the child to drop the VMM's descriptors.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Closes every descriptor from 3 up except `keep` (the child's first act).
-fn close_other_fds(keep: RawFd) {
+/// Closes every descriptor from 3 up except those in `keep`, which is sorted (the child's
+/// first act: it allocates nothing).
+fn close_other_fds(keep: &[RawFd]) {
     let close_range = |first: RawFd, last: libc::c_uint| {
         // SAFETY: close_range only closes descriptors of this (child) process.
         unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, 0) };
     };
-    if keep > 3 {
-        close_range(3, (keep - 1) as libc::c_uint);
+    let mut first = 3;
+    for &fd in keep {
+        if fd > first {
+            close_range(first, (fd - 1) as libc::c_uint);
+        }
+        first = first.max(fd + 1);
     }
-    close_range(keep.max(2) + 1, libc::c_uint::MAX);
+    close_range(first, libc::c_uint::MAX);
 }
 
 /// The page the child reports through.
@@ -131,10 +135,13 @@ pub enum ForkError {
 }
 
 impl ForkedWriter {
-    /// Forks a child that writes `output` from `memory` into `file` and syncs it. The snapshot
-    /// is the memory at the moment of this call.
-    pub fn start(file: &File, output: &Output<'_>, memory: &GuestMemoryMmap) -> Result<Self, ForkError> {
+    /// Forks a child that writes `output` from `memory` into `vmcore` and syncs it. The
+    /// snapshot is the memory at the moment of this call.
+    pub fn start(vmcore: &VmcoreFile<'_>, output: &Output<'_>, memory: &GuestMemoryMmap) -> Result<Self, ForkError> {
         let shared = SharedReport::new().map_err(ForkError::Start)?;
+        let file = vmcore.file;
+        let mut keep = [file.as_raw_fd(), vmcore.lock.as_raw_fd()];
+        keep.sort_unstable();
         // SAFETY: see the module documentation for what the child does; the parent continues
         // normally.
         let pid = unsafe { libc::fork() };
@@ -144,8 +151,9 @@ impl ForkedWriter {
         if pid == 0 {
             let report = shared.report();
             // Hold no descriptor of the VMM (KVM's VM and vCPUs, eventfds, sockets) but the
-            // vmcore's: the parent may tear the machine down and build a new one at once.
-            close_other_fds(file.as_raw_fd());
+            // vmcore's and the crash's lock: the parent may tear the machine down and build a
+            // new one at once, or die, and the crash store still sees the crash being written.
+            close_other_fds(&keep);
             report.detached.store(1, Ordering::Release);
             let source = GuestRam::counting(memory, &report.done);
             let result = write_output(file, output, &source)
@@ -233,5 +241,70 @@ impl Drop for ForkedWriter {
                 libc::waitpid(self.pid, std::ptr::null_mut(), 0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use dumpd::elf::build::{layout, LoadSpec};
+    use dumpd::store::{CrashStore, FILE_VMCORE};
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::devices::dump::tests::TestDir;
+
+    /// Guest memory the writer cannot get through before the test stops it (all zero: it costs
+    /// neither memory nor disk).
+    const MEMORY: u64 = 64 << 20;
+    /// Longest wait for the writer to finish.
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(120);
+
+    #[test]
+    fn a_store_opened_while_a_forked_writer_writes_leaves_its_crash_alone() {
+        let dir = TestDir::new("fork-sweep");
+        let store = CrashStore::open(&dir.0).unwrap();
+        let pending = store.begin("vm").unwrap();
+        let file = pending.create_file(FILE_VMCORE).unwrap();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY as usize)]).unwrap();
+        let core = layout(&[], &[LoadSpec { vaddr: 0, paddr: 0, len: MEMORY }]).unwrap();
+        let vmcore = VmcoreFile { file: &file, lock: pending.lock() };
+        let writer = ForkedWriter::start(&vmcore, &Output::Elf(&core), &memory).unwrap();
+
+        // Stop the writer where it is, then wait until it has stopped.
+        let mut status = 0;
+        // SAFETY: signals and waits for our own child, which has not been reaped.
+        let stopped = unsafe {
+            libc::kill(writer.pid, libc::SIGSTOP) == 0
+                && libc::waitpid(writer.pid, &mut status, libc::WUNTRACED) == writer.pid
+                && libc::WIFSTOPPED(status)
+        };
+        if !stopped {
+            writer.reaped.store(true, Ordering::Relaxed);
+        }
+        assert!(stopped, "the writer ended before it could be stopped (wait status {status:#x})");
+        assert!(writer.done() < MEMORY, "the writer had read all the memory already");
+
+        // The VMM dies: its copy of the lock goes. This process stands in for it by pointing
+        // the lock's descriptor at /dev/null; only the writer holds the lock now.
+        let null = File::open("/dev/null").unwrap();
+        // SAFETY: dup2 only changes what the descriptor number refers to; `pending` goes on
+        // owning a valid descriptor (of /dev/null) and closes it when dropped.
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), vmcore.lock.as_raw_fd()) } >= 0);
+
+        // A store opened now (opening sweeps) leaves the writer's crash alone.
+        let reopened = CrashStore::open(&dir.0).unwrap();
+        assert!(pending.path().join(FILE_VMCORE).is_file(), "the writer's crash was swept");
+        assert!(reopened.sweep().unwrap().stale_temporary.is_empty());
+
+        // The writer finishes its vmcore; once it has exited, the next sweep removes the crash
+        // that nobody will commit.
+        // SAFETY: continues our own stopped child.
+        assert_eq!(unsafe { libc::kill(writer.pid, libc::SIGCONT) }, 0);
+        let stats = writer.poll(WRITE_TIMEOUT).expect("the writer did not finish").unwrap();
+        assert_eq!(stats.file_bytes, core.file_size);
+        assert_eq!(writer.done(), MEMORY);
+        assert_eq!(reopened.sweep().unwrap().stale_temporary, [pending.path()]);
     }
 }

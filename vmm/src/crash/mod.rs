@@ -24,7 +24,7 @@ use dumpd::store::Retention;
 use dumpd::writer::{write_vmcore, MemorySource};
 
 pub use self::ram::GuestRam;
-pub use self::sink::{CaptureError, CrashSink, Logs, Producer, SinkThread, Writing};
+pub use self::sink::{CaptureError, CrashSink, Logs, Producer, SinkThread, VmcoreFile, Writing};
 
 /// Where this VM's crashes go.
 #[derive(Clone, Debug, PartialEq, Eq)]

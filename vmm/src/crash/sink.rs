@@ -9,6 +9,7 @@
 //! the order they came; the VMM drains the queue before it exits.
 
 use std::fs::File;
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -51,6 +52,15 @@ pub enum Writing {
     },
 }
 
+/// Where a producer writes its vmcore: the file, in a crash the sink has begun.
+pub struct VmcoreFile<'a> {
+    /// The vmcore.
+    pub file: &'a File,
+    /// The crash's lock ([`PendingCrash::lock`]): a process forked to write the file keeps it
+    /// open, so a store opened meanwhile knows the crash is still being written.
+    pub lock: BorrowedFd<'a>,
+}
+
 /// The logs stored beside a vmcore.
 #[derive(Debug, Default)]
 pub struct Logs {
@@ -64,8 +74,8 @@ pub struct Logs {
 /// The maker of one vmcore: it knows where the guest memory comes from and how the file is laid
 /// out; the sink does the rest. Its methods run on the sink's thread.
 pub trait Producer: Send {
-    /// Starts the vmcore in `file`, adding to `meta` what only this producer knows.
-    fn start(&mut self, file: &File, meta: &mut CrashMeta) -> Result<Writing, CaptureError>;
+    /// Starts the vmcore in `vmcore`, adding to `meta` what only this producer knows.
+    fn start(&mut self, vmcore: &VmcoreFile<'_>, meta: &mut CrashMeta) -> Result<Writing, CaptureError>;
 
     /// The logs to store beside the written vmcore.
     fn logs(&mut self) -> Result<Logs, CaptureError> {
@@ -257,7 +267,7 @@ impl Worker {
         let file = pending.create_file(FILE_VMCORE)?;
         let mut meta = CrashMeta::new(trigger, &self.target.vm_name, pending.created());
         meta.reason = reason.map(reason_meta);
-        let stats = match producer.start(&file, &mut meta)? {
+        let stats = match producer.start(&VmcoreFile { file: &file, lock: pending.lock() }, &mut meta)? {
             Writing::Done(stats) => stats,
             Writing::Forked { writer, pause, total } => self.follow(&writer, pause, total, &mut meta)?,
         };

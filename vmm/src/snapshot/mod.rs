@@ -12,7 +12,6 @@ pub mod layout;
 pub mod pagewalk;
 pub mod regs;
 
-use std::fs::File;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,7 +19,7 @@ use dumpd::store::CrashMeta;
 
 use crate::config::DumpFormat;
 use crate::crash::fork::ForkedWriter;
-use crate::crash::{CaptureError, Output, Producer, Writing};
+use crate::crash::{CaptureError, Output, Producer, VmcoreFile, Writing};
 use crate::vcpu::requests::Pauser;
 use crate::vcpu::RunContext;
 use crate::vm::{ResetCause, StopReason};
@@ -57,7 +56,7 @@ impl Snapshot {
 
     /// Reads the registers and VMCOREINFO, lays the vmcore out and forks its writer: the work
     /// of the pause. Returns the writer and the bytes of memory it writes.
-    fn fork(&self, file: &File) -> Result<(ForkedWriter, u64), CaptureError> {
+    fn fork(&self, vmcore: &VmcoreFile<'_>) -> Result<(ForkedWriter, u64), CaptureError> {
         let ctx = &self.machine;
         let states = ctx.vcpus.states();
         let states = states
@@ -74,22 +73,22 @@ impl Snapshot {
         let writer = match self.format {
             DumpFormat::Elf => {
                 let core = dumpd::elf::build::layout(&notes, &layout.loads)?;
-                ForkedWriter::start(file, &Output::Elf(&core), &ctx.memory)?
+                ForkedWriter::start(vmcore, &Output::Elf(&core), &ctx.memory)?
             }
-            DumpFormat::Kdump(compression) => ForkedWriter::start(file, &kdump(compression), &ctx.memory)?,
+            DumpFormat::Kdump(compression) => ForkedWriter::start(vmcore, &kdump(compression), &ctx.memory)?,
         };
         Ok((writer, layout.loads.iter().map(|l| l.len).sum()))
     }
 }
 
 impl Producer for Snapshot {
-    fn start(&mut self, file: &File, meta: &mut CrashMeta) -> Result<Writing, CaptureError> {
+    fn start(&mut self, vmcore: &VmcoreFile<'_>, meta: &mut CrashMeta) -> Result<Writing, CaptureError> {
         std::thread::sleep(self.delay);
         meta.vmcore_format = (self.format != DumpFormat::Elf).then(|| self.format.name().into());
         let ctx = &self.machine;
         let pause_start = Instant::now();
         let stopped = ctx.pause(Pauser::Snapshot, PAUSE_TIMEOUT);
-        let forked = if stopped { self.fork(file) } else { Err(CaptureError::Pause(PAUSE_TIMEOUT)) };
+        let forked = if stopped { self.fork(vmcore) } else { Err(CaptureError::Pause(PAUSE_TIMEOUT)) };
         if stopped && !ctx.is_paused() {
             match self.after {
                 After::Resume => {}

@@ -9,7 +9,6 @@
 
 pub mod descriptor;
 
-use std::fs::File;
 use std::mem::offset_of;
 
 use crashvisor_abi::dump::{DumpDescriptor, DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE_LEN};
@@ -22,7 +21,7 @@ use vm_memory::GuestMemoryMmap;
 
 use self::descriptor::{read_and_validate, read_bytes};
 use super::crash_reason::{self, CrashInfo};
-use crate::crash::{write_output, CaptureError, CrashSink, GuestRam, Logs, Output, Producer, Writing};
+use crate::crash::{write_output, CaptureError, CrashSink, GuestRam, Logs, Output, Producer, VmcoreFile, Writing};
 use crashvisor_control::Event;
 
 /// Where the platform device takes the status of a hand-off the sink finished.
@@ -37,11 +36,11 @@ pub struct Handoff {
 }
 
 impl Producer for Handoff {
-    fn start(&mut self, file: &File, meta: &mut CrashMeta) -> Result<Writing, CaptureError> {
+    fn start(&mut self, vmcore: &VmcoreFile<'_>, meta: &mut CrashMeta) -> Result<Writing, CaptureError> {
         meta.dump_level = Some(self.descriptor.dump_level);
         meta.timings.capture_kernel_ns = Some(self.descriptor.capture_ns);
-        let stats =
-            write_output(file, &Output::Elf(&self.core), &GuestRam::new(&self.memory)).map_err(CaptureError::Write)?;
+        let stats = write_output(vmcore.file, &Output::Elf(&self.core), &GuestRam::new(&self.memory))
+            .map_err(CaptureError::Write)?;
         Ok(Writing::Done(stats))
     }
 
