@@ -484,22 +484,6 @@ mod tests {
         serde_json::from_str(&lines.try_recv().expect("a line for the client")).unwrap()
     }
 
-    /// What the controller wrote to COM2 (as the guest would read it).
-    fn com2(ctx: &RunContext) -> String {
-        let uart = &ctx.devices.control_uart;
-        let mut text = Vec::new();
-        loop {
-            let mut lsr = [0u8];
-            uart.read(5, &mut lsr);
-            if lsr[0] & 1 == 0 {
-                return String::from_utf8(text).unwrap();
-            }
-            let mut b = [0u8];
-            uart.read(0, &mut b);
-            text.push(b[0]);
-        }
-    }
-
     #[test]
     fn guest_requests_wait_for_hello_then_round_trip() {
         let (mut c, lines, ctx) = controller();
@@ -510,7 +494,7 @@ mod tests {
         c.handle(ControlInput::GuestLine("0 hello version=1 release=6.18.0-crashvisor cpus=2".into()));
         assert_eq!(next(&lines), json!({"event": "booted", "boot": 1, "release": "6.18.0-crashvisor", "cpus": 2}));
         request(&mut c, 2, UPTIME);
-        assert_eq!(com2(&ctx), "1 uptime\n");
+        assert_eq!(ctx.devices.control_uart.guest_reads(), "1 uptime\n");
         c.handle(ControlInput::GuestLine("99 ok ns=5".into()));
         assert!(lines.try_recv().is_err(), "an answer nobody waits for is ignored");
         c.handle(ControlInput::GuestLine("1 ok ns=123".into()));
