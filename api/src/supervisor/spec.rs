@@ -124,7 +124,7 @@ impl BootValue {
 }
 
 /// A checked VM configuration.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmSpec {
     /// The name (and id).
     pub name: String,

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crashvisor_abi::platform::NMI_REASON_OPERATOR;
-use crashvisor_control::{ClientRequest, ControlError, ControlErrorCode, Event, Request, Response};
+use crashvisor_control::{
+    ClientRequest, ControlError, ControlErrorCode, Event, MachineState, NmiWatchdogStatus, Request, Response, Status,
+};
 use serde_json::{json, Value};
 
 use super::channel::{GuestChannel, Received};
@@ -48,7 +50,7 @@ pub struct Controller {
     boot_events: BootEvents,
     rate_limit: RateLimit,
     /// The final state once the VM stopped for good.
-    ended: Option<&'static str>,
+    ended: Option<MachineState>,
     /// What panics and operators' dump requests make the VMM do.
     crash: CrashPolicy,
     /// A client asked for `shutdown`: every machine is stopped, the VMM ends.
@@ -159,15 +161,15 @@ impl Controller {
         let event = match (reason, rebooting) {
             (StopReason::Reset(cause), true) => Event::Rebooting { cause },
             (StopReason::PowerOff, _) => {
-                self.ended = Some("powered_off");
+                self.ended = Some(MachineState::PoweredOff);
                 Event::PoweredOff
             }
             (StopReason::Quit, _) if self.client_shutdown => {
-                self.ended = Some("stopped");
+                self.ended = Some(MachineState::Stopped);
                 Event::Stopped { reason: "shutdown requested over the control socket".into() }
             }
             (reason, _) => {
-                self.ended = Some("stopped");
+                self.ended = Some(MachineState::Stopped);
                 Event::Stopped { reason: stop_reason_text(&reason) }
             }
         };
@@ -178,7 +180,8 @@ impl Controller {
         let timeout = request.guest_timeout();
         let ClientRequest { id, request, .. } = request;
         let result = match &request {
-            Request::Status {} => Ok(self.status()),
+            Request::Status {} => serde_json::to_value(self.status())
+                .map_err(|e| ControlError::new(ControlErrorCode::Internal, format!("cannot encode the status: {e}"))),
             Request::Nmi { cpu, capture } => self.nmi(*cpu).and_then(|result| {
                 if *capture {
                     self.host_dump(true)?;
@@ -283,27 +286,27 @@ impl Controller {
         }
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         let paused = self.machine.as_ref().is_some_and(|m| m.is_paused());
         let state = match (&self.machine, paused, self.ended) {
             (_, _, Some(ended)) => ended,
-            (Some(_), true, _) => "paused",
-            (Some(_), false, _) => "running",
-            (None, _, _) => "rebooting",
+            (Some(_), true, _) => MachineState::Paused,
+            (Some(_), false, _) => MachineState::Running,
+            (None, _, _) => MachineState::Rebooting,
         };
         let watchdog = self.machine.as_ref().map(|m| m.devices.platform.nmi_watchdog());
-        json!({
-            "state": state,
-            "vcpus": self.vcpus,
-            "boots": self.boots,
-            "guest_control": self.channel.is_answering(),
-            "release": self.channel.hello().map(|g| g.release.clone()),
-            "guest_cpus": self.channel.hello().map(|g| g.cpus),
-            "nmi_watchdog": {
-                "enabled": watchdog.is_some_and(|w| w.enabled()),
-                "period_ms": watchdog.map_or(0, |w| w.period_ms()),
+        Status {
+            state,
+            vcpus: self.vcpus,
+            boots: self.boots,
+            guest_control: self.channel.is_answering(),
+            release: self.channel.hello().map(|g| g.release.clone()),
+            guest_cpus: self.channel.hello().map(|g| g.cpus),
+            nmi_watchdog: NmiWatchdogStatus {
+                enabled: watchdog.is_some_and(|w| w.enabled()),
+                period_ms: watchdog.map_or(0, |w| w.period_ms()),
             },
-        })
+        }
     }
 
     fn nmi(&mut self, cpu: Option<usize>) -> Result<Value, ControlError> {
@@ -499,7 +502,7 @@ mod tests {
         assert!(lines.try_recv().is_err(), "an answer nobody waits for is ignored");
         c.handle(ControlInput::GuestLine("1 ok ns=123".into()));
         assert_eq!(next(&lines), json!({"id": 2, "ok": true, "result": {"ns": 123}}));
-        assert_eq!(c.status()["guest_control"], json!(true));
+        assert!(c.status().guest_control);
     }
 
     #[test]
@@ -523,15 +526,15 @@ mod tests {
         c.handle(ControlInput::MachineStopped { reason: StopReason::Reset(ResetCause::TripleFault), rebooting: true });
         assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
         assert_eq!(next(&lines), json!({"event": "rebooting", "cause": "triple_fault"}));
-        assert_eq!(c.status()["state"], json!("rebooting"));
+        assert_eq!(c.status().state, MachineState::Rebooting);
         request(&mut c, 4, Request::Nmi { cpu: None, capture: false });
         assert_eq!(next(&lines)["error"]["code"], json!("vm_unavailable"));
         c.handle(ControlInput::MachineStarted(ctx));
-        assert_eq!(c.status()["boots"], json!(2));
-        assert_eq!(c.status()["guest_control"], json!(false));
+        assert_eq!(c.status().boots, 2);
+        assert!(!c.status().guest_control);
         c.handle(ControlInput::MachineStopped { reason: StopReason::PowerOff, rebooting: false });
         assert_eq!(next(&lines), json!({"event": "powered_off"}));
-        assert_eq!(c.status()["state"], json!("powered_off"));
+        assert_eq!(c.status().state, MachineState::PoweredOff);
     }
 
     #[test]
@@ -543,7 +546,7 @@ mod tests {
         c.handle(ControlInput::Device(DeviceEvent::Pvpanic { bits: PVPANIC_PANICKED, crash: None }));
         assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
         assert_eq!(next(&lines), json!({"event": "panic", "source": "pvpanic"}));
-        assert_eq!(c.status()["guest_control"], json!(false));
+        assert!(!c.status().guest_control);
     }
 
     #[test]
@@ -580,7 +583,7 @@ mod tests {
         request(&mut c, 1, Request::Pause {});
         assert_eq!(next(&lines), json!({"event": "paused"}));
         assert_eq!(next(&lines)["result"]["state"], json!("paused"));
-        assert_eq!(c.status()["state"], json!("paused"));
+        assert_eq!(c.status().state, MachineState::Paused);
         request(&mut c, 2, PS);
         assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
         request(&mut c, 3, Request::Resume {});
@@ -629,7 +632,7 @@ mod tests {
         assert!(ctx.is_stopping());
         c.handle(ControlInput::MachineStopped { reason: StopReason::Quit, rebooting: false });
         let stopped = next(&lines);
-        assert_eq!((stopped["event"].clone(), c.status()["state"].clone()), (json!("stopped"), json!("stopped")));
+        assert_eq!((stopped["event"].clone(), c.status().state), (json!("stopped"), MachineState::Stopped));
         assert!(stopped["reason"].as_str().unwrap().contains("shutdown"), "{stopped}");
         // A machine a reboot built meanwhile is stopped as it starts.
         let next_machine = machine();
