@@ -27,8 +27,9 @@ pub struct ConvertArgs {
     /// The output format: elf, kdump-zstd, kdump-zlib or kdump-raw.
     #[arg(long, value_name = "FORMAT")]
     format: TargetFormat,
-    /// makedumpfile dump level: 1 leaves zero pages out of a kdump file (they read back as
-    /// zeros), 0 keeps them. An ELF vmcore always stores them as holes.
+    /// makedumpfile dump level. Zero pages are stored once in a kdump file at 0 and 1 (as
+    /// makedumpfile stores them at 1) and as holes in an ELF vmcore; into a kdump file, 16 to 31
+    /// also leave out the pages a crashvisor kernel had free (which its VMCOREINFO locates).
     #[arg(long, value_name = "N", default_value_t = 1)]
     dump_level: u32,
     /// Print progress on stderr even when it is not a terminal.

@@ -551,7 +551,7 @@ mod tests {
     fn bad_page_descriptors_and_data_are_read_errors() {
         let dir = TestDir::new("kdump-bad-page");
         let (path, good) = sample(&dir);
-        let desc_at = 4 * 4096; // pfn 1's descriptor: the first one dumped
+        let desc_at = 4 * 4096 + 24; // pfn 1's descriptor: the second (pfn 0, a zero page, is in the dump too)
         let read_pfn1 = |bytes: &[u8]| {
             let image = open_bytes(&path, bytes).unwrap();
             match image.read_phys(4096, &mut [0u8; 16]) {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dumpd::elf::build::{CoreLayout, LoadSpec, NoteSpec};
+use dumpd::kdump::free_pages::FreePages;
 use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
 use dumpd::writer::{write_vmcore, MemorySource};
 use vm_memory::GuestMemoryMmap;
@@ -118,7 +119,8 @@ impl Drop for SharedReport {
 pub enum Output<'a> {
     /// An ELF core file laid out as `CoreLayout` says.
     Elf(&'a CoreLayout),
-    /// makedumpfile's kdump-compressed format of these notes and loads, zero pages left out.
+    /// makedumpfile's kdump-compressed format of these notes and loads: zero pages stored once,
+    /// and the guest's free pages left out when its VMCOREINFO locates them (`-d 31`).
     Kdump {
         /// The notes.
         notes: &'a [NoteSpec<'a>],
@@ -129,8 +131,11 @@ pub enum Output<'a> {
     },
 }
 
-/// makedumpfile's dump level bit 1: zero pages are left out of kdump-compressed files.
+/// makedumpfile's dump level 1: zero pages are stored once in kdump-compressed files.
 const DUMP_LEVEL_ZERO: u32 = 1;
+/// makedumpfile's dump level 31 (kdump's default): free pages are left out too (a crashvisor
+/// guest has no page cache or user pages for the other bits).
+const DUMP_LEVEL_ALL: u32 = 31;
 
 /// Writes `output` from `source` into `file`: (file size, bytes written, zero pages left out).
 fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource) -> Result<(u64, u64, u64), String> {
@@ -140,15 +145,19 @@ fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource) -> 
             .map_err(|e| error_chain(&e)),
         Output::Kdump { notes, loads, compression } => {
             let input = KdumpInput { notes, loads, memory: source };
+            let vmcoreinfo =
+                notes.iter().find(|n| n.name == b"VMCOREINFO").and_then(|n| std::str::from_utf8(n.desc).ok());
+            let free = vmcoreinfo.and_then(|text| FreePages::read(text, source));
+            let is_free = |pfn: u64| free.as_ref().is_some_and(|f| f.is_free(pfn));
             let options = KdumpOptions {
                 compression: *compression,
-                dump_level: DUMP_LEVEL_ZERO,
-                free_pages: None,
+                dump_level: if free.is_some() { DUMP_LEVEL_ALL } else { DUMP_LEVEL_ZERO },
+                excluded: free.is_some().then_some(&is_free as &dyn Fn(u64) -> bool),
                 timestamp: std::time::SystemTime::now(),
                 progress: None,
             };
             write_kdump(file, &input, &options)
-                .map(|s| (s.file_bytes, s.file_bytes, s.zero_pages_excluded))
+                .map(|s| (s.file_bytes, s.file_bytes, s.pages_shared_zero))
                 .map_err(|e| error_chain(&e))
         }
     }
