@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use dumpd::convert::{convert_file, ConvertOptions, TargetFormat};
-use dumpd::image::DumpImage;
-use dumpd::kdump::{KdumpImage, DUMP_DH_COMPRESSED_INCOMPLETE, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD};
+use dumpd::image::{open_vmcore, DumpImage, Vmcore};
+use dumpd::kdump::{
+    DUMP_DH_COMPRESSED_INCOMPLETE, DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD,
+};
 
 use crate::{human, note_type_name};
 
@@ -91,16 +93,17 @@ impl Progress {
     }
 }
 
-/// `dumpd check` for a kdump-compressed file: validates the headers and every page, and
-/// prints the header, the notes and the page counts.
+/// `dumpd check` for a kdump-compressed file (or makedumpfile's flattened form of one):
+/// validates the headers and every page, and prints the header, the notes and the page counts.
 pub fn check_kdump(path: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let image =
-        KdumpImage::open(file).with_context(|| format!("{} is not a valid kdump-compressed vmcore", path.display()))?;
+    let Vmcore::Kdump(image) = open_vmcore(path)? else {
+        anyhow::bail!("{} is not a kdump-compressed vmcore", path.display());
+    };
     let (h, sub) = (image.header(), image.sub_header());
-    let compression = match h.status & (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_ZSTD) {
+    let compression = match h.status & (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO | DUMP_DH_COMPRESSED_ZSTD) {
         DUMP_DH_COMPRESSED_ZSTD => "zstd",
         DUMP_DH_COMPRESSED_ZLIB => "zlib",
+        DUMP_DH_COMPRESSED_LZO => "lzo",
         0 => "none",
         _ => "mixed",
     };

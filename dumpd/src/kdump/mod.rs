@@ -17,6 +17,7 @@
 
 pub mod bitmap;
 pub mod compress;
+pub mod flattened;
 pub mod free_pages;
 pub mod header;
 pub mod kernel_info;
@@ -45,7 +46,7 @@ pub const PAGE_DESC_SIZE: u64 = 24;
 
 /// `status` and page flag: the data is zlib-compressed.
 pub const DUMP_DH_COMPRESSED_ZLIB: u32 = 0x1;
-/// `status` and page flag: LZO (read by other tools, not by this crate).
+/// `status` and page flag: LZO (makedumpfile `-l`).
 pub const DUMP_DH_COMPRESSED_LZO: u32 = 0x2;
 /// `status` and page flag: snappy (read by other tools, not by this crate).
 pub const DUMP_DH_COMPRESSED_SNAPPY: u32 = 0x4;
