@@ -43,7 +43,7 @@ pub const PRSTATUS_SIZE: usize = 336;
 /// The name (owner) of the `VMCOREINFO` note.
 pub const VMCOREINFO: &str = "VMCOREINFO";
 /// The debian packages that provide the tools (`.ci/run` installs them).
-pub const TOOL_PACKAGES: &str = "kexec-tools gdb binutils";
+pub const TOOL_PACKAGES: &str = "kexec-tools gdb binutils makedumpfile";
 
 /// `elf_prstatus.pr_pid`.
 const PR_PID_OFFSET: usize = 32;

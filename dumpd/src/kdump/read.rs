@@ -203,6 +203,11 @@ impl KdumpImage {
         self.ranks.last().copied().unwrap_or(0)
     }
 
+    /// The pfns present but not in the file: the pages the dump level left out, in order.
+    pub fn excluded_pfns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.present.ones().filter(|&pfn| !self.dumped.get(pfn))
+    }
+
     /// The memory as ELF `PT_LOAD`s would describe it: one per run of present pfns, at Linux's
     /// direct-map addresses (`0xffff888000000000 + paddr`). A kdump file does not keep the
     /// kernel-text mapping.
