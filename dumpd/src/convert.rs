@@ -143,6 +143,7 @@ pub fn convert(
                 compression,
                 dump_level: level,
                 excluded: free.is_some().then_some(&is_free as &dyn Fn(u64) -> bool),
+                exclude_only_zero: false,
                 timestamp: crash_time(image.vmcoreinfo()),
                 progress: options.progress,
             };

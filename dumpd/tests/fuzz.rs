@@ -122,8 +122,14 @@ fn fixtures(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         ("kdump-raw", Compression::None, 1),
     ] {
         let input = KdumpInput { notes: &notes, loads: &loads, memory: &ram };
-        let options =
-            KdumpOptions { compression, dump_level, excluded: None, timestamp: std::time::UNIX_EPOCH, progress: None };
+        let options = KdumpOptions {
+            compression,
+            dump_level,
+            excluded: None,
+            exclude_only_zero: false,
+            timestamp: std::time::UNIX_EPOCH,
+            progress: None,
+        };
         write_kdump(&File::create(&path).unwrap(), &input, &options).unwrap();
         out.push((name, std::fs::read(&path).unwrap()));
     }

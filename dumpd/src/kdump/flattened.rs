@@ -31,7 +31,7 @@ const MAX_RECORDS: usize = 1 << 24;
 /// A file read by offset, as the vmcore readers read theirs.
 pub trait ReadAt: std::fmt::Debug + Send + Sync {
     /// The file's length.
-    fn len(&self) -> u64;
+    fn file_len(&self) -> u64;
     /// Fills `buf` from `offset`.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 }
@@ -52,7 +52,7 @@ impl PlainFile {
 }
 
 impl ReadAt for PlainFile {
-    fn len(&self) -> u64 {
+    fn file_len(&self) -> u64 {
         self.len
     }
 
@@ -156,7 +156,7 @@ impl Flattened {
 }
 
 impl ReadAt for Flattened {
-    fn len(&self) -> u64 {
+    fn file_len(&self) -> u64 {
         self.len
     }
 
@@ -206,7 +206,7 @@ mod tests {
     fn replays_writes_later_ones_winning_holes_zero() {
         let dir = TestDir::new("flattened");
         let flat = open(&dir, &flattened(&[(0, b"KDUMP   header"), (20, b"abcdef"), (22, b"XY"), (6, b"!!")])).unwrap();
-        assert_eq!(flat.len(), 26);
+        assert_eq!(flat.file_len(), 26);
         let mut all = [0xffu8; 26];
         flat.read_exact_at(&mut all, 0).unwrap();
         assert_eq!(&all, b"KDUMP !!header\0\0\0\0\0\0abXYef");

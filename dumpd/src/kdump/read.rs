@@ -127,7 +127,7 @@ impl KdumpImage {
     ///
     /// [`Flattened`]: super::flattened::Flattened
     pub fn open_from(file: Box<dyn ReadAt>) -> Result<Self, KdumpError> {
-        let file_len = file.len();
+        let file_len = file.file_len();
         let source: &dyn ReadAt = &*file;
         let mut raw = [0u8; DISK_DUMP_HEADER_SIZE];
         read_exact(source, file_len, 0, &mut raw, "disk_dump_header")?;

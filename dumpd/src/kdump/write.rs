@@ -52,6 +52,10 @@ pub struct KdumpOptions<'a> {
     /// For levels with bits 2 to 16: whether the level leaves a pfn out (a free page for bit
     /// 16; the kernel's page metadata knows, the writer does not).
     pub excluded: Option<&'a dyn Fn(u64) -> bool>,
+    /// Leave out only those of the `excluded` pages that are all zero: every byte of memory
+    /// stays in the dump, which is still small when free memory was never touched. Costs a
+    /// read of each such page before the file is written.
+    pub exclude_only_zero: bool,
     /// `disk_dump_header.timestamp`: when the dump was taken.
     pub timestamp: SystemTime,
     /// Called now and then with (bytes of memory processed, bytes to process in all).
@@ -169,7 +173,7 @@ pub fn write_kdump(
     let pages = PageReader { ranges: &ranges, memory: input.memory, page: vec![0; PAGE_SIZE as usize] };
     let stats = KdumpStats { pages_present: present.count_ones(), ..KdumpStats::default() };
     let mut pass = Pass { pages, stats, progress: options.progress };
-    let dumped = pass.select(&present, excluded);
+    let dumped = pass.select(&present, excluded, options.exclude_only_zero)?;
     pass.stats.pages_dumped = dumped.count_ones();
 
     let layout = layout(notes.bytes.len() as u64, present.block_count(), pass.stats.pages_dumped)?;
@@ -261,17 +265,23 @@ struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// The 2nd bitmap: the present pages less those the dump level leaves out.
-    fn select(&mut self, present: &Bitmap, excluded: Option<&dyn Fn(u64) -> bool>) -> Bitmap {
+    /// The 2nd bitmap: the present pages less those the dump level leaves out (if `only_zero`,
+    /// those of them that are all zero).
+    fn select(
+        &mut self,
+        present: &Bitmap,
+        excluded: Option<&dyn Fn(u64) -> bool>,
+        only_zero: bool,
+    ) -> Result<Bitmap, KdumpWriteError> {
         let mut dumped = Bitmap::new(present.len());
         for pfn in present.ones() {
-            if excluded.is_some_and(|is_excluded| is_excluded(pfn)) {
+            if excluded.is_some_and(|is_excluded| is_excluded(pfn)) && (!only_zero || is_zero(self.pages.read(pfn)?)) {
                 self.stats.pages_excluded += 1;
             } else {
                 dumped.set(pfn);
             }
         }
-        dumped
+        Ok(dumped)
     }
 
     /// Writes the descriptors and the page data (the shared zero page first); returns the end
@@ -448,6 +458,7 @@ pub(crate) mod tests {
             compression,
             dump_level,
             excluded: None,
+            exclude_only_zero: false,
             timestamp: UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
             progress: None,
         }
@@ -545,6 +556,14 @@ pub(crate) mod tests {
         opts.excluded = Some(&is_free);
         let stats = write(&path, &opts);
         assert_eq!(stats.pages_excluded, 2);
+        // Only the zero one of the two when the others must stay.
+        opts.exclude_only_zero = true;
+        let kept = write(&dir.path().join("only-zero"), &opts);
+        assert_eq!(
+            (kept.pages_excluded, kept.pages_dumped),
+            (1, kept.pages_present - 1),
+            "pfn 4 is zero, pfn 1 is not"
+        );
         assert_eq!(stats.pages_dumped, stats.pages_present - 2);
         assert_eq!(stats.pages_shared_zero, 0x20 + 0x11 - 1, "pfn 4 was free");
         let b = std::fs::read(&path).unwrap();

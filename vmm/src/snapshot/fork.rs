@@ -120,7 +120,8 @@ pub enum Output<'a> {
     /// An ELF core file laid out as `CoreLayout` says.
     Elf(&'a CoreLayout),
     /// makedumpfile's kdump-compressed format of these notes and loads: zero pages stored once,
-    /// and the guest's free pages left out when its VMCOREINFO locates them (`-d 31`).
+    /// and those of the guest's free pages that are zero left out when its VMCOREINFO locates
+    /// them (so every byte of memory is kept, and untouched memory costs nothing).
     Kdump {
         /// The notes.
         notes: &'a [NoteSpec<'a>],
@@ -133,9 +134,8 @@ pub enum Output<'a> {
 
 /// makedumpfile's dump level 1: zero pages are stored once in kdump-compressed files.
 const DUMP_LEVEL_ZERO: u32 = 1;
-/// makedumpfile's dump level 31 (kdump's default): free pages are left out too (a crashvisor
-/// guest has no page cache or user pages for the other bits).
-const DUMP_LEVEL_ALL: u32 = 31;
+/// makedumpfile's dump level 17: free pages may be left out too (here: the zero ones).
+const DUMP_LEVEL_ZERO_FREE: u32 = 17;
 
 /// Writes `output` from `source` into `file`: (file size, bytes written, zero pages left out).
 fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource) -> Result<(u64, u64, u64), String> {
@@ -151,8 +151,9 @@ fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource) -> 
             let is_free = |pfn: u64| free.as_ref().is_some_and(|f| f.is_free(pfn));
             let options = KdumpOptions {
                 compression: *compression,
-                dump_level: if free.is_some() { DUMP_LEVEL_ALL } else { DUMP_LEVEL_ZERO },
+                dump_level: if free.is_some() { DUMP_LEVEL_ZERO_FREE } else { DUMP_LEVEL_ZERO },
                 excluded: free.is_some().then_some(&is_free as &dyn Fn(u64) -> bool),
+                exclude_only_zero: true,
                 timestamp: std::time::SystemTime::now(),
                 progress: None,
             };

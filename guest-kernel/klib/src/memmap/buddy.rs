@@ -80,7 +80,7 @@ impl Iterator for Blocks {
         }
         let mut order = 0;
         while order < MAX_PAGE_ORDER
-            && self.next % (2 << order) == 0
+            && self.next.is_multiple_of(2 << order)
             && self.next.checked_add(2 << order).is_some_and(|end| end <= self.end)
         {
             order += 1;
