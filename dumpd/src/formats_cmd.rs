@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use dumpd::convert::{convert_file, ConvertOptions, TargetFormat};
-use dumpd::image::{open_vmcore, DumpImage, Vmcore};
+use dumpd::convert::{convert_file, ConvertOptions};
+use dumpd::image::{open_vmcore, DumpFormat, DumpImage, Vmcore};
 use dumpd::kdump::{
     DUMP_DH_COMPRESSED_INCOMPLETE, DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD,
 };
@@ -27,11 +27,9 @@ pub struct ConvertArgs {
     /// The file to write; it appears complete or not at all.
     output: PathBuf,
     /// The output format: elf, kdump-zstd, kdump-zlib or kdump-raw.
-    #[arg(long, value_name = "FORMAT")]
-    format: TargetFormat,
+    #[arg(long, value_name = "FORMAT", value_parser = <DumpFormat as std::str::FromStr>::from_str)]
+    format: DumpFormat,
     /// makedumpfile dump level. Zero pages are stored once in a kdump file at 0 and 1 (as
-    /// makedumpfile stores them at 1) and as holes in an ELF vmcore; into a kdump file, 16 to 31
-    /// also leave out the pages a crashvisor kernel had free (which its VMCOREINFO locates).
     #[arg(long, value_name = "N", default_value_t = 1)]
     dump_level: u32,
     /// Print progress on stderr even when it is not a terminal.

@@ -9,6 +9,9 @@
 //! - [`memmap`]: the physical memory map, the page-frame bitmap and its buddy blocks.
 //! - [`page`]: Linux's `struct page` and the memory model that locates it.
 //! - [`bytefmt`]: number formatting into byte buffers without `core::fmt`.
+//! - [`elfcore`], [`elfnote`]: ELF headers, program headers and notes, read and written; the
+//!   host's vmcore library (`dumpd`) is built on them.
+//! - [`le`]: little-endian integers in byte slices, for every format here and on the host.
 //!
 //! The hot paths (appending to the log, console timestamps, symbol lookup) avoid `core::fmt`
 //! and bulk copies, because the guest runs under an instruction emulator.
@@ -43,6 +46,7 @@ pub mod crashkernel;
 pub mod elfcore;
 pub mod elfnote;
 pub mod kexec;
+pub mod le;
 pub mod memmap;
 pub mod page;
 pub mod printk;

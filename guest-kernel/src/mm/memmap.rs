@@ -169,7 +169,7 @@ fn mark_reserved(start: u64, end: u64, share: bool) {
     let mut pfn = start;
     while pfn < end {
         match shared {
-            Some(page) if pfn % PAGES_PER_MAP_PAGE == 0 && pfn + PAGES_PER_MAP_PAGE <= end => {
+            Some(page) if pfn.is_multiple_of(PAGES_PER_MAP_PAGE) && pfn + PAGES_PER_MAP_PAGE <= end => {
                 vmemmap::share_page(linux::pfn_to_page(pfn), page);
                 pfn += PAGES_PER_MAP_PAGE;
             }
