@@ -4,19 +4,24 @@
 //! - `--dump-dmesg` gives the crashed kernel's log from the capture kernel's ELF vmcores, a
 //!   host-side ELF vmcore, a host-side kdump-zlib file and `dumpd convert`'s kdump-zlib and
 //!   kdump-zstd files;
-//! - `-d 31` leaves out exactly the pages the guest's frame allocator had free, which is what
-//!   the capture kernel leaves out at dump level 31 (checked against its count, and against
-//!   pages planted in free memory: kept at level 0, left out at 31);
+//! - each dump level leaves out the pages the capture kernel leaves out, on the same memory:
+//!   level 16 the free frames (the capture kernel's own range builder run on the level-0
+//!   vmcore gives the page set makedumpfile's is compared with), level 1 the zero pages (the
+//!   host's holes), levels 2, 4 and 8 nothing; and on the level-31 vmcore the capture kernel's
+//!   count and pages planted in free memory (kept at level 0, left out at 31) agree;
 //! - its `-c`, `-l`, `-z`, `-E` and `-F` outputs (flattened, read directly and through `-R`),
 //!   `--split` parts (reassembled) and `--mem-usage` work, and `dumpd` reads the outputs.
 //!
 //! One VM crashes twice (dump level 0, then 31) and each vmcore is read by many commands.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crashvisor_klib::elfcore::{CoreHeader, CoreHeaderBuilder};
+use crashvisor_klib::vmcore::{DumpRangeBuilder, VmcoreLayout};
 use crashvisor_tests::kdump::{self, Crash};
 use crashvisor_tests::{dumpd_binary, TempDir, Vm};
 use dumpd::image::{open_vmcore, DumpImage, Vmcore};
@@ -113,6 +118,96 @@ impl dumpd::writer::MemorySource for ImageMemory<'_> {
             len: buf.len() as u64,
             source: Some(Box::new(e)),
         })
+    }
+}
+
+/// The pfns of RAM the capture kernel leaves out of `vmcore` at dump level 16: its own range
+/// builder (klib's `DumpRangeBuilder`, run as `kexec::capture` runs it) on the crashed kernel's
+/// frame bitmap, for the PT_LOADs of `vmcore`'s elfcorehdr.
+fn capture_kernel_left_out(vmcore: &Vmcore) -> BTreeSet<u64> {
+    let image = vmcore.image();
+    let info = image.vmcoreinfo().expect("VMCOREINFO").to_string();
+    let number = |key: &str| -> u64 {
+        let value = info.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('='));
+        value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {key} in VMCOREINFO"))
+    };
+    let nr_frames = number("NUMBER(crashvisor_nr_frames)");
+    let mut bitmap = vec![0u8; nr_frames.div_ceil(64) as usize * 8];
+    image.read_phys(number("NUMBER(crashvisor_frame_bitmap)"), &mut bitmap).expect("the frame bitmap is in the vmcore");
+    let words: Vec<u64> = bitmap.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes"))).collect();
+
+    // The elfcorehdr the crashed kernel built: a note, then the PT_LOADs (p_offset = p_paddr).
+    let loads = vmcore.loads();
+    let mut elfcorehdr = vec![0u8; 64 + 56 * (loads.len() + 1)];
+    let mut builder = CoreHeaderBuilder::new(&mut elfcorehdr).expect("room for the ELF header");
+    builder.note(0, 4096).expect("room for the note");
+    for load in &loads {
+        builder.load(load.vaddr, load.paddr, load.len).expect("room for the PT_LOADs");
+    }
+    let header = CoreHeader::parse(&elfcorehdr).expect("a valid elfcorehdr");
+    let layout = VmcoreLayout::new(header, 4096).expect("the vmcore lays out");
+    let mut kept = BTreeSet::new();
+    DumpRangeBuilder::new(&layout).exclude_free_pages(&words, nr_frames).for_each(|range| {
+        kept.extend(range.gpa / 4096..(range.gpa + range.len).div_ceil(4096));
+    });
+    ram_pfns(vmcore).into_iter().filter(|pfn| !kept.contains(pfn)).collect()
+}
+
+/// The pfns of RAM whose page in `vmcore` is all zero.
+fn zero_pfns(vmcore: &Vmcore) -> BTreeSet<u64> {
+    ram_pfns(vmcore).into_iter().filter(|&pfn| page(vmcore, pfn).iter().all(|&b| b == 0)).collect()
+}
+
+/// The pfns of RAM whose page is a hole in the ELF vmcore at `path` (`SEEK_DATA` skips it).
+fn hole_pfns(path: &Path) -> BTreeSet<u64> {
+    let file = std::fs::File::open(path).expect("the vmcore opens");
+    let len = file.metadata().expect("metadata").len();
+    let headers = dumpd::elf::image::read_headers(&file, len).expect("ELF headers");
+    let core = dumpd::elf::Core::parse(&headers).expect("an ELF vmcore");
+    let is_data = |offset: u64| {
+        // SAFETY: lseek on a descriptor this function owns; no memory is passed.
+        let found = unsafe { libc::lseek(file.as_raw_fd(), offset as i64, libc::SEEK_DATA) };
+        found == offset as i64
+    };
+    let mut holes = BTreeSet::new();
+    for load in core.loads().filter(|l| (0xffff_8880_0000_0000..0xffff_c880_0000_0000).contains(&l.p_vaddr)) {
+        for page in 0..load.p_filesz / 4096 {
+            if !is_data(load.p_offset + page * 4096) {
+                holes.insert(load.p_paddr / 4096 + page);
+            }
+        }
+    }
+    holes
+}
+
+/// What makedumpfile's report (`--message-level 31`) says it left out, in pages (it prints
+/// them in hexadecimal).
+#[derive(Debug)]
+struct ExclusionReport {
+    /// `Pages filled with zero`.
+    zero: u64,
+    /// `Non-private cache pages` and `Private cache pages`.
+    cache: u64,
+    /// `User process data pages`.
+    user: u64,
+    /// `Free pages`.
+    free: u64,
+}
+
+impl ExclusionReport {
+    fn parse(report: &str) -> Self {
+        let count = |label: &str| -> u64 {
+            let line = report.lines().find(|l| l.trim_start().starts_with(label));
+            let line = line.unwrap_or_else(|| panic!("no {label:?} in makedumpfile's report:\n{report}"));
+            let value = line.rsplit(':').next().and_then(|v| v.trim().strip_prefix("0x"));
+            value.and_then(|v| u64::from_str_radix(v, 16).ok()).unwrap_or_else(|| panic!("{line:?}"))
+        };
+        Self {
+            zero: count("Pages filled with zero"),
+            cache: count("Non-private cache pages") + count("Private cache pages"),
+            user: count("User process data pages"),
+            free: count("Free pages"),
+        }
     }
 }
 
@@ -221,7 +316,28 @@ fn check_level0(crash: &Crash, planted: u64, iomem: &[String], work: &TempDir, k
     assert!(free.len() > 30_000, "an idle 256 MiB guest has most pages free: {}", free.len());
     assert!((planted..planted + PLANTED_PAGES).all(|p| free.contains(&p) && page(&vmcore, p) != [0; 4096]));
 
-    // -d 31: the free pages and nothing else are left out.
+    // Each dump level leaves out the same pages in the capture kernel (and the host, which
+    // leaves zero pages out of its files as holes) and in makedumpfile, on the same memory.
+    let capture_free = capture_kernel_left_out(&vmcore);
+    assert_eq!(capture_free, free, "the capture kernel's level 16 leaves out the free frames");
+    let level = |d: &str| {
+        let out = work.path().join(format!("d{d}"));
+        let report = makedumpfile_ok(&["--message-level", "31", "-d", d, "-c", arg(&path), arg(&out)]);
+        (excluded_pfns(&out), ExclusionReport::parse(&report))
+    };
+    let zero = zero_pfns(&vmcore);
+    assert_eq!(hole_pfns(&path), zero, "the host leaves zero pages out of the ELF vmcore as holes");
+    let (excluded, report) = level("1");
+    assert!(excluded.is_empty(), "zero pages are kept behind one shared page");
+    assert_eq!(report.zero, zero.len() as u64, "level 1: the zero pages, as the host's holes:\n{report:?}");
+    let (excluded, report) = level("14");
+    assert_eq!((excluded.len(), report.cache + report.user), (0, 0), "levels 2, 4, 8: no page cache, no user pages");
+    let (excluded, report) = level("17");
+    assert_eq!(excluded, capture_free, "level 16: the free pages the capture kernel leaves out");
+    assert_eq!(report.free, capture_free.len() as u64);
+    assert_eq!(report.zero, zero.difference(&capture_free).count() as u64, "level 1 counts the zero pages left");
+
+    // -d 31: the free pages and the zero pages are left out, nothing else.
     let compressed = work.path().join("d31.c");
     makedumpfile_ok(&["-d", "31", "-c", arg(&path), arg(&compressed)]);
     let excluded = excluded_pfns(&compressed);
@@ -331,7 +447,6 @@ fn makedumpfile_reads_host_side_and_converted_vmcores() {
     let left_out = excluded_pfns(&zlib);
     let free = free_pfns(&host);
     assert!(left_out.is_subset(&free) && left_out.len() > free.len() / 2, "{} of {} free", left_out.len(), free.len());
-    assert!(left_out.iter().step_by(101).all(|&pfn| free.contains(&pfn)));
 
     // dumpd convert's kdump files of the ELF one, at the default level (zero pages kept behind
     // one shared page, as makedumpfile keeps them).
