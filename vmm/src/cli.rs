@@ -10,6 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 use dumpd::error_chain;
 
 use crate::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
+use crate::devices::dump::collector::CoreCollector;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -80,6 +81,12 @@ struct Args {
     /// (makedumpfile's compressed format).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = DumpFormat::Elf)]
     dump_format: DumpFormat,
+    /// Write the vmcore a capture kernel hands over with this program, as kdump.conf's
+    /// core_collector (e.g. "makedumpfile -l -d 31"): it gets the crashed kernel's /proc/vmcore,
+    /// served from guest memory, and the output path after its words. If it fails, the built-in
+    /// writer writes the vmcore and meta.json says why.
+    #[arg(long, value_name = "COMMAND")]
+    core_collector: Option<CoreCollector>,
     /// Keep at most N crashes of each VM in the crash store; the oldest go after each new one.
     #[arg(long, value_name = "N")]
     keep_per_vm: Option<usize>,
@@ -138,6 +145,7 @@ pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::Os
         on_crash_loaded: args.on_crash_loaded,
         dump_format: args.dump_format,
         retention: dumpd::store::Retention { max_per_vm: args.keep_per_vm, max_total_bytes: args.keep_bytes },
+        core_collector: args.core_collector,
     };
     let raw_mode = crate::terminal::RawMode::enable_if_tty();
     let result = crate::vm::run_with(&config, process_start, args.timings);

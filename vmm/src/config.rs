@@ -93,6 +93,9 @@ pub struct VmConfig {
     pub dump_format: DumpFormat,
     /// What the crash store keeps (older crashes are removed after each new one).
     pub retention: dumpd::store::Retention,
+    /// The program that writes a capture kernel's vmcore (kdump.conf's `core_collector`);
+    /// the built-in writer when `None`.
+    pub core_collector: Option<crate::devices::dump::collector::CoreCollector>,
 }
 
 /// The VM name used unless another is given.
@@ -178,6 +181,7 @@ mod tests {
             on_crash_loaded: CrashLoadedPolicy::Event,
             dump_format: DumpFormat::Elf,
             retention: dumpd::store::Retention::default(),
+            core_collector: None,
         }
     }
 

@@ -26,6 +26,7 @@
 //!     on_crash_loaded: CrashLoadedPolicy::Event,
 //!     dump_format: DumpFormat::Elf,
 //!     retention: dumpd::store::Retention::default(),
+//!     core_collector: None,
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");

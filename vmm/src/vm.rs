@@ -316,6 +316,7 @@ impl Machine {
                     crash_dir: config.crash_dir.clone(),
                     vm_name: config.name.clone(),
                     retention: config.retention,
+                    core_collector: config.core_collector.clone(),
                 },
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(config.nmi_watchdog, requests.clone())),

@@ -520,6 +520,7 @@ mod tests {
                     crash_dir: "/nonexistent/crash".into(),
                     vm_name: "vm".into(),
                     retention: dumpd::store::Retention::default(),
+                    core_collector: None,
                 },
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(true, requests.clone())),

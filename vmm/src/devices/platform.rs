@@ -311,6 +311,7 @@ mod tests {
             crash_dir: "/nonexistent/crash".into(),
             vm_name: "vm".into(),
             retention: dumpd::store::Retention::default(),
+            core_collector: None,
         };
         platform_on(memory, dump, nmi_watchdog)
     }

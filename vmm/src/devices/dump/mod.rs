@@ -6,6 +6,7 @@
 //! holes), both logs and `meta.json`, committed atomically. The issuing vCPU blocks meanwhile;
 //! the capture kernel has nothing else to do. Events tell clients how it went.
 
+pub mod collector;
 pub mod descriptor;
 mod ram;
 
@@ -20,12 +21,14 @@ use crashvisor_abi::dump::{DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE
 use crashvisor_abi::platform::{STATUS_INVALID_ARGUMENT, STATUS_IO_ERROR, STATUS_OK};
 use dumpd::error_chain;
 use dumpd::store::{
-    CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash,
-    Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
+    CommittedCrash, CoreCollectorMeta, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord,
+    PendingCrash, Retention, StoreError, Trigger, FILE_CORE_COLLECTOR_LOG, FILE_KEXEC_DMESG, FILE_VMCORE,
+    FILE_VMCORE_DMESG,
 };
 use dumpd::writer::{write_vmcore, Run, WriteError};
 use vm_memory::GuestMemoryMmap;
 
+use self::collector::CoreCollector;
 use self::descriptor::{read_and_validate, read_bytes, DescriptorError, ValidDump};
 use super::crash_reason::{self, CrashInfo};
 
@@ -38,6 +41,9 @@ pub struct DumpTarget {
     pub vm_name: String,
     /// What the store keeps: older crashes go after each commit.
     pub retention: Retention,
+    /// The program that turns a capture kernel's `/proc/vmcore` into the stored vmcore
+    /// (kdump.conf's `core_collector`); the built-in writer when `None` or when it fails.
+    pub core_collector: Option<CoreCollector>,
 }
 
 /// Commits `pending`, then applies the target's retention (never to the crash just committed).
@@ -170,7 +176,7 @@ pub fn dump(
         d.dump_level,
         target.crash_dir.display()
     );
-    match capture(memory, target, &valid, reason) {
+    match capture(memory, target, &valid, reason, post) {
         Ok(Captured { crash, sizes }) => {
             tracing::info!(
                 "vmcore ready: {} ({} bytes, {} on disk)",
@@ -190,25 +196,33 @@ pub fn dump(
     }
 }
 
-/// Writes an accepted dump into the store and commits it.
+/// Writes an accepted dump into the store and commits it: through the target's core collector
+/// if it has one, with the built-in writer if not or if the collector fails.
 pub fn capture(
     memory: &GuestMemoryMmap,
     target: &DumpTarget,
     valid: &ValidDump,
     reason: Option<&CrashInfo>,
+    post: &mut dyn FnMut(DumpEvent),
 ) -> Result<Captured, CaptureError> {
     let started = Instant::now();
     let d = &valid.descriptor;
     let store = CrashStore::open(&target.crash_dir)?;
     let pending = store.begin(&target.vm_name)?;
-    let file = pending.create_file(FILE_VMCORE)?;
-    let runs: Vec<Run> =
-        valid.ranges.iter().map(|r| Run { file_offset: r.file_offset, addr: r.gpa, len: r.len }).collect();
-    let stats = write_vmcore(&file, &valid.headers, &runs, d.file_size, &GuestRam::new(memory))?;
-    // Synced now so the block count is final (commit syncs again, at no cost).
-    file.sync_all().map_err(CaptureError::Sync)?;
-    let on_disk = file.metadata().map_err(CaptureError::Sync)?.blocks() * 512;
-    drop(file);
+    let mut meta = CrashMeta::new(Trigger::Kdump, &target.vm_name, pending.created());
+    let collected = target.core_collector.as_ref().map(|c| run_collector(c, memory, valid, &pending, post));
+    let sizes = match collected {
+        Some(Ok((sizes, collected))) => {
+            meta.vmcore_format = vmcore_format(&pending.path().join(FILE_VMCORE));
+            meta.core_collector = Some(collected);
+            sizes
+        }
+        Some(Err(collected)) => {
+            meta.core_collector = Some(collected);
+            write_builtin(memory, valid, &pending)?
+        }
+        None => write_builtin(memory, valid, &pending)?,
+    };
     let logs = [
         (FILE_VMCORE_DMESG, "vmcore-dmesg log", d.vmcore_dmesg_gpa, d.vmcore_dmesg_len),
         (FILE_KEXEC_DMESG, "kexec-dmesg log", d.kexec_dmesg_gpa, d.kexec_dmesg_len),
@@ -217,13 +231,6 @@ pub fn capture(
         let text = if len == 0 { Vec::new() } else { read_bytes(memory, what, gpa, len).map_err(CaptureError::Log)? };
         pending.write_file(name, &text)?;
     }
-    let sizes = CrashSizes {
-        vmcore_apparent_bytes: stats.apparent_bytes,
-        vmcore_on_disk_bytes: on_disk,
-        vmcore_written_bytes: stats.written_bytes,
-        zero_pages_skipped: stats.zero_pages_skipped,
-    };
-    let mut meta = CrashMeta::new(Trigger::Kdump, &target.vm_name, pending.created());
     meta.reason = reason.map(reason_meta);
     meta.dump_level = Some(d.dump_level);
     meta.sizes = sizes;
@@ -233,9 +240,85 @@ pub fn capture(
         vmcore: FILE_VMCORE.into(),
         vmcore_dmesg: Some(FILE_VMCORE_DMESG.into()),
         kexec_dmesg: Some(FILE_KEXEC_DMESG.into()),
+        core_collector_log: meta.core_collector.is_some().then(|| FILE_CORE_COLLECTOR_LOG.into()),
     };
     pending.write_meta(&meta)?;
     Ok(Captured { crash: commit(pending, target)?, sizes })
+}
+
+/// Writes the hand-off's vmcore from guest RAM (zero pages become holes) and syncs it.
+fn write_builtin(memory: &GuestMemoryMmap, valid: &ValidDump, pending: &PendingCrash) -> Result<CrashSizes, CaptureError> {
+    let file = pending.create_file(FILE_VMCORE)?;
+    let runs: Vec<Run> =
+        valid.ranges.iter().map(|r| Run { file_offset: r.file_offset, addr: r.gpa, len: r.len }).collect();
+    let stats = write_vmcore(&file, &valid.headers, &runs, valid.descriptor.file_size, &GuestRam::new(memory))?;
+    let on_disk = synced_on_disk(&file)?;
+    Ok(CrashSizes {
+        vmcore_apparent_bytes: stats.apparent_bytes,
+        vmcore_on_disk_bytes: on_disk,
+        vmcore_written_bytes: stats.written_bytes,
+        zero_pages_skipped: stats.zero_pages_skipped,
+    })
+}
+
+/// Syncs a written vmcore (so the block count is final; commit syncs again, at no cost) and
+/// returns the bytes it takes on disk.
+fn synced_on_disk(file: &std::fs::File) -> Result<u64, CaptureError> {
+    file.sync_all().map_err(CaptureError::Sync)?;
+    Ok(file.metadata().map_err(CaptureError::Sync)?.blocks() * 512)
+}
+
+/// Runs the core collector into the pending crash, posting its progress. On failure, the
+/// collector's partial output is gone and the error says why, for `meta.json`.
+fn run_collector(
+    collector: &CoreCollector,
+    memory: &GuestMemoryMmap,
+    valid: &ValidDump,
+    pending: &PendingCrash,
+    post: &mut dyn FnMut(DumpEvent),
+) -> Result<(CrashSizes, CoreCollectorMeta), CoreCollectorMeta> {
+    let output = pending.path().join(FILE_VMCORE);
+    let handoff = (valid.headers.as_slice(), valid.ranges.as_slice(), valid.descriptor.file_size);
+    let log = pending.path().join(FILE_CORE_COLLECTOR_LOG);
+    let mut progress = |done, total| post(DumpEvent::Progress { done, total });
+    let measured = collector::collect(collector, memory, handoff, &output, &log, &mut progress)
+        .map_err(|e| error_chain(&e))
+        .and_then(|()| {
+            let file = std::fs::File::open(&output).map_err(|e| format!("cannot open its output: {e}"))?;
+            let on_disk = synced_on_disk(&file).map_err(|e| error_chain(&e))?;
+            let apparent = file.metadata().map_err(|e| format!("cannot measure its output: {e}"))?.len();
+            Ok(CrashSizes {
+                vmcore_apparent_bytes: apparent,
+                vmcore_on_disk_bytes: on_disk,
+                vmcore_written_bytes: on_disk,
+                zero_pages_skipped: 0,
+            })
+        });
+    let command = collector.to_string();
+    match measured {
+        Ok(sizes) => {
+            tracing::info!("core collector `{command}` wrote the vmcore");
+            Ok((sizes, CoreCollectorMeta { command, collected: true, error: None }))
+        }
+        Err(error) => {
+            tracing::warn!("core collector `{command}` failed, the built-in writer writes the vmcore: {error}");
+            if let Err(e) = std::fs::remove_file(&output) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!("cannot remove the collector's output {}: {e}", output.display());
+                }
+            }
+            Err(CoreCollectorMeta { command, collected: false, error: Some(error) })
+        }
+    }
+}
+
+/// `meta.json`'s `vmcore_format` of a collector's output: `kdump` for makedumpfile's
+/// compressed format, none for ELF.
+fn vmcore_format(path: &std::path::Path) -> Option<String> {
+    match dumpd::image::open_vmcore(path) {
+        Ok(dumpd::image::Vmcore::Kdump(_)) => Some("kdump".into()),
+        _ => None,
+    }
 }
 
 /// Why a capture kernel's failure report could not be read.
@@ -442,7 +525,12 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn target(&self) -> DumpTarget {
-            DumpTarget { crash_dir: self.0.clone(), vm_name: "testvm".into(), retention: Retention::default() }
+            DumpTarget {
+                crash_dir: self.0.clone(),
+                vm_name: "testvm".into(),
+                retention: Retention::default(),
+                core_collector: None,
+            }
         }
     }
 
@@ -541,7 +629,8 @@ pub(crate) mod tests {
         // The crash store's path is a file: nothing can be created under it.
         let blocked = dir.0.join("not-a-dir");
         std::fs::write(&blocked, b"").unwrap();
-        let target = DumpTarget { crash_dir: blocked, vm_name: "vm".into(), retention: Retention::default() };
+        let target =
+            DumpTarget { crash_dir: blocked, vm_name: "vm".into(), retention: Retention::default(), core_collector: None };
         let g = guest();
         g.install();
         let mut events = Vec::new();
