@@ -466,3 +466,67 @@ fn makedumpfile_reads_host_side_and_converted_vmcores() {
         }
     }
 }
+
+/// A VM whose capture kernel hands over all of memory (dump level 0) and whose host writes the
+/// vmcore with `collector` (`vmm --core-collector`); it panics once.
+fn crash_with_collector(collector: &str, store: &TempDir) -> Crash {
+    let mut vm = Vm::start_controlled(&[
+        "--vcpus",
+        "2",
+        "--memory",
+        "256",
+        "--nmi-watchdog",
+        "off",
+        "--crash-dir",
+        store.arg(),
+        "--core-collector",
+        collector,
+        "--cmdline",
+        "crashkernel=64M kdump=1 kdump_level=0",
+    ]);
+    let boot_log = vm.boot();
+    if !boot_log.iter().any(|l| l.ends_with(kdump::KDUMP_LOADED)) {
+        vm.expect_kdump_loaded();
+    }
+    assert_eq!(vm.wait_booted(), 1);
+    vm.inject("panic", 1, None);
+    vm.expect_vmcore(kdump::CAPTURE_TIMEOUT)
+}
+
+#[test]
+fn makedumpfile_as_the_hosts_core_collector_and_a_failing_one() {
+    let (store, work) = (TempDir::new("collector"), TempDir::new("collector-work"));
+    let kernel = kdump::extract_guest_kernel();
+    let command = "makedumpfile -l --message-level 7 -d 31";
+    let crash = crash_with_collector(command, &store);
+    assert_eq!(crash.meta["core_collector"], json!({"command": command, "collected": true}), "{}", crash.meta);
+    assert_eq!(crash.meta["vmcore_format"], "kdump");
+    assert_eq!(crash.meta["files"]["core_collector_log"], "core-collector.log");
+    let log = std::fs::read_to_string(crash.dir.join("core-collector.log")).expect("the collector's log");
+    assert!(log.starts_with(&format!("core_collector: {command} /")), "{log}");
+    assert!(log.contains("The dumpfile is saved to"), "makedumpfile's messages:\n{log}");
+
+    // makedumpfile's kdump-compressed file, LZO, the free pages left out, read by everyone.
+    let path = crash.vmcore();
+    let vmcore = open_vmcore(&path).expect("the collector's vmcore opens");
+    let Vmcore::Kdump(collected) = &vmcore else { panic!("makedumpfile -l writes kdump-compressed files") };
+    assert_eq!(collected.sub_header().dump_level, 31);
+    assert_ne!(collected.header().status & dumpd::kdump::DUMP_DH_COMPRESSED_LZO, 0, "LZO pages");
+    let free = free_pfns(&vmcore);
+    assert!(free.len() > 30_000, "{} free pages", free.len());
+    assert_eq!(excluded_pfns(&path), free, "the free pages are left out");
+    assert_eq!(crash.event.u64("size"), Some(std::fs::metadata(&path).expect("metadata").len()));
+    assert_eq!(dump_dmesg(&path, &work, "dmesg-collected"), crash.vmcore_dmesg());
+    check_dumpd_reads(&path, kernel.path());
+
+    // A collector that fails: the built-in writer writes the ELF vmcore, and meta.json says why.
+    let failing_store = TempDir::new("collector-failing");
+    let crash = crash_with_collector("makedumpfile -d 32", &failing_store);
+    let collector = &crash.meta["core_collector"];
+    assert_eq!((&collector["command"], &collector["collected"]), (&json!("makedumpfile -d 32"), &json!(false)));
+    let error = collector["error"].as_str().expect("an error");
+    assert!(error.contains("Dump_level(32) is invalid"), "{error}");
+    assert_eq!(crash.meta["vmcore_format"], serde_json::Value::Null);
+    assert!(matches!(open_vmcore(&crash.vmcore()).expect("opens"), Vmcore::Elf(_)));
+    assert_eq!(dump_dmesg(&crash.vmcore(), &work, "dmesg-fallback"), crash.vmcore_dmesg());
+}

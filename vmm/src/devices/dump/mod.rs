@@ -247,7 +247,11 @@ pub fn capture(
 }
 
 /// Writes the hand-off's vmcore from guest RAM (zero pages become holes) and syncs it.
-fn write_builtin(memory: &GuestMemoryMmap, valid: &ValidDump, pending: &PendingCrash) -> Result<CrashSizes, CaptureError> {
+fn write_builtin(
+    memory: &GuestMemoryMmap,
+    valid: &ValidDump,
+    pending: &PendingCrash,
+) -> Result<CrashSizes, CaptureError> {
     let file = pending.create_file(FILE_VMCORE)?;
     let runs: Vec<Run> =
         valid.ranges.iter().map(|r| Run { file_offset: r.file_offset, addr: r.gpa, len: r.len }).collect();
@@ -629,8 +633,12 @@ pub(crate) mod tests {
         // The crash store's path is a file: nothing can be created under it.
         let blocked = dir.0.join("not-a-dir");
         std::fs::write(&blocked, b"").unwrap();
-        let target =
-            DumpTarget { crash_dir: blocked, vm_name: "vm".into(), retention: Retention::default(), core_collector: None };
+        let target = DumpTarget {
+            crash_dir: blocked,
+            vm_name: "vm".into(),
+            retention: Retention::default(),
+            core_collector: None,
+        };
         let g = guest();
         g.install();
         let mut events = Vec::new();

@@ -81,10 +81,8 @@ impl FuseMount {
         let device = OpenOptions::new().read(true).write(true).open("/dev/fuse")?;
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let options = format!(
-            "fd={},rootmode=40000,user_id={uid},group_id={gid},max_read={MAX_READ}",
-            device.as_raw_fd()
-        );
+        let options =
+            format!("fd={},rootmode=40000,user_id={uid},group_id={gid},max_read={MAX_READ}", device.as_raw_fd());
         let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
         let (source, target, fstype, data) =
             (c(b"crashvisor")?, c(dir.as_os_str().as_bytes())?, c(b"fuse")?, c(options.as_bytes())?);
@@ -148,9 +146,7 @@ impl FuseMount {
             (LOOKUP, _) => Err(libc::ENOENT),
             (GETATTR, ROOT) => Ok(attr_out(&attr(ROOT, 0))),
             (GETATTR, FILE) => Ok(attr_out(&attr(FILE, file.size()))),
-            (OPEN, FILE) if request.u32_at(0) & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 => {
-                Err(libc::EACCES)
-            }
+            (OPEN, FILE) if request.u32_at(0) & libc::O_ACCMODE as u32 != libc::O_RDONLY as u32 => Err(libc::EACCES),
             (OPEN, FILE) => Ok(open_out(FOPEN_KEEP_CACHE)),
             (OPENDIR, ROOT) => Ok(open_out(0)),
             (READDIR, ROOT) => Ok(readdir(request.u64_at(8), &self.name)),
@@ -315,7 +311,8 @@ fn readdir(offset: u64, name: &str) -> Vec<u8> {
     if offset > 0 {
         return Vec::new();
     }
-    let mut out = Out::default().u64(FILE).u64(1).u32(name.len() as u32).u32(u32::from(libc::DT_REG)).bytes(name.as_bytes());
+    let mut out =
+        Out::default().u64(FILE).u64(1).u32(name.len() as u32).u32(u32::from(libc::DT_REG)).bytes(name.as_bytes());
     out.0.resize(out.0.len().next_multiple_of(8), 0);
     out.0
 }

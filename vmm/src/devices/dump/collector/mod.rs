@@ -175,7 +175,8 @@ pub fn collect(
     let dir = std::env::temp_dir().join(format!("crashvisor-vmcore-{}-{n}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|source| CollectorError::MountDir { dir: dir.clone(), source })?;
     let dir = MountDir(dir);
-    let mount = FuseMount::mount(&dir.0, VMCORE_NAME).map_err(|source| CollectorError::Mount { dir: dir.0.clone(), source })?;
+    let mount =
+        FuseMount::mount(&dir.0, VMCORE_NAME).map_err(|source| CollectorError::Mount { dir: dir.0.clone(), source })?;
     let input = mount.file_path();
     let mut log_file = File::create(log).map_err(CollectorError::Log)?;
     writeln!(log_file, "core_collector: {collector} {} {}", input.display(), output.display())
@@ -203,7 +204,8 @@ pub fn collect(
         let last_lines = lines[lines.len().saturating_sub(ERROR_LINES)..].join(" / ");
         return Err(CollectorError::Exit { status, last_lines });
     }
-    dumpd::image::open_vmcore(output).map_err(|source| CollectorError::Output { path: output.to_path_buf(), source })?;
+    dumpd::image::open_vmcore(output)
+        .map_err(|source| CollectorError::Output { path: output.to_path_buf(), source })?;
     Ok(())
 }
 
