@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod control;
+pub mod core_collector;
 pub mod process;
 pub mod spec;
 pub mod state;

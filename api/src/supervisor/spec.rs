@@ -11,6 +11,7 @@ use clap::ValueEnum;
 use crashvisor_abi::layout::CMDLINE_MAX_SIZE;
 use vmm::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
 
+use super::core_collector::check_core_collector;
 use crate::error::ApiError;
 
 /// Longest `crashkernel=` value accepted (Linux's forms are short: `64M`, `512M-2G:64M,2G-:128M@16M`).
@@ -72,6 +73,11 @@ pub struct KdumpSpec {
     pub final_action: Option<String>,
     /// After a failed dump: `reboot`, `halt` or `poweroff`.
     pub failure_action: Option<String>,
+    /// kdump.conf's `core_collector`: the host writes the vmcore the capture kernel hands over
+    /// with this command instead of its built-in writer, e.g. `makedumpfile -l -d 31`
+    /// (makedumpfile with `-c -l -z -E -D --non-mmap --non-cyclic`, `-d`, `--message-level`,
+    /// `--num-threads`, `--cyclic-buffer`). If it fails, the built-in writer writes the vmcore.
+    pub core_collector: Option<String>,
 }
 
 /// Lockup detector settings.
@@ -147,6 +153,8 @@ pub struct VmSpec {
     pub on_crash_loaded: String,
     /// The format of host-side vmcores (`vmm --dump-format`).
     pub dump_format: String,
+    /// The core collector (`vmm --core-collector`), checked.
+    pub core_collector: Option<String>,
 }
 
 impl CreateVm {
@@ -165,6 +173,7 @@ impl CreateVm {
         let mut params: Vec<String> = self.cmdline.iter().filter(|c| !c.trim().is_empty()).cloned().collect();
         let kdump_on = self.kdump.as_ref().is_some_and(|k| k.enabled.unwrap_or(true));
         let kdump = self.kdump.unwrap_or_default();
+        let core_collector = kdump.core_collector.as_deref().map(check_core_collector).transpose()?;
         match (&self.crashkernel, kdump_on) {
             (Some(size), _) => params.push(format!("crashkernel={}", check_crashkernel(size)?)),
             (None, true) => params.push(format!("crashkernel={DEFAULT_CRASHKERNEL}")),
@@ -237,6 +246,7 @@ impl CreateVm {
             on_panic,
             on_crash_loaded,
             dump_format,
+            core_collector,
         };
         spec.check_for_vmm()?;
         Ok(spec)
@@ -294,6 +304,9 @@ impl VmSpec {
         }
         if let Some(kernel) = &self.kernel {
             args.extend(["--kernel".into(), kernel.into()]);
+        }
+        if let Some(collector) = &self.core_collector {
+            args.extend(["--core-collector".into(), collector.into()]);
         }
         args
     }
@@ -398,6 +411,9 @@ mod tests {
         let s = spec(json!({"on_panic": "dump_and_reboot", "on_crash_loaded": "dump"})).unwrap();
         assert_eq!((s.on_panic.as_str(), s.on_crash_loaded.as_str()), ("dump-and-reboot", "dump"));
         assert_eq!(spec(json!({"dump_format": "kdump-zstd"})).unwrap().dump_format, "kdump-zstd");
+        let collected = spec(json!({"kdump": {"core_collector": "makedumpfile  -l -d 31"}})).unwrap();
+        let collected = collected.vmm_args(Path::new("/s"), Path::new("/c"));
+        assert!(collected.windows(2).any(|w| w == ["--core-collector", "makedumpfile -l -d 31"]));
         let args = s.vmm_args(Path::new("/s"), Path::new("/c"));
         assert!(args.windows(2).any(|w| w == ["--on-panic", "dump-and-reboot"]));
     }
@@ -423,6 +439,7 @@ mod tests {
             json!({"crashkernel": "64M kdump=0"}),
             json!({"kdump": {"dump_level": 32}}),
             json!({"kdump": {"final_action": "explode"}}),
+            json!({"kdump": {"core_collector": "sh -c reboot"}}),
             json!({"watchdog": {"thresh_secs": 61}}),
             json!({"sysctls": {"vm.x": 1}}),
             json!({"sysctls": {"kernel.panic": "1 2"}}),
