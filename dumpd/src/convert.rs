@@ -24,7 +24,7 @@ use crate::elf::build::{layout, LoadSpec, NoteSpec};
 use crate::image::{open_vmcore, DumpFormat, DumpImage, OpenError, Vmcore};
 use crate::kdump::free_pages::FreePages;
 use crate::kdump::kernel_info::vmcoreinfo_value;
-use crate::kdump::{write_kdump, KdumpInput, KdumpOptions, KdumpWriteError, DL_EXCLUDE_ZERO, DL_MAX};
+use crate::kdump::{write_kdump, KdumpInput, KdumpOptions, KdumpWriteError, DL_EXCLUDE_FREE, DL_EXCLUDE_ZERO, DL_MAX};
 use crate::writer::{write_vmcore, MemorySource, SourceError, WriteError};
 
 /// How to convert.
@@ -59,9 +59,9 @@ pub enum ConvertError {
     Open(#[from] OpenError),
     /// A dump level conversion cannot apply.
     #[error(
-        "dump level {level} cannot be applied here: levels above 1 leave out free pages, which needs a \
-         kdump-compressed output and a vmcore of a crashvisor kernel (its VMCOREINFO locates the free pages); use 0 \
-         or 1"
+        "dump level {level} cannot be applied here: levels above 1 are for kdump-compressed outputs of a \
+         crashvisor kernel's vmcore (its VMCOREINFO locates the free pages, and it has no page cache or user \
+         pages); use 0 or 1"
     )]
     DumpLevel {
         /// The level asked for.
@@ -115,7 +115,9 @@ pub fn convert(
                         .ok_or(ConvertError::DumpLevel { level })?,
                 ),
             };
-            let is_free = |pfn: u64| free.as_ref().is_some_and(|f| f.is_free(pfn));
+            // Bits 2, 4 and 8 (page cache, user pages) leave out nothing of a crashvisor kernel,
+            // which has neither; bit 16 its free pages.
+            let is_free = |pfn: u64| level & DL_EXCLUDE_FREE != 0 && free.as_ref().is_some_and(|f| f.is_free(pfn));
             let input = KdumpInput { notes: &notes, loads, memory: &source };
             let kdump_options = KdumpOptions {
                 compression,
@@ -182,7 +184,7 @@ mod tests {
     use super::*;
     use crate::elf::build::layout;
     use crate::image::open;
-    use crate::kdump::Compression;
+    use crate::kdump::{Compression, KdumpImage};
     use crate::test_dir::TestDir;
     use crate::writer::tests::Buffer;
     use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
@@ -287,6 +289,29 @@ mod tests {
         let opts = ConvertOptions { format: DumpFormat::Elf, ..opts };
         convert_file(&elf, &dir.path().join("e"), &opts).unwrap();
         assert_eq!(last.get(), (0x48_0000, 0x48_0000), "ELF: every run's bytes, text twice");
+    }
+
+    #[test]
+    fn levels_leave_out_the_free_pages_vmcoreinfo_locates_and_nothing_else() {
+        let dir = TestDir::new("convert-levels");
+        // 1 MiB, every page non-zero; the frame bitmap at 0x1000 marks frames 16 to 47 free.
+        let mut bytes = vec![0x5au8; 1 << 20];
+        bytes[0x1000..0x1000 + 32].fill(0xff);
+        bytes[0x1002..0x1006].fill(0);
+        let memory = Buffer { base: 0, bytes };
+        let info = b"OSRELEASE=6.18.0\nNUMBER(crashvisor_frame_bitmap)=4096\nNUMBER(crashvisor_nr_frames)=256\n";
+        let notes = [NoteSpec { name: b"VMCOREINFO", n_type: 0, desc: info }];
+        let loads = [LoadSpec { vaddr: 0xffff_8880_0000_0000, paddr: 0, len: 1 << 20 }];
+        let core = layout(&notes, &loads).unwrap();
+        let elf = dir.path().join("vmcore");
+        write_vmcore(&File::create(&elf).unwrap(), &core.headers, &core.runs, core.file_size, &memory).unwrap();
+        for (level, excluded) in [(15, vec![]), (16, (16..48).collect::<Vec<u64>>()), (31, (16..48).collect())] {
+            let out = dir.path().join(format!("d{level}"));
+            convert_file(&elf, &out, &options(DumpFormat::Kdump(Compression::Zstd), level)).unwrap();
+            let kdump = KdumpImage::open(File::open(&out).unwrap()).unwrap();
+            assert_eq!(kdump.sub_header().dump_level, level);
+            assert_eq!(kdump.excluded_pfns().collect::<Vec<_>>(), excluded, "level {level}");
+        }
     }
 
     #[test]
