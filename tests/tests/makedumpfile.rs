@@ -217,6 +217,22 @@ fn excluded_pfns(path: &Path) -> BTreeSet<u64> {
     KdumpImage::open(file).unwrap_or_else(|e| panic!("{}: {e}", path.display())).excluded_pfns().collect()
 }
 
+/// A 2-vCPU 256 MiB guest booted with kdump loaded at dump level 0 (everything handed over),
+/// crashes going to `store`, started with `extra` VMM arguments too.
+fn kdump_vm(store: &TempDir, extra: &[&str]) -> Vm {
+    let mut args = vec!["--vcpus", "2", "--memory", "256", "--nmi-watchdog", "off", "--crash-dir", store.arg()];
+    args.extend(["--cmdline", "crashkernel=64M kdump=1 kdump_level=0"]);
+    args.extend(extra);
+    let mut vm = Vm::start_controlled(&args);
+    // The capture kernel is loaded before or after the shell's first prompt.
+    let boot_log = vm.boot();
+    if !boot_log.iter().any(|l| l.ends_with(kdump::KDUMP_LOADED)) {
+        vm.expect_kdump_loaded();
+    }
+    assert_eq!(vm.wait_booted(), 1);
+    vm
+}
+
 /// Writes a pattern into `PLANTED_PAGES` pages of free memory 1 MiB below the crash kernel's
 /// reservation (the frame allocator hands out low memory first); returns their first pfn.
 fn plant_free_pages(vm: &mut Vm, crash_start: u64) -> u64 {
@@ -265,24 +281,7 @@ fn makedumpfile_reads_and_filters_kdump_vmcores_like_the_capture_kernel() {
     let store = TempDir::new("crash-store");
     let work = TempDir::new("makedumpfile");
     let kernel = kdump::extract_guest_kernel();
-    let mut vm = Vm::start_controlled(&[
-        "--vcpus",
-        "2",
-        "--memory",
-        "256",
-        "--nmi-watchdog",
-        "off",
-        "--crash-dir",
-        store.arg(),
-        "--cmdline",
-        "crashkernel=64M kdump=1 kdump_level=0",
-    ]);
-    // The capture kernel is loaded before or after the shell's first prompt.
-    let boot_log = vm.boot();
-    if !boot_log.iter().any(|l| l.ends_with(kdump::KDUMP_LOADED)) {
-        vm.expect_kdump_loaded();
-    }
-    assert_eq!(vm.wait_booted(), 1);
+    let mut vm = kdump_vm(&store, &[]);
     let iomem = vm.run("cat /proc/iomem");
     let crash_start = crash_kernel_start(&iomem);
 
@@ -468,29 +467,15 @@ fn makedumpfile_reads_host_side_and_converted_vmcores() {
 }
 
 /// A VM whose capture kernel hands over all of memory (dump level 0) and whose host writes the
-/// vmcore with `collector` (`vmm --core-collector`); it panics once.
-fn crash_with_collector(collector: &str, store: &TempDir) -> Crash {
-    let mut vm = Vm::start_controlled(&[
-        "--vcpus",
-        "2",
-        "--memory",
-        "256",
-        "--nmi-watchdog",
-        "off",
-        "--crash-dir",
-        store.arg(),
-        "--core-collector",
-        collector,
-        "--cmdline",
-        "crashkernel=64M kdump=1 kdump_level=0",
-    ]);
-    let boot_log = vm.boot();
-    if !boot_log.iter().any(|l| l.ends_with(kdump::KDUMP_LOADED)) {
-        vm.expect_kdump_loaded();
-    }
-    assert_eq!(vm.wait_booted(), 1);
+/// vmcore with `collector` (`vmm --core-collector`); it panics once. Returns the crash and the
+/// last `dump_progress` event's bytes done and in all.
+fn crash_with_collector(collector: &str, store: &TempDir) -> (Crash, Option<(u64, u64)>) {
+    let mut vm = kdump_vm(store, &["--core-collector", collector]);
     vm.inject("panic", 1, None);
-    vm.expect_vmcore(kdump::CAPTURE_TIMEOUT)
+    let crash = vm.expect_vmcore(kdump::CAPTURE_TIMEOUT);
+    let history = vm.control().history();
+    let progress = history.iter().rev().find(|e| e.is("dump_progress")).map(|e| (e.u64("done"), e.u64("total")));
+    (crash, progress.and_then(|(done, total)| done.zip(total)))
 }
 
 #[test]
@@ -498,7 +483,9 @@ fn makedumpfile_as_the_hosts_core_collector_and_a_failing_one() {
     let (store, work) = (TempDir::new("collector"), TempDir::new("collector-work"));
     let kernel = kdump::extract_guest_kernel();
     let command = "makedumpfile -l --message-level 7 -d 31";
-    let crash = crash_with_collector(command, &store);
+    let (crash, progress) = crash_with_collector(command, &store);
+    let (done, total) = progress.expect("dump_progress events while the collector ran");
+    assert!(done > 0 && done <= total, "the collector read {done} of {total} bytes of guest memory");
     assert_eq!(crash.meta["core_collector"], json!({"command": command, "collected": true}), "{}", crash.meta);
     assert_eq!(crash.meta["vmcore_format"], "kdump");
     assert_eq!(crash.meta["files"]["core_collector_log"], "core-collector.log");
@@ -521,7 +508,7 @@ fn makedumpfile_as_the_hosts_core_collector_and_a_failing_one() {
 
     // A collector that fails: the built-in writer writes the ELF vmcore, and meta.json says why.
     let failing_store = TempDir::new("collector-failing");
-    let crash = crash_with_collector("makedumpfile -d 32", &failing_store);
+    let (crash, _) = crash_with_collector("makedumpfile -d 32", &failing_store);
     let collector = &crash.meta["core_collector"];
     assert_eq!((&collector["command"], &collector["collected"]), (&json!("makedumpfile -d 32"), &json!(false)));
     let error = collector["error"].as_str().expect("an error");
