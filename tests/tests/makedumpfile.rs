@@ -80,13 +80,18 @@ fn dumpd(args: &[&str]) -> String {
     stdout
 }
 
-/// `dumpd show` and `bt` of a makedumpfile output name the panicking task and its panic.
+/// `dumpd show`, `bt`, `log` and `ps` of a makedumpfile output name the panic, its backtrace,
+/// the panic line and the shell.
 #[track_caller]
 fn check_dumpd_reads(file: &Path, kernel: &Path) {
     let show = dumpd(&["show", arg(file), "--kernel", arg(kernel)]);
     assert!(show.contains("PANIC: \"crashvisor injected panic\""), "{}:\n{show}", file.display());
     let bt = dumpd(&["bt", arg(file), "--kernel", arg(kernel)]);
     assert!(bt.contains("guest_kernel::panic::panic"), "{}:\n{bt}", file.display());
+    let log = dumpd(&["log", arg(file)]);
+    assert!(log.contains(PANIC_LINE), "{}:\n{log}", file.display());
+    let ps = dumpd(&["ps", arg(file)]);
+    assert!(ps.lines().any(|l| l.ends_with(" sh")), "{}:\n{ps}", file.display());
 }
 
 /// The pfns of RAM a vmcore holds at direct-map addresses (the kernel text and the task stacks

@@ -610,6 +610,47 @@ pub(crate) mod tests {
         );
     }
 
+    /// kdump.conf's simplest collector, `cp`, copies the served `/proc/vmcore` byte for byte; a
+    /// failing one leaves the built-in writer's vmcore and says why in meta.json.
+    #[test]
+    fn a_core_collector_reads_proc_vmcore_from_guest_memory() {
+        let store = TestDir::new("dump-collector");
+        let g = guest();
+        g.install();
+        let mut target = store.target();
+        target.core_collector = Some("cp".parse().unwrap());
+        let mut events = Vec::new();
+        let status = dump(&g.memory, &target, DESCRIPTOR_GPA, None, &mut |e| events.push(e));
+        if status != STATUS_OK {
+            let store = CrashStore::open(&store.0).unwrap();
+            let crash = &store.list().unwrap()[0];
+            let error = crash.meta.as_ref().unwrap().core_collector.as_ref().unwrap().error.clone();
+            if error.as_deref().is_some_and(|e| e.contains("CAP_SYS_ADMIN")) {
+                eprintln!("skipped: this host cannot mount FUSE ({error:?})");
+                return;
+            }
+        }
+        assert_eq!(status, STATUS_OK, "{events:?}");
+        let crash = &CrashStore::open(&store.0).unwrap().list().unwrap()[0];
+        let meta = crash.meta.as_ref().unwrap();
+        assert_eq!(meta.core_collector, Some(CoreCollectorMeta { command: "cp".into(), collected: true, error: None }));
+        assert_crash_matches(&crash.path, &g);
+        let log = std::fs::read_to_string(crash.path.join(FILE_CORE_COLLECTOR_LOG)).unwrap();
+        assert!(log.starts_with("core_collector: cp /"), "{log}");
+        let total: u64 = g.ranges.iter().map(|r| r.len).sum();
+        assert!(events.contains(&DumpEvent::Progress { done: total, total }), "{events:?}");
+
+        let failing = TestDir::new("dump-collector-failing");
+        let mut target = failing.target();
+        target.core_collector = Some("false".parse().unwrap());
+        assert_eq!(dump(&g.memory, &target, DESCRIPTOR_GPA, None, &mut |_| {}), STATUS_OK);
+        let crash = &CrashStore::open(&failing.0).unwrap().list().unwrap()[0];
+        let collector = crash.meta.as_ref().unwrap().core_collector.clone().unwrap();
+        assert!(!collector.collected);
+        assert!(collector.error.unwrap().contains("exit status: 1"));
+        assert_crash_matches(&crash.path, &g);
+    }
+
     #[test]
     fn a_bad_descriptor_is_refused_and_recorded() {
         let store = TestDir::new("dump-bad");
