@@ -76,7 +76,7 @@ fn convert_failures_are_clear_and_leave_nothing() {
     assert!(text(&out.stderr).contains("use elf, kdump-zstd, kdump-zlib or kdump-raw"), "{}", text(&out.stderr));
     let out = dumpd(&["convert", &elf, &out_path, "--format", "elf", "--dump-level", "31"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("levels above 1 leave out free pages"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("levels above 1 are for kdump-compressed outputs"), "{}", text(&out.stderr));
     let out = dumpd(&["convert", &elf, &out_path, "--format", "kdump-zstd", "--dump-level", "17"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("its VMCOREINFO locates the free pages"), "{}", text(&out.stderr));
