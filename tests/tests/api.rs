@@ -3,7 +3,8 @@
 //! (kdump catches them), events arrive over SSE, vmcores are downloaded whole and by ranges and
 //! read with dumpd's ELF reader, analysed (summary, backtraces, tasks) and converted to
 //! kdump-compressed on the fly; a VM with makedumpfile as its core collector gets makedumpfile's
-//! vmcore; a killed VMM fails its VM only; bad requests get the documented errors; a stopped service stops its VMs and a restarted one serves the same crash store.
+//! vmcore; a killed VMM fails its VM only; bad requests get the documented errors; a stopped
+//! service stops its VMs and a restarted one serves the same crash store.
 //!
 //! Run one test at a time on small hosts: `cargo test -p crashvisor-tests --test api --
 //! --test-threads=1` (after `cargo build -p vmm -p api`).
