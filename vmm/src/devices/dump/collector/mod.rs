@@ -161,7 +161,8 @@ impl Drop for MountDir {
 
 /// Runs `collector` on the ELF vmcore of a hand-off (`headers` at offset 0, `ranges` of
 /// `memory`, `size` bytes in all) and has it write `output`; its messages go to `log`. Calls
-/// `progress(bytes of guest memory read, bytes in the ranges)` now and then.
+/// `progress(bytes of guest memory read, bytes in the ranges)` now and then (the first at most
+/// the second: a collector may read a page twice, and skips those it filters out).
 pub fn collect(
     collector: &CoreCollector,
     memory: &GuestMemoryMmap,
@@ -190,7 +191,8 @@ pub fn collect(
             let file = HandoffVmcore { headers, ranges, size, memory: GuestRam::counting(memory, &done) };
             mount.serve(&file, &stop)
         });
-        let status = run(collector, &input, output, &log_file, &mut || progress(done.load(Ordering::Relaxed), total));
+        let status =
+            run(collector, &input, output, &log_file, &mut || progress(done.load(Ordering::Relaxed).min(total), total));
         stop.store(true, Ordering::Release);
         let served = server.join().unwrap_or_else(|_| Err(io::Error::other("the FUSE server panicked")));
         served.map_err(CollectorError::Serve)?;
