@@ -39,7 +39,7 @@ fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
         exe: "/nonexistent/crashvisor".into(),
         token: token.map(str::to_owned),
         limits,
-        vmm_args: Vec::new(),
+        retention: Default::default(),
     })
     .unwrap();
     (api::app(state.clone()), state)

@@ -11,16 +11,13 @@
 use std::time::{Duration, Instant};
 
 use crashvisor_tests::windows::{self, Window};
-use crashvisor_tests::{kernel_text, ControlFailure, Event, KernelLine, Vm, COMMAND_TIMEOUT, EXIT_TIMEOUT};
+use crashvisor_tests::{
+    kernel_text, ControlFailure, Event, KernelLine, Vm, COMMAND_TIMEOUT, DETECT_TIMEOUT, EXIT_TIMEOUT,
+};
 use serde_json::json;
 
 /// `watchdog_thresh` for every test: soft threshold 4 s, timer period 0.8 s, NMI every 2 s.
 const THRESH: u32 = 2;
-/// How long to wait for a detector before giving up: a bound for a lost report, not a measured
-/// window (each test checks its window with the steal time left out). The detectors count their
-/// CPU's run time, so on a loaded host a report comes later in wall time: 46 s after the ack
-/// with 42 s of steal was seen with two busy loops and parallel builds on this 2-core machine.
-const DETECT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Allowed earliness. The ack is read by the host before the guest's fault task starts (the
 /// guest releases it only after writing the answer, and waking it on an emulated CPU takes
 /// milliseconds), so measuring from the ack can only make a latency longer. Two things can

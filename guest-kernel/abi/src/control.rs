@@ -70,6 +70,8 @@ pub const MAX_MESSAGE_LEN: usize = 256;
 pub const MAX_SYSCTL_NAME_LEN: usize = 64;
 /// Longest sysctl value, in decoded bytes.
 pub const MAX_SYSCTL_VALUE_LEN: usize = 256;
+/// The namespace of every sysctl the guest has (Linux's `kernel.*` table).
+pub const SYSCTL_NAMESPACE: &str = "kernel.";
 /// Longest key or verb, in bytes.
 pub const MAX_WORD_LEN: usize = 32;
 /// The status word of a successful response.
@@ -131,7 +133,9 @@ pub mod key {
     pub const FAILURE_ACTION: &str = "failure_action";
 }
 
-/// Defines an enum of protocol names with `ALL`, `as_str` and `from_name`.
+/// Defines an enum of protocol names with `ALL`, `as_str`, `from_name` and `Display` (the
+/// host's control socket defines its own names with it too).
+#[macro_export]
 macro_rules! names {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$meta])*
@@ -160,8 +164,8 @@ macro_rules! names {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
@@ -529,6 +533,15 @@ impl fmt::Display for Encoded<'_> {
     }
 }
 
+/// Whether `name` is spelt like a sysctl name (`kernel.panic`): 1 to [`MAX_SYSCTL_NAME_LEN`]
+/// lowercase letters, digits, `_` and `.`, the alphabet of every name in the guest's table.
+/// Whether the guest has it is the guest's answer (`unknown_sysctl`).
+pub fn is_sysctl_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SYSCTL_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
 /// Parses a decimal `u64` value: ASCII digits only (no sign, no spaces), at most 20 of them.
 pub fn parse_u64(raw: &str) -> Option<u64> {
     if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
@@ -693,5 +706,17 @@ mod tests {
         assert_eq!(parse_u64("18446744073709551616"), None);
         assert_eq!(parse_u64(""), None);
         assert_eq!(parse_u32("4294967296"), None);
+    }
+
+    #[test]
+    fn sysctl_names_use_the_guest_alphabet() {
+        for good in ["kernel.panic", "kernel.hung_task_timeout_secs", "vm.swappiness", "a"] {
+            assert!(is_sysctl_name(good), "{good}");
+        }
+        let long = [b'k'; MAX_SYSCTL_NAME_LEN + 1];
+        let long = core::str::from_utf8(&long).unwrap();
+        for bad in ["", "kernel panic", "kernel.Panic", "kernel.a-b", "/proc/sys/kernel/panic", "k\u{e9}", long] {
+            assert!(!is_sysctl_name(bad), "{bad}");
+        }
     }
 }

@@ -11,6 +11,7 @@
 pub mod control;
 pub mod dump;
 pub mod layout;
+pub mod params;
 pub mod platform;
 pub mod pvh;
 pub mod serial;

@@ -34,10 +34,26 @@ const VMCORE_NAME: &str = "vmcore";
 /// Lines of the collector's messages quoted in an error.
 const ERROR_LINES: usize = 3;
 
-/// A core collector command: a program and its arguments, split at whitespace (no shell).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A core collector command: a program and its arguments, split at whitespace (no shell). In a
+/// configuration file, the command as one string.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct CoreCollector {
     words: Vec<String>,
+}
+
+impl TryFrom<String> for CoreCollector {
+    type Error = String;
+
+    fn try_from(command: String) -> Result<Self, String> {
+        command.parse()
+    }
+}
+
+impl From<CoreCollector> for String {
+    fn from(collector: CoreCollector) -> String {
+        collector.to_string()
+    }
 }
 
 impl std::str::FromStr for CoreCollector {
@@ -263,6 +279,9 @@ mod tests {
         assert_eq!(c.words, ["makedumpfile", "-l", "-d", "31"]);
         assert_eq!(c.to_string(), "makedumpfile -l -d 31");
         assert!(" ".parse::<CoreCollector>().unwrap_err().contains("empty"));
+        assert_eq!(serde_json::to_value(&c).unwrap(), "makedumpfile -l -d 31");
+        assert_eq!(serde_json::from_value::<CoreCollector>("cp".into()).unwrap().words, ["cp"]);
+        assert!(serde_json::from_value::<CoreCollector>("".into()).is_err());
     }
 
     #[test]
