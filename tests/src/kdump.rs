@@ -1,7 +1,7 @@
 //! kdump support: waiting for a capture to reach the crash store, the crash's files, the
 //! vmcore's notes (parsed by hand, reading only the file's first pages: the vmcore is as large
-//! as the guest's RAM), the guest kernel ELF for symbols, and the external tools that read
-//! vmcores (`readelf`, `gdb`, `vmcore-dmesg`).
+//! as the guest's RAM), the guest kernel ELF for symbols, the external tools that read vmcores
+//! (`readelf`, `gdb`, `vmcore-dmesg`, `makedumpfile`) and what a host core collector needs.
 //!
 //! ```no_run
 //! use crashvisor_tests::kdump::{self, Vmcore};
@@ -379,6 +379,30 @@ pub fn extract_guest_kernel() -> TempFile {
             String::from_utf8_lossy(&output.stderr)
         ),
         Err(e) => panic!("cannot run vmm --extract-kernel: {e}"),
+    }
+}
+
+/// Checks that a VMM started by this test can run a core collector: it serves the crashed
+/// kernel's `/proc/vmcore` through a FUSE filesystem it mounts itself on `/dev/fuse` (no libfuse,
+/// no `fusermount`), which needs the device, read-write, and root.
+///
+/// # Panics
+///
+/// If it cannot: the tests that run a collector fail rather than fall back, saying what to do.
+#[track_caller]
+pub fn require_fuse() {
+    const FUSE: &str = "/dev/fuse";
+    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(FUSE) {
+        panic!(
+            "cannot open {FUSE} ({e}): the host's core collector serves /proc/vmcore through FUSE. \
+             Load the kernel module (`modprobe fuse`, from the Debian package kmod) or give the \
+             container the device (`--device /dev/fuse`), and run the tests as root; .ci/run \
+             loads the module when the device is missing."
+        );
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("the host's core collector mounts a FUSE filesystem, which needs root (CAP_SYS_ADMIN): run the tests as root");
     }
 }
 

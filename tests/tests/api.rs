@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crashvisor_tests::api::{one_at_a_time, signal, EventStream, HttpResponse, Service};
-use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
+use crashvisor_tests::kdump::{self, CAPTURE_TIMEOUT};
 use crashvisor_tests::BOOT_TIMEOUT;
 use dumpd::elf::Core;
 use serde_json::{json, Value};
@@ -229,6 +229,8 @@ fn two_vms_crash_and_their_vmcores_are_served() {
 #[test]
 fn a_vm_with_makedumpfile_as_its_core_collector() {
     let _serial = one_at_a_time();
+    kdump::require_fuse();
+    kdump::require_tool("makedumpfile");
     let service = Service::start(&[]);
     let mut body = crashing_vm("collected", 1, 256);
     body["kdump"] = json!({"core_collector": "rm -rf /"});

@@ -8,7 +8,8 @@
 //!   level 16 the free frames (the capture kernel's own range builder run on the level-0
 //!   vmcore gives the page set makedumpfile's is compared with), level 1 the zero pages (the
 //!   host's holes), levels 2, 4 and 8 nothing; and on the level-31 vmcore the capture kernel's
-//!   count and pages planted in free memory (kept at level 0, left out at 31) agree;
+//!   count, its holes (every free page is one) and pages planted in free memory (kept at level
+//!   0, left out at 31) agree;
 //! - its `-c`, `-l`, `-z`, `-E` and `-F` outputs (flattened, read directly and through `-R`),
 //!   `--split` parts (reassembled) and `--mem-usage` work, and `dumpd` reads the outputs.
 //!
@@ -409,6 +410,9 @@ fn check_level31(crash: &Crash, planted: u64, work: &TempDir) {
         .lines()
         .find_map(|l| l.split("kdump: dump level 31 leaves out ").nth(1)?.strip_suffix(" free pages")?.parse().ok());
     assert_eq!(said, Some(free.len() as u64), "the capture kernel's count:\n{}", crash.kexec_dmesg());
+    let holes = hole_pfns(&path);
+    let handed_over: Vec<u64> = free.difference(&holes).copied().collect();
+    assert!(handed_over.is_empty(), "free pages the capture kernel handed over at level 31: {handed_over:x?}");
     // makedumpfile, reading the struct pages the vmcore kept, leaves out the same pages.
     let compressed = work.path().join("again.c");
     makedumpfile_ok(&["-d", "31", "-c", arg(&path), arg(&compressed)]);
@@ -485,6 +489,7 @@ fn crash_with_collector(collector: &str, store: &TempDir) -> (Crash, Option<(u64
 
 #[test]
 fn makedumpfile_as_the_hosts_core_collector_and_a_failing_one() {
+    kdump::require_fuse();
     let (store, work) = (TempDir::new("collector"), TempDir::new("collector-work"));
     let kernel = kdump::extract_guest_kernel();
     let command = "makedumpfile -l --message-level 7 -d 31";
