@@ -87,7 +87,11 @@ pub enum CollectorError {
         source: io::Error,
     },
     /// The FUSE filesystem could not be mounted.
-    #[error("cannot serve /proc/vmcore through FUSE at {} (the VMM needs /dev/fuse and CAP_SYS_ADMIN)", dir.display())]
+    #[error(
+        "cannot serve /proc/vmcore through FUSE at {} (the VMM needs /dev/fuse, which `modprobe fuse` \
+         provides, and CAP_SYS_ADMIN: run it as root)",
+        dir.display()
+    )]
     Mount {
         /// The mount point.
         dir: PathBuf,
