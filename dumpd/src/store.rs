@@ -25,6 +25,7 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,7 +350,7 @@ impl CrashStore {
                     return Ok(PendingCrash {
                         store: self.dir.clone(),
                         path,
-                        _lock: lock,
+                        lock,
                         vm_name: vm_name.to_owned(),
                         created: SystemTime::now(),
                         committed: false,
@@ -407,8 +408,8 @@ impl CrashStore {
 pub struct PendingCrash {
     store: PathBuf,
     path: PathBuf,
-    /// The directory, locked while its writer lives (a forked writer inherits it).
-    _lock: File,
+    /// The directory, locked while its writer lives (a forked writer keeps it open).
+    lock: File,
     vm_name: String,
     created: SystemTime,
     committed: bool,
@@ -437,6 +438,13 @@ impl PendingCrash {
     /// The VM's name.
     pub fn vm_name(&self) -> &str {
         &self.vm_name
+    }
+
+    /// The descriptor whose lock tells the store this crash is being written. A process forked
+    /// to write into the crash keeps it open: while any process holds it, no sweep removes the
+    /// temporary directory, and when the last one exits the kernel drops the lock.
+    pub fn lock(&self) -> BorrowedFd<'_> {
+        self.lock.as_fd()
     }
 
     /// Creates the new file `name` (a plain name) in the crash directory.

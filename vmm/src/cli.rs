@@ -13,7 +13,7 @@ use crate::config::{
     ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig, DEFAULT_MEMORY_MIB,
     DEFAULT_VCPUS,
 };
-use crate::devices::dump::collector::CoreCollector;
+use crate::crash::collector::CoreCollector;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:

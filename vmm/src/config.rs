@@ -107,7 +107,7 @@ pub struct VmConfig {
     pub retention: dumpd::store::Retention,
     /// The program that writes a capture kernel's vmcore (kdump.conf's `core_collector`);
     /// the built-in writer when `None`.
-    pub core_collector: Option<crate::devices::dump::collector::CoreCollector>,
+    pub core_collector: Option<crate::crash::collector::CoreCollector>,
 }
 
 /// The VM name used unless another is given.

@@ -15,7 +15,7 @@ use crashvisor_abi::params::{
 use crashvisor_control::WireName;
 use dumpd::store::Retention;
 use vmm::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
-use vmm::devices::dump::collector::CoreCollector;
+use vmm::crash::collector::CoreCollector;
 
 use super::core_collector::check_core_collector;
 use crate::error::ApiError;

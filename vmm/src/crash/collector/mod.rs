@@ -1,11 +1,12 @@
-//! kdump.conf's `core_collector`, run on the host: when a capture kernel hands its vmcore over,
-//! a program such as `makedumpfile -l -d 31` reads the crashed kernel's `/proc/vmcore` — the
-//! ELF file of the hand-off, served from guest memory by a one-file FUSE filesystem, nothing
-//! copied first — and writes the vmcore; its messages go to `core-collector.log` beside it.
+//! kdump.conf's `core_collector`, run on the host by the crash sink: when a capture kernel hands
+//! its vmcore over, a program such as `makedumpfile -l -d 31` reads the crashed kernel's
+//! `/proc/vmcore` — the ELF file of the hand-off ([`ProcVmcore`]), served from guest memory by a
+//! one-file FUSE filesystem, nothing copied first — and writes the vmcore; its messages go to a
+//! log beside it (`core-collector.log`).
 //!
 //! As kdumpctl runs it: the command's words, then the input path and the output path
-//! (`makedumpfile -l -d 31 /proc/vmcore vmcore`). The caller falls back to the built-in writer
-//! when [`collect`] fails.
+//! (`makedumpfile -l -d 31 /proc/vmcore vmcore`). The sink falls back to the producer's own
+//! writer when [`collect`] fails.
 
 mod fuse;
 
@@ -16,12 +17,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crashvisor_abi::dump::DumpRange;
-use dumpd::writer::MemorySource;
-use vm_memory::GuestMemoryMmap;
+use dumpd::image::{open_vmcore, Vmcore};
+use dumpd::writer::{MemorySource, Run};
 
 use self::fuse::{FuseMount, ServedFile};
-use super::GuestRam;
+use super::{GuestRam, ProcVmcore, VmcoreStats};
 
 /// Longest a collector may run before it is killed (makedumpfile needs seconds per GiB).
 const COLLECTOR_TIMEOUT: Duration = Duration::from_secs(600);
@@ -102,6 +102,15 @@ pub enum CollectorError {
     /// The log file could not be written.
     #[error("cannot write the collector's log")]
     Log(#[source] io::Error),
+    /// The output could not be opened or measured.
+    #[error("cannot open the core collector's output {}", path.display())]
+    Open {
+        /// The output.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// The program could not be started.
     #[error("cannot run {program:?} (is it installed and on PATH?)")]
     Spawn {
@@ -136,16 +145,16 @@ pub enum CollectorError {
     },
 }
 
-/// The ELF `/proc/vmcore` of a capture kernel's hand-off: its headers, then its ranges of guest
-/// memory at their file offsets, zeros in between.
-struct HandoffVmcore<'a> {
+/// A [`ProcVmcore`] as a file: its headers, then its runs of guest memory at their file
+/// offsets, zeros in between.
+struct ServedVmcore<'a> {
     headers: &'a [u8],
-    ranges: &'a [DumpRange],
+    runs: &'a [Run],
     size: u64,
     memory: GuestRam<'a>,
 }
 
-impl ServedFile for HandoffVmcore<'_> {
+impl ServedFile for ServedVmcore<'_> {
     fn size(&self) -> u64 {
         self.size
     }
@@ -157,12 +166,12 @@ impl ServedFile for HandoffVmcore<'_> {
             let n = headers.len().min(buf.len());
             buf[..n].copy_from_slice(&headers[..n]);
         }
-        let first = self.ranges.partition_point(|r| r.file_offset + r.len <= offset);
-        for range in self.ranges[first..].iter().take_while(|r| r.file_offset < end) {
-            let from = offset.max(range.file_offset);
-            let to = end.min(range.file_offset + range.len);
+        let first = self.runs.partition_point(|r| r.file_offset + r.len <= offset);
+        for run in self.runs[first..].iter().take_while(|r| r.file_offset < end) {
+            let from = offset.max(run.file_offset);
+            let to = end.min(run.file_offset + run.len);
             let dest = &mut buf[(from - offset) as usize..(to - offset) as usize];
-            self.memory.read(range.gpa + (from - range.file_offset), dest).map_err(io::Error::other)?;
+            self.memory.read(run.addr + (from - run.file_offset), dest).map_err(io::Error::other)?;
         }
         Ok(())
     }
@@ -179,18 +188,47 @@ impl Drop for MountDir {
     }
 }
 
-/// Runs `collector` on the ELF vmcore of a hand-off (`headers` at offset 0, `ranges` of
-/// `memory`, `size` bytes in all) and has it write `output`; its messages go to `log`. Calls
-/// `progress(bytes of guest memory read, bytes in the ranges)` now and then (the first at most
-/// the second: a collector may read a page twice, and skips those it filters out).
+/// A collector's vmcore.
+pub struct Collected {
+    /// The vmcore, open.
+    pub file: File,
+    /// Its size (the collector wrote all of it, as far as the VMM knows).
+    pub stats: VmcoreStats,
+    /// `meta.json`'s `vmcore_format`: `kdump` for makedumpfile's compressed format, none for ELF.
+    pub format: Option<String>,
+}
+
+/// Runs `collector` on `vmcore` and has it write `output`; its messages go to `log` (created
+/// first, so it is there whatever happens). Calls `progress(bytes of guest memory read, bytes in
+/// the runs)` now and then (the first at most the second: a collector may read a page twice,
+/// and skips those it filters out). On failure, no `output` is left behind.
 pub fn collect(
     collector: &CoreCollector,
-    memory: &GuestMemoryMmap,
-    (headers, ranges, size): (&[u8], &[DumpRange], u64),
+    vmcore: ProcVmcore<'_>,
+    output: &Path,
+    log: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Collected, CollectorError> {
+    let collected = run_on_mount(collector, vmcore, output, log, progress).and_then(|()| open_output(output));
+    if collected.is_err() {
+        if let Err(e) = std::fs::remove_file(output) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove the core collector's output {}: {e}", output.display());
+            }
+        }
+    }
+    collected
+}
+
+/// Mounts the served `/proc/vmcore`, runs the collector on it and checks how it ended.
+fn run_on_mount(
+    collector: &CoreCollector,
+    vmcore: ProcVmcore<'_>,
     output: &Path,
     log: &Path,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(), CollectorError> {
+    let mut log_file = File::create(log).map_err(CollectorError::Log)?;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("crashvisor-vmcore-{}-{n}", std::process::id()));
@@ -199,16 +237,17 @@ pub fn collect(
     let mount =
         FuseMount::mount(&dir.0, VMCORE_NAME).map_err(|source| CollectorError::Mount { dir: dir.0.clone(), source })?;
     let input = mount.file_path();
-    let mut log_file = File::create(log).map_err(CollectorError::Log)?;
     writeln!(log_file, "core_collector: {collector} {} {}", input.display(), output.display())
         .map_err(CollectorError::Log)?;
 
-    let total: u64 = ranges.iter().map(|r| r.len).sum();
+    let core = vmcore.core;
+    let total: u64 = core.runs.iter().map(|r| r.len).sum();
     let done = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
     let status = std::thread::scope(|s| {
         let server = s.spawn(|| {
-            let file = HandoffVmcore { headers, ranges, size, memory: GuestRam::counting(memory, &done) };
+            let memory = GuestRam::counting(vmcore.memory, &done);
+            let file = ServedVmcore { headers: &core.headers, runs: &core.runs, size: core.file_size, memory };
             mount.serve(&file, &stop)
         });
         let status =
@@ -226,9 +265,19 @@ pub fn collect(
         let last_lines = lines[lines.len().saturating_sub(ERROR_LINES)..].join(" / ");
         return Err(CollectorError::Exit { status, last_lines });
     }
-    dumpd::image::open_vmcore(output)
-        .map_err(|source| CollectorError::Output { path: output.to_path_buf(), source })?;
     Ok(())
+}
+
+/// Opens a successful collector's output, which must be a vmcore dumpd reads.
+fn open_output(output: &Path) -> Result<Collected, CollectorError> {
+    let format = match open_vmcore(output) {
+        Ok(Vmcore::Kdump(_)) => Some("kdump".to_owned()),
+        Ok(Vmcore::Elf(_)) => None,
+        Err(source) => return Err(CollectorError::Output { path: output.to_path_buf(), source }),
+    };
+    let opened = File::open(output).and_then(|file| Ok((file.metadata()?.len(), file)));
+    let (len, file) = opened.map_err(|source| CollectorError::Open { path: output.to_path_buf(), source })?;
+    Ok(Collected { file, stats: VmcoreStats { file_bytes: len, written_bytes: len, zero_pages_skipped: 0 }, format })
 }
 
 /// Starts the collector with `input` and `output` after its words and waits for it, calling
@@ -275,7 +324,11 @@ fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestAddress};
+    use crate::devices::dump::tests::{assert_crash_matches, guest, run_dump, TestDir};
+    use crashvisor_abi::platform::STATUS_OK;
+    use crashvisor_control::Event;
+    use dumpd::store::{CoreCollectorMeta, CrashStore, FILE_CORE_COLLECTOR_LOG};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     #[test]
     fn commands_are_words() {
@@ -288,16 +341,55 @@ mod tests {
         assert!(serde_json::from_value::<CoreCollector>("".into()).is_err());
     }
 
+    /// kdump.conf's simplest collector, `cp`, copies the served `/proc/vmcore` of a hand-off
+    /// byte for byte; a failing one leaves the built-in writer's vmcore and says why in
+    /// meta.json. Needs what the VMM needs to run a collector (root, /dev/fuse).
     #[test]
-    fn the_served_file_is_headers_then_ranges_of_memory() {
+    fn the_sink_has_the_core_collector_write_a_hand_off() {
+        let store = TestDir::new("dump-collector");
+        let g = guest();
+        g.install();
+        let mut target = store.target();
+        target.core_collector = Some("cp".parse().unwrap());
+        let (status, events) = run_dump(&g.memory, target, None);
+        assert_eq!(status, STATUS_OK, "{events:?}");
+        let crash = &CrashStore::open(&store.0).unwrap().list().unwrap()[0];
+        let meta = crash.meta.as_ref().unwrap();
+        assert_eq!(
+            meta.core_collector,
+            Some(CoreCollectorMeta { command: "cp".into(), collected: true, error: None }),
+            "a core collector needs root and /dev/fuse (`modprobe fuse`; .ci/run loads it)"
+        );
+        assert_eq!(meta.files.core_collector_log.as_deref(), Some(FILE_CORE_COLLECTOR_LOG));
+        assert_eq!(meta.dump_level, Some(g.descriptor.dump_level), "the hand-off describes the crash");
+        assert_crash_matches(&crash.path, &g);
+        let log = std::fs::read_to_string(crash.path.join(FILE_CORE_COLLECTOR_LOG)).unwrap();
+        assert!(log.starts_with("core_collector: cp /"), "{log}");
+        let total: u64 = g.ranges.iter().map(|r| r.len).sum();
+        assert!(events.contains(&Event::DumpProgress { done: total, total }), "{events:?}");
+        assert!(matches!(events.last(), Some(Event::VmcoreReady { .. })), "{events:?}");
+
+        let failing = TestDir::new("dump-collector-failing");
+        let mut target = failing.target();
+        target.core_collector = Some("false".parse().unwrap());
+        assert_eq!(run_dump(&g.memory, target, None).0, STATUS_OK);
+        let crash = &CrashStore::open(&failing.0).unwrap().list().unwrap()[0];
+        let collector = crash.meta.as_ref().unwrap().core_collector.clone().unwrap();
+        assert!(!collector.collected);
+        assert!(collector.error.unwrap().contains("exit status: 1"));
+        assert_crash_matches(&crash.path, &g);
+    }
+
+    #[test]
+    fn the_served_file_is_headers_then_runs_of_memory() {
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         memory.write_slice(&[0xaa; 0x100], GuestAddress(0x1000)).unwrap();
         memory.write_slice(&[0xbb; 0x100], GuestAddress(0x3000)).unwrap();
-        let ranges = [
-            DumpRange { file_offset: 0x1000, gpa: 0x1000, len: 0x100 },
-            DumpRange { file_offset: 0x2000, gpa: 0x3000, len: 0x80 },
+        let runs = [
+            Run { file_offset: 0x1000, addr: 0x1000, len: 0x100 },
+            Run { file_offset: 0x2000, addr: 0x3000, len: 0x80 },
         ];
-        let file = HandoffVmcore { headers: b"ELF!", ranges: &ranges, size: 0x3000, memory: GuestRam::new(&memory) };
+        let file = ServedVmcore { headers: b"ELF!", runs: &runs, size: 0x3000, memory: GuestRam::new(&memory) };
         let mut all = vec![0xffu8; 0x3000];
         file.read_at(0, &mut all).unwrap();
         assert_eq!(&all[..5], b"ELF!\0");
