@@ -5,10 +5,10 @@
 //! store, begins a hidden temporary crash, has the VM's core collector write the vmcore from a
 //! capture kernel's hand-off (its progress reported; on failure the reason goes to `meta.json`)
 //! or else lets the producer start the vmcore (written on this thread, or by a forked writer
-//! whose progress the sink reports), syncs and measures it,
-//! stores the logs, writes `meta.json`, commits atomically and applies retention; then it posts
-//! `vmcore_ready`, or records the failure and posts `dump_failed`. Jobs run one at a time, in
-//! the order they came; the VMM drains the queue before it exits.
+//! whose progress the sink reports), syncs and measures it, stores the logs, writes
+//! `meta.json`, commits atomically and applies retention; then it posts `vmcore_ready`, or
+//! records the failure and posts `dump_failed`. Jobs run one at a time, in the order they came;
+//! the VMM drains the queue before it exits.
 
 use std::fs::File;
 use std::os::fd::BorrowedFd;
