@@ -186,6 +186,9 @@ async fn vmcores_are_listed_downloaded_by_range_and_deleted() {
     assert!(String::from_utf8(dmesg.body).unwrap().contains("Kernel panic - not syncing: test"));
     let kexec = call(&app, get(&format!("/v1/vmcores/{id}/kexec-dmesg"))).await;
     assert!(String::from_utf8(kexec.body).unwrap().contains("capture kernel"));
+    // No core collector ran for it.
+    let collector = call(&app, get(&format!("/v1/vmcores/{id}/core-collector-log"))).await;
+    assert_eq!(collector.status, StatusCode::NOT_FOUND);
     // The fake vmcore is no ELF core: analysis and conversion say so.
     let converted = call(&app, get(&format!("/v1/vmcores/{id}/vmcore?format=kdump-zstd"))).await;
     assert_eq!(

@@ -142,8 +142,12 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
     let kvm = open_kvm(&config.kvm_device)?;
     let image = KernelImage::open(&config.kernel)?;
     let (inbox, inputs) = Inbox::channel();
-    let target =
-        DumpTarget { crash_dir: config.crash_dir.clone(), vm_name: config.name.clone(), retention: config.retention };
+    let target = DumpTarget {
+        crash_dir: config.crash_dir.clone(),
+        vm_name: config.name.clone(),
+        retention: config.retention,
+        core_collector: config.core_collector.clone(),
+    };
     let sink_thread = SinkThread::start(target, inbox.clone())?;
     let uart_error = |source| VmmError::Console { path: "console".into(), source };
     let shared = Persistent {

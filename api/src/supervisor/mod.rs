@@ -6,6 +6,7 @@
 pub mod adopt;
 pub mod console;
 pub mod control;
+pub mod core_collector;
 pub mod follow;
 pub mod handle;
 pub mod keeper;

@@ -437,6 +437,7 @@ mod tests {
             crash_dir: "/nonexistent/crash".into(),
             vm_name: "vm".into(),
             retention: dumpd::store::Retention::default(),
+            core_collector: None,
         };
         SinkThread::start(target, Inbox::channel().0).unwrap().sink()
     }

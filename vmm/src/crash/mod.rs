@@ -7,8 +7,11 @@
 //! a source of guest memory — and the sink, on its own thread, owns everything else: the crash
 //! store, the hidden temporary crash, the logs, `meta.json`, the atomic commit, retention, and
 //! the events clients see. No vCPU thread waits on a disk. The [`policy`] decides when the host
-//! dumps (pvpanic, operators).
+//! dumps (pvpanic, operators). A VM may have a [`collector`] (kdump.conf's `core_collector`):
+//! then the sink has that program write a hand-off's vmcore from its ELF [`ProcVmcore`], and
+//! the producer's own writer only when the program fails.
 
+pub mod collector;
 pub mod fork;
 pub mod policy;
 pub mod ram;
@@ -19,9 +22,13 @@ use std::path::PathBuf;
 
 use dumpd::elf::build::{CoreLayout, LoadSpec, NoteSpec};
 use dumpd::error_chain;
+use dumpd::kdump::free_pages::FreePages;
 use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
 use dumpd::store::Retention;
 use dumpd::writer::{write_vmcore, MemorySource};
+use vm_memory::GuestMemoryMmap;
+
+use self::collector::CoreCollector;
 
 pub use self::ram::GuestRam;
 pub use self::sink::{CaptureError, CrashSink, Logs, Producer, SinkThread, VmcoreFile, Writing};
@@ -35,13 +42,28 @@ pub struct DumpTarget {
     pub vm_name: String,
     /// What the store keeps: older crashes go after each commit.
     pub retention: Retention,
+    /// The program that turns a capture kernel's `/proc/vmcore` into the stored vmcore
+    /// (kdump.conf's `core_collector`); the producer's own writer when `None` or when it fails.
+    pub core_collector: Option<CoreCollector>,
+}
+
+/// A crashed kernel's `/proc/vmcore` as a capture kernel hands it over: the ELF file `core`
+/// lays out, its memory read from `memory`. What a core collector reads.
+#[derive(Clone, Copy)]
+pub struct ProcVmcore<'a> {
+    /// The file's layout: headers, then runs of memory at their file offsets.
+    pub core: &'a CoreLayout,
+    /// The guest memory the runs are in.
+    pub memory: &'a GuestMemoryMmap,
 }
 
 /// A vmcore's layout: what the file holds and where each piece of memory goes.
 pub enum Output<'a> {
     /// An ELF core file laid out as `CoreLayout` says.
     Elf(&'a CoreLayout),
-    /// makedumpfile's kdump-compressed format of these notes and loads, zero pages left out.
+    /// makedumpfile's kdump-compressed format of these notes and loads: zero pages stored once,
+    /// and those of the guest's free pages that are zero left out when its VMCOREINFO locates
+    /// them (so every byte of memory is kept, and untouched memory costs nothing).
     Kdump {
         /// The notes.
         notes: &'a [NoteSpec<'a>],
@@ -63,8 +85,10 @@ pub struct VmcoreStats {
     pub zero_pages_skipped: u64,
 }
 
-/// makedumpfile's dump level bit 1: zero pages are left out of kdump-compressed files.
+/// makedumpfile's dump level 1: zero pages are stored once in kdump-compressed files.
 const DUMP_LEVEL_ZERO: u32 = 1;
+/// makedumpfile's dump level 17: free pages may be left out too (here: the zero ones).
+const DUMP_LEVEL_ZERO_FREE: u32 = 17;
 
 /// Writes `output` from `source` into `file` (not synced); an error is the whole error chain
 /// as text, which a forked writer can hand back.
@@ -79,10 +103,15 @@ pub fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource)
             .map_err(|e| error_chain(&e)),
         Output::Kdump { notes, loads, compression } => {
             let input = KdumpInput { notes, loads, memory: source };
+            let vmcoreinfo =
+                notes.iter().find(|n| n.name == b"VMCOREINFO").and_then(|n| std::str::from_utf8(n.desc).ok());
+            let free = vmcoreinfo.and_then(|text| FreePages::read(text, source));
+            let is_free = |pfn: u64| free.as_ref().is_some_and(|f| f.is_free(pfn));
             let options = KdumpOptions {
                 compression: *compression,
-                dump_level: DUMP_LEVEL_ZERO,
-                free_pages: None,
+                dump_level: if free.is_some() { DUMP_LEVEL_ZERO_FREE } else { DUMP_LEVEL_ZERO },
+                excluded: free.is_some().then_some(&is_free as &dyn Fn(u64) -> bool),
+                exclude_only_zero: true,
                 timestamp: std::time::SystemTime::now(),
                 progress: None,
             };
@@ -90,7 +119,7 @@ pub fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource)
                 .map(|s| VmcoreStats {
                     file_bytes: s.file_bytes,
                     written_bytes: s.file_bytes,
-                    zero_pages_skipped: s.zero_pages_excluded,
+                    zero_pages_skipped: s.pages_shared_zero,
                 })
                 .map_err(|e| error_chain(&e))
         }

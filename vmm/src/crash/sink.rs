@@ -2,11 +2,13 @@
 //! and tells clients how it went.
 //!
 //! A job is a trigger, the guest's crash reason and a [`Producer`]. The sink opens the crash
-//! store, begins a hidden temporary crash, lets the producer start the vmcore in it (written on
-//! this thread, or by a forked writer whose progress the sink reports), syncs and measures it,
-//! stores the logs, writes `meta.json`, commits atomically and applies retention; then it posts
-//! `vmcore_ready`, or records the failure and posts `dump_failed`. Jobs run one at a time, in
-//! the order they came; the VMM drains the queue before it exits.
+//! store, begins a hidden temporary crash, has the VM's core collector write the vmcore from a
+//! capture kernel's hand-off (its progress reported; on failure the reason goes to `meta.json`)
+//! or else lets the producer start the vmcore (written on this thread, or by a forked writer
+//! whose progress the sink reports), syncs and measures it, stores the logs, writes
+//! `meta.json`, commits atomically and applies retention; then it posts `vmcore_ready`, or
+//! records the failure and posts `dump_failed`. Jobs run one at a time, in the order they came;
+//! the VMM drains the queue before it exits.
 
 use std::fs::File;
 use std::os::fd::BorrowedFd;
@@ -19,12 +21,13 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dumpd::error_chain;
 use dumpd::store::{
-    CommittedCrash, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash, StoreError,
-    Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
+    CommittedCrash, CoreCollectorMeta, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash,
+    StoreError, Trigger, FILE_CORE_COLLECTOR_LOG, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 
+use super::collector::{self, Collected};
 use super::fork::{ForkError, ForkedWriter};
-use super::{DumpTarget, VmcoreStats};
+use super::{DumpTarget, ProcVmcore, VmcoreStats};
 use crate::control::{ControlInput, Inbox};
 use crate::devices::crash_reason::CrashInfo;
 use crate::error::VmmError;
@@ -74,8 +77,17 @@ pub struct Logs {
 /// The maker of one vmcore: it knows where the guest memory comes from and how the file is laid
 /// out; the sink does the rest. Its methods run on the sink's thread.
 pub trait Producer: Send {
-    /// Starts the vmcore in `vmcore`, adding to `meta` what only this producer knows.
-    fn start(&mut self, vmcore: &VmcoreFile<'_>, meta: &mut CrashMeta) -> Result<Writing, CaptureError>;
+    /// Adds to `meta` what only this producer knows (before the vmcore is written).
+    fn describe(&self, _meta: &mut CrashMeta) {}
+
+    /// The crashed kernel's `/proc/vmcore`, when a capture kernel handed it over: the VM's core
+    /// collector, if it has one, writes the vmcore from it instead of [`start`](Self::start).
+    fn proc_vmcore(&self) -> Option<ProcVmcore<'_>> {
+        None
+    }
+
+    /// Starts the vmcore in `vmcore`.
+    fn start(&mut self, vmcore: &VmcoreFile<'_>) -> Result<Writing, CaptureError>;
 
     /// The logs to store beside the written vmcore.
     fn logs(&mut self) -> Result<Logs, CaptureError> {
@@ -264,12 +276,22 @@ impl Worker {
         let started = Instant::now();
         let store = CrashStore::open(&self.target.crash_dir)?;
         let pending = store.begin(&self.target.vm_name)?;
-        let file = pending.create_file(FILE_VMCORE)?;
         let mut meta = CrashMeta::new(trigger, &self.target.vm_name, pending.created());
         meta.reason = reason.map(reason_meta);
-        let stats = match producer.start(&VmcoreFile { file: &file, lock: pending.lock() }, &mut meta)? {
-            Writing::Done(stats) => stats,
-            Writing::Forked { writer, pause, total } => self.follow(&writer, pause, total, &mut meta)?,
+        producer.describe(&mut meta);
+        let (file, stats) = match self.collect(producer, &pending, &mut meta) {
+            Some(Collected { file, stats, format }) => {
+                meta.vmcore_format = format;
+                (file, stats)
+            }
+            None => {
+                let file = pending.create_file(FILE_VMCORE)?;
+                let stats = match producer.start(&VmcoreFile { file: &file, lock: pending.lock() })? {
+                    Writing::Done(stats) => stats,
+                    Writing::Forked { writer, pause, total } => self.follow(&writer, pause, total, &mut meta)?,
+                };
+                (file, stats)
+            }
         };
         // Synced now so the block count is final (commit syncs again, at no cost).
         file.sync_all().map_err(CaptureError::Sync)?;
@@ -295,6 +317,33 @@ impl Worker {
         meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         pending.write_meta(&meta)?;
         Ok((commit(pending, &self.target)?, meta.sizes))
+    }
+
+    /// Has the VM's core collector write the vmcore into `pending` from the producer's
+    /// `/proc/vmcore`, reporting its progress: `None` when there is no collector or no
+    /// `/proc/vmcore`, or when the collector failed (then `meta` says why, and the producer
+    /// writes the vmcore as kdump's `failure_action` would have the built-in writer do).
+    fn collect(&self, producer: &dyn Producer, pending: &PendingCrash, meta: &mut CrashMeta) -> Option<Collected> {
+        let collector = self.target.core_collector.as_ref()?;
+        let vmcore = producer.proc_vmcore()?;
+        let command = collector.to_string();
+        let (output, log) = (pending.path().join(FILE_VMCORE), pending.path().join(FILE_CORE_COLLECTOR_LOG));
+        let mut progress = |done, total| self.post(Event::DumpProgress { done, total });
+        let collected = collector::collect(collector, vmcore, &output, &log, &mut progress);
+        meta.files.core_collector_log = log.is_file().then(|| FILE_CORE_COLLECTOR_LOG.into());
+        match collected {
+            Ok(collected) => {
+                tracing::info!("core collector `{command}` wrote the vmcore");
+                meta.core_collector = Some(CoreCollectorMeta { command, collected: true, error: None });
+                Some(collected)
+            }
+            Err(e) => {
+                let error = error_chain(&e);
+                tracing::warn!("core collector `{command}` failed, the built-in writer writes the vmcore: {error}");
+                meta.core_collector = Some(CoreCollectorMeta { command, collected: false, error: Some(error) });
+                None
+            }
+        }
     }
 
     /// Reports a forked writer's snapshot and progress until it is done.

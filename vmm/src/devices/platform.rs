@@ -324,6 +324,7 @@ mod tests {
             crash_dir: "/nonexistent/crash".into(),
             vm_name: "vm".into(),
             retention: dumpd::store::Retention::default(),
+            core_collector: None,
         };
         let (platform, inputs, _sink) = platform_on(memory, dump, nmi_watchdog);
         (platform, inputs)

@@ -82,9 +82,12 @@ impl Snapshot {
 }
 
 impl Producer for Snapshot {
-    fn start(&mut self, vmcore: &VmcoreFile<'_>, meta: &mut CrashMeta) -> Result<Writing, CaptureError> {
-        std::thread::sleep(self.delay);
+    fn describe(&self, meta: &mut CrashMeta) {
         meta.vmcore_format = (self.format != DumpFormat::Elf).then(|| self.format.name().into());
+    }
+
+    fn start(&mut self, vmcore: &VmcoreFile<'_>) -> Result<Writing, CaptureError> {
+        std::thread::sleep(self.delay);
         let ctx = &self.machine;
         let pause_start = Instant::now();
         let stopped = ctx.pause(Pauser::Snapshot, PAUSE_TIMEOUT);

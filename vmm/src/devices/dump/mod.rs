@@ -3,7 +3,8 @@
 //!
 //! On `Dump` the device reads and validates the descriptor ([`descriptor`]) and hands the crash
 //! sink a [`Handoff`]: the vmcore's layout, straight from guest RAM (zero pages become holes),
-//! and both logs. The issuing vCPU stays out of the guest until the sink has committed the crash
+//! and both logs; the same layout is the `/proc/vmcore` a core collector reads, when the VM has
+//! one. The issuing vCPU stays out of the guest until the sink has committed the crash
 //! (parked, so the VMM can still pause or stop it); the status it then reads says how it went.
 //! The capture kernel has nothing else to do meanwhile.
 
@@ -21,7 +22,9 @@ use vm_memory::GuestMemoryMmap;
 
 use self::descriptor::{read_and_validate, read_bytes};
 use super::crash_reason::{self, CrashInfo};
-use crate::crash::{write_output, CaptureError, CrashSink, GuestRam, Logs, Output, Producer, VmcoreFile, Writing};
+use crate::crash::{
+    write_output, CaptureError, CrashSink, GuestRam, Logs, Output, ProcVmcore, Producer, VmcoreFile, Writing,
+};
 use crashvisor_control::Event;
 
 /// Where the platform device takes the status of a hand-off the sink finished.
@@ -36,9 +39,16 @@ pub struct Handoff {
 }
 
 impl Producer for Handoff {
-    fn start(&mut self, vmcore: &VmcoreFile<'_>, meta: &mut CrashMeta) -> Result<Writing, CaptureError> {
+    fn describe(&self, meta: &mut CrashMeta) {
         meta.dump_level = Some(self.descriptor.dump_level);
         meta.timings.capture_kernel_ns = Some(self.descriptor.capture_ns);
+    }
+
+    fn proc_vmcore(&self) -> Option<ProcVmcore<'_>> {
+        Some(ProcVmcore { core: &self.core, memory: &self.memory })
+    }
+
+    fn start(&mut self, vmcore: &VmcoreFile<'_>) -> Result<Writing, CaptureError> {
         let stats = write_output(vmcore.file, &Output::Elf(&self.core), &GuestRam::new(&self.memory))
             .map_err(CaptureError::Write)?;
         Ok(Writing::Done(stats))
@@ -287,7 +297,12 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn target(&self) -> DumpTarget {
-            DumpTarget { crash_dir: self.0.clone(), vm_name: "testvm".into(), retention: Retention::default() }
+            DumpTarget {
+                crash_dir: self.0.clone(),
+                vm_name: "testvm".into(),
+                retention: Retention::default(),
+                core_collector: None,
+            }
         }
     }
 
@@ -320,7 +335,11 @@ pub(crate) mod tests {
 
     /// Runs `Command::Dump` as the platform device does, through a crash sink writing into
     /// `target`: the status the vCPU reads once the sink is done, and the events clients see.
-    fn run_dump(memory: &GuestMemoryMmap, target: DumpTarget, reason: Option<CrashInfo>) -> (u32, Vec<Event>) {
+    pub(crate) fn run_dump(
+        memory: &GuestMemoryMmap,
+        target: DumpTarget,
+        reason: Option<CrashInfo>,
+    ) -> (u32, Vec<Event>) {
         let (inbox, inputs) = Inbox::channel();
         let sink = SinkThread::start(target, inbox.clone()).unwrap();
         let (reply, replied) = std::sync::mpsc::channel();
@@ -408,7 +427,12 @@ pub(crate) mod tests {
         // The crash store's path is a file: nothing can be created under it.
         let blocked = dir.0.join("not-a-dir");
         std::fs::write(&blocked, b"").unwrap();
-        let target = DumpTarget { crash_dir: blocked, vm_name: "vm".into(), retention: Retention::default() };
+        let target = DumpTarget {
+            crash_dir: blocked,
+            vm_name: "vm".into(),
+            retention: Retention::default(),
+            core_collector: None,
+        };
         let g = guest();
         g.install();
         let (status, events) = run_dump(&g.memory, target, None);
