@@ -16,10 +16,15 @@ pub struct RecordKeeper {
 }
 
 impl RecordKeeper {
-    /// Starts writing `record` (at once) and its later versions into `dir`.
-    pub fn start(dir: VmDir, record: VmRecord) -> Self {
-        let (latest, versions) = watch::channel((1, record));
-        let (written_tx, written) = watch::channel(0);
+    /// Keeps `record` and its later versions in `dir`: writes it at once, unless it is
+    /// `on_disk` already.
+    pub fn start(dir: VmDir, record: VmRecord, on_disk: bool) -> Self {
+        // A receiver starts with the first version seen: marked changed, it is written at once.
+        let (latest, mut versions) = watch::channel((1, record));
+        if !on_disk {
+            versions.mark_changed();
+        }
+        let (written_tx, written) = watch::channel(u64::from(on_disk));
         let writer = tokio::spawn(write_versions(dir, versions, written_tx));
         Self { latest, written, writer }
     }
@@ -53,6 +58,9 @@ impl RecordKeeper {
 
 async fn write_versions(dir: VmDir, mut versions: watch::Receiver<(u64, VmRecord)>, written: watch::Sender<u64>) {
     loop {
+        if !versions.has_changed().unwrap_or(false) && versions.changed().await.is_err() {
+            return;
+        }
         let (version, record) = versions.borrow_and_update().clone();
         let target = dir.clone();
         match tokio::task::spawn_blocking(move || target.write(&record)).await {
@@ -61,9 +69,39 @@ async fn write_versions(dir: VmDir, mut versions: watch::Receiver<(u64, VmRecord
             Err(e) => tracing::error!("the VM's record writer failed: {e}"),
         }
         written.send_replace(version);
-        // An error: the VM's task is gone and every version it handed over is written.
-        if versions.changed().await.is_err() {
-            return;
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::record::tests::{record, temp_root};
+    use crate::supervisor::record::StateDir;
+
+    #[tokio::test]
+    async fn a_record_is_written_at_once_unless_on_disk_and_each_change_after() {
+        let root = temp_root("keeper");
+        let state = StateDir::open(&root).unwrap();
+        let dir = state.vm("web-1");
+        dir.create().unwrap();
+        let first = record();
+        let keeper = RecordKeeper::start(dir.clone(), first.clone(), false);
+        keeper.flush().await;
+        assert_eq!(dir.read().unwrap(), first, "written at once");
+
+        let mut changed = first.clone();
+        changed.vmm = None;
+        dir.write(&changed).unwrap();
+        keeper.finish().await;
+        let keeper = RecordKeeper::start(dir.clone(), first.clone(), true);
+        keeper.flush().await;
+        assert_eq!(dir.read().unwrap(), changed, "a record on disk already is not written again");
+        let mut later = first.clone();
+        later.control_socket = "/run/y/web-1.sock".into();
+        keeper.save(later.clone());
+        keeper.finish().await;
+        assert_eq!(dir.read().unwrap(), later, "a change is written, the last one before finish too");
+        drop(state);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -140,7 +140,7 @@ impl Supervisor {
         };
         let name = spec.name.clone();
         let event = json!({"vcpus": spec.vcpus, "memory_mib": spec.memory_mib, "cmdline": spec.cmdline});
-        let handle = vm::start(spec, launch, self.services.clone());
+        let handle = vm::start(spec, launch, self.services.clone()).map_err(ApiError::internal)?;
         vms.insert(name.clone(), handle.clone());
         self.services.bus.publish(&name, NewEvent::new("created", event));
         Ok(handle)

@@ -346,16 +346,16 @@ impl VmDir {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn temp_root(hint: &str) -> PathBuf {
+    pub(crate) fn temp_root(hint: &str) -> PathBuf {
         let root = std::env::temp_dir().join(format!("crashvisor-state-{hint}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         root
     }
 
-    fn record() -> VmRecord {
+    pub(crate) fn record() -> VmRecord {
         let spec = crate::supervisor::spec::CreateVm { name: Some("web-1".into()), ..Default::default() };
         VmRecord {
             format: RECORD_FORMAT,

@@ -25,7 +25,7 @@ use super::handle::ControlReply;
 pub use super::handle::{VmCommand, VmHandle, VmStatus};
 use super::keeper::RecordKeeper;
 use super::process::{Exit, StderrLog, VmmProcess};
-use super::record::{VmDir, VmRecord, VmmIdentity, RECORD_FORMAT};
+use super::record::{StateDirError, VmDir, VmRecord, VmmIdentity, RECORD_FORMAT};
 use super::spec::VmSpec;
 use super::state::{Effect, ProcessEnd, Tracker};
 use crate::error::ApiError;
@@ -77,33 +77,45 @@ pub struct Services {
     pub store: CrashStore,
 }
 
-/// Starts the task of a new VM and returns its handle.
-pub fn start(spec: VmSpec, launch: Launch, services: Services) -> VmHandle {
-    spawn_task(spec, SystemTime::now(), Tracker::new(), launch, services, None)
+/// Starts the task of a new VM and returns its handle, once the VM's record is on disk: a
+/// service killed right after it answered the creation finds the VM when it restarts.
+pub fn start(spec: VmSpec, launch: Launch, services: Services) -> Result<VmHandle, StateDirError> {
+    let (mut task, handle) = new_task(spec, SystemTime::now(), Tracker::new(), launch, services, None);
+    let record = task.record();
+    task.launch.dir.write(&record)?;
+    task.keeper = Some(RecordKeeper::start(task.launch.dir.clone(), record, true));
+    run_task(task, None);
+    Ok(handle)
 }
 
 /// Starts the task of a VM found in the state directory: its VMM, if the VM was live, is
 /// adopted again (or the VM fails, saying why).
 pub fn restore(record: VmRecord, launch: Launch, services: Services) -> VmHandle {
     let created = UNIX_EPOCH + Duration::from_millis(record.created_unix_ms);
-    spawn_task(record.spec, created, record.status, launch, services, Some(record.vmm))
+    let restored = Some(record.vmm);
+    let (mut task, handle) = new_task(record.spec, created, record.status, launch, services, record.vmm);
+    // Written anew: the found record may be of an older format or half-known state.
+    task.keeper = Some(RecordKeeper::start(task.launch.dir.clone(), task.record(), false));
+    run_task(task, restored);
+    handle
 }
 
-/// `restored`: the VMM recorded for a VM from the state directory.
-fn spawn_task(
+/// A VM's task, not yet running, and its handle; `vmm`: the VMM recorded for a VM from the
+/// state directory.
+fn new_task(
     spec: VmSpec,
     created: SystemTime,
     tracker: Tracker,
     launch: Launch,
     services: Services,
-    restored: Option<Option<VmmIdentity>>,
-) -> VmHandle {
+    vmm: Option<VmmIdentity>,
+) -> (VmTask, VmHandle) {
     let spec = Arc::new(spec);
     let console = Arc::new(ConsoleLog::new());
     let (status_tx, status) = watch::channel(VmStatus::of(&tracker, None));
     let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
     let created_unix_ms = created.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-    let mut task = VmTask {
+    let task = VmTask {
         spec: spec.clone(),
         created_unix_ms,
         launch,
@@ -112,15 +124,18 @@ fn spawn_task(
         stderr: StderrLog::default(),
         followers: Vec::new(),
         tracker,
-        vmm: restored.flatten(),
+        vmm,
         keeper: None,
         status_tx,
         inbox,
     };
-    task.keeper = Some(RecordKeeper::start(task.launch.dir.clone(), task.record()));
-    let span = tracing::info_span!("vm", name = %spec.name);
+    (task, VmHandle { spec, created, console, commands, status })
+}
+
+/// Runs `task`; `restored`: the VMM recorded for a VM from the state directory.
+fn run_task(task: VmTask, restored: Option<Option<VmmIdentity>>) {
+    let span = tracing::info_span!("vm", name = %task.spec.name);
     tokio::spawn(task.run(restored).instrument(span));
-    VmHandle { spec, created, console, commands, status }
 }
 
 /// Why the VMM is being stopped.
