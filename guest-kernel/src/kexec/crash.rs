@@ -183,6 +183,12 @@ pub fn crash_kexec(regs: Option<&PtRegs>) {
     let regs = regs.copied().or(recorded).unwrap_or_else(current_regs);
     save_vmcoreinfo();
     shootdown_others();
+    // machine_crash_shutdown's lapic_shutdown. Without it the host's NMIs kept arriving on
+    // this CPU through the jump (paging off, the IDTR still holding this kernel's virtual
+    // IDT) and through the capture kernel's boot before its IDT was filled: a triple fault
+    // instead of a vmcore (seen with an NMI every 20 ms at rip 0xf03c in the trampoline and
+    // in the capture kernel's idt::init).
+    apic::shutdown_local();
     save_cpu(&regs);
     super::load::update_elfcorehdr();
     super::load::exec_crash();

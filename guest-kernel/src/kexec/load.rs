@@ -20,7 +20,7 @@ use crashvisor_klib::kexec::{check_segments, relocate, KernelElf, KexecError, Se
 use crashvisor_klib::memmap::RangeKind;
 
 use super::{crash, reserve, trampoline};
-use crate::arch::{cpu, paging, percpu};
+use crate::arch::{apic, cpu, paging, percpu};
 use crate::sync::{irq, SpinLock};
 use crate::{mm, setup, smp, time};
 
@@ -323,6 +323,7 @@ fn exec_normal_here() {
     irq::disable();
     smp::stop_other_cpus();
     quiesce_nmis();
+    apic::shutdown_local(); // machine_shutdown's lapic_shutdown: no NMI during the jump
     let start_info = write_boot_data(&setup::boot_memmap(), &cmdline);
     paging::restore_identity_map();
     // SAFETY: the image was loaded (and checked) by `load`; the other CPUs are stopped and

@@ -1,4 +1,5 @@
-//! Initial register state: the PVH entry state of the boot vCPU and the local APIC's LINT pins.
+//! Initial register state: the PVH entry state of the boot vCPU and the local APIC's LINT pins
+//! (their wiring, and whether LINT1 lets the host's NMIs in).
 
 use kvm_bindings::{kvm_lapic_state, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
@@ -47,12 +48,16 @@ const APIC_LVT_LINT0: usize = 0x350;
 const APIC_LVT_LINT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
+const APIC_LVT_MASKED: u32 = 1 << 16;
+
+fn lvt(lapic: &kvm_lapic_state, reg: usize) -> u32 {
+    let bytes = &lapic.regs[reg..reg + 4];
+    u32::from_le_bytes([bytes[0] as u8, bytes[1] as u8, bytes[2] as u8, bytes[3] as u8])
+}
 
 fn set_delivery_mode(lapic: &mut kvm_lapic_state, reg: usize, mode: u32) {
-    let bytes = &mut lapic.regs[reg..reg + 4];
-    let raw = u32::from_le_bytes([bytes[0] as u8, bytes[1] as u8, bytes[2] as u8, bytes[3] as u8]);
-    let value = (raw & !0x700) | (mode << 8);
-    for (dst, src) in bytes.iter_mut().zip(value.to_le_bytes()) {
+    let value = (lvt(lapic, reg) & !0x700) | (mode << 8);
+    for (dst, src) in lapic.regs[reg..reg + 4].iter_mut().zip(value.to_le_bytes()) {
         *dst = src as _;
     }
 }
@@ -63,4 +68,32 @@ pub fn setup_lint(vcpu: &VcpuFd) -> Result<(), VmmError> {
     set_delivery_mode(&mut lapic, APIC_LVT_LINT0, APIC_MODE_EXTINT);
     set_delivery_mode(&mut lapic, APIC_LVT_LINT1, APIC_MODE_NMI);
     vcpu.set_lapic(&lapic).map_err(VmmError::kvm("set up the local APIC"))
+}
+
+/// Whether an LVT LINT1 value lets an external NMI in: unmasked, NMI delivery mode.
+fn lint1_passes_nmi(lint1: u32) -> bool {
+    lint1 & APIC_LVT_MASKED == 0 && (lint1 >> 8) & 0x7 == APIC_MODE_NMI
+}
+
+/// Whether the host's NMIs (the operator's and the watchdog's) reach this vCPU now: they are
+/// external NMIs on the LINT1 pin, as on a PC and as QEMU's `inject-nmi` delivers them, so a
+/// guest that masked LINT1 does not get them. Linux relies on it: `lapic_shutdown` before
+/// kexec keeps NMIs out of the jump and of the next kernel's boot until that kernel has an IDT
+/// and unmasks LINT1 itself.
+pub fn lint1_passes_nmi_now(vcpu: &VcpuFd) -> Result<bool, VmmError> {
+    let lapic = vcpu.get_lapic().map_err(VmmError::kvm("read the local APIC"))?;
+    Ok(lint1_passes_nmi(lvt(&lapic, APIC_LVT_LINT1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unmasked_nmi_lint1_passes_nmis() {
+        assert!(lint1_passes_nmi(APIC_MODE_NMI << 8));
+        assert!(!lint1_passes_nmi(APIC_LVT_MASKED | APIC_MODE_NMI << 8), "masked (reset state, lapic_shutdown)");
+        assert!(!lint1_passes_nmi(APIC_MODE_EXTINT << 8), "wired as ExtINT");
+        assert!(!lint1_passes_nmi(0), "fixed delivery");
+    }
 }

@@ -156,7 +156,12 @@ pub fn run(mut vcpu: VcpuFd, id: usize, ctx: Arc<RunContext>) {
         };
         match outcome {
             exit::Outcome::Continue => {}
-            exit::Outcome::Stop(reason) => ctx.request_stop(reason),
+            exit::Outcome::Stop(reason) => {
+                if matches!(reason, StopReason::Reset(crate::vm::ResetCause::TripleFault)) {
+                    describe_triple_fault(&vcpu, id);
+                }
+                ctx.request_stop(reason)
+            }
             exit::Outcome::EmulationFailure => {
                 ctx.request_stop(StopReason::EmulationFailure(describe_emulation_failure(&mut vcpu, id, &ctx.memory)))
             }
@@ -164,6 +169,17 @@ pub fn run(mut vcpu: VcpuFd, id: usize, ctx: Arc<RunContext>) {
     }
     ctx.vcpus.deregister_thread(id);
     IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+}
+
+/// Logs where vCPU `id` was when it triple-faulted (the state KVM left it in).
+fn describe_triple_fault(vcpu: &VcpuFd, id: usize) {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => tracing::warn!(
+            "vCPU {id} triple-faulted: rip {:#x} rsp {:#x} rflags {:#x} cs {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x} idt {:#x}/{:#x} gdt {:#x}/{:#x}",
+            r.rip, r.rsp, r.rflags, s.cs.selector, s.cr0, s.cr3, s.cr4, s.efer, s.idt.base, s.idt.limit, s.gdt.base, s.gdt.limit
+        ),
+        (Err(e), _) | (_, Err(e)) => tracing::warn!("vCPU {id} triple-faulted; KVM cannot give its registers: {e}"),
+    }
 }
 
 /// Carries out what other threads asked of this vCPU before it re-enters the guest.
@@ -181,8 +197,18 @@ fn service_requests(vcpu: &VcpuFd, id: usize, ctx: &RunContext) {
         }
     });
     if ctx.vcpus.take_nmi_request(id) {
-        if let Err(e) = vcpu.nmi() {
-            tracing::warn!("vCPU {id}: KVM cannot inject an NMI: {e}");
+        match crate::arch::regs::lint1_passes_nmi_now(vcpu) {
+            Ok(true) => {
+                if let Err(e) = vcpu.nmi() {
+                    tracing::warn!("vCPU {id}: KVM cannot inject an NMI: {e}");
+                }
+            }
+            Ok(false) => {
+                // Dropped as a masked pin drops it; its reason must not label a later NMI.
+                ctx.vcpus.take_nmi_reason(id);
+                tracing::debug!("vCPU {id}: NMI dropped, the guest masked LINT1");
+            }
+            Err(e) => tracing::warn!("vCPU {id}: NMI not injected: {e}"),
         }
     }
 }

@@ -63,6 +63,21 @@ pub fn init_local() {
     }
 }
 
+/// Linux's `lapic_shutdown` (`disable_local_APIC`) before kexec: masks every LVT and
+/// software-disables the local APIC. With LINT1 masked no external NMI (the host's operator
+/// and watchdog NMIs arrive there) reaches this CPU while it jumps into the next kernel with a
+/// stale IDT, nor while that kernel boots, until its `init_local` unmasks LINT1 again.
+pub fn shutdown_local() {
+    // SAFETY: masking LVTs and clearing the APIC's software enable only stops interrupt
+    // delivery to this CPU, which is about to leave this kernel.
+    unsafe {
+        for lvt in [MSR_X2APIC_LVT_TIMER, MSR_X2APIC_LVT_LINT0, MSR_X2APIC_LVT_LINT1, MSR_X2APIC_LVT_ERROR] {
+            cpu::wrmsr(lvt, LVT_MASKED);
+        }
+        cpu::wrmsr(MSR_X2APIC_SVR, u64::from(vector::SPURIOUS));
+    }
+}
+
 /// x2APIC in-service register, 8 MSRs of 32 vectors each.
 const MSR_X2APIC_ISR0: u32 = 0x810;
 
