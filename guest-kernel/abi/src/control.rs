@@ -46,6 +46,7 @@
 //! |---|---|---|
 //! | `hello` | | `version=1 release=<value> cpus=<n>` |
 //! | `inject` | `fault=<FaultKind> cpu=<n> [duration_ms=<n>] [message=<value>]` | `pid=<n>` of the task that carries the fault, or none for a fault run in place |
+//! | `inject` | `lkdtm=<CrashType> [cpoint=<CrashPoint>] [count=<n>] [cpu=<n>]` (see below) | `DIRECT`: `pid=<n>` of the task that runs the type; another crash point: `cpoint=<name> count=<n>` as registered |
 //! | `sysctl_get` | `name=<kernel.x>` | `value=<value>` |
 //! | `sysctl_set` | `name=<kernel.x> value=<value>` | `value=<value>` (as now read back) |
 //! | `ps` | | `text=<value>`: the shell's `ps` table |
@@ -53,6 +54,18 @@
 //! | `dmesg` | `since=<seq>` | `next=<seq> text=<value>`: records from `since`, each `[    1.234567] text`, joined with `\n` |
 //! | `kexec` | `op=load kind=<KexecKind> [cmdline=<value>]`, `op=unload kind=<KexecKind>`, `op=exec`, `op=status` | `loaded=0\|1 crash_loaded=0\|1 crash_size=<bytes>`; `op=exec` answers first, then jumps |
 //! | `kdump` | `op=start\|stop\|status`, `op=config [dump_level=<n>] [final_action=<a>] [failure_action=<a>]` | `state=operational\|not_operational dump_level=<n> final_action=<a> failure_action=<a>` |
+//!
+//! The LKDTM form of `inject` runs a [`crate::lkdtm::CrashType`] (`lkdtm=PANIC`, LKDTM's upper-case
+//! names) at a [`crate::lkdtm::CrashPoint`] (`cpoint=`, default `DIRECT`):
+//! - `DIRECT`: a new kernel thread `lkdtm/<cpu>` on CPU `cpu` (default 0) runs the type once the
+//!   host has the answer, as `echo TYPE > /sys/kernel/debug/provoke-crash/DIRECT` would;
+//! - any other point: the type is registered there (replacing a previous registration) and runs
+//!   in the context that hits the point, on its `count`th hit (default 10, LKDTM's
+//!   `cpoint_count`, which this also sets), then every `count` hits again. With `cpu`, only hits
+//!   on that CPU count (an extension: LKDTM counts every CPU's).
+//!
+//! A request with both `fault` and `lkdtm` is refused (`bad_argument`); a type or crash point
+//! the kernel does not support is refused with `unsupported` and the reason.
 
 use core::fmt;
 
@@ -83,6 +96,12 @@ pub mod key {
     pub const FAULT: &str = "fault";
     /// `inject`: the CPU to run the fault on.
     pub const CPU: &str = "cpu";
+    /// `inject`: the LKDTM crash type (`PANIC`, ...), instead of `fault`.
+    pub const LKDTM: &str = "lkdtm";
+    /// `inject lkdtm=`: the LKDTM crash point (`DIRECT`, `INT_HARDWARE_ENTRY`, ...).
+    pub const CPOINT: &str = "cpoint";
+    /// `inject lkdtm=`: the crash point fires on this many hits (LKDTM's `cpoint_count`).
+    pub const COUNT: &str = "count";
     /// `inject`: how long a lockup lasts, in milliseconds (absent: until reboot).
     pub const DURATION_MS: &str = "duration_ms";
     /// `inject`: the panic or BUG message; `err`: the error message.

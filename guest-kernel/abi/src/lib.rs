@@ -11,6 +11,7 @@
 pub mod control;
 pub mod dump;
 pub mod layout;
+pub mod lkdtm;
 pub mod platform;
 pub mod pvh;
 pub mod serial;
