@@ -8,6 +8,8 @@
 //! - [`symbols`]: the embedded symbol table searched at oops time.
 //! - [`memmap`]: the physical memory map and the page-frame bitmap.
 //! - [`bytefmt`]: number formatting into byte buffers without `core::fmt`.
+//! - [`lkdtm`], [`list_debug`], [`slab_debug`], [`ubsan`]: LKDTM's crash-point counting and
+//!   the hardening checks its crash types exercise.
 //!
 //! The hot paths (appending to the log, console timestamps, symbol lookup) avoid `core::fmt`
 //! and bulk copies, because the guest runs under an instruction emulator.
@@ -42,8 +44,12 @@ pub mod crashkernel;
 pub mod elfcore;
 pub mod elfnote;
 pub mod kexec;
+pub mod list_debug;
+pub mod lkdtm;
 pub mod memmap;
 pub mod printk;
+pub mod slab_debug;
 pub mod symbols;
+pub mod ubsan;
 pub mod vmcore;
 pub mod watchdog;
