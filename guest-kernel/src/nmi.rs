@@ -60,9 +60,7 @@ pub fn handle(regs: &mut PtRegs) {
     let mut claimed = false;
     if BACKTRACE_MASK.fetch_and(!(1 << cpu), Ordering::SeqCst) & (1 << cpu) != 0 {
         crate::printk!(KERN_INFO, "NMI backtrace for cpu {}", cpu);
-        dumpstack::print_cpu_header(KERN_INFO);
-        dumpstack::show_regs(KERN_INFO, regs);
-        dumpstack::print_trace_from(KERN_INFO, regs.rbp, None, None);
+        dumpstack::show_interrupted(KERN_INFO, regs);
         claimed = true;
     }
     let reason = platform::nmi_reason();

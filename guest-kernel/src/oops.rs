@@ -26,7 +26,7 @@ pub fn report(what: &str, error_code: u64, regs: &PtRegs) {
     crate::pr_emerg!("Oops: {}: {:04x} [#{}] SMP NOPTI", what, error_code, n);
     dumpstack::print_cpu_header(KERN_EMERG);
     dumpstack::show_regs(KERN_EMERG, regs);
-    dumpstack::print_trace_from(KERN_EMERG, regs.rbp, None, None);
+    dumpstack::print_trace_from(KERN_EMERG, regs.rbp);
     crate::pr_emerg!("Modules linked in:");
     if what == "Oops" {
         crate::pr_emerg!("CR2: {:016x}", cpu::read_cr2());

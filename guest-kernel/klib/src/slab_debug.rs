@@ -123,8 +123,9 @@ fn matches(pattern: &str, name: &str) -> bool {
 }
 
 /// Where the parts of one object are, as offsets from its start. Without debugging the free
-/// pointer is the object's first word; with any check it moves past the object (and its red
-/// zone) so poison and red zones can cover the object whole.
+/// pointer is the word in the middle of the object (Linux since 5.7, so that an overflow from
+/// the previous object, or a write after free at the start, misses it); with any check it
+/// moves past the object (and its red zone) so poison and red zones can cover the object whole.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObjectLayout {
     /// The object's size (what the cache hands out).
@@ -143,7 +144,8 @@ impl ObjectLayout {
         let word = core::mem::size_of::<u64>();
         let inuse = object_size.next_multiple_of(word).max(word);
         if flags.is_empty() {
-            return Self { object_size, red_zone: object_size..object_size, free_pointer: 0, size: inuse };
+            let free_pointer = (object_size / 2) & !(word - 1);
+            return Self { object_size, red_zone: object_size..object_size, free_pointer, size: inuse };
         }
         // Z: a red zone up to the next word, and a whole word when the object ends on one.
         let red_end = if flags.contains(DebugFlags::RED_ZONE) {
@@ -209,7 +211,9 @@ mod tests {
     #[test]
     fn layouts() {
         let plain = ObjectLayout::new(64, DebugFlags::NONE);
-        assert_eq!((plain.free_pointer, plain.size, plain.red_zone.is_empty()), (0, 64, true));
+        assert_eq!((plain.free_pointer, plain.size, plain.red_zone.is_empty()), (32, 64, true));
+        assert_eq!(ObjectLayout::new(16, DebugFlags::NONE).free_pointer, 8);
+        assert_eq!(ObjectLayout::new(8, DebugFlags::NONE).free_pointer, 0);
         let z = ObjectLayout::new(64, DebugFlags::RED_ZONE);
         assert_eq!((z.red_zone.clone(), z.free_pointer, z.size), (64..72, 72, 80));
         let p = ObjectLayout::new(64, DebugFlags::POISON);

@@ -1,7 +1,10 @@
-//! Memory management: address translation, the physical frame allocator and the kernel heap.
+//! Memory management: address translation, the physical frame allocator, the slab caches and
+//! the kernel heap on them.
 
 pub mod frame;
 pub mod heap;
+pub mod slab;
+mod slab_debug;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
