@@ -112,6 +112,7 @@ pub fn lkdtm_WRITE_OPD() {
 /// Runs a copy of `do_nothing` in `.data`.
 pub fn lkdtm_EXEC_DATA() {
     execute_location(DATA_AREA.0.get().cast(), true);
+    core::hint::black_box(()); // no tail call: the function stays in traces
 }
 
 /// Runs a copy of `do_nothing` on the stack.
@@ -139,11 +140,13 @@ pub fn lkdtm_EXEC_VMALLOC() {
 /// Runs a function in `.rodata`.
 pub fn lkdtm_EXEC_RODATA() {
     execute_location(lkdtm_rodata_do_nothing as *const () as *mut u8, false);
+    core::hint::black_box(()); // no tail call: the function stays in traces
 }
 
 /// Calls address 0.
 pub fn lkdtm_EXEC_NULL() {
     execute_location(core::ptr::null_mut(), false);
+    core::hint::black_box(()); // no tail call: the function stays in traces
 }
 
 /// Reads, then writes, address 0.

@@ -1,7 +1,9 @@
 //! The slab debug checks of a cache under `slab_debug=` and their reports, in Linux's words
 //! (`mm/slub.c`: `slab_bug`, `check_bytes_and_report`, `print_trailer`, `slab_fix`): a red zone
 //! or poison found broken is reported, tainted `B`, and restored; an object already free is
-//! not freed again.
+//! not freed again. Where Linux dumps the whole object in hex, the report dumps the rows that
+//! hold the damage (at most [`DUMP_ROWS`]): each console line costs milliseconds when the
+//! guest's instructions are emulated.
 
 use core::fmt::Write;
 
@@ -14,6 +16,9 @@ use crashvisor_klib::slab_debug::{
 use super::slab::{fill, read_word, KmemCache};
 use crate::printk::KERN_ERR;
 use crate::{dumpstack, taint};
+
+/// Most 16-byte rows of an object a report dumps.
+const DUMP_ROWS: usize = 4;
 
 /// The bytes at `address` (inside a slab object its caller owns).
 fn bytes(address: usize, len: usize) -> &'static [u8] {
@@ -56,8 +61,9 @@ fn print_section(prefix: &str, address: usize, len: usize) {
     }
 }
 
-/// Linux's `print_trailer`: the slab, the object and its red zone, and the stack.
-fn print_trailer(cache: &KmemCache, object: usize, layout: &ObjectLayout) {
+/// Linux's `print_trailer`: the slab, the object (the rows from `focus`, an offset into it) and
+/// its red zone, and the stack.
+fn print_trailer(cache: &KmemCache, object: usize, layout: &ObjectLayout, focus: usize) {
     let usage = cache.usage(object, layout);
     crate::pr_err!(
         "Slab 0x{:016x} objects={} used={} fp=0x{:016x} flags=0x200(slab)",
@@ -69,7 +75,9 @@ fn print_trailer(cache: &KmemCache, object: usize, layout: &ObjectLayout) {
     let fp = read_word(object + layout.free_pointer);
     crate::pr_err!("Object 0x{:016x} @offset={} fp=0x{:016x}", object, object - usage.page, fp);
     crate::pr_err!("");
-    print_section("Object   ", object, layout.object_size);
+    let first_row = (focus.min(layout.object_size.saturating_sub(1))) & !15;
+    let rows = (layout.object_size - first_row).min(DUMP_ROWS * 16);
+    print_section("Object   ", object + first_row, rows);
     if !layout.red_zone.is_empty() {
         print_section("Redzone  ", object + layout.red_zone.start, layout.red_zone.len());
     }
@@ -112,7 +120,7 @@ fn check_bytes(
         found,
         expected
     );
-    print_trailer(cache, object, layout);
+    print_trailer(cache, object, layout, fault - object);
     taint::add(taint::TAINT_BAD_PAGE);
     slab_fix(cache, format_args!("Restoring {what} 0x{:016x}-0x{:016x}=0x{:x}", fault, end - 1, expected));
     if what == "Poison" {
@@ -164,7 +172,7 @@ pub(super) fn prepare_free_object(object: usize, layout: &ObjectLayout, debug: D
 /// A double free found on the free list (Linux's `object_err(..., "Object already free")`).
 pub(super) fn object_already_free(cache: &KmemCache, object: usize, layout: &ObjectLayout) {
     slab_bug(cache, format_args!("Object already free"));
-    print_trailer(cache, object, layout);
+    print_trailer(cache, object, layout, 0);
     taint::add(taint::TAINT_BAD_PAGE);
     slab_fix(cache, format_args!("Object at 0x{object:016x} not freed"));
 }

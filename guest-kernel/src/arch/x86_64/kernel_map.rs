@@ -117,28 +117,34 @@ pub fn mark_readonly() {
     check_wx();
 }
 
-/// Counts the 4 KiB pages both writable and executable under `entry` at `level` (4 = a
-/// top-level entry, 1 = a page-table entry).
-fn count_wx(entry: u64, level: u32, inherited_nx: bool) -> u64 {
-    if entry & PRESENT == 0 {
-        return 0;
-    }
-    let nx = inherited_nx || entry & NO_EXECUTE != 0;
-    if level == 1 || (entry & HUGE != 0 && level <= 3) {
-        let pages = 1u64 << (9 * (level - 1));
-        return if entry & WRITABLE != 0 && !nx { pages } else { 0 };
-    }
-    let table = mm::phys_to_virt(entry & ADDRESS_MASK) as *const [u64; 512];
+/// Whether a present entry leaves its pages writable and executable (NX and a clear
+/// writable bit anywhere on the way down win).
+fn writable_executable(entry: u64) -> bool {
+    entry & (PRESENT | WRITABLE | NO_EXECUTE) == PRESENT | WRITABLE
+}
+
+/// The table a non-leaf entry points at.
+fn table_of(entry: u64) -> &'static [u64; 512] {
     // SAFETY: a present non-leaf entry points at a page-table page, which the direct map covers.
-    let table = unsafe { &*table };
-    table.iter().map(|&e| count_wx(e, level - 1, nx)).sum()
+    unsafe { &*(mm::phys_to_virt(entry & ADDRESS_MASK) as *const [u64; 512]) }
+}
+
+/// Counts the 4 KiB pages both writable and executable in the table an entry at `level`
+/// (4 = top) points at; subtrees an upper entry makes read-only or NX are skipped whole.
+fn count_wx(table: &[u64; 512], level: u32) -> u64 {
+    let mut found = 0;
+    for &entry in table.iter().filter(|&&e| writable_executable(e)) {
+        let leaf = level == 1 || (level <= 3 && entry & HUGE != 0);
+        found += if leaf { 1 << (9 * (level - 1)) } else { count_wx(table_of(entry), level - 1) };
+    }
+    found
 }
 
 /// Linux's `ptdump_check_wx`: no page may be both writable and executable.
 fn check_wx() {
     let found: u64 = {
         let _guard = MAP_LOCK.lock_irqsave();
-        top_table().iter().map(|&e| count_wx(e, 4, false)).sum()
+        count_wx(top_table(), 4)
     };
     if found == 0 {
         crate::pr_info!("x86/mm: Checked W+X mappings: passed, no W+X pages found.");

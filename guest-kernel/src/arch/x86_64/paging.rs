@@ -72,8 +72,8 @@ pub fn init_direct_map(end: u64) -> u64 {
     let pdpt_phys = mm::kernel_virt_to_phys(DIRECT_MAP_PDPT.0.get() as u64);
     let index = ((PAGE_OFFSET >> 39) & 511) as usize;
     // SAFETY: installs the direct map in an unused top-level slot of the live page table; no
-    // existing translation changes, so no TLB flush is needed.
-    unsafe { (*init_top_pgt.get())[index] = pdpt_phys | WRITABLE | PRESENT };
+    // existing translation changes, so no TLB flush is needed. NX at the top covers it all.
+    unsafe { (*init_top_pgt.get())[index] = pdpt_phys | NO_EXECUTE | WRITABLE | PRESENT };
     mapped
 }
 

@@ -30,7 +30,10 @@ fn new_slot() -> u64 {
 /// The page-table entry slot of `va`, creating the tables above it. Hold `MAP_LOCK`.
 fn pte(va: u64) -> Option<&'static mut u64> {
     let pml4 = top_table();
-    let pdpt = next_table(&mut pml4[((va >> 39) & 511) as usize])?;
+    let top = &mut pml4[((va >> 39) & 511) as usize];
+    let pdpt = next_table(top)?;
+    // Nothing in the vmalloc area is ever executable.
+    *top |= NO_EXECUTE;
     let pd = next_table(&mut pdpt[((va >> 30) & 511) as usize])?;
     let pt = next_table(&mut pd[((va >> 21) & 511) as usize])?;
     Some(&mut pt[((va >> 12) & 511) as usize])
