@@ -69,6 +69,8 @@
 
 use core::fmt;
 
+use crate::lkdtm::{CrashPoint, CrashType, Support};
+
 /// Version of this protocol, sent in the hello line and the `hello` response.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// The id of the guest's unsolicited hello line; requests never use it.
@@ -300,6 +302,120 @@ names! {
         SysrqCrash = "sysrq_crash",
         /// Unbounded recursion until the stack guard page is hit.
         StackOverflow = "stack_overflow",
+    }
+}
+
+/// The LKDTM form of `inject` (`lkdtm=<TYPE> [cpoint=<NAME>] [count=<n>] [cpu=<n>]`), as the
+/// host writes it and the guest reads it.
+///
+/// ```
+/// use crashvisor_abi::control::{parse_line, LkdtmRequest};
+/// use crashvisor_abi::lkdtm::{CrashPoint, CrashType};
+///
+/// let request = LkdtmRequest { kind: CrashType::PANIC, point: CrashPoint::IntHardwareEntry, count: Some(3), cpu: Some(1) };
+/// let mut line = String::from("9 inject");
+/// request.write_args(&mut line).unwrap();
+/// assert_eq!(line, "9 inject lkdtm=PANIC cpoint=INT_HARDWARE_ENTRY count=3 cpu=1");
+/// let parsed = parse_line(&line).unwrap();
+/// assert_eq!(LkdtmRequest::from_line(&parsed), Some(Ok(request)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LkdtmRequest {
+    /// The crash type.
+    pub kind: CrashType,
+    /// Where it runs (`DIRECT` when the line names none).
+    pub point: CrashPoint,
+    /// Fire on this many hits (a crash point other than `DIRECT`).
+    pub count: Option<u32>,
+    /// The CPU: `DIRECT` runs there (default 0); elsewhere only its hits count.
+    pub cpu: Option<u32>,
+}
+
+/// Why an `inject lkdtm=` request is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LkdtmRequestError<'a> {
+    /// The request also names a `fault`.
+    AlsoAFault,
+    /// No crash type has this name.
+    UnknownType(&'a str),
+    /// The kernel does not run this crash type.
+    UnsupportedType(CrashType, &'static str),
+    /// No crash point has this name.
+    UnknownPoint(&'a str),
+    /// The kernel has no counterpart for this crash point.
+    UnsupportedPoint(CrashPoint, &'static str),
+    /// `cpu` is not a decimal `u32`.
+    BadCpu,
+    /// `count` is not a decimal from 1 to `i32::MAX` (LKDTM's `cpoint_count` is an `int`).
+    BadCount,
+}
+
+impl LkdtmRequestError<'_> {
+    /// The `err` code the guest answers with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnsupportedType(..) | Self::UnsupportedPoint(..) => ErrorCode::Unsupported,
+            _ => ErrorCode::BadArgument,
+        }
+    }
+}
+
+impl fmt::Display for LkdtmRequestError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AlsoAFault => f.write_str("give either fault or lkdtm, not both"),
+            Self::UnknownType(name) => write!(f, "unknown LKDTM crash type {name}"),
+            Self::UnsupportedType(kind, why) => write!(f, "{kind} is not supported by this kernel: {why}"),
+            Self::UnknownPoint(name) => write!(f, "unknown LKDTM crash point {name}"),
+            Self::UnsupportedPoint(point, why) => write!(f, "crash point {point} is not supported: {why}"),
+            Self::BadCpu => f.write_str("cpu is not a number"),
+            Self::BadCount => f.write_str("count is not a number from 1 to 2147483647"),
+        }
+    }
+}
+
+impl LkdtmRequest {
+    /// Reads the form from an `inject` request: `None` when it has no `lkdtm` key (the fault
+    /// form), else the request or why it is refused.
+    pub fn from_line<'a>(line: &Line<'a>) -> Option<Result<Self, LkdtmRequestError<'a>>> {
+        let name = line.arg(key::LKDTM)?;
+        Some(Self::read(line, name))
+    }
+
+    fn read<'a>(line: &Line<'a>, name: &'a str) -> Result<Self, LkdtmRequestError<'a>> {
+        if line.arg(key::FAULT).is_some() {
+            return Err(LkdtmRequestError::AlsoAFault);
+        }
+        let kind = CrashType::from_name(name).ok_or(LkdtmRequestError::UnknownType(name))?;
+        if let Support::Unsupported(why) = kind.support() {
+            return Err(LkdtmRequestError::UnsupportedType(kind, why));
+        }
+        let point = match line.arg(key::CPOINT) {
+            None => CrashPoint::Direct,
+            Some(name) => CrashPoint::from_name(name).ok_or(LkdtmRequestError::UnknownPoint(name))?,
+        };
+        if let Err(why) = point.counterpart() {
+            return Err(LkdtmRequestError::UnsupportedPoint(point, why));
+        }
+        let cpu = line.arg(key::CPU).map(|c| parse_u32(c).ok_or(LkdtmRequestError::BadCpu)).transpose()?;
+        let count = line
+            .arg(key::COUNT)
+            .map(|c| parse_u32(c).filter(|&n| n > 0 && n <= i32::MAX as u32).ok_or(LkdtmRequestError::BadCount))
+            .transpose()?;
+        Ok(Self { kind, point, count, cpu })
+    }
+
+    /// Writes the arguments (` lkdtm=<TYPE> cpoint=<NAME>[ count=<n>][ cpu=<n>]`) after a
+    /// request's `<id> inject`. Names and numbers need no encoding.
+    pub fn write_args(&self, w: &mut impl fmt::Write) -> fmt::Result {
+        write!(w, " {}={} {}={}", key::LKDTM, self.kind, key::CPOINT, self.point)?;
+        if let Some(count) = self.count {
+            write!(w, " {}={count}", key::COUNT)?;
+        }
+        if let Some(cpu) = self.cpu {
+            write!(w, " {}={cpu}", key::CPU)?;
+        }
+        Ok(())
     }
 }
 
@@ -567,6 +683,7 @@ pub fn parse_u32(raw: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString;
 
     fn encode(bytes: &[u8]) -> ([u8; 1024], usize) {
         let mut out = [0u8; 1024];
@@ -680,6 +797,30 @@ mod tests {
         let long_word = "1 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
         assert_eq!(parse_line(long_word), Err(BadWord));
         assert_eq!(parse_line("4294967295 ok").map(|l| l.id), Ok(u32::MAX));
+    }
+
+    #[test]
+    fn lkdtm_requests_are_read_and_refused_with_reasons() {
+        let read = |text: &'static str| {
+            let line = parse_line(text).unwrap();
+            LkdtmRequest::from_line(&line).map(|r| r.map_err(|e| (e.code(), e.to_string())))
+        };
+        assert_eq!(read("1 inject fault=panic cpu=1"), None, "the fault form");
+        let direct = LkdtmRequest { kind: CrashType::BUG, point: CrashPoint::Direct, count: None, cpu: None };
+        assert_eq!(read("1 inject lkdtm=BUG"), Some(Ok(direct)));
+        let refused = |text| read(text).unwrap().unwrap_err();
+        assert_eq!(refused("1 inject lkdtm=BUG fault=bug").0, ErrorCode::BadArgument);
+        assert_eq!(refused("1 inject lkdtm=bug"), (ErrorCode::BadArgument, "unknown LKDTM crash type bug".into()));
+        let (code, message) = refused("1 inject lkdtm=USERCOPY_KERNEL");
+        assert_eq!(code, ErrorCode::Unsupported);
+        assert!(message.starts_with("USERCOPY_KERNEL is not supported by this kernel: "), "{message}");
+        assert_eq!(refused("1 inject lkdtm=BUG cpoint=NOWHERE").1, "unknown LKDTM crash point NOWHERE");
+        assert_eq!(refused("1 inject lkdtm=BUG cpoint=SCSI_QUEUE_RQ").0, ErrorCode::Unsupported);
+        assert_eq!(refused("1 inject lkdtm=BUG cpu=-1").0, ErrorCode::BadArgument);
+        assert_eq!(refused("1 inject lkdtm=BUG cpoint=TIMERADD count=0").1, "count is not a number from 1 to 2147483647");
+        assert_eq!(refused("1 inject lkdtm=BUG cpoint=TIMERADD count=2147483648").0, ErrorCode::BadArgument);
+        let all = read("1 inject cpu=1 count=7 cpoint=TIMERADD lkdtm=WARNING").unwrap().unwrap();
+        assert_eq!(all, LkdtmRequest { kind: CrashType::WARNING, point: CrashPoint::Timeradd, count: Some(7), cpu: Some(1) });
     }
 
     #[test]

@@ -5,12 +5,14 @@
 mod kexec;
 
 use alloc::string::String;
+use core::sync::atomic::Ordering;
 
 use crashvisor_abi::control::{
     decode_value, encode_value, key, parse_line, parse_u32, parse_u64, ErrorCode, FaultKind, Line, Verb, HELLO_ID,
     MAX_MESSAGE_LEN, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
-use crashvisor_abi::lkdtm::{CrashPoint, CrashType, Support};
+use crashvisor_abi::control::{LkdtmRequest, LkdtmRequestError};
+use crashvisor_abi::lkdtm::CrashPoint;
 use crashvisor_abi::platform::EventKind;
 use crashvisor_abi::serial::COM2_PORT;
 
@@ -177,8 +179,8 @@ fn serve_sysctl(request: &Line<'_>, value: Option<&str>) {
 
 fn serve_inject(request: &Line<'_>) {
     let id = request.id;
-    if let Some(name) = request.arg(key::LKDTM) {
-        return serve_lkdtm(request, name);
+    if let Some(lkdtm) = LkdtmRequest::from_line(request) {
+        return serve_lkdtm(id, lkdtm);
     }
     let Some(kind) = request.arg(key::FAULT).and_then(FaultKind::from_name) else {
         return Response::err(id, ErrorCode::BadArgument, "missing or unknown fault").send();
@@ -220,55 +222,28 @@ fn answer_injected(id: u32, cpu: usize, prepared: Result<u32, InjectError>) {
     }
 }
 
-/// `inject lkdtm=<TYPE> [cpoint=<NAME>] [count=<n>] [cpu=<n>]`.
-fn serve_lkdtm(request: &Line<'_>, name: &str) {
-    let id = request.id;
-    let refuse = |code, text: &str| Response::err(id, code, text).send();
-    if request.arg(key::FAULT).is_some() {
-        return refuse(ErrorCode::BadArgument, "give either fault or lkdtm, not both");
-    }
-    let Some(kind) = CrashType::from_name(name) else {
-        return refuse(ErrorCode::BadArgument, &alloc::format!("unknown LKDTM crash type {name}"));
+/// `inject lkdtm=<TYPE> [cpoint=<NAME>] [count=<n>] [cpu=<n>]` (`LkdtmRequest` reads it).
+fn serve_lkdtm(id: u32, request: Result<LkdtmRequest, LkdtmRequestError<'_>>) {
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => return Response::err(id, e.code(), &alloc::format!("{e}")).send(),
     };
-    if let Support::Unsupported(reason) = kind.support() {
-        return refuse(ErrorCode::Unsupported, &alloc::format!("{kind} is not supported by this kernel: {reason}"));
-    }
-    let point = match request.arg(key::CPOINT) {
-        None => CrashPoint::Direct,
-        Some(point) => match CrashPoint::from_name(point) {
-            Some(point) => point,
-            None => return refuse(ErrorCode::BadArgument, &alloc::format!("unknown LKDTM crash point {point}")),
-        },
-    };
-    if let Err(reason) = point.counterpart() {
-        return refuse(ErrorCode::Unsupported, &alloc::format!("crash point {point} is not supported: {reason}"));
-    }
-    let cpu = match request.arg(key::CPU).map(parse_u32) {
-        None => None,
-        Some(Some(cpu)) => Some(cpu as usize),
-        Some(None) => return refuse(ErrorCode::BadArgument, "cpu is not a number"),
-    };
-    let count = match request.arg(key::COUNT).map(|c| parse_u32(c).and_then(|c| i32::try_from(c).ok())) {
-        None => crate::lkdtm::cpoint_count(),
-        Some(Some(count)) if count > 0 => count,
-        Some(_) => return refuse(ErrorCode::BadArgument, "count is not a number from 1 to 2147483647"),
-    };
-    if point == CrashPoint::Direct {
+    let cpu = request.cpu.map(|c| c as usize);
+    if request.point == CrashPoint::Direct {
         let cpu = cpu.unwrap_or(0);
-        return answer_injected(id, cpu, inject::prepare_lkdtm(kind, cpu));
+        return answer_injected(id, cpu, inject::prepare_lkdtm(request.kind, cpu));
     }
-    if cpu
-        .is_some_and(|c| c >= smp::possible_cpus() || !percpu::of(c).online.load(core::sync::atomic::Ordering::Relaxed))
-    {
-        return refuse(ErrorCode::BadArgument, &alloc::format!("cpu {} is not online", cpu.unwrap_or(0)));
+    if let Some(cpu) = cpu.filter(|&c| c >= smp::possible_cpus() || !percpu::of(c).online.load(Ordering::Relaxed)) {
+        return Response::err(id, ErrorCode::BadArgument, &alloc::format!("cpu {cpu} is not online")).send();
     }
-    match crate::lkdtm::register(point, kind, Some(count), cpu) {
+    let count = request.count.map_or_else(crate::lkdtm::cpoint_count, |c| c as i32);
+    match crate::lkdtm::register(request.point, request.kind, Some(count), cpu) {
         Ok(()) => {
             let mut r = Response::ok(id);
-            r.value(key::CPOINT, point.as_str().as_bytes());
+            r.value(key::CPOINT, request.point.as_str().as_bytes());
             r.value(key::COUNT, alloc::format!("{count}").as_bytes());
             r.send();
         }
-        Err(_) => refuse(ErrorCode::Unsupported, &alloc::format!("crash point {point} is not supported")),
+        Err(_) => Response::err(id, ErrorCode::Unsupported, "the crash point is not supported").send(),
     }
 }
