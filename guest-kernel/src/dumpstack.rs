@@ -80,6 +80,18 @@ pub fn show_regs(level: u8, regs: &PtRegs) {
     crate::printk!(level, "CR2: {:016x} CR3: {:016x} CR4: {:016x}", cpu::read_cr2(), cpu::read_cr3(), cpu::read_cr4());
 }
 
+extern "C" {
+    static _stext: u8;
+    static _etext: u8;
+}
+
+/// Whether `addr` is in the kernel's text.
+fn is_kernel_text(addr: u64) -> bool {
+    // SAFETY: only the addresses of the linker symbols are taken.
+    let (start, end) = unsafe { (&_stext as *const u8 as u64, &_etext as *const u8 as u64) };
+    (start..end).contains(&addr)
+}
+
 /// The stacks a call trace walks, named as Linux names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Section {
@@ -183,8 +195,8 @@ impl Walk {
             };
             // SAFETY: `rbp` was checked to lie inside a mapped kernel stack with room for two words.
             let (next, ret) = unsafe { ((rbp as *const u64).read(), (rbp as *const u64).add(1).read()) };
-            if ret == 0 {
-                break;
+            if !is_kernel_text(ret) {
+                break; // the end of the chain, or a corrupted frame (Linux's __kernel_text_address)
             }
             let regs_at = rbp + idt::frame::REGS;
             let regs_fit = regs_at + core::mem::size_of::<PtRegs>() as u64 <= hi;

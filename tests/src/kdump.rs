@@ -392,6 +392,20 @@ pub fn extract_guest_kernel() -> TempFile {
     }
 }
 
+/// Runs the real `dumpd ARGS` and returns its stdout.
+///
+/// # Panics
+///
+/// If it cannot run or fails, with its output.
+#[track_caller]
+pub fn dumpd(args: &[&str]) -> String {
+    let output = Command::new(crate::dumpd_binary()).args(args).output().expect("dumpd runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "dumpd {} failed ({}):\n{stdout}\n{stderr}", args.join(" "), output.status);
+    stdout
+}
+
 /// The path of the external tool `name`, looked up in `PATH` and then in `/usr/sbin` and
 /// `/sbin` (where kexec-tools installs `vmcore-dmesg`, often not in a user's `PATH`).
 ///

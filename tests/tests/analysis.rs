@@ -4,24 +4,12 @@
 //! panicking CPU, task and message, the locked-up function, the watchdog threads and the soft
 //! lockup report, all from the vmcore alone.
 
-use std::process::Command;
-
-use crashvisor_tests::kdump::{self, Crash, Vmcore};
-use crashvisor_tests::{dumpd_binary, kernel_text, TempDir, Vm, BOOT_TIMEOUT};
+use crashvisor_tests::kdump::{self, dumpd, Crash, Vmcore};
+use crashvisor_tests::{kernel_text, TempDir, Vm, BOOT_TIMEOUT};
 use serde_json::Value;
 
 /// The CPU the soft lockup runs on.
 const CPU: usize = 1;
-
-/// Runs `dumpd ARGS` and returns its stdout; fails the test if it fails.
-#[track_caller]
-fn dumpd(args: &[&str]) -> String {
-    let output = Command::new(dumpd_binary()).args(args).output().expect("dumpd runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "dumpd {} failed ({}):\n{stdout}\n{stderr}", args.join(" "), output.status);
-    stdout
-}
 
 /// `dumpd ARGS --json`, parsed.
 #[track_caller]

@@ -236,7 +236,7 @@ fn every_other_fault_kind_is_caught_over_http() {
         ("deadlock", "watchdog: BUG: soft lockup - CPU#"),
         ("bug", "kernel BUG at "),
         ("sysrq_crash", "Kernel panic - not syncing: sysrq triggered crash"),
-        ("stack_overflow", "TASK stack guard hit"),
+        ("stack_overflow", "BUG: TASK stack guard page was hit at "),
     ];
     for (boot, (kind, line)) in faults.iter().enumerate() {
         let boot = boot as u64 + 1;

@@ -817,10 +817,16 @@ mod tests {
         assert_eq!(refused("1 inject lkdtm=BUG cpoint=NOWHERE").1, "unknown LKDTM crash point NOWHERE");
         assert_eq!(refused("1 inject lkdtm=BUG cpoint=SCSI_QUEUE_RQ").0, ErrorCode::Unsupported);
         assert_eq!(refused("1 inject lkdtm=BUG cpu=-1").0, ErrorCode::BadArgument);
-        assert_eq!(refused("1 inject lkdtm=BUG cpoint=TIMERADD count=0").1, "count is not a number from 1 to 2147483647");
+        assert_eq!(
+            refused("1 inject lkdtm=BUG cpoint=TIMERADD count=0").1,
+            "count is not a number from 1 to 2147483647"
+        );
         assert_eq!(refused("1 inject lkdtm=BUG cpoint=TIMERADD count=2147483648").0, ErrorCode::BadArgument);
         let all = read("1 inject cpu=1 count=7 cpoint=TIMERADD lkdtm=WARNING").unwrap().unwrap();
-        assert_eq!(all, LkdtmRequest { kind: CrashType::WARNING, point: CrashPoint::Timeradd, count: Some(7), cpu: Some(1) });
+        assert_eq!(
+            all,
+            LkdtmRequest { kind: CrashType::WARNING, point: CrashPoint::Timeradd, count: Some(7), cpu: Some(1) }
+        );
     }
 
     #[test]

@@ -235,7 +235,13 @@ const fn needs(
 }
 
 const fn runs(message: &'static str) -> Support {
-    Support::Supported(Outcome { message, caught_by: Catcher::Nothing, panics: Panics::Never, detector: None, requires: None })
+    Support::Supported(Outcome {
+        message,
+        caught_by: Catcher::Nothing,
+        panics: Panics::Never,
+        detector: None,
+        requires: None,
+    })
 }
 
 const fn oops(message: &'static str, caught_by: Catcher, detector: Detector) -> Support {
@@ -737,7 +743,10 @@ mod tests {
             }
         }
         for name in ["USERCOPY_KERNEL", "CFI_FORWARD_PROTO", "CORRUPT_PAC", "FORTIFY_STRSCPY", "PPC_SLB_MULTIHIT"] {
-            assert!(matches!(CrashType::from_name(name).map(CrashType::support), Some(Support::Unsupported(_))), "{name}");
+            assert!(
+                matches!(CrashType::from_name(name).map(CrashType::support), Some(Support::Unsupported(_))),
+                "{name}"
+            );
         }
     }
 

@@ -157,7 +157,8 @@ impl ObjectLayout {
         } else {
             inuse
         };
-        let red_zone = if flags.contains(DebugFlags::RED_ZONE) { object_size..red_end } else { object_size..object_size };
+        let red_zone =
+            if flags.contains(DebugFlags::RED_ZONE) { object_size..red_end } else { object_size..object_size };
         Self { object_size, red_zone, free_pointer: red_end, size: (red_end + word).next_multiple_of(16) }
     }
 

@@ -114,7 +114,10 @@ mod tests {
         let value = add_i32(value, 1).unwrap();
         let report = add_i32(value, 4).unwrap_err();
         assert_eq!(report.to_string(), "2147483646 + 4 cannot be represented in type 'int'");
-        assert_eq!(add_i32(i32::MIN, -1).unwrap_err().to_string(), "-2147483648 + -1 cannot be represented in type 'int'");
+        assert_eq!(
+            add_i32(i32::MIN, -1).unwrap_err().to_string(),
+            "-2147483648 + -1 cannot be represented in type 'int'"
+        );
     }
 
     #[test]

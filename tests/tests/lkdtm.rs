@@ -1,0 +1,510 @@
+//! LKDTM end to end, driven through the guest shell's `/sys/kernel/debug/provoke-crash/` files
+//! as on Linux: every supported crash type runs at least once, and what it must lead to comes
+//! from the guest's own table (`crashvisor_abi::lkdtm`) — the line Linux prints, what catches
+//! it, when it panics — so the table is checked too.
+//!
+//! - The types that do not end the boot run one after the other in one VM (each in a child
+//!   task, which an oops kills and kthreadd reaps); those that need `slab_debug=` in a second.
+//! - Crash points count their hits and run the type in the context that hits them (hard
+//!   interrupts: the trace has an `<IRQ>` section).
+//! - The types that panic (always, or with their sysctl) each crash a kdump VM: the vmcore's
+//!   crash reason, the crashed kernel's log, and `dumpd bt` of the panicking CPU through the
+//!   injected code; the VM reboots and reloads kdump between crashes.
+
+use crashvisor_abi::lkdtm::{Catcher, CrashType, Outcome, Panics, DEBUGFS_DIR};
+use crashvisor_tests::kdump::{self, dumpd, Crash};
+use crashvisor_tests::{kernel_text, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+
+/// The CPU the crash types run on (of 2).
+const CPU: usize = 1;
+/// The tasks of a fresh guest, as `ps` names them.
+const BASE_TASKS: usize = 8;
+
+/// Boots a 2-vCPU guest with `cmdline` to its prompt.
+fn boot(cmdline: &str) -> (Vm, Vec<String>) {
+    let mut vm = Vm::start(&["--vcpus", "2", "--memory", "256", "--cmdline", cmdline]);
+    let log = vm.boot();
+    (vm, log)
+}
+
+/// The outcome the table declares for a supported type.
+fn outcome(kind: CrashType) -> Outcome {
+    kind.outcome().unwrap_or_else(|| panic!("{kind} is not supported"))
+}
+
+/// The kernel text of console lines.
+fn texts(lines: &[String]) -> Vec<&str> {
+    lines.iter().map(|l| kernel_text(l)).collect()
+}
+
+/// Whether a line's text starts with `prefix`.
+fn has_line(lines: &[String], prefix: &str) -> bool {
+    lines.iter().any(|l| kernel_text(l).starts_with(prefix))
+}
+
+/// `echo TYPE > .../DIRECT` on CPU 1, waiting for the shell; checks that LKDTM ran it and that
+/// the line the table names for it was printed, and returns the output.
+#[track_caller]
+fn run_direct(vm: &mut Vm, kind: CrashType) -> Vec<String> {
+    let lines = vm.run(&format!("taskset -c {CPU} echo {kind} > {DEBUGFS_DIR}/DIRECT"));
+    let performing = format!("lkdtm: Performing direct entry {kind}");
+    let message = outcome(kind).message;
+    if !has_line(&lines, &performing) || !has_line(&lines, message) {
+        vm.fail(&format!(
+            "{kind}: expected {performing:?} and a line starting with {message:?}, got:\n{}",
+            lines.join("\n")
+        ));
+    }
+    lines
+}
+
+/// The report a type that does not end the boot leaves, by what catches it: an oops kills the
+/// task that ran it (on CPU 1), a warning carries on; both through the injected code.
+#[track_caller]
+fn check_report(vm: &mut Vm, kind: CrashType, lines: &[String]) {
+    let caught_by = outcome(kind).caught_by;
+    let text = texts(lines);
+    let oops = text.iter().any(|t| t.starts_with("Oops: "));
+    let expected_oops = outcome(kind).panics == Panics::OnOops;
+    let mut wrong = Vec::new();
+    if oops != expected_oops {
+        wrong.push(format!("an Oops line: {oops}, expected {expected_oops}"));
+    }
+    let ended = match caught_by {
+        Catcher::Ubsan => text.contains(&"---[ end trace ]---"),
+        Catcher::Nothing => true,
+        _ => text.contains(&"---[ end trace 0000000000000000 ]---"),
+    };
+    if !ended {
+        wrong.push("no end-of-report marker".into());
+    }
+    if caught_by != Catcher::Nothing {
+        if !text.iter().any(|t| t.starts_with(&format!("CPU: {CPU} UID: 0 PID: ")) && t.contains(" Comm: sh ")) {
+            wrong.push(format!("no CPU: {CPU} ... Comm: sh header"));
+        }
+        if !text.iter().any(|t| t.starts_with(" lkdtm::lkdtm_do_action+0x")) {
+            wrong.push("no trace through lkdtm_do_action".into());
+        }
+    }
+    if caught_by == Catcher::Warn
+        && !text.iter().any(|t| t.starts_with("WARNING: ") && t.contains(&format!(", CPU#{CPU}: sh/")))
+    {
+        wrong.push("no WARNING: line naming CPU 1's sh".into());
+    }
+    if !wrong.is_empty() {
+        vm.fail(&format!("{kind} ({}): {}:\n{}", caught_by.as_str(), wrong.join("; "), lines.join("\n")));
+    }
+}
+
+/// The `ps` rows of children of the shell (`[sh]`: the tasks that ran crash types).
+fn children(vm: &mut Vm) -> Vec<String> {
+    vm.run("ps").into_iter().filter(|row| row.ends_with(" [sh]")).collect()
+}
+
+#[test]
+fn every_type_that_does_not_end_the_boot_reports_as_linux_does() {
+    let (mut vm, log) = boot("");
+    assert!(has_line(&log, "lkdtm: No crash points registered, enable through debugfs"), "{log:?}");
+    assert!(has_line(&log, "x86/mm: Checked W+X mappings: passed, no W+X pages found."), "{log:?}");
+
+    let listed = vm.run(&format!("cat {DEBUGFS_DIR}/DIRECT"));
+    let wanted: Vec<String> = ["Available crash types:".to_string()]
+        .into_iter()
+        .chain(CrashType::supported().map(|k| k.to_string()))
+        .collect();
+    assert_eq!(listed, wanted, "cat DIRECT lists the supported types");
+
+    let kinds: Vec<CrashType> = CrashType::supported()
+        .filter(|&k| {
+            let o = outcome(k);
+            matches!(o.panics, Panics::OnOops | Panics::OnWarn | Panics::Never) && o.requires.is_none()
+        })
+        .filter(|&k| k != CrashType::LOOP)
+        .collect();
+    assert!(kinds.len() >= 25, "{kinds:?}");
+    for kind in kinds {
+        let lines = run_direct(&mut vm, kind);
+        check_report(&mut vm, kind, &lines);
+    }
+    // Every oops killed its task; kthreadd reaped them all.
+    assert_eq!(children(&mut vm), Vec::<String>::new(), "the children that ran the types are gone");
+    assert_eq!(vm.run("ps").len(), 1 + BASE_TASKS, "ps");
+
+    // LOOP never returns, and nothing catches it (the kernel is preemptible): run it in the
+    // background, and the shell still answers.
+    let started = vm.run(&format!("taskset -c {CPU} echo LOOP > {DEBUGFS_DIR}/DIRECT &"));
+    assert!(started.iter().any(|l| l.starts_with("[1] ")), "{started:?}");
+    let performing = "lkdtm: Performing direct entry LOOP";
+    if !has_line(&started, performing) {
+        // The child on CPU 1 may print after the shell's prompt.
+        vm.expect(KernelLine::exactly(performing), COMMAND_TIMEOUT);
+    }
+    let running = children(&mut vm);
+    assert!(running.len() == 1 && running[0].contains(" R "), "the LOOP child runs: {running:?}");
+    assert_eq!(vm.run("uptime").len(), 1);
+
+    // Unknown and unsupported names are refused, as Linux refuses unknown ones.
+    let refused = vm.run(&format!("echo NOT_A_TYPE > {DEBUGFS_DIR}/DIRECT"));
+    assert_eq!(refused.last().map(String::as_str), Some("sh: write error: Invalid argument"), "{refused:?}");
+    let refused = vm.run(&format!("echo USERCOPY_KERNEL > {DEBUGFS_DIR}/DIRECT"));
+    assert!(has_line(&refused, "lkdtm: USERCOPY_KERNEL is not supported by this kernel: "), "{refused:?}");
+}
+
+#[test]
+fn slab_debug_finds_overflow_use_after_free_and_double_free() {
+    let (mut vm, _) = boot("slab_debug=ZP,kmalloc-1k;F,lkdtm-heap-double_free");
+    for kind in [CrashType::SLAB_LINEAR_OVERFLOW, CrashType::WRITE_AFTER_FREE, CrashType::READ_AFTER_FREE] {
+        assert!(outcome(kind).requires.is_some_and(|r| r.starts_with("slab_debug=")), "{kind}");
+        run_direct(&mut vm, kind);
+    }
+    // The details of the first two: Linux's slab_bug, the broken bytes, the fix.
+    let overflow = run_direct(&mut vm, CrashType::SLAB_LINEAR_OVERFLOW);
+    for line in ["BUG kmalloc-1k (", "FIX kmalloc-1k: Restoring Right Redzone 0x"] {
+        assert!(has_line(&overflow, line), "no {line:?} in:\n{}", overflow.join("\n"));
+    }
+    assert!(texts(&overflow).iter().any(|t| t.ends_with("Right Redzone overwritten")), "{overflow:?}");
+    assert!(
+        texts(&overflow).iter().any(|t| t.contains(" @offset=1024. First byte 0x78 instead of 0xcc")),
+        "{overflow:?}"
+    );
+    let write = run_direct(&mut vm, CrashType::WRITE_AFTER_FREE);
+    assert!(texts(&write).iter().any(|t| t.ends_with("Poison overwritten")), "{write:?}");
+    assert!(texts(&write).iter().any(|t| t.contains(" @offset=512. First byte 0xf0 instead of 0x6b")), "{write:?}");
+    let read = run_direct(&mut vm, CrashType::READ_AFTER_FREE);
+    assert!(has_line(&read, "lkdtm: Memory correctly poisoned (6b6b6b6b)"), "{read:?}");
+    // With F on its cache, a double free is found on the free list and not done.
+    let lines = vm.run(&format!("taskset -c {CPU} echo SLAB_FREE_DOUBLE > {DEBUGFS_DIR}/DIRECT"));
+    assert!(texts(&lines)
+        .iter()
+        .any(|t| t.starts_with("BUG lkdtm-heap-double_free (") && t.ends_with("): Object already free")));
+    assert!(has_line(&lines, "FIX lkdtm-heap-double_free: Object at 0x"), "{lines:?}");
+    assert!(!has_line(&lines, "Oops: "), "no BUG(): the free is refused, the task goes on:\n{}", lines.join("\n"));
+    assert_eq!(vm.run("uptime").len(), 1);
+}
+
+/// `MemFree` in kB.
+fn mem_free_kb(vm: &mut Vm) -> u64 {
+    let meminfo = vm.run("cat /proc/meminfo");
+    let line = meminfo.iter().find(|l| l.starts_with("MemFree:")).unwrap_or_else(|| panic!("{meminfo:?}"));
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).unwrap_or_else(|| panic!("{line:?}"))
+}
+
+#[test]
+fn dead_tasks_are_reaped_with_their_stacks() {
+    const RUNS: u64 = 24;
+    let (mut vm, _) = boot("");
+    run_direct(&mut vm, CrashType::REPORT_STACK);
+    let before = mem_free_kb(&mut vm);
+    for _ in 0..RUNS {
+        run_direct(&mut vm, CrashType::REPORT_STACK);
+    }
+    let after = mem_free_kb(&mut vm);
+    // Each run's task had a 16 KiB stack: kept, they would be 384 KiB.
+    assert!(before.saturating_sub(after) < RUNS * 16 / 4, "MemFree {before} kB -> {after} kB after {RUNS} tasks died");
+    assert_eq!(vm.run("ps").len(), 1 + BASE_TASKS, "ps");
+}
+
+#[test]
+fn crash_points_count_hits_and_run_the_type_where_they_are_hit() {
+    let (mut vm, log) = boot(
+        "watchdog_thresh=2 lkdtm.cpoint_name=INT_TASKLET_ENTRY lkdtm.cpoint_type=OVERFLOW_SIGNED lkdtm.cpoint_count=3",
+    );
+    assert!(has_line(&log, "lkdtm: Crash point INT_TASKLET_ENTRY of type OVERFLOW_SIGNED registered"), "{log:?}");
+    assert_eq!(vm.run("cat /sys/module/lkdtm/parameters/cpoint_name"), ["INT_TASKLET_ENTRY"]);
+    assert_eq!(vm.run("cat /sys/module/lkdtm/parameters/cpoint_count"), ["3"]);
+    // Timer callbacks (the watchdog's, every 0.8 s per CPU) hit it; the third runs the type.
+    let hit = "lkdtm: Crash point INT_TASKLET_ENTRY of type OVERFLOW_SIGNED hit, trigger in ";
+    for left in [2, 1, 0] {
+        vm.expect(KernelLine::exactly(format!("{hit}{left} rounds")), COMMAND_TIMEOUT);
+    }
+    vm.expect(KernelLine::starting("UBSAN: signed-integer-overflow in src/lkdtm/bugs.rs:"), COMMAND_TIMEOUT);
+    vm.expect(KernelLine::exactly("Call Trace:"), COMMAND_TIMEOUT);
+    vm.expect(KernelLine::exactly(" <IRQ>"), COMMAND_TIMEOUT);
+    vm.expect(KernelLine::starting(" lkdtm::lkdtm_do_action+0x"), COMMAND_TIMEOUT);
+    vm.expect(KernelLine::exactly(" </IRQ>"), COMMAND_TIMEOUT);
+
+    // Registering at another point moves the type there; a large cpoint_count keeps the next
+    // firings away. Console input hits INT_HW_IRQ_EN (the UART's interrupt handler).
+    for command in [
+        "echo 100000 > /sys/module/lkdtm/parameters/cpoint_count".to_string(),
+        format!("echo WARNING_MESSAGE > {DEBUGFS_DIR}/INT_HW_IRQ_EN"),
+    ] {
+        let out = vm.run(&command);
+        assert!(!out.iter().any(|l| l.contains("write error")), "{command}: {out:?}");
+    }
+    let fired = "lkdtm: Crash point INT_HW_IRQ_EN of type WARNING_MESSAGE hit, trigger in 0 rounds";
+    let mut lines = Vec::new();
+    for _ in 0..8 {
+        lines.extend(vm.run("uptime"));
+        if has_line(&lines, fired) {
+            break;
+        }
+    }
+    assert!(has_line(&lines, fired), "{}", lines.join("\n"));
+    let text = texts(&lines);
+    let warning = text.iter().position(|t| t.starts_with("Warning message trigger count: "));
+    let irq = text.iter().position(|t| *t == " <IRQ>");
+    let task = text.iter().position(|t| *t == " <TASK>");
+    assert!(warning < irq && irq < task && warning.is_some(), "an interrupt-context trace:\n{}", lines.join("\n"));
+    assert!(text.contains(&" interrupt_common+0x20/0x41") || text.iter().any(|t| t.starts_with(" interrupt_common+")));
+
+    // Points this kernel has no counterpart for say why.
+    let refused = vm.run(&format!("echo PANIC > {DEBUGFS_DIR}/FS_SUBMIT_BH"));
+    assert!(has_line(&refused, "lkdtm: Crash point FS_SUBMIT_BH is not supported by this kernel: "), "{refused:?}");
+    let refused = vm.run(&format!("echo PANIC > {DEBUGFS_DIR}/NOWHERE"));
+    let wanted = format!("sh: can't create {DEBUGFS_DIR}/NOWHERE: No such file or directory");
+    assert_eq!(refused.last(), Some(&wanted), "{refused:?}");
+}
+
+/// A guest with kdump on, writing to its own crash store, and the guest kernel ELF for `dumpd`.
+struct KdumpVm {
+    vm: Vm,
+    _store: TempDir,
+    kernel: TempFile,
+    boot: u64,
+}
+
+impl KdumpVm {
+    fn start(cmdline: &str) -> Self {
+        let store = TempDir::new("lkdtm-crashes");
+        let cmdline = format!("crashkernel=64M kdump=1 watchdog_thresh=2 {cmdline}");
+        // Without the host's NMI watchdog: its ticks could land in the capture kernel's early
+        // boot (see kdump.rs); hard lockups are found by the buddy detector.
+        let mut vm = Vm::start_controlled(&[
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--nmi-watchdog",
+            "off",
+            "--crash-dir",
+            store.arg(),
+            "--cmdline",
+            cmdline.trim_end(),
+        ]);
+        assert_eq!(vm.wait_booted(), 1);
+        vm.expect_kdump_loaded();
+        vm.expect_prompt(BOOT_TIMEOUT);
+        Self { vm, _store: store, kernel: kdump::extract_guest_kernel(), boot: 1 }
+    }
+
+    /// Sets the sysctls, runs the commands, types the trigger lines (which crash the kernel, or
+    /// make it crash: their prompts are not awaited), and checks the committed crash: its
+    /// detector, the crashed kernel's message line, and a backtrace (`dumpd bt`) through the
+    /// injected code. Then waits for the next boot to reload kdump and show its prompt.
+    #[track_caller]
+    fn crash(&mut self, expected: &Expected) -> Crash {
+        for (name, value) in &expected.sysctls {
+            assert_eq!(self.vm.sysctl_set(name, *value), *value, "{name}");
+        }
+        for command in &expected.commands {
+            self.vm.run(command);
+        }
+        for line in &expected.trigger {
+            self.vm.send_line(line);
+        }
+        for _ in 0..expected.pokes {
+            // Each request is a UART interrupt on COM2; once the guest is down they fail.
+            let _ = self.vm.request(serde_json::json!({"cmd": "uptime"}));
+        }
+        let crash = self.vm.expect_vmcore(kdump::CAPTURE_TIMEOUT);
+        let what = format!("{} ({})", expected.what, crash.dir.display());
+        let reason = &crash.meta["reason"];
+        assert_eq!(reason["detector"], expected.detector, "{what}: {}", crash.meta);
+        if let Some((cpu, comm)) = expected.task {
+            assert_eq!((&reason["cpu"], &reason["comm"]), (&cpu.into(), &comm.into()), "{what}: {}", crash.meta);
+        }
+        let dmesg = crash.vmcore_dmesg();
+        assert!(
+            dmesg.lines().any(|l| kernel_text(l).starts_with(expected.message)),
+            "{what}: no {:?} in vmcore-dmesg.txt:\n{dmesg}",
+            expected.message
+        );
+        let vmcore = crash.vmcore();
+        let vmcore = vmcore.to_str().expect("a UTF-8 path");
+        let cpu = expected.bt_cpu.map(|c| c.to_string());
+        let mut args = vec!["bt", vmcore, "--kernel", self.kernel.arg()];
+        if let Some(cpu) = &cpu {
+            args.extend(["-c", cpu]);
+        }
+        let bt = dumpd(&args);
+        assert!(bt.contains(expected.through), "{what}: dumpd bt does not pass through {}:\n{bt}", expected.through);
+        self.boot += 1;
+        self.vm.expect_reboot_after_dump(self.boot);
+        self.vm.expect_kdump_loaded();
+        self.vm.expect_prompt(BOOT_TIMEOUT);
+        crash
+    }
+}
+
+/// One crash and what its vmcore must show.
+struct Expected {
+    what: String,
+    sysctls: Vec<(&'static str, &'static str)>,
+    /// Shell commands run first.
+    commands: Vec<String>,
+    /// Lines typed without waiting for the shell.
+    trigger: Vec<String>,
+    /// Control-channel requests sent then, one at a time.
+    pokes: usize,
+    /// `meta.json`'s `reason.detector`.
+    detector: &'static str,
+    /// The start of a line of the crashed kernel's log.
+    message: &'static str,
+    /// The crash reason's CPU and task name, when known.
+    task: Option<(usize, &'static str)>,
+    /// A function `dumpd bt` shows.
+    through: &'static str,
+    /// The CPU whose backtrace that is (default: the panicking one).
+    bt_cpu: Option<u32>,
+}
+
+/// The shell line that runs `kind` on `cpu` (in the background: the shell may never get it
+/// back).
+fn direct(kind: CrashType, cpu: usize) -> String {
+    format!("taskset -c {cpu} echo {kind} > {DEBUGFS_DIR}/DIRECT &")
+}
+
+/// `kind` run on CPU 1, panicking there (with `sysctls`), as the table describes it.
+fn on_cpu1(kind: CrashType, sysctls: &[(&'static str, &'static str)], through: &'static str) -> Expected {
+    let o = outcome(kind);
+    Expected {
+        what: kind.to_string(),
+        sysctls: sysctls.to_vec(),
+        commands: Vec::new(),
+        trigger: vec![direct(kind, CPU)],
+        pokes: 0,
+        detector: o.detector.map_or("", |d| d.as_str()),
+        message: o.message,
+        task: Some((CPU, "sh")),
+        through,
+        bt_cpu: None,
+    }
+}
+
+#[test]
+fn types_that_always_panic_are_captured_by_kdump() {
+    let mut kvm = KdumpVm::start("");
+    let cases = [
+        (CrashType::PANIC, "lkdtm::bugs::lkdtm_PANIC"),
+        (CrashType::PANIC_IN_HARDIRQ, "lkdtm::bugs::panic_in_hardirq"),
+        (CrashType::BUG_IN_HARDIRQ, "lkdtm::bugs::bug_in_hardirq"),
+        (CrashType::EXHAUST_STACK, "lkdtm::stack::recursive_loop"),
+        (CrashType::CORRUPT_STACK, "lkdtm_CORRUPT_STACK_frame"),
+        (CrashType::CORRUPT_STACK_STRONG, "lkdtm_CORRUPT_STACK_STRONG_frame"),
+        (CrashType::DOUBLE_FAULT, "lkdtm::stack::lkdtm_DOUBLE_FAULT"),
+        (CrashType::PANIC_STOP_IRQOFF, "lkdtm::bugs::panic_stop_irqoff_fn"),
+    ];
+    for (kind, through) in cases {
+        assert_eq!(outcome(kind).panics, Panics::Always, "{kind}");
+        let mut expected = on_cpu1(kind, &[], through);
+        if kind == CrashType::PANIC_STOP_IRQOFF {
+            expected.task = None; // the last CPU to stop panics, whichever it is
+        }
+        kvm.crash(&expected);
+    }
+}
+
+#[test]
+fn types_that_panic_with_their_sysctl_are_captured_by_kdump() {
+    let mut kvm = KdumpVm::start("");
+    let cases = [
+        on_cpu1(CrashType::EXCEPTION, &[("kernel.panic_on_oops", "1")], "lkdtm::bugs::lkdtm_EXCEPTION"),
+        on_cpu1(CrashType::WARNING, &[("kernel.panic_on_warn", "1")], "lkdtm::lkdtm_do_action"),
+        on_cpu1(CrashType::SOFTLOCKUP, &[("kernel.softlockup_panic", "1")], "lkdtm::bugs::lkdtm_SOFTLOCKUP"),
+        // The first run takes the lock and returns (on CPU 0); the second spins on it.
+        Expected {
+            commands: vec![format!("taskset -c 0 echo SPINLOCKUP > {DEBUGFS_DIR}/DIRECT")],
+            ..on_cpu1(CrashType::SPINLOCKUP, &[("kernel.softlockup_panic", "1")], "lkdtm::bugs::lkdtm_SPINLOCKUP")
+        },
+        // The buddy detector on CPU 0 reports CPU 1 and panics; CPU 1's registers, saved by
+        // the crash NMI, are in the spin.
+        Expected {
+            task: None,
+            bt_cpu: Some(CPU as u32),
+            ..on_cpu1(CrashType::HARDLOCKUP, &[("kernel.hardlockup_panic", "1")], "lkdtm::bugs::lkdtm_HARDLOCKUP")
+        },
+        // CPU 1 waits for CPU 0, which spins in the call-function interrupt.
+        Expected {
+            task: None,
+            bt_cpu: Some(0),
+            ..on_cpu1(CrashType::SMP_CALL_LOCKUP, &[("kernel.hardlockup_panic", "1")], "__lkdtm_SMP_CALL_LOCKUP")
+        },
+        // khungtaskd panics; the hung task is not running.
+        Expected {
+            task: None,
+            ..on_cpu1(
+                CrashType::HUNG_TASK,
+                &[("kernel.hung_task_panic", "1"), ("kernel.hung_task_timeout_secs", "2")],
+                "hung_task::scan",
+            )
+        },
+    ];
+    for expected in &cases {
+        kvm.crash(expected);
+    }
+}
+
+#[test]
+fn types_at_crash_points_run_in_the_hitting_context_and_are_captured() {
+    // Every boot's countdown starts at cpoint_count: 3 hits. Timer interrupts and callbacks
+    // come every 0.8 s per CPU; console input brings UART interrupts.
+    let mut kvm = KdumpVm::start("lkdtm.cpoint_count=3");
+    // Registering is the last line typed (the type may run before the prompt comes back),
+    // unless control-channel requests after the prompt bring the UART interrupts.
+    let point = |kind: CrashType, point: &str, pokes: usize, detector, message, through| {
+        let register = vec![format!("echo {kind} > {DEBUGFS_DIR}/{point}")];
+        let (commands, trigger) = if pokes > 0 { (register, Vec::new()) } else { (Vec::new(), register) };
+        Expected {
+            what: format!("{kind} at {point}"),
+            sysctls: Vec::new(),
+            commands,
+            trigger,
+            pokes,
+            detector,
+            message,
+            task: None,
+            through,
+            bt_cpu: None,
+        }
+    };
+    let cases = [
+        point(
+            CrashType::PANIC,
+            "INT_HARDWARE_ENTRY",
+            0,
+            "panic",
+            "Kernel panic - not syncing: dumptest",
+            "lkdtm::hit_armed",
+        ),
+        // An oops in interrupt context panics (kdump starts at the oops, with its registers).
+        point(
+            CrashType::BUG,
+            "INT_TASKLET_ENTRY",
+            0,
+            "bug",
+            "kernel BUG at src/lkdtm/bugs.rs:",
+            "lkdtm::bugs::lkdtm_BUG",
+        ),
+        point(
+            CrashType::EXCEPTION,
+            "INT_HW_IRQ_EN",
+            4,
+            "oops",
+            "BUG: kernel NULL pointer dereference",
+            "lkdtm::bugs::lkdtm_EXCEPTION",
+        ),
+        point(CrashType::PANIC, "TIMERADD", 0, "panic", "Kernel panic - not syncing: dumptest", "lkdtm::hit_armed"),
+    ];
+    for expected in &cases {
+        let crash = kvm.crash(expected);
+        let point = expected.what.rsplit(' ').next().unwrap_or_default();
+        let fired = format!("lkdtm: Crash point {point} of type ");
+        let dmesg = crash.vmcore_dmesg();
+        assert!(
+            dmesg.lines().any(|l| kernel_text(l).starts_with(&fired) && l.ends_with(" hit, trigger in 0 rounds")),
+            "{}: no firing line in:\n{dmesg}",
+            expected.what
+        );
+    }
+}
