@@ -187,8 +187,8 @@ impl Context {
 /// What a supported crash type leads to, run in task context with the default sysctls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
-    /// The start of the kernel log line that shows it was caught, as Linux prints it (the text
-    /// after the timestamp).
+    /// Text of the kernel log line that shows it was caught, as Linux prints it: the line
+    /// (after its timestamp) contains it, and for most types starts with it.
     pub message: &'static str,
     /// What catches it.
     pub caught_by: Catcher,
