@@ -759,6 +759,25 @@ mod tests {
     }
 
     #[test]
+    fn the_docs_table_names_every_type_and_point() {
+        let docs = include_str!("../../../docs/lkdtm.md");
+        for t in CrashType::ALL {
+            let name = t.as_str();
+            let group = name.split_once('_').map(|(prefix, _)| group_name(prefix));
+            let listed = docs.contains(&std::format!("`{name}`")) || group.is_some_and(|g| docs.contains(g.as_str()));
+            assert!(listed, "docs/lkdtm.md does not name {name}");
+        }
+        for p in CrashPoint::ALL {
+            assert!(docs.contains(&std::format!("| `{p}` |")), "docs/lkdtm.md has no row for {p}");
+        }
+    }
+
+    /// `` `PREFIX_*` ``, how the docs name a group of types.
+    fn group_name(prefix: &str) -> std::string::String {
+        std::format!("`{prefix}_*`")
+    }
+
+    #[test]
     fn crash_points_have_linux_functions_and_counterparts() {
         assert_eq!(CrashPoint::Direct.linux_function(), None);
         assert_eq!(CrashPoint::Direct.context(), Some(Context::Task));
