@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::control::Event;
-use crate::{kernel_text, vmm_binary, KernelLine, TempFile, Vm, BOOT_TIMEOUT};
+use crate::{kernel_text, vmm_binary, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT};
 
 /// Upper bound from an injected fault to its `vmcore_ready`: the lockup detectors need a few
 /// seconds (the NMI watchdog up to its period), the capture itself well under a second.
@@ -390,6 +390,18 @@ pub fn extract_guest_kernel() -> TempFile {
         ),
         Err(e) => panic!("cannot run vmm --extract-kernel: {e}"),
     }
+}
+
+/// Starts a 2-vCPU, 256 MiB guest with `cmdline` (holding `crashkernel=`, often `kdump=1`)
+/// that writes its crashes to `store`, with its control socket connected, and without the
+/// host's NMI watchdog: its ticks keep coming after the crashed kernel jumped to the capture
+/// kernel, and one that lands in the capture kernel's early boot resets the VM (see
+/// `tests/kdump.rs`). Hard lockups are then found by the buddy detector.
+#[track_caller]
+pub fn start_crashing_vm(store: &TempDir, cmdline: &str) -> Vm {
+    let args =
+        ["--vcpus", "2", "--memory", "256", "--nmi-watchdog", "off", "--crash-dir", store.arg(), "--cmdline", cmdline];
+    Vm::start_controlled(&args)
 }
 
 /// Runs the real `dumpd ARGS` and returns its stdout.

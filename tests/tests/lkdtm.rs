@@ -270,20 +270,7 @@ impl KdumpVm {
     fn start(cmdline: &str) -> Self {
         let store = TempDir::new("lkdtm-crashes");
         let cmdline = format!("crashkernel=64M kdump=1 watchdog_thresh=2 {cmdline}");
-        // Without the host's NMI watchdog: its ticks could land in the capture kernel's early
-        // boot (see kdump.rs); hard lockups are found by the buddy detector.
-        let mut vm = Vm::start_controlled(&[
-            "--vcpus",
-            "2",
-            "--memory",
-            "256",
-            "--nmi-watchdog",
-            "off",
-            "--crash-dir",
-            store.arg(),
-            "--cmdline",
-            cmdline.trim_end(),
-        ]);
+        let mut vm = kdump::start_crashing_vm(&store, cmdline.trim_end());
         assert_eq!(vm.wait_booted(), 1);
         vm.expect_kdump_loaded();
         vm.expect_prompt(BOOT_TIMEOUT);

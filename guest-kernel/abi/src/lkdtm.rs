@@ -21,8 +21,6 @@
 //! assert_eq!(CrashPoint::from_name("INT_HARDWARE_ENTRY").unwrap().context(), Some(Context::Hardirq));
 //! ```
 
-use core::fmt;
-
 use crate::platform::Detector;
 
 /// LKDTM's `DEFAULT_COUNT`: a crash point fires on its 10th hit unless `cpoint_count` says
@@ -262,35 +260,16 @@ const NO_INIT_ON: &str = "no init_on_alloc/init_on_free: the guest never fills m
 const NO_PAGE_POISON: &str = "freed pages are not poisoned (no page_poison=/init_on_free=): the write would \
                               corrupt the page's next owner undetected";
 
-/// Defines `CrashType` with its names, categories and support.
+/// Defines `CrashType` (with `names!`) and its categories and support.
 macro_rules! crash_types {
     ($($(#[$meta:meta])* $variant:ident = $name:literal, $category:ident, $support:expr;)*) => {
-        /// An LKDTM crash type (`cpoint_type`), named as in Linux.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        #[allow(non_camel_case_types)]
-        pub enum CrashType {
-            $($(#[$meta])* $variant,)*
+        names! {
+            /// An LKDTM crash type (`cpoint_type`), named as in Linux.
+            #[allow(non_camel_case_types)]
+            CrashType { $($(#[$meta])* $variant = $name,)* }
         }
 
         impl CrashType {
-            /// Every crash type, in LKDTM's order (categories as `core.c` lists them).
-            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
-
-            /// The name LKDTM gives it.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)*
-                }
-            }
-
-            /// The crash type named `name` (exact, upper case as in Linux).
-            pub fn from_name(name: &str) -> Option<Self> {
-                match name {
-                    $($name => Some(Self::$variant),)*
-                    _ => None,
-                }
-            }
-
             /// The LKDTM source file it comes from.
             pub fn category(self) -> Category {
                 match self {
@@ -558,40 +537,16 @@ impl CrashType {
     }
 }
 
-impl fmt::Display for CrashType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Defines `CrashPoint` with its names and counterparts.
+/// Defines `CrashPoint` (with `names!`) and its Linux functions and counterparts.
 macro_rules! crash_points {
     ($($(#[$meta:meta])* $variant:ident = $name:literal, $linux:expr, $ours:expr;)*) => {
-        /// An LKDTM crash point (`cpoint_name`): where a crash type runs.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum CrashPoint {
-            $($(#[$meta])* $variant,)*
+        names! {
+            /// An LKDTM crash point (`cpoint_name`, a file under [`DEBUGFS_DIR`]): where a crash
+            /// type runs.
+            CrashPoint { $($(#[$meta])* $variant = $name,)* }
         }
 
         impl CrashPoint {
-            /// Every crash point, in LKDTM's order.
-            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
-
-            /// The name LKDTM gives it (the file under [`DEBUGFS_DIR`]).
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $name,)*
-                }
-            }
-
-            /// The crash point named `name`.
-            pub fn from_name(name: &str) -> Option<Self> {
-                match name {
-                    $($name => Some(Self::$variant),)*
-                    _ => None,
-                }
-            }
-
             /// The Linux function LKDTM puts its kprobe on (`None` for `DIRECT`).
             pub fn linux_function(self) -> Option<&'static str> {
                 match self {
@@ -649,12 +604,6 @@ impl CrashPoint {
     /// The context a crash type runs in at this point, when it is fixed.
     pub fn context(self) -> Option<Context> {
         self.counterpart().ok().and_then(|c| c.context)
-    }
-}
-
-impl fmt::Display for CrashPoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
