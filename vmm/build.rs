@@ -13,6 +13,9 @@ use std::process::Command;
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 
 fn main() {
+    // SAFETY: first thing in the process: the jobserver descriptors that cargo names in the
+    // environment are inherited and still open, and nothing here has closed or replaced them.
+    let jobserver = unsafe { jobserver::Client::from_env() };
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets this"));
     let guest_dir = manifest_dir.join("../guest-kernel");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets this"));
@@ -22,7 +25,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", guest_dir.join(watched).display());
     }
 
-    ensure_target_installed(&guest_dir);
+    ensure_target_installed(&guest_dir, jobserver.as_ref());
     let built = build_guest(&guest_dir, &out_dir.join("guest-target"));
     let mut image = fs::read(&built).unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", built.display())));
     embed_symbol_table(&mut image);
@@ -50,13 +53,16 @@ fn clean_command(program: &str, dir: &Path) -> Command {
     cmd
 }
 
-fn ensure_target_installed(guest_dir: &Path) {
-    let sysroot = clean_command("rustc", guest_dir)
-        .args(["--print", "sysroot"])
-        .output()
-        .unwrap_or_else(|e| fail(&format!("cannot run rustc to find the sysroot: {e}")));
-    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot).join("lib/rustlib").join(GUEST_TARGET).exists() {
+fn ensure_target_installed(guest_dir: &Path, jobserver: Option<&jobserver::Client>) {
+    if target_installed(guest_dir) {
+        return;
+    }
+    // Nothing may compile while rustup changes the toolchain: on some installations adding a
+    // target re-installs the toolchain's components, and a `rustc` that cargo starts meanwhile
+    // fails with "could not execute process ... (never executed)". Holding every token of
+    // cargo's jobserver keeps cargo from starting any other job until the target is in place.
+    let _exclusive = jobserver.map(hold_every_job_slot);
+    if target_installed(guest_dir) {
         return;
     }
     println!("cargo:warning=installing the guest target with `rustup target add {GUEST_TARGET}`");
@@ -70,6 +76,24 @@ fn ensure_target_installed(guest_dir: &Path) {
             fail(&format!("cannot run rustup ({e}); install the target by hand: rustup target add {GUEST_TARGET}"))
         }
     }
+}
+
+fn target_installed(guest_dir: &Path) -> bool {
+    let sysroot = clean_command("rustc", guest_dir)
+        .args(["--print", "sysroot"])
+        .output()
+        .unwrap_or_else(|e| fail(&format!("cannot run rustc to find the sysroot: {e}")));
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
+    Path::new(&sysroot).join("lib/rustlib").join(GUEST_TARGET).exists()
+}
+
+/// Takes every job slot of cargo's jobserver but the one this build script runs in, waiting
+/// for the jobs that hold them to finish; cargo starts nothing new until they are dropped.
+fn hold_every_job_slot(client: &jobserver::Client) -> Vec<jobserver::Acquired> {
+    let jobs: usize = env::var("NUM_JOBS").ok().and_then(|n| n.parse().ok()).unwrap_or(1);
+    (1..jobs)
+        .map(|_| client.acquire().unwrap_or_else(|e| fail(&format!("cannot take a jobserver slot: {e}"))))
+        .collect()
 }
 
 fn build_guest(guest_dir: &Path, target_dir: &Path) -> PathBuf {

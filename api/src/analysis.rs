@@ -14,7 +14,8 @@ use dumpd::analysis::summary::{self, Summary};
 use dumpd::analysis::symbols::KernelSymbols;
 use dumpd::analysis::tasks::{task_list, TaskList};
 use dumpd::analysis::{AnalysisError, Dump};
-use dumpd::convert::{convert_file, ConvertOptions, TargetFormat};
+use dumpd::convert::{convert_file, ConvertOptions};
+use dumpd::image::DumpFormat;
 use dumpd::kdump::Compression;
 use serde::Serialize;
 
@@ -110,9 +111,10 @@ pub enum Which {
 }
 
 /// Backtraces and whether they are symbolised.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Backtraces {
     /// The backtraces, as `dumpd bt --json` gives them.
+    #[schema(value_type = Vec<Object>)]
     pub backtraces: Vec<Backtrace>,
     /// Whether function names were resolved.
     pub symbolised: bool,
@@ -153,7 +155,7 @@ pub fn kdump_zstd(vmcore: &Path, cached: &Path) -> Result<(), ApiError> {
     if cached.is_file() {
         return Ok(());
     }
-    let options = ConvertOptions { format: TargetFormat::Kdump(Compression::Zstd), dump_level: 1, progress: None };
+    let options = ConvertOptions { format: DumpFormat::Kdump(Compression::Zstd), dump_level: 1, progress: None };
     let stats = convert_file(vmcore, cached, &options).map_err(|e| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unconvertible", format!("the vmcore cannot be converted: {e}"))
     })?;

@@ -5,7 +5,8 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// A failed request: the HTTP status, a stable code for programs and a sentence for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,9 +60,30 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// What failed.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and message.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code: bad_request, unauthorized, not_found, unknown_sysctl, method_not_allowed,
+    /// already_exists, limit_exceeded, vm_unavailable, guest_unavailable, vm_not_running,
+    /// payload_too_large, unsupported_media_type, invalid_argument, bad_argument, unsupported,
+    /// unanalysable, unconvertible, range_not_satisfiable, not_implemented, busy, guest_timeout,
+    /// internal.
+    pub code: String,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message } };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -106,6 +128,7 @@ impl From<QueryRejection> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[tokio::test]
     async fn errors_have_the_documented_body() {

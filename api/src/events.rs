@@ -11,17 +11,21 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
+use crate::clock;
+
 /// Events kept for late subscribers (`?since=` / `Last-Event-ID`).
 pub const HISTORY_LEN: usize = 4096;
 /// Events that may wait for one slow subscriber before it skips ahead.
 const CHANNEL_CAPACITY: usize = 1024;
 
-/// One event.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// One event; as an SSE message's data, with the same name as the message's `event` and the
+/// same `seq` as its `id`.
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct ServiceEvent {
     /// Its number, from 1, in the order events happened.
     pub seq: u64,
-    /// The event's name (`booted`, `vmcore_ready`, ...).
+    /// The event's name (`booted`, `vmcore_ready`, ...; docs/api.md lists them).
     pub event: String,
     /// The VM it concerns.
     pub vm: String,
@@ -101,8 +105,8 @@ impl EventBus {
             seq,
             event: event.event,
             vm: vm.to_owned(),
-            time: dumpd::store::rfc3339(now),
-            time_unix_ms: unix_ms(now),
+            time: clock::rfc3339(now),
+            time_unix_ms: clock::unix_ms(now),
             fields: event.fields,
         });
         tracing::info!(vm, seq, "event {}", event.event);
@@ -126,11 +130,6 @@ impl EventBus {
         // Subscribing under the lock: nothing is published between the backlog and `live`.
         Subscription { backlog, live: self.sender.subscribe() }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -28,11 +28,13 @@
 pub mod analysis;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod routes;
 pub mod serve;
 pub mod state;
@@ -50,7 +52,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The whole API.
 pub fn app(state: AppState) -> Router {
-    routes::router()
+    Router::from(routes::router())
         // Inside the routes, so the metrics see which route matched.
         .route_layer(from_fn_with_state(state.clone(), metrics::track))
         .fallback(not_found)

@@ -49,7 +49,7 @@ fn mem_total_mib(meminfo: &str) -> Option<u64> {
 }
 
 /// The service's limits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Limits {
     /// VMs held at once, in any state.
     pub max_vms: usize,

@@ -2,10 +2,11 @@
 //! `PT_LOAD`s, see [`Vmcore::loads`]) to an ELF vmcore or a kdump-compressed file.
 //!
 //! ```no_run
-//! use dumpd::convert::{convert_file, ConvertOptions, TargetFormat};
+//! use dumpd::convert::{convert_file, ConvertOptions};
+//! use dumpd::image::DumpFormat;
 //! use dumpd::kdump::Compression;
 //!
-//! let options = ConvertOptions { format: TargetFormat::Kdump(Compression::Zstd), dump_level: 1, progress: None };
+//! let options = ConvertOptions { format: DumpFormat::Kdump(Compression::Zstd), dump_level: 1, progress: None };
 //! let stats = convert_file("vmcore".as_ref(), "vmcore.kdump".as_ref(), &options)?;
 //! println!("{} bytes", stats.file_bytes);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -17,42 +18,19 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::atomic::{AtomicFile, AtomicFileError};
+use crashvisor_klib::elfcore::ElfError;
+
 use crate::elf::build::{layout, LoadSpec, NoteSpec};
-use crate::elf::ElfError;
-use crate::image::{open_vmcore, DumpImage, OpenError, Vmcore};
+use crate::image::{open_vmcore, DumpFormat, DumpImage, OpenError, Vmcore};
 use crate::kdump::kernel_info::vmcoreinfo_value;
-use crate::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions, KdumpWriteError, DL_EXCLUDE_ZERO};
+use crate::kdump::{write_kdump, KdumpInput, KdumpOptions, KdumpWriteError, DL_EXCLUDE_ZERO};
 use crate::writer::{write_vmcore, MemorySource, SourceError, WriteError};
-
-/// The format to write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetFormat {
-    /// An ELF vmcore, sparse (zero pages are holes).
-    Elf,
-    /// A kdump-compressed file with this compression.
-    Kdump(Compression),
-}
-
-impl std::str::FromStr for TargetFormat {
-    type Err = String;
-
-    /// `elf`, `kdump-zstd`, `kdump-zlib` or `kdump-raw`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "elf" => Ok(Self::Elf),
-            "kdump-zstd" => Ok(Self::Kdump(Compression::Zstd)),
-            "kdump-zlib" => Ok(Self::Kdump(Compression::Zlib)),
-            "kdump-raw" => Ok(Self::Kdump(Compression::None)),
-            other => Err(format!("unknown format {other:?}: use elf, kdump-zstd, kdump-zlib or kdump-raw")),
-        }
-    }
-}
 
 /// How to convert.
 #[derive(Clone, Copy)]
 pub struct ConvertOptions<'a> {
     /// The output format.
-    pub format: TargetFormat,
+    pub format: DumpFormat,
     /// makedumpfile dump level: 0, or 1 to leave out zero pages (an ELF vmcore always leaves
     /// them as holes).
     pub dump_level: u32,
@@ -115,14 +93,14 @@ pub fn convert(
         image.notes().iter().map(|n| NoteSpec { name: &n.name, n_type: n.n_type, desc: &n.desc }).collect();
     let memory_bytes = loads.iter().map(|l| l.len).fold(0u64, u64::saturating_add);
     let file_bytes = match options.format {
-        TargetFormat::Elf => {
+        DumpFormat::Elf => {
             let core = layout(&notes, loads).map_err(ConvertError::ElfLayout)?;
             let total = core.runs.iter().map(|r| r.len).sum();
             let source = ImageSource { image, done: Cell::new(0), total, progress: options.progress };
             write_vmcore(out, &core.headers, &core.runs, core.file_size, &source).map_err(ConvertError::Elf)?;
             core.file_size
         }
-        TargetFormat::Kdump(compression) => {
+        DumpFormat::Kdump(compression) => {
             let source = ImageSource { image, done: Cell::new(0), total: 0, progress: None };
             let input = KdumpInput { notes: &notes, loads, memory: &source };
             let kdump_options = KdumpOptions {
@@ -188,10 +166,11 @@ impl MemorySource for ImageSource<'_> {
 mod tests {
     use super::*;
     use crate::elf::build::layout;
-    use crate::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
-    use crate::image::{open, DumpFormat};
+    use crate::image::open;
+    use crate::kdump::Compression;
     use crate::test_dir::TestDir;
     use crate::writer::tests::Buffer;
+    use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 
     /// 4 MiB at 0: zero pages, text, noise; kernel text mapped twice, a hole at 3 MiB.
     fn elf_vmcore(dir: &TestDir) -> (std::path::PathBuf, Buffer) {
@@ -242,7 +221,7 @@ mod tests {
         assert!(pages > 500);
     }
 
-    fn options(format: TargetFormat, dump_level: u32) -> ConvertOptions<'static> {
+    fn options(format: DumpFormat, dump_level: u32) -> ConvertOptions<'static> {
         ConvertOptions { format, dump_level, progress: None }
     }
 
@@ -255,12 +234,12 @@ mod tests {
             for level in [0, 1] {
                 let kdump = dir.path().join(format!("k-{compression:?}-{level}"));
                 let back = dir.path().join(format!("e-{compression:?}-{level}"));
-                convert_file(&elf, &kdump, &options(TargetFormat::Kdump(compression), level)).unwrap();
-                convert_file(&kdump, &back, &options(TargetFormat::Elf, 0)).unwrap();
+                convert_file(&elf, &kdump, &options(DumpFormat::Kdump(compression), level)).unwrap();
+                convert_file(&kdump, &back, &options(DumpFormat::Elf, 0)).unwrap();
                 let k = open_vmcore(&kdump).unwrap();
-                assert_eq!(k.format(), DumpFormat::Kdump);
+                assert!(matches!(k, Vmcore::Kdump(_)));
                 let e = open_vmcore(&back).unwrap();
-                assert_eq!(e.format(), DumpFormat::Elf);
+                assert!(matches!(e, Vmcore::Elf(_)));
                 for image in [k.image(), e.image()] {
                     assert_eq!(image.notes(), original.notes());
                     assert_same_memory(original.as_ref(), image);
@@ -290,11 +269,11 @@ mod tests {
         let last = Cell::new((0, 0));
         let record = |done, total| last.set((done, total));
         let opts =
-            ConvertOptions { format: TargetFormat::Kdump(Compression::Zstd), dump_level: 1, progress: Some(&record) };
+            ConvertOptions { format: DumpFormat::Kdump(Compression::Zstd), dump_level: 1, progress: Some(&record) };
         let stats = convert_file(&elf, &dir.path().join("k"), &opts).unwrap();
         assert!(stats.file_bytes < 1 << 20, "{stats:?}");
         assert_eq!(last.get().0, last.get().1);
-        let opts = ConvertOptions { format: TargetFormat::Elf, ..opts };
+        let opts = ConvertOptions { format: DumpFormat::Elf, ..opts };
         convert_file(&elf, &dir.path().join("e"), &opts).unwrap();
         assert_eq!(last.get(), (0x48_0000, 0x48_0000), "ELF: every run's bytes, text twice");
     }
@@ -304,7 +283,7 @@ mod tests {
         let dir = TestDir::new("convert-fail");
         let (elf, _) = elf_vmcore(&dir);
         let out = dir.path().join("out");
-        let e = convert_file(&elf, &out, &options(TargetFormat::Kdump(Compression::Zstd), 17)).unwrap_err();
+        let e = convert_file(&elf, &out, &options(DumpFormat::Kdump(Compression::Zstd), 17)).unwrap_err();
         assert!(matches!(e, ConvertError::DumpLevel { level: 17 }));
         // Truncate the input's memory: the conversion fails reading it.
         let len = std::fs::metadata(&elf).unwrap().len();
@@ -313,14 +292,14 @@ mod tests {
         let vmcore = open_vmcore(&shortened).unwrap();
         std::fs::OpenOptions::new().write(true).open(&shortened).unwrap().set_len(len / 2).unwrap();
         let atomic = AtomicFile::create(&out).unwrap();
-        let e = convert(vmcore.image(), &vmcore.loads(), atomic.file(), &options(TargetFormat::Elf, 0)).unwrap_err();
+        let e = convert(vmcore.image(), &vmcore.loads(), atomic.file(), &options(DumpFormat::Elf, 0)).unwrap_err();
         assert!(matches!(e, ConvertError::Elf(WriteError::Source { .. })), "{e:?}");
         drop(atomic);
         assert!(!out.exists());
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(matches!(
-            convert_file(&dir.path().join("missing"), &out, &options(TargetFormat::Elf, 0)),
+            convert_file(&dir.path().join("missing"), &out, &options(DumpFormat::Elf, 0)),
             Err(ConvertError::Open(_))
         ));
     }

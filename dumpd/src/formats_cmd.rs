@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use dumpd::convert::{convert_file, ConvertOptions, TargetFormat};
-use dumpd::image::DumpImage;
+use dumpd::convert::{convert_file, ConvertOptions};
+use dumpd::image::{DumpFormat, DumpImage};
 use dumpd::kdump::{KdumpImage, DUMP_DH_COMPRESSED_INCOMPLETE, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD};
 
 use crate::{human, note_type_name};
@@ -25,8 +25,8 @@ pub struct ConvertArgs {
     /// The file to write; it appears complete or not at all.
     output: PathBuf,
     /// The output format: elf, kdump-zstd, kdump-zlib or kdump-raw.
-    #[arg(long, value_name = "FORMAT")]
-    format: TargetFormat,
+    #[arg(long, value_name = "FORMAT", value_parser = <DumpFormat as std::str::FromStr>::from_str)]
+    format: DumpFormat,
     /// makedumpfile dump level: 1 leaves zero pages out of a kdump file (they read back as
     /// zeros), 0 keeps them. An ELF vmcore always stores them as holes.
     #[arg(long, value_name = "N", default_value_t = 1)]

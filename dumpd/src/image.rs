@@ -18,10 +18,11 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crashvisor_klib::elfnote::{Note, CORE_NOTE_NAME, NT_PRSTATUS, VMCOREINFO_NOTE_NAME};
+
 use crate::elf::build::LoadSpec;
 use crate::elf::image::{ElfImage, ElfImageError};
-use crate::elf::NT_PRSTATUS;
-use crate::kdump::{KdumpError, KdumpImage, KDUMP_SIGNATURE};
+use crate::kdump::{Compression, KdumpError, KdumpImage, KDUMP_SIGNATURE};
 
 /// One ELF note of the dump, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,12 +38,18 @@ pub struct OwnedNote {
 impl OwnedNote {
     /// Whether this is a Linux `CORE`/`NT_PRSTATUS` note.
     pub fn is_prstatus(&self) -> bool {
-        self.name == b"CORE" && self.n_type == NT_PRSTATUS
+        self.name == CORE_NOTE_NAME && self.n_type == NT_PRSTATUS
     }
 
     /// Whether this is the `VMCOREINFO` note.
     pub fn is_vmcoreinfo(&self) -> bool {
-        self.name == b"VMCOREINFO"
+        self.name == VMCOREINFO_NOTE_NAME
+    }
+}
+
+impl From<Note<'_>> for OwnedNote {
+    fn from(note: Note<'_>) -> Self {
+        Self { name: note.name.to_vec(), n_type: note.n_type, desc: note.desc.to_vec() }
     }
 }
 
@@ -79,9 +86,24 @@ pub trait DumpImage {
     /// Every note, in file order (one `NT_PRSTATUS` per CPU, the `VMCOREINFO` note, ...).
     fn notes(&self) -> &[OwnedNote];
 
+    /// Fills the start of `buf` with physical memory at `paddr`, as far as one contiguous piece
+    /// of the dump reaches (a segment, a page), and returns how many bytes it filled: at least
+    /// one, since `buf` is never empty. Pages the dump left out as zero read as zeros.
+    fn read_piece(&self, paddr: u64, buf: &mut [u8]) -> Result<usize, ReadError>;
+
     /// Fills `buf` with physical memory at `paddr..paddr + buf.len()`; the range may span
     /// pages and segments. Pages the dump left out as zero read as zeros.
-    fn read_phys(&self, paddr: u64, buf: &mut [u8]) -> Result<(), ReadError>;
+    fn read_phys(&self, paddr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        let mut done = 0;
+        while done < buf.len() {
+            let addr = paddr.checked_add(done as u64).ok_or(ReadError::NotInDump { paddr: u64::MAX })?;
+            match self.read_piece(addr, &mut buf[done..])? {
+                0 => return Err(ReadError::NotInDump { paddr: addr }),
+                filled => done += filled,
+            }
+        }
+        Ok(())
+    }
 
     /// The highest physical address the dump describes, plus one.
     fn phys_end(&self) -> u64;
@@ -93,13 +115,64 @@ pub trait DumpImage {
     }
 }
 
-/// The vmcore file formats this crate reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A vmcore file format: what `dumpd convert` writes, and what a VMM writes its host-side
+/// vmcores in. Its names (`elf`, `kdump-zstd`, `kdump-zlib`, `kdump-raw`) are the command
+/// line's and `meta.json`'s `vmcore_format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DumpFormat {
-    /// ELF64 core file (`/proc/vmcore` layout).
+    /// ELF64 core file (`/proc/vmcore` layout), sparse: zero pages are holes.
+    #[default]
     Elf,
-    /// makedumpfile's kdump-compressed format.
-    Kdump,
+    /// makedumpfile's kdump-compressed format with this per-page compression.
+    Kdump(Compression),
+}
+
+impl DumpFormat {
+    /// Every format, in the order the command line lists them.
+    pub const ALL: [Self; 4] =
+        [Self::Elf, Self::Kdump(Compression::Zstd), Self::Kdump(Compression::Zlib), Self::Kdump(Compression::None)];
+
+    /// The format's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Elf => "elf",
+            Self::Kdump(Compression::Zstd) => "kdump-zstd",
+            Self::Kdump(Compression::Zlib) => "kdump-zlib",
+            Self::Kdump(Compression::None) => "kdump-raw",
+        }
+    }
+}
+
+impl std::str::FromStr for DumpFormat {
+    type Err = String;
+
+    /// `elf`, `kdump-zstd`, `kdump-zlib` or `kdump-raw`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|format| format.name() == s)
+            .ok_or_else(|| format!("unknown format {s:?}: use elf, kdump-zstd, kdump-zlib or kdump-raw"))
+    }
+}
+
+/// `vmm --dump-format` and the service's `dump_format`: the formats of host-side vmcores.
+/// Uncompressed kdump files are left to `dumpd convert`, which parses with `FromStr`.
+impl clap::ValueEnum for DumpFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Self::ALL[..3]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        let help = match self {
+            Self::Elf => "ELF core file (sparse: zero pages are holes), what gdb and vmcore-dmesg read",
+            Self::Kdump(Compression::Zstd) => {
+                "makedumpfile's kdump-compressed format, zstd per page, zero pages left out"
+            }
+            Self::Kdump(Compression::Zlib) => "The same with zlib",
+            Self::Kdump(Compression::None) => return None,
+        };
+        Some(clap::builder::PossibleValue::new(self.name()).help(help))
+    }
 }
 
 /// Why a file could not be opened as a vmcore.
@@ -162,14 +235,6 @@ pub enum Vmcore {
 }
 
 impl Vmcore {
-    /// The file's format.
-    pub fn format(&self) -> DumpFormat {
-        match self {
-            Self::Elf(_) => DumpFormat::Elf,
-            Self::Kdump(_) => DumpFormat::Kdump,
-        }
-    }
-
     /// The memory the dump holds, as ELF `PT_LOAD`s would describe it: an ELF vmcore's own
     /// `PT_LOAD`s; for a kdump file, one per run of present pages in the direct map.
     pub fn loads(&self) -> Vec<LoadSpec> {

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::elf::image::read_headers;
-use dumpd::elf::{Core, NT_PRSTATUS, PRSTATUS_SIZE};
+use dumpd::elf::Core;
 use dumpd::kdump::KDUMP_SIGNATURE;
 
 /// Inspect crashvisor's crash store and vmcores.
@@ -99,22 +100,27 @@ fn check(path: &Path) -> anyhow::Result<()> {
     );
     println!("notes: {}", core.notes().len());
     for note in core.notes() {
-        let kind = note_type_name(&note.name_lossy(), note.n_type);
+        let name = String::from_utf8_lossy(note.name);
+        let kind = note_type_name(&name, note.n_type);
         let warning = if note.is_prstatus() && note.desc.len() != PRSTATUS_SIZE {
             format!("  (gdb ignores NT_PRSTATUS notes that are not {PRSTATUS_SIZE} bytes)")
         } else {
             String::new()
         };
-        println!("  {:12} {kind:14} {:>8} bytes{warning}", note.name_lossy(), note.desc.len());
+        println!("  {name:12} {kind:14} {:>8} bytes{warning}", note.desc.len());
     }
     let loads: Vec<_> = core.loads().collect();
-    let bytes: u64 = loads.iter().map(|l| l.filesz).sum();
+    let bytes: u64 = loads.iter().map(|l| l.p_filesz).sum();
     println!("PT_LOAD: {} segments, {} of memory", loads.len(), human(bytes));
-    if let (Some(first), Some(end)) = (loads.iter().map(|l| l.offset).min(), loads.iter().map(|l| l.file_end()).max()) {
+    if let (Some(first), Some(end)) = (loads.iter().map(|l| l.p_offset).min(), loads.iter().map(|l| l.file_end()).max())
+    {
         println!("  file offsets {first:#x}-{end:#x}");
     }
     for l in loads {
-        println!("  offset {:#014x}  paddr {:#014x}  vaddr {:#018x}  size {:#x}", l.offset, l.paddr, l.vaddr, l.filesz);
+        println!(
+            "  offset {:#014x}  paddr {:#014x}  vaddr {:#018x}  size {:#x}",
+            l.p_offset, l.p_paddr, l.p_vaddr, l.p_filesz
+        );
     }
     Ok(())
 }

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 mod retention;
@@ -240,6 +241,13 @@ pub struct FailureRecord {
     pub trigger: Trigger,
     /// Why it failed.
     pub reason: String,
+}
+
+impl FailureRecord {
+    /// The record of `vm`'s capture by `trigger` that failed at `time` for `reason`.
+    pub fn new(vm: &str, trigger: Trigger, reason: String, time: SystemTime) -> Self {
+        Self { time: rfc3339(time), vm: vm.to_owned(), trigger, reason }
+    }
 }
 
 /// A committed crash directory.
@@ -481,40 +489,20 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day), after Howard Hinnant's
-/// `civil_from_days`: shift to eras of 400 years starting on March 1st, so leap days fall at
-/// the end of each year of the era.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // days from 0000-03-01 to 1970-01-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of year from March 1st, 0..=365
-    let mp = (5 * doy + 2) / 153; // month from March, 0..=11
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Splits a time into UTC (year, month, day, hour, minute, second); before 1970 counts as 1970.
-fn utc_fields(time: SystemTime) -> (i64, u32, u32, u64, u64, u64) {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let in_day = secs % 86_400;
-    (year, month, day, in_day / 3600, in_day / 60 % 60, in_day % 60)
+/// `time` in UTC (before 1970 counts as 1970; beyond 9999 as the end of 9999).
+fn utc(time: SystemTime) -> Timestamp {
+    Timestamp::try_from(time.max(UNIX_EPOCH)).unwrap_or(Timestamp::MAX)
 }
 
 /// `YYYY-MM-DD-HH:MM:SS` in UTC, as crash directories are named.
 pub fn dir_timestamp(time: SystemTime) -> String {
-    let (y, mo, d, h, mi, s) = utc_fields(time);
-    format!("{y:04}-{mo:02}-{d:02}-{h:02}:{mi:02}:{s:02}")
+    utc(time).strftime("%Y-%m-%d-%H:%M:%S").to_string()
 }
 
-/// RFC 3339 in UTC with second precision: `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(time: SystemTime) -> String {
-    let (y, mo, d, h, mi, s) = utc_fields(time);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+/// RFC 3339 in UTC with second precision, `YYYY-MM-DDTHH:MM:SSZ`: the times in meta.json and
+/// failures.jsonl.
+fn rfc3339(time: SystemTime) -> String {
+    format!("{:.0}", utc(time))
 }
 
 #[cfg(test)]
@@ -528,44 +516,6 @@ mod tests {
 
     fn meta(vm: &str, created: SystemTime) -> CrashMeta {
         CrashMeta::new(Trigger::Kdump, vm, created)
-    }
-
-    #[test]
-    fn civil_dates_match_known_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(59), (1970, 3, 1));
-        assert_eq!(civil_from_days(10_956), (1999, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29), "2000 is a leap year");
-        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
-        assert_eq!(civil_from_days(47_540), (2100, 2, 28));
-        assert_eq!(civil_from_days(47_541), (2100, 3, 1), "2100 is not");
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
-    }
-
-    #[test]
-    fn civil_dates_are_consecutive() {
-        // Walk 1970..2400 day by day: every step is the next calendar day.
-        let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-        let month_len = |y: i64, m: u32| match m {
-            2 if leap(y) => 29,
-            2 => 28,
-            4 | 6 | 9 | 11 => 30,
-            _ => 31,
-        };
-        let mut expected = (1970, 1, 1);
-        for days in 0..157_000 {
-            assert_eq!(civil_from_days(days), expected, "day {days}");
-            let (y, m, d) = expected;
-            expected = if d < month_len(y, m) {
-                (y, m, d + 1)
-            } else if m < 12 {
-                (y, m + 1, 1)
-            } else {
-                (y + 1, 1, 1)
-            };
-        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
-use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::store::{CrashReasonMeta, CrashStore, Trigger, FILE_META, FILE_VMCORE};
 use dumpd::writer::write_vmcore;
 

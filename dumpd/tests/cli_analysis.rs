@@ -5,8 +5,8 @@
 use std::fs::File;
 use std::path::PathBuf;
 
+use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
-use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::writer::write_vmcore;
 
 mod common;

@@ -4,8 +4,8 @@ use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
-use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::image::open;
 use dumpd::store::{CrashMeta, CrashStore, Trigger, FILE_VMCORE};
 use dumpd::writer::write_vmcore;

@@ -11,8 +11,8 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
-use dumpd::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::image::open;
 use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
 use dumpd::writer::{write_vmcore, MemorySource, SourceError};

@@ -16,7 +16,7 @@ use crate::arch::{cpu, percpu};
 use crate::sched::task::{Policy, TASK_UNINTERRUPTIBLE};
 use crate::sched::wait::WaitQueue;
 use crate::sync::{irq, preempt, SpinLock};
-use crate::{sched, smp, time};
+use crate::{sched, smp};
 
 /// Why a fault could not be injected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,15 +129,26 @@ fn spawn_job(cpu: usize, job: Job) -> Result<u32, InjectError> {
     }
 }
 
+/// When a spinning fault ends: `ms` of this CPU's run time from now, on the lockup detectors'
+/// own clock (steal time left out), so a lockup lasts as long as the detectors see it last
+/// however busy the host is. A wall-clock end would let a loaded host swallow a lockup whole.
+fn spin_deadline(duration_ms: Option<u64>) -> Option<u64> {
+    duration_ms.map(|ms| run_ns().saturating_add(ms.saturating_mul(1_000_000)))
+}
+
+fn run_ns() -> u64 {
+    crate::watchdog::run_ns(percpu::cpu_id())
+}
+
 fn expired(deadline: Option<u64>) -> bool {
-    deadline.is_some_and(|d| cpu::rdtsc() >= d)
+    deadline.is_some_and(|d| run_ns() >= d)
 }
 
 fn run_job(arg: usize) {
     // SAFETY: `arg` is the `Box<Job>` leaked by `spawn_job` for this thread alone.
     let job = unsafe { Box::from_raw(arg as *mut Job) };
     RELEASE_WAITERS.wait_interruptible(|| RELEASED.load(Ordering::SeqCst) >= job.ticket);
-    let deadline = job.duration_ms.map(|ms| cpu::rdtsc() + time::ns_to_tsc(ms.saturating_mul(1_000_000)));
+    let deadline = spin_deadline(job.duration_ms);
     let kind = match job.action {
         Action::Fault(kind) => kind,
         Action::Lkdtm(kind) => {
@@ -185,10 +196,7 @@ fn hardlockup(deadline: Option<u64>) {
 #[inline(never)]
 fn hung_task(deadline: Option<u64>) {
     match deadline {
-        Some(d) => {
-            let ns = time::tsc_to_ns(d.saturating_sub(cpu::rdtsc()));
-            sched::sleep_ns_state(ns, TASK_UNINTERRUPTIBLE);
-        }
+        Some(d) => sched::sleep_ns_state(d.saturating_sub(run_ns()), TASK_UNINTERRUPTIBLE),
         None => loop {
             sched::set_current_state(TASK_UNINTERRUPTIBLE);
             sched::schedule();

@@ -232,14 +232,17 @@ impl Vm {
         (line, self.arrival_of(self.cursor))
     }
 
-    /// A mark in the console output: [`Vm::lines_since`] returns the lines after it.
+    /// A mark in the console output: [`Vm::lines_since`] returns the lines completed after it.
+    /// It sits at the start of the line still being printed, so a line that had begun when the
+    /// mark was taken (the shell's prompt, say, which a kernel line may follow) is returned
+    /// whole rather than cut where the mark fell.
     pub fn console_mark(&mut self) -> usize {
         self.drain();
-        self.console.len()
+        self.console.iter().rposition(|&b| b == b'\n').map_or(0, |newline| newline + 1)
     }
 
-    /// The complete console lines printed after `mark` (read so far, consumed or not), each
-    /// with its arrival time.
+    /// The console lines completed after `mark` (read so far, consumed or not), each with its
+    /// arrival time.
     pub fn lines_since(&mut self, mark: usize) -> Vec<(String, Instant)> {
         self.drain();
         let mut lines = Vec::new();

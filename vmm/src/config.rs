@@ -57,17 +57,8 @@ pub enum CrashLoadedPolicy {
     Dump,
 }
 
-/// The file format of host-side vmcores.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum DumpFormat {
-    /// ELF core file (sparse: zero pages are holes), what gdb and vmcore-dmesg read.
-    #[default]
-    Elf,
-    /// makedumpfile's kdump-compressed format, zstd per page, zero pages left out.
-    KdumpZstd,
-    /// The same with zlib.
-    KdumpZlib,
-}
+/// The file format of host-side vmcores (`elf`, `kdump-zstd` or `kdump-zlib`).
+pub use dumpd::image::DumpFormat;
 
 /// The configuration of one VM; it survives guest reboots unchanged.
 #[derive(Clone, Debug)]

@@ -9,6 +9,7 @@ use std::io::Cursor;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use crashvisor_klib::elfcore::{ElfFile, PT_LOAD};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -148,22 +149,11 @@ fn loader_reason(error: &linux_loader::loader::Error) -> String {
 /// (the loader itself would only say that a write failed). Reads only the ELF and program
 /// headers; anything malformed is left for the loader to describe.
 fn check_fits(image: &KernelImage, memory_mib: u64) -> Result<(), VmmError> {
-    use goblin::container::{Container, Ctx, Endian};
-    use goblin::elf::program_header::{ProgramHeader, PT_LOAD};
-    let bytes = image.bytes();
-    let Ok(header) = goblin::elf::Elf::parse_header(bytes) else {
+    let Ok(elf) = ElfFile::parse(image.bytes()) else {
         return Ok(());
     };
-    let ctx = Ctx::new(Container::Big, Endian::Little);
-    let Ok(headers) = ProgramHeader::parse(bytes, header.e_phoff as usize, usize::from(header.e_phnum), ctx) else {
-        return Ok(());
-    };
-    let end = headers
-        .iter()
-        .filter(|ph| ph.p_type == PT_LOAD)
-        .map(|ph| ph.p_paddr.saturating_add(ph.p_memsz))
-        .max()
-        .unwrap_or(0);
+    let loads = elf.program_headers().filter(|ph| ph.p_type == PT_LOAD);
+    let end = loads.map(|ph| ph.p_paddr.saturating_add(ph.p_memsz)).max().unwrap_or(0);
     if end > memory_mib << 20 {
         return Err(VmmError::MemoryTooSmall {
             what: "the kernel image",

@@ -5,6 +5,8 @@
 
 use std::process::{Command, Output};
 
+use crashvisor_klib::le::u16_at;
+
 fn vmm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vmm")).args(args).env_remove("VMM_LOG").output().expect("the vmm binary runs")
 }
@@ -72,8 +74,8 @@ fn extract_kernel_writes_the_guest_elf() {
     let elf = elf.expect("--extract-kernel wrote the file");
     assert_eq!(&elf[..4], b"\x7fELF");
     assert_eq!(elf[4], 2, "ELFCLASS64");
-    assert_eq!(u16::from_le_bytes([elf[16], elf[17]]), 2, "ET_EXEC");
-    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 62, "EM_X86_64");
+    assert_eq!(u16_at(&elf, 16), 2, "ET_EXEC");
+    assert_eq!(u16_at(&elf, 18), 62, "EM_X86_64");
 }
 
 #[test]

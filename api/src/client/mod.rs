@@ -2,19 +2,18 @@
 //! command prints a short human summary, or the service's JSON with `--json`.
 
 mod http;
-mod progress;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use http_body_util::BodyExt;
 use hyper::Method;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use self::http::ApiClient;
-use self::progress::Progress;
 
 /// The service a client talks to unless told otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -22,6 +21,10 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 const BOOT_WAIT: Duration = Duration::from_secs(120);
 /// How often `--wait` looks.
 const POLL: Duration = Duration::from_millis(100);
+/// How often the download bar is redrawn, per second.
+const PROGRESS_HZ: u8 = 10;
+/// The download bar: `[##########....]  45%  120.00 MiB/256.00 MiB  80.00 MiB/s`.
+const PROGRESS_TEMPLATE: &str = "[{bar:30}] {percent:>3}%  {binary_bytes}/{binary_total_bytes}  {binary_bytes_per_sec}";
 
 /// Options every client command takes.
 #[derive(clap::Args, Debug, Clone)]
@@ -388,7 +391,7 @@ async fn download(id: &str, output: Option<PathBuf>, opts: &ClientOpts) -> anyho
         .unwrap_or(0);
     let output = output.unwrap_or_else(|| PathBuf::from(format!("{id}.vmcore")));
     let mut file = std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
-    let mut progress = Progress::new(total, std::io::stderr().is_terminal() && !opts.json);
+    let progress = progress_bar(total, opts.json);
     let mut body = response.into_body();
     let mut written = 0u64;
     while let Some(frame) = body.frame().await {
@@ -396,7 +399,7 @@ async fn download(id: &str, output: Option<PathBuf>, opts: &ClientOpts) -> anyho
         if let Some(data) = frame.data_ref() {
             file.write_all(data).with_context(|| format!("cannot write {}", output.display()))?;
             written += data.len() as u64;
-            progress.advance(data.len() as u64);
+            progress.inc(data.len() as u64);
         }
     }
     progress.finish();
@@ -409,6 +412,15 @@ async fn download(id: &str, output: Option<PathBuf>, opts: &ClientOpts) -> anyho
         println!("{} ({written} bytes)", output.display());
     }
     Ok(())
+}
+
+/// A bar on stderr for a download of `total` bytes; indicatif hides it when stderr is not a
+/// terminal, and `quiet` (`--json`) hides it always.
+fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
+    let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr_with_hz(PROGRESS_HZ) };
+    let style = ProgressStyle::with_template(PROGRESS_TEMPLATE)
+        .map_or_else(|_| ProgressStyle::default_bar(), |s| s.progress_chars("#."));
+    ProgressBar::with_draw_target(Some(total), target).with_style(style)
 }
 
 /// A JSON value as plain text: strings without quotes, null as `-`.

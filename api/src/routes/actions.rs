@@ -1,22 +1,25 @@
 //! `POST /v1/vms/{id}/actions`: pause, resume, reboot, poweroff, nmi, dump, kexec.
 
 use axum::extract::State;
-use axum::routing::post;
-use axum::Router;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::CONTROL_TIMEOUT;
+use super::{CONTROL_TIMEOUT, VM_ID};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
+use crate::openapi::{BodyErrors, ControlErrors};
 use crate::state::AppState;
+use crate::supervisor::VmState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/vms/{id}/actions", post(act))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(act))
 }
 
 /// An action and its arguments.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
 enum Action {
     /// Stop the vCPUs (the guest's clocks account for it).
@@ -39,11 +42,24 @@ enum Action {
     Kexec { cmdline: Option<String> },
 }
 
+/// The VM after an action.
+#[derive(Serialize, ToSchema)]
+struct ActionDone {
+    /// The VM's state after the action.
+    state: Option<VmState>,
+    /// What the VMM answered.
+    result: Value,
+}
+
+/// pause, resume, reboot (restart the VMM), poweroff (stop the VMM), nmi, dump, kexec.
+#[utoipa::path(post, path = "/v1/vms/{id}/actions", params(("id" = String, Path, description = VM_ID)),
+    request_body = Action,
+    responses((status = 200, description = "Done.", body = ActionDone), ControlErrors, BodyErrors))]
 async fn act(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Json(action): Json<Action>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<ActionDone>, ApiError> {
     let vm = state.supervisor().get(&id)?;
     let result = match action {
         Action::Pause => vm.control(json!({"cmd": "pause"}), CONTROL_TIMEOUT).await?,
@@ -79,10 +95,5 @@ async fn act(
             vm.control(json!({"cmd": "kexec", "op": "exec"}), CONTROL_TIMEOUT).await?
         }
     };
-    Ok(axum::Json(json!({ "state": view_state(&state, &id), "result": result })))
-}
-
-/// The VM's state after the action.
-fn view_state(state: &AppState, id: &str) -> Value {
-    state.supervisor().get(id).map_or(Value::Null, |vm| json!(vm.state()))
+    Ok(axum::Json(ActionDone { state: state.supervisor().get(&id).ok().map(|vm| vm.state()), result }))
 }

@@ -4,21 +4,26 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use dumpd::store::FILE_VMCORE;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::vmcores::crash_dir;
-use super::TEXT_PLAIN;
-use crate::analysis::{self, Which};
-use crate::error::ApiError;
+use super::{TEXT_PLAIN, VMCORE_ID};
+use crate::analysis::{self, Backtraces, Which};
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Path, Query};
+use crate::openapi::LookupErrors;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/vmcores/{id}/backtrace", get(backtrace)).route("/v1/vmcores/{id}/tasks", get(tasks))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(backtrace)).routes(routes!(tasks))
 }
+
+/// The 422 of both endpoints.
+const UNANALYSABLE: &str = "A bad selector or format, or a vmcore that cannot be analysed (unanalysable).";
 
 /// `json` (the default) or `text`.
 fn text_wanted(format: Option<&str>) -> Result<bool, ApiError> {
@@ -30,15 +35,29 @@ fn text_wanted(format: Option<&str>) -> Result<bool, ApiError> {
 }
 
 /// `GET .../backtrace`'s query: one of `cpu`, `pid`, `all=1`; none gives the panicking CPU's.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct BacktraceQuery {
+    /// One CPU's.
     cpu: Option<u32>,
+    /// One task's.
     pid: Option<u32>,
+    /// `1`: every CPU's.
     all: Option<String>,
+    /// `json` (the default) or `text`.
     format: Option<String>,
 }
 
+/// Backtraces by frame pointers (dumpd bt).
+///
+/// The panicking CPU's by default, or one cpu's, one pid's, or all=1; symbolised from the
+/// embedded guest kernel.
+#[utoipa::path(get, path = "/v1/vmcores/{id}/backtrace",
+    params(("id" = String, Path, description = VMCORE_ID), BacktraceQuery),
+    responses((status = 200, description = "JSON, or text with format=text.",
+        content((Backtraces = "application/json"), (String = "text/plain"))),
+        (status = 422, description = UNANALYSABLE, body = ErrorBody), LookupErrors))]
 async fn backtrace(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -70,12 +89,20 @@ async fn backtrace(
 }
 
 /// `GET .../tasks`' query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct TasksQuery {
+    /// `json` (the default) or `text`.
     format: Option<String>,
 }
 
+/// The task list (dumpd ps).
+#[utoipa::path(get, path = "/v1/vmcores/{id}/tasks",
+    params(("id" = String, Path, description = VMCORE_ID), TasksQuery),
+    responses((status = 200, description = "JSON (`dumpd ps --json`), or text with format=text.",
+        content((Object = "application/json"), (String = "text/plain"))),
+        (status = 422, description = UNANALYSABLE, body = ErrorBody), LookupErrors))]
 async fn tasks(
     State(state): State<AppState>,
     Path(id): Path<String>,

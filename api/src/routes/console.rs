@@ -6,29 +6,37 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::TEXT_PLAIN;
+use super::{TEXT_PLAIN, VM_ID};
 use crate::error::ApiError;
 use crate::extract::{Path, Query};
+use crate::openapi::LookupErrors;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/vms/{id}/console", get(console))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(console))
 }
 
-/// The query: `?follow=1` keeps the response open and streams new output until the VM ends.
-#[derive(Deserialize)]
+/// The query.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ConsoleQuery {
+    /// `1` (or `true`) keeps the response open and streams new output until the VM ends; `0`
+    /// (or `false`, the default) does not.
     follow: Option<String>,
 }
 
+/// The console (COM1) output: the last 256 KiB.
+#[utoipa::path(get, path = "/v1/vms/{id}/console", params(("id" = String, Path, description = VM_ID), ConsoleQuery),
+    responses((status = 200, description = "Console bytes.", content_type = "text/plain", body = String), LookupErrors))]
 async fn console(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -10,31 +10,42 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use super::VM_ID;
+use crate::error::{ApiError, ErrorBody};
 use crate::events::ServiceEvent;
 use crate::extract::{Path, Query};
+use crate::openapi::LookupErrors;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/events", get(all)).route("/v1/vms/{id}/events", get(of_vm))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(all)).routes(routes!(of_vm))
 }
 
 /// The query of both endpoints.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
-    /// Replay retained events after this sequence number first.
+    /// Replay retained events after this sequence number first (0: all retained).
+    /// `Last-Event-ID` does the same.
     since: Option<u64>,
     /// Only this VM's events (`/v1/events` only).
     vm: Option<String>,
 }
 
+/// Every VM's events (SSE).
+#[utoipa::path(get, path = "/v1/events", params(EventsQuery), responses(
+    (status = 200, description = "A Server-Sent Events stream; each message's data is an Event.",
+        content_type = "text/event-stream", body = ServiceEvent),
+    (status = 400, description = "A bad query or Last-Event-ID.", body = ErrorBody),
+))]
 async fn all(
     State(state): State<AppState>,
     Query(query): Query<EventsQuery>,
@@ -44,6 +55,13 @@ async fn all(
     Ok(sse(&state, since, query.vm, false).into_response())
 }
 
+/// One VM's events (SSE); the stream ends when the VM is deleted.
+#[utoipa::path(get, path = "/v1/vms/{id}/events", params(("id" = String, Path, description = VM_ID), EventsQuery),
+    responses(
+        (status = 200, description = "A Server-Sent Events stream; each message's data is an Event.",
+            content_type = "text/event-stream", body = ServiceEvent),
+        LookupErrors,
+    ))]
 async fn of_vm(
     State(state): State<AppState>,
     Path(id): Path<String>,

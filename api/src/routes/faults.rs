@@ -2,14 +2,16 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::Router;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::CONTROL_TIMEOUT;
+use super::{CONTROL_TIMEOUT, VM_ID};
 use crate::error::ApiError;
 use crate::extract::{Json, Path};
+use crate::openapi::{BodyErrors, ControlErrors};
 use crate::state::AppState;
 
 /// The faults the guest can inject (docs/watchdogs.md, "Fault injection").
@@ -20,12 +22,12 @@ const MAX_DURATION_MS: u64 = 3_600_000;
 /// Longest panic message (the guest's limit).
 const MAX_MESSAGE_LEN: usize = 256;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/vms/{id}/faults", post(inject))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(inject))
 }
 
 /// A fault to inject.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Fault {
     /// One of `FAULT_KINDS`.
@@ -38,11 +40,30 @@ struct Fault {
     message: Option<String>,
 }
 
+/// A fault the guest accepted.
+#[derive(Serialize, ToSchema)]
+struct FaultAccepted {
+    /// The fault.
+    kind: String,
+    /// The CPU it runs on.
+    cpu: u32,
+    /// The guest task that runs it, if it has one.
+    pid: Option<Value>,
+}
+
+/// Inject a fault into the guest kernel.
+#[utoipa::path(post, path = "/v1/vms/{id}/faults", params(("id" = String, Path, description = VM_ID)),
+    request_body = Fault,
+    responses(
+        (status = 202, description = "The guest accepted the fault; it starts now.", body = FaultAccepted),
+        ControlErrors,
+        BodyErrors,
+    ))]
 async fn inject(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Json(fault): Json<Fault>,
-) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+) -> Result<(StatusCode, axum::Json<FaultAccepted>), ApiError> {
     let vm = state.supervisor().get(&id)?;
     if !FAULT_KINDS.contains(&fault.kind.as_str()) {
         return Err(ApiError::invalid(format!(
@@ -72,5 +93,6 @@ async fn inject(
         request["message"] = json!(message);
     }
     let result = vm.control(request, CONTROL_TIMEOUT).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({"kind": fault.kind, "cpu": cpu, "pid": result.get("pid")}))))
+    let pid = result.get("pid").cloned();
+    Ok((StatusCode::ACCEPTED, axum::Json(FaultAccepted { kind: fault.kind, cpu, pid })))
 }

@@ -4,61 +4,86 @@
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::{CONTROL_TIMEOUT, TEXT_PLAIN};
+use super::{CONTROL_TIMEOUT, TEXT_PLAIN, VM_ID};
 use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
+use crate::openapi::{BodyErrors, ControlErrors};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/vms/{id}/sysctl/{name}", get(sysctl_get).put(sysctl_put))
-        .route("/v1/vms/{id}/kdump", get(kdump_get).put(kdump_put))
-        .route("/v1/vms/{id}/dmesg", get(dmesg))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sysctl_get, sysctl_put))
+        .routes(routes!(kdump_get, kdump_put))
+        .routes(routes!(dmesg))
 }
 
+/// A sysctl and its value.
+#[derive(Serialize, ToSchema)]
+struct Sysctl {
+    /// `kernel.NAME`.
+    name: String,
+    /// Its value, as the guest reads it back.
+    value: Value,
+}
+
+/// Read a sysctl.
+#[utoipa::path(get, path = "/v1/vms/{id}/sysctl/{name}",
+    params(("id" = String, Path, description = VM_ID), ("name" = String, Path, description = "kernel.NAME")),
+    responses((status = 200, description = "OK", body = Sysctl), ControlErrors))]
 async fn sysctl_get(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Sysctl>, ApiError> {
     let vm = state.supervisor().get(&id)?;
     let result = vm.control(json!({"cmd": "sysctl_get", "name": name}), CONTROL_TIMEOUT).await?;
-    Ok(axum::Json(json!({"name": name, "value": result["value"]})))
+    Ok(axum::Json(Sysctl { name, value: result["value"].clone() }))
 }
 
 /// `PUT .../sysctl/{name}`'s body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SysctlValue {
     /// A string, number or boolean.
     value: Value,
 }
 
+/// Write a sysctl.
+#[utoipa::path(put, path = "/v1/vms/{id}/sysctl/{name}",
+    params(("id" = String, Path, description = VM_ID), ("name" = String, Path, description = "kernel.NAME")),
+    request_body = SysctlValue,
+    responses((status = 200, description = "The value as read back.", body = Sysctl), ControlErrors, BodyErrors))]
 async fn sysctl_put(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
     Json(body): Json<SysctlValue>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<axum::Json<Sysctl>, ApiError> {
     if !(body.value.is_string() || body.value.is_number() || body.value.is_boolean()) {
         return Err(ApiError::invalid("value must be a string, a number or a boolean"));
     }
     let vm = state.supervisor().get(&id)?;
     let request = json!({"cmd": "sysctl_set", "name": name, "value": body.value});
     let result = vm.control(request, CONTROL_TIMEOUT).await?;
-    Ok(axum::Json(json!({"name": name, "value": result["value"]})))
+    Ok(axum::Json(Sysctl { name, value: result["value"].clone() }))
 }
 
+/// The kdump service's status.
+#[utoipa::path(get, path = "/v1/vms/{id}/kdump", params(("id" = String, Path, description = VM_ID)), responses(
+    (status = 200, description = "The guest's kdump status: state, dump_level, final_action, failure_action.", body = Object),
+    ControlErrors,
+))]
 async fn kdump_get(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
     Ok(axum::Json(vm.control(json!({"cmd": "kdump", "op": "status"}), CONTROL_TIMEOUT).await?))
 }
 
 /// `PUT .../kdump`'s body: settings to change, then start or stop the service.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KdumpChange {
     /// Start (true) or stop (false) the kdump service.
@@ -71,6 +96,10 @@ struct KdumpChange {
     failure_action: Option<String>,
 }
 
+/// Configure, start or stop kdump.
+#[utoipa::path(put, path = "/v1/vms/{id}/kdump", params(("id" = String, Path, description = VM_ID)),
+    request_body = KdumpChange,
+    responses((status = 200, description = "The status after the change.", body = Object), ControlErrors, BodyErrors))]
 async fn kdump_put(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -101,13 +130,22 @@ async fn kdump_put(
 }
 
 /// `GET .../dmesg`'s query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DmesgQuery {
     /// First record sequence number (default 0).
     since: Option<u64>,
 }
 
+/// The guest kernel's log, from the guest.
+#[utoipa::path(get, path = "/v1/vms/{id}/dmesg", operation_id = "vm_dmesg", params(("id" = String, Path, description = VM_ID), DmesgQuery),
+    responses(
+        (status = 200, description = "Log lines; header X-Dmesg-Next is the next record's number.",
+            content_type = "text/plain", body = String,
+            headers(("X-Dmesg-Next" = u64, description = "The next record's sequence number."))),
+        ControlErrors,
+    ))]
 async fn dmesg(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -13,7 +13,7 @@ mod vms;
 
 use std::time::Duration;
 
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
@@ -23,9 +23,14 @@ pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
 /// The content type of logs and consoles.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
-/// Every endpoint.
-pub fn router() -> Router<AppState> {
-    Router::new()
+/// The path parameter of a VM's endpoints.
+const VM_ID: &str = "The VM's name.";
+/// The path parameter of a vmcore's endpoints.
+const VMCORE_ID: &str = "The vmcore's id: its crash directory's name, e.g. web-1-2024-02-29-12:34:56.";
+
+/// Every endpoint, with its OpenAPI description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(vms::router())
         .merge(actions::router())
         .merge(faults::router())

@@ -1,5 +1,8 @@
 //! The `Range` request header (RFC 9110 §14), single byte ranges only: what part of a file of
-//! `len` bytes to send. Pure, so every odd header is tested here.
+//! `len` bytes to send. `http-range-header` parses it; this module keeps our policy (one range,
+//! other units ignored) and our messages. Pure, so every odd header is tested here.
+
+use http_range_header::{RangeInvalid, RangeUnsatisfiableError};
 
 /// What to send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,44 +25,21 @@ pub struct RangeError(pub String);
 /// Parses `header` for a file of `len` bytes.
 pub fn parse(header: Option<&str>, len: u64) -> Result<ByteRange, RangeError> {
     let Some(header) = header else { return Ok(ByteRange::Full) };
-    let Some(spec) = header.trim().strip_prefix("bytes=") else { return Ok(ByteRange::Full) };
-    if spec.contains(',') {
+    let ranges = match http_range_header::parse_range_header(header.trim()) {
+        Ok(ranges) => ranges,
+        Err(RangeUnsatisfiableError::Invalid(RangeInvalid::DoesNotStartWithToken)) => return Ok(ByteRange::Full),
+        Err(e) => {
+            return Err(RangeError(format!(
+                "{header:?} is not a byte range (bytes=START-END, bytes=START- or bytes=-SUFFIX): {e}"
+            )))
+        }
+    };
+    if ranges.len() > 1 {
         return Err(RangeError("only a single byte range is served; ask for one range per request".into()));
     }
-    let bad = || RangeError(format!("{header:?} is not a byte range (bytes=START-END, bytes=START- or bytes=-SUFFIX)"));
-    let (first, last) = spec.trim().split_once('-').ok_or_else(bad)?;
-    let number = |s: &str| {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        s.parse::<u64>().ok()
-    };
-    let beyond = || RangeError(format!("{header:?} starts beyond the end of the {len}-byte file"));
-    match (first.trim(), last.trim()) {
-        ("", suffix) => {
-            let n = number(suffix).ok_or_else(bad)?;
-            if n == 0 || len == 0 {
-                return Err(RangeError(format!("{header:?} selects no bytes of the {len}-byte file")));
-            }
-            Ok(ByteRange::Partial { start: len.saturating_sub(n), end: len - 1 })
-        }
-        (start, "") => {
-            let start = number(start).ok_or_else(bad)?;
-            if start >= len {
-                return Err(beyond());
-            }
-            Ok(ByteRange::Partial { start, end: len - 1 })
-        }
-        (start, end) => {
-            let (start, end) = (number(start).ok_or_else(bad)?, number(end).ok_or_else(bad)?);
-            if end < start {
-                return Err(bad());
-            }
-            if start >= len {
-                return Err(beyond());
-            }
-            Ok(ByteRange::Partial { start, end: end.min(len - 1) })
-        }
+    match ranges.validate(len).as_deref() {
+        Ok([range]) => Ok(ByteRange::Partial { start: *range.start(), end: *range.end() }),
+        _ => Err(RangeError(format!("{header:?} selects no bytes of the {len}-byte file; start within it"))),
     }
 }
 

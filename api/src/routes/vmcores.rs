@@ -1,25 +1,30 @@
 //! `/v1/vmcores`: the crash store over HTTP. A vmcore's id is its crash directory's name
 //! (docs/crash-store.md); ids are checked so no path can leave the store.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use dumpd::store::{CrashEntry, CrashMeta, FILE_KEXEC_DMESG, FILE_META, FILE_VMCORE, FILE_VMCORE_DMESG};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use dumpd::analysis::summary::Summary;
+use dumpd::store::{
+    CrashEntry, CrashMeta, CrashReasonMeta, Trigger, FILE_KEXEC_DMESG, FILE_META, FILE_VMCORE, FILE_VMCORE_DMESG,
+};
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::range::{self, ByteRange};
-use super::TEXT_PLAIN;
+use super::{TEXT_PLAIN, VMCORE_ID};
 use crate::analysis;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Path, Query};
+use crate::openapi::{Binary, LookupErrors};
 use crate::state::AppState;
 
 /// Longest id: a 64-character VM name, `-YYYY-MM-DD-HH:MM:SS` and a `-N` suffix.
@@ -29,13 +34,13 @@ const STREAM_CHUNK: usize = 256 * 1024;
 /// Prefix of a crash directory being deleted (hidden, never listed).
 const DELETING_PREFIX: &str = ".deleting-";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/vmcores", get(list))
-        .route("/v1/vmcores/{id}", get(show).delete(delete))
-        .route("/v1/vmcores/{id}/vmcore", get(download))
-        .route("/v1/vmcores/{id}/dmesg", get(dmesg))
-        .route("/v1/vmcores/{id}/kexec-dmesg", get(kexec_dmesg))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show, delete))
+        .routes(routes!(download))
+        .routes(routes!(dmesg))
+        .routes(routes!(kexec_dmesg))
 }
 
 /// Checks `id` and returns its directory, which must exist.
@@ -55,54 +60,145 @@ pub async fn crash_dir(state: &AppState, id: &str) -> Result<PathBuf, ApiError> 
     }
 }
 
-/// The list view of a crash.
-fn summary(entry: &CrashEntry) -> Value {
-    match &entry.meta {
-        Some(meta) => json!({
-            "id": entry.id,
-            "vm": meta.vm,
-            "created": meta.created,
-            "created_unix_ms": meta.created_unix_ms,
-            "trigger": meta.trigger,
-            "reason": meta.reason,
-            "size": meta.sizes.vmcore_apparent_bytes,
-            "on_disk": meta.sizes.vmcore_on_disk_bytes,
-        }),
-        None => json!({ "id": entry.id, "meta": null }),
+/// A vmcore in the list.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum VmcoreSummary {
+    /// A crash with its meta.json.
+    Described {
+        /// Its id.
+        id: String,
+        /// The VM it is of.
+        vm: String,
+        /// When it was created, RFC 3339 UTC.
+        created: String,
+        /// The same in milliseconds since the Unix epoch.
+        created_unix_ms: u64,
+        /// What captured it.
+        #[schema(value_type = String)]
+        trigger: Trigger,
+        /// The guest's crash reason, when known.
+        #[schema(value_type = Option<Object>)]
+        reason: Option<CrashReasonMeta>,
+        /// The vmcore's apparent size, bytes.
+        size: u64,
+        /// Its size on disk, bytes.
+        on_disk: u64,
+    },
+    /// A crash whose meta.json is missing or unreadable.
+    Undescribed {
+        /// Its id.
+        id: String,
+        /// Always null.
+        meta: Option<()>,
+    },
+}
+
+impl VmcoreSummary {
+    fn of(entry: &CrashEntry) -> Self {
+        match &entry.meta {
+            Some(meta) => Self::Described {
+                id: entry.id.clone(),
+                vm: meta.vm.clone(),
+                created: meta.created.clone(),
+                created_unix_ms: meta.created_unix_ms,
+                trigger: meta.trigger,
+                reason: meta.reason.clone(),
+                size: meta.sizes.vmcore_apparent_bytes,
+                on_disk: meta.sizes.vmcore_on_disk_bytes,
+            },
+            None => Self::Undescribed { id: entry.id.clone(), meta: None },
+        }
     }
 }
 
+/// `GET /v1/vmcores`' answer.
+#[derive(Serialize, ToSchema)]
+struct VmcoreList {
+    /// Oldest first.
+    vmcores: Vec<VmcoreSummary>,
+}
+
 /// `GET /v1/vmcores`' query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Only this VM's vmcores.
     vm: Option<String>,
 }
 
-async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<axum::Json<Value>, ApiError> {
+/// List the crash store's vmcores, oldest first.
+#[utoipa::path(get, path = "/v1/vmcores", operation_id = "list_vmcores", params(ListQuery),
+    responses((status = 200, description = "OK", body = VmcoreList), LookupErrors))]
+async fn list(
+    State(state): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<VmcoreList>, ApiError> {
     let store = state.store().clone();
     let entries = tokio::task::spawn_blocking(move || store.list())
         .await
         .map_err(ApiError::internal)?
         .map_err(ApiError::internal)?;
-    let vmcores: Vec<Value> = entries
+    let vmcores = entries
         .iter()
         .filter(|e| query.vm.as_deref().is_none_or(|vm| e.meta.as_ref().is_some_and(|m| m.vm == vm)))
-        .map(summary)
+        .map(VmcoreSummary::of)
         .collect();
-    Ok(axum::Json(json!({ "vmcores": vmcores })))
+    Ok(axum::Json(VmcoreList { vmcores }))
 }
 
-async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
+/// A file of a crash directory.
+#[derive(Serialize, ToSchema)]
+struct FileSize {
+    /// Its apparent size.
+    bytes: u64,
+    /// The blocks it holds on disk, in bytes.
+    on_disk_bytes: u64,
+}
+
+/// Where a vmcore's parts are served.
+#[derive(Serialize, ToSchema)]
+struct VmcoreLinks {
+    vmcore: String,
+    dmesg: String,
+    kexec_dmesg: String,
+    backtrace: String,
+    tasks: String,
+}
+
+/// One vmcore.
+#[derive(Serialize, ToSchema)]
+struct VmcoreDetail {
+    /// Its id.
+    id: String,
+    /// meta.json (docs/crash-store.md), if it is readable.
+    #[schema(value_type = Option<Object>)]
+    meta: Option<CrashMeta>,
+    /// `dumpd show --json`: release, cpus, crash time, uptime, panic (cpu, pid, message), task,
+    /// problems.
+    #[schema(value_type = Option<Object>)]
+    summary: Option<Summary>,
+    /// Why there is no summary.
+    summary_error: Option<String>,
+    /// The crash directory's files by name.
+    files: BTreeMap<String, FileSize>,
+    /// Where its parts are served.
+    links: VmcoreLinks,
+}
+
+/// A vmcore's meta.json, crash summary (dumpd show), files and links.
+#[utoipa::path(get, path = "/v1/vmcores/{id}", operation_id = "show_vmcore", params(("id" = String, Path, description = VMCORE_ID)),
+    responses((status = 200, description = "OK", body = VmcoreDetail), LookupErrors))]
+async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<VmcoreDetail>, ApiError> {
     let dir = crash_dir(&state, &id).await?;
     let meta: Option<CrashMeta> =
         tokio::fs::read(dir.join(FILE_META)).await.ok().and_then(|b| serde_json::from_slice(&b).ok());
-    let mut files = serde_json::Map::new();
+    let mut files = BTreeMap::new();
     for name in [FILE_VMCORE, FILE_VMCORE_DMESG, FILE_KEXEC_DMESG, FILE_META] {
         if let Ok(m) = tokio::fs::metadata(dir.join(name)).await {
             use std::os::unix::fs::MetadataExt;
-            files.insert(name.into(), json!({ "bytes": m.len(), "on_disk_bytes": m.blocks() * 512 }));
+            files.insert(name.into(), FileSize { bytes: m.len(), on_disk_bytes: m.blocks() * 512 });
         }
     }
     let vmcore = dir.join(FILE_VMCORE);
@@ -114,30 +210,40 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<a
         Err(e) => (None, Some(e.message)),
     };
     let base = format!("/v1/vmcores/{id}");
-    Ok(axum::Json(json!({
-        "id": id,
-        "meta": meta,
-        "summary": summary,
-        "summary_error": summary_error,
-        "files": files,
-        "links": {
-            "vmcore": format!("{base}/vmcore"),
-            "dmesg": format!("{base}/dmesg"),
-            "kexec_dmesg": format!("{base}/kexec-dmesg"),
-            "backtrace": format!("{base}/backtrace"),
-            "tasks": format!("{base}/tasks"),
-        },
-    })))
+    let links = VmcoreLinks {
+        vmcore: format!("{base}/vmcore"),
+        dmesg: format!("{base}/dmesg"),
+        kexec_dmesg: format!("{base}/kexec-dmesg"),
+        backtrace: format!("{base}/backtrace"),
+        tasks: format!("{base}/tasks"),
+    };
+    Ok(axum::Json(VmcoreDetail { id, meta, summary, summary_error, files, links }))
 }
 
 /// `GET .../vmcore`'s query.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DownloadQuery {
-    /// `elf` (the default) or `kdump-zstd`.
+    /// `elf` (the default) or `kdump-zstd`: converted to kdump-compressed (zstd) on first request
+    /// and cached while the service runs.
     format: Option<String>,
 }
 
+/// Download the vmcore (streamed; holes read as zeros).
+#[utoipa::path(get, path = "/v1/vmcores/{id}/vmcore",
+    params(
+        ("id" = String, Path, description = VMCORE_ID),
+        DownloadQuery,
+        ("Range" = Option<String>, Header, description = "One byte range: bytes=START-END, bytes=START-, bytes=-SUFFIX."),
+    ),
+    responses(
+        (status = 200, description = "The whole vmcore.", content_type = "application/octet-stream", body = Binary),
+        (status = 206, description = "The requested range, with Content-Range.", content_type = "application/octet-stream", body = Binary),
+        (status = 416, description = "The range is malformed, not single, or beyond the file (Content-Range: bytes */LEN).", body = ErrorBody),
+        (status = 422, description = "An unknown format, or a vmcore that cannot be converted (unconvertible).", body = ErrorBody),
+        LookupErrors,
+    ))]
 async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -212,14 +318,23 @@ async fn text_file(state: &AppState, id: &str, name: &str) -> Result<Response, A
     }
 }
 
+/// `vmcore-dmesg.txt`: the crashed kernel's log.
+#[utoipa::path(get, path = "/v1/vmcores/{id}/dmesg", operation_id = "vmcore_dmesg", params(("id" = String, Path, description = VMCORE_ID)),
+    responses((status = 200, description = "The log.", content_type = "text/plain", body = String), LookupErrors))]
 async fn dmesg(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     text_file(&state, &id, FILE_VMCORE_DMESG).await
 }
 
+/// `kexec-dmesg.log`: the capture kernel's log.
+#[utoipa::path(get, path = "/v1/vmcores/{id}/kexec-dmesg", params(("id" = String, Path, description = VMCORE_ID)),
+    responses((status = 200, description = "The log.", content_type = "text/plain", body = String), LookupErrors))]
 async fn kexec_dmesg(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     text_file(&state, &id, FILE_KEXEC_DMESG).await
 }
 
+/// Delete a vmcore and its crash directory.
+#[utoipa::path(delete, path = "/v1/vmcores/{id}", operation_id = "delete_vmcore", params(("id" = String, Path, description = VMCORE_ID)),
+    responses((status = 204, description = "Deleted."), LookupErrors))]
 async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let dir = crash_dir(&state, &id).await?;
     // Renamed first, so it disappears from listings at once; downloads already open go on.

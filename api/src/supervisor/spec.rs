@@ -27,7 +27,7 @@ pub const DEFAULT_MEMORY_MIB: u64 = 256;
 const KDUMP_ACTIONS: [&str; 3] = ["reboot", "halt", "poweroff"];
 
 /// The body of `POST /v1/vms`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// The VM's name and id: 1-64 of `A-Z a-z 0-9 _ . -`, not starting with a dot.
@@ -61,7 +61,7 @@ pub struct CreateVm {
 }
 
 /// kdump settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KdumpSpec {
     /// Start the kdump service at boot (`kdump=1`; default true).
@@ -75,7 +75,7 @@ pub struct KdumpSpec {
 }
 
 /// Lockup detector settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchdogSpec {
     /// `kernel.watchdog_thresh`, 0-60 s (soft lockups after twice that).
@@ -93,7 +93,7 @@ pub struct WatchdogSpec {
 }
 
 /// Panic settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PanicSpec {
     /// `kernel.panic`: reboot this many seconds after a panic (0: stay; negative: at once).
@@ -103,7 +103,7 @@ pub struct PanicSpec {
 }
 
 /// A boot-time sysctl value: text, a number or a boolean.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BootValue {
     /// Text.

@@ -10,7 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::events::NewEvent;
 
 /// The states of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// The VMM runs; the guest has not said hello yet.

@@ -17,12 +17,13 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use crashvisor_klib::le::get_u64;
 use serde::Serialize;
 
 use super::registers::Registers;
 use super::symbols::KernelSymbols;
 use super::tasks::{Task, TaskList};
-use super::{error_chain, hex, u64_at, AnalysisError, Dump};
+use super::{error_chain, hex, AnalysisError, Dump};
 
 /// Most frames a backtrace shows.
 pub const MAX_FRAMES: usize = 64;
@@ -159,7 +160,7 @@ fn walk(
         if let Err(e) = dump.read("a stack frame", rbp, &mut words) {
             return Some(error_chain(&e));
         }
-        let (next, ret) = (u64_at(&words, 0).unwrap_or_default(), u64_at(&words, 8).unwrap_or_default());
+        let (next, ret) = (get_u64(&words, 0).unwrap_or_default(), get_u64(&words, 8).unwrap_or_default());
         if ret == 0 {
             return None;
         }

@@ -11,9 +11,10 @@
 
 use std::fmt::{self, Write};
 
+use crashvisor_klib::le::{get_u16, get_u64};
 use serde::Serialize;
 
-use super::{u16_at, u64_at, AnalysisError, Dump};
+use super::{AnalysisError, Dump};
 
 /// Largest log buffer read (Linux's `LOG_BUF_LEN_MAX` is 2 GiB; real ones are far smaller).
 pub const MAX_LOG_BUF_LEN: u64 = 256 << 20;
@@ -125,7 +126,7 @@ pub fn parse_records(buf: &[u8], first_idx: u32, next_idx: u32, layout: &RecordL
                 Some(format!("the record at offset {idx} runs past the end of the {}-byte buffer", buf.len()));
             break;
         };
-        let len = u16_at(record, layout.len).unwrap_or_default() as usize;
+        let len = get_u16(record, layout.len).unwrap_or_default() as usize;
         if len == 0 {
             // The end of the used part of the buffer: the next record is at 0.
             if wrapped {
@@ -136,7 +137,7 @@ pub fn parse_records(buf: &[u8], first_idx: u32, next_idx: u32, layout: &RecordL
             idx = 0;
             continue;
         }
-        let text_len = u16_at(record, layout.text_len).unwrap_or_default() as usize;
+        let text_len = get_u16(record, layout.text_len).unwrap_or_default() as usize;
         let text = buf.get(idx + header..).and_then(|rest| rest.get(..text_len));
         let Some(text) = text.filter(|_| header + text_len <= len) else {
             log.problem = Some(format!(
@@ -145,7 +146,7 @@ pub fn parse_records(buf: &[u8], first_idx: u32, next_idx: u32, layout: &RecordL
             break;
         };
         log.records.push(LogRecord {
-            ts_nsec: u64_at(record, layout.ts_nsec).unwrap_or_default(),
+            ts_nsec: get_u64(record, layout.ts_nsec).unwrap_or_default(),
             level: record.get(FLAGS_LEVEL_OFFSET).map_or(0, |b| b >> 5),
             text: escape(text),
         });

@@ -135,21 +135,6 @@ impl<'a> Dump<'a> {
     }
 }
 
-/// Reads a little-endian `u64` at `at` of `bytes` (`None` if it does not fit).
-pub(crate) fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(bytes.get(at..at.checked_add(8)?)?.try_into().ok()?))
-}
-
-/// Reads a little-endian `u32` at `at` of `bytes` (`None` if it does not fit).
-pub(crate) fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(bytes.get(at..at.checked_add(4)?)?.try_into().ok()?))
-}
-
-/// Reads a little-endian `u16` at `at` of `bytes` (`None` if it does not fit).
-pub(crate) fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(bytes.get(at..at.checked_add(2)?)?.try_into().ok()?))
-}
-
 /// Serialises an address as a `0x` hexadecimal string (JSON numbers lose precision above 2^53,
 /// and kernel addresses are far above).
 pub(crate) fn hex<S: serde::Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -205,13 +190,12 @@ pub(crate) mod test_image {
             &self.notes
         }
 
-        fn read_phys(&self, paddr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-            let bytes = usize::try_from(paddr)
-                .ok()
-                .and_then(|at| self.memory.get(at..at.checked_add(buf.len())?))
-                .ok_or(ReadError::NotInDump { paddr: paddr.max(self.phys_end()) })?;
-            buf.copy_from_slice(bytes);
-            Ok(())
+        fn read_piece(&self, paddr: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+            let at = usize::try_from(paddr).ok().filter(|&at| at < self.memory.len());
+            let bytes = &self.memory[at.ok_or(ReadError::NotInDump { paddr })?..];
+            let len = buf.len().min(bytes.len());
+            buf[..len].copy_from_slice(&bytes[..len]);
+            Ok(len)
         }
 
         fn phys_end(&self) -> u64 {

@@ -95,16 +95,15 @@ pub fn from_notes(notes: &[OwnedNote]) -> Vec<CpuRegisters> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::elf::PRSTATUS_SIZE;
-    use crashvisor_klib::elfnote::{PRSTATUS_PID_OFFSET, PRSTATUS_REG_OFFSET};
+    use crashvisor_klib::elfnote::{PRSTATUS_PID_OFFSET, PRSTATUS_REG_OFFSET, PRSTATUS_SIZE};
+    use crashvisor_klib::le::{put_u32, put_u64};
 
     /// A 336-byte `NT_PRSTATUS` note with `pr_pid` and a few registers set.
     pub(crate) fn prstatus(pr_pid: u32, rip: u64, rsp: u64, rbp: u64) -> OwnedNote {
         let mut desc = vec![0u8; PRSTATUS_SIZE];
-        desc[PRSTATUS_PID_OFFSET..PRSTATUS_PID_OFFSET + 4].copy_from_slice(&pr_pid.to_le_bytes());
+        put_u32(&mut desc, PRSTATUS_PID_OFFSET, pr_pid);
         for (index, value) in [(4, rbp), (16, rip), (19, rsp)] {
-            let at = PRSTATUS_REG_OFFSET + 8 * index;
-            desc[at..at + 8].copy_from_slice(&u64::to_le_bytes(value));
+            put_u64(&mut desc, PRSTATUS_REG_OFFSET + 8 * index, value);
         }
         OwnedNote { name: b"CORE".to_vec(), n_type: 1, desc }
     }

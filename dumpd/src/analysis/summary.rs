@@ -5,11 +5,12 @@
 
 use std::fmt;
 
+use crashvisor_klib::le::get_u32;
 use serde::Serialize;
 
 use super::tasks::{Task, TaskList};
 use super::vmcoreinfo::optional;
-use super::{c_string, error_chain, u32_at, AnalysisError, Dump};
+use super::{c_string, error_chain, AnalysisError, Dump};
 
 /// Length of each `struct new_utsname` field.
 const UTS_FIELD_LEN: usize = 65;
@@ -18,9 +19,10 @@ const MAX_REASON_SIZE: u64 = 4096;
 /// `crash_reason.cpu` before any crash.
 const NO_CRASH_CPU: u32 = u32::MAX;
 
-/// What went down, from the kernel's crash reason.
+/// The panic as the dump records it: what the analyser reads, through VMCOREINFO, of the
+/// crash reason the kernel filled in (`crashvisor_abi::platform::CrashReason`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CrashReason {
+pub struct PanicReport {
     /// The CPU that panicked (or entered kdump from an oops).
     pub cpu: u32,
     /// The pid current on that CPU.
@@ -55,7 +57,7 @@ pub struct Summary {
     /// RAM in bytes.
     pub memory_bytes: Option<u64>,
     /// The panic, if the kernel went down through panic or kdump.
-    pub panic: Option<CrashReason>,
+    pub panic: Option<PanicReport>,
     /// The panic task (or CPU 0's running task when there was no panic).
     pub task: Option<Task>,
     /// What could not be read (each also makes its field unknown).
@@ -70,7 +72,7 @@ impl Summary {
 }
 
 /// Reads the crash reason, `None` if the kernel recorded none.
-pub fn crash_reason(dump: &Dump<'_>) -> Result<Option<CrashReason>, AnalysisError> {
+pub fn crash_reason(dump: &Dump<'_>) -> Result<Option<PanicReport>, AnalysisError> {
     let info = dump.info();
     let address = info.symbol("crashvisor_crash_reason")?;
     let size = info.size("crashvisor_crash_reason")?;
@@ -84,7 +86,7 @@ pub fn crash_reason(dump: &Dump<'_>) -> Result<Option<CrashReason>, AnalysisErro
     }
     let bytes = dump.read_vec("the crash reason", address, size as usize)?;
     let field = |at: usize, name: &str| {
-        u32_at(&bytes, at).ok_or_else(|| {
+        get_u32(&bytes, at).ok_or_else(|| {
             AnalysisError::Corrupt(format!("OFFSET(crashvisor_crash_reason.{name}) is past the structure's end"))
         })
     };
@@ -95,7 +97,7 @@ pub fn crash_reason(dump: &Dump<'_>) -> Result<Option<CrashReason>, AnalysisErro
     let capacity = bytes.len() - message_at as usize;
     let len = (field(len_at, "message_len")? as usize).min(capacity);
     let message = &bytes[message_at as usize..message_at as usize + len];
-    Ok(Some(CrashReason { cpu, pid: field(pid_at, "pid")?, message: String::from_utf8_lossy(message).into_owned() }))
+    Ok(Some(PanicReport { cpu, pid: field(pid_at, "pid")?, message: String::from_utf8_lossy(message).into_owned() }))
 }
 
 /// The six `new_utsname` strings at `SYMBOL(init_uts_ns)` + `OFFSET(uts_namespace.name)`.
@@ -184,29 +186,15 @@ impl fmt::Display for Summary {
     }
 }
 
-/// `Thu Jan  1 00:00:00 UTC 1970`, like `date -u`.
+/// `Thu Jan  1 00:00:00 UTC 1970`, like `date -u` (times beyond jiff's years -9999 to 9999
+/// are shown as its bounds).
 pub fn format_date(unix_secs: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let (days, secs) = (unix_secs.div_euclid(86_400), unix_secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{} {} {day:>2} {:02}:{:02}:{:02} UTC {year}",
-        DAYS[days.rem_euclid(7) as usize],
-        MONTHS[(month - 1) as usize],
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    let time = jiff::Timestamp::from_second(unix_secs).unwrap_or(if unix_secs < 0 {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    time.strftime("%a %b %e %H:%M:%S UTC %Y").to_string()
 }
 
 /// `00:01:02`, or `3 days, 00:01:02`, as crash prints uptime.

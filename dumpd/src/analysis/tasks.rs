@@ -10,10 +10,11 @@ use std::collections::HashSet;
 use std::fmt;
 
 use crashvisor_abi::layout::MAX_VCPUS;
+use crashvisor_klib::le::{get_u32, get_u64};
 use serde::Serialize;
 
 use super::vmcoreinfo::VmcoreInfo;
-use super::{c_string, error_chain, hex, hex_opt, u32_at, u64_at, AnalysisError, Dump};
+use super::{c_string, error_chain, hex, hex_opt, AnalysisError, Dump};
 
 /// Most tasks a walk follows (far more than the guest creates; a bound against corrupt lists).
 pub const MAX_TASKS: usize = 1 << 16;
@@ -110,8 +111,8 @@ pub struct Task {
 
 impl Task {
     fn parse(address: u64, bytes: &[u8], layout: &TaskLayout) -> Self {
-        let u32_field = |at| u32_at(bytes, at).unwrap_or_default();
-        let u64_field = |at| u64_at(bytes, at).unwrap_or_default();
+        let u32_field = |at| get_u32(bytes, at).unwrap_or_default();
+        let u64_field = |at| get_u64(bytes, at).unwrap_or_default();
         let state = bytes.get(layout.state).copied().unwrap_or_default();
         let (state_letter, state_name) = state_names(state);
         Self {
@@ -240,7 +241,7 @@ pub fn task_list(dump: &Dump<'_>) -> Result<TaskList, AnalysisError> {
             }
         };
         tasks.push(Task::parse(next, &bytes, &layout));
-        next = u64_at(&bytes, layout.next).unwrap_or_default();
+        next = get_u64(&bytes, layout.next).unwrap_or_default();
     }
     let current = match current_tasks(dump) {
         Ok(current) => current,

@@ -6,8 +6,9 @@
 //! The result is the header blob plus the [`Run`]s that copy memory into the file, ready for
 //! [`crate::writer::write_vmcore`].
 
-use super::{ElfError, EHDR_SIZE, ELFCLASS64, ELFDATA2LSB, EM_X86_64, ET_CORE, EV_CURRENT, PF_RWX, PHDR_SIZE};
-use super::{NOTE_HEADER_SIZE, PN_XNUM, PT_LOAD, PT_NOTE};
+use crashvisor_klib::elfcore::{ElfError, ElfHeader, ProgramHeader, EHDR_SIZE, MAX_PHNUM, PHDR_SIZE, PT_NOTE};
+use crashvisor_klib::elfnote::{desc_offset, note_size, write_note_with_desc};
+
 use crate::writer::Run;
 
 /// Page size of the layout.
@@ -48,11 +49,8 @@ pub struct CoreLayout {
 
 /// Lays out a core file with `notes` in one `PT_NOTE` and one `PT_LOAD` per entry of `loads`.
 pub fn layout(notes: &[NoteSpec<'_>], loads: &[LoadSpec]) -> Result<CoreLayout, ElfError> {
-    let phnum = loads
-        .len()
-        .checked_add(1)
-        .filter(|&n| n < usize::from(PN_XNUM))
-        .ok_or(ElfError::Layout("too many program headers"))?;
+    let phnum =
+        loads.len().checked_add(1).filter(|&n| n <= MAX_PHNUM).ok_or(ElfError::Layout("too many program headers"))?;
     let phdrs_end = EHDR_SIZE + phnum * PHDR_SIZE;
     let notes_offset = round_up(phdrs_end as u64).ok_or(ElfError::Layout("headers too large"))?;
     let note_bytes = encode_notes(notes)?.bytes;
@@ -62,8 +60,17 @@ pub fn layout(notes: &[NoteSpec<'_>], loads: &[LoadSpec]) -> Result<CoreLayout, 
         .ok_or(ElfError::Layout("notes too large"))?;
 
     let mut headers = Vec::with_capacity(usize::try_from(data_offset).unwrap_or(0));
-    headers.extend_from_slice(&elf_header(phnum as u16));
-    headers.extend_from_slice(&phdr(PT_NOTE, 0, notes_offset, 0, 0, note_bytes.len() as u64, 4));
+    headers.extend_from_slice(&ElfHeader::core(phnum as u16).to_bytes());
+    let note_len = note_bytes.len() as u64;
+    let note = ProgramHeader {
+        p_type: PT_NOTE,
+        p_offset: notes_offset,
+        p_filesz: note_len,
+        p_memsz: note_len,
+        p_align: 4,
+        ..Default::default()
+    };
+    headers.extend_from_slice(&note.to_bytes());
     let mut next = data_offset;
     let mut runs = Vec::with_capacity(loads.len());
     let mut file_size = data_offset;
@@ -71,7 +78,7 @@ pub fn layout(notes: &[NoteSpec<'_>], loads: &[LoadSpec]) -> Result<CoreLayout, 
         let chunk_start = load.paddr & !(PAGE_SIZE - 1);
         let end = load.paddr.checked_add(load.len).and_then(round_up).ok_or(ElfError::Layout("PT_LOAD overflows"))?;
         let offset = next + (load.paddr - chunk_start);
-        headers.extend_from_slice(&phdr(PT_LOAD, PF_RWX, offset, load.vaddr, load.paddr, load.len, 0));
+        headers.extend_from_slice(&ProgramHeader::load(offset, load.vaddr, load.paddr, load.len).to_bytes());
         if load.len > 0 {
             runs.push(Run { file_offset: offset, addr: load.paddr, len: load.len });
         }
@@ -99,18 +106,11 @@ pub fn encode_notes(notes: &[NoteSpec<'_>]) -> Result<EncodedNotes, ElfError> {
     let mut bytes = Vec::new();
     let mut desc_offsets = Vec::with_capacity(notes.len());
     for note in notes {
-        let namesz = u32::try_from(note.name.len() + 1).map_err(|_| ElfError::Layout("note name too long"))?;
-        let descsz = u32::try_from(note.desc.len()).map_err(|_| ElfError::Layout("note descriptor too long"))?;
-        bytes.reserve(NOTE_HEADER_SIZE + note.name.len() + note.desc.len() + 8);
-        bytes.extend_from_slice(&namesz.to_le_bytes());
-        bytes.extend_from_slice(&descsz.to_le_bytes());
-        bytes.extend_from_slice(&note.n_type.to_le_bytes());
-        bytes.extend_from_slice(note.name);
-        bytes.push(0);
-        pad4(&mut bytes);
-        desc_offsets.push(bytes.len());
-        bytes.extend_from_slice(note.desc);
-        pad4(&mut bytes);
+        let at = bytes.len();
+        let size = note_size(note.name.len(), note.desc.len()).ok_or(ElfError::Layout("note too large"))?;
+        bytes.resize(at + size, 0);
+        write_note_with_desc(&mut bytes[at..], note.name, note.n_type, note.desc)?;
+        desc_offsets.push(at + desc_offset(note.name.len()).expect("note_size checked the name"));
     }
     Ok(EncodedNotes { bytes, desc_offsets })
 }
@@ -119,40 +119,11 @@ fn round_up(value: u64) -> Option<u64> {
     Some(value.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
 }
 
-fn pad4(bytes: &mut Vec<u8>) {
-    bytes.resize(bytes.len().next_multiple_of(4), 0);
-}
-
-fn elf_header(phnum: u16) -> [u8; EHDR_SIZE] {
-    let mut h = [0u8; EHDR_SIZE];
-    h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = ELFCLASS64;
-    h[5] = ELFDATA2LSB;
-    h[6] = EV_CURRENT;
-    h[16..18].copy_from_slice(&ET_CORE.to_le_bytes());
-    h[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
-    h[20..24].copy_from_slice(&u32::from(EV_CURRENT).to_le_bytes());
-    h[32..40].copy_from_slice(&(EHDR_SIZE as u64).to_le_bytes());
-    h[52..54].copy_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
-    h[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
-    h[56..58].copy_from_slice(&phnum.to_le_bytes());
-    h
-}
-
-fn phdr(p_type: u32, flags: u32, offset: u64, vaddr: u64, paddr: u64, size: u64, align: u64) -> [u8; PHDR_SIZE] {
-    let mut p = [0u8; PHDR_SIZE];
-    p[0..4].copy_from_slice(&p_type.to_le_bytes());
-    p[4..8].copy_from_slice(&flags.to_le_bytes());
-    for (at, value) in [(8, offset), (16, vaddr), (24, paddr), (32, size), (40, size), (48, align)] {
-        p[at..at + 8].copy_from_slice(&value.to_le_bytes());
-    }
-    p
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::elf::Core;
+    use crashvisor_klib::elfcore::PN_XNUM;
 
     #[test]
     fn follows_the_proc_vmcore_layout() {
@@ -167,11 +138,11 @@ mod tests {
         assert_eq!(layout.headers.len(), 2 * 4096);
         let core = Core::parse(&layout.headers).unwrap();
         let ph = core.program_headers();
-        assert_eq!((ph[0].p_type, ph[0].offset, ph[0].align), (PT_NOTE, 4096, 4));
-        assert_eq!(ph[0].filesz, 12 + 12 + 16);
-        assert_eq!(ph[1].offset, 0x2000);
-        assert_eq!(ph[2].offset, 0x2000 + 0xa_0000 + 0x800);
-        assert_eq!(ph[3].offset, 0x2000 + 0xa_0000 + 0x2000);
+        assert_eq!((ph[0].p_type, ph[0].p_offset, ph[0].p_align), (PT_NOTE, 4096, 4));
+        assert_eq!(ph[0].p_filesz, 12 + 12 + 16);
+        assert_eq!(ph[1].p_offset, 0x2000);
+        assert_eq!(ph[2].p_offset, 0x2000 + 0xa_0000 + 0x800);
+        assert_eq!(ph[3].p_offset, 0x2000 + 0xa_0000 + 0x2000);
         assert_eq!(
             layout.runs,
             [
@@ -179,7 +150,7 @@ mod tests {
                 Run { file_offset: 0xa_2800, addr: 0x10_0800, len: 0x1000 }
             ]
         );
-        assert_eq!(layout.file_size, ph[3].offset);
+        assert_eq!(layout.file_size, ph[3].p_offset);
         assert_eq!(core.notes()[0].desc, b"PAGESIZE=4096\n");
     }
 

@@ -9,8 +9,10 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use crashvisor_klib::elfcore::{ElfError, ProgramHeader, EHDR_SIZE, PT_LOAD};
+
 use super::build::LoadSpec;
-use super::{Core, ElfError, ElfHeader, ProgramHeader, EHDR_SIZE};
+use super::Core;
 use crate::image::{DumpImage, OwnedNote, ReadError};
 
 /// Largest header area read (ELF header, program headers, notes): far above any real vmcore's
@@ -75,19 +77,15 @@ impl ElfImage {
         let headers = read_headers(&file, file_len)?;
         let core = Core::parse(&headers)?;
         core.check_file_len(file_len)?;
-        let notes = core
-            .notes()
-            .iter()
-            .map(|n| OwnedNote { name: n.name.to_vec(), n_type: n.n_type, desc: n.desc.to_vec() })
-            .collect();
+        let notes = core.notes().iter().copied().map(OwnedNote::from).collect();
         let loads: Vec<ProgramHeader> = core.loads().copied().collect();
         let mut phys_end = 0;
         for (index, ph) in core.program_headers().iter().enumerate() {
-            if ph.p_type == super::PT_LOAD {
-                let end = ph.paddr.checked_add(ph.memsz).ok_or(ElfImageError::PhysWraps {
+            if ph.p_type == PT_LOAD {
+                let end = ph.p_paddr.checked_add(ph.p_memsz).ok_or(ElfImageError::PhysWraps {
                     index,
-                    paddr: ph.paddr,
-                    memsz: ph.memsz,
+                    paddr: ph.p_paddr,
+                    memsz: ph.p_memsz,
                 })?;
                 phys_end = phys_end.max(end);
             }
@@ -99,7 +97,7 @@ impl ElfImage {
     /// The `PT_LOAD` segments, in file order: what memory the dump holds and the virtual
     /// addresses the crashed kernel saw it at (`len` is `p_memsz`).
     pub fn loads(&self) -> Vec<LoadSpec> {
-        self.loads.iter().map(|ph| LoadSpec { vaddr: ph.vaddr, paddr: ph.paddr, len: ph.memsz }).collect()
+        self.loads.iter().map(|ph| LoadSpec { vaddr: ph.p_vaddr, paddr: ph.p_paddr, len: ph.p_memsz }).collect()
     }
 }
 
@@ -108,23 +106,16 @@ impl DumpImage for ElfImage {
         &self.notes
     }
 
-    fn read_phys(&self, paddr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let addr = paddr.checked_add(done as u64).ok_or(ReadError::NotInDump { paddr: u64::MAX })?;
-            let index = self.pieces.partition_point(|p| p.end <= addr);
-            let piece =
-                self.pieces.get(index).filter(|p| p.start <= addr).ok_or(ReadError::NotInDump { paddr: addr })?;
-            let len = usize::try_from(piece.end - addr).unwrap_or(usize::MAX).min(buf.len() - done);
-            let chunk = &mut buf[done..done + len];
-            let in_file = usize::try_from(piece.data_end.saturating_sub(addr)).unwrap_or(usize::MAX).min(len);
-            // `open` checked that the segment's data lies within the file; a file truncated
-            // since then fails here with UnexpectedEof.
-            self.file.read_exact_at(&mut chunk[..in_file], piece.file_offset + (addr - piece.start))?;
-            chunk[in_file..].fill(0);
-            done += len;
-        }
-        Ok(())
+    fn read_piece(&self, paddr: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let index = self.pieces.partition_point(|p| p.end <= paddr);
+        let piece = self.pieces.get(index).filter(|p| p.start <= paddr).ok_or(ReadError::NotInDump { paddr })?;
+        let len = usize::try_from(piece.end - paddr).unwrap_or(usize::MAX).min(buf.len());
+        let in_file = usize::try_from(piece.data_end.saturating_sub(paddr)).unwrap_or(usize::MAX).min(len);
+        // `open` checked that the segment's data lies within the file; a file truncated since
+        // then fails here with UnexpectedEof.
+        self.file.read_exact_at(&mut buf[..in_file], piece.file_offset + (paddr - piece.start))?;
+        buf[in_file..len].fill(0);
+        Ok(len)
     }
 
     fn phys_end(&self) -> u64 {
@@ -135,19 +126,20 @@ impl DumpImage for ElfImage {
 /// Splits the `PT_LOAD`s' physical ranges into non-overlapping pieces sorted by address; where
 /// segments overlap, the one starting lowest (then the first in the file) serves.
 fn pieces(loads: &[ProgramHeader]) -> Vec<Piece> {
-    let mut sorted: Vec<&ProgramHeader> = loads.iter().filter(|ph| ph.memsz > 0).collect();
-    sorted.sort_by_key(|ph| ph.paddr);
+    let mut sorted: Vec<&ProgramHeader> = loads.iter().filter(|ph| ph.p_memsz > 0).collect();
+    sorted.sort_by_key(|ph| ph.p_paddr);
     let mut pieces = Vec::with_capacity(sorted.len());
     let mut covered = 0u64; // everything below is served by an earlier piece
     for ph in sorted {
         // `open` checked that these do not wrap.
-        let end = ph.paddr + ph.memsz;
-        let start = ph.paddr.max(covered);
+        let end = ph.p_paddr + ph.p_memsz;
+        let start = ph.p_paddr.max(covered);
         if start >= end {
             continue;
         }
-        let data_end = (ph.paddr + ph.filesz).clamp(start, end);
-        pieces.push(Piece { start, end, data_end, file_offset: ph.offset + (start - ph.paddr).min(ph.filesz) });
+        let data_end = (ph.p_paddr + ph.p_filesz).clamp(start, end);
+        let file_offset = ph.p_offset + (start - ph.p_paddr).min(ph.p_filesz);
+        pieces.push(Piece { start, end, data_end, file_offset });
         covered = end;
     }
     pieces
@@ -169,7 +161,6 @@ pub fn read_headers(file: &File, file_len: u64) -> Result<Vec<u8>, ElfImageError
         // Both at most MAX_HEADERS_LEN, so they fit in usize.
         bytes.resize(want as usize, 0);
         file.read_exact_at(&mut bytes[have..], have as u64).map_err(ElfImageError::Io)?;
-        ElfHeader::parse(&bytes)?;
         let needed = Core::required_len(&bytes)?;
         if needed <= want {
             return Ok(bytes);
@@ -182,10 +173,11 @@ pub fn read_headers(file: &File, file_len: u64) -> Result<Vec<u8>, ElfImageError
 mod tests {
     use super::*;
     use crate::elf::build::{layout, NoteSpec};
-    use crate::elf::{NT_PRSTATUS, PRSTATUS_SIZE};
     use crate::test_dir::TestDir;
     use crate::writer::tests::Buffer;
     use crate::writer::write_vmcore;
+    use crashvisor_klib::elfcore::PHDR_SIZE;
+    use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 
     /// 2 MiB of patterned memory at 0 (page n starts with n % 251 + 1 unless n % 4 == 0: zero page).
     fn memory() -> Buffer {
@@ -262,24 +254,24 @@ mod tests {
         let loads = [
             ProgramHeader {
                 p_type: 1,
-                flags: 7,
-                offset: 0x1000,
-                vaddr: 0,
-                paddr: 0,
-                filesz: 0x800,
-                memsz: 0x2000,
-                align: 0,
+                p_flags: 7,
+                p_offset: 0x1000,
+                p_vaddr: 0,
+                p_paddr: 0,
+                p_filesz: 0x800,
+                p_memsz: 0x2000,
+                p_align: 0,
             },
             // Overlaps the first one's zero tail: the first (lowest) one serves.
             ProgramHeader {
                 p_type: 1,
-                flags: 7,
-                offset: 0x9000,
-                vaddr: 0,
-                paddr: 0x1000,
-                filesz: 0x2000,
-                memsz: 0x2000,
-                align: 0,
+                p_flags: 7,
+                p_offset: 0x9000,
+                p_vaddr: 0,
+                p_paddr: 0x1000,
+                p_filesz: 0x2000,
+                p_memsz: 0x2000,
+                p_align: 0,
             },
         ];
         assert_eq!(
@@ -290,8 +282,8 @@ mod tests {
             ]
         );
         // Entirely inside an earlier segment: no piece; empty segments: none either.
-        let inner = ProgramHeader { paddr: 0x800, memsz: 0x100, ..loads[1] };
-        let empty = ProgramHeader { paddr: 0x5000, memsz: 0, ..loads[1] };
+        let inner = ProgramHeader { p_paddr: 0x800, p_memsz: 0x100, ..loads[1] };
+        let empty = ProgramHeader { p_paddr: 0x5000, p_memsz: 0, ..loads[1] };
         assert_eq!(pieces(&[loads[0], inner, empty]).len(), 1);
     }
 
@@ -313,7 +305,7 @@ mod tests {
         assert!(matches!(open(&bytes[..30]), Err(ElfImageError::Format(ElfError::Truncated { .. }))));
         assert!(matches!(open(&bytes[..0x2000]), Err(ElfImageError::Format(ElfError::PastEnd { .. }))));
         let mut wraps = bytes.clone();
-        let paddr_at = EHDR_SIZE + crate::elf::PHDR_SIZE + 24;
+        let paddr_at = EHDR_SIZE + PHDR_SIZE + 24;
         wraps[paddr_at..paddr_at + 8].copy_from_slice(&(u64::MAX - 0x1000).to_le_bytes());
         assert!(matches!(open(&wraps), Err(ElfImageError::PhysWraps { index: 1, .. })));
         // A note segment claiming more than the limit is refused before anything is read.

@@ -2,6 +2,8 @@
 //! bit are in memory, so a guest with memory at 0 and at 60 TiB costs two blocks plus one
 //! pointer per block, not a bitmap of every pfn in between.
 
+use crashvisor_klib::le::u64_at;
+
 use super::BLOCK_SIZE;
 
 /// Bits in one bitmap block.
@@ -103,7 +105,7 @@ impl Bitmap {
         self.blocks.iter().enumerate().filter_map(|(i, b)| Some((i as u64, b.as_deref()?))).flat_map(|(i, block)| {
             block.chunks_exact(8).enumerate().flat_map(move |(w, word)| {
                 let base = i * BITS_PER_BLOCK + w as u64 * 64;
-                Ones { word: word_at(word), base }
+                Ones { word: u64_at(word, 0), base }
             })
         })
     }
@@ -166,16 +168,10 @@ fn locate(bit: u64) -> (usize, usize, u8) {
     ((bit / BITS_PER_BLOCK) as usize, (bit % BITS_PER_BLOCK / 8) as usize, 1 << (bit % 8))
 }
 
-fn word_at(bytes: &[u8]) -> u64 {
-    let mut le = [0u8; 8];
-    le.copy_from_slice(bytes);
-    u64::from_le_bytes(le)
-}
-
 fn popcount(bytes: &[u8]) -> u64 {
     let words = bytes.chunks_exact(8);
     let tail: u64 = words.remainder().iter().map(|b| u64::from(b.count_ones())).sum();
-    words.map(|w| u64::from(word_at(w).count_ones())).sum::<u64>() + tail
+    words.map(|w| u64::from(u64_at(w, 0).count_ones())).sum::<u64>() + tail
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The fixed-size structures of a kdump-compressed file, x86_64 layout, little-endian: field
 //! offsets follow `diskdump_mod.h` as gcc lays it out (see linux-semantics.md §8).
 
+use crashvisor_klib::le::{put_u32, put_u64, u32_at, u64_at};
+
 use super::{DISK_DUMP_HEADER_SIZE, KDUMP_SIGNATURE, KDUMP_SUB_HEADER_SIZE, PAGE_DESC_SIZE};
 
 /// Length of one `new_utsname` field, NUL included.
@@ -117,10 +119,10 @@ impl DiskDumpHeader {
     pub fn encode(&self) -> [u8; DISK_DUMP_HEADER_SIZE] {
         let mut b = [0u8; DISK_DUMP_HEADER_SIZE];
         b[..8].copy_from_slice(&self.signature);
-        put32(&mut b, 8, self.header_version);
+        put_u32(&mut b, 8, self.header_version);
         b[12..12 + UTSNAME_LEN].copy_from_slice(&self.utsname.encode());
-        put64(&mut b, 408, self.timestamp_sec);
-        put64(&mut b, 416, self.timestamp_usec);
+        put_u64(&mut b, 408, self.timestamp_sec);
+        put_u64(&mut b, 416, self.timestamp_usec);
         let words = [
             self.status,
             self.block_size,
@@ -134,7 +136,7 @@ impl DiskDumpHeader {
             self.nr_cpus,
         ];
         for (i, word) in words.into_iter().enumerate() {
-            put32(&mut b, 424 + 4 * i, word);
+            put_u32(&mut b, 424 + 4 * i, word);
         }
         b
     }
@@ -147,20 +149,20 @@ impl DiskDumpHeader {
         utsname.copy_from_slice(&b[12..12 + UTSNAME_LEN]);
         Self {
             signature,
-            header_version: get32(b, 8),
+            header_version: u32_at(b, 8),
             utsname: UtsName::decode(&utsname),
-            timestamp_sec: get64(b, 408),
-            timestamp_usec: get64(b, 416),
-            status: get32(b, 424),
-            block_size: get32(b, 428),
-            sub_hdr_size: get32(b, 432),
-            bitmap_blocks: get32(b, 436),
-            max_mapnr: get32(b, 440),
-            total_ram_blocks: get32(b, 444),
-            device_blocks: get32(b, 448),
-            written_blocks: get32(b, 452),
-            current_cpu: get32(b, 456),
-            nr_cpus: get32(b, 460),
+            timestamp_sec: u64_at(b, 408),
+            timestamp_usec: u64_at(b, 416),
+            status: u32_at(b, 424),
+            block_size: u32_at(b, 428),
+            sub_hdr_size: u32_at(b, 432),
+            bitmap_blocks: u32_at(b, 436),
+            max_mapnr: u32_at(b, 440),
+            total_ram_blocks: u32_at(b, 444),
+            device_blocks: u32_at(b, 448),
+            written_blocks: u32_at(b, 452),
+            current_cpu: u32_at(b, 456),
+            nr_cpus: u32_at(b, 460),
         }
     }
 }
@@ -202,9 +204,9 @@ impl KdumpSubHeader {
     /// The 104 bytes at block 1.
     pub fn encode(&self) -> [u8; KDUMP_SUB_HEADER_SIZE] {
         let mut b = [0u8; KDUMP_SUB_HEADER_SIZE];
-        put64(&mut b, 0, self.phys_base);
-        put32(&mut b, 8, self.dump_level);
-        put32(&mut b, 12, self.split);
+        put_u64(&mut b, 0, self.phys_base);
+        put_u32(&mut b, 8, self.dump_level);
+        put_u32(&mut b, 12, self.split);
         let rest = [
             self.start_pfn,
             self.end_pfn,
@@ -219,7 +221,7 @@ impl KdumpSubHeader {
             self.max_mapnr_64,
         ];
         for (i, value) in rest.into_iter().enumerate() {
-            put64(&mut b, 16 + 8 * i, value);
+            put_u64(&mut b, 16 + 8 * i, value);
         }
         b
     }
@@ -227,20 +229,20 @@ impl KdumpSubHeader {
     /// Decodes the 104 bytes at block 1 (no checks: see the reader).
     pub fn decode(b: &[u8; KDUMP_SUB_HEADER_SIZE]) -> Self {
         Self {
-            phys_base: get64(b, 0),
-            dump_level: get32(b, 8),
-            split: get32(b, 12),
-            start_pfn: get64(b, 16),
-            end_pfn: get64(b, 24),
-            offset_vmcoreinfo: get64(b, 32),
-            size_vmcoreinfo: get64(b, 40),
-            offset_note: get64(b, 48),
-            size_note: get64(b, 56),
-            offset_eraseinfo: get64(b, 64),
-            size_eraseinfo: get64(b, 72),
-            start_pfn_64: get64(b, 80),
-            end_pfn_64: get64(b, 88),
-            max_mapnr_64: get64(b, 96),
+            phys_base: u64_at(b, 0),
+            dump_level: u32_at(b, 8),
+            split: u32_at(b, 12),
+            start_pfn: u64_at(b, 16),
+            end_pfn: u64_at(b, 24),
+            offset_vmcoreinfo: u64_at(b, 32),
+            size_vmcoreinfo: u64_at(b, 40),
+            offset_note: u64_at(b, 48),
+            size_note: u64_at(b, 56),
+            offset_eraseinfo: u64_at(b, 64),
+            size_eraseinfo: u64_at(b, 72),
+            start_pfn_64: u64_at(b, 80),
+            end_pfn_64: u64_at(b, 88),
+            max_mapnr_64: u64_at(b, 96),
         }
     }
 }
@@ -262,37 +264,17 @@ impl PageDesc {
     /// The 24 bytes of the descriptor.
     pub fn encode(&self) -> [u8; PAGE_DESC_SIZE as usize] {
         let mut b = [0u8; PAGE_DESC_SIZE as usize];
-        put64(&mut b, 0, self.offset);
-        put32(&mut b, 8, self.size);
-        put32(&mut b, 12, self.flags);
-        put64(&mut b, 16, self.page_flags);
+        put_u64(&mut b, 0, self.offset);
+        put_u32(&mut b, 8, self.size);
+        put_u32(&mut b, 12, self.flags);
+        put_u64(&mut b, 16, self.page_flags);
         b
     }
 
     /// Decodes 24 bytes.
     pub fn decode(b: &[u8; PAGE_DESC_SIZE as usize]) -> Self {
-        Self { offset: get64(b, 0), size: get32(b, 8), flags: get32(b, 12), page_flags: get64(b, 16) }
+        Self { offset: u64_at(b, 0), size: u32_at(b, 8), flags: u32_at(b, 12), page_flags: u64_at(b, 16) }
     }
-}
-
-fn put32(b: &mut [u8], at: usize, value: u32) {
-    b[at..at + 4].copy_from_slice(&value.to_le_bytes());
-}
-
-fn put64(b: &mut [u8], at: usize, value: u64) {
-    b[at..at + 8].copy_from_slice(&value.to_le_bytes());
-}
-
-fn get32(b: &[u8], at: usize) -> u32 {
-    let mut le = [0u8; 4];
-    le.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(le)
-}
-
-fn get64(b: &[u8], at: usize) -> u64 {
-    let mut le = [0u8; 8];
-    le.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(le)
 }
 
 #[cfg(test)]
@@ -312,12 +294,12 @@ mod tests {
         h.nr_cpus = 3;
         let b = h.encode();
         assert_eq!(&b[..8], b"KDUMP   ");
-        assert_eq!(get32(&b, 8), 6);
+        assert_eq!(u32_at(&b, 8), 6);
         assert_eq!(&b[12..18], b"Linux\0");
         assert_eq!(&b[12 + 4 * 65..12 + 4 * 65 + 7], b"x86_64\0");
-        assert_eq!((get64(&b, 408), get64(&b, 416)), (0x1122_3344, 0x55));
-        assert_eq!((get32(&b, 424), get32(&b, 428), get32(&b, 432)), (0x20, 4096, 2));
-        assert_eq!((get32(&b, 436), get32(&b, 440), get32(&b, 460)), (4, 0x1_0000, 3));
+        assert_eq!((u64_at(&b, 408), u64_at(&b, 416)), (0x1122_3344, 0x55));
+        assert_eq!((u32_at(&b, 424), u32_at(&b, 428), u32_at(&b, 432)), (0x20, 4096, 2));
+        assert_eq!((u32_at(&b, 436), u32_at(&b, 440), u32_at(&b, 460)), (4, 0x1_0000, 3));
         assert_eq!(DiskDumpHeader::decode(&b), h);
     }
 
@@ -334,12 +316,12 @@ mod tests {
             ..KdumpSubHeader::default()
         };
         let b = kh.encode();
-        assert_eq!((get32(&b, 8), get64(&b, 32), get64(&b, 48)), (31, 0x1234, 0x1068));
-        assert_eq!(get64(&b, 96), 0x4_0000);
+        assert_eq!((u32_at(&b, 8), u64_at(&b, 32), u64_at(&b, 48)), (31, 0x1234, 0x1068));
+        assert_eq!(u64_at(&b, 96), 0x4_0000);
         assert_eq!(KdumpSubHeader::decode(&b), kh);
         let pd = PageDesc { offset: 0xabcdef, size: 4096, flags: 0x20, page_flags: 0 };
         assert_eq!(PageDesc::decode(&pd.encode()), pd);
-        assert_eq!(get32(&pd.encode(), 12), 0x20);
+        assert_eq!(u32_at(&pd.encode(), 12), 0x20);
     }
 
     #[test]

@@ -19,8 +19,10 @@ use super::header::{DiskDumpHeader, KdumpSubHeader, PageDesc};
 use super::{BLOCK_SIZE, DIRECT_MAP_BASE, DISK_DUMP_HEADER_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, KDUMP_SIGNATURE};
 use super::{DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_SNAPPY, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD};
 use super::{HEADER_VERSION, KDUMP_SUB_HEADER_SIZE, MAX_MAPNR, MAX_NOTES_LEN, PAGE_DESC_SIZE, PAGE_SIZE};
+use crashvisor_klib::elfcore::ElfError;
+use crashvisor_klib::elfnote::SegmentNotes;
+
 use crate::elf::build::LoadSpec;
-use crate::elf::{parse_note_segment, ElfError};
 use crate::image::{DumpImage, OwnedNote, ReadError};
 
 /// Pages kept decompressed for repeated small reads.
@@ -276,19 +278,14 @@ impl DumpImage for KdumpImage {
         &self.notes
     }
 
-    fn read_phys(&self, paddr: u64, buf: &mut [u8]) -> Result<(), ReadError> {
-        let mut done = 0usize;
-        while done < buf.len() {
-            let addr = paddr.checked_add(done as u64).ok_or(ReadError::NotInDump { paddr: u64::MAX })?;
-            let (pfn, offset) = (addr / PAGE_SIZE, (addr % PAGE_SIZE) as usize);
-            if pfn >= self.max_mapnr {
-                return Err(ReadError::NotInDump { paddr: addr });
-            }
-            let len = (PAGE_SIZE as usize - offset).min(buf.len() - done);
-            self.read_page_part(pfn, offset, &mut buf[done..done + len])?;
-            done += len;
+    fn read_piece(&self, paddr: u64, buf: &mut [u8]) -> Result<usize, ReadError> {
+        let (pfn, offset) = (paddr / PAGE_SIZE, (paddr % PAGE_SIZE) as usize);
+        if pfn >= self.max_mapnr {
+            return Err(ReadError::NotInDump { paddr });
         }
-        Ok(())
+        let len = (PAGE_SIZE as usize - offset).min(buf.len());
+        self.read_page_part(pfn, offset, &mut buf[..len])?;
+        Ok(len)
     }
 
     fn phys_end(&self) -> u64 {
@@ -375,11 +372,10 @@ fn read_notes(
         // Bounded by MAX_NOTES_LEN just above.
         let mut data = vec![0u8; sub.size_note as usize];
         read_exact(file, file_len, sub.offset_note, &mut data, "ELF notes")?;
-        let notes = parse_note_segment(&data, sub.offset_note).map_err(KdumpError::Notes)?;
-        return Ok(notes
-            .iter()
-            .map(|n| OwnedNote { name: n.name.to_vec(), n_type: n.n_type, desc: n.desc.to_vec() })
-            .collect());
+        return SegmentNotes::new(&data, sub.offset_note, 4)
+            .map(|note| note.map(OwnedNote::from))
+            .collect::<Result<_, _>>()
+            .map_err(KdumpError::Notes);
     }
     if has_vmcoreinfo {
         let mut desc = vec![0u8; sub.size_vmcoreinfo as usize];

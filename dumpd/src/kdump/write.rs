@@ -18,8 +18,10 @@ use super::header::{DiskDumpHeader, KdumpSubHeader, PageDesc};
 use super::kernel_info::{phys_base, utsname};
 use super::{BLOCK_SIZE, DL_EXCLUDE_FREE, DL_EXCLUDE_ZERO, DL_SUPPORTED, HEADER_VERSION, KDUMP_SUB_HEADER_SIZE};
 use super::{MAX_MAPNR, MAX_NOTES_LEN, PAGE_DESC_SIZE, PAGE_SIZE};
+use crashvisor_klib::elfcore::ElfError;
+use crashvisor_klib::elfnote::{CORE_NOTE_NAME, NT_PRSTATUS, VMCOREINFO_NOTE_NAME};
+
 use crate::elf::build::{encode_notes, LoadSpec, NoteSpec};
-use crate::elf::{ElfError, NT_PRSTATUS};
 use crate::writer::{is_zero, MemorySource, SourceError};
 
 /// Bytes buffered before a write, for the descriptors and for the page data.
@@ -173,7 +175,7 @@ pub fn write_kdump(
     pass.stats.pages_dumped = dumped.count_ones();
 
     let layout = layout(notes.bytes.len() as u64, present.block_count(), pass.stats.pages_dumped)?;
-    let vmcoreinfo_note = input.notes.iter().position(|n| n.name == b"VMCOREINFO");
+    let vmcoreinfo_note = input.notes.iter().position(|n| n.name == VMCOREINFO_NOTE_NAME);
     let vmcoreinfo = vmcoreinfo_note.and_then(|i| std::str::from_utf8(input.notes[i].desc).ok());
     let notes_offset = BLOCK_SIZE + KDUMP_SUB_HEADER_SIZE as u64;
     let mut header = DiskDumpHeader::new(HEADER_VERSION, BLOCK_SIZE as u32);
@@ -186,7 +188,7 @@ pub fn write_kdump(
     header.sub_hdr_size = layout.sub_hdr_blocks as u32;
     header.bitmap_blocks = layout.bitmap_blocks as u32;
     header.max_mapnr = u32::try_from(max_mapnr).unwrap_or(u32::MAX);
-    header.nr_cpus = input.notes.iter().filter(|n| n.name == b"CORE" && n.n_type == NT_PRSTATUS).count() as u32;
+    header.nr_cpus = input.notes.iter().filter(|n| n.name == CORE_NOTE_NAME && n.n_type == NT_PRSTATUS).count() as u32;
     let sub = KdumpSubHeader {
         phys_base: phys_base(vmcoreinfo, input.loads),
         dump_level: level,
@@ -438,6 +440,7 @@ pub(crate) mod tests {
     use crate::kdump::{DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD, KDUMP_SIGNATURE};
     use crate::test_dir::TestDir;
     use crate::writer::tests::Buffer;
+    use crashvisor_klib::le::{u32_at, u64_at};
 
     /// 2 MiB of memory at 0 in four kinds of page: zero (n % 4 == 0), text (1), noise (2),
     /// and mostly zero with one marked byte (3).
@@ -499,14 +502,6 @@ pub(crate) mod tests {
         let input = KdumpInput { notes: &notes, loads: &loads, memory: &memory };
         let file = File::create(path).unwrap();
         write_kdump(&file, &input, options).unwrap()
-    }
-
-    fn u32_at(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-    }
-
-    fn u64_at(b: &[u8], at: usize) -> u64 {
-        u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
     }
 
     #[test]

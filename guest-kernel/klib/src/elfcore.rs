@@ -1,4 +1,9 @@
-//! ELF64 x86_64 headers: building and parsing the crash kernel's `elfcorehdr`.
+//! ELF64 x86_64 headers: the one reader and writer of ELF and program headers, the ELF error
+//! type, and the crash kernel's `elfcorehdr`.
+//!
+//! [`ElfHeader`] and [`ProgramHeader`] decode and encode the headers; [`ElfFile`] is a
+//! validated file's header and program-header table (executables, see `kexec`, and core
+//! files). The host's vmcore reader and writer (`dumpd::elf`) are built on these.
 //!
 //! The crashing kernel describes its memory to the capture kernel with an `ET_CORE` ELF header
 //! and program headers only (no data, no sections), following Linux's conventions
@@ -7,9 +12,6 @@
 //! (one per CPU, then VMCOREINFO) come first, then the PT_LOADs (kernel text, then one per RAM
 //! range). [`CoreHeaderBuilder`] writes such a header into a caller buffer without allocating;
 //! [`CoreHeader::parse`] validates one the way `/proc/vmcore` does.
-//!
-//! [`ElfFile`] is the shared little-endian ELF64 x86_64 reader, also used for executables
-//! (see `kexec`).
 //!
 //! ```
 //! use crashvisor_klib::elfcore::{CoreHeader, CoreHeaderBuilder};
@@ -22,11 +24,13 @@
 //!
 //! let core = CoreHeader::parse(&buf[..len])?;
 //! assert_eq!(core.notes().map(|n| (n.paddr, n.size)).collect::<Vec<_>>(), [(0x7f00_0000, 368)]);
-//! assert_eq!(core.loads().next().map(|l| l.memsz), Some(0x3f0_0000));
+//! assert_eq!(core.loads().next().map(|l| l.p_memsz), Some(0x3f0_0000));
 //! # Ok::<(), crashvisor_klib::elfcore::ElfError>(())
 //! ```
 
 use core::fmt;
+
+use crate::le::{put_u16, put_u32, put_u64, u16_at, u32_at, u64_at};
 
 /// Size of an ELF64 header.
 pub const EHDR_SIZE: usize = 64;
@@ -54,73 +58,215 @@ pub const PF_X: u32 = 1;
 pub const PF_W: u32 = 2;
 /// Segment flag: readable.
 pub const PF_R: u32 = 4;
-/// Most program headers `e_phnum` can count (0xffff means "see section 0", unsupported here).
-pub const MAX_PHNUM: usize = 0xfffe;
+/// `e_phnum` escape value meaning "more than 65534" (the real count is in section 0, which
+/// these files never have): not supported.
+pub const PN_XNUM: u16 = 0xffff;
+/// Most program headers `e_phnum` can count.
+pub const MAX_PHNUM: usize = PN_XNUM as usize - 1;
 
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
 
-/// Why ELF bytes were rejected or could not be written.
+/// Why ELF bytes (headers, program headers, notes) were rejected or could not be written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ElfError {
-    /// Fewer bytes than the ELF header or the program headers need.
-    Truncated,
+    /// Fewer bytes than a structure needs.
+    Truncated {
+        /// What was being read.
+        what: &'static str,
+        /// Bytes needed from the start of the file.
+        needed: u64,
+        /// Bytes available.
+        len: u64,
+    },
     /// Not `\x7fELF`.
-    BadMagic,
-    /// Not ELFCLASS64.
-    BadClass,
-    /// Not little-endian.
-    BadEncoding,
-    /// `EI_VERSION` or `e_version` is not EV_CURRENT.
-    BadVersion,
-    /// `e_type` is not the expected one (`ET_CORE` or `ET_EXEC`).
-    BadType,
-    /// `e_machine` is not EM_X86_64.
-    BadMachine,
-    /// `e_ehsize` is not 64 or `e_phentsize` is not 56.
-    BadHeaderSize,
-    /// A core header's program headers do not directly follow the ELF header (`e_phoff` ≠ 64).
-    BadPhoff,
-    /// `e_phnum` is 0 (or `PN_XNUM`).
-    NoProgramHeaders,
-    /// The output buffer is full.
+    Magic,
+    /// A header field has a value this reader does not accept.
+    Header {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// What was expected, in words.
+        expected: &'static str,
+    },
+    /// A program header's offset plus size does not fit in 64 bits.
+    SegmentOverflow {
+        /// Index of the program header.
+        index: usize,
+    },
+    /// A `PT_LOAD` with more bytes in the file than in memory.
+    FileszExceedsMemsz {
+        /// Index of the program header.
+        index: usize,
+        /// `p_filesz`.
+        filesz: u64,
+        /// `p_memsz`.
+        memsz: u64,
+    },
+    /// A `PT_NOTE` with an alignment notes cannot have.
+    NoteAlignment {
+        /// Index of the program header.
+        index: usize,
+        /// `p_align`.
+        align: u64,
+    },
+    /// A note does not fit in its segment.
+    Note {
+        /// File offset of the note header.
+        offset: u64,
+        /// Which part does not fit.
+        reason: &'static str,
+    },
+    /// A segment's data lies beyond the end of the file.
+    PastEnd {
+        /// Index of the program header.
+        index: usize,
+        /// End of its data.
+        end: u64,
+        /// Length of the file.
+        len: u64,
+    },
+    /// The output buffer cannot hold the headers or the note.
     BufferTooSmall,
-    /// More program headers than `e_phnum` can count.
-    TooManyProgramHeaders,
+    /// More than an ELF core file can describe was to be written.
+    Layout(&'static str),
 }
 
 impl fmt::Display for ElfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Truncated => "the ELF headers are truncated",
-            Self::BadMagic => "not an ELF file",
-            Self::BadClass => "not a 64-bit ELF file",
-            Self::BadEncoding => "not a little-endian ELF file",
-            Self::BadVersion => "unknown ELF version",
-            Self::BadType => "unexpected ELF file type",
-            Self::BadMachine => "not an x86_64 ELF file",
-            Self::BadHeaderSize => "unexpected ELF header or program header size",
-            Self::BadPhoff => "the program headers do not follow the ELF header",
-            Self::NoProgramHeaders => "the ELF file has no program headers",
-            Self::BufferTooSmall => "the buffer is too small for the ELF headers",
-            Self::TooManyProgramHeaders => "too many program headers",
-        })
+        match *self {
+            Self::Truncated { what, needed, len } => {
+                write!(f, "the file ends at byte {len}, inside the {what} (which needs bytes up to {needed})")
+            }
+            Self::Magic => f.write_str("not an ELF file (bad magic)"),
+            Self::Header { field, value, expected } => {
+                write!(f, "the ELF header's {field} is {value:#x}, expected {expected}")
+            }
+            Self::SegmentOverflow { index } => write!(f, "program header {index}: its file span overflows"),
+            Self::FileszExceedsMemsz { index, filesz, memsz } => {
+                write!(f, "program header {index}: p_filesz {filesz:#x} exceeds p_memsz {memsz:#x}")
+            }
+            Self::NoteAlignment { index, align } => {
+                write!(f, "program header {index}: PT_NOTE alignment {align} (notes are aligned to 4 or 8)")
+            }
+            Self::Note { offset, reason } => {
+                write!(f, "note at file offset {offset:#x} runs past the end of its PT_NOTE segment ({reason})")
+            }
+            Self::PastEnd { index, end, len } => {
+                write!(f, "program header {index}: its data ends at {end:#x}, past the end of the file at {len:#x}")
+            }
+            Self::BufferTooSmall => f.write_str("the output buffer is too small for the ELF headers or note"),
+            Self::Layout(reason) => write!(f, "cannot lay out the core file: {reason}"),
+        }
     }
 }
 
 impl core::error::Error for ElfError {}
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
+/// `Ok` if a header field has the value wanted, else the error naming it.
+fn expect_field(field: &'static str, value: u64, want: u64, expected: &'static str) -> Result<(), ElfError> {
+    if value == want {
+        Ok(())
+    } else {
+        Err(ElfError::Header { field, value, expected })
+    }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+/// The fields of an ELF64 x86_64 little-endian header that vary between files; the rest
+/// (identification, machine, version, header sizes) is fixed, checked when parsed and written
+/// by [`to_bytes`](Self::to_bytes). No section headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ElfHeader {
+    /// `e_type` (`ET_EXEC`, `ET_CORE`).
+    pub e_type: u16,
+    /// `e_entry`.
+    pub e_entry: u64,
+    /// `e_phoff`: file offset of the program header table.
+    pub e_phoff: u64,
+    /// `e_phnum`.
+    pub e_phnum: u16,
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(bytes)
+impl ElfHeader {
+    /// A core file's header with `phnum` program headers right after it (OSABI 0, no entry).
+    pub fn core(phnum: u16) -> Self {
+        Self { e_type: ET_CORE, e_entry: 0, e_phoff: EHDR_SIZE as u64, e_phnum: phnum }
+    }
+
+    /// Parses and checks the 64-byte header at the start of `bytes`: magic, ELFCLASS64,
+    /// little-endian, version 1, EM_X86_64, header and entry sizes, a program header count
+    /// that is not `PN_XNUM`, and a table whose end fits in 64 bits. The table itself may lie
+    /// beyond `bytes`.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ElfError> {
+        let ehdr = bytes.get(..EHDR_SIZE).ok_or(ElfError::Truncated {
+            what: "ELF header",
+            needed: EHDR_SIZE as u64,
+            len: bytes.len() as u64,
+        })?;
+        if ehdr[..4] != ELF_MAGIC {
+            return Err(ElfError::Magic);
+        }
+        expect_field("class", ehdr[4].into(), ELFCLASS64.into(), "2 (ELFCLASS64)")?;
+        expect_field("data encoding", ehdr[5].into(), ELFDATA2LSB.into(), "1 (little-endian)")?;
+        expect_field("ident version", ehdr[6].into(), EV_CURRENT.into(), "1")?;
+        expect_field("e_machine", u16_at(ehdr, 18).into(), EM_X86_64.into(), "62 (EM_X86_64)")?;
+        expect_field("e_version", u32_at(ehdr, 20).into(), EV_CURRENT.into(), "1")?;
+        expect_field("e_ehsize", u16_at(ehdr, 52).into(), EHDR_SIZE as u64, "64")?;
+        expect_field("e_phentsize", u16_at(ehdr, 54).into(), PHDR_SIZE as u64, "56")?;
+        let header = Self {
+            e_type: u16_at(ehdr, 16),
+            e_entry: u64_at(ehdr, 24),
+            e_phoff: u64_at(ehdr, 32),
+            e_phnum: u16_at(ehdr, 56),
+        };
+        if header.e_phnum == PN_XNUM {
+            return Err(ElfError::Header { field: "e_phnum", value: PN_XNUM.into(), expected: "0 to 65534" });
+        }
+        header.e_phoff.checked_add(u64::from(header.e_phnum) * PHDR_SIZE as u64).ok_or(ElfError::Header {
+            field: "e_phoff",
+            value: header.e_phoff,
+            expected: "an offset whose table fits in 64 bits",
+        })?;
+        Ok(header)
+    }
+
+    /// Checks what a core file needs beyond [`parse`](Self::parse): `ET_CORE`, at least one
+    /// program header, and a table that starts after this header.
+    pub fn check_core(&self) -> Result<(), ElfError> {
+        expect_field("e_type", self.e_type.into(), ET_CORE.into(), "4 (ET_CORE)")?;
+        if self.e_phnum == 0 {
+            return Err(ElfError::Header { field: "e_phnum", value: 0, expected: "1 to 65534" });
+        }
+        if self.e_phoff < EHDR_SIZE as u64 {
+            return Err(ElfError::Header {
+                field: "e_phoff",
+                value: self.e_phoff,
+                expected: "an offset past the ELF header",
+            });
+        }
+        Ok(())
+    }
+
+    /// File offset just past the program header table (it fits: `parse` checked).
+    pub fn phdrs_end(&self) -> u64 {
+        self.e_phoff.saturating_add(u64::from(self.e_phnum) * PHDR_SIZE as u64)
+    }
+
+    /// The header's 64 bytes.
+    pub fn to_bytes(&self) -> [u8; EHDR_SIZE] {
+        let mut b = [0u8; EHDR_SIZE];
+        b[..4].copy_from_slice(&ELF_MAGIC);
+        b[4..7].copy_from_slice(&[ELFCLASS64, ELFDATA2LSB, EV_CURRENT]);
+        put_u16(&mut b, 16, self.e_type);
+        put_u16(&mut b, 18, EM_X86_64);
+        put_u32(&mut b, 20, EV_CURRENT.into());
+        put_u64(&mut b, 24, self.e_entry);
+        put_u64(&mut b, 32, self.e_phoff);
+        put_u16(&mut b, 52, EHDR_SIZE as u16);
+        put_u16(&mut b, 54, PHDR_SIZE as u16);
+        put_u16(&mut b, 56, self.e_phnum);
+        b
+    }
 }
 
 /// One ELF64 program header.
@@ -162,69 +308,67 @@ impl ProgramHeader {
     /// Encodes the header little-endian.
     pub fn to_bytes(&self) -> [u8; PHDR_SIZE] {
         let mut b = [0u8; PHDR_SIZE];
-        b[0..4].copy_from_slice(&self.p_type.to_le_bytes());
-        b[4..8].copy_from_slice(&self.p_flags.to_le_bytes());
+        put_u32(&mut b, 0, self.p_type);
+        put_u32(&mut b, 4, self.p_flags);
         let words = [self.p_offset, self.p_vaddr, self.p_paddr, self.p_filesz, self.p_memsz, self.p_align];
-        for (slot, word) in b[8..].chunks_exact_mut(8).zip(words) {
-            slot.copy_from_slice(&word.to_le_bytes());
+        for (i, word) in words.into_iter().enumerate() {
+            put_u64(&mut b, 8 + 8 * i, word);
         }
         b
     }
+
+    /// A PT_LOAD (RWX) of `size` bytes at physical `paddr`, mapped at `vaddr`, its data at file
+    /// offset `offset` (`p_filesz = p_memsz`, alignment 0), as Linux's vmcores have them.
+    pub fn load(offset: u64, vaddr: u64, paddr: u64, size: u64) -> Self {
+        Self {
+            p_type: PT_LOAD,
+            p_flags: PF_R | PF_W | PF_X,
+            p_offset: offset,
+            p_vaddr: vaddr,
+            p_paddr: paddr,
+            p_filesz: size,
+            p_memsz: size,
+            p_align: 0,
+        }
+    }
+
+    /// File offset just past the segment's data (saturating).
+    pub fn file_end(&self) -> u64 {
+        self.p_offset.saturating_add(self.p_filesz)
+    }
+}
+
+/// `len` bytes of `file` at `offset`, or `None` if they do not all lie inside it.
+pub fn file_range(file: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    file.get(start..end)
 }
 
 /// A little-endian ELF64 x86_64 file's header and program-header table, validated.
 #[derive(Clone, Copy, Debug)]
 pub struct ElfFile<'a> {
+    header: ElfHeader,
     ehdr: &'a [u8; EHDR_SIZE],
     phdrs: &'a [u8],
 }
 
 impl<'a> ElfFile<'a> {
-    /// Checks the identification, version, machine and header sizes, and that the program
-    /// headers (`e_phoff`, `e_phnum`) lie inside `bytes`.
+    /// Checks the header ([`ElfHeader::parse`]) and that the program headers lie inside
+    /// `bytes`.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ElfError> {
-        let ehdr: &[u8; EHDR_SIZE] = bytes.get(..EHDR_SIZE).ok_or(ElfError::Truncated)?.try_into().expect("64 bytes");
-        if ehdr[..4] != ELF_MAGIC {
-            return Err(ElfError::BadMagic);
-        }
-        if ehdr[4] != ELFCLASS64 {
-            return Err(ElfError::BadClass);
-        }
-        if ehdr[5] != ELFDATA2LSB {
-            return Err(ElfError::BadEncoding);
-        }
-        if ehdr[6] != EV_CURRENT || u32_at(ehdr, 20) != u32::from(EV_CURRENT) {
-            return Err(ElfError::BadVersion);
-        }
-        if u16_at(ehdr, 18) != EM_X86_64 {
-            return Err(ElfError::BadMachine);
-        }
-        if usize::from(u16_at(ehdr, 52)) != EHDR_SIZE || usize::from(u16_at(ehdr, 54)) != PHDR_SIZE {
-            return Err(ElfError::BadHeaderSize);
-        }
-        let phnum = usize::from(u16_at(ehdr, 56));
-        if phnum > MAX_PHNUM {
-            return Err(ElfError::NoProgramHeaders);
-        }
-        let phoff = usize::try_from(u64_at(ehdr, 32)).map_err(|_| ElfError::Truncated)?;
-        let end = phoff.checked_add(phnum * PHDR_SIZE).ok_or(ElfError::Truncated)?;
-        let phdrs = bytes.get(phoff..end).ok_or(ElfError::Truncated)?;
-        Ok(Self { ehdr, phdrs })
+        let header = ElfHeader::parse(bytes)?;
+        let end = header.phdrs_end();
+        let truncated = ElfError::Truncated { what: "program header table", needed: end, len: bytes.len() as u64 };
+        let phdrs =
+            usize::try_from(end).ok().and_then(|end| bytes.get(header.e_phoff as usize..end)).ok_or(truncated)?;
+        let ehdr = bytes.first_chunk().expect("ElfHeader::parse checked the length");
+        Ok(Self { header, ehdr, phdrs })
     }
 
-    /// `e_type`.
-    pub fn e_type(&self) -> u16 {
-        u16_at(self.ehdr, 16)
-    }
-
-    /// `e_entry`.
-    pub fn entry(&self) -> u64 {
-        u64_at(self.ehdr, 24)
-    }
-
-    /// `e_phoff`.
-    pub fn phoff(&self) -> u64 {
-        u64_at(self.ehdr, 32)
+    /// The header.
+    pub fn header(&self) -> &ElfHeader {
+        &self.header
     }
 
     /// Number of program headers.
@@ -275,31 +419,21 @@ impl<'a> CoreHeaderBuilder<'a> {
     /// yet) at the start of `out`.
     pub fn new(out: &'a mut [u8]) -> Result<Self, ElfError> {
         let ehdr = out.get_mut(..EHDR_SIZE).ok_or(ElfError::BufferTooSmall)?;
-        ehdr.fill(0);
-        ehdr[..4].copy_from_slice(&ELF_MAGIC);
-        ehdr[4] = ELFCLASS64;
-        ehdr[5] = ELFDATA2LSB;
-        ehdr[6] = EV_CURRENT;
-        ehdr[16..18].copy_from_slice(&ET_CORE.to_le_bytes());
-        ehdr[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
-        ehdr[20..24].copy_from_slice(&u32::from(EV_CURRENT).to_le_bytes());
-        ehdr[32..40].copy_from_slice(&(EHDR_SIZE as u64).to_le_bytes());
-        ehdr[52..54].copy_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
-        ehdr[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
+        ehdr.copy_from_slice(&ElfHeader::core(0).to_bytes());
         Ok(Self { out, phnum: 0 })
     }
 
     /// Appends a program header.
     pub fn push(&mut self, phdr: &ProgramHeader) -> Result<(), ElfError> {
         if self.phnum >= MAX_PHNUM {
-            return Err(ElfError::TooManyProgramHeaders);
+            return Err(ElfError::Layout("too many program headers"));
         }
         let at = self.len();
         let slot = self.out.get_mut(at..at + PHDR_SIZE).ok_or(ElfError::BufferTooSmall)?;
         slot.copy_from_slice(&phdr.to_bytes());
         self.phnum += 1;
         // At most MAX_PHNUM, which fits.
-        self.out[56..58].copy_from_slice(&(self.phnum as u16).to_le_bytes());
+        put_u16(self.out, 56, self.phnum as u16);
         Ok(())
     }
 
@@ -319,16 +453,7 @@ impl<'a> CoreHeaderBuilder<'a> {
     /// Appends a PT_LOAD (RWX) for `size` bytes at physical `paddr` mapped at `vaddr`
     /// (`p_offset = p_paddr`, filesz = memsz, align 0).
     pub fn load(&mut self, vaddr: u64, paddr: u64, size: u64) -> Result<(), ElfError> {
-        self.push(&ProgramHeader {
-            p_type: PT_LOAD,
-            p_flags: PF_R | PF_W | PF_X,
-            p_offset: paddr,
-            p_vaddr: vaddr,
-            p_paddr: paddr,
-            p_filesz: size,
-            p_memsz: size,
-            p_align: 0,
-        })
+        self.push(&ProgramHeader::load(paddr, vaddr, paddr, size))
     }
 
     /// Bytes written so far.
@@ -356,22 +481,6 @@ pub struct CoreNote {
     pub size: u64,
 }
 
-/// A PT_LOAD of an elfcorehdr.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CoreLoad {
-    /// `p_vaddr`.
-    pub vaddr: u64,
-    /// `p_paddr`.
-    pub paddr: u64,
-    /// `p_offset`: the physical address the data is read from (normally `paddr`; kexec-tools
-    /// points the low 640K at its backup copy).
-    pub offset: u64,
-    /// `p_filesz`.
-    pub filesz: u64,
-    /// `p_memsz`: the bytes `/proc/vmcore` copies from `offset`.
-    pub memsz: u64,
-}
-
 /// A validated elfcorehdr.
 #[derive(Clone, Copy, Debug)]
 pub struct CoreHeader<'a> {
@@ -385,15 +494,8 @@ impl<'a> CoreHeader<'a> {
     /// rejected too.
     pub fn parse(bytes: &'a [u8]) -> Result<Self, ElfError> {
         let elf = ElfFile::parse(bytes)?;
-        if elf.e_type() != ET_CORE {
-            return Err(ElfError::BadType);
-        }
-        if elf.phnum() == 0 {
-            return Err(ElfError::NoProgramHeaders);
-        }
-        if elf.phoff() != EHDR_SIZE as u64 {
-            return Err(ElfError::BadPhoff);
-        }
+        elf.header().check_core()?;
+        expect_field("e_phoff", elf.header().e_phoff, EHDR_SIZE as u64, "64 (Linux reads the program headers there)")?;
         Ok(Self { elf })
     }
 
@@ -412,15 +514,11 @@ impl<'a> CoreHeader<'a> {
         self.program_headers().filter(|p| p.p_type == PT_NOTE).map(|p| CoreNote { paddr: p.p_offset, size: p.p_memsz })
     }
 
-    /// The PT_LOADs, in order.
-    pub fn loads(&self) -> impl Iterator<Item = CoreLoad> + 'a {
-        self.program_headers().filter(|p| p.p_type == PT_LOAD).map(|p| CoreLoad {
-            vaddr: p.p_vaddr,
-            paddr: p.p_paddr,
-            offset: p.p_offset,
-            filesz: p.p_filesz,
-            memsz: p.p_memsz,
-        })
+    /// The PT_LOADs, in order. `p_offset` is the physical address `/proc/vmcore` copies
+    /// `p_memsz` bytes from: normally `p_paddr`, but kexec-tools points the low 640K at its
+    /// backup copy.
+    pub fn loads(&self) -> impl Iterator<Item = ProgramHeader> + 'a {
+        self.program_headers().filter(|p| p.p_type == PT_LOAD)
     }
 }
 
@@ -484,7 +582,7 @@ mod tests {
         assert_eq!(core.elf().phnum(), 5);
         let notes: Vec<_> = core.notes().map(|n| (n.paddr, n.size)).collect();
         assert_eq!(notes, [(0x7f00_1000, 368), (0x7f00_2000, 368), (0x7f00_3000, 4132)]);
-        let loads: Vec<_> = core.loads().map(|l| (l.vaddr, l.paddr, l.offset, l.memsz)).collect();
+        let loads: Vec<_> = core.loads().map(|l| (l.p_vaddr, l.p_paddr, l.p_offset, l.p_memsz)).collect();
         assert_eq!(
             loads,
             [
@@ -512,31 +610,40 @@ mod tests {
     fn parser_rejects_insane_headers() {
         let mut good = [0u8; 512];
         let len = sample(&mut good);
-        let check = |offset: usize, bytes: &[u8], err: ElfError| {
+        // What each patch breaks: the field a Header error names, or the error's kind.
+        let check = |offset: usize, bytes: &[u8], broken: &str| {
             let mut bad = good;
             bad[offset..offset + bytes.len()].copy_from_slice(bytes);
-            assert_eq!(CoreHeader::parse(&bad[..len]).unwrap_err(), err, "patch at {offset}");
+            let err = CoreHeader::parse(&bad[..len]).unwrap_err();
+            let what = match err {
+                ElfError::Header { field, .. } => field,
+                ElfError::Magic => "magic",
+                ElfError::Truncated { .. } => "truncated",
+                other => panic!("patch at {offset}: {other:?}"),
+            };
+            assert_eq!(what, broken, "patch at {offset}");
         };
-        check(0, b"\x7fELG", ElfError::BadMagic);
-        check(4, &[1], ElfError::BadClass);
-        check(5, &[2], ElfError::BadEncoding);
-        check(6, &[0], ElfError::BadVersion);
-        check(20, &[2], ElfError::BadVersion);
-        check(16, &ET_EXEC.to_le_bytes(), ElfError::BadType);
-        check(18, &3u16.to_le_bytes(), ElfError::BadMachine);
-        check(52, &52u16.to_le_bytes(), ElfError::BadHeaderSize);
-        check(54, &32u16.to_le_bytes(), ElfError::BadHeaderSize);
-        check(56, &0u16.to_le_bytes(), ElfError::NoProgramHeaders);
-        check(56, &0xffffu16.to_le_bytes(), ElfError::NoProgramHeaders);
-        check(56, &6u16.to_le_bytes(), ElfError::Truncated);
-        check(32, &120u64.to_le_bytes(), ElfError::Truncated);
-        check(32, &u64::MAX.to_le_bytes(), ElfError::Truncated);
-        check(32, &0u64.to_le_bytes(), ElfError::BadPhoff);
+        check(0, b"\x7fELG", "magic");
+        check(4, &[1], "class");
+        check(5, &[2], "data encoding");
+        check(6, &[0], "ident version");
+        check(20, &[2], "e_version");
+        check(16, &ET_EXEC.to_le_bytes(), "e_type");
+        check(18, &3u16.to_le_bytes(), "e_machine");
+        check(52, &52u16.to_le_bytes(), "e_ehsize");
+        check(54, &32u16.to_le_bytes(), "e_phentsize");
+        check(56, &0u16.to_le_bytes(), "e_phnum");
+        check(56, &0xffffu16.to_le_bytes(), "e_phnum");
+        check(56, &6u16.to_le_bytes(), "truncated");
+        check(32, &120u64.to_le_bytes(), "truncated");
+        check(32, &u64::MAX.to_le_bytes(), "e_phoff");
+        check(32, &0u64.to_le_bytes(), "e_phoff");
         for cut in 0..len {
             let err = CoreHeader::parse(&good[..cut]).unwrap_err();
-            assert!(matches!(err, ElfError::Truncated), "cut at {cut}: {err:?}");
+            assert!(matches!(err, ElfError::Truncated { .. }), "cut at {cut}: {err:?}");
         }
-        assert_eq!(alloc::format!("{}", ElfError::BadType), "unexpected ELF file type");
+        let err = ElfError::Header { field: "e_type", value: 2, expected: "4 (ET_CORE)" };
+        assert_eq!(alloc::format!("{err}"), "the ELF header's e_type is 0x2, expected 4 (ET_CORE)");
     }
 
     #[test]

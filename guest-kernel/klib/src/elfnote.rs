@@ -9,7 +9,12 @@
 //! `"VMCOREINFO"` note into a [`VMCOREINFO_NOTE_SIZE`]-byte buffer
 //! ([`write_vmcoreinfo_note`]). Each buffer ends with an all-zero note header; readers such as
 //! `/proc/vmcore` stop at the first note whose `n_namesz` is 0 ([`NoteIter`],
-//! [`notes_real_size`]).
+//! [`notes_real_size`]). A vmcore reader checks a file's notes strictly instead
+//! ([`SegmentNotes`]).
+//!
+//! The registers in an `NT_PRSTATUS` note are x86_64's `user_regs_struct` ([`UserRegs`]),
+//! whose first 21 words are the interrupt frame, Linux's `pt_regs` ([`PtRegs`]): the guest
+//! saves them from its interrupt frames, the host from KVM's registers.
 //!
 //! ```
 //! use crashvisor_klib::elfnote::{prstatus_regs, write_prstatus, NoteIter, CRASH_NOTE_BYTES, NT_PRSTATUS};
@@ -24,7 +29,8 @@
 //! assert_eq!(prstatus_regs(note.desc), Some((7, regs)));
 //! ```
 
-use core::fmt;
+use crate::elfcore::ElfError;
+use crate::le::{u32_at, u64_at};
 
 /// Size of a note header (`Elf64_Nhdr`: namesz, descsz, type).
 pub const NOTE_HEADER_SIZE: usize = 12;
@@ -66,26 +72,6 @@ pub const VMCOREINFO_BYTES: usize = 4096;
 /// Size of the VMCOREINFO note buffer: two headers, the name padded to 12, the text area.
 pub const VMCOREINFO_NOTE_SIZE: usize = 2 * NOTE_HEADER_SIZE + 12 + VMCOREINFO_BYTES;
 
-/// Why a note could not be written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NoteError {
-    /// The output buffer cannot hold the note.
-    BufferTooSmall,
-    /// The name or descriptor length does not fit a `u32` field.
-    TooLarge,
-}
-
-impl fmt::Display for NoteError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::BufferTooSmall => "the buffer is too small for the note",
-            Self::TooLarge => "the note name or descriptor is too large",
-        })
-    }
-}
-
-impl core::error::Error for NoteError {}
-
 /// `n` rounded up to a multiple of 4, or `None` on overflow.
 fn align4(n: usize) -> Option<usize> {
     n.checked_next_multiple_of(4)
@@ -105,11 +91,12 @@ pub fn note_size(name_len: usize, desc_len: usize) -> Option<usize> {
 /// Writes a note header and `name` (NUL-terminated, padded) at the start of `out`, and zeroes
 /// the `desc_len`-byte descriptor area and its padding for the caller to fill at
 /// [`desc_offset`]`(name.len())`. Returns the note's total size.
-pub fn write_note(out: &mut [u8], name: &[u8], n_type: u32, desc_len: usize) -> Result<usize, NoteError> {
-    let namesz = u32::try_from(name.len() + 1).map_err(|_| NoteError::TooLarge)?;
-    let descsz = u32::try_from(desc_len).map_err(|_| NoteError::TooLarge)?;
-    let size = note_size(name.len(), desc_len).ok_or(NoteError::TooLarge)?;
-    let out = out.get_mut(..size).ok_or(NoteError::BufferTooSmall)?;
+pub fn write_note(out: &mut [u8], name: &[u8], n_type: u32, desc_len: usize) -> Result<usize, ElfError> {
+    const TOO_LARGE: ElfError = ElfError::Layout("the note name or descriptor is too large");
+    let namesz = u32::try_from(name.len() + 1).map_err(|_| TOO_LARGE)?;
+    let descsz = u32::try_from(desc_len).map_err(|_| TOO_LARGE)?;
+    let size = note_size(name.len(), desc_len).ok_or(TOO_LARGE)?;
+    let out = out.get_mut(..size).ok_or(ElfError::BufferTooSmall)?;
     out[0..4].copy_from_slice(&namesz.to_le_bytes());
     out[4..8].copy_from_slice(&descsz.to_le_bytes());
     out[8..12].copy_from_slice(&n_type.to_le_bytes());
@@ -121,10 +108,10 @@ pub fn write_note(out: &mut [u8], name: &[u8], n_type: u32, desc_len: usize) -> 
 
 /// Writes a whole note (header, padded name, padded `desc`) at the start of `out` and returns
 /// its size.
-pub fn write_note_with_desc(out: &mut [u8], name: &[u8], n_type: u32, desc: &[u8]) -> Result<usize, NoteError> {
+pub fn write_note_with_desc(out: &mut [u8], name: &[u8], n_type: u32, desc: &[u8]) -> Result<usize, ElfError> {
     let size = write_note(out, name, n_type, desc.len())?;
     // `write_note` checked that the note, descriptor included, fits.
-    let start = size - align4(desc.len()).ok_or(NoteError::TooLarge)?;
+    let start = size - align4(desc.len()).expect("write_note checked the size");
     out[start..start + desc.len()].copy_from_slice(desc);
     Ok(size)
 }
@@ -138,6 +125,16 @@ pub struct Note<'a> {
     pub n_type: u32,
     /// The descriptor, without padding.
     pub desc: &'a [u8],
+    /// Offset of the note header: in the bytes walked, plus the base a [`SegmentNotes`] was
+    /// given.
+    pub offset: u64,
+}
+
+impl Note<'_> {
+    /// Whether this is a Linux `CORE`/`NT_PRSTATUS` note.
+    pub fn is_prstatus(&self) -> bool {
+        self.name == CORE_NOTE_NAME && self.n_type == NT_PRSTATUS
+    }
 }
 
 /// Iterates over the notes in a byte slice.
@@ -166,8 +163,7 @@ impl<'a> NoteIter<'a> {
     fn decode(&self) -> Option<(Note<'a>, usize)> {
         let rest = self.bytes.get(self.offset..)?;
         let header = rest.get(..NOTE_HEADER_SIZE)?;
-        let field = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        let (namesz, descsz, n_type) = (field(0), field(4), field(8));
+        let (namesz, descsz, n_type) = (u32_at(header, 0), u32_at(header, 4), u32_at(header, 8));
         if namesz == 0 {
             return None;
         }
@@ -185,7 +181,7 @@ impl<'a> NoteIter<'a> {
         }
         let desc_start = NOTE_HEADER_SIZE + name_pad as usize;
         let desc = &rest[desc_start..desc_start + descsz as usize];
-        Some((Note { name, n_type, desc }, size as usize))
+        Some((Note { name, n_type, desc, offset: self.offset as u64 }, size as usize))
     }
 }
 
@@ -205,6 +201,146 @@ pub fn notes_real_size(bytes: &[u8]) -> usize {
     let mut notes = NoteIter::new(bytes);
     notes.by_ref().for_each(drop);
     notes.offset()
+}
+
+/// Walks the notes of a vmcore's `PT_NOTE` segment strictly, as a reader of untrusted files
+/// must: each note is a 12-byte header, the name padded to the alignment, then `n_descsz`
+/// bytes (the last note's trailing padding may be missing). A note that does not fit is an
+/// [`ElfError::Note`], after which the walk ends. Names end at their first NUL; a note whose
+/// `n_namesz` is 0 is a note like any other, not a terminator.
+#[derive(Clone, Debug)]
+pub struct SegmentNotes<'a> {
+    data: &'a [u8],
+    base: u64,
+    align: usize,
+    at: usize,
+}
+
+impl<'a> SegmentNotes<'a> {
+    /// The notes of `data`, a segment at file offset `base` (which only labels
+    /// [`Note::offset`] and errors), aligned to `align` (4, or 8 for some `p_align = 8`
+    /// segments).
+    pub fn new(data: &'a [u8], base: u64, align: usize) -> Self {
+        Self { data, base, align, at: 0 }
+    }
+
+    /// The note at `self.at` and the offset of the next.
+    fn decode(&self) -> Result<(Note<'a>, usize), ElfError> {
+        let (data, at) = (self.data, self.at);
+        let offset = self.base.saturating_add(at as u64);
+        let err = |reason| ElfError::Note { offset, reason };
+        let header = data.get(at..at + NOTE_HEADER_SIZE).ok_or(err("header"))?;
+        let (namesz, descsz) = (u32_at(header, 0) as usize, u32_at(header, 4) as usize);
+        let name_at = at + NOTE_HEADER_SIZE;
+        let name = name_at.checked_add(namesz).and_then(|end| data.get(name_at..end)).ok_or(err("name"))?;
+        let desc_at = (name_at + namesz).checked_next_multiple_of(self.align).ok_or(err("name padding"))?;
+        let desc = desc_at.checked_add(descsz).and_then(|end| data.get(desc_at..end)).ok_or(err("descriptor"))?;
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        // The last note's padding may be cut off by the segment's end.
+        let next = (desc_at + descsz).checked_next_multiple_of(self.align).map_or(data.len(), |n| n.min(data.len()));
+        Ok((Note { name, n_type: u32_at(header, 8), desc, offset }, next))
+    }
+}
+
+impl<'a> Iterator for SegmentNotes<'a> {
+    type Item = Result<Note<'a>, ElfError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.data.len() {
+            return None;
+        }
+        let decoded = self.decode();
+        self.at = decoded.as_ref().map_or(self.data.len(), |&(_, next)| next);
+        Some(decoded.map(|(note, _)| note))
+    }
+}
+
+/// Linux's `struct pt_regs` on x86_64, the frame the guest's interrupt entry pushes: the first
+/// 21 words of `user_regs_struct`, in its order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct PtRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    /// The error code of an exception, the system call number, or -1.
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PtRegs>() == 21 * 8);
+
+/// x86_64's `struct user_regs_struct`, the `pr_reg` of an `NT_PRSTATUS` note: the interrupt
+/// frame, then the segment bases and selectors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    /// `r15` to `ss`.
+    pub regs: PtRegs,
+    /// The FS base (`MSR_FS_BASE`).
+    pub fs_base: u64,
+    /// The GS base (`MSR_GS_BASE`).
+    pub gs_base: u64,
+    /// The DS selector.
+    pub ds: u64,
+    /// The ES selector.
+    pub es: u64,
+    /// The FS selector.
+    pub fs: u64,
+    /// The GS selector.
+    pub gs: u64,
+}
+
+impl UserRegs {
+    /// The registers in `pr_reg` order (see [`USER_REGS_NAMES`]).
+    pub fn to_array(&self) -> [u64; ELF_NGREG] {
+        let r = &self.regs;
+        [
+            r.r15,
+            r.r14,
+            r.r13,
+            r.r12,
+            r.rbp,
+            r.rbx,
+            r.r11,
+            r.r10,
+            r.r9,
+            r.r8,
+            r.rax,
+            r.rcx,
+            r.rdx,
+            r.rsi,
+            r.rdi,
+            r.orig_rax,
+            r.rip,
+            r.cs,
+            r.eflags,
+            r.rsp,
+            r.ss,
+            self.fs_base,
+            self.gs_base,
+            self.ds,
+            self.es,
+            self.fs,
+            self.gs,
+        ]
+    }
 }
 
 /// Writes a CPU's crash note exactly as Linux's `crash_save_cpu()`: the buffer is zeroed, then
@@ -228,17 +364,8 @@ pub fn write_prstatus(out: &mut [u8; CRASH_NOTE_BYTES], pid: u32, regs: &[u64; E
 /// [`PRSTATUS_SIZE`] bytes (as gdb requires).
 pub fn prstatus_regs(desc: &[u8]) -> Option<(u32, [u64; ELF_NGREG])> {
     let desc: &[u8; PRSTATUS_SIZE] = desc.try_into().ok()?;
-    let word = |at: usize| {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&desc[at..at + 8]);
-        u64::from_le_bytes(bytes)
-    };
-    let pid = u32::from_le_bytes([desc[32], desc[33], desc[34], desc[35]]);
-    let mut regs = [0u64; ELF_NGREG];
-    for (i, reg) in regs.iter_mut().enumerate() {
-        *reg = word(PRSTATUS_REG_OFFSET + i * 8);
-    }
-    Some((pid, regs))
+    let regs = core::array::from_fn(|i| u64_at(desc, PRSTATUS_REG_OFFSET + i * 8));
+    Some((u32_at(desc, PRSTATUS_PID_OFFSET), regs))
 }
 
 /// Writes the VMCOREINFO note (name `"VMCOREINFO"`, type 0, `text` as the descriptor,
@@ -255,14 +382,6 @@ pub fn write_vmcoreinfo_note(out: &mut [u8; VMCOREINFO_NOTE_SIZE], text: &[u8]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn u32_at(bytes: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
-    }
-
-    fn u64_at(bytes: &[u8], at: usize) -> u64 {
-        u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap())
-    }
 
     #[test]
     fn sizes_match_linux() {
@@ -334,11 +453,14 @@ mod tests {
         assert_eq!(write_note(&mut buf, b"ab", 9, 3), Ok(20));
         assert_eq!(&buf[12..20], &[b'a', b'b', 0, 0, 0, 0, 0, 0]);
         assert_eq!(buf[20], 0xee, "nothing past the note is touched");
-        assert_eq!(write_note(&mut buf, b"abcd", 9, 13), Err(NoteError::BufferTooSmall));
+        assert_eq!(write_note(&mut buf, b"abcd", 9, 13), Err(ElfError::BufferTooSmall));
         assert_eq!(write_note_with_desc(&mut buf, b"Xen", 18, &[1, 2, 3, 4, 5]), Ok(24));
         assert_eq!(&buf[16..24], &[1, 2, 3, 4, 5, 0, 0, 0]);
-        assert_eq!(write_note(&mut buf, b"", 0, usize::MAX), Err(NoteError::TooLarge));
-        assert_eq!(alloc::format!("{}", NoteError::BufferTooSmall), "the buffer is too small for the note");
+        assert!(matches!(write_note(&mut buf, b"", 0, usize::MAX), Err(ElfError::Layout(_))));
+        assert_eq!(
+            alloc::format!("{}", ElfError::BufferTooSmall),
+            "the output buffer is too small for the ELF headers or note"
+        );
     }
 
     #[test]
@@ -349,8 +471,8 @@ mod tests {
         // A note after the zero terminator is not seen.
         write_note_with_desc(&mut buf[a + b + 12..], b"LATE", 3, &[1]).unwrap();
         let mut notes = NoteIter::new(&buf);
-        assert_eq!(notes.next(), Some(Note { name: b"CORE", n_type: 1, desc: &[7; 6] }));
-        assert_eq!(notes.next(), Some(Note { name: b"X", n_type: 42, desc: &[] }));
+        assert_eq!(notes.next(), Some(Note { name: b"CORE", n_type: 1, desc: &[7; 6], offset: 0 }));
+        assert_eq!(notes.next(), Some(Note { name: b"X", n_type: 42, desc: &[], offset: a as u64 }));
         assert_eq!(notes.next(), None);
         assert_eq!(notes.offset(), a + b);
         assert_eq!(notes_real_size(&buf), a + b);
@@ -380,5 +502,36 @@ mod tests {
             assert_eq!(notes_real_size(&crash[..len]), 0);
         }
         assert_eq!(notes_real_size(&crash[..CRASH_NOTE_SIZE]), CRASH_NOTE_SIZE);
+    }
+
+    #[test]
+    fn user_regs_follow_linux_order() {
+        let regs = PtRegs { r15: 1, rbp: 5, orig_rax: 16, rip: 17, rsp: 20, ss: 21, ..PtRegs::default() };
+        let user = UserRegs { regs, fs_base: 22, gs: 27, ..UserRegs::default() };
+        let array = user.to_array();
+        assert_eq!((array[0], array[REG_RBP], array[15], array[REG_RIP], array[REG_RSP]), (1, 5, 16, 17, 20));
+        assert_eq!((array[20], array[21], array[26]), (21, 22, 27));
+        assert_eq!(USER_REGS_NAMES[20..22], ["ss", "fs_base"]);
+    }
+
+    #[test]
+    fn segment_notes_alignment_rules() {
+        // Hand-made PT_NOTE data with 8-byte alignment: name "abcd\0" at 12..17, padded to 24.
+        let mut data = alloc::vec::Vec::new();
+        data.extend_from_slice(&5u32.to_le_bytes());
+        data.extend_from_slice(&3u32.to_le_bytes());
+        data.extend_from_slice(&7u32.to_le_bytes());
+        data.extend_from_slice(b"abcd\0\0\0\0\0\0\0\0");
+        data.extend_from_slice(b"xyz");
+        fn notes(data: &[u8], base: u64, align: usize) -> Result<alloc::vec::Vec<Note<'_>>, ElfError> {
+            SegmentNotes::new(data, base, align).collect()
+        }
+        assert_eq!(notes(&data, 0x100, 8).unwrap(), [Note { name: b"abcd", n_type: 7, desc: b"xyz", offset: 0x100 }]);
+        // With 4-byte alignment the descriptor starts at 20 instead (inside the padding).
+        assert_eq!(notes(&data[..23], 0, 4).unwrap()[0].desc, b"\0\0\0");
+        // Trailing bytes too short for a header are an error.
+        let mut longer = data.clone();
+        longer.extend_from_slice(&[0; 5 + 4]);
+        assert!(notes(&longer, 0, 8).is_err());
     }
 }

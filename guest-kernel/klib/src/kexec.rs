@@ -4,7 +4,7 @@
 //! (`kernel/kexec.c`, `sanity_check_segment_list()` in `kernel/kexec_core.c`), in Linux's
 //! order, each failure carrying the errno Linux returns ([`KexecError::errno`]).
 //!
-//! [`KernelImage`] reads the pristine PVH kernel (an ELF64 x86_64 executable): its PT_LOAD
+//! [`KernelElf`] reads the pristine PVH kernel (an ELF64 x86_64 executable): its PT_LOAD
 //! segments and the 32-bit PVH entry point from the `"Xen"` note of type
 //! [`XEN_ELFNOTE_PHYS32_ENTRY`]. The kernel runs at any 2 MiB-aligned physical base;
 //! [`relocate`] moves its physical addresses there.
@@ -25,8 +25,9 @@ use core::fmt;
 
 use crashvisor_abi::layout::{KERNEL_ALIGN, PAGE_SIZE};
 
-use crate::elfcore::{ElfError, ElfFile, ET_EXEC, PT_LOAD, PT_NOTE};
+use crate::elfcore::{file_range, ElfError, ElfFile, ProgramHeader, ET_EXEC, PT_LOAD, PT_NOTE};
 use crate::elfnote::NoteIter;
+use crate::le;
 
 /// Most segments one `kexec_load` takes.
 pub const KEXEC_SEGMENT_MAX: usize = 16;
@@ -239,7 +240,7 @@ pub fn relocate(paddr: u64, link_base: u64, load_base: u64) -> Option<u64> {
 
 /// Why a kernel image was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KernelImageError {
+pub enum KernelElfError {
     /// The ELF headers are invalid (or not those of an executable).
     Elf(ElfError),
     /// No PT_LOAD segment.
@@ -256,13 +257,13 @@ pub enum KernelImageError {
     EntryOutsideImage,
 }
 
-impl From<ElfError> for KernelImageError {
+impl From<ElfError> for KernelElfError {
     fn from(err: ElfError) -> Self {
         Self::Elf(err)
     }
 }
 
-impl fmt::Display for KernelImageError {
+impl fmt::Display for KernelElfError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Elf(_) => f.write_str("invalid kernel ELF headers"),
@@ -274,7 +275,7 @@ impl fmt::Display for KernelImageError {
     }
 }
 
-impl core::error::Error for KernelImageError {
+impl core::error::Error for KernelElfError {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
             Self::Elf(err) => Some(err),
@@ -283,25 +284,10 @@ impl core::error::Error for KernelImageError {
     }
 }
 
-/// A PT_LOAD segment of the kernel image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ImageSegment {
-    /// Physical load address (at the link base).
-    pub paddr: u64,
-    /// Virtual address.
-    pub vaddr: u64,
-    /// File offset of the bytes.
-    pub offset: u64,
-    /// Bytes in the file.
-    pub filesz: u64,
-    /// Bytes in memory; the rest past `filesz` is zeroed (bss).
-    pub memsz: u64,
-}
-
 /// A validated kernel image: ELF64 x86_64 `ET_EXEC` with PT_LOADs inside the file and a PVH
 /// entry note.
 #[derive(Clone, Copy, Debug)]
-pub struct KernelImage<'a> {
+pub struct KernelElf<'a> {
     bytes: &'a [u8],
     elf: ElfFile<'a>,
     pvh_entry: u64,
@@ -309,12 +295,13 @@ pub struct KernelImage<'a> {
     phys_end: u64,
 }
 
-impl<'a> KernelImage<'a> {
+impl<'a> KernelElf<'a> {
     /// Validates `bytes` and finds the PVH entry.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, KernelImageError> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, KernelElfError> {
         let elf = ElfFile::parse(bytes)?;
-        if elf.e_type() != ET_EXEC {
-            return Err(ElfError::BadType.into());
+        let e_type = elf.header().e_type;
+        if e_type != ET_EXEC {
+            return Err(ElfError::Header { field: "e_type", value: e_type.into(), expected: "2 (ET_EXEC)" }.into());
         }
         let (mut phys_start, mut phys_end) = (u64::MAX, 0);
         let mut pvh_entry = None;
@@ -322,40 +309,34 @@ impl<'a> KernelImage<'a> {
             if p.p_type != PT_LOAD && p.p_type != PT_NOTE {
                 continue;
             }
-            let data = file_range(bytes, p.p_offset, p.p_filesz).ok_or(KernelImageError::BadSegment { index })?;
+            let data = file_range(bytes, p.p_offset, p.p_filesz).ok_or(KernelElfError::BadSegment { index })?;
             if p.p_type == PT_NOTE {
                 pvh_entry = pvh_entry.or_else(|| find_pvh_entry(data));
                 continue;
             }
             let end = p.p_paddr.checked_add(p.p_memsz).filter(|_| p.p_filesz <= p.p_memsz);
-            let end = end.ok_or(KernelImageError::BadSegment { index })?;
+            let end = end.ok_or(KernelElfError::BadSegment { index })?;
             phys_start = phys_start.min(p.p_paddr);
             phys_end = phys_end.max(end);
         }
         if phys_start > phys_end {
-            return Err(KernelImageError::NoLoadSegments);
+            return Err(KernelElfError::NoLoadSegments);
         }
-        let pvh_entry = pvh_entry.ok_or(KernelImageError::NoPvhEntry)?;
+        let pvh_entry = pvh_entry.ok_or(KernelElfError::NoPvhEntry)?;
         if pvh_entry < phys_start || pvh_entry >= phys_end {
-            return Err(KernelImageError::EntryOutsideImage);
+            return Err(KernelElfError::EntryOutsideImage);
         }
         Ok(Self { bytes, elf, pvh_entry, phys_start, phys_end })
     }
 
     /// The PT_LOAD segments, in order.
-    pub fn segments(&self) -> impl Iterator<Item = ImageSegment> + 'a {
-        self.elf.program_headers().filter(|p| p.p_type == PT_LOAD).map(|p| ImageSegment {
-            paddr: p.p_paddr,
-            vaddr: p.p_vaddr,
-            offset: p.p_offset,
-            filesz: p.p_filesz,
-            memsz: p.p_memsz,
-        })
+    pub fn segments(&self) -> impl Iterator<Item = ProgramHeader> + 'a {
+        self.elf.program_headers().filter(|p| p.p_type == PT_LOAD)
     }
 
-    /// A segment's file bytes (`filesz` of them).
-    pub fn segment_data(&self, segment: &ImageSegment) -> Option<&'a [u8]> {
-        file_range(self.bytes, segment.offset, segment.filesz)
+    /// A segment's file bytes (`p_filesz` of them); bytes up to `p_memsz` are zeroed (bss).
+    pub fn segment_data(&self, segment: &ProgramHeader) -> Option<&'a [u8]> {
+        file_range(self.bytes, segment.p_offset, segment.p_filesz)
     }
 
     /// The physical PVH entry point at the link base.
@@ -374,17 +355,11 @@ impl<'a> KernelImage<'a> {
     }
 }
 
-fn file_range(bytes: &[u8], offset: u64, len: u64) -> Option<&[u8]> {
-    let start = usize::try_from(offset).ok()?;
-    let end = start.checked_add(usize::try_from(len).ok()?)?;
-    bytes.get(start..end)
-}
-
 fn find_pvh_entry(notes: &[u8]) -> Option<u64> {
     let note = NoteIter::new(notes).find(|n| n.name == XEN_NOTE_NAME && n.n_type == XEN_ELFNOTE_PHYS32_ENTRY)?;
     let entry = match note.desc.len() {
-        4 => u64::from(u32::from_le_bytes(note.desc.try_into().ok()?)),
-        8 => u64::from_le_bytes(note.desc.try_into().ok()?),
+        4 => u64::from(le::u32_at(note.desc, 0)),
+        8 => le::u64_at(note.desc, 0),
         _ => return None,
     };
     (entry <= u64::from(u32::MAX)).then_some(entry)
@@ -393,7 +368,7 @@ fn find_pvh_entry(notes: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::elfcore::{ProgramHeader, EHDR_SIZE, EM_X86_64, PF_R, PF_W, PF_X, PHDR_SIZE};
+    use crate::elfcore::{ElfHeader, EHDR_SIZE, PF_R, PF_W, PF_X, PHDR_SIZE};
     use crate::elfnote::write_note_with_desc;
     use alloc::vec;
     use alloc::vec::Vec;
@@ -497,16 +472,8 @@ mod tests {
         let note_len = write_note_with_desc(&mut note, b"Xen", XEN_ELFNOTE_PHYS32_ENTRY, desc).unwrap();
         let text_len = 0x200;
         let mut file = vec![0u8; data_at + text_len + note_len];
-        file[..4].copy_from_slice(b"\x7fELF");
-        file[4..7].copy_from_slice(&[2, 1, 1]);
-        file[16..18].copy_from_slice(&ET_EXEC.to_le_bytes());
-        file[18..20].copy_from_slice(&EM_X86_64.to_le_bytes());
-        file[20..24].copy_from_slice(&1u32.to_le_bytes());
-        file[24..32].copy_from_slice(&0xffff_ffff_8100_0000u64.to_le_bytes());
-        file[32..40].copy_from_slice(&64u64.to_le_bytes());
-        file[52..54].copy_from_slice(&64u16.to_le_bytes());
-        file[54..56].copy_from_slice(&56u16.to_le_bytes());
-        file[56..58].copy_from_slice(&(phnum as u16).to_le_bytes());
+        let ehdr = ElfHeader { e_type: ET_EXEC, e_entry: 0xffff_ffff_8100_0000, e_phoff: 64, e_phnum: phnum as u16 };
+        file[..EHDR_SIZE].copy_from_slice(&ehdr.to_bytes());
         let phdrs = [
             ProgramHeader {
                 p_type: PT_LOAD,
@@ -550,19 +517,19 @@ mod tests {
     #[test]
     fn reads_segments_and_pvh_entry() {
         let file = build_image(&0x100_0010u32.to_le_bytes());
-        let image = KernelImage::parse(&file).unwrap();
+        let image = KernelElf::parse(&file).unwrap();
         assert_eq!(image.pvh_entry(), 0x100_0010);
         assert_eq!((image.phys_start(), image.phys_end()), (0x100_0000, 0x100_4000));
         let segments: Vec<_> = image.segments().collect();
         assert_eq!(segments.len(), 2);
-        assert_eq!(segments[0].paddr, 0x100_0000);
-        assert_eq!((segments[1].filesz, segments[1].memsz), (20, 0x3000));
+        assert_eq!(segments[0].p_paddr, 0x100_0000);
+        assert_eq!((segments[1].p_filesz, segments[1].p_memsz), (20, 0x3000));
         assert_eq!(&image.segment_data(&segments[0]).unwrap()[..4], &[0xfa, 0xfc, 0xeb, 0xfe]);
         let load_base = 0x2000_0000;
         assert_eq!(relocate(image.pvh_entry(), image.phys_start(), load_base), Some(0x2000_0010));
         // Linux's 8-byte form of the note.
         let file = build_image(&0x100_0020u64.to_le_bytes());
-        assert_eq!(KernelImage::parse(&file).unwrap().pvh_entry(), 0x100_0020);
+        assert_eq!(KernelElf::parse(&file).unwrap().pvh_entry(), 0x100_0020);
     }
 
     #[test]
@@ -572,37 +539,38 @@ mod tests {
         let patched = |at: usize, bytes: &[u8]| {
             let mut f = good.clone();
             f[at..at + bytes.len()].copy_from_slice(bytes);
-            KernelImage::parse(&f).map(|_| ()).unwrap_err()
+            KernelElf::parse(&f).map(|_| ()).unwrap_err()
         };
-        assert_eq!(patched(16, &4u16.to_le_bytes()), KernelImageError::Elf(ElfError::BadType));
+        let not_exec = ElfError::Header { field: "e_type", value: 4, expected: "2 (ET_EXEC)" };
+        assert_eq!(patched(16, &4u16.to_le_bytes()), KernelElfError::Elf(not_exec));
         // The entry outside the image, a note of the wrong type, an entry above 4 GiB.
         let note_desc = data_at + 0x200 + 16;
-        assert_eq!(patched(note_desc, &0x200_0000u32.to_le_bytes()), KernelImageError::EntryOutsideImage);
-        assert_eq!(patched(data_at + 0x200 + 8, &17u32.to_le_bytes()), KernelImageError::NoPvhEntry);
+        assert_eq!(patched(note_desc, &0x200_0000u32.to_le_bytes()), KernelElfError::EntryOutsideImage);
+        assert_eq!(patched(data_at + 0x200 + 8, &17u32.to_le_bytes()), KernelElfError::NoPvhEntry);
         let f = build_image(&0x1_0000_0000u64.to_le_bytes());
-        assert_eq!(KernelImage::parse(&f).unwrap_err(), KernelImageError::NoPvhEntry);
+        assert_eq!(KernelElf::parse(&f).unwrap_err(), KernelElfError::NoPvhEntry);
         let f = build_image(&[1, 2]);
-        assert_eq!(KernelImage::parse(&f).unwrap_err(), KernelImageError::NoPvhEntry);
+        assert_eq!(KernelElf::parse(&f).unwrap_err(), KernelElfError::NoPvhEntry);
         // Segment bytes past the file, filesz > memsz, physical end overflow.
         let phdr = |i: usize| 64 + i * 56;
-        assert_eq!(patched(phdr(0) + 32, &0x10_0000u64.to_le_bytes()), KernelImageError::BadSegment { index: 0 });
-        assert_eq!(patched(phdr(0) + 8, &u64::MAX.to_le_bytes()), KernelImageError::BadSegment { index: 0 });
-        assert_eq!(patched(phdr(1) + 40, &1u64.to_le_bytes()), KernelImageError::BadSegment { index: 1 });
-        assert_eq!(patched(phdr(1) + 24, &(u64::MAX - 10).to_le_bytes()), KernelImageError::BadSegment { index: 1 });
-        assert_eq!(patched(phdr(2) + 32, &u64::MAX.to_le_bytes()), KernelImageError::BadSegment { index: 2 });
+        assert_eq!(patched(phdr(0) + 32, &0x10_0000u64.to_le_bytes()), KernelElfError::BadSegment { index: 0 });
+        assert_eq!(patched(phdr(0) + 8, &u64::MAX.to_le_bytes()), KernelElfError::BadSegment { index: 0 });
+        assert_eq!(patched(phdr(1) + 40, &1u64.to_le_bytes()), KernelElfError::BadSegment { index: 1 });
+        assert_eq!(patched(phdr(1) + 24, &(u64::MAX - 10).to_le_bytes()), KernelElfError::BadSegment { index: 1 });
+        assert_eq!(patched(phdr(2) + 32, &u64::MAX.to_le_bytes()), KernelElfError::BadSegment { index: 2 });
         // No PT_LOAD: both loads turned into another type.
         let mut f = good.clone();
         f[phdr(0)..phdr(0) + 4].copy_from_slice(&6u32.to_le_bytes());
         f[phdr(1)..phdr(1) + 4].copy_from_slice(&6u32.to_le_bytes());
-        assert_eq!(KernelImage::parse(&f).unwrap_err(), KernelImageError::NoLoadSegments);
-        assert_eq!(alloc::format!("{}", KernelImageError::NoPvhEntry), "the kernel image has no PVH entry note");
+        assert_eq!(KernelElf::parse(&f).unwrap_err(), KernelElfError::NoLoadSegments);
+        assert_eq!(alloc::format!("{}", KernelElfError::NoPvhEntry), "the kernel image has no PVH entry note");
     }
 
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let good = build_image(&0x100_0010u32.to_le_bytes());
         for cut in 0..good.len() {
-            assert!(KernelImage::parse(&good[..cut]).is_err(), "cut at {cut}");
+            assert!(KernelElf::parse(&good[..cut]).is_err(), "cut at {cut}");
         }
         // Random corruption never panics.
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -615,7 +583,7 @@ mod tests {
                 let at = (state % f.len() as u64) as usize;
                 f[at] = (state >> 32) as u8;
             }
-            let _ = KernelImage::parse(&f);
+            let _ = KernelElf::parse(&f);
         }
     }
 }

@@ -10,6 +10,9 @@
 //! - [`bytefmt`]: number formatting into byte buffers without `core::fmt`.
 //! - [`lkdtm`], [`list_debug`], [`slab_debug`], [`ubsan`]: LKDTM's crash-point counting and
 //!   the hardening checks its crash types exercise.
+//! - [`elfcore`], [`elfnote`]: ELF headers, program headers and notes, read and written; the
+//!   host's vmcore library (`dumpd`) is built on them.
+//! - [`le`]: little-endian integers in byte slices, for every format here and on the host.
 //!
 //! The hot paths (appending to the log, console timestamps, symbol lookup) avoid `core::fmt`
 //! and bulk copies, because the guest runs under an instruction emulator.
@@ -44,6 +47,7 @@ pub mod crashkernel;
 pub mod elfcore;
 pub mod elfnote;
 pub mod kexec;
+pub mod le;
 pub mod list_debug;
 pub mod lkdtm;
 pub mod memmap;

@@ -38,6 +38,8 @@
 //! `OFFSET(printk_log.*)` values [`OFFSET_TS_NSEC`], [`OFFSET_LEN`], [`OFFSET_TEXT_LEN`] and
 //! [`OFFSET_DICT_LEN`].
 
+use crate::le::{get_u16, u16_at, u64_at};
+
 /// `sizeof(struct printk_log)` without `CONFIG_PRINTK_CALLER`.
 pub const HEADER_SIZE: usize = 16;
 /// `offsetof(struct printk_log, ts_nsec)`.
@@ -291,16 +293,11 @@ fn is_header_place(idx: usize, buf_len: usize) -> bool {
     idx.is_multiple_of(LOG_ALIGN) && idx + HEADER_SIZE <= buf_len
 }
 
-fn read_u16(buf: &[u8], at: usize) -> Option<u16> {
-    let bytes = buf.get(at..)?.first_chunk::<2>()?;
-    Some(u16::from_le_bytes(*bytes))
-}
-
 /// Linux's `log_next()`: the offset after the record at `idx`; a zero header stands for the
 /// record at 0. `None` if the result is not a valid header place.
 fn log_next(buf: &[u8], idx: usize) -> Option<u32> {
-    let next = match read_u16(buf, idx + OFFSET_LEN)? {
-        0 => usize::from(read_u16(buf, OFFSET_LEN)?),
+    let next = match get_u16(buf, idx + OFFSET_LEN)? {
+        0 => usize::from(get_u16(buf, OFFSET_LEN)?),
         len => idx + usize::from(len),
     };
     if next == 0 || !is_header_place(next, buf.len()) {
@@ -348,7 +345,7 @@ impl<'b> Iterator for Records<'b> {
             let Some(header) = self.buf.get(self.idx..).and_then(|rest| rest.first_chunk::<HEADER_SIZE>()) else {
                 return self.stop();
             };
-            let len = usize::from(u16::from_le_bytes([header[OFFSET_LEN], header[OFFSET_LEN + 1]]));
+            let len = usize::from(u16_at(header, OFFSET_LEN));
             if len == 0 {
                 if self.wrapped {
                     return self.stop();
@@ -357,17 +354,15 @@ impl<'b> Iterator for Records<'b> {
                 self.idx = 0;
                 continue;
             }
-            let text_len = usize::from(u16::from_le_bytes([header[OFFSET_TEXT_LEN], header[OFFSET_TEXT_LEN + 1]]));
+            let text_len = usize::from(u16_at(header, OFFSET_TEXT_LEN));
             let text_start = self.idx + HEADER_SIZE;
             let text = match self.buf.get(text_start..text_start + text_len) {
                 Some(text) if HEADER_SIZE + text_len <= len && len.is_multiple_of(LOG_ALIGN) => text,
                 _ => return self.stop(),
             };
-            let mut ts = [0u8; 8];
-            ts.copy_from_slice(&header[OFFSET_TS_NSEC..OFFSET_LEN]);
             let record = Record {
                 seq: self.seq,
-                ts_nsec: u64::from_le_bytes(ts),
+                ts_nsec: u64_at(header, OFFSET_TS_NSEC),
                 facility: header[OFFSET_FACILITY],
                 level: header[OFFSET_FLAGS_LEVEL] >> 5,
                 flags: header[OFFSET_FLAGS_LEVEL] & 0x1f,
@@ -436,9 +431,9 @@ mod tests {
             let at = current_idx as usize;
             assert!(at + HEADER_SIZE <= buf.len(), "header read past the buffer at {at:#x}");
             let header = &buf[at..at + HEADER_SIZE];
-            let ts_nsec = u64::from_le_bytes(header[0..8].try_into().unwrap());
+            let ts_nsec = u64_at(header, 0);
             write!(out, "[{:5}.{:06}] ", ts_nsec / 1_000_000_000, ts_nsec % 1_000_000_000 / 1000).unwrap();
-            let text_len = usize::from(u16::from_le_bytes([header[10], header[11]]));
+            let text_len = usize::from(u16_at(header, 10));
             assert!(at + HEADER_SIZE + text_len <= buf.len(), "text read past the buffer");
             for &c in &buf[at + HEADER_SIZE..at + HEADER_SIZE + text_len] {
                 let isprint = (0x20..0x7f).contains(&c);
@@ -450,7 +445,7 @@ mod tests {
                 }
             }
             out.push('\n');
-            let loglen = u32::from(u16::from_le_bytes([header[8], header[9]]));
+            let loglen = u32::from(u16_at(header, 8));
             if loglen == 0 {
                 if has_wrapped_around {
                     return Err(68);

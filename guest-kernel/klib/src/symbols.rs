@@ -42,6 +42,7 @@
 //! ```
 
 use crate::bytefmt::ByteWriter;
+use crate::le::{u32_at, u64_at};
 
 /// The table's magic bytes.
 pub const MAGIC: [u8; 4] = *b"KSYM";
@@ -79,14 +80,12 @@ impl<'a> SymbolTable<'a> {
     /// an all-zero area (no table).
     pub fn parse(bytes: &'a [u8]) -> Option<Self> {
         let (header, rest) = bytes.split_first_chunk::<HEADER_SIZE>()?;
-        if header[..4] != MAGIC || le_u32(header, 4) != VERSION {
+        if header[..4] != MAGIC || u32_at(header, 4) != VERSION {
             return None;
         }
-        let count = usize::try_from(le_u32(header, 8)).ok()?;
-        let strtab_len = usize::try_from(le_u32(header, 12)).ok()?;
-        let mut base = [0u8; 8];
-        base.copy_from_slice(&header[16..24]);
-        let text_base = u64::from_le_bytes(base);
+        let count = usize::try_from(u32_at(header, 8)).ok()?;
+        let strtab_len = usize::try_from(u32_at(header, 12)).ok()?;
+        let text_base = u64_at(header, 16);
 
         let entries_len = count.checked_mul(ENTRY_SIZE)?;
         let (entries, _) = rest.get(..entries_len)?.as_chunks::<ENTRY_SIZE>();
@@ -161,25 +160,18 @@ impl<'a> SymbolTable<'a> {
     }
 
     fn name(&self, entry: &[u8; ENTRY_SIZE]) -> Option<&'a str> {
-        let start = usize::try_from(le_u32(entry, 8)).ok()?;
-        let len = usize::try_from(le_u32(entry, 12)).ok()?;
+        let start = usize::try_from(u32_at(entry, 8)).ok()?;
+        let len = usize::try_from(u32_at(entry, 12)).ok()?;
         self.strtab.get(start..start.checked_add(len)?)
     }
 }
 
-fn le_u32(bytes: &[u8], at: usize) -> u32 {
-    match bytes.get(at..at + 4) {
-        Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
-        _ => 0,
-    }
-}
-
 fn entry_offset(entry: &[u8; ENTRY_SIZE]) -> u32 {
-    u32::from_le_bytes([entry[0], entry[1], entry[2], entry[3]])
+    u32_at(entry, 0)
 }
 
 fn entry_size(entry: &[u8; ENTRY_SIZE]) -> u32 {
-    u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]])
+    u32_at(entry, 4)
 }
 
 impl Symbol<'_> {

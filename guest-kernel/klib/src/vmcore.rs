@@ -129,8 +129,8 @@ impl<'a> VmcoreLayout<'a> {
         let data_offset = notes_offset.checked_add(notes_pad).ok_or(VmcoreError::Overflow)?;
         let mut file_size = data_offset;
         for load in header.loads() {
-            let start = load.offset - load.offset % PAGE_SIZE;
-            let end = load.offset.checked_add(load.memsz).and_then(round_up_page).ok_or(VmcoreError::Overflow)?;
+            let start = load.p_offset - load.p_offset % PAGE_SIZE;
+            let end = load.p_offset.checked_add(load.p_memsz).and_then(round_up_page).ok_or(VmcoreError::Overflow)?;
             file_size = file_size.checked_add(end - start).ok_or(VmcoreError::Overflow)?;
         }
         Ok(Self { header, phnum: phnum as u16, notes_offset, notes_len, data_offset, file_size })
@@ -533,7 +533,7 @@ mod tests {
         assert_eq!(layout.write_headers(&notes[..used], &mut blob), Ok(8192));
         assert_eq!(blob[8192], 0xee, "nothing past the blob");
         assert_eq!(&blob[..56], &layout.header().elf().ehdr_bytes()[..56], "the ELF header is kept");
-        assert_eq!(u16::from_le_bytes([blob[56], blob[57]]), 5);
+        assert_eq!(crate::le::u16_at(&blob, 56), 5);
         let phdr = |i: usize| ProgramHeader::from_bytes(blob[64 + i * 56..120 + i * 56].try_into().unwrap());
         assert_eq!(phdr(0), layout.note_phdr());
         let loads: Vec<_> = layout.loads().collect();

@@ -96,6 +96,22 @@ pub fn softlockup_should_panic(duration: u64, watchdog_thresh: u32, panic_after:
     panic_after != 0 && watchdog_thresh != 0 && duration / u64::from(watchdog_thresh) >= u64::from(panic_after)
 }
 
+/// Whether a host-NMI hard-lockup check may judge a CPU that has run `ran_ns` (steal time left
+/// out) since its last judged check, with NMIs every `watchdog_thresh` seconds of wall time.
+/// A CPU that ran less than half a period cannot be blamed for missing its timer ticks (the
+/// host kept it off a physical CPU); its check waits, and its run time adds up, until it did run
+/// that long. (Forgiving such checks instead would never judge a CPU on a host that steals half
+/// of every period, and a real lockup there would go unreported.)
+///
+/// Why half a period is enough: the soft-lockup timer fires every `2 * thresh / 5` s of wall
+/// time, so the first tick due after the last judged check is due at most `0.4 * thresh` s
+/// after it, and run time never outpaces wall time. Of `0.5 * thresh` s of run time, at least
+/// `0.1 * thresh` s therefore come after a tick fell due, and a healthy CPU takes a pending
+/// timer interrupt as soon as it runs with interrupts on.
+pub const fn nmi_check_judges(ran_ns: u64, watchdog_thresh: u32) -> bool {
+    ran_ns >= watchdog_thresh as u64 * 500_000_000
+}
+
 /// A CPU's hard-lockup state, checked from NMI (own CPU) or by its buddy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HardLockupState {
@@ -285,6 +301,15 @@ mod tests {
         // Recovered: the counter moves, the next episode is reported again.
         assert_eq!(h.check(12, NMI_MISS_THRESH), HardCheck::Quiet);
         assert_eq!(h.check(12, NMI_MISS_THRESH), HardCheck::Lockup);
+    }
+
+    #[test]
+    fn nmi_checks_judge_only_after_half_a_period_of_run_time() {
+        assert!(!nmi_check_judges(0, 2));
+        assert!(!nmi_check_judges(999_999_999, 2));
+        assert!(nmi_check_judges(1_000_000_000, 2));
+        assert!(nmi_check_judges(5_000_000_000, 10));
+        assert!(!nmi_check_judges(4_999_999_999, 10));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crashvisor_abi::platform::{Command, PVPANIC_CRASH_LOADED, PVPANIC_PORT, STAT
 use crashvisor_klib::cmdline::memparse;
 use crashvisor_klib::elfcore::CoreHeader;
 use crashvisor_klib::elfnote::{NoteIter, VMCOREINFO_NOTE_NAME};
+use crashvisor_klib::le;
 use crashvisor_klib::printk::LogIndex;
 use crashvisor_klib::vmcore::{append_note_segment, DumpRangeBuilder, VmcoreError, VmcoreLayout};
 
@@ -132,19 +133,17 @@ fn hex(value: Option<&str>) -> Option<u64> {
 fn old_log(vmcoreinfo: &str) -> Option<String> {
     let phys_base = vmcoreinfo_value(vmcoreinfo, "NUMBER(phys_base)")?.parse::<i64>().ok()? as u64;
     let kernel_pa = |va: u64| va.wrapping_sub(KERNEL_MAP).wrapping_add(phys_base);
-    let read_u64 = |va: u64| u64::from_le_bytes(old(kernel_pa(va), 8).try_into().ok()?).into();
-    let buf_va: Option<u64> = read_u64(hex(vmcoreinfo_value(vmcoreinfo, "SYMBOL(log_buf)"))?);
+    let buf_va = le::u64_at(old(kernel_pa(hex(vmcoreinfo_value(vmcoreinfo, "SYMBOL(log_buf)"))?), 8), 0);
     let len_va = hex(vmcoreinfo_value(vmcoreinfo, "SYMBOL(log_buf_len)"))?;
-    let len = u32::from_le_bytes(old(kernel_pa(len_va), 4).try_into().ok()?) as u64;
+    let len = u64::from(le::u32_at(old(kernel_pa(len_va), 4), 0));
     let index_va = hex(vmcoreinfo_value(vmcoreinfo, "SYMBOL(log_first_idx)"))?;
     let raw = old(kernel_pa(index_va), 24);
-    let word32 = |i: usize| u32::from_le_bytes(raw[i..i + 4].try_into().unwrap_or([0; 4]));
-    let word64 = |i: usize| u64::from_le_bytes(raw[i..i + 8].try_into().unwrap_or([0; 8]));
-    let index = LogIndex { first_idx: word32(0), next_idx: word32(4), first_seq: word64(8), next_seq: word64(16) };
+    let (first_idx, next_idx) = (le::u32_at(raw, 0), le::u32_at(raw, 4));
+    let index = LogIndex { first_idx, next_idx, first_seq: le::u64_at(raw, 8), next_seq: le::u64_at(raw, 16) };
     if !len.is_power_of_two() || len > 1 << 24 {
         return None;
     }
-    let buf = old(kernel_pa(buf_va?), len);
+    let buf = old(kernel_pa(buf_va), len);
     let mut text = String::new();
     for record in index.records(buf, 0) {
         printk::push_line(&mut text, &record);
@@ -196,10 +195,9 @@ fn dump(dump_level: u32) -> Result<(), String> {
     let bitmap = vmcoreinfo_value(&vmcoreinfo, "NUMBER(crashvisor_frame_bitmap)").and_then(|v| v.parse::<u64>().ok());
     let nr_frames = vmcoreinfo_value(&vmcoreinfo, "NUMBER(crashvisor_nr_frames)").and_then(|v| v.parse::<u64>().ok());
     let words: Vec<u64> = match (bitmap, nr_frames) {
-        (Some(pa), Some(n)) if dump_level & DUMP_LEVEL_FREE != 0 => old(pa, n.div_ceil(64) * 8)
-            .chunks_exact(8)
-            .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
-            .collect(),
+        (Some(pa), Some(n)) if dump_level & DUMP_LEVEL_FREE != 0 => {
+            old(pa, n.div_ceil(64) * 8).chunks_exact(8).map(|w| le::u64_at(w, 0)).collect()
+        }
         _ => Vec::new(),
     };
     let mut capacity = 1024;

@@ -5,7 +5,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crashvisor_klib::elfnote::{
-    write_prstatus, write_vmcoreinfo_note, CRASH_NOTE_BYTES, ELF_NGREG, VMCOREINFO_NOTE_SIZE,
+    write_prstatus, write_vmcoreinfo_note, UserRegs, CRASH_NOTE_BYTES, VMCOREINFO_NOTE_SIZE,
 };
 
 use super::vmcoreinfo::{self, VMCOREINFO_BYTES};
@@ -65,37 +65,16 @@ pub fn save_vmcoreinfo() {
 
 /// `user_regs_struct` from interrupt registers: `pt_regs`, then the live segment bases and
 /// selectors.
-fn user_regs(regs: &PtRegs) -> [u64; ELF_NGREG] {
-    let r = regs;
-    [
-        r.r15,
-        r.r14,
-        r.r13,
-        r.r12,
-        r.rbp,
-        r.rbx,
-        r.r11,
-        r.r10,
-        r.r9,
-        r.r8,
-        r.rax,
-        r.rcx,
-        r.rdx,
-        r.rsi,
-        r.rdi,
-        r.orig_rax,
-        r.rip,
-        r.cs,
-        r.eflags,
-        r.rsp,
-        r.ss,
-        cpu::rdmsr(0xc000_0100),   // fs_base
-        cpu::rdmsr(0xc000_0101),   // gs_base
-        u64::from(gdt::KERNEL_DS), // ds
-        u64::from(gdt::KERNEL_DS), // es
-        0,                         // fs
-        0,                         // gs
-    ]
+fn user_regs(regs: &PtRegs) -> UserRegs {
+    UserRegs {
+        regs: *regs,
+        fs_base: cpu::rdmsr(0xc000_0100),
+        gs_base: cpu::rdmsr(0xc000_0101),
+        ds: u64::from(gdt::KERNEL_DS),
+        es: u64::from(gdt::KERNEL_DS),
+        fs: 0,
+        gs: 0,
+    }
 }
 
 /// `crash_save_cpu`: this CPU's registers into its crash note. `pr_pid` is the CPU number + 1:
@@ -105,7 +84,7 @@ pub fn save_cpu(regs: &PtRegs) {
     let cpu = percpu::cpu_id();
     // SAFETY: each CPU writes only its own note, once, while crashing.
     let note = unsafe { &mut (*CRASH_NOTES.0.get())[cpu] };
-    write_prstatus(note, cpu as u32 + 1, &user_regs(regs));
+    write_prstatus(note, cpu as u32 + 1, &user_regs(regs).to_array());
     SAVED.fetch_or(1 << cpu, Ordering::SeqCst);
 }
 

@@ -16,7 +16,7 @@ use crashvisor_abi::pvh::{
 };
 use crashvisor_klib::elfcore::CoreHeaderBuilder;
 use crashvisor_klib::elfnote::{CRASH_NOTE_BYTES, VMCOREINFO_NOTE_SIZE};
-use crashvisor_klib::kexec::{check_segments, relocate, KernelImage, KexecError, Segment};
+use crashvisor_klib::kexec::{check_segments, relocate, KernelElf, KexecError, Segment};
 use crashvisor_klib::memmap::RangeKind;
 
 use super::{crash, reserve, trampoline};
@@ -98,7 +98,7 @@ pub fn load(kind: Kind, cmdline: &str) -> Result<(), LoadError> {
     // SAFETY: the module is mapped read-only by the direct map for the kernel's lifetime
     // (setup maps it at boot) and nothing writes it.
     let bytes = unsafe { core::slice::from_raw_parts(mm::phys_to_virt(module_pa) as *const u8, module_len as usize) };
-    let image = KernelImage::parse(bytes).map_err(|_| LoadError::BadImage("not a PVH ELF kernel"))?;
+    let image = KernelElf::parse(bytes).map_err(|_| LoadError::BadImage("not a PVH ELF kernel"))?;
     let link_base = image.phys_start();
     let span = (image.phys_end() - link_base).next_multiple_of(PAGE_SIZE);
     let crash_region = reserve::region();
@@ -117,8 +117,8 @@ pub fn load(kind: Kind, cmdline: &str) -> Result<(), LoadError> {
     };
     let mut segments = Vec::new();
     for segment in image.segments() {
-        let mem = relocate(segment.paddr, link_base, base).ok_or(LoadError::BadImage("segment not relocatable"))?;
-        segments.push(Segment { bufsz: segment.filesz, mem, memsz: segment.memsz.next_multiple_of(PAGE_SIZE) });
+        let mem = relocate(segment.p_paddr, link_base, base).ok_or(LoadError::BadImage("segment not relocatable"))?;
+        segments.push(Segment { bufsz: segment.p_filesz, mem, memsz: segment.p_memsz.next_multiple_of(PAGE_SIZE) });
     }
     let ram_pages = setup::MEMORY_MAP.lock_irqsave().as_ref().map_or(0, |m| m.total_ram() / PAGE_SIZE);
     let checked_region = if kind == Kind::Crash { crash_region } else { None };

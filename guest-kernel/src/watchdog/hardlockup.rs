@@ -4,7 +4,9 @@
 use core::sync::atomic::Ordering;
 
 use crashvisor_abi::platform::{Detector, EventKind};
-use crashvisor_klib::watchdog::{buddy_of, HardCheck, HardLockupState, BUDDY_MISS_THRESH, NMI_MISS_THRESH};
+use crashvisor_klib::watchdog::{
+    buddy_of, nmi_check_judges, HardCheck, HardLockupState, BUDDY_MISS_THRESH, NMI_MISS_THRESH,
+};
 
 use super::{BUDDY_MODE, HARDLOCKUP_ALL_CPU_BACKTRACE, HARDLOCKUP_PANIC, HRTIMER_INTERRUPTS, WATCHDOG_CPUMASK};
 use crate::arch::idt::PtRegs;
@@ -15,8 +17,8 @@ use crate::{dumpstack, kvmclock, nmi, platform, smp};
 
 static STATE: [SpinLock<HardLockupState>; MAX_CPUS] =
     [const { SpinLock::new(HardLockupState { saved: 0, missed: 0, touched: false, warned: false }) }; MAX_CPUS];
-/// Steal time (ns) at each CPU's previous NMI check.
-static STEAL_AT_CHECK: [core::sync::atomic::AtomicU64; MAX_CPUS] =
+/// Each CPU's run time (ns, steal left out) at its last judged NMI check.
+static RUN_AT_CHECK: [core::sync::atomic::AtomicU64; MAX_CPUS] =
     [const { core::sync::atomic::AtomicU64::new(0) }; MAX_CPUS];
 
 /// Whether the buddy detector is the hard-lockup detector now.
@@ -27,7 +29,7 @@ pub fn buddy_active() -> bool {
 /// Starts `cpu`'s state afresh with its counter at `hrtimer_interrupts`.
 pub fn reset(cpu: usize, hrtimer_interrupts: u64) {
     *STATE[cpu].lock_irqsave() = HardLockupState { saved: hrtimer_interrupts, ..HardLockupState::default() };
-    STEAL_AT_CHECK[cpu].store(kvmclock::steal_ns(cpu), Ordering::Relaxed);
+    RUN_AT_CHECK[cpu].store(super::run_ns(cpu), Ordering::Relaxed);
 }
 
 /// The `touch_nmi_watchdog()` half for `cpu`.
@@ -50,13 +52,16 @@ pub fn nmi_check(regs: &PtRegs) {
     if !super::hard_enabled(cpu) || buddy_active() {
         return;
     }
-    // Time the host kept this vCPU off a physical CPU is not time it was locked up: if the
-    // host stole a good part of the period, this check does not count as a miss.
-    let steal = kvmclock::steal_ns(cpu);
-    let stolen = steal.saturating_sub(STEAL_AT_CHECK[cpu].swap(steal, Ordering::Relaxed));
-    if kvmclock::check_and_clear_guest_paused() || stolen > u64::from(super::thresh()) * 500_000_000 {
+    if kvmclock::check_and_clear_guest_paused() {
         touch(cpu);
     }
+    // Time the host kept this vCPU off a physical CPU is not time it was locked up: judge the
+    // CPU only once it has run long enough since its last judged check.
+    let run = super::run_ns(cpu);
+    if !nmi_check_judges(run.saturating_sub(RUN_AT_CHECK[cpu].load(Ordering::Relaxed)), super::thresh()) {
+        return;
+    }
+    RUN_AT_CHECK[cpu].store(run, Ordering::Relaxed);
     let Some(mut state) = STATE[cpu].try_lock_irqsave() else { return };
     let decision = state.check(HRTIMER_INTERRUPTS[cpu].load(Ordering::Relaxed), NMI_MISS_THRESH);
     drop(state);

@@ -75,10 +75,15 @@ pub fn thresh() -> u32 {
     WATCHDOG_THRESH.load(Ordering::Relaxed)
 }
 
-/// The detectors' clock for `cpu`, in Linux's `get_timestamp()` units: time since boot minus
-/// the time the host kept this CPU from running (steal time is not lockup time).
+/// The detectors' clock for `cpu`, in Linux's `get_timestamp()` units (see [`run_ns`]).
 pub fn clock_ts(cpu: usize) -> u64 {
-    timestamp(time::now_ns().saturating_sub(kvmclock::steal_ns(cpu)))
+    timestamp(run_ns(cpu))
+}
+
+/// Nanoseconds `cpu` has had since boot: time since boot minus the time the host kept it from
+/// running (steal time is not lockup time).
+pub fn run_ns(cpu: usize) -> u64 {
+    time::now_ns().saturating_sub(kvmclock::steal_ns(cpu))
 }
 
 /// Parses the boot parameters of the detectors (`nowatchdog`, `nosoftlockup`,

@@ -8,6 +8,7 @@ use std::mem::offset_of;
 use crashvisor_abi::platform::{
     CrashReason, Detector, CRASH_REASON_COMM_LEN, CRASH_REASON_MAGIC, CRASH_REASON_MESSAGE_LEN, CRASH_REASON_VERSION,
 };
+use crashvisor_klib::le::u32_at;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// A validated crash reason, as the host reports it.
@@ -56,12 +57,6 @@ pub fn read(memory: &GuestMemoryMmap, gpa: u64) -> Result<CrashInfo, CrashReason
     gpa.checked_add(CrashReason::SIZE as u64).ok_or(CrashReasonError::OutOfRam(gpa))?;
     memory.read_slice(&mut bytes, GuestAddress(gpa)).map_err(|_| CrashReasonError::OutOfRam(gpa))?;
     decode(&bytes)
-}
-
-fn u32_at(bytes: &[u8; CrashReason::SIZE], offset: usize) -> u32 {
-    let mut le = [0u8; 4];
-    le.copy_from_slice(&bytes[offset..offset + 4]);
-    u32::from_le_bytes(le)
 }
 
 /// Decodes the raw bytes of a `CrashReason`.

@@ -163,7 +163,7 @@ impl Platform {
     /// A guest write to a platform port. `vcpu` is below `MAX_VCPUS` (the VMM creates no more).
     pub fn write(&self, vcpu: usize, port: u16, data: &[u8]) -> IoAction {
         let vcpu = vcpu.min(MAX_VCPUS - 1);
-        let value = le_u32(data);
+        let value = port_value(data);
         match port {
             PLATFORM_ARG_LO => {
                 let arg = &self.args[vcpu];
@@ -289,8 +289,8 @@ impl Platform {
     }
 }
 
-/// Little-endian value of up to 4 guest bytes (shorter accesses are zero-extended).
-fn le_u32(data: &[u8]) -> u32 {
+/// The value of a port write of up to 4 bytes (little-endian; shorter writes are zero-extended).
+fn port_value(data: &[u8]) -> u32 {
     let mut bytes = [0u8; 4];
     for (dst, src) in bytes.iter_mut().zip(data) {
         *dst = *src;

@@ -4,9 +4,8 @@
 //! the addresses the guest's page tables give — so the same tools read both kinds of vmcore.
 
 use crashvisor_abi::layout::{KERNEL_MAP, PAGE_OFFSET};
-use crashvisor_klib::elfnote::{NoteIter, VMCOREINFO_BYTES, VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_SIZE};
+use crashvisor_klib::elfnote::{NoteIter, NT_PRSTATUS, VMCOREINFO_BYTES, VMCOREINFO_NOTE_NAME, VMCOREINFO_NOTE_SIZE};
 use dumpd::elf::build::{LoadSpec, NoteSpec};
-use dumpd::elf::NT_PRSTATUS;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::pagewalk::{self, Mapping};

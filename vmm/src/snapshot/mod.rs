@@ -21,7 +21,6 @@ use dumpd::store::{
 };
 
 use dumpd::error_chain;
-use dumpd::kdump::Compression;
 
 use self::fork::{ForkError, ForkedWriter, Output};
 use crate::config::DumpFormat;
@@ -73,7 +72,7 @@ pub enum SnapshotError {
     Registers(usize),
     /// The layout could not be built.
     #[error("cannot lay out the vmcore")]
-    Layout(#[from] dumpd::elf::ElfError),
+    Layout(#[from] crashvisor_klib::elfcore::ElfError),
     /// The writer failed.
     #[error("writing the vmcore failed")]
     Write(#[from] ForkError),
@@ -147,8 +146,7 @@ fn capture(
                 let core = dumpd::elf::build::layout(&notes, &layout.loads)?;
                 ForkedWriter::start(&file, &Output::Elf(&core), &ctx.memory)?
             }
-            DumpFormat::KdumpZstd => ForkedWriter::start(&file, &kdump(Compression::Zstd), &ctx.memory)?,
-            DumpFormat::KdumpZlib => ForkedWriter::start(&file, &kdump(Compression::Zlib), &ctx.memory)?,
+            DumpFormat::Kdump(compression) => ForkedWriter::start(&file, &kdump(compression), &ctx.memory)?,
         };
         let total: u64 = layout.loads.iter().map(|l| l.len).sum();
         Ok::<_, SnapshotError>((writer, total))
@@ -182,7 +180,7 @@ fn capture(
     }
     let mut meta = CrashMeta::new(request.trigger, &target.vm_name, pending.created());
     meta.files.vmcore_dmesg = dmesg.is_some().then(|| FILE_VMCORE_DMESG.into());
-    meta.vmcore_format = (format != DumpFormat::Elf).then(|| format_name(format).into());
+    meta.vmcore_format = (format != DumpFormat::Elf).then(|| format.name().into());
     meta.reason = request.reason.as_ref().map(reason_meta);
     meta.sizes = sizes;
     meta.timings.pause_us = Some(u64::try_from(pause.as_micros()).unwrap_or(u64::MAX));
@@ -199,14 +197,6 @@ fn kernel_log(path: &std::path::Path) -> Option<String> {
         Ok(dumpd::analysis::log::read_log(&dump)?.to_string())
     };
     read().map_err(|e| tracing::warn!("no vmcore-dmesg.txt for the host-side dump: {e}")).ok()
-}
-
-fn format_name(format: DumpFormat) -> &'static str {
-    match format {
-        DumpFormat::Elf => "elf",
-        DumpFormat::KdumpZstd => "kdump-zstd",
-        DumpFormat::KdumpZlib => "kdump-zlib",
-    }
 }
 
 /// Lets the machine go on as `after` says.

@@ -1,7 +1,7 @@
 //! A vCPU's registers as Linux's `NT_PRSTATUS` note (336 bytes, `user_regs_struct` order), the
 //! same format the guest's crash path writes, so gdb shows one thread per vCPU.
 
-use crashvisor_klib::elfnote::{write_prstatus, CRASH_NOTE_BYTES, ELF_NGREG, NOTE_HEADER_SIZE, PRSTATUS_SIZE};
+use crashvisor_klib::elfnote::{write_prstatus, PtRegs, UserRegs, CRASH_NOTE_BYTES, NOTE_HEADER_SIZE, PRSTATUS_SIZE};
 use kvm_bindings::{kvm_regs, kvm_sregs};
 
 /// A vCPU's state as KVM reports it while the vCPU is parked.
@@ -13,46 +13,48 @@ pub struct VcpuState {
     pub sregs: kvm_sregs,
 }
 
-/// `user_regs_struct` from KVM's registers: r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx
-/// rsi rdi orig_rax rip cs eflags rsp ss fs_base gs_base ds es fs gs.
-pub fn user_regs(state: &VcpuState) -> [u64; ELF_NGREG] {
+/// `user_regs_struct` from KVM's registers.
+pub fn user_regs(state: &VcpuState) -> UserRegs {
     let (r, s) = (&state.regs, &state.sregs);
-    [
-        r.r15,
-        r.r14,
-        r.r13,
-        r.r12,
-        r.rbp,
-        r.rbx,
-        r.r11,
-        r.r10,
-        r.r9,
-        r.r8,
-        r.rax,
-        r.rcx,
-        r.rdx,
-        r.rsi,
-        r.rdi,
-        u64::MAX, // orig_rax: not in a system call
-        r.rip,
-        u64::from(s.cs.selector),
-        r.rflags,
-        r.rsp,
-        u64::from(s.ss.selector),
-        s.fs.base,
-        s.gs.base,
-        u64::from(s.ds.selector),
-        u64::from(s.es.selector),
-        u64::from(s.fs.selector),
-        u64::from(s.gs.selector),
-    ]
+    let regs = PtRegs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: u64::MAX, // not in a system call
+        rip: r.rip,
+        cs: u64::from(s.cs.selector),
+        eflags: r.rflags,
+        rsp: r.rsp,
+        ss: u64::from(s.ss.selector),
+    };
+    UserRegs {
+        regs,
+        fs_base: s.fs.base,
+        gs_base: s.gs.base,
+        ds: u64::from(s.ds.selector),
+        es: u64::from(s.es.selector),
+        fs: u64::from(s.fs.selector),
+        gs: u64::from(s.gs.selector),
+    }
 }
 
 /// The `NT_PRSTATUS` descriptor of vCPU `id` (`pr_pid` = id + 1: distinct and non-zero, as the
 /// guest's crash notes, so gdb keeps one thread per vCPU).
 pub fn prstatus_desc(id: usize, state: &VcpuState) -> Vec<u8> {
     let mut note = [0u8; CRASH_NOTE_BYTES];
-    write_prstatus(&mut note, id as u32 + 1, &user_regs(state));
+    write_prstatus(&mut note, id as u32 + 1, &user_regs(state).to_array());
     // The note is header (12) + "CORE\0" padded to 8 + the 336-byte descriptor.
     let desc_start = NOTE_HEADER_SIZE + 8;
     note[desc_start..desc_start + PRSTATUS_SIZE].to_vec()

@@ -9,36 +9,8 @@ use core::cell::UnsafeCell;
 
 use super::gdt::{IST_DOUBLE_FAULT, IST_MCE, IST_NMI, KERNEL_CS};
 
-/// Linux's `struct pt_regs` on x86_64 (and the first 21 words of `user_regs_struct`).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-#[allow(missing_docs)]
-pub struct PtRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub rbp: u64,
-    pub rbx: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rax: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    /// The error code of an exception, or -1.
-    pub orig_rax: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub eflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
-
-const _: () = assert!(core::mem::size_of::<PtRegs>() == 21 * 8);
+/// Linux's `struct pt_regs` on x86_64, defined with the `NT_PRSTATUS` note format it is part of.
+pub use crashvisor_klib::elfnote::PtRegs;
 
 /// Vector numbers, as Linux assigns them.
 pub mod vector {

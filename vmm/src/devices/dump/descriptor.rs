@@ -11,7 +11,10 @@ use crashvisor_abi::dump::{
     DumpDescriptor, DumpRange, DUMP_LEVEL_ALL, DUMP_MAGIC, DUMP_VERSION, MAX_DUMP_FILE_SIZE, MAX_DUMP_HEADERS_LEN,
     MAX_DUMP_LOG_LEN, MAX_DUMP_RANGES,
 };
-use dumpd::elf::{Core, ElfError, EHDR_SIZE, PRSTATUS_SIZE};
+use crashvisor_klib::elfcore::{ElfError, EHDR_SIZE, PT_LOAD};
+use crashvisor_klib::elfnote::PRSTATUS_SIZE;
+use crashvisor_klib::le;
+use dumpd::elf::Core;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Size of the descriptor in guest memory.
@@ -187,8 +190,8 @@ pub fn read_and_validate(memory: &GuestMemoryMmap, gpa: u64) -> Result<ValidDump
 /// Copies the descriptor at `gpa` out of guest memory and decodes it.
 pub fn read_descriptor(memory: &GuestMemoryMmap, gpa: u64) -> Result<DumpDescriptor, DescriptorError> {
     let bytes = read_bytes(memory, "descriptor", gpa, DESCRIPTOR_SIZE as u64)?;
-    let u64_at = |offset| le_u64(&bytes, offset);
-    let u32_at = |offset| le_u32(&bytes, offset);
+    let u64_at = |offset| le::u64_at(&bytes, offset);
+    let u32_at = |offset| le::u32_at(&bytes, offset);
     Ok(DumpDescriptor {
         magic: u64_at(offset_of!(DumpDescriptor, magic)),
         version: u32_at(offset_of!(DumpDescriptor, version)),
@@ -263,16 +266,16 @@ pub fn check_layout(
     let core = Core::parse(headers).map_err(DescriptorError::Headers)?;
     let mut loads: Vec<(usize, u64, u64)> = Vec::new(); // (index, start, end) in the file
     for (index, ph) in core.program_headers().iter().enumerate() {
-        if ph.p_type != dumpd::elf::PT_LOAD {
+        if ph.p_type != PT_LOAD {
             continue;
         }
-        if ph.offset < d.headers_len {
-            return Err(DescriptorError::LoadInsideHeaders { index, offset: ph.offset, headers_len: d.headers_len });
+        if ph.p_offset < d.headers_len {
+            return Err(DescriptorError::LoadInsideHeaders { index, offset: ph.p_offset, headers_len: d.headers_len });
         }
         if ph.file_end() > d.file_size {
             return Err(DescriptorError::LoadPastEnd { index, end: ph.file_end(), file_size: d.file_size });
         }
-        loads.push((index, ph.offset, ph.file_end()));
+        loads.push((index, ph.p_offset, ph.file_end()));
     }
     loads.sort_by_key(|&(_, start, end)| (start, end));
     for pair in loads.windows(2) {
@@ -386,22 +389,10 @@ pub fn read_bytes(
 
 fn decode_range(bytes: &[u8]) -> DumpRange {
     DumpRange {
-        file_offset: le_u64(bytes, offset_of!(DumpRange, file_offset)),
-        gpa: le_u64(bytes, offset_of!(DumpRange, gpa)),
-        len: le_u64(bytes, offset_of!(DumpRange, len)),
+        file_offset: le::u64_at(bytes, offset_of!(DumpRange, file_offset)),
+        gpa: le::u64_at(bytes, offset_of!(DumpRange, gpa)),
+        len: le::u64_at(bytes, offset_of!(DumpRange, len)),
     }
-}
-
-fn le_u64(bytes: &[u8], at: usize) -> u64 {
-    let mut le = [0u8; 8];
-    le.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(le)
-}
-
-fn le_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut le = [0u8; 4];
-    le.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_le_bytes(le)
 }
 
 /// The guest's bytes for a descriptor (little-endian, no padding), for tests.
@@ -531,7 +522,7 @@ mod tests {
         let e = error_after(|g| set_offset(g, 2, g.descriptor.file_size - 0x1000));
         assert!(matches!(e, E::LoadPastEnd { index: 2, .. }), "{e:?}");
         let e = error_after(|g| {
-            let first = u64::from_le_bytes(g.headers[load + 8..load + 16].try_into().unwrap());
+            let first = le::u64_at(&g.headers, load + 8);
             set_offset(g, 2, first + 0x1000);
         });
         assert!(matches!(e, E::LoadsOverlap { index: 2 } | E::LoadsOverlap { index: 1 }), "{e:?}");

@@ -20,8 +20,8 @@ use crashvisor_abi::dump::{DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE
 use crashvisor_abi::platform::{STATUS_INVALID_ARGUMENT, STATUS_IO_ERROR, STATUS_OK};
 use dumpd::error_chain;
 use dumpd::store::{
-    rfc3339, CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord,
-    PendingCrash, Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
+    CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash,
+    Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 use dumpd::writer::{write_vmcore, Run, WriteError};
 use vm_memory::GuestMemoryMmap;
@@ -256,11 +256,7 @@ pub enum FailureReportError {
 pub fn read_failure(memory: &GuestMemoryMmap, gpa: u64) -> Result<String, FailureReportError> {
     let size = std::mem::size_of::<DumpFailure>() as u64;
     let bytes = read_bytes(memory, "failure report", gpa, size).map_err(|_| FailureReportError::OutOfRam(gpa))?;
-    let u64_at = |at: usize| {
-        let mut le = [0u8; 8];
-        le.copy_from_slice(&bytes[at..at + 8]);
-        u64::from_le_bytes(le)
-    };
+    let u64_at = |at: usize| crashvisor_klib::le::u64_at(&bytes, at);
     let magic = u64_at(offset_of!(DumpFailure, magic));
     if magic != DUMP_FAILURE_MAGIC {
         return Err(FailureReportError::Magic(magic));
@@ -295,7 +291,7 @@ fn fail(target: &DumpTarget, reason: String, post: &mut dyn FnMut(DumpEvent)) {
 
 /// Records a failed capture in the store's failure log and posts `Failed`.
 pub(crate) fn record_failure(target: &DumpTarget, trigger: Trigger, reason: String, post: &mut dyn FnMut(DumpEvent)) {
-    let record = FailureRecord { time: rfc3339(SystemTime::now()), vm: target.vm_name.clone(), trigger, reason };
+    let record = FailureRecord::new(&target.vm_name, trigger, reason, SystemTime::now());
     if let Err(e) = CrashStore::open(&target.crash_dir).and_then(|store| store.record_failure(&record)) {
         tracing::warn!("cannot record the failed capture: {}", error_chain(&e));
     }
@@ -319,8 +315,9 @@ pub(crate) mod tests {
     use crashvisor_abi::dump::{DumpDescriptor, DumpRange, DUMP_LEVEL_ALL, DUMP_MAGIC, DUMP_VERSION};
     use crashvisor_abi::layout::PAGE_OFFSET;
     use crashvisor_abi::platform::Detector;
+    use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
     use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
-    use dumpd::elf::{Core, NT_PRSTATUS, PRSTATUS_SIZE};
+    use dumpd::elf::Core;
     use std::path::Path;
     use vm_memory::{Bytes, GuestAddress};
 

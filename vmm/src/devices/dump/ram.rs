@@ -62,8 +62,7 @@ impl<'a> GuestRam<'a> {
         let mut bytes = vec![0u8; count];
         // A short read at the end of the address space still covers what was asked.
         let Ok(got) = std::os::unix::fs::FileExt::read_at(pagemap, &mut bytes, first * 8) else { return false };
-        let entries =
-            bytes[..got - got % 8].chunks_exact(8).map(|e| u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8])));
+        let entries = bytes[..got - got % 8].chunks_exact(8).map(|e| crashvisor_klib::le::u64_at(e, 0));
         *window = (first, entries.collect());
         covered(&window)
     }
