@@ -275,9 +275,12 @@ names! {
 /// use crashvisor_abi::control::{parse_line, LkdtmRequest};
 /// use crashvisor_abi::lkdtm::{CrashPoint, CrashType};
 ///
-/// let request = LkdtmRequest { kind: CrashType::PANIC, point: CrashPoint::IntHardwareEntry, count: Some(3), cpu: Some(1) };
+/// let request = LkdtmRequest::new("PANIC", Some("INT_HARDWARE_ENTRY"), Some(3), Some(1)).unwrap();
+/// assert_eq!(request.point, CrashPoint::IntHardwareEntry);
 /// let mut line = String::from("9 inject");
-/// request.write_args(&mut line).unwrap();
+/// for (key, value) in request.args() {
+///     line += &format!(" {key}={value}");
+/// }
 /// assert_eq!(line, "9 inject lkdtm=PANIC cpoint=INT_HARDWARE_ENTRY count=3 cpu=1");
 /// let parsed = parse_line(&line).unwrap();
 /// assert_eq!(LkdtmRequest::from_line(&parsed), Some(Ok(request)));
@@ -349,36 +352,66 @@ impl LkdtmRequest {
         if line.arg(key::FAULT).is_some() {
             return Err(LkdtmRequestError::AlsoAFault);
         }
+        let cpu = line.arg(key::CPU).map(|c| parse_u32(c).ok_or(LkdtmRequestError::BadCpu)).transpose()?;
+        let count = line.arg(key::COUNT).map(|c| parse_u32(c).ok_or(LkdtmRequestError::BadCount)).transpose()?;
+        Self::new(name, line.arg(key::CPOINT), count, cpu)
+    }
+
+    /// The request for crash type `name` at crash point `point` (`DIRECT` when `None`): refused
+    /// when either is unknown or unsupported, or `count` is outside 1 to `i32::MAX`. The guest
+    /// reads its lines with it, and the host checks a request before sending it.
+    pub fn new<'a>(
+        name: &'a str,
+        point: Option<&'a str>,
+        count: Option<u32>,
+        cpu: Option<u32>,
+    ) -> Result<Self, LkdtmRequestError<'a>> {
         let kind = CrashType::from_name(name).ok_or(LkdtmRequestError::UnknownType(name))?;
         if let Support::Unsupported(why) = kind.support() {
             return Err(LkdtmRequestError::UnsupportedType(kind, why));
         }
-        let point = match line.arg(key::CPOINT) {
+        let point = match point {
             None => CrashPoint::Direct,
             Some(name) => CrashPoint::from_name(name).ok_or(LkdtmRequestError::UnknownPoint(name))?,
         };
         if let Err(why) = point.counterpart() {
             return Err(LkdtmRequestError::UnsupportedPoint(point, why));
         }
-        let cpu = line.arg(key::CPU).map(|c| parse_u32(c).ok_or(LkdtmRequestError::BadCpu)).transpose()?;
-        let count = line
-            .arg(key::COUNT)
-            .map(|c| parse_u32(c).filter(|&n| n > 0 && n <= i32::MAX as u32).ok_or(LkdtmRequestError::BadCount))
-            .transpose()?;
+        if count.is_some_and(|n| n == 0 || n > i32::MAX as u32) {
+            return Err(LkdtmRequestError::BadCount);
+        }
         Ok(Self { kind, point, count, cpu })
     }
 
-    /// Writes the arguments (` lkdtm=<TYPE> cpoint=<NAME>[ count=<n>][ cpu=<n>]`) after a
-    /// request's `<id> inject`. Names and numbers need no encoding.
-    pub fn write_args(&self, w: &mut impl fmt::Write) -> fmt::Result {
-        write!(w, " {}={} {}={}", key::LKDTM, self.kind, key::CPOINT, self.point)?;
-        if let Some(count) = self.count {
-            write!(w, " {}={count}", key::COUNT)?;
+    /// The arguments after a request's `<id> inject`, in order: `lkdtm=<TYPE> cpoint=<NAME>`,
+    /// then `count=<n>` and `cpu=<n>` when given. Names and numbers need no encoding.
+    pub fn args(&self) -> impl Iterator<Item = (&'static str, ArgValue)> {
+        [
+            Some((key::LKDTM, ArgValue::Name(self.kind.as_str()))),
+            Some((key::CPOINT, ArgValue::Name(self.point.as_str()))),
+            self.count.map(|n| (key::COUNT, ArgValue::Number(n))),
+            self.cpu.map(|n| (key::CPU, ArgValue::Number(n))),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// A value of an [`LkdtmRequest`] argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgValue {
+    /// A crash type's or crash point's name.
+    Name(&'static str),
+    /// A count or a CPU.
+    Number(u32),
+}
+
+impl fmt::Display for ArgValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(name) => f.write_str(name),
+            Self::Number(n) => write!(f, "{n}"),
         }
-        if let Some(cpu) = self.cpu {
-            write!(w, " {}={cpu}", key::CPU)?;
-        }
-        Ok(())
     }
 }
 

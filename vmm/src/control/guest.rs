@@ -49,6 +49,7 @@ const NUMERIC_KEYS: &[&str] = &[
     wire::key::VERSION,
     wire::key::CRASH_SIZE,
     wire::key::DUMP_LEVEL,
+    wire::key::COUNT,
 ];
 /// Keys whose values (`0` or `1`) are booleans in JSON results; every other value is a string.
 const BOOLEAN_KEYS: &[&str] = &[wire::key::LOADED, wire::key::CRASH_LOADED];
@@ -243,6 +244,11 @@ mod tests {
             "value stays text; a non-numeric pid stays text; the first duplicate wins"
         );
         assert_eq!(result("3 ok text=%FF").unwrap(), json!({"text": "\u{fffd}"}));
+        assert_eq!(
+            result("3 ok cpoint=TIMERADD count=3").unwrap(),
+            json!({"cpoint": "TIMERADD", "count": 3}),
+            "an LKDTM registration"
+        );
     }
 
     #[test]

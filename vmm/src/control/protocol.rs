@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crashvisor_abi::control::{
-    self as wire, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, Verb, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN,
+    self as wire, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, LkdtmRequest, Verb, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN,
     MAX_SYSCTL_VALUE_LEN,
 };
 use serde::de::DeserializeOwned;
@@ -232,7 +232,10 @@ struct TimeoutOnly {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InjectFields {
-    fault: String,
+    fault: Option<String>,
+    lkdtm: Option<String>,
+    cpoint: Option<String>,
+    count: Option<u32>,
     cpu: Option<u32>,
     duration_ms: Option<u64>,
     message: Option<String>,
@@ -308,6 +311,58 @@ fn name_of<T: Copy>(
     })
 }
 
+fn inject_args(f: InjectFields, args: &mut Vec<(&'static str, Vec<u8>)>) -> Result<(), ControlError> {
+    match (f.fault, f.lkdtm) {
+        (Some(fault), None) if f.cpoint.is_none() && f.count.is_none() => {
+            fault_args(&fault, f.cpu, f.duration_ms, f.message, args)
+        }
+        (Some(_), None) => Err(ControlError::bad_argument("\"cpoint\" and \"count\" go with \"lkdtm\", not \"fault\"")),
+        (None, Some(lkdtm)) if f.duration_ms.is_none() && f.message.is_none() => {
+            let request = LkdtmRequest::new(&lkdtm, f.cpoint.as_deref(), f.count, f.cpu).map_err(|e| {
+                let code = match e.code() {
+                    wire::ErrorCode::BadArgument => ControlErrorCode::BadArgument,
+                    code => ControlErrorCode::Guest(code),
+                };
+                ControlError::new(code, e.to_string())
+            })?;
+            args.extend(request.args().map(|(key, value)| (key, value.to_string().into_bytes())));
+            Ok(())
+        }
+        (None, Some(_)) => {
+            Err(ControlError::bad_argument("\"duration_ms\" and \"message\" go with \"fault\", not \"lkdtm\""))
+        }
+        (Some(_), Some(_)) => Err(ControlError::bad_argument("give either \"fault\" or \"lkdtm\", not both")),
+        (None, None) => Err(ControlError::bad_argument(
+            "inject needs a \"fault\" (softlockup, panic, ...) or an LKDTM crash type in \"lkdtm\" (PANIC, ...)",
+        )),
+    }
+}
+
+fn fault_args(
+    fault: &str,
+    cpu: Option<u32>,
+    duration_ms: Option<u64>,
+    message: Option<String>,
+    args: &mut Vec<(&'static str, Vec<u8>)>,
+) -> Result<(), ControlError> {
+    let fault = name_of("fault", fault, FaultKind::from_name, FaultKind::ALL, FaultKind::as_str)?;
+    args.push((wire::key::FAULT, fault.as_str().into()));
+    args.push((wire::key::CPU, cpu.unwrap_or(0).to_string().into()));
+    if let Some(ms) = duration_ms {
+        args.push((wire::key::DURATION_MS, ms.to_string().into()));
+    }
+    if let Some(message) = message {
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(ControlError::bad_argument(format!(
+                "the message is {} bytes; the limit is {MAX_MESSAGE_LEN}",
+                message.len()
+            )));
+        }
+        args.push((wire::key::MESSAGE, message.into()));
+    }
+    Ok(())
+}
+
 fn kexec_args(f: KexecFields, args: &mut Vec<(&'static str, Vec<u8>)>) -> Result<(), ControlError> {
     let op = name_of("kexec op", &f.op, KexecOp::from_name, KexecOp::ALL, KexecOp::as_str)?;
     args.push((wire::key::OP, op.as_str().into()));
@@ -371,25 +426,9 @@ fn guest_request(verb: Verb, fields: Map<String, Value>) -> Result<GuestRequest,
         Verb::Hello | Verb::Ps | Verb::Uptime => fields_of::<TimeoutOnly>(fields)?.timeout_ms,
         Verb::Inject => {
             let f: InjectFields = fields_of(fields)?;
-            let fault = FaultKind::from_name(&f.fault).ok_or_else(|| {
-                let names: Vec<&str> = FaultKind::ALL.iter().map(|k| k.as_str()).collect();
-                ControlError::bad_argument(format!("unknown fault {:?}; the faults are {}", f.fault, names.join(", ")))
-            })?;
-            args.push((wire::key::FAULT, fault.as_str().into()));
-            args.push((wire::key::CPU, f.cpu.unwrap_or(0).to_string().into()));
-            if let Some(ms) = f.duration_ms {
-                args.push((wire::key::DURATION_MS, ms.to_string().into()));
-            }
-            if let Some(message) = f.message {
-                if message.len() > MAX_MESSAGE_LEN {
-                    return Err(ControlError::bad_argument(format!(
-                        "the message is {} bytes; the limit is {MAX_MESSAGE_LEN}",
-                        message.len()
-                    )));
-                }
-                args.push((wire::key::MESSAGE, message.into()));
-            }
-            f.timeout_ms
+            let timeout_ms = f.timeout_ms;
+            inject_args(f, &mut args)?;
+            timeout_ms
         }
         Verb::SysctlGet | Verb::SysctlSet => {
             let f: SysctlFields = fields_of(fields)?;
@@ -544,6 +583,38 @@ mod tests {
         assert_eq!(g.args[2], ("message", b"a b".to_vec()));
         for verb in ["hello", "ps", "uptime"] {
             assert_eq!(guest(&format!(r#"{{"cmd":"{verb}"}}"#)).args, vec![]);
+        }
+    }
+
+    #[test]
+    fn parses_lkdtm_injections_and_refuses_what_the_guest_would() {
+        let req = parse(r#"{"cmd":"inject","lkdtm":"PANIC_IN_HARDIRQ","cpoint":"INT_HARDWARE_ENTRY","count":3,"cpu":1}"#);
+        let Command::Guest(g) = req.unwrap().command else { panic!("not a guest command") };
+        let line = super::super::guest::request_line(5, &g).unwrap();
+        assert_eq!(line, "5 inject lkdtm=PANIC_IN_HARDIRQ cpoint=INT_HARDWARE_ENTRY count=3 cpu=1\n");
+        let Command::Guest(g) = parse(r#"{"cmd":"inject","lkdtm":"BUG"}"#).unwrap().command else { panic!() };
+        assert_eq!(g.args, vec![("lkdtm", b"BUG".to_vec()), ("cpoint", b"DIRECT".to_vec())]);
+
+        let refused = |line: &str| {
+            let e = parse(line).unwrap_err().error;
+            (e.code.as_str(), e.message)
+        };
+        let (code, message) = refused(r#"{"cmd":"inject","lkdtm":"USERCOPY_KERNEL"}"#);
+        assert_eq!(code, "unsupported");
+        assert!(message.starts_with("USERCOPY_KERNEL is not supported by this kernel: there is no user space"), "{message}");
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"SCSI_QUEUE_RQ"}"#).0, "unsupported");
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"panic"}"#).1, "unknown LKDTM crash type panic");
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"NOWHERE"}"#).0, "bad_argument");
+        for line in [
+            r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"TIMERADD","count":0}"#,
+            r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"TIMERADD","count":2147483648}"#,
+            r#"{"cmd":"inject","lkdtm":"BUG","count":-1}"#,
+            r#"{"cmd":"inject","lkdtm":"BUG","fault":"bug"}"#,
+            r#"{"cmd":"inject","lkdtm":"SOFTLOCKUP","duration_ms":100}"#,
+            r#"{"cmd":"inject","fault":"panic","cpoint":"TIMERADD"}"#,
+            r#"{"cmd":"inject","lkdtm":7}"#,
+        ] {
+            assert_eq!(refused(line).0, "bad_argument", "{line}");
         }
     }
 
