@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use crashvisor_abi::lkdtm::CrashType;
 use crashvisor_tests::api::{one_at_a_time, signal, EventStream, HttpResponse, Service};
 use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
 use crashvisor_tests::BOOT_TIMEOUT;
@@ -256,6 +257,60 @@ fn every_other_fault_kind_is_caught_over_http() {
     }
 }
 
+/// LKDTM over HTTP: the table the service serves is the guest's, and crash types run at a crash
+/// point (in the interrupt context that hits it) and directly (in a task), each into a vmcore.
+#[test]
+fn lkdtm_types_are_listed_and_run_at_crash_points_over_http() {
+    let _serial = one_at_a_time();
+    let service = Service::start(&[]);
+    let listed = service.get("/v1/lkdtm");
+    expect_status(&listed, 200, "GET /v1/lkdtm");
+    let listed = listed.json();
+    let supported: Vec<&str> = listed["types"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .filter(|t| t["supported"] == true)
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let wanted: Vec<&str> = CrashType::supported().map(CrashType::as_str).collect();
+    assert_eq!(supported, wanted);
+    assert_eq!(listed["types"].as_array().map(Vec::len), Some(CrashType::ALL.len()));
+
+    let mut events = service.events("/v1/events?since=0");
+    let vm = create_booted(&service, &mut events, &crashing_vm("lkdtm", 2, 256));
+    wait_kdump(&service, &vm);
+    let at_point = json!({"lkdtm": "PANIC", "cpoint": "INT_HARDWARE_ENTRY", "count": 3, "cpu": 1});
+    let injected = service.post(&format!("/v1/vms/{vm}/faults"), &at_point);
+    expect_status(&injected, 202, "PANIC at INT_HARDWARE_ENTRY");
+    let mut registered = at_point.clone();
+    registered["pid"] = Value::Null; // no task carries it
+    assert_eq!(injected.json(), registered, "the registration, as the guest answered it");
+    let id = events.wait(&vm, "vmcore_ready", CAPTURE_TIMEOUT).data["id"].as_str().expect("an id").to_owned();
+    let show = service.get(&format!("/v1/vmcores/{id}")).json();
+    assert_eq!(show["summary"]["panic"]["cpu"], 1, "only CPU 1's hits counted: {show}");
+    let dmesg = service.get(&format!("/v1/vmcores/{id}/dmesg")).text();
+    for line in [
+        "lkdtm: Crash point INT_HARDWARE_ENTRY of type PANIC hit, trigger in 0 rounds",
+        "Kernel panic - not syncing: dumptest",
+        " <IRQ>",
+    ] {
+        assert!(dmesg.contains(line), "no {line:?} in vmcore-dmesg.txt:\n{dmesg}");
+    }
+
+    events.wait_for(|e| e.name == "booted" && e.data["vm"] == vm && e.data["boot"] == 2, "the next boot", BOOT_TIMEOUT);
+    wait_kdump(&service, &vm);
+    let direct = service.post(&format!("/v1/vms/{vm}/faults"), &json!({"lkdtm": "EXCEPTION", "cpu": 1}));
+    expect_status(&direct, 202, "EXCEPTION");
+    assert!(direct.json()["pid"].is_u64(), "DIRECT runs in a new task: {}", direct.text());
+    let id = events.wait(&vm, "vmcore_ready", CAPTURE_TIMEOUT).data["id"].as_str().expect("an id").to_owned();
+    let show = service.get(&format!("/v1/vmcores/{id}")).json();
+    assert_eq!(show["meta"]["reason"]["comm"], "lkdtm/1", "{show}");
+    let dmesg = service.get(&format!("/v1/vmcores/{id}/dmesg")).text();
+    let line = "BUG: kernel NULL pointer dereference, address: 0000000000000000";
+    assert!(dmesg.contains(line), "no {line:?} in vmcore-dmesg.txt:\n{dmesg}");
+}
+
 #[test]
 fn a_killed_vmm_fails_its_vm_while_the_other_keeps_running() {
     let _serial = one_at_a_time();
@@ -365,6 +420,12 @@ fn bad_requests_get_the_documented_errors() {
         (service.post("/v1/vms", &json!({"memory_mib": 1 << 30})), 422, "invalid_argument", "too much memory"),
         (service.post("/v1/vms", &json!({"vcpu": 1})), 422, "invalid_argument", "a misspelt field"),
         (service.post(&faults, &json!({"kind": "meltdown"})), 422, "invalid_argument", "an unknown fault"),
+        (
+            service.post(&faults, &json!({"lkdtm": "USERCOPY_KERNEL"})),
+            422,
+            "invalid_argument",
+            "an LKDTM type the kernel does not support",
+        ),
         (
             service.post(&faults, &json!({"kind": "softlockup", "cpu": 3})),
             422,

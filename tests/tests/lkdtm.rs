@@ -14,6 +14,7 @@
 use crashvisor_abi::lkdtm::{Catcher, CrashType, Outcome, Panics, DEBUGFS_DIR};
 use crashvisor_tests::kdump::{self, dumpd, Crash};
 use crashvisor_tests::{kernel_text, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+use serde_json::{json, Value};
 
 /// The CPU the crash types run on (of 2).
 const CPU: usize = 1;
@@ -289,6 +290,10 @@ impl KdumpVm {
         for command in &expected.commands {
             self.vm.run(command);
         }
+        for (request, answer_is_right) in &expected.requests {
+            let answer = self.vm.request_ok(request.clone());
+            assert!(answer_is_right(&answer), "{}: {request} was answered {answer}", expected.what);
+        }
         for line in &expected.trigger {
             self.vm.send_line(line);
         }
@@ -301,7 +306,10 @@ impl KdumpVm {
         let reason = &crash.meta["reason"];
         assert_eq!(reason["detector"], expected.detector, "{what}: {}", crash.meta);
         if let Some((cpu, comm)) = expected.task {
-            assert_eq!((&reason["cpu"], &reason["comm"]), (&cpu.into(), &comm.into()), "{what}: {}", crash.meta);
+            assert_eq!(reason["cpu"], cpu, "{what}: {}", crash.meta);
+            if let Some(comm) = comm {
+                assert_eq!(reason["comm"], comm, "{what}: {}", crash.meta);
+            }
         }
         let dmesg = crash.vmcore_dmesg();
         assert!(
@@ -332,6 +340,8 @@ struct Expected {
     sysctls: Vec<(&'static str, &'static str)>,
     /// Shell commands run first.
     commands: Vec<String>,
+    /// Control-socket requests sent then, each with a check of its answer.
+    requests: Vec<(Value, fn(&Value) -> bool)>,
     /// Lines typed without waiting for the shell.
     trigger: Vec<String>,
     /// Control-channel requests sent then, one at a time.
@@ -340,8 +350,8 @@ struct Expected {
     detector: &'static str,
     /// Text of a line of the crashed kernel's log.
     message: &'static str,
-    /// The crash reason's CPU and task name, when known.
-    task: Option<(usize, &'static str)>,
+    /// The crash reason's CPU and task name (`None`: any task), when known.
+    task: Option<(usize, Option<&'static str>)>,
     /// A function `dumpd bt` shows.
     through: &'static str,
     /// The CPU whose backtrace that is (default: the panicking one).
@@ -361,11 +371,12 @@ fn on_cpu1(kind: CrashType, sysctls: &[(&'static str, &'static str)], through: &
         what: kind.to_string(),
         sysctls: sysctls.to_vec(),
         commands: Vec::new(),
+        requests: Vec::new(),
         trigger: vec![direct(kind, CPU)],
         pokes: 0,
         detector: o.detector.map_or("", |d| d.as_str()),
         message: o.message,
-        task: Some((CPU, "sh")),
+        task: Some((CPU, Some("sh"))),
         through,
         bt_cpu: None,
     }
@@ -398,7 +409,13 @@ fn types_that_always_panic_are_captured_by_kdump() {
 fn types_that_panic_with_their_sysctl_are_captured_by_kdump() {
     let mut kvm = KdumpVm::start("");
     let cases = [
-        on_cpu1(CrashType::EXCEPTION, &[("kernel.panic_on_oops", "1")], "lkdtm::bugs::lkdtm_EXCEPTION"),
+        // Through the control socket (`inject` with `lkdtm`): in a new `lkdtm/1` thread.
+        Expected {
+            requests: vec![(json!({"cmd": "inject", "lkdtm": "EXCEPTION", "cpu": CPU}), |a| a["pid"].is_u64())],
+            trigger: Vec::new(),
+            task: Some((CPU, Some("lkdtm/1"))),
+            ..on_cpu1(CrashType::EXCEPTION, &[("kernel.panic_on_oops", "1")], "lkdtm::bugs::lkdtm_EXCEPTION")
+        },
         on_cpu1(CrashType::WARNING, &[("kernel.panic_on_warn", "1")], "lkdtm::lkdtm_do_action"),
         on_cpu1(CrashType::SOFTLOCKUP, &[("kernel.softlockup_panic", "1")], "lkdtm::bugs::lkdtm_SOFTLOCKUP"),
         // The first run takes the lock and returns (on CPU 0); the second spins on it.
@@ -457,6 +474,7 @@ fn types_at_crash_points_run_in_the_hitting_context_and_are_captured() {
             what: format!("{kind} at {point}"),
             sysctls: Vec::new(),
             commands,
+            requests: Vec::new(),
             trigger,
             pokes,
             detector,
@@ -492,7 +510,23 @@ fn types_at_crash_points_run_in_the_hitting_context_and_are_captured() {
             "BUG: kernel NULL pointer dereference",
             "lkdtm::bugs::lkdtm_EXCEPTION",
         ),
-        point(CrashType::PANIC, "TIMERADD", 0, "panic", "Kernel panic - not syncing: dumptest", "lkdtm::hit_armed"),
+        // Through the control socket, counting only CPU 1's hits, on the second.
+        Expected {
+            requests: vec![(
+                json!({"cmd": "inject", "lkdtm": "PANIC", "cpoint": "TIMERADD", "count": 2, "cpu": CPU}),
+                |a| *a == json!({"cpoint": "TIMERADD", "count": 2}),
+            )],
+            trigger: Vec::new(),
+            task: Some((CPU, None)),
+            ..point(
+                CrashType::PANIC,
+                "TIMERADD",
+                0,
+                "panic",
+                "Kernel panic - not syncing: dumptest",
+                "lkdtm::hit_armed",
+            )
+        },
     ];
     for expected in &cases {
         let crash = kvm.crash(expected);

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crashvisor_abi::control::{
-    self as wire, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, LkdtmRequest, Verb, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN,
-    MAX_SYSCTL_VALUE_LEN,
+    self as wire, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, LkdtmRequest, Verb, MAX_MESSAGE_LEN,
+    MAX_SYSCTL_NAME_LEN, MAX_SYSCTL_VALUE_LEN,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -588,7 +588,8 @@ mod tests {
 
     #[test]
     fn parses_lkdtm_injections_and_refuses_what_the_guest_would() {
-        let req = parse(r#"{"cmd":"inject","lkdtm":"PANIC_IN_HARDIRQ","cpoint":"INT_HARDWARE_ENTRY","count":3,"cpu":1}"#);
+        let req =
+            parse(r#"{"cmd":"inject","lkdtm":"PANIC_IN_HARDIRQ","cpoint":"INT_HARDWARE_ENTRY","count":3,"cpu":1}"#);
         let Command::Guest(g) = req.unwrap().command else { panic!("not a guest command") };
         let line = super::super::guest::request_line(5, &g).unwrap();
         assert_eq!(line, "5 inject lkdtm=PANIC_IN_HARDIRQ cpoint=INT_HARDWARE_ENTRY count=3 cpu=1\n");
@@ -601,7 +602,10 @@ mod tests {
         };
         let (code, message) = refused(r#"{"cmd":"inject","lkdtm":"USERCOPY_KERNEL"}"#);
         assert_eq!(code, "unsupported");
-        assert!(message.starts_with("USERCOPY_KERNEL is not supported by this kernel: there is no user space"), "{message}");
+        assert!(
+            message.starts_with("USERCOPY_KERNEL is not supported by this kernel: there is no user space"),
+            "{message}"
+        );
         assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"SCSI_QUEUE_RQ"}"#).0, "unsupported");
         assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"panic"}"#).1, "unknown LKDTM crash type panic");
         assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"NOWHERE"}"#).0, "bad_argument");
