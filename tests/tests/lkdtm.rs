@@ -334,6 +334,9 @@ impl KdumpVm {
     }
 }
 
+/// Whether a control request's answer is the one expected.
+type AnswerCheck = fn(&Value) -> bool;
+
 /// One crash and what its vmcore must show.
 struct Expected {
     what: String,
@@ -341,7 +344,7 @@ struct Expected {
     /// Shell commands run first.
     commands: Vec<String>,
     /// Control-socket requests sent then, each with a check of its answer.
-    requests: Vec<(Value, fn(&Value) -> bool)>,
+    requests: Vec<(Value, AnswerCheck)>,
     /// Lines typed without waiting for the shell.
     trigger: Vec<String>,
     /// Control-channel requests sent then, one at a time.
