@@ -41,22 +41,28 @@ pub fn lkdtm_PANIC_STOP_IRQOFF() {
     panic_stop_irqoff_fn(0);
 }
 
+/// Arms `callback` as a timer callback 100 µs from now, to panic or `BUG()` in hard-interrupt
+/// context, and waits for it with this task (LKDTM's hrtimer and `wait_for_panic` loop).
+fn wait_for_hardirq(waiting: &AtomicBool, callback: fn(usize)) {
+    waiting.store(true, Ordering::SeqCst);
+    let timer = time::add_timer_ns(100_000, callback, 0);
+    while timer.is_some() && waiting.load(Ordering::SeqCst) {
+        cpu::pause();
+    }
+    if let Some(timer) = timer {
+        time::cancel(timer);
+    }
+}
+
 static WAIT_FOR_PANIC: AtomicBool = AtomicBool::new(false);
 
 fn panic_in_hardirq(_: usize) {
     crate::panic::panic(format_args!("from hard IRQ context"));
 }
 
-/// A timer callback 100 µs from now panics in hard-interrupt context while this task waits.
+/// A timer callback panics in hard-interrupt context while this task waits.
 pub fn lkdtm_PANIC_IN_HARDIRQ() {
-    WAIT_FOR_PANIC.store(true, Ordering::SeqCst);
-    let timer = time::add_timer_ns(100_000, panic_in_hardirq, 0);
-    while timer.is_some() && WAIT_FOR_PANIC.load(Ordering::SeqCst) {
-        cpu::pause();
-    }
-    if let Some(timer) = timer {
-        time::cancel(timer);
-    }
+    wait_for_hardirq(&WAIT_FOR_PANIC, panic_in_hardirq);
 }
 
 /// `BUG()`.
@@ -70,16 +76,9 @@ fn bug_in_hardirq(_: usize) {
     crate::bug!();
 }
 
-/// A timer callback 100 µs from now hits `BUG()` in hard-interrupt context.
+/// A timer callback hits `BUG()` in hard-interrupt context while this task waits.
 pub fn lkdtm_BUG_IN_HARDIRQ() {
-    WAIT_FOR_BUG.store(true, Ordering::SeqCst);
-    let timer = time::add_timer_ns(100_000, bug_in_hardirq, 0);
-    while timer.is_some() && WAIT_FOR_BUG.load(Ordering::SeqCst) {
-        cpu::pause();
-    }
-    if let Some(timer) = timer {
-        time::cancel(timer);
-    }
+    wait_for_hardirq(&WAIT_FOR_BUG, bug_in_hardirq);
 }
 
 static WARN_COUNTER: AtomicI32 = AtomicI32::new(0);

@@ -28,6 +28,19 @@ fn cache(slot: &AtomicPtr<KmemCache>) -> Option<&'static KmemCache> {
     unsafe { slot.load(Ordering::Acquire).as_ref() }
 }
 
+/// An object of `cache` (LKDTM's `name` for it) with `marker` in its first `int`, or `None`
+/// after LKDTM's message when there is no memory.
+fn alloc_marked(cache: &KmemCache, name: &str, marker: i32) -> Option<*mut u8> {
+    let val = cache.alloc();
+    if val.is_null() {
+        lkdtm_info!("Unable to allocate {name} memory.");
+        return None;
+    }
+    // SAFETY: a live 64-byte object.
+    unsafe { int_at(val, 0).write_volatile(marker) };
+    Some(val)
+}
+
 /// The `int` at `index` of a buffer.
 fn int_at(base: *mut u8, index: usize) -> *mut i32 {
     base.cast::<i32>().wrapping_add(index)
@@ -114,12 +127,7 @@ pub fn lkdtm_READ_AFTER_FREE() {
 /// `kmem_cache_free()` twice.
 pub fn lkdtm_SLAB_FREE_DOUBLE() {
     let Some(cache) = cache(&DOUBLE_FREE_CACHE) else { return };
-    let val = cache.alloc();
-    if val.is_null() {
-        return lkdtm_info!("Unable to allocate double_free_cache memory.");
-    }
-    // SAFETY: a live 64-byte object.
-    unsafe { int_at(val, 0).write_volatile(0x1234_5678) };
+    let Some(val) = alloc_marked(cache, "double_free_cache", 0x1234_5678) else { return };
     lkdtm_info!("Attempting double slab free ...");
     cache.free(val);
     cache.free(val);
@@ -129,12 +137,7 @@ pub fn lkdtm_SLAB_FREE_DOUBLE() {
 /// `kmem_cache_free()` into another cache than the object's.
 pub fn lkdtm_SLAB_FREE_CROSS() {
     let (Some(a), Some(b)) = (cache(&A_CACHE), cache(&B_CACHE)) else { return };
-    let val = a.alloc();
-    if val.is_null() {
-        return lkdtm_info!("Unable to allocate a_cache memory.");
-    }
-    // SAFETY: a live 64-byte object.
-    unsafe { int_at(val, 0).write_volatile(0x1234_5679) };
+    let Some(val) = alloc_marked(a, "a_cache", 0x1234_5679) else { return };
     lkdtm_info!("Attempting cross-cache slab free ...");
     b.free(val);
     core::hint::black_box(()); // no tail call: the function stays in traces
