@@ -2,7 +2,8 @@
 //! crash store, driven only over HTTP as a test harness would. VMs crash by injected faults
 //! (kdump catches them), events arrive over SSE, vmcores are downloaded whole and by ranges and
 //! read with dumpd's ELF reader, analysed (summary, backtraces, tasks) and converted to
-//! kdump-compressed on the fly; a killed VMM fails its VM only; bad requests get the documented
+//! kdump-compressed on the fly; LKDTM's crash types are listed and run (at a crash point, and
+//! by the command-line client); a killed VMM fails its VM only; bad requests get the documented
 //! errors; a stopped service stops its VMs and a restarted one serves the same crash store.
 //!
 //! Run one test at a time on small hosts: `cargo test -p crashvisor-tests --test api --
@@ -300,9 +301,9 @@ fn lkdtm_types_are_listed_and_run_at_crash_points_over_http() {
 
     events.wait_for(|e| e.name == "booted" && e.data["vm"] == vm && e.data["boot"] == 2, "the next boot", BOOT_TIMEOUT);
     wait_kdump(&service, &vm);
-    let direct = service.post(&format!("/v1/vms/{vm}/faults"), &json!({"lkdtm": "EXCEPTION", "cpu": 1}));
-    expect_status(&direct, 202, "EXCEPTION");
-    assert!(direct.json()["pid"].is_u64(), "DIRECT runs in a new task: {}", direct.text());
+    // The command-line client: an upper-case kind is LKDTM's.
+    let direct = service.client(&["inject", &vm, "EXCEPTION", "--cpu", "1"]);
+    assert!(direct.starts_with(&format!("injected EXCEPTION on CPU 1 of {vm} (pid ")), "{direct}");
     let id = events.wait(&vm, "vmcore_ready", CAPTURE_TIMEOUT).data["id"].as_str().expect("an id").to_owned();
     let show = service.get(&format!("/v1/vmcores/{id}")).json();
     assert_eq!(show["meta"]["reason"]["comm"], "lkdtm/1", "{show}");
