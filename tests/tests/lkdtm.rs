@@ -460,7 +460,31 @@ fn types_that_panic_with_their_sysctl_are_captured_by_kdump() {
             let bt = dumpd(&["bt", vmcore.to_str().expect("a UTF-8 path"), "--kernel", kvm.kernel.arg(), "-p", pid]);
             assert!(bt.contains("lkdtm::bugs::lkdtm_HUNG_TASK"), "the hung task's backtrace:\n{bt}");
         }
+        if expected.what == CrashType::SOFTLOCKUP.as_str() {
+            check_panic_crosses_into_the_spin(&crash.vmcore_dmesg());
+        }
     }
+}
+
+/// The soft-lockup panic's trace as Linux prints it: the watchdog's frames in ` <IRQ>`, then
+/// the interrupted registers (`RIP:` in the spinning type) and the task's frames in ` <TASK>`.
+#[track_caller]
+fn check_panic_crosses_into_the_spin(dmesg: &str) {
+    let text: Vec<&str> = dmesg.lines().map(kernel_text).collect();
+    let panic = text.iter().position(|t| t.starts_with("Kernel panic - not syncing: softlockup"));
+    let after = |from: Option<usize>, wanted: &dyn Fn(&str) -> bool| {
+        from.and_then(|i| text[i..].iter().position(|t| wanted(t)).map(|j| i + j))
+    };
+    let irq = after(panic, &|t| t == " <IRQ>");
+    let watchdog = after(irq, &|t| t.starts_with(" ") && t.contains("watchdog_timer_fn+0x"));
+    let irq_end = after(watchdog, &|t| t == " </IRQ>");
+    let task = after(irq_end, &|t| t == " <TASK>");
+    let rip = after(irq_end, &|t| t.starts_with("RIP: 0010:lkdtm::bugs::lkdtm_SOFTLOCKUP+0x"));
+    assert!(
+        task.is_some() && rip.is_some(),
+        "the panic's trace: panic {panic:?}, <IRQ> {irq:?}, watchdog_timer_fn {watchdog:?}, </IRQ> {irq_end:?}, \
+         <TASK> {task:?}, RIP in the spin {rip:?}, in:\n{dmesg}"
+    );
 }
 
 #[test]
