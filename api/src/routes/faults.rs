@@ -3,13 +3,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use crashvisor_abi::control::LkdtmRequest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-
-use crashvisor_abi::control::LkdtmRequest;
 
 use super::{CONTROL_TIMEOUT, VM_ID};
 use crate::error::ApiError;
