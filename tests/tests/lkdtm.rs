@@ -11,7 +11,9 @@
 //!   crash reason, the crashed kernel's log, and `dumpd bt` of the panicking CPU through the
 //!   injected code; the VM reboots and reloads kdump between crashes.
 
-use crashvisor_abi::lkdtm::{Catcher, CrashType, Outcome, Panics, DEBUGFS_DIR};
+use std::collections::HashSet;
+
+use crashvisor_abi::lkdtm::{Catcher, Context, CrashType, Outcome, Panics, DEBUGFS_DIR};
 use crashvisor_tests::kdump::{self, dumpd, Crash};
 use crashvisor_tests::{kernel_text, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 use serde_json::{json, Value};
@@ -21,9 +23,9 @@ const CPU: usize = 1;
 /// The tasks of a fresh guest, as `ps` names them.
 const BASE_TASKS: usize = 8;
 
-/// Boots a 2-vCPU guest with `cmdline` to its prompt.
+/// Boots a 2-vCPU guest with `cmdline` to its prompt, its control socket connected.
 fn boot(cmdline: &str) -> (Vm, Vec<String>) {
-    let mut vm = Vm::start(&["--vcpus", "2", "--memory", "256", "--cmdline", cmdline]);
+    let mut vm = Vm::start_controlled(&["--vcpus", "2", "--memory", "256", "--cmdline", cmdline]);
     let log = vm.boot();
     (vm, log)
 }
@@ -257,6 +259,38 @@ fn crash_points_count_hits_and_run_the_type_where_they_are_hit() {
     let refused = vm.run(&format!("echo PANIC > {DEBUGFS_DIR}/NOWHERE"));
     let wanted = format!("sh: can't create {DEBUGFS_DIR}/NOWHERE: No such file or directory");
     assert_eq!(refused.last(), Some(&wanted), "{refused:?}");
+
+    warning_types_run_at_every_interrupt_point(&mut vm);
+}
+
+/// A smaller matrix: every type that only warns in interrupt context, at each crash point a
+/// timer interrupt hits, registered through the control socket to fire on CPU 1's next hit;
+/// each reports from inside the interrupt. Reports Linux prints once (UBSAN's per call site,
+/// `WARN_ONCE`) are looked for the first time only; `OVERFLOW_SIGNED` already reported.
+fn warning_types_run_at_every_interrupt_point(vm: &mut Vm) {
+    let kinds: Vec<CrashType> = CrashType::supported()
+        .filter(|&k| outcome(k).panics_in(Context::Hardirq) == Panics::OnWarn && outcome(k).requires.is_none())
+        .collect();
+    assert!(kinds.len() >= 6, "{kinds:?}");
+    let once = |k: CrashType| outcome(k).caught_by == Catcher::Ubsan || k == CrashType::SLAB_FREE_PAGE;
+    let mut reported = HashSet::from([CrashType::OVERFLOW_SIGNED]);
+    for point in ["INT_HARDWARE_ENTRY", "INT_TASKLET_ENTRY"] {
+        for &kind in &kinds {
+            let request = json!({"cmd": "inject", "lkdtm": kind.as_str(), "cpoint": point, "count": 1, "cpu": CPU});
+            assert_eq!(vm.request_ok(request), json!({"cpoint": point, "count": 1}), "{kind} at {point}");
+            let fired = format!("lkdtm: Crash point {point} of type {kind} hit, trigger in 0 rounds");
+            vm.expect(KernelLine::exactly(fired), COMMAND_TIMEOUT);
+            if once(kind) && !reported.insert(kind) {
+                continue;
+            }
+            vm.expect(KernelLine::starting(outcome(kind).message), COMMAND_TIMEOUT);
+            vm.expect(KernelLine::exactly(" <IRQ>"), COMMAND_TIMEOUT);
+            vm.expect(KernelLine::starting(" lkdtm::lkdtm_do_action+0x"), COMMAND_TIMEOUT);
+        }
+    }
+    // A count no boot reaches ends the firings.
+    let request = json!({"cmd": "inject", "lkdtm": "WARNING", "cpoint": "TIMERADD", "count": i32::MAX});
+    assert_eq!(vm.request_ok(request)["count"], i32::MAX);
 }
 
 /// A guest with kdump on, writing to its own crash store, and the guest kernel ELF for `dumpd`.
