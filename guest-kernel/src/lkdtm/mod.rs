@@ -183,21 +183,21 @@ fn hit_armed(point: CrashPoint) {
     if IN_ACTION[cpu].swap(true, Ordering::Acquire) {
         return;
     }
-    let hit = {
+    // As Linux's `lkdtm_handler`, the countdown is printed under its lock, so the lines of
+    // hits on several CPUs come in countdown order.
+    let fire = {
         let mut registered = REGISTERED.lock_irqsave();
         match registered.as_mut() {
             Some(r) if r.point == point && r.cpu.is_none_or(|c| c == cpu) => {
                 let (left, fire) = r.count.hit();
-                Some((r.kind, left, fire))
+                lkdtm_info!("Crash point {} of type {} hit, trigger in {} rounds", point, r.kind, left);
+                fire.then_some(r.kind)
             }
             _ => None,
         }
     };
-    if let Some((kind, left, fire)) = hit {
-        lkdtm_info!("Crash point {} of type {} hit, trigger in {} rounds", point, kind, left);
-        if fire {
-            core::hint::black_box(lkdtm_do_action(kind));
-        }
+    if let Some(kind) = fire {
+        core::hint::black_box(lkdtm_do_action(kind));
     }
     IN_ACTION[cpu].store(false, Ordering::Release);
 }
