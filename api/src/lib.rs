@@ -16,7 +16,7 @@
 //!     exe: std::env::current_exe()?,
 //!     token: None,
 //!     limits: api::limits::Limits::for_host(host),
-//!     vmm_args: Vec::new(),
+//!     retention: Default::default(),
 //! })?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, api::app(state)).await?;

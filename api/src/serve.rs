@@ -74,15 +74,8 @@ impl ServeArgs {
     }
 
     /// The retention options, as every VMM takes them.
-    pub fn vmm_args(&self) -> Vec<std::ffi::OsString> {
-        let mut args = Vec::new();
-        if let Some(n) = self.keep_per_vm {
-            args.extend(["--keep-per-vm".into(), n.to_string().into()]);
-        }
-        if let Some(bytes) = self.keep_bytes {
-            args.extend(["--keep-bytes".into(), bytes.to_string().into()]);
-        }
-        args
+    pub fn retention(&self) -> dumpd::store::Retention {
+        dumpd::store::Retention { max_per_vm: self.keep_per_vm, max_total_bytes: self.keep_bytes }
     }
 
     /// Refuses a configuration that would expose VMs to the network without a token.
@@ -122,7 +115,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         exe,
         token: args.token.clone(),
         limits,
-        vmm_args: args.vmm_args(),
+        retention: args.retention(),
     })
     .with_context(|| format!("cannot open the crash store {}", crash_dir.display()))?;
     let vmcores = state.store().list().map(|l| l.len()).unwrap_or(0);
@@ -213,8 +206,8 @@ mod tests {
         let limits = args(&["--max-vms", "3", "--max-total-memory-mib", "1024"]).limits(host).unwrap();
         assert_eq!((limits.max_vms, limits.max_total_memory_mib, limits.max_memory_mib_per_vm), (3, 1024, 1024));
         assert!(args(&["--max-vcpus", "17"]).limits(host).is_err());
-        let retention = args(&["--keep-per-vm", "3", "--keep-bytes", "1G"]).vmm_args();
-        assert_eq!(retention, ["--keep-per-vm", "3", "--keep-bytes", "1073741824"]);
+        let retention = args(&["--keep-per-vm", "3", "--keep-bytes", "1G"]).retention();
+        assert_eq!((retention.max_per_vm, retention.max_total_bytes), (Some(3), Some(1 << 30)));
         assert!(args(&["--max-total-memory-mib", "9000"]).limits(host).is_err());
     }
 }

@@ -27,8 +27,8 @@ pub struct ServiceConfig {
     pub token: Option<String>,
     /// The limits.
     pub limits: Limits,
-    /// Arguments every VMM gets (the crash store's retention: `--keep-per-vm`, `--keep-bytes`).
-    pub vmm_args: Vec<std::ffi::OsString>,
+    /// What the crash store keeps (`--keep-per-vm`, `--keep-bytes`); every VMM prunes by it.
+    pub retention: dumpd::store::Retention,
 }
 
 struct Inner {
@@ -54,8 +54,12 @@ impl AppState {
         let metrics = Arc::new(Metrics::default());
         let symbols = Symbols::new(config.run_dir.join("guest-kernel.elf"));
         let cache_dir = config.run_dir.join("cache");
-        let paths =
-            Paths { exe: config.exe, run_dir: config.run_dir, crash_dir: config.crash_dir, vmm_args: config.vmm_args };
+        let paths = Paths {
+            exe: config.exe,
+            run_dir: config.run_dir,
+            crash_dir: config.crash_dir,
+            retention: config.retention,
+        };
         let services = Services { bus: bus.clone(), metrics: metrics.clone() };
         let supervisor = Supervisor::new(paths, config.limits, services);
         let started = Instant::now();

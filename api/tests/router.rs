@@ -39,7 +39,7 @@ fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
         exe: "/nonexistent/crashvisor".into(),
         token: token.map(str::to_owned),
         limits,
-        vmm_args: Vec::new(),
+        retention: Default::default(),
     })
     .unwrap();
     (api::app(state.clone()), state)
@@ -236,7 +236,10 @@ async fn a_vmm_that_cannot_start_fails_the_vm_with_its_reason() {
     for (body, why) in [
         (r#"{"lkdtm": "USERCOPY_KERNEL"}"#, "USERCOPY_KERNEL is not supported by this kernel: there is no user space"),
         (r#"{"lkdtm": "PANIC", "cpoint": "SCSI_QUEUE_RQ"}"#, "crash point SCSI_QUEUE_RQ is not supported"),
-        (r#"{"lkdtm": "PANIC", "cpoint": "NOWHERE"}"#, "unknown LKDTM crash point NOWHERE"),
+        (
+            r#"{"lkdtm": "PANIC", "cpoint": "NOWHERE"}"#,
+            "unknown LKDTM crash point \"NOWHERE\"; the choices are DIRECT,",
+        ),
         (r#"{"lkdtm": "PANIC", "cpoint": "TIMERADD", "count": 0}"#, "count is not a number from 1"),
         (r#"{"lkdtm": "PANIC", "kind": "panic"}"#, "either kind or lkdtm"),
         (r#"{"lkdtm": "SOFTLOCKUP", "duration_ms": 100}"#, "duration_ms and message go with kind"),

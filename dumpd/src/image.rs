@@ -155,6 +155,20 @@ impl std::str::FromStr for DumpFormat {
     }
 }
 
+/// By name, as in `meta.json` and a VMM's configuration file.
+impl serde::Serialize for DumpFormat {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DumpFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `vmm --dump-format` and the service's `dump_format`: the formats of host-side vmcores.
 /// Uncompressed kdump files are left to `dumpd convert`, which parses with `FromStr`.
 impl clap::ValueEnum for DumpFormat {

@@ -4,7 +4,8 @@
 //! A crash is written into a hidden temporary directory (`.tmp-<vm>-<pid>-<n>`) and becomes
 //! visible in one `rename` once every file and the directory are on disk, so readers never see
 //! a half-written crash. A [`PendingCrash`] dropped before [`PendingCrash::commit`] removes its
-//! temporary directory.
+//! temporary directory; one whose writer died is removed when the store is next opened (see
+//! `sweep.rs`).
 //!
 //! ```
 //! # let dir = std::env::temp_dir().join(format!("dumpd-doc-{}", std::process::id()));
@@ -33,7 +34,9 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 mod retention;
+mod sweep;
 pub use retention::{parse_bytes, PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
+pub use sweep::{SweepReport, LOCK_FILE};
 
 /// The vmcore's file name.
 pub const FILE_VMCORE: &str = "vmcore";
@@ -80,6 +83,9 @@ pub enum StoreError {
     /// `meta.json` could not be encoded.
     #[error("cannot encode {FILE_META}")]
     Meta(#[source] serde_json::Error),
+    /// No committed crash has this id.
+    #[error("no crash {0:?} in the crash store")]
+    NoSuchCrash(String),
     /// Every candidate name for the crash directory is taken.
     #[error("no free name for a crash directory starting {0}")]
     NoFreeName(String),
@@ -268,8 +274,22 @@ pub struct CrashStore {
 }
 
 impl CrashStore {
-    /// Opens the store at `dir`, creating it (and its parents) if missing.
+    /// Opens the store at `dir`, creating it (and its parents) if missing, and sweeps what
+    /// dead writers left behind ([`CrashStore::sweep`]; entries it cannot remove stay hidden).
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let store = Self::open_unswept(dir)?;
+        let swept = store.sweep()?;
+        for path in swept.stale_temporary.iter().chain(&swept.half_deleted) {
+            tracing::info!(path = %path.display(), "removed a dead writer's crash store entry");
+        }
+        for (path, error) in &swept.failed {
+            tracing::warn!(path = %path.display(), %error, "cannot remove a dead writer's crash store entry");
+        }
+        Ok(store)
+    }
+
+    /// Opens the store at `dir`, creating it if missing, without sweeping.
+    fn open_unswept(dir: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir).map_err(io("create the crash store", &dir))?;
         Ok(Self { dir })
@@ -285,18 +305,28 @@ impl CrashStore {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         validate_vm_name(vm_name)?;
         let pid = std::process::id();
+        // Shared: other writers may begin at once; a sweep waits until the lock below is held.
+        let _store = sweep::lock_store(&self.dir, false)?;
         loop {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let path = self.dir.join(format!("{TMP_PREFIX}{vm_name}-{pid}-{n}"));
             match std::fs::create_dir(&path) {
                 Ok(()) => {
+                    let lock = match sweep::lock_temporary(&path) {
+                        Ok(lock) => lock,
+                        Err(e) => {
+                            let _ = std::fs::remove_dir(&path);
+                            return Err(e);
+                        }
+                    };
                     return Ok(PendingCrash {
                         store: self.dir.clone(),
                         path,
+                        _lock: lock,
                         vm_name: vm_name.to_owned(),
                         created: SystemTime::now(),
                         committed: false,
-                    })
+                    });
                 }
                 // A stale directory of an earlier process with the same pid: take the next n.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -350,6 +380,8 @@ impl CrashStore {
 pub struct PendingCrash {
     store: PathBuf,
     path: PathBuf,
+    /// The directory, locked while its writer lives (a forked writer inherits it).
+    _lock: File,
     vm_name: String,
     created: SystemTime,
     committed: bool,
@@ -571,7 +603,8 @@ mod tests {
         let tmp = pending.path().to_path_buf();
         drop(pending);
         assert!(!tmp.exists());
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [LOCK_FILE], "nothing but the store's lock file");
     }
 
     #[test]

@@ -169,7 +169,8 @@ pub fn set(name: &str, value: &str) -> Result<(), SysctlError> {
 /// Applies `sysctl.kernel.x=v` boot parameters (Linux 5.8+).
 pub fn apply_boot_params(cmdline: &Cmdline<'_>) {
     for param in cmdline.iter() {
-        if let (Some(name), Some(value)) = (param.key.strip_prefix("sysctl."), param.value) {
+        if let (Some(name), Some(value)) = (param.key.strip_prefix(crashvisor_abi::params::SYSCTL_PREFIX), param.value)
+        {
             if set(name, value).is_err() {
                 crate::pr_warn!("Failed to set sysctl parameter '{}={}': invalid value or name", name, value);
             }

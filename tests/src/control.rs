@@ -1,6 +1,8 @@
 //! `Control`: a client of the VMM's control socket (`vmm --control PATH`, see
-//! docs/control-protocol.md). One JSON request per line out; responses and events in, each
-//! stamped with the `Instant` its line was read, so tests can time what the guest does.
+//! docs/control-protocol.md). One JSON request per line out (any JSON object, so tests can send
+//! hostile ones); responses and events in, each stamped with the `Instant` its line was read, so
+//! tests can time what the guest does. Every line the VMM sends must be a response or an event
+//! of `crashvisor_control`'s types; anything else fails the test.
 //!
 //! [`Control::request`] sends one request and waits for the response with its id; pipelined
 //! clients [`Control::send`] several and collect each with [`Control::response`], in any
@@ -16,6 +18,7 @@ use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
+use crashvisor_control::{Response, ServerLine};
 use serde_json::{json, Value};
 
 /// One event line (`{"event": "...", ...}`) and when it was read.
@@ -62,16 +65,16 @@ impl std::ops::Index<&str> for Event {
     }
 }
 
-/// An error response's body: `{"code": ..., "message": ...}`.
+/// An error response's body as tests compare it: `{"code": ..., "message": ...}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ControlError {
+pub struct ErrorReply {
     /// The documented code (`bad_argument`, `unknown_sysctl`, ...).
     pub code: String,
     /// The VMM's or guest's explanation.
     pub message: String,
 }
 
-impl fmt::Display for ControlError {
+impl fmt::Display for ErrorReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.message)
     }
@@ -84,7 +87,7 @@ pub struct Reply {
     /// When the reader thread read the response line.
     pub at: Instant,
     /// `result` of an `"ok": true` response, or the error of an `"ok": false` one.
-    pub outcome: Result<Value, ControlError>,
+    pub outcome: Result<Value, ErrorReply>,
 }
 
 /// Why the client could not get what it waited for (a test failure, not a protocol error).
@@ -94,7 +97,7 @@ pub enum ControlFailure {
     Timeout(String),
     /// The VMM closed the connection (it exited).
     Closed(String),
-    /// The socket failed, or the VMM sent something that is not a JSON object line.
+    /// The socket failed, or the VMM sent a line that is neither a response nor an event.
     Broken(String),
 }
 
@@ -110,7 +113,8 @@ impl fmt::Display for ControlFailure {
 
 /// What the reader thread passes on.
 enum Incoming {
-    Line(Instant, Value),
+    Event(Event),
+    Response(Instant, Response),
     Garbage(String),
     Closed,
 }
@@ -184,24 +188,16 @@ impl Control {
             if let Some(reply) = self.answers.remove(&id) {
                 break Ok(reply);
             }
-            let (at, value) = match self.receive(deadline, &what) {
-                Ok(line) => line,
+            let (at, response) = match self.receive(deadline, &what) {
+                Ok(Some(response)) => response,
+                Ok(None) => continue, // an event, buffered by `receive`
                 Err(failure) => break Err(failure),
             };
-            if value.get("event").is_some() {
-                continue; // buffered by `receive`
-            }
-            let Some(answered) = value["id"].as_u64().filter(|i| self.outstanding.contains(i)) else {
+            let Some(answered) = response.id.as_u64().filter(|i| self.outstanding.contains(i)) else {
                 continue; // an answer to a request that timed out here: nobody waits for it
             };
-            let outcome = match value["ok"].as_bool() {
-                Some(true) => Ok(value["result"].clone()),
-                Some(false) => Err(ControlError {
-                    code: value["error"]["code"].as_str().unwrap_or("").to_string(),
-                    message: value["error"]["message"].as_str().unwrap_or("").to_string(),
-                }),
-                None => break Err(ControlFailure::Broken(format!("a response without \"ok\": {value}"))),
-            };
+            let outcome =
+                response.outcome.map_err(|e| ErrorReply { code: e.code.as_str().to_owned(), message: e.message });
             self.answers.insert(answered, Reply { at, outcome });
         };
         self.outstanding.remove(&id);
@@ -231,26 +227,28 @@ impl Control {
     /// whatever has already arrived.
     pub fn history(&mut self) -> &[Event] {
         while let Ok(incoming) = self.incoming.try_recv() {
-            // Garbage and the end of the stream show up again at the next wait; here only
-            // events matter.
-            if let Incoming::Line(at, value) = incoming {
-                self.buffer(at, &value);
+            // Responses, garbage and the end of the stream show up again at the next wait; here
+            // only events matter.
+            if let Incoming::Event(event) = incoming {
+                self.buffer(event);
             }
         }
         &self.history
     }
 
-    /// Takes one line (or fails) before `deadline`; events are buffered.
-    fn receive(&mut self, deadline: Instant, what: &str) -> Result<(Instant, Value), ControlFailure> {
+    /// Takes one line (or fails) before `deadline`: a response, or `None` for an event, which
+    /// is buffered.
+    fn receive(&mut self, deadline: Instant, what: &str) -> Result<Option<(Instant, Response)>, ControlFailure> {
         if self.closed {
             return Err(ControlFailure::Closed(what.to_string()));
         }
         let timeout = deadline.saturating_duration_since(Instant::now());
         match self.incoming.recv_timeout(timeout) {
-            Ok(Incoming::Line(at, value)) => {
-                self.buffer(at, &value);
-                Ok((at, value))
+            Ok(Incoming::Event(event)) => {
+                self.buffer(event);
+                Ok(None)
             }
+            Ok(Incoming::Response(at, response)) => Ok(Some((at, response))),
             Ok(Incoming::Garbage(text)) => Err(ControlFailure::Broken(text)),
             Ok(Incoming::Closed) | Err(RecvTimeoutError::Disconnected) => {
                 self.closed = true;
@@ -260,12 +258,25 @@ impl Control {
         }
     }
 
-    fn buffer(&mut self, at: Instant, value: &Value) {
-        if value.get("event").is_some() {
-            let event = Event { at, body: value.clone() };
-            self.pending.push_back(event.clone());
-            self.history.push(event);
-        }
+    fn buffer(&mut self, event: Event) {
+        self.pending.push_back(event.clone());
+        self.history.push(event);
+    }
+}
+
+/// A line as the VMM's types read it; events keep their JSON for the tests to look into.
+fn classify(at: Instant, line: &str) -> Incoming {
+    let garbage = |e: serde_json::Error| {
+        Incoming::Garbage(format!("the VMM sent a line that is neither a response nor an event ({e}): {line:?}"))
+    };
+    let value: Value = match serde_json::from_str(line) {
+        Ok(value) => value,
+        Err(e) => return garbage(e),
+    };
+    match ServerLine::from_value(value.clone()) {
+        Ok(ServerLine::Event(_)) => Incoming::Event(Event { at, body: value }),
+        Ok(ServerLine::Response(response)) => Incoming::Response(at, response),
+        Err(e) => garbage(e),
     }
 }
 
@@ -278,13 +289,7 @@ fn spawn_reader(stream: UnixStream, sender: Sender<Incoming>) {
             line.clear();
             let incoming = match reader.read_line(&mut line) {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let at = Instant::now();
-                    match serde_json::from_str::<Value>(&line) {
-                        Ok(value) if value.is_object() => Incoming::Line(at, value),
-                        _ => Incoming::Garbage(format!("the VMM sent a line that is not a JSON object: {line:?}")),
-                    }
-                }
+                Ok(_) => classify(Instant::now(), &line),
             };
             if sender.send(incoming).is_err() {
                 return; // the client is gone

@@ -28,11 +28,11 @@ use crashvisor_klib::le::{u16_at, u32_at, u64_at};
 use serde_json::Value;
 
 use crate::control::Event;
-use crate::{kernel_text, vmm_binary, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT};
+use crate::{kernel_text, vmm_binary, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT, DETECT_TIMEOUT};
 
-/// Upper bound from an injected fault to its `vmcore_ready`: the lockup detectors need a few
-/// seconds (the NMI watchdog up to its period), the capture itself well under a second.
-pub const CAPTURE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upper bound from an injected fault to its `vmcore_ready`: a detector's bound, then the
+/// capture kernel's boot and hand-off (seconds; well under a second idle).
+pub const CAPTURE_TIMEOUT: Duration = DETECT_TIMEOUT.saturating_add(Duration::from_secs(60));
 /// The guest's line once `kdump=1` has loaded the capture kernel.
 pub const KDUMP_LOADED: &str = "kdump: capture kernel loaded";
 /// The files every committed crash holds.

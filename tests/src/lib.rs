@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use control::{Control, ControlError, ControlFailure, Event, Reply};
+pub use control::{Control, ControlFailure, ErrorReply, Event, Reply};
 pub use elf::ElfKernel;
 pub use temp::{TempDir, TempFile};
 pub use vm::{Injected, LineMatcher, Vm};
@@ -64,6 +64,11 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for the VMM to exit once the guest has decided to stop (or for the VMM to reject
 /// its arguments).
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for a lockup detector to fire after a fault: a bound for a lost report, not a
+/// measured window (tests check windows with the steal time left out). The detectors count
+/// their CPU's run time, so on a loaded host a report comes later in wall time: 46 s after the
+/// fault with 42 s of steal was seen with two busy loops and parallel builds on a 2-core host.
+pub const DETECT_TIMEOUT: Duration = Duration::from_secs(180);
 /// The guest shell's prompt.
 pub const PROMPT: &str = "~ # ";
 /// The KVM device the tests need.

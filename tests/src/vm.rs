@@ -7,9 +7,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use crashvisor_abi::control::FaultKind;
+use crashvisor_control::{Injection, Request, SysctlValue};
+use serde_json::Value;
 
-use crate::control::{Control, ControlError, Event as ControlEvent, Reply};
+use crate::control::{Control, ErrorReply, Event as ControlEvent, Reply};
 use crate::{require_kvm, vmm_binary, TempFile, BOOT_TIMEOUT, COMMAND_TIMEOUT, PROMPT};
 
 /// Held by every live `Vm`: VMs of one test binary run one at a time (the test harness runs
@@ -486,7 +488,7 @@ impl Vm {
 
     /// Sends `request` and returns its `result`, or the error response.
     #[track_caller]
-    pub fn request(&mut self, request: Value) -> Result<Value, ControlError> {
+    pub fn request(&mut self, request: Value) -> Result<Value, ErrorReply> {
         self.request_stamped(request).outcome
     }
 
@@ -525,11 +527,10 @@ impl Vm {
     /// that carries it and when the acknowledgement arrived.
     #[track_caller]
     pub fn inject(&mut self, fault: &str, cpu: usize, duration_ms: Option<u64>) -> Injected {
-        let mut request = json!({"cmd": "inject", "fault": fault, "cpu": cpu});
-        if let Some(ms) = duration_ms {
-            request["duration_ms"] = json!(ms);
-        }
-        self.inject_request(request)
+        let fault = FaultKind::from_name(fault).unwrap_or_else(|| self.fail(&format!("no fault named {fault:?}")));
+        let cpu = u32::try_from(cpu).unwrap_or_else(|_| self.fail(&format!("no CPU {cpu}")));
+        let request = Request::Inject(Injection::Fault { fault, cpu: Some(cpu), duration_ms, message: None });
+        self.inject_request(typed(request))
     }
 
     /// Sends an `inject` request (with any fields) and returns the pid and the ack's time.
@@ -548,14 +549,17 @@ impl Vm {
     /// Reads sysctl `name` over the control socket.
     #[track_caller]
     pub fn sysctl_get(&mut self, name: &str) -> String {
-        let result = self.request_ok(json!({"cmd": "sysctl_get", "name": name}));
+        let result = self.request_ok(typed(Request::SysctlGet { name: name.into() }));
         sysctl_value(self, result)
     }
 
     /// Writes sysctl `name` over the control socket and returns the value read back.
     #[track_caller]
     pub fn sysctl_set(&mut self, name: &str, value: impl Into<Value>) -> String {
-        let result = self.request_ok(json!({"cmd": "sysctl_set", "name": name, "value": value.into()}));
+        let value = value.into();
+        let value = serde_json::from_value::<SysctlValue>(value.clone())
+            .unwrap_or_else(|_| self.fail(&format!("{value} is not a sysctl value (a string, number or boolean)")));
+        let result = self.request_ok(typed(Request::SysctlSet { name: name.into(), value }));
         sysctl_value(self, result)
     }
 
@@ -605,6 +609,11 @@ impl Vm {
         let now = self.vcpu_run_delays();
         now.iter().enumerate().map(|(cpu, d)| d.saturating_sub(before.get(cpu).copied().unwrap_or_default())).collect()
     }
+}
+
+/// A typed request as the JSON object the requests above take.
+fn typed(request: Request) -> Value {
+    serde_json::to_value(request).expect("a request is plain data")
 }
 
 /// The `value` of a sysctl result.

@@ -84,6 +84,17 @@ fn kernel_command_line_limits() {
 }
 
 #[test]
+fn configuration_file_mistakes_are_named() {
+    let typo = TempFile::with_contents("typo.json", b"{\n  \"vcpus\": 2,\n  \"memroy_mib\": 64\n}\n");
+    vmm_fails_saying(&["--config", typo.arg()], 1, &[typo.arg(), "unknown field `memroy_mib`", "line 3"]);
+    let range = TempFile::with_contents("range.json", br#"{"vcpus": 17}"#);
+    vmm_fails_saying(&["--config", range.arg()], 1, &["17 vCPUs requested", "1 to 16 vCPUs"]);
+    vmm_fails_saying(&["--config", "/nonexistent/vm.json"], 1, &["/nonexistent/vm.json", "No such file"]);
+    let stderr = vmm_exits(&["--config", range.arg(), "--vcpus", "2"], 2);
+    assert!(stderr.contains("--config"), "the flags and a file do not mix:\n{stderr}");
+}
+
+#[test]
 fn missing_kernel_file() {
     vmm_fails_saying(&["--kernel", "/nonexistent/vmlinux"], 1, &["cannot read kernel file /nonexistent/vmlinux"]);
 }

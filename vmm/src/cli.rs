@@ -9,7 +9,10 @@ use std::time::Instant;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use dumpd::error_chain;
 
-use crate::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
+use crate::config::{
+    ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig, DEFAULT_MEMORY_MIB,
+    DEFAULT_VCPUS,
+};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -28,14 +31,18 @@ terminal, type Ctrl-A x to quit.";
 #[derive(Parser, Debug)]
 #[command(version, after_help = EXIT_STATUS_HELP)]
 struct Args {
+    /// Read the whole VM configuration from this JSON file instead of the flags (what the
+    /// crashvisor service does; docs/vmm.md describes the fields).
+    #[arg(long, value_name = "FILE", exclusive = true)]
+    config: Option<PathBuf>,
     /// PVH ELF kernel to boot [default: the embedded crashvisor guest kernel].
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
     /// Number of vCPUs (1-16).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = DEFAULT_VCPUS, value_name = "N")]
     vcpus: u8,
     /// Guest memory in MiB (32-65536).
-    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB, value_name = "MIB")]
     memory: u64,
     /// Kernel command line.
     #[arg(long, default_value = "", value_name = "\"...\"")]
@@ -122,7 +129,38 @@ pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::Os
         };
     }
 
-    let config = VmConfig {
+    let timings = args.timings;
+    let config = match args.config {
+        Some(path) => VmConfig::read_file(&path),
+        None => Ok(config_from_flags(args)),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let raw_mode = crate::terminal::RawMode::enable_if_tty();
+    let result = crate::vm::run_with(&config, process_start, timings);
+    drop(raw_mode);
+    match result {
+        Ok(end) => {
+            if end.exit_code() != 0 {
+                eprintln!("{name}: {end}");
+            }
+            ExitCode::from(end.exit_code())
+        }
+        Err(e) => {
+            eprintln!("{name}: {}", error_chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The VM the flags describe.
+fn config_from_flags(args: Args) -> VmConfig {
+    VmConfig {
         kernel: args.kernel.map_or(KernelSource::Embedded, KernelSource::File),
         vcpus: args.vcpus,
         memory_mib: args.memory,
@@ -138,21 +176,6 @@ pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::Os
         on_crash_loaded: args.on_crash_loaded,
         dump_format: args.dump_format,
         retention: dumpd::store::Retention { max_per_vm: args.keep_per_vm, max_total_bytes: args.keep_bytes },
-    };
-    let raw_mode = crate::terminal::RawMode::enable_if_tty();
-    let result = crate::vm::run_with(&config, process_start, args.timings);
-    drop(raw_mode);
-    match result {
-        Ok(end) => {
-            if end.exit_code() != 0 {
-                eprintln!("{name}: {end}");
-            }
-            ExitCode::from(end.exit_code())
-        }
-        Err(e) => {
-            eprintln!("{name}: {}", error_chain(&e));
-            ExitCode::from(1)
-        }
     }
 }
 

@@ -1,17 +1,24 @@
-//! What a VM is made of, as given on the command line or by the API.
+//! What a VM is made of, as given on the command line or, as JSON, in a configuration file
+//! (`vmm --config FILE`, which the crashvisor service writes).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crashvisor_abi::layout::{CMDLINE_MAX_SIZE, MAX_VCPUS};
+use serde::{Deserialize, Serialize};
 
 /// Smallest guest RAM accepted, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 32;
 /// Largest guest RAM accepted, in MiB (the guest's direct map and bitmaps are sized for it).
 pub const MAX_MEMORY_MIB: u64 = 64 * 1024;
+/// vCPUs unless the configuration says.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Guest RAM unless the configuration says, in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
 
-/// Where the guest kernel comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the guest kernel comes from (in a file: `"embedded"` or `{"file": PATH}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum KernelSource {
     /// The crashvisor guest kernel built into this binary.
     Embedded,
@@ -19,8 +26,9 @@ pub enum KernelSource {
     File(PathBuf),
 }
 
-/// Where the guest's console (COM1) output goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the guest's console (COM1) output goes (in a file: `"stdout"` or `{"file": PATH}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ConsoleOutput {
     /// The VMM's standard output.
     Stdout,
@@ -30,7 +38,8 @@ pub enum ConsoleOutput {
 
 /// What the VMM does when the guest signals pvpanic PANICKED (a panic without a capture
 /// kernel, or whose capture kernel failed to start).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PanicPolicy {
     /// Nothing: the guest's own `panic=` setting decides (halt, or reboot after N seconds).
     #[default]
@@ -48,7 +57,8 @@ pub enum PanicPolicy {
 }
 
 /// What the VMM does when a capture (kdump) kernel signals pvpanic CRASH_LOADED.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CrashLoadedPolicy {
     /// Report the `crash_loaded` event only; the capture kernel hands over the vmcore.
     #[default]
@@ -60,8 +70,10 @@ pub enum CrashLoadedPolicy {
 /// The file format of host-side vmcores (`elf`, `kdump-zstd` or `kdump-zlib`).
 pub use dumpd::image::DumpFormat;
 
-/// The configuration of one VM; it survives guest reboots unchanged.
-#[derive(Clone, Debug)]
+/// The configuration of one VM; it survives guest reboots unchanged. In a file, every field is
+/// optional (the defaults are `vmm`'s) and an unknown one is an error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct VmConfig {
     /// The kernel to boot.
     pub kernel: KernelSource,
@@ -119,9 +131,47 @@ pub enum ConfigError {
     /// A VM name the crash store cannot use.
     #[error("invalid VM name {0:?}: use 1 to 64 characters from A-Z a-z 0-9 _ . - and do not start with a dot")]
     VmName(String),
+    /// A configuration file that cannot be read, or is not a configuration.
+    #[error("cannot use the configuration file {}: {reason}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line and column for a JSON error.
+        reason: String,
+    },
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            kernel: KernelSource::Embedded,
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            cmdline: String::new(),
+            console: ConsoleOutput::Stdout,
+            no_reboot: false,
+            kvm_device: DEFAULT_KVM_DEVICE.into(),
+            control_socket: None,
+            nmi_watchdog: true,
+            crash_dir: dumpd::default_crash_dir(),
+            name: DEFAULT_VM_NAME.into(),
+            on_panic: PanicPolicy::default(),
+            on_crash_loaded: CrashLoadedPolicy::default(),
+            dump_format: DumpFormat::default(),
+            retention: dumpd::store::Retention::default(),
+        }
+    }
 }
 
 impl VmConfig {
+    /// Reads a configuration written as JSON (fields left out take their defaults); it is
+    /// checked when the VM starts ([`VmConfig::validate`]).
+    pub fn read_file(path: &Path) -> Result<Self, ConfigError> {
+        let error = |reason: String| ConfigError::File { path: path.to_path_buf(), reason };
+        let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+        serde_json::from_slice(&text).map_err(|e| error(e.to_string()))
+    }
+
     /// Checks every value against the limits of the VMM and the guest.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.vcpus == 0 || usize::from(self.vcpus) > MAX_VCPUS {
@@ -163,21 +213,11 @@ mod tests {
 
     fn config() -> VmConfig {
         VmConfig {
-            kernel: KernelSource::Embedded,
             vcpus: 2,
             memory_mib: 128,
             cmdline: "console=ttyS0".into(),
-            console: ConsoleOutput::Stdout,
-            no_reboot: false,
-            kvm_device: DEFAULT_KVM_DEVICE.into(),
-            control_socket: None,
-            nmi_watchdog: true,
             crash_dir: "/tmp/crash".into(),
-            name: DEFAULT_VM_NAME.into(),
-            on_panic: PanicPolicy::None,
-            on_crash_loaded: CrashLoadedPolicy::Event,
-            dump_format: DumpFormat::Elf,
-            retention: dumpd::store::Retention::default(),
+            ..VmConfig::default()
         }
     }
 
@@ -201,6 +241,34 @@ mod tests {
         assert_eq!(c.validate(), Err(ConfigError::CmdlineTooLong(4000)));
         c.cmdline = "a\nb".into();
         assert_eq!(c.validate(), Err(ConfigError::CmdlineNotAscii));
+    }
+
+    #[test]
+    fn configuration_files_read_back_and_name_their_mistakes() {
+        let dir = std::env::temp_dir().join(format!("vmm-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vm.json");
+        let mut c = config();
+        c.kernel = KernelSource::File("/boot/kernel".into());
+        c.on_panic = PanicPolicy::DumpAndReboot;
+        c.dump_format = DumpFormat::Kdump(dumpd::kdump::Compression::Zstd);
+        c.retention.max_per_vm = Some(3);
+        std::fs::write(&path, serde_json::to_vec_pretty(&c).unwrap()).unwrap();
+        assert_eq!(VmConfig::read_file(&path), Ok(c));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"dump-and-reboot\"") && text.contains("\"kdump-zstd\""), "{text}");
+
+        std::fs::write(&path, r#"{"vcpus": 2, "name": "web-1"}"#).unwrap();
+        let partial = VmConfig::read_file(&path).unwrap();
+        assert_eq!((partial.vcpus, partial.memory_mib, partial.name.as_str()), (2, DEFAULT_MEMORY_MIB, "web-1"));
+        std::fs::write(&path, "{\n  \"vcpu\": 2\n}").unwrap();
+        let typo = VmConfig::read_file(&path).unwrap_err().to_string();
+        assert!(typo.contains("vm.json") && typo.contains("unknown field `vcpu`") && typo.contains("line 2"), "{typo}");
+        std::fs::write(&path, r#"{"on_panic": "explode"}"#).unwrap();
+        assert!(VmConfig::read_file(&path).unwrap_err().to_string().contains("dump-and-reboot"));
+        let missing = VmConfig::read_file(&dir.join("none.json")).unwrap_err().to_string();
+        assert!(missing.contains("none.json") && missing.contains("No such file"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,24 +8,15 @@
 //! reach the guest's control thread (`control`).
 //!
 //! ```no_run
-//! use vmm::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
+//! use vmm::config::{PanicPolicy, VmConfig};
 //!
 //! let config = VmConfig {
-//!     kernel: KernelSource::Embedded,
 //!     vcpus: 2,
-//!     memory_mib: 256,
 //!     cmdline: "panic=1".into(),
-//!     console: ConsoleOutput::Stdout,
-//!     no_reboot: false,
-//!     kvm_device: vmm::config::DEFAULT_KVM_DEVICE.into(),
 //!     control_socket: Some("/tmp/vm.sock".into()),
-//!     nmi_watchdog: true,
-//!     crash_dir: dumpd::default_crash_dir(),
 //!     name: "web-1".into(),
 //!     on_panic: PanicPolicy::DumpAndReboot,
-//!     on_crash_loaded: CrashLoadedPolicy::Event,
-//!     dump_format: DumpFormat::Elf,
-//!     retention: dumpd::store::Retention::default(),
+//!     ..VmConfig::default()
 //! };
 //! let outcome = vmm::run(&config).expect("the VM ran");
 //! println!("guest ended: {outcome}");

@@ -1,6 +1,8 @@
 //! `POST /v1/vms/{id}/actions`: pause, resume, reboot, poweroff, nmi, dump, kexec.
 
 use axum::extract::State;
+use crashvisor_abi::control::{KexecKind, KexecOp};
+use crashvisor_control::Request;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -62,8 +64,8 @@ async fn act(
 ) -> Result<axum::Json<ActionDone>, ApiError> {
     let vm = state.supervisor().get(&id)?;
     let result = match action {
-        Action::Pause => vm.control(json!({"cmd": "pause"}), CONTROL_TIMEOUT).await?,
-        Action::Resume => vm.control(json!({"cmd": "resume"}), CONTROL_TIMEOUT).await?,
+        Action::Pause => vm.control(Request::Pause {}, CONTROL_TIMEOUT).await?,
+        Action::Resume => vm.control(Request::Resume {}, CONTROL_TIMEOUT).await?,
         Action::Reboot => {
             vm.reboot().await?;
             json!({})
@@ -76,23 +78,14 @@ async fn act(
             if let Some(cpu) = cpu.filter(|&c| c >= vm.spec.vcpus) {
                 return Err(ApiError::invalid(format!("cpu is {cpu}; VM {id} has vCPUs 0 to {}", vm.spec.vcpus - 1)));
             }
-            let mut request = json!({"cmd": "nmi"});
-            if let Some(cpu) = cpu {
-                request["cpu"] = json!(cpu);
-            }
-            if let Some(capture) = capture {
-                request["capture"] = json!(capture);
-            }
+            let request = Request::Nmi { cpu: cpu.map(|c| c as usize), capture: capture.unwrap_or(false) };
             vm.control(request, CONTROL_TIMEOUT).await?
         }
-        Action::Dump {} => vm.control(json!({"cmd": "dump"}), CONTROL_TIMEOUT).await?,
+        Action::Dump {} => vm.control(Request::Dump {}, CONTROL_TIMEOUT).await?,
         Action::Kexec { cmdline } => {
-            let mut load = json!({"cmd": "kexec", "op": "load", "kind": "normal"});
-            if let Some(cmdline) = cmdline {
-                load["cmdline"] = json!(cmdline);
-            }
-            vm.control(load, CONTROL_TIMEOUT).await?;
-            vm.control(json!({"cmd": "kexec", "op": "exec"}), CONTROL_TIMEOUT).await?
+            let kexec = |op, kind, cmdline| Request::Kexec { op, kind, cmdline };
+            vm.control(kexec(KexecOp::Load, Some(KexecKind::Normal), cmdline), CONTROL_TIMEOUT).await?;
+            vm.control(kexec(KexecOp::Exec, None, None), CONTROL_TIMEOUT).await?
         }
     };
     Ok(axum::Json(ActionDone { state: state.supervisor().get(&id).ok().map(|vm| vm.state()), result }))

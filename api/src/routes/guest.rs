@@ -4,8 +4,10 @@
 use axum::extract::State;
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use crashvisor_abi::control::{KdumpAction, KdumpOp};
+use crashvisor_control::{Request, SysctlValue, WireName};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -41,14 +43,14 @@ async fn sysctl_get(
     Path((id, name)): Path<(String, String)>,
 ) -> Result<axum::Json<Sysctl>, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let result = vm.control(json!({"cmd": "sysctl_get", "name": name}), CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::SysctlGet { name: name.clone() }, CONTROL_TIMEOUT).await?;
     Ok(axum::Json(Sysctl { name, value: result["value"].clone() }))
 }
 
 /// `PUT .../sysctl/{name}`'s body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SysctlValue {
+struct SysctlBody {
     /// A string, number or boolean.
     value: Value,
 }
@@ -56,20 +58,23 @@ struct SysctlValue {
 /// Write a sysctl.
 #[utoipa::path(put, path = "/v1/vms/{id}/sysctl/{name}",
     params(("id" = String, Path, description = VM_ID), ("name" = String, Path, description = "kernel.NAME")),
-    request_body = SysctlValue,
+    request_body = SysctlBody,
     responses((status = 200, description = "The value as read back.", body = Sysctl), ControlErrors, BodyErrors))]
 async fn sysctl_put(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
-    Json(body): Json<SysctlValue>,
+    Json(body): Json<SysctlBody>,
 ) -> Result<axum::Json<Sysctl>, ApiError> {
-    if !(body.value.is_string() || body.value.is_number() || body.value.is_boolean()) {
-        return Err(ApiError::invalid("value must be a string, a number or a boolean"));
-    }
+    let value = serde_json::from_value::<SysctlValue>(body.value)
+        .map_err(|_| ApiError::invalid("value must be a string, a number or a boolean"))?;
     let vm = state.supervisor().get(&id)?;
-    let request = json!({"cmd": "sysctl_set", "name": name, "value": body.value});
-    let result = vm.control(request, CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::SysctlSet { name: name.clone(), value }, CONTROL_TIMEOUT).await?;
     Ok(axum::Json(Sysctl { name, value: result["value"].clone() }))
+}
+
+/// A kdump request that changes no setting.
+fn kdump(op: KdumpOp) -> Request {
+    Request::Kdump { op, dump_level: None, final_action: None, failure_action: None }
 }
 
 /// The kdump service's status.
@@ -79,7 +84,7 @@ async fn sysctl_put(
 ))]
 async fn kdump_get(State(state): State<AppState>, Path(id): Path<String>) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    Ok(axum::Json(vm.control(json!({"cmd": "kdump", "op": "status"}), CONTROL_TIMEOUT).await?))
+    Ok(axum::Json(vm.control(kdump(KdumpOp::Status), CONTROL_TIMEOUT).await?))
 }
 
 /// `PUT .../kdump`'s body: settings to change, then start or stop the service.
@@ -106,27 +111,22 @@ async fn kdump_put(
     Json(change): Json<KdumpChange>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let mut config = json!({"cmd": "kdump", "op": "config"});
-    let settings = [
-        ("dump_level", change.dump_level.map(|l| json!(l))),
-        ("final_action", change.final_action.map(Value::from)),
-        ("failure_action", change.failure_action.map(Value::from)),
-    ];
-    let mut any = false;
-    for (key, value) in settings {
-        if let Some(value) = value {
-            config[key] = value;
-            any = true;
-        }
-    }
-    if any {
+    let action = |field, action: Option<String>| {
+        action.map(|a| KdumpAction::parse(&a).map_err(|e| ApiError::invalid(format!("{field}: {e}")))).transpose()
+    };
+    let config = Request::Kdump {
+        op: KdumpOp::Config,
+        dump_level: change.dump_level,
+        final_action: action("final_action", change.final_action)?,
+        failure_action: action("failure_action", change.failure_action)?,
+    };
+    if config != kdump(KdumpOp::Config) {
         vm.control(config, CONTROL_TIMEOUT).await?;
     }
     if let Some(enabled) = change.enabled {
-        let op = if enabled { "start" } else { "stop" };
-        vm.control(json!({"cmd": "kdump", "op": op}), CONTROL_TIMEOUT).await?;
+        vm.control(kdump(if enabled { KdumpOp::Start } else { KdumpOp::Stop }), CONTROL_TIMEOUT).await?;
     }
-    Ok(axum::Json(vm.control(json!({"cmd": "kdump", "op": "status"}), CONTROL_TIMEOUT).await?))
+    Ok(axum::Json(vm.control(kdump(KdumpOp::Status), CONTROL_TIMEOUT).await?))
 }
 
 /// `GET .../dmesg`'s query.
@@ -152,7 +152,7 @@ async fn dmesg(
     Query(query): Query<DmesgQuery>,
 ) -> Result<Response, ApiError> {
     let vm = state.supervisor().get(&id)?;
-    let result = vm.control(json!({"cmd": "dmesg", "since": query.since.unwrap_or(0)}), CONTROL_TIMEOUT).await?;
+    let result = vm.control(Request::Dmesg { since: query.since }, CONTROL_TIMEOUT).await?;
     let mut text = result["text"].as_str().unwrap_or("").to_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');

@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dumpd::analysis::summary::Summary;
 use dumpd::store::{
-    CrashEntry, CrashMeta, CrashReasonMeta, Trigger, FILE_KEXEC_DMESG, FILE_META, FILE_VMCORE, FILE_VMCORE_DMESG,
+    CrashEntry, CrashMeta, CrashReasonMeta, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_META, FILE_VMCORE,
+    FILE_VMCORE_DMESG,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -31,8 +32,6 @@ use crate::state::AppState;
 const MAX_ID_LEN: usize = 128;
 /// Read size when streaming a vmcore.
 const STREAM_CHUNK: usize = 256 * 1024;
-/// Prefix of a crash directory being deleted (hidden, never listed).
-const DELETING_PREFIX: &str = ".deleting-";
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -337,15 +336,17 @@ async fn kexec_dmesg(State(state): State<AppState>, Path(id): Path<String>) -> R
     responses((status = 204, description = "Deleted."), LookupErrors))]
 async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
     let dir = crash_dir(&state, &id).await?;
-    // Renamed first, so it disappears from listings at once; downloads already open go on.
-    let hidden = state.store().dir().join(format!("{DELETING_PREFIX}{id}-{}", std::process::id()));
-    tokio::fs::rename(&dir, &hidden).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ApiError::not_found(format!("no vmcore {id:?}")),
-        _ => ApiError::internal(format!("cannot delete {}: {e}", dir.display())),
+    let store = state.store().clone();
+    let deleted = tokio::task::spawn_blocking({
+        let id = id.clone();
+        move || store.delete(&id)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the delete task failed: {e}")))?;
+    deleted.map_err(|e| match e {
+        StoreError::NoSuchCrash(_) => ApiError::not_found(format!("no vmcore {id:?}")),
+        e => ApiError::internal(format!("cannot delete {}: {e}", dir.display())),
     })?;
-    tokio::fs::remove_dir_all(&hidden)
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", hidden.display())))?;
     // A conversion cached for it goes too.
     let _ = tokio::fs::remove_file(kdump_cache(&state, &id)).await;
     tracing::info!("deleted vmcore {id}");

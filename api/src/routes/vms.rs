@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{Json, Path};
 use crate::openapi::{BodyErrors, LookupErrors};
 use crate::state::AppState;
-use crate::supervisor::spec::CreateVm;
+use crate::supervisor::spec::{policy_name, CreateVm};
 use crate::supervisor::{VmHandle, VmState};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -87,9 +87,9 @@ pub fn view(vm: &VmHandle) -> VmView {
         kernel: spec.kernel.as_ref().map(|k| k.display().to_string()),
         kdump: spec.kdump,
         nmi_watchdog: spec.nmi_watchdog,
-        on_panic: spec.on_panic.clone(),
-        on_crash_loaded: spec.on_crash_loaded.clone(),
-        dump_format: spec.dump_format.clone(),
+        on_panic: policy_name(&spec.on_panic),
+        on_crash_loaded: policy_name(&spec.on_crash_loaded),
+        dump_format: spec.dump_format.name().to_owned(),
         created: clock::rfc3339(vm.created),
         uptime_secs: status.booted_at.map(|t| t.elapsed().as_secs_f64()),
         release: status.release,

@@ -1,11 +1,12 @@
-//! The service's end of a VMM's control socket (JSON lines, docs/control-protocol.md): connect
-//! while the VMM starts, send requests, read response and event lines, and turn the VMM's error
-//! codes into API errors.
+//! The service's end of a VMM's control socket (JSON lines, docs/control-protocol.md, typed by
+//! `crashvisor_control`): connect while the VMM starts, send requests, read response and event
+//! lines, and turn the VMM's error codes into API errors.
 
 use std::path::Path;
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use crashvisor_control::{ControlErrorCode, Request, Response, ServerLine};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,21 +35,19 @@ impl ControlConn {
         }
     }
 
-    /// Sends one request line.
-    pub async fn send(&mut self, request: &Value) -> std::io::Result<()> {
-        let mut line = request.to_string();
-        line.push('\n');
-        self.writer.write_all(line.as_bytes()).await
+    /// Sends `request` under `id`.
+    pub async fn send(&mut self, id: u64, request: &Request) -> std::io::Result<()> {
+        self.writer.write_all(request.to_line(id).as_bytes()).await
     }
 
-    /// The next line as JSON; `None` at the end of the connection. Lines that are not JSON
-    /// objects are skipped (with a warning): the VMM never sends them. Cancel safe.
-    pub async fn next(&mut self) -> Option<Value> {
+    /// The next response or event; `None` at the end of the connection. Lines that are neither
+    /// are skipped (with a warning): the VMM never sends them. Cancel safe.
+    pub async fn next(&mut self) -> Option<ServerLine> {
         loop {
             match self.lines.next_line().await {
-                Ok(Some(line)) => match serde_json::from_str::<Value>(&line) {
-                    Ok(value) if value.is_object() => return Some(value),
-                    _ => tracing::warn!("the VMM sent a line that is not a JSON object: {line:?}"),
+                Ok(Some(line)) => match ServerLine::parse(&line) {
+                    Ok(line) => return Some(line),
+                    Err(e) => tracing::warn!("the VMM sent a line that is not a response or an event ({e}): {line:?}"),
                 },
                 Ok(None) => return None,
                 Err(e) => {
@@ -60,42 +59,37 @@ impl ControlConn {
     }
 }
 
-/// A response line's outcome: its `result`, or its error as an [`ApiError`].
-pub fn outcome(response: &Value, command: &str) -> Result<Value, ApiError> {
-    if response["ok"].as_bool() == Some(true) {
-        return Ok(response["result"].clone());
-    }
-    let code = response["error"]["code"].as_str().unwrap_or("internal");
-    let message = response["error"]["message"].as_str().unwrap_or("");
-    Err(error_for(code, message, command))
+/// A response's outcome: its `result`, or its error as an [`ApiError`].
+pub fn outcome(response: Response, command: &str) -> Result<Value, ApiError> {
+    response.outcome.map_err(|e| error_for(e.code, &e.message, command))
 }
 
 /// The API error for a VMM error `code` (docs/control-protocol.md, "Errors").
-pub fn error_for(code: &str, message: &str, command: &str) -> ApiError {
+pub fn error_for(code: ControlErrorCode, message: &str, command: &str) -> ApiError {
+    use ControlErrorCode::*;
     let (status, message) = match code {
-        "bad_argument" => (StatusCode::UNPROCESSABLE_ENTITY, message.to_owned()),
-        "unknown_command" | "unknown_verb" => {
+        BadArgument | Unsupported => (StatusCode::UNPROCESSABLE_ENTITY, message.to_owned()),
+        UnknownCommand | UnknownVerb => {
             (StatusCode::NOT_IMPLEMENTED, format!("this VMM or guest does not support {command:?} yet ({message})"))
         }
-        "unsupported" => (StatusCode::UNPROCESSABLE_ENTITY, message.to_owned()),
-        "unknown_sysctl" => (StatusCode::NOT_FOUND, format!("no such sysctl: {message}")),
-        "vm_unavailable" => {
+        UnknownSysctl => (StatusCode::NOT_FOUND, format!("no such sysctl: {message}")),
+        VmUnavailable => {
             (StatusCode::CONFLICT, format!("the VM is not running now (rebooting or stopping): {message}"))
         }
-        "guest_unavailable" => (
+        GuestUnavailable => (
             StatusCode::CONFLICT,
             format!(
                 "the guest cannot answer now (booting, paused, panicked or rebooting); retry once it runs: {message}"
             ),
         ),
-        "guest_timeout" => (StatusCode::GATEWAY_TIMEOUT, format!("the guest did not answer in time: {message}")),
-        "busy" | "too_many_clients" => (StatusCode::SERVICE_UNAVAILABLE, format!("the VM is busy; retry: {message}")),
-        _ => {
+        GuestTimeout => (StatusCode::GATEWAY_TIMEOUT, format!("the guest did not answer in time: {message}")),
+        Busy | TooManyClients => (StatusCode::SERVICE_UNAVAILABLE, format!("the VM is busy; retry: {message}")),
+        BadJson | LineTooLong | Internal => {
             tracing::warn!("the VMM failed {command}: {code}: {message}");
             (StatusCode::BAD_GATEWAY, format!("the VMM failed the request ({code}): {message}"))
         }
     };
-    let code = if status == StatusCode::NOT_IMPLEMENTED { "not_implemented" } else { code };
+    let code = if status == StatusCode::NOT_IMPLEMENTED { "not_implemented" } else { code.as_str() };
     ApiError::new(status, code, message)
 }
 
@@ -106,9 +100,10 @@ mod tests {
 
     #[test]
     fn vmm_errors_map_to_statuses() {
+        let response = |line: Value| serde_json::from_value::<Response>(line).unwrap();
         let err = |code: &str| {
-            let response = json!({"id": 1, "ok": false, "error": {"code": code, "message": "m"}});
-            outcome(&response, "inject").unwrap_err()
+            let line = json!({"id": 1, "ok": false, "error": {"code": code, "message": "m"}});
+            outcome(response(line), "inject").unwrap_err()
         };
         assert_eq!(err("bad_argument").status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(err("guest_unavailable").status, StatusCode::CONFLICT);
@@ -118,6 +113,7 @@ mod tests {
         assert_eq!(err("unknown_sysctl").status, StatusCode::NOT_FOUND);
         assert_eq!(err("guest_timeout").status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(err("internal").status, StatusCode::BAD_GATEWAY);
-        assert_eq!(outcome(&json!({"id": 1, "ok": true, "result": {"pid": 7}}), "inject").unwrap(), json!({"pid": 7}));
+        let ok = response(json!({"id": 1, "ok": true, "result": {"pid": 7}}));
+        assert_eq!(outcome(ok, "inject").unwrap(), json!({"pid": 7}));
     }
 }

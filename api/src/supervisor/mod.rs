@@ -10,12 +10,12 @@ pub mod state;
 pub mod vm;
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use dumpd::store::Retention;
 use serde_json::json;
 
 use self::spec::CreateVm;
@@ -34,12 +34,12 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Paths {
     /// The binary that runs a VMM as `<exe> vmm ...` (this one).
     pub exe: PathBuf,
-    /// The directory of the control sockets.
+    /// The directory of the control sockets and the VMMs' configuration files.
     pub run_dir: PathBuf,
     /// The crash store.
     pub crash_dir: PathBuf,
-    /// Arguments every VMM gets (the crash store's retention).
-    pub vmm_args: Vec<OsString>,
+    /// What the crash store keeps (every VMM prunes by it).
+    pub retention: Retention,
 }
 
 /// The VMs of the service.
@@ -90,8 +90,9 @@ impl Supervisor {
         let launch = Launch {
             exe: self.paths.exe.clone(),
             control: self.paths.run_dir.join(format!("{}.sock", spec.name)),
+            config: self.paths.run_dir.join(format!("{}.json", spec.name)),
             crash_dir: self.paths.crash_dir.clone(),
-            extra_args: self.paths.vmm_args.clone(),
+            retention: self.paths.retention,
         };
         let name = spec.name.clone();
         let event = json!({"vcpus": spec.vcpus, "memory_mib": spec.memory_mib, "cmdline": spec.cmdline});

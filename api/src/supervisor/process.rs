@@ -1,16 +1,16 @@
-//! One `vmm` child process: `<this binary> vmm ARGS...` in its own process group, its console
-//! (stdout) copied into the VM's [`ConsoleLog`], its stderr logged and its last lines kept for a
-//! failure's reason, its stdin kept for the console's `Ctrl-A x` (a clean stop).
+//! One `vmm` child process: `<this binary> vmm --config FILE` in its own process group, its
+//! console (stdout) copied into the VM's [`ConsoleLog`], its stderr logged and its last lines
+//! kept for a failure's reason. A clean stop is the control socket's `shutdown`; SIGTERM and
+//! SIGKILL are the fallbacks.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 use tracing::Instrument;
 
@@ -18,24 +18,22 @@ use super::console::ConsoleLog;
 
 /// stderr lines kept for a failure's reason.
 const STDERR_TAIL_LINES: usize = 20;
-/// The console escape that makes the VMM stop the VM and exit cleanly (docs/vmm.md).
-const CONSOLE_QUIT: &[u8] = b"\x01x";
 
 /// A running VMM.
 pub struct VmmProcess {
     /// The child; killed if dropped.
     pub child: Child,
-    stdin: Option<ChildStdin>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl VmmProcess {
-    /// Starts `exe vmm args...` (stderr is logged in the current span).
-    pub fn spawn(exe: &Path, args: &[OsString], console: Arc<ConsoleLog>) -> std::io::Result<Self> {
+    /// Starts `exe vmm --config config` (stderr is logged in the current span).
+    pub fn spawn(exe: &Path, config: &Path, console: Arc<ConsoleLog>) -> std::io::Result<Self> {
         let mut child = Command::new(exe)
             .arg("vmm")
-            .args(args)
-            .stdin(Stdio::piped())
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: a Ctrl-C at the service's terminal reaches the service,
@@ -43,7 +41,6 @@ impl VmmProcess {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
-        let stdin = child.stdin.take();
         if let Some(mut stdout) = child.stdout.take() {
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 16 * 1024];
@@ -71,7 +68,7 @@ impl VmmProcess {
                 .in_current_span(),
             );
         }
-        Ok(Self { child, stdin, stderr_tail })
+        Ok(Self { child, stderr_tail })
     }
 
     /// The process id, while it runs.
@@ -79,12 +76,15 @@ impl VmmProcess {
         self.child.id()
     }
 
-    /// Asks the VMM to stop the VM and exit (the console's `Ctrl-A x`); false if it cannot be
-    /// asked (the caller kills it instead).
-    pub async fn request_stop(&mut self) -> bool {
-        match self.stdin.as_mut() {
-            Some(stdin) => stdin.write_all(CONSOLE_QUIT).await.is_ok() && stdin.flush().await.is_ok(),
-            None => false,
+    /// Sends the VMM SIGTERM (it ends at once: the fallback when it does not answer
+    /// `shutdown`).
+    pub fn terminate(&self) {
+        let Some(pid) = self.pid().and_then(|pid| libc::pid_t::try_from(pid).ok()) else { return };
+        // SAFETY: kill(2) takes plain integers and touches no memory of ours; `pid` is our child,
+        // not yet reaped (`child.id()` is `None` once it is), so the pid cannot name another
+        // process.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            tracing::warn!("cannot send SIGTERM to the VMM: {}", std::io::Error::last_os_error());
         }
     }
 

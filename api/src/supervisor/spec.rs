@@ -1,15 +1,20 @@
-//! `POST /v1/vms` bodies: what a client may ask for, checked, and turned into the `vmm`
-//! command line (kdump, watchdog and panic knobs become guest boot parameters).
+//! `POST /v1/vms` bodies: what a client may ask for, checked, and turned into the VMM's
+//! configuration (kdump, watchdog and panic knobs become guest boot parameters).
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use clap::ValueEnum;
-use crashvisor_abi::layout::CMDLINE_MAX_SIZE;
-use vmm::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
+use crashvisor_abi::control::{is_sysctl_name, KdumpAction, SYSCTL_NAMESPACE};
+use crashvisor_abi::dump::DUMP_LEVEL_ALL;
+use crashvisor_abi::params::{
+    CRASHKERNEL, KDUMP, KDUMP_FAILURE_ACTION, KDUMP_FINAL_ACTION, KDUMP_LEVEL, SYSCTL_PREFIX,
+};
+use crashvisor_control::WireName;
+use dumpd::store::Retention;
+use vmm::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
 
 use crate::error::ApiError;
 
@@ -17,14 +22,8 @@ use crate::error::ApiError;
 const MAX_CRASHKERNEL_LEN: usize = 128;
 /// Longest sysctl value given at boot.
 const MAX_SYSCTL_VALUE_LEN: usize = 64;
-/// Longest sysctl name.
-const MAX_SYSCTL_NAME_LEN: usize = 64;
 /// `crashkernel=` used when kdump is enabled without one: room for the capture kernel.
 pub const DEFAULT_CRASHKERNEL: &str = "64M";
-/// Guest RAM unless the request says.
-pub const DEFAULT_MEMORY_MIB: u64 = 256;
-/// The actions kdump takes after a dump (`kdump_final_action=`, `kdump_failure_action=`).
-const KDUMP_ACTIONS: [&str; 3] = ["reboot", "halt", "poweroff"];
 
 /// The body of `POST /v1/vms`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -142,52 +141,47 @@ pub struct VmSpec {
     /// Whether kdump starts at boot.
     pub kdump: bool,
     /// The host's policy on a panic without a capture kernel (`vmm --on-panic`).
-    pub on_panic: String,
+    pub on_panic: PanicPolicy,
     /// The host's policy when a capture kernel starts (`vmm --on-crash-loaded`).
-    pub on_crash_loaded: String,
+    pub on_crash_loaded: CrashLoadedPolicy,
     /// The format of host-side vmcores (`vmm --dump-format`).
-    pub dump_format: String,
+    pub dump_format: DumpFormat,
 }
 
 impl CreateVm {
     /// Checks the request; `name` is used when it has none.
     pub fn into_spec(self, default_name: String) -> Result<VmSpec, ApiError> {
-        let on_panic = policy::<PanicPolicy>("on_panic", self.on_panic.as_deref())?;
-        let on_crash_loaded = policy::<CrashLoadedPolicy>("on_crash_loaded", self.on_crash_loaded.as_deref())?;
-        let dump_format = policy::<DumpFormat>("dump_format", self.dump_format.as_deref())?;
+        let on_panic = policy("on_panic", self.on_panic.as_deref())?;
+        let on_crash_loaded = policy("on_crash_loaded", self.on_crash_loaded.as_deref())?;
+        let dump_format = policy("dump_format", self.dump_format.as_deref())?;
         let name = self.name.unwrap_or(default_name);
-        if dumpd::store::validate_vm_name(&name).is_err() {
-            return Err(ApiError::invalid(format!(
-                "name {name:?} is not a VM name: use 1 to 64 of A-Z a-z 0-9 _ . - and do not start with a dot"
-            )));
-        }
         let kernel = self.kernel.map(|k| check_kernel(Path::new(&k))).transpose()?;
         let mut params: Vec<String> = self.cmdline.iter().filter(|c| !c.trim().is_empty()).cloned().collect();
         let kdump_on = self.kdump.as_ref().is_some_and(|k| k.enabled.unwrap_or(true));
         let kdump = self.kdump.unwrap_or_default();
         match (&self.crashkernel, kdump_on) {
-            (Some(size), _) => params.push(format!("crashkernel={}", check_crashkernel(size)?)),
-            (None, true) => params.push(format!("crashkernel={DEFAULT_CRASHKERNEL}")),
+            (Some(size), _) => params.push(format!("{CRASHKERNEL}={}", check_crashkernel(size)?)),
+            (None, true) => params.push(format!("{CRASHKERNEL}={DEFAULT_CRASHKERNEL}")),
             (None, false) => {}
         }
         if kdump_on {
-            params.push("kdump=1".into());
+            params.push(format!("{KDUMP}=1"));
         }
         if let Some(level) = kdump.dump_level {
-            if level > 31 {
-                return Err(ApiError::invalid(format!("kdump.dump_level is {level}; it is 0 to 31")));
+            if level > DUMP_LEVEL_ALL {
+                return Err(ApiError::invalid(format!("kdump.dump_level is {level}; it is 0 to {DUMP_LEVEL_ALL}")));
             }
-            params.push(format!("kdump_level={level}"));
+            params.push(format!("{KDUMP_LEVEL}={level}"));
         }
-        for (key, action) in [("final_action", &kdump.final_action), ("failure_action", &kdump.failure_action)] {
+        let actions = [
+            ("final_action", KDUMP_FINAL_ACTION, &kdump.final_action),
+            ("failure_action", KDUMP_FAILURE_ACTION, &kdump.failure_action),
+        ];
+        for (field, param, action) in actions {
             if let Some(action) = action {
-                if !KDUMP_ACTIONS.contains(&action.as_str()) {
-                    return Err(ApiError::invalid(format!(
-                        "kdump.{key} is {action:?}; it is one of {}",
-                        KDUMP_ACTIONS.join(", ")
-                    )));
-                }
-                params.push(format!("kdump_{key}={action}"));
+                let action =
+                    KdumpAction::parse(action).map_err(|e| ApiError::invalid(format!("kdump.{field}: {e}")))?;
+                params.push(format!("{param}={action}"));
             }
         }
         let mut sysctls: BTreeMap<String, String> = BTreeMap::new();
@@ -224,12 +218,12 @@ impl CreateVm {
         }
         for (name, value) in &sysctls {
             check_boot_value(name, value)?;
-            params.push(format!("sysctl.{name}={value}"));
+            params.push(format!("{SYSCTL_PREFIX}{name}={value}"));
         }
         let spec = VmSpec {
             name,
             vcpus: self.vcpus.unwrap_or(1),
-            memory_mib: self.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB),
+            memory_mib: self.memory_mib.unwrap_or(vmm::config::DEFAULT_MEMORY_MIB),
             cmdline: params.join(" "),
             kernel,
             nmi_watchdog: watchdog.nmi_watchdog.unwrap_or(true),
@@ -238,79 +232,58 @@ impl CreateVm {
             on_crash_loaded,
             dump_format,
         };
-        spec.check_for_vmm()?;
+        if !(1..=crate::limits::VMM_MAX_VCPUS).contains(&spec.vcpus) {
+            let max = crate::limits::VMM_MAX_VCPUS;
+            return Err(ApiError::invalid(format!("vcpus is {}; a VM has 1 to {max} vCPUs", spec.vcpus)));
+        }
+        // The VMM's own checks (the name, memory, the command line with the added parameters).
+        let config = spec.vmm_config(Path::new(""), Path::new(""), Retention::default());
+        config.validate().map_err(|e| ApiError::invalid(e.to_string()))?;
         Ok(spec)
     }
 }
 
 impl VmSpec {
-    /// The VMM's own limits on the command line and vCPUs (`vmm --help`).
-    fn check_for_vmm(&self) -> Result<(), ApiError> {
-        if !(1..=crate::limits::VMM_MAX_VCPUS).contains(&self.vcpus) {
-            return Err(ApiError::invalid(format!(
-                "vcpus is {}; a VM has 1 to {} vCPUs",
-                self.vcpus,
-                crate::limits::VMM_MAX_VCPUS
-            )));
+    /// The VMM's configuration for this VM, serving its control socket at `control` and
+    /// writing crashes to `crash_dir`, kept by `retention`.
+    pub fn vmm_config(&self, control: &Path, crash_dir: &Path, retention: Retention) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone().map_or(KernelSource::Embedded, KernelSource::File),
+            // into_spec keeps vcpus within the VMM's limit.
+            vcpus: u8::try_from(self.vcpus).unwrap_or(u8::MAX),
+            memory_mib: self.memory_mib,
+            cmdline: self.cmdline.clone(),
+            console: ConsoleOutput::Stdout,
+            no_reboot: false,
+            kvm_device: vmm::config::DEFAULT_KVM_DEVICE.into(),
+            control_socket: Some(control.to_path_buf()),
+            nmi_watchdog: self.nmi_watchdog,
+            crash_dir: crash_dir.to_path_buf(),
+            name: self.name.clone(),
+            on_panic: self.on_panic,
+            on_crash_loaded: self.on_crash_loaded,
+            dump_format: self.dump_format,
+            retention,
         }
-        if self.cmdline.len() as u64 >= CMDLINE_MAX_SIZE {
-            return Err(ApiError::invalid(format!(
-                "the kernel command line is {} bytes with the parameters the request adds; the limit is {}",
-                self.cmdline.len(),
-                CMDLINE_MAX_SIZE - 1
-            )));
-        }
-        if !self.cmdline.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Err(ApiError::invalid("the kernel command line must be printable ASCII"));
-        }
-        Ok(())
-    }
-
-    /// The `vmm` arguments for this VM, serving its control socket at `control` and writing
-    /// crashes to `crash_dir`.
-    pub fn vmm_args(&self, control: &Path, crash_dir: &Path) -> Vec<OsString> {
-        let mut args: Vec<OsString> = vec![
-            "--name".into(),
-            self.name.clone().into(),
-            "--vcpus".into(),
-            self.vcpus.to_string().into(),
-            "--memory".into(),
-            self.memory_mib.to_string().into(),
-            "--cmdline".into(),
-            self.cmdline.clone().into(),
-            "--nmi-watchdog".into(),
-            if self.nmi_watchdog { "on" } else { "off" }.into(),
-            "--control".into(),
-            control.into(),
-            "--crash-dir".into(),
-            crash_dir.into(),
-        ];
-        for (flag, value) in [
-            ("--on-panic", &self.on_panic),
-            ("--on-crash-loaded", &self.on_crash_loaded),
-            ("--dump-format", &self.dump_format),
-        ] {
-            args.extend([flag.into(), value.into()]);
-        }
-        if let Some(kernel) = &self.kernel {
-            args.extend(["--kernel".into(), kernel.into()]);
-        }
-        args
     }
 }
 
 /// A value of one of the VMM's choices (`--on-panic`, `--dump-format`, ...), in the VMM's
 /// spelling (`dump-and-reboot`; `dump_and_reboot` is accepted too); its default when absent.
-fn policy<P: ValueEnum + Default>(field: &str, value: Option<&str>) -> Result<String, ApiError> {
-    let name = |p: &P| p.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default();
-    let Some(value) = value else { return Ok(name(&P::default())) };
-    match P::value_variants().iter().find(|p| name(p) == value.replace('_', "-")) {
-        Some(p) => Ok(name(p)),
+fn policy<P: ValueEnum + Default>(field: &str, value: Option<&str>) -> Result<P, ApiError> {
+    let Some(value) = value else { return Ok(P::default()) };
+    match P::value_variants().iter().find(|p| policy_name(*p) == value.replace('_', "-")) {
+        Some(p) => Ok(p.clone()),
         None => {
-            let names: Vec<String> = P::value_variants().iter().map(name).collect();
+            let names: Vec<String> = P::value_variants().iter().map(policy_name).collect();
             Err(ApiError::invalid(format!("{field} is {value:?}; it is one of {}", names.join(", "))))
         }
     }
+}
+
+/// A choice's name as the VMM spells it (`dump-and-reboot`).
+pub fn policy_name<P: ValueEnum>(choice: &P) -> String {
+    choice.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
 }
 
 fn check_kernel(path: &Path) -> Result<PathBuf, ApiError> {
@@ -339,11 +312,10 @@ fn check_crashkernel(value: &str) -> Result<&str, ApiError> {
     }
 }
 
+/// A boot parameter cannot answer `unknown_sysctl`, so names outside the guest's namespace are
+/// refused here.
 fn check_sysctl_name(name: &str) -> Result<(), ApiError> {
-    let ok = name.starts_with("kernel.")
-        && name.len() <= MAX_SYSCTL_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.".contains(&b));
-    if ok {
+    if is_sysctl_name(name) && name.starts_with(SYSCTL_NAMESPACE) {
         Ok(())
     } else {
         Err(ApiError::invalid(format!("{name:?} is not a sysctl name (like kernel.panic_on_oops)")))
@@ -388,18 +360,18 @@ mod tests {
              sysctl.kernel.unknown_nmi_panic=1 sysctl.kernel.watchdog_thresh=2"
         );
         assert!(s.kdump && !s.nmi_watchdog);
-        let args = s.vmm_args(Path::new("/run/web-1.sock"), Path::new("/crash"));
-        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
-        assert_eq!(args[..4], ["--name", "web-1", "--vcpus", "2"]);
-        assert!(args.windows(2).any(|w| w == ["--nmi-watchdog", "off"]));
-        assert!(args.windows(2).any(|w| w == ["--control", "/run/web-1.sock"]));
-        assert!(args.windows(2).any(|w| w == ["--on-panic", "none"]));
-        assert!(args.windows(2).any(|w| w == ["--dump-format", "elf"]));
+        let config = s.vmm_config(Path::new("/run/web-1.sock"), Path::new("/crash"), Retention::default());
+        assert_eq!((config.name.as_str(), config.vcpus, config.nmi_watchdog), ("web-1", 2, false));
+        assert_eq!(config.control_socket.as_deref(), Some(Path::new("/run/web-1.sock")));
+        assert_eq!((config.on_panic, config.dump_format), (PanicPolicy::None, DumpFormat::Elf));
+        assert_eq!(config.validate(), Ok(()));
         let s = spec(json!({"on_panic": "dump_and_reboot", "on_crash_loaded": "dump"})).unwrap();
-        assert_eq!((s.on_panic.as_str(), s.on_crash_loaded.as_str()), ("dump-and-reboot", "dump"));
-        assert_eq!(spec(json!({"dump_format": "kdump-zstd"})).unwrap().dump_format, "kdump-zstd");
-        let args = s.vmm_args(Path::new("/s"), Path::new("/c"));
-        assert!(args.windows(2).any(|w| w == ["--on-panic", "dump-and-reboot"]));
+        assert_eq!((s.on_panic, s.on_crash_loaded), (PanicPolicy::DumpAndReboot, CrashLoadedPolicy::Dump));
+        assert_eq!(
+            spec(json!({"dump_format": "kdump-zstd"})).unwrap().dump_format,
+            DumpFormat::Kdump(dumpd::kdump::Compression::Zstd)
+        );
+        assert_eq!(serde_json::to_value(&s).unwrap()["on_panic"], "dump-and-reboot", "as the VMM spells it");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use crashvisor_control::{Event, PanicAbout};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::events::NewEvent;
 
@@ -169,41 +170,38 @@ impl Tracker {
         self.stop_reason = None;
     }
 
-    /// Applies one control event line (`{"event": ...}`) seen at `now`.
-    pub fn on_control_event(&mut self, event: &Value, now: Instant) -> Vec<Effect> {
-        let Some(name) = event.get("event").and_then(Value::as_str) else { return Vec::new() };
-        let mut fields: Map<String, Value> = event.as_object().cloned().unwrap_or_default();
-        fields.remove("event");
+    /// Applies one control event seen at `now`.
+    pub fn on_control_event(&mut self, event: &Event, now: Instant) -> Vec<Effect> {
+        // The service's event carries the VMM's fields; most keep the VMM's name too.
+        let Ok(Value::Object(mut fields)) = serde_json::to_value(event) else { return Vec::new() };
+        let Some(Value::String(name)) = fields.remove("event") else { return Vec::new() };
         let mut effects = Vec::new();
-        let api_name = match name {
-            "booted" => {
-                let boot = event["boot"].as_u64().unwrap_or(0);
-                if self.panicked_this_boot && boot == self.vmm_boot {
+        let api_name = match event {
+            Event::Booted { boot, release, .. } => {
+                if self.panicked_this_boot && *boot == self.vmm_boot {
                     // The capture kernel's hello: same machine, same boot number.
                     self.state = VmState::Capturing;
                     "capture_kernel_booted"
                 } else {
-                    self.vmm_boot = boot;
+                    self.vmm_boot = *boot;
                     self.boots += 1;
                     self.booted_at = Some(now);
                     self.panicked_this_boot = false;
-                    self.release = event["release"].as_str().map(str::to_owned);
+                    self.release = Some(release.clone());
                     self.state = VmState::Running;
                     fields.insert("boot".into(), json!(self.boots));
                     "booted"
                 }
             }
-            "lockup_detected" => {
-                let kind = event["kind"].as_str().unwrap_or("unknown").to_owned();
+            Event::LockupDetected { kind, .. } => {
                 if matches!(self.state, VmState::Running | VmState::Booting) {
                     self.state = VmState::Lockup;
                 }
                 self.last_lockup = Some(Value::Object(fields.clone()));
-                effects.push(Effect::Lockup(kind));
+                effects.push(Effect::Lockup(kind.as_str().to_owned()));
                 "lockup_detected"
             }
-            "panic" => {
-                let detector = event["detector"].as_str().unwrap_or("unknown").to_owned();
+            Event::Panic { about, .. } => {
                 if self.state == VmState::Capturing {
                     // The capture kernel itself panicked: not a crash of the VM's kernel.
                     fields.insert("capture_kernel".into(), json!(true));
@@ -212,65 +210,67 @@ impl Tracker {
                     self.panicked_this_boot = true;
                     self.crashes += 1;
                     self.last_panic = Some(Value::Object(fields.clone()));
-                    effects.push(Effect::Panic(detector));
+                    let detector = match about {
+                        PanicAbout::Reason(reason) => reason.detector.as_str(),
+                        PanicAbout::Cpu { .. } => "unknown",
+                    };
+                    effects.push(Effect::Panic(detector.to_owned()));
                 }
                 "panicked"
             }
-            "crash_loaded" => {
+            Event::CrashLoaded => {
                 self.state = VmState::Capturing;
                 "crash_loaded"
             }
-            "capture_started" => {
+            Event::CaptureStarted { .. } => {
                 self.state = VmState::Capturing;
                 self.capture_started = Some(now);
                 "capture_started"
             }
-            "vmcore_ready" => {
-                if let Some(id) = event["id"].as_str() {
-                    self.vmcores.push(id.to_owned());
-                }
+            Event::VmcoreReady { id, size, on_disk, .. } => {
+                self.vmcores.push(id.clone());
                 let capture = self.capture_started.take().map(|t| now.saturating_duration_since(t));
-                let size = event["size"].as_u64().unwrap_or(0);
-                let on_disk = event["on_disk"].as_u64().unwrap_or(0);
-                effects.push(Effect::Vmcore { size, on_disk, capture });
+                effects.push(Effect::Vmcore { size: *size, on_disk: *on_disk, capture });
                 "vmcore_ready"
             }
-            "dump_failed" => {
+            Event::DumpFailed { .. } => {
                 self.capture_started = None;
                 effects.push(Effect::DumpFailed);
                 "dump_failed"
             }
-            "paused" => {
+            Event::Paused => {
                 if self.state != VmState::Paused {
                     self.before_pause = self.state;
                 }
                 self.state = VmState::Paused;
                 "paused"
             }
-            "resumed" => {
+            Event::Resumed => {
                 if self.state == VmState::Paused {
                     self.state = self.before_pause;
                 }
                 "resumed"
             }
-            "rebooting" => {
+            Event::Rebooting { .. } => {
                 self.state = VmState::Rebooting;
                 self.booted_at = None;
                 "rebooted"
             }
-            "powered_off" => {
+            Event::PoweredOff => {
                 self.stop_reason = Some("the guest powered off".into());
                 return effects;
             }
-            "stopped" => {
-                let reason = event["reason"].as_str().unwrap_or("unknown");
+            Event::Stopped { reason } => {
                 self.stop_reason = Some(format!("the VMM stopped the VM: {reason}"));
                 return effects;
             }
-            // oops, unknown_nmi, nmi_injected, and whatever a newer VMM reports.
-            other => other,
+            Event::Oops { .. }
+            | Event::UnknownNmi { .. }
+            | Event::NmiInjected { .. }
+            | Event::SnapshotTaken { .. }
+            | Event::DumpProgress { .. } => &name,
         };
-        effects.insert(0, Effect::Publish(NewEvent::new(api_name, Value::Object(fields))));
+        effects.insert(0, Effect::Publish(NewEvent { event: api_name.to_owned(), fields }));
         effects
     }
 
@@ -312,6 +312,11 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    /// Feeds the tracker an event line as the VMM writes it.
+    fn event(t: &mut Tracker, line: Value, now: Instant) -> Vec<Effect> {
+        t.on_control_event(&serde_json::from_value(line).expect("an event line"), now)
+    }
+
     fn published(effects: &[Effect]) -> Vec<String> {
         effects
             .iter()
@@ -326,11 +331,12 @@ mod tests {
     fn a_kdump_crash_goes_through_capture_and_reboot() {
         let mut t = Tracker::new();
         let t0 = Instant::now();
-        let mut feed = |line: Value| t.on_control_event(&line, t0);
+        let mut feed = |line: Value| event(&mut t, line, t0);
         assert_eq!(published(&feed(json!({"event":"booted","boot":1,"release":"6.18","cpus":2}))), ["booted"]);
         let lockup = feed(json!({"event":"lockup_detected","kind":"soft","cpu":1,"arg":4}));
         assert_eq!(lockup[1], Effect::Lockup("soft".into()));
-        let panic = feed(json!({"event":"panic","source":"event","detector":"softlockup","cpu":1}));
+        let panic = feed(json!({"event":"panic","source":"event","detector":"softlockup","cpu":1,"pid":7,
+                                "comm":"softlockup/1","message":"softlockup: hung tasks"}));
         assert_eq!(panic[1], Effect::Panic("softlockup".into()));
         assert_eq!(published(&feed(json!({"event":"crash_loaded"}))), ["crash_loaded"]);
         let hello = feed(json!({"event":"booted","boot":1,"release":"6.18","cpus":1}));
@@ -340,7 +346,7 @@ mod tests {
         assert!(matches!(ready[1], Effect::Vmcore { size: 10, on_disk: 4, capture: Some(_) }));
         assert_eq!(published(&feed(json!({"event":"rebooting","cause":"reset_control"}))), ["rebooted"]);
         assert_eq!(t.state, VmState::Rebooting);
-        t.on_control_event(&json!({"event":"booted","boot":2,"release":"6.18","cpus":2}), t0);
+        event(&mut t, json!({"event":"booted","boot":2,"release":"6.18","cpus":2}), t0);
         assert_eq!((t.state, t.boots, t.crashes), (VmState::Running, 2, 1));
         assert_eq!(t.vmcores, ["vm-x"]);
         assert_eq!(t.last_panic.as_ref().unwrap()["detector"], "softlockup");
@@ -350,11 +356,11 @@ mod tests {
     fn pause_returns_to_the_state_before() {
         let mut t = Tracker::new();
         let now = Instant::now();
-        t.on_control_event(&json!({"event":"booted","boot":1}), now);
-        t.on_control_event(&json!({"event":"lockup_detected","kind":"hard","cpu":0,"arg":1}), now);
-        t.on_control_event(&json!({"event":"paused"}), now);
+        event(&mut t, json!({"event":"booted","boot":1,"release":"6.18","cpus":1}), now);
+        event(&mut t, json!({"event":"lockup_detected","kind":"hard","cpu":0,"arg":1}), now);
+        event(&mut t, json!({"event":"paused"}), now);
         assert_eq!(t.state, VmState::Paused);
-        t.on_control_event(&json!({"event":"resumed"}), now);
+        event(&mut t, json!({"event":"resumed"}), now);
         assert_eq!(t.state, VmState::Lockup);
     }
 
@@ -362,21 +368,22 @@ mod tests {
     fn a_capture_kernel_panic_is_not_a_second_crash() {
         let mut t = Tracker::new();
         let now = Instant::now();
-        t.on_control_event(&json!({"event":"booted","boot":1}), now);
-        t.on_control_event(&json!({"event":"panic","source":"pvpanic"}), now);
-        t.on_control_event(&json!({"event":"crash_loaded"}), now);
-        let effects = t.on_control_event(&json!({"event":"panic","source":"pvpanic"}), now);
+        event(&mut t, json!({"event":"booted","boot":1,"release":"6.18","cpus":1}), now);
+        event(&mut t, json!({"event":"panic","source":"pvpanic"}), now);
+        event(&mut t, json!({"event":"crash_loaded"}), now);
+        let effects = event(&mut t, json!({"event":"panic","source":"pvpanic"}), now);
         assert_eq!(effects.len(), 1, "published, not counted");
         assert_eq!(t.crashes, 1);
     }
 
     #[test]
-    fn unknown_events_pass_through_and_junk_is_ignored() {
+    fn other_events_pass_through_under_their_names() {
         let mut t = Tracker::new();
         let now = Instant::now();
-        assert_eq!(published(&t.on_control_event(&json!({"event":"oops","cpu":0,"pid":3}), now)), ["oops"]);
-        assert!(t.on_control_event(&json!({"id":1,"ok":true}), now).is_empty());
-        assert!(t.on_control_event(&json!({"event":7}), now).is_empty());
+        assert_eq!(published(&event(&mut t, json!({"event":"oops","cpu":0,"pid":3}), now)), ["oops"]);
+        let effects = event(&mut t, json!({"event":"nmi_injected","cpus":[0,1]}), now);
+        let [Effect::Publish(nmi)] = effects.as_slice() else { panic!("{effects:?}") };
+        assert_eq!((nmi.event.as_str(), Value::Object(nmi.fields.clone())), ("nmi_injected", json!({"cpus": [0, 1]})));
     }
 
     #[test]
@@ -389,7 +396,7 @@ mod tests {
         assert_eq!(effects.last(), Some(&Effect::Failed));
 
         let mut t = Tracker::new();
-        t.on_control_event(&json!({"event":"powered_off"}), Instant::now());
+        event(&mut t, json!({"event":"powered_off"}), Instant::now());
         let clean = ProcessEnd { success: true, status: "exit status 0".into(), last_output: String::new() };
         assert_eq!(published(&t.on_process_end(&clean, false)), ["stopped"]);
         assert_eq!(t.state, VmState::Stopped);
@@ -399,7 +406,7 @@ mod tests {
         assert_eq!(t.state, VmState::Stopped, "the API asked for it");
 
         let mut t = Tracker::new();
-        t.on_control_event(&json!({"event":"stopped","reason":"RIP 0x10: cannot emulate"}), Instant::now());
+        event(&mut t, json!({"event":"stopped","reason":"RIP 0x10: cannot emulate"}), Instant::now());
         let five = ProcessEnd { success: false, status: "exit status 5".into(), last_output: String::new() };
         t.on_process_end(&five, false);
         assert_eq!(t.state, VmState::Failed);

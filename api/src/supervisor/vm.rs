@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crashvisor_control::{Request, ServerLine};
+use dumpd::store::Retention;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,8 +26,10 @@ use crate::metrics::Metrics;
 
 /// How long the VMM may take to open its control socket.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a stopping VMM may take before it is killed.
+/// How long a VMM may take to end after `shutdown` before it gets SIGTERM, and after SIGTERM
+/// before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long the last event lines of an exited VMM are read for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Requests that may wait for the VMM at once.
@@ -35,14 +39,17 @@ const COMMAND_QUEUE: usize = 64;
 /// Console lines quoted in a failure's reason.
 const FAILURE_CONSOLE_LINES: usize = 10;
 
+/// Where a control request's result goes.
+type ControlReply = oneshot::Sender<Result<Value, ApiError>>;
+
 /// What HTTP handlers ask of a VM.
 pub enum VmCommand {
-    /// Send a control request (a JSON object with `cmd`) and return its result.
+    /// Send a control request and return its result.
     Control {
-        /// The request, without `id`.
-        request: Value,
+        /// The request.
+        request: Request,
         /// The reply.
-        reply: oneshot::Sender<Result<Value, ApiError>>,
+        reply: ControlReply,
     },
     /// Stop the VM (the VMM exits; the VM stays listed as stopped).
     Stop {
@@ -112,7 +119,7 @@ impl VmHandle {
     }
 
     /// Sends a control request and waits up to `timeout` for its result.
-    pub async fn control(&self, request: Value, timeout: Duration) -> Result<Value, ApiError> {
+    pub async fn control(&self, request: Request, timeout: Duration) -> Result<Value, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.send(VmCommand::Control { request, reply }).await?;
         match tokio::time::timeout(timeout, answer).await {
@@ -157,10 +164,12 @@ pub struct Launch {
     pub exe: PathBuf,
     /// The VM's control socket.
     pub control: PathBuf,
+    /// Where the VMM's configuration is written for it to read (`vmm --config`).
+    pub config: PathBuf,
     /// The crash store.
     pub crash_dir: PathBuf,
-    /// More arguments for the VMM (the crash store's retention).
-    pub extra_args: Vec<std::ffi::OsString>,
+    /// What the crash store keeps.
+    pub retention: Retention,
 }
 
 /// The service-wide things a VM reports to.
@@ -213,10 +222,13 @@ struct Session {
     pid: Option<u32>,
     control: Option<ControlConn>,
     connecting: bool,
-    pending: HashMap<u64, (String, oneshot::Sender<Result<Value, ApiError>>)>,
+    /// Requests sent and not yet answered: their command's name and whom to answer.
+    pending: HashMap<u64, (&'static str, ControlReply)>,
     next_id: u64,
     stop: Option<StopKind>,
+    /// When the stop escalates (to SIGTERM, then SIGKILL).
     kill_at: Option<tokio::time::Instant>,
+    terminated: bool,
     stop_waiters: Vec<oneshot::Sender<()>>,
     reboot_waiters: Vec<oneshot::Sender<Result<(), ApiError>>>,
     /// Why the service killed the VMM, if it did so on its own.
@@ -239,15 +251,24 @@ struct VmTask {
 }
 
 impl VmTask {
+    /// Writes the VMM's configuration and starts it.
+    async fn start_vmm(&self) -> Result<VmmProcess, String> {
+        let Launch { exe, control, config, crash_dir, retention } = &self.launch;
+        let vm = self.spec.vmm_config(control, crash_dir, *retention);
+        let json = serde_json::to_vec_pretty(&vm).map_err(|e| format!("cannot start the VMM: {e}"))?;
+        tokio::fs::write(config, json)
+            .await
+            .map_err(|e| format!("cannot start the VMM: cannot write its configuration {}: {e}", config.display()))?;
+        VmmProcess::spawn(exe, config, self.console.clone())
+            .map_err(|e| format!("cannot start the VMM ({}): {e}", exe.display()))
+    }
+
     async fn run(mut self) {
-        let mut args = self.spec.vmm_args(&self.launch.control, &self.launch.crash_dir);
-        args.extend(self.launch.extra_args.iter().cloned());
         let mut inbox_open = true;
         loop {
-            let process = match VmmProcess::spawn(&self.launch.exe, &args, self.console.clone()) {
+            let process = match self.start_vmm().await {
                 Ok(process) => process,
-                Err(e) => {
-                    let reason = format!("cannot start the VMM ({}): {e}", self.launch.exe.display());
+                Err(reason) => {
                     tracing::error!("{reason}");
                     let effects = self.tracker.on_spawn_failure(reason);
                     self.apply(effects, None);
@@ -266,6 +287,7 @@ impl VmTask {
                 next_id: 1,
                 stop: None,
                 kill_at: None,
+                terminated: false,
                 stop_waiters: Vec::new(),
                 reboot_waiters: Vec::new(),
                 killed_because: None,
@@ -280,6 +302,9 @@ impl VmTask {
                     }
                 }
             }
+        }
+        if let Err(e) = tokio::fs::remove_file(&self.launch.config).await {
+            tracing::debug!("cannot remove {}: {e}", self.launch.config.display());
         }
         self.console.finish();
         self.publish_status(None);
@@ -327,19 +352,15 @@ impl VmTask {
                     }
                 },
                 status = s.process.child.wait() => return self.on_exit(s, status).await,
-                () = tokio::time::sleep_until(kill_at), if s.kill_at.is_some() => {
-                    tracing::warn!("the VMM did not stop within {STOP_GRACE:?}; killing it");
-                    s.kill_at = None;
-                    let _ = s.process.child.start_kill();
-                }
+                () = tokio::time::sleep_until(kill_at), if s.kill_at.is_some() => escalate(s),
             }
         }
     }
 
     async fn on_command(&mut self, s: &mut Session, command: VmCommand) {
         match command {
-            VmCommand::Control { mut request, reply } => {
-                let name = request["cmd"].as_str().unwrap_or("?").to_owned();
+            VmCommand::Control { request, reply } => {
+                let name = request.name();
                 let refused = if s.stop.is_some() {
                     Some(ApiError::conflict("vm_unavailable", "the VM is stopping"))
                 } else if s.pending.len() >= MAX_PENDING {
@@ -364,8 +385,7 @@ impl VmTask {
                 };
                 let id = s.next_id;
                 s.next_id += 1;
-                request["id"] = json!(id);
-                match conn.send(&request).await {
+                match conn.send(id, &request).await {
                     Ok(()) => {
                         s.pending.insert(id, (name, reply));
                     }
@@ -392,7 +412,8 @@ impl VmTask {
         }
     }
 
-    /// Asks the VMM to stop (a stop wins over a reboot), killing it after `STOP_GRACE`.
+    /// Asks the VMM to stop (a stop wins over a reboot) with `shutdown`, escalating to SIGTERM
+    /// after `STOP_GRACE` (at once when it cannot be asked) and to SIGKILL `TERM_GRACE` later.
     async fn begin_stop(&mut self, s: &mut Session, kind: StopKind) {
         let first = s.stop.is_none();
         if kind == StopKind::Stop {
@@ -406,19 +427,29 @@ impl VmTask {
         if first {
             tracing::info!("stopping the VMM");
             s.kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
-            if !s.process.request_stop().await {
-                let _ = s.process.child.start_kill();
+            let id = s.next_id;
+            s.next_id += 1;
+            let asked = match s.control.as_mut() {
+                Some(conn) => conn.send(id, &Request::Shutdown {}).await.is_ok(),
+                None => false,
+            };
+            if !asked {
+                escalate(s);
             }
         }
     }
 
-    fn on_line(&mut self, s: &mut Session, line: Value) {
-        if line.get("event").is_some() {
-            let effects = self.tracker.on_control_event(&line, Instant::now());
-            self.apply(effects, s.pid);
-        } else if let Some(id) = line["id"].as_u64() {
-            if let Some((command, reply)) = s.pending.remove(&id) {
-                let _ = reply.send(control::outcome(&line, &command));
+    fn on_line(&mut self, s: &mut Session, line: ServerLine) {
+        match line {
+            ServerLine::Event(event) => {
+                let effects = self.tracker.on_control_event(&event, Instant::now());
+                self.apply(effects, s.pid);
+            }
+            ServerLine::Response(response) => {
+                let pending = response.id.as_u64().and_then(|id| s.pending.remove(&id));
+                if let Some((command, reply)) = pending {
+                    let _ = reply.send(control::outcome(response, command));
+                }
             }
         }
     }
@@ -499,8 +530,22 @@ impl VmTask {
     }
 }
 
+/// The next step of a stop the VMM did not carry out by itself: SIGTERM, then SIGKILL.
+fn escalate(s: &mut Session) {
+    if s.terminated {
+        tracing::warn!("the VMM did not end within {TERM_GRACE:?} of SIGTERM; killing it");
+        s.kill_at = None;
+        let _ = s.process.child.start_kill();
+    } else {
+        tracing::warn!("the VMM did not stop by itself; sending SIGTERM");
+        s.terminated = true;
+        s.kill_at = Some(tokio::time::Instant::now() + TERM_GRACE);
+        s.process.terminate();
+    }
+}
+
 /// The next line of the control socket, or never when there is none.
-async fn next_line(conn: &mut Option<ControlConn>) -> Option<Value> {
+async fn next_line(conn: &mut Option<ControlConn>) -> Option<ServerLine> {
     match conn {
         Some(conn) => conn.next().await,
         None => std::future::pending().await,

@@ -3,7 +3,8 @@
 //!
 //! Only committed crashes are candidates (temporary `.tmp-*` directories are never listed, so a
 //! crash being written is never touched), and the crash named as `keep` (the one just
-//! committed) is never removed, even if it alone breaks a limit. Sizes are the space used on
+//! committed) is never removed, even if it alone breaks a limit. Crashes being written count
+//! against the size limit all the same: they will be committed, and their space is taken. Sizes are the space used on
 //! disk (`st_blocks` × 512), since vmcores are sparse. A crash is first renamed to a hidden
 //! `.del-*` name, so it disappears from listings at once, then deleted.
 
@@ -46,6 +47,8 @@ pub struct PruneReport {
     pub failed: Vec<(String, StoreError)>,
     /// Disk space the remaining crashes use.
     pub remaining_bytes: u64,
+    /// Disk space the crashes being written used, counted against the size limit.
+    pub in_flight_bytes: u64,
 }
 
 impl CrashEntry {
@@ -71,11 +74,16 @@ impl CrashStore {
         for entry in &entries {
             sizes.push(entry.disk_bytes()?);
         }
-        let doomed = select(&entries, &sizes, retention, keep);
+        let in_flight_bytes = self.in_flight_bytes()?;
+        let committed_room = Retention {
+            max_total_bytes: retention.max_total_bytes.map(|max| max.saturating_sub(in_flight_bytes)),
+            ..*retention
+        };
+        let doomed = select(&entries, &sizes, &committed_room, keep);
         let remaining_bytes = sizes.iter().zip(&doomed).filter(|(_, &d)| !d).map(|(s, _)| s).sum();
-        let mut report = PruneReport { remaining_bytes, ..PruneReport::default() };
+        let mut report = PruneReport { remaining_bytes, in_flight_bytes, ..PruneReport::default() };
         for ((entry, &size), _) in entries.iter().zip(&sizes).zip(&doomed).filter(|(_, &d)| d) {
-            match self.remove(entry) {
+            match self.delete(&entry.id) {
                 Ok(()) => report.removed.push(PrunedCrash {
                     id: entry.id.clone(),
                     vm: entry.vm().map(str::to_owned),
@@ -90,10 +98,20 @@ impl CrashStore {
         Ok(report)
     }
 
-    /// Hides the crash by renaming it, then deletes it.
-    fn remove(&self, entry: &CrashEntry) -> Result<(), StoreError> {
-        let hidden = self.dir().join(format!("{DELETE_PREFIX}{}-{}", entry.id, std::process::id()));
-        std::fs::rename(&entry.path, &hidden).map_err(io("hide the crash directory", &entry.path))?;
+    /// Deletes the committed crash `id`: hides it by renaming it, so it disappears from
+    /// listings at once (readers with files open read on), then removes it. A process that dies
+    /// in between leaves a hidden `.del-*` entry, which the next [`CrashStore::open`] removes.
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.dir().join(id);
+        if id.starts_with('.') || id.contains('/') || !path.is_dir() {
+            return Err(StoreError::NoSuchCrash(id.to_owned()));
+        }
+        let hidden = self.dir().join(format!("{DELETE_PREFIX}{id}-{}", std::process::id()));
+        match std::fs::rename(&path, &hidden) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NoSuchCrash(id.to_owned())),
+            Err(e) => return Err(io("hide the crash directory", &path)(e)),
+        }
         std::fs::remove_dir_all(&hidden).map_err(io("delete", &hidden))
     }
 }
@@ -155,7 +173,7 @@ fn strip_stamp(s: &str) -> Option<&str> {
 }
 
 /// `st_blocks` × 512 of `dir` and everything directly in it (crash directories are flat).
-fn disk_usage(dir: &Path) -> Result<u64, StoreError> {
+pub(super) fn disk_usage(dir: &Path) -> Result<u64, StoreError> {
     let mut bytes = std::fs::symlink_metadata(dir).map_err(io("stat", dir))?.blocks() * 512;
     for entry in std::fs::read_dir(dir).map_err(io("read", dir))? {
         let entry = entry.map_err(io("read", dir))?;
@@ -236,6 +254,27 @@ mod tests {
     }
 
     #[test]
+    fn crashes_being_written_count_against_the_size_limit() {
+        let dir = TestDir::new("retention-in-flight");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let old = crash(&store, "a", 1000, 256);
+        let new = crash(&store, "b", 2000, 256);
+        let sizes: Vec<u64> = store.list().unwrap().iter().map(|e| e.disk_bytes().unwrap()).collect();
+        let writing = store.begin("c").unwrap();
+        writing.write_file(FILE_VMCORE, &vec![0x5a; 256 << 10]).unwrap();
+        let in_flight = store.in_flight_bytes().unwrap();
+        assert!(in_flight >= 256 << 10, "the temporary directory's space: {in_flight}");
+        // Room for both committed crashes, but not with the one being written.
+        let limit = sizes[0] + sizes[1];
+        let report = store.prune(&Retention { max_per_vm: None, max_total_bytes: Some(limit) }, None).unwrap();
+        assert_eq!(report.removed.iter().map(|p| p.id.clone()).collect::<Vec<_>>(), [old]);
+        assert_eq!((report.in_flight_bytes, report.remaining_bytes), (in_flight, sizes[1]));
+        assert_eq!(ids(&store), [new]);
+        drop(writing);
+        assert_eq!(store.in_flight_bytes().unwrap(), 0);
+    }
+
+    #[test]
     fn counts_bytes_on_disk_and_removes_oldest_first() {
         let dir = TestDir::new("retention-bytes");
         let store = CrashStore::open(dir.path()).unwrap();
@@ -278,7 +317,7 @@ mod tests {
         let hidden: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with('.'))
+            .filter(|n| n.starts_with('.') && n != crate::store::LOCK_FILE)
             .collect();
         assert_eq!(hidden.len(), 1, "only the pending crash's directory: {hidden:?}");
         assert_eq!(committed.id, format!("vm-{}", dir_timestamp(UNIX_EPOCH + Duration::from_secs(500))));

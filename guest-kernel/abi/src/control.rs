@@ -85,6 +85,8 @@ pub const MAX_MESSAGE_LEN: usize = 256;
 pub const MAX_SYSCTL_NAME_LEN: usize = 64;
 /// Longest sysctl value, in decoded bytes.
 pub const MAX_SYSCTL_VALUE_LEN: usize = 256;
+/// The namespace of every sysctl the guest has (Linux's `kernel.*` table).
+pub const SYSCTL_NAMESPACE: &str = "kernel.";
 /// Longest key or verb, in bytes.
 pub const MAX_WORD_LEN: usize = 32;
 /// The status word of a successful response.
@@ -358,8 +360,7 @@ impl LkdtmRequest {
     }
 
     /// The request for crash type `name` at crash point `point` (`DIRECT` when `None`): refused
-    /// when either is unknown or unsupported, or `count` is outside 1 to `i32::MAX`. The guest
-    /// reads its lines with it, and the host checks a request before sending it.
+    /// when either is unknown, or [`Self::check`] refuses it. The guest reads its lines with it.
     pub fn new<'a>(
         name: &'a str,
         point: Option<&'a str>,
@@ -367,20 +368,29 @@ impl LkdtmRequest {
         cpu: Option<u32>,
     ) -> Result<Self, LkdtmRequestError<'a>> {
         let kind = CrashType::from_name(name).ok_or(LkdtmRequestError::UnknownType(name))?;
-        if let Support::Unsupported(why) = kind.support() {
-            return Err(LkdtmRequestError::UnsupportedType(kind, why));
-        }
         let point = match point {
             None => CrashPoint::Direct,
             Some(name) => CrashPoint::from_name(name).ok_or(LkdtmRequestError::UnknownPoint(name))?,
         };
-        if let Err(why) = point.counterpart() {
-            return Err(LkdtmRequestError::UnsupportedPoint(point, why));
+        let request = Self { kind, point, count, cpu };
+        request.check()?;
+        Ok(request)
+    }
+
+    /// Whether the kernel runs this request: refused when the type or the crash point is
+    /// unsupported, or `count` is outside 1 to `i32::MAX`. The host checks a typed request with
+    /// it before sending it.
+    pub fn check(&self) -> Result<(), LkdtmRequestError<'static>> {
+        if let Support::Unsupported(why) = self.kind.support() {
+            return Err(LkdtmRequestError::UnsupportedType(self.kind, why));
         }
-        if count.is_some_and(|n| n == 0 || n > i32::MAX as u32) {
+        if let Err(why) = self.point.counterpart() {
+            return Err(LkdtmRequestError::UnsupportedPoint(self.point, why));
+        }
+        if self.count.is_some_and(|n| n == 0 || n > i32::MAX as u32) {
             return Err(LkdtmRequestError::BadCount);
         }
-        Ok(Self { kind, point, count, cpu })
+        Ok(())
     }
 
     /// The arguments after a request's `<id> inject`, in order: `lkdtm=<TYPE> cpoint=<NAME>`,
@@ -660,6 +670,15 @@ impl fmt::Display for Encoded<'_> {
     }
 }
 
+/// Whether `name` is spelt like a sysctl name (`kernel.panic`): 1 to [`MAX_SYSCTL_NAME_LEN`]
+/// lowercase letters, digits, `_` and `.`, the alphabet of every name in the guest's table.
+/// Whether the guest has it is the guest's answer (`unknown_sysctl`).
+pub fn is_sysctl_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SYSCTL_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
 /// Parses a decimal `u64` value: ASCII digits only (no sign, no spaces), at most 20 of them.
 pub fn parse_u64(raw: &str) -> Option<u64> {
     if raw.is_empty() || raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
@@ -855,5 +874,17 @@ mod tests {
         assert_eq!(parse_u64("18446744073709551616"), None);
         assert_eq!(parse_u64(""), None);
         assert_eq!(parse_u32("4294967296"), None);
+    }
+
+    #[test]
+    fn sysctl_names_use_the_guest_alphabet() {
+        for good in ["kernel.panic", "kernel.hung_task_timeout_secs", "vm.swappiness", "a"] {
+            assert!(is_sysctl_name(good), "{good}");
+        }
+        let long = [b'k'; MAX_SYSCTL_NAME_LEN + 1];
+        let long = core::str::from_utf8(&long).unwrap();
+        for bad in ["", "kernel panic", "kernel.Panic", "kernel.a-b", "/proc/sys/kernel/panic", "k\u{e9}", long] {
+            assert!(!is_sysctl_name(bad), "{bad}");
+        }
     }
 }

@@ -12,7 +12,8 @@
 extern crate std;
 
 /// Defines an enum of names (protocol words, LKDTM's names) with `ALL`, `as_str`, `from_name`
-/// and `Display`.
+/// and `Display` (the host's control socket defines its own names with it too).
+#[macro_export]
 macro_rules! names {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$meta])*
@@ -41,8 +42,8 @@ macro_rules! names {
             }
         }
 
-        impl core::fmt::Display for $name {
-            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
@@ -53,6 +54,7 @@ pub mod control;
 pub mod dump;
 pub mod layout;
 pub mod lkdtm;
+pub mod params;
 pub mod platform;
 pub mod pvh;
 pub mod serial;

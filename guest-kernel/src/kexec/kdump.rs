@@ -10,19 +10,15 @@
 use alloc::string::String;
 
 use crashvisor_abi::control::KdumpAction;
+use crashvisor_abi::dump::DUMP_LEVEL_ALL;
+use crashvisor_abi::params::{CRASHKERNEL, KDUMP, KDUMP_FAILURE_ACTION, KDUMP_FINAL_ACTION, KDUMP_LEVEL};
 use crashvisor_klib::cmdline::remove_param;
 
 use super::load::{self, Kind, LoadError};
 use crate::params;
 
-/// Boot parameter of the dump level.
-pub const PARAM_DUMP_LEVEL: &str = "kdump_level";
-/// Boot parameter of the action after a dump.
-pub const PARAM_FINAL_ACTION: &str = "kdump_final_action";
-/// Boot parameter of the action after a failed dump.
-pub const PARAM_FAILURE_ACTION: &str = "kdump_failure_action";
 /// The default dump level: zero pages and every filterable kind of page excluded.
-const DEFAULT_DUMP_LEVEL: u32 = 31;
+const DEFAULT_DUMP_LEVEL: u32 = DUMP_LEVEL_ALL;
 
 /// The dump configuration (`kdump.conf`'s core settings).
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +41,7 @@ const BAD_LEVEL: &str = "dump_level is 0 to 31";
 const BAD_ACTION: &str = "actions: reboot, halt, poweroff";
 
 fn parse_level(value: &str) -> Result<u32, &'static str> {
-    value.parse().ok().filter(|l| *l <= 31).ok_or(BAD_LEVEL)
+    value.parse().ok().filter(|l| *l <= DUMP_LEVEL_ALL).ok_or(BAD_LEVEL)
 }
 
 impl Config {
@@ -81,26 +77,22 @@ pub fn config_from_cmdline() -> Config {
     let cmdline = params::cmdline();
     let action = |key| cmdline.get(key).flatten().and_then(KdumpAction::from_name).unwrap_or(KdumpAction::Reboot);
     Config {
-        dump_level: cmdline
-            .get(PARAM_DUMP_LEVEL)
-            .flatten()
-            .and_then(|v| parse_level(v).ok())
-            .unwrap_or(DEFAULT_DUMP_LEVEL),
-        final_action: action(PARAM_FINAL_ACTION),
-        failure_action: action(PARAM_FAILURE_ACTION),
+        dump_level: cmdline.get(KDUMP_LEVEL).flatten().and_then(|v| parse_level(v).ok()).unwrap_or(DEFAULT_DUMP_LEVEL),
+        final_action: action(KDUMP_FINAL_ACTION),
+        failure_action: action(KDUMP_FAILURE_ACTION),
     }
 }
 
 /// `kdump start`: load the capture kernel into the reservation.
 pub fn start() -> Result<(), LoadError> {
     let mut base = String::from(params::cmdline().as_str());
-    for param in ["crashkernel", PARAM_DUMP_LEVEL, PARAM_FINAL_ACTION, PARAM_FAILURE_ACTION] {
+    for param in [CRASHKERNEL, KDUMP_LEVEL, KDUMP_FINAL_ACTION, KDUMP_FAILURE_ACTION] {
         let mut buf = [0u8; 2048];
         base = String::from(remove_param(&base, param, &mut buf).unwrap_or(""));
     }
     let config = config();
     let cmdline = alloc::format!(
-        "{base} nr_cpus=1 {PARAM_DUMP_LEVEL}={} {PARAM_FINAL_ACTION}={} {PARAM_FAILURE_ACTION}={}",
+        "{base} nr_cpus=1 {KDUMP_LEVEL}={} {KDUMP_FINAL_ACTION}={} {KDUMP_FAILURE_ACTION}={}",
         config.dump_level,
         config.final_action,
         config.failure_action
@@ -135,7 +127,7 @@ pub fn status() -> String {
 pub fn init() {
     set_config(config_from_cmdline());
     let cmdline = params::cmdline();
-    if !matches!(cmdline.get("kdump"), Some(Some("1" | "on" | "y")) | Some(None)) {
+    if !matches!(cmdline.get(KDUMP), Some(Some("1" | "on" | "y")) | Some(None)) {
         return;
     }
     match start() {

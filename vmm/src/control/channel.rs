@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crashvisor_abi::control::{parse_line, Verb};
+use crashvisor_control::{ControlError, ControlErrorCode};
 use serde_json::Value;
 
 use super::guest::{self, GuestRequest, Hello, PendingTable};
-use super::protocol::{ControlError, ControlErrorCode};
 use crate::devices::control_uart::ControlUart;
 
 /// Most guest requests in flight at once (probes included).

@@ -1,11 +1,11 @@
-//! Events: what devices report about the guest ([`DeviceEvent`]), and the event lines every
-//! client receives ([`Event`]). Turning one into the other is a pure function of the device
-//! event and a little per-boot state, so it is tested without a VM.
+//! Events: what devices report about the guest ([`DeviceEvent`]), turned into the event lines
+//! every client receives (`crashvisor_control::Event`). The translation is a pure function of
+//! the device event and a little per-boot state, so it is tested without a VM.
 
 use std::time::Instant;
 
 use crashvisor_abi::platform::{EventKind, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
-use serde::Serialize;
+use crashvisor_control::{Event, LockupKind, PanicAbout, PanicSource};
 
 use crate::devices::crash_reason::CrashInfo;
 use crate::devices::dump::DumpEvent;
@@ -35,205 +35,18 @@ pub enum DeviceEvent {
     Dump(DumpEvent),
 }
 
-/// The kinds of lockup the guest detects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LockupKind {
-    /// The soft-lockup detector (a CPU did not schedule).
-    Soft,
-    /// The hard-lockup detector (a CPU took no timer interrupts).
-    Hard,
-    /// The hung-task detector.
-    HungTask,
-}
-
-/// How the guest told the host it panicked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PanicSource {
-    /// The platform device's event register.
-    Event,
-    /// pvpanic PANICKED.
-    Pvpanic,
-}
-
-/// One event line, `{"event":"<name>", ...}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// The guest's control thread said hello: the guest is up.
-    Booted {
-        /// Boots of this VM so far (1 for the first).
-        boot: u64,
-        /// The kernel release.
-        release: String,
-        /// CPUs online in the guest.
-        cpus: u32,
-    },
-    /// A lockup detector fired.
-    LockupDetected {
-        /// Which detector.
-        kind: LockupKind,
-        /// The locked-up CPU (for hung tasks: the CPU the detector ran on).
-        cpu: u8,
-        /// The raw argument: seconds stuck (soft), reporting CPU (hard), pid (hung task).
-        arg: u16,
-    },
-    /// The guest printed an oops.
-    Oops {
-        /// The CPU that oopsed.
-        cpu: u8,
-        /// The current task's pid.
-        pid: u16,
-    },
-    /// The guest panicked (reported once per boot, or per kernel after a kdump kernel starts).
-    Panic {
-        /// How the host learned of it.
-        source: PanicSource,
-        /// The panicking CPU, if known.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cpu: Option<u32>,
-        /// The guest's crash reason (detector, cpu, pid, comm, message), if it set one.
-        #[serde(flatten, skip_serializing_if = "Option::is_none")]
-        reason: Option<CrashInfo>,
-    },
-    /// The guest took an NMI it could not explain.
-    UnknownNmi {
-        /// The CPU.
-        cpu: u8,
-        /// The port 0x61 reason byte the guest read.
-        reason: u16,
-    },
-    /// A capture (kdump) kernel booted after a panic (pvpanic CRASH_LOADED).
-    CrashLoaded,
-    /// A capture kernel's dump descriptor was accepted; the host is writing the vmcore.
-    CaptureStarted {
-        /// The makedumpfile `-d` level the capture kernel applied.
-        dump_level: u32,
-        /// The vmcore's apparent size in bytes.
-        size: u64,
-        /// Number of memory ranges to copy.
-        ranges: u64,
-    },
-    /// A host-side dump stopped the vCPUs, read their registers and took a copy-on-write view of
-    /// memory; the guest runs again (unless the policy says otherwise) while the vmcore is
-    /// written.
-    SnapshotTaken {
-        /// How long the vCPUs were stopped, in microseconds.
-        pause_us: u64,
-        /// Bytes of memory to write.
-        total: u64,
-    },
-    /// A host-side dump's progress (a few times per second).
-    DumpProgress {
-        /// Bytes of memory written.
-        done: u64,
-        /// Bytes to write in all.
-        total: u64,
-    },
-    /// A crash directory was committed to the crash store.
-    VmcoreReady {
-        /// The crash's id: its directory's name.
-        id: String,
-        /// The crash directory.
-        path: String,
-        /// The vmcore's apparent size in bytes.
-        size: u64,
-        /// Bytes the vmcore takes on disk (zero pages are holes).
-        on_disk: u64,
-    },
-    /// No vmcore: the capture kernel gave up, its descriptor broke a rule, or writing failed.
-    DumpFailed {
-        /// Why.
-        reason: String,
-    },
-    /// An operator's NMI was injected.
-    NmiInjected {
-        /// The vCPUs it went to.
-        cpus: Vec<usize>,
-    },
-    /// The VM was paused.
-    Paused,
-    /// The VM was resumed.
-    Resumed,
-    /// The guest reset; the VMM is rebooting it.
-    Rebooting {
-        /// How it reset: `reset_control`, `keyboard_controller` or `triple_fault`.
-        cause: &'static str,
-    },
-    /// The guest powered off; the VMM ends.
-    PoweredOff,
-    /// The VM stopped for another reason; the VMM ends.
-    Stopped {
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Event {
-    /// The event as one JSON line, with its `\n`.
-    pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(self).unwrap_or_else(|e| {
-            tracing::error!("cannot encode an event: {e}");
-            r#"{"event":"internal_error"}"#.to_owned()
-        });
-        line.push('\n');
-        line
-    }
-
-    /// Whether the event comes at most a few times per crash, so no rate limit applies.
-    pub fn is_rare(&self) -> bool {
-        matches!(
-            self,
-            Self::Panic { .. }
-                | Self::CrashLoaded
-                | Self::CaptureStarted { .. }
-                | Self::SnapshotTaken { .. }
-                | Self::DumpProgress { .. }
-                | Self::VmcoreReady { .. }
-                | Self::DumpFailed { .. }
-        )
-    }
-
-    /// Logs the event (they are rare state changes: info).
-    pub fn log(&self) {
-        match self {
-            Self::Booted { boot, release, cpus } => {
-                tracing::info!("guest booted (boot {boot}): {release}, {cpus} CPUs")
-            }
-            Self::LockupDetected { kind, cpu, arg } => {
-                tracing::info!("guest detected a {kind:?} lockup on CPU {cpu} (arg {arg})")
-            }
-            Self::Oops { cpu, pid } => tracing::info!("guest oopsed on CPU {cpu} (pid {pid})"),
-            Self::Panic { source, cpu, reason } => match reason {
-                Some(r) => tracing::info!(
-                    "guest panicked ({source:?}) on CPU {}: {} [{}:{}] {}",
-                    r.cpu,
-                    r.detector.as_str(),
-                    r.comm,
-                    r.pid,
-                    r.message
-                ),
-                None => tracing::info!("guest panicked ({source:?}) on CPU {cpu:?}"),
-            },
-            Self::UnknownNmi { cpu, reason } => {
-                tracing::info!("guest took an unknown NMI on CPU {cpu} (reason {reason:#x})")
-            }
-            Self::CrashLoaded => tracing::info!("guest booted a crash kernel"),
-            // The dump device logs these itself, with more detail.
-            Self::CaptureStarted { .. }
-            | Self::SnapshotTaken { .. }
-            | Self::DumpProgress { .. }
-            | Self::VmcoreReady { .. }
-            | Self::DumpFailed { .. } => {}
-            Self::NmiInjected { cpus } => tracing::info!("injected an NMI into vCPUs {cpus:?}"),
-            Self::Paused => tracing::info!("VM paused"),
-            Self::Resumed => tracing::info!("VM resumed"),
-            Self::Rebooting { cause } => tracing::info!("guest reset ({cause}); rebooting"),
-            Self::PoweredOff => tracing::info!("guest powered off"),
-            Self::Stopped { reason } => tracing::info!("VM stopped: {reason}"),
-        }
-    }
+/// Whether the event comes at most a few times per crash, so no rate limit applies.
+pub fn is_rare(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Panic { .. }
+            | Event::CrashLoaded
+            | Event::CaptureStarted { .. }
+            | Event::SnapshotTaken { .. }
+            | Event::DumpProgress { .. }
+            | Event::VmcoreReady { .. }
+            | Event::DumpFailed { .. }
+    )
 }
 
 /// Per-boot memory of what was already reported.
@@ -300,12 +113,11 @@ fn panic(state: &mut BootEvents, source: PanicSource, cpu: Option<u32>, reason: 
     if std::mem::replace(&mut state.panic_reported, true) {
         return None;
     }
-    Some(Event::Panic {
-        source,
-        // The reason carries the CPU itself; one "cpu" key only.
-        cpu: if reason.is_some() { None } else { cpu },
-        reason,
-    })
+    let about = match reason {
+        Some(reason) => PanicAbout::Reason(reason),
+        None => PanicAbout::Cpu { cpu },
+    };
+    Some(Event::Panic { source, about })
 }
 
 /// A token bucket bounding how many guest events per second reach clients, so a guest
@@ -416,16 +228,6 @@ mod tests {
     }
 
     #[test]
-    fn simple_events_have_fixed_shapes() {
-        assert_eq!(Event::Paused.to_line(), "{\"event\":\"paused\"}\n");
-        assert_eq!(
-            Event::Rebooting { cause: "triple_fault" }.to_line(),
-            "{\"event\":\"rebooting\",\"cause\":\"triple_fault\"}\n"
-        );
-        assert_eq!(Event::NmiInjected { cpus: vec![0, 1] }.to_line(), "{\"event\":\"nmi_injected\",\"cpus\":[0,1]}\n");
-    }
-
-    #[test]
     fn dump_events_have_fixed_shapes() {
         let mut s = BootEvents::default();
         let lines: Vec<String> = [
@@ -435,7 +237,7 @@ mod tests {
         ]
         .into_iter()
         .flat_map(|e| translate(DeviceEvent::Dump(e), &mut s))
-        .inspect(|e| assert!(e.is_rare()))
+        .inspect(|e| assert!(is_rare(e)))
         .map(|e| e.to_line())
         .collect();
         assert_eq!(
@@ -446,7 +248,7 @@ mod tests {
                 "{\"event\":\"dump_failed\",\"reason\":\"no elfcorehdr\"}\n",
             ]
         );
-        assert!(!Event::Oops { cpu: 0, pid: 1 }.is_rare());
+        assert!(!is_rare(&Event::Oops { cpu: 0, pid: 1 }));
     }
 
     #[test]

@@ -1,16 +1,16 @@
-//! The host end of the guest's control protocol (`crashvisor_abi::control`): request lines
-//! out, response lines decoded into JSON, and the table of requests awaiting an answer.
+//! The host end of the guest's control protocol (`crashvisor_abi::control`): client requests
+//! turned into request lines, response lines decoded into JSON, and the table of requests
+//! awaiting an answer.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crashvisor_abi::control::{
-    self as wire, decode_value, parse_u32, parse_u64, Encoded, Line, Verb, MAX_REQUEST_LEN, PROTOCOL_VERSION,
+    self as wire, decode_value, key, parse_u32, parse_u64, Encoded, Line, Verb, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
+use crashvisor_control::{ControlError, ControlErrorCode, Injection, Request};
 use serde_json::{Map, Value};
-
-use super::protocol::{ControlError, ControlErrorCode};
 
 /// A request for the guest, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -21,6 +21,49 @@ pub struct GuestRequest {
     pub args: Vec<(&'static str, Vec<u8>)>,
     /// How long to wait for the answer.
     pub timeout: Duration,
+}
+
+impl GuestRequest {
+    /// What a client's (validated) request asks of the guest, answered within `timeout`; `None`
+    /// for the VMM's own commands.
+    pub fn from_request(request: &Request, timeout: Duration) -> Option<Self> {
+        let verb = request.guest_verb()?;
+        let mut args: Vec<(&'static str, Vec<u8>)> = Vec::new();
+        let mut arg = |key, value: Option<String>| args.extend(value.map(|v| (key, v.into_bytes())));
+        match request {
+            Request::Inject(Injection::Fault { fault, cpu, duration_ms, message }) => {
+                arg(key::FAULT, Some(fault.as_str().into()));
+                arg(key::CPU, Some(cpu.unwrap_or(0).to_string()));
+                arg(key::DURATION_MS, duration_ms.map(|ms| ms.to_string()));
+                arg(key::MESSAGE, message.clone());
+            }
+            Request::Inject(Injection::Lkdtm(lkdtm)) => {
+                for (key, value) in lkdtm.args() {
+                    arg(key, Some(value.to_string()));
+                }
+            }
+            Request::SysctlGet { name } => arg(key::NAME, Some(name.clone())),
+            Request::SysctlSet { name, value } => {
+                arg(key::NAME, Some(name.clone()));
+                arg(key::VALUE, Some(value.text()));
+            }
+            Request::Dmesg { since } => arg(key::SINCE, Some(since.unwrap_or(0).to_string())),
+            Request::Kexec { op, kind, cmdline } => {
+                arg(key::OP, Some(op.as_str().into()));
+                arg(key::KIND, kind.map(|k| k.as_str().into()));
+                arg(key::CMDLINE, cmdline.clone());
+            }
+            Request::Kdump { op, dump_level, final_action, failure_action } => {
+                arg(key::OP, Some(op.as_str().into()));
+                arg(key::DUMP_LEVEL, dump_level.map(|l| l.to_string()));
+                arg(key::FINAL_ACTION, final_action.map(|a| a.as_str().into()));
+                arg(key::FAILURE_ACTION, failure_action.map(|a| a.as_str().into()));
+            }
+            // hello, ps and uptime take no arguments (the VMM's own commands have no verb).
+            _ => {}
+        }
+        Some(Self { verb, args, timeout })
+    }
 }
 
 /// The request line for `request` under `id`, with its `\n`.
@@ -41,18 +84,10 @@ pub fn request_line(id: u32, request: &GuestRequest) -> Result<String, ControlEr
 }
 
 /// Keys whose values are numbers in JSON results.
-const NUMERIC_KEYS: &[&str] = &[
-    wire::key::PID,
-    wire::key::NS,
-    wire::key::NEXT,
-    wire::key::CPUS,
-    wire::key::VERSION,
-    wire::key::CRASH_SIZE,
-    wire::key::DUMP_LEVEL,
-    wire::key::COUNT,
-];
+const NUMERIC_KEYS: &[&str] =
+    &[key::PID, key::NS, key::NEXT, key::CPUS, key::VERSION, key::CRASH_SIZE, key::DUMP_LEVEL, key::COUNT];
 /// Keys whose values (`0` or `1`) are booleans in JSON results; every other value is a string.
-const BOOLEAN_KEYS: &[&str] = &[wire::key::LOADED, wire::key::CRASH_LOADED];
+const BOOLEAN_KEYS: &[&str] = &[key::LOADED, key::CRASH_LOADED];
 
 /// Decodes a raw value to text (bytes that are not UTF-8 become U+FFFD).
 pub fn decode_text(raw: &str) -> Result<String, wire::ProtocolError> {
@@ -69,13 +104,13 @@ pub fn response_result(line: &Line<'_>) -> Result<Value, ControlError> {
         ControlError::new(ControlErrorCode::Internal, format!("the guest sent a malformed response: {what}"))
     };
     if line.is_err() {
-        let code = line.arg(wire::key::CODE).unwrap_or("internal");
-        let message = match line.arg(wire::key::MESSAGE) {
+        let code = line.arg(key::CODE).unwrap_or("internal");
+        let message = match line.arg(key::MESSAGE) {
             Some(raw) => decode_text(raw).map_err(|e| malformed(e.as_str()))?,
             None => String::new(),
         };
         return Err(match wire::ErrorCode::from_name(code) {
-            Some(code) => ControlError::new(ControlErrorCode::Guest(code), message),
+            Some(code) => ControlError::new(code.into(), message),
             None => ControlError::new(
                 ControlErrorCode::Internal,
                 format!("the guest failed with unknown code {code:?}: {message}"),
@@ -113,17 +148,17 @@ pub struct Hello {
 
 /// Reads a hello line; refuses other protocol versions.
 pub fn parse_hello(line: &Line<'_>) -> Result<Hello, String> {
-    let version = line.arg(wire::key::VERSION).and_then(parse_u32);
+    let version = line.arg(key::VERSION).and_then(parse_u32);
     if version != Some(PROTOCOL_VERSION) {
         return Err(format!(
             "the guest speaks control protocol version {version:?}; this VMM speaks {PROTOCOL_VERSION}"
         ));
     }
-    let release = match line.arg(wire::key::RELEASE) {
+    let release = match line.arg(key::RELEASE) {
         Some(raw) => decode_text(raw).map_err(|e| e.to_string())?,
         None => String::new(),
     };
-    let cpus = line.arg(wire::key::CPUS).and_then(parse_u32).unwrap_or(0);
+    let cpus = line.arg(key::CPUS).and_then(parse_u32).unwrap_or(0);
     Ok(Hello { release, cpus })
 }
 
@@ -202,10 +237,57 @@ impl<T> PendingTable<T> {
 mod tests {
     use super::*;
     use crashvisor_abi::control::parse_line;
+    use crashvisor_control::{parse_request, request::DEFAULT_GUEST_TIMEOUT};
     use serde_json::json;
 
     fn result(line: &str) -> Result<Value, ControlError> {
         response_result(&parse_line(line).unwrap())
+    }
+
+    fn guest(line: &str) -> GuestRequest {
+        let request = parse_request(line.as_bytes()).unwrap();
+        let timeout = request.guest_timeout();
+        GuestRequest::from_request(&request.request, timeout)
+            .unwrap_or_else(|| panic!("{request:?} is not for the guest"))
+    }
+
+    #[test]
+    fn client_requests_become_guest_arguments() {
+        let g = guest(r#"{"id":1,"cmd":"inject","fault":"softlockup","cpu":1,"duration_ms":5000}"#);
+        assert_eq!(g.verb, Verb::Inject);
+        assert_eq!(
+            g.args,
+            vec![("fault", b"softlockup".to_vec()), ("cpu", b"1".to_vec()), ("duration_ms", b"5000".to_vec()),]
+        );
+        assert_eq!(g.timeout, DEFAULT_GUEST_TIMEOUT);
+        let g = guest(r#"{"cmd":"sysctl_set","name":"kernel.panic","value":10,"timeout_ms":500}"#);
+        assert_eq!(g.args[1], ("value", b"10".to_vec()));
+        assert_eq!(g.timeout, Duration::from_millis(500));
+        let g = guest(r#"{"cmd":"sysctl_set","name":"kernel.watchdog","value":true}"#);
+        assert_eq!(g.args[1], ("value", b"1".to_vec()));
+        let g = guest(r#"{"cmd":"sysctl_get","name":"kernel.softlockup_panic"}"#);
+        assert_eq!(g.args, vec![("name", b"kernel.softlockup_panic".to_vec())]);
+        let g = guest(r#"{"cmd":"dmesg"}"#);
+        assert_eq!(g.args, vec![("since", b"0".to_vec())]);
+        let g = guest(r#"{"cmd":"inject","lkdtm":"PANIC_IN_HARDIRQ","cpoint":"INT_HARDWARE_ENTRY","count":3,"cpu":1}"#);
+        assert_eq!(
+            request_line(5, &g).unwrap(),
+            "5 inject lkdtm=PANIC_IN_HARDIRQ cpoint=INT_HARDWARE_ENTRY count=3 cpu=1\n"
+        );
+        let g = guest(r#"{"cmd":"inject","lkdtm":"BUG"}"#);
+        assert_eq!(g.args, vec![("lkdtm", b"BUG".to_vec()), ("cpoint", b"DIRECT".to_vec())], "DIRECT by default");
+        let g = guest(r#"{"cmd":"inject","fault":"panic","message":"a b"}"#);
+        assert_eq!(g.args[1], ("cpu", b"0".to_vec()), "cpu defaults to 0");
+        assert_eq!(g.args[2], ("message", b"a b".to_vec()));
+        for verb in ["hello", "ps", "uptime"] {
+            assert_eq!(guest(&format!(r#"{{"cmd":"{verb}"}}"#)).args, vec![]);
+        }
+        let g = guest(r#"{"cmd":"kdump","op":"config","dump_level":16,"failure_action":"halt"}"#);
+        assert_eq!(
+            g.args,
+            vec![("op", b"config".to_vec()), ("dump_level", b"16".to_vec()), ("failure_action", b"halt".to_vec())]
+        );
+        assert_eq!(GuestRequest::from_request(&Request::Status {}, DEFAULT_GUEST_TIMEOUT), None);
     }
 
     #[test]

@@ -5,19 +5,21 @@
 //! - the **server** (`server`) accepts clients and turns their lines into [`ControlInput`]s;
 //!   it never touches the VM;
 //! - the **controller** (`controller`) is the VM side: one thread that owns the guest channel
-//!   (`channel`: request ids, timeouts, health), pauses and resumes the machine, injects NMIs, and broadcasts
-//!   events to every client;
+//!   (`channel`: request ids, timeouts, health) and the clients (`clients`: outboxes, fan-out,
+//!   slow-client dropping), pauses, resumes and shuts down the machine, injects NMIs, and
+//!   broadcasts events to every client;
 //! - devices on vCPU threads post what the guest reports (COM2 lines, platform events,
 //!   pvpanic) with [`Inbox::try_post`], which never blocks.
 //!
-//! The wire protocol is documented in `docs/control-protocol.md`.
+//! The wire types are `crashvisor_control`'s; the protocol is documented in
+//! `docs/control-protocol.md`.
 
 pub mod channel;
+pub mod clients;
 pub mod controller;
 pub mod events;
 pub mod guest;
 pub mod memory;
-pub mod protocol;
 pub mod server;
 
 use std::path::PathBuf;
@@ -53,7 +55,7 @@ pub enum ControlInput {
         /// The client.
         client: ClientId,
         /// The request.
-        request: Result<protocol::ClientRequest, protocol::Rejected>,
+        request: Result<crashvisor_control::ClientRequest, crashvisor_control::Rejected>,
     },
     /// A client closed its end (or its connection failed).
     ClientClosed(ClientId),

@@ -11,9 +11,10 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crashvisor_control::request::MAX_LINE_LEN;
+use crashvisor_control::{parse_request, ControlError, ControlErrorCode, Rejected, Response};
 use serde_json::Value;
 
-use super::protocol::{self, ControlError, ControlErrorCode, Rejected};
 use super::{ClientId, ControlInput, Inbox};
 
 /// Most clients connected at once; more are refused with `too_many_clients`.
@@ -135,7 +136,7 @@ fn serve(mut stream: UnixStream, client: ClientId, inbox: &Inbox, live: &Arc<Liv
             ControlErrorCode::TooManyClients,
             format!("the VMM serves at most {MAX_CLIENTS} control clients"),
         );
-        return stream.write_all(protocol::error_line(&Value::Null, &error).as_bytes());
+        return stream.write_all(Response { id: Value::Null, outcome: Err(error) }.to_line().as_bytes());
     }
     let reader = match stream.try_clone() {
         Ok(reader) => reader,
@@ -180,18 +181,18 @@ fn read_requests(stream: UnixStream, client: ClientId, inbox: &Inbox) {
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
-        let request = match read_line(&mut reader, protocol::MAX_LINE_LEN, &mut line) {
+        let request = match read_line(&mut reader, MAX_LINE_LEN, &mut line) {
             Ok(LineRead::Line) => {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                protocol::parse_request(&line)
+                parse_request(&line)
             }
             Ok(LineRead::TooLong) => Err(Rejected {
                 id: Value::Null,
                 error: ControlError::new(
                     ControlErrorCode::LineTooLong,
-                    format!("a request line is at most {} bytes", protocol::MAX_LINE_LEN),
+                    format!("a request line is at most {MAX_LINE_LEN} bytes"),
                 ),
             }),
             Ok(LineRead::Eof) | Err(_) => break,

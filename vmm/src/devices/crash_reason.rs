@@ -11,25 +11,8 @@ use crashvisor_abi::platform::{
 use crashvisor_klib::le::u32_at;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// A validated crash reason, as the host reports it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct CrashInfo {
-    /// The detector or path that panicked (its `Detector::as_str` name).
-    #[serde(serialize_with = "detector_name")]
-    pub detector: Detector,
-    /// The panicking CPU.
-    pub cpu: u32,
-    /// The current task's pid.
-    pub pid: u32,
-    /// The current task's name.
-    pub comm: String,
-    /// The panic message.
-    pub message: String,
-}
-
-fn detector_name<S: serde::Serializer>(d: &Detector, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(d.as_str())
-}
+/// A validated crash reason, as the host reports it (`panic` events carry it).
+pub use crashvisor_control::CrashInfo;
 
 /// Why a crash reason was refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

@@ -37,18 +37,8 @@ pub enum StopReason {
     Quit,
 }
 
-/// How the guest reset the machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResetCause {
-    /// A write to the reset control register (0xcf9).
-    ResetControl,
-    /// The i8042 keyboard controller's reset pulse.
-    KeyboardController,
-    /// A triple fault (KVM_EXIT_SHUTDOWN).
-    TripleFault,
-    /// The VMM's panic policy (`--on-panic reboot`, `dump-and-reboot`).
-    PanicPolicy,
-}
+/// How the guest reset the machine: a word of the control protocol (`rebooting` events).
+pub use crashvisor_control::ResetCause;
 
 /// What a vCPU does after a device access.
 #[derive(Clone, Debug, PartialEq, Eq)]

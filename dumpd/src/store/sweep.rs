@@ -1,0 +1,185 @@
+//! Who is still writing: locks that tell a live writer's hidden entries from a dead one's, and
+//! the sweep that removes the dead ones when a store is opened.
+//!
+//! A crash being written lives in `.tmp-<vm>-<pid>-<n>`; its [`PendingCrash`] holds an
+//! exclusive `flock` on that directory for as long as it lives. A writer process forked from
+//! the VMM inherits the open file, so the lock stays held while either process runs and is
+//! released by the kernel when the last of them exits, however it dies. A pid in the name
+//! could not say this: pids are reused. A `.del-*` entry is a crash retention hid before it
+//! deleted it; a process that died in between leaves it behind.
+//!
+//! Creating and locking a temporary directory are two steps, so the store's `.lock` file orders
+//! them against the sweep: [`CrashStore::begin`] holds it shared across both, the sweep holds
+//! it exclusively, and so never sees a new directory before its lock.
+//!
+//! [`PendingCrash`]: super::PendingCrash
+//! [`CrashStore::begin`]: super::CrashStore::begin
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+use super::{io, CrashStore, StoreError, DELETE_PREFIX, TMP_PREFIX};
+
+/// The store's lock file (hidden, never listed).
+pub const LOCK_FILE: &str = ".lock";
+
+/// What [`CrashStore::sweep`] removed.
+#[derive(Debug, Default)]
+pub struct SweepReport {
+    /// Temporary directories of writers that died before committing.
+    pub stale_temporary: Vec<PathBuf>,
+    /// Crashes retention hid but did not finish deleting.
+    pub half_deleted: Vec<PathBuf>,
+    /// Entries that should have gone but could not be removed, with why.
+    pub failed: Vec<(PathBuf, std::io::Error)>,
+}
+
+/// The store's `.lock` file, locked shared (`exclusive` false) or exclusively, until dropped.
+pub(super) fn lock_store(dir: &Path, exclusive: bool) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io("open", &path))?;
+    let locked = if exclusive { file.lock() } else { file.lock_shared() };
+    locked.map_err(io("lock", &path))?;
+    Ok(file)
+}
+
+/// Opens the new temporary directory `path` and locks it for its writer.
+pub(super) fn lock_temporary(path: &Path) -> Result<File, StoreError> {
+    let dir = File::open(path).map_err(io("open", path))?;
+    match dir.try_lock() {
+        Ok(()) => Ok(dir),
+        Err(TryLockError::WouldBlock) => {
+            Err(io("lock", path)(std::io::Error::other("another process holds the lock of a directory just created")))
+        }
+        Err(TryLockError::Error(e)) => Err(io("lock", path)(e)),
+    }
+}
+
+/// True if no live writer holds `path`'s lock (checked by taking it; it is released again).
+fn is_abandoned(path: &Path) -> std::io::Result<bool> {
+    match File::open(path)?.try_lock() {
+        Ok(()) => Ok(true),
+        Err(TryLockError::WouldBlock) => Ok(false),
+        Err(TryLockError::Error(e)) => Err(e),
+    }
+}
+
+impl CrashStore {
+    /// Removes what dead writers left behind: temporary directories nobody holds and half
+    /// deleted crashes. Live writers' directories are left alone. Called by
+    /// [`CrashStore::open`]; safe to run while other processes write into the store.
+    pub fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let _store = lock_store(self.dir(), true)?;
+        let mut report = SweepReport::default();
+        for entry in std::fs::read_dir(self.dir()).map_err(io("read the crash store", self.dir()))? {
+            let entry = entry.map_err(io("read the crash store", self.dir()))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let path = entry.path();
+            let (doomed, kind) = if name.starts_with(TMP_PREFIX) {
+                match is_abandoned(&path) {
+                    Ok(abandoned) => (abandoned, &mut report.stale_temporary),
+                    Err(e) => {
+                        report.failed.push((path, e));
+                        continue;
+                    }
+                }
+            } else if name.starts_with(DELETE_PREFIX) {
+                (true, &mut report.half_deleted)
+            } else {
+                continue;
+            };
+            if !doomed {
+                continue;
+            }
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => kind.push(path),
+                // Another process's retention finished deleting it meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => report.failed.push((path, e)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Disk space the crashes being written use now (their temporary directories; a writer
+    /// that finishes meanwhile counts as nothing).
+    pub fn in_flight_bytes(&self) -> Result<u64, StoreError> {
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(self.dir()).map_err(io("read the crash store", self.dir()))? {
+            let entry = entry.map_err(io("read the crash store", self.dir()))?;
+            if entry.file_name().to_str().is_some_and(|name| name.starts_with(TMP_PREFIX)) {
+                bytes += super::retention::disk_usage(&entry.path()).unwrap_or(0);
+            }
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{CrashMeta, Trigger, FILE_VMCORE};
+    use crate::test_dir::TestDir;
+
+    #[test]
+    fn a_dead_writers_entries_are_swept_and_a_live_writers_are_not() {
+        let dir = TestDir::new("sweep");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let live = store.begin("live").unwrap();
+        live.write_file(FILE_VMCORE, &[7; 8192]).unwrap();
+        // A writer that died: its directory exists and nobody holds its lock.
+        let dead = dir.path().join(".tmp-dead-4242-0");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(FILE_VMCORE), [1; 4096]).unwrap();
+        let hidden = dir.path().join(".del-old-2024-01-01-00:00:00-4242");
+        std::fs::create_dir(&hidden).unwrap();
+        std::fs::write(hidden.join(FILE_VMCORE), b"x").unwrap();
+
+        let report = store.sweep().unwrap();
+        assert_eq!(report.stale_temporary, std::slice::from_ref(&dead));
+        assert_eq!(report.half_deleted, std::slice::from_ref(&hidden));
+        assert!(report.failed.is_empty());
+        assert!(!dead.exists() && !hidden.exists());
+        assert!(live.path().join(FILE_VMCORE).is_file(), "the live writer's file stays");
+
+        // Opening the store sweeps too; the live writer still commits.
+        std::fs::create_dir(&dead).unwrap();
+        let reopened = CrashStore::open(dir.path()).unwrap();
+        assert!(!dead.exists());
+        live.write_meta(&CrashMeta::new(Trigger::OnDemand, "live", live.created())).unwrap();
+        live.commit().unwrap();
+        assert_eq!(reopened.list().unwrap().len(), 1);
+        let again = reopened.sweep().unwrap();
+        assert!(again.stale_temporary.is_empty() && again.half_deleted.is_empty() && again.failed.is_empty());
+    }
+
+    #[test]
+    fn a_forked_writer_keeps_the_lock_after_its_parent_lets_go() {
+        let dir = TestDir::new("sweep-fork");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let path = dir.path().join(".tmp-vm-1-0");
+        std::fs::create_dir(&path).unwrap();
+        let lock = lock_temporary(&path).unwrap();
+        // SAFETY: the child only calls async-signal-safe functions (`pause`) until it is killed,
+        // as a forked writer of the VMM touches nothing the parent's threads could hold.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            loop {
+                // SAFETY: `pause` has no preconditions.
+                unsafe { libc::pause() };
+            }
+        }
+        assert!(child > 0, "fork failed");
+        // The parent lets go, as a killed VMM does; its forked writer still holds the lock.
+        drop(lock);
+        assert!(store.sweep().unwrap().stale_temporary.is_empty(), "the child still holds it");
+        assert!(path.exists());
+        // SAFETY: `child` is our own child; killing and reaping it has no memory effects.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        assert_eq!(store.sweep().unwrap().stale_temporary, std::slice::from_ref(&path));
+        assert!(!path.exists());
+    }
+}
