@@ -523,6 +523,12 @@ impl Vm {
         event.u64("boot").unwrap_or_else(|| self.fail(&format!("a booted event without a boot number: {}", event.body)))
     }
 
+    /// Sends a typed request and returns its result; a refusal fails the test.
+    #[track_caller]
+    pub fn request_typed(&mut self, request: Request) -> Value {
+        self.request_ok(typed(request))
+    }
+
     /// Injects `fault` on `cpu` (for `duration_ms`, if given) and returns the pid of the task
     /// that carries it and when the acknowledgement arrived.
     #[track_caller]

@@ -14,7 +14,8 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use crashvisor_abi::lkdtm::{Catcher, Context, CrashType, Outcome, Panics, DEBUGFS_DIR};
+use crashvisor_abi::lkdtm::{Catcher, Context, CrashPoint, CrashType, Outcome, Panics, DEBUGFS_DIR};
+use crashvisor_control::{Injection, Request};
 use crashvisor_tests::kdump::{self, dumpd, Crash};
 use crashvisor_tests::{kernel_text, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 use serde_json::{json, Value};
@@ -298,10 +299,10 @@ fn warning_types_run_at_every_interrupt_point(vm: &mut Vm) {
     assert!(kinds.len() >= 6, "{kinds:?}");
     let once = |k: CrashType| outcome(k).caught_by == Catcher::Ubsan || k == CrashType::SLAB_FREE_PAGE;
     let mut reported = HashSet::from([CrashType::OVERFLOW_SIGNED]);
-    for point in ["INT_HARDWARE_ENTRY", "INT_TASKLET_ENTRY"] {
+    for point in [CrashPoint::IntHardwareEntry, CrashPoint::IntTaskletEntry] {
         for &kind in &kinds {
-            let request = json!({"cmd": "inject", "lkdtm": kind.as_str(), "cpoint": point, "count": 1, "cpu": CPU});
-            assert_eq!(vm.request_ok(request), json!({"cpoint": point, "count": 1}), "{kind} at {point}");
+            let request = Request::Inject(Injection::lkdtm_at(kind, point, Some(1), Some(CPU as u32)));
+            assert_eq!(vm.request_typed(request), json!({"cpoint": point.as_str(), "count": 1}), "{kind} at {point}");
             let fired = format!("lkdtm: Crash point {point} of type {kind} hit, trigger in 0 rounds");
             vm.expect(KernelLine::exactly(fired), COMMAND_TIMEOUT);
             if once(kind) && !reported.insert(kind) {
@@ -313,8 +314,8 @@ fn warning_types_run_at_every_interrupt_point(vm: &mut Vm) {
         }
     }
     // A count no boot reaches ends the firings.
-    let request = json!({"cmd": "inject", "lkdtm": "WARNING", "cpoint": "TIMERADD", "count": i32::MAX});
-    assert_eq!(vm.request_ok(request)["count"], i32::MAX);
+    let never = Injection::lkdtm_at(CrashType::WARNING, CrashPoint::Timeradd, Some(i32::MAX as u32), None);
+    assert_eq!(vm.request_typed(Request::Inject(never))["count"], i32::MAX);
 }
 
 /// A guest with kdump on, writing to its own crash store, and the guest kernel ELF for `dumpd`.
@@ -349,8 +350,8 @@ impl KdumpVm {
             self.vm.run(command);
         }
         for (request, answer_is_right) in &expected.requests {
-            let answer = self.vm.request_ok(request.clone());
-            assert!(answer_is_right(&answer), "{}: {request} was answered {answer}", expected.what);
+            let answer = self.vm.request_typed(request.clone());
+            assert!(answer_is_right(&answer), "{}: {request:?} was answered {answer}", expected.what);
         }
         for line in &expected.trigger {
             self.vm.send_line(line);
@@ -402,7 +403,7 @@ struct Expected {
     /// Shell commands run first.
     commands: Vec<String>,
     /// Control-socket requests sent then, each with a check of its answer.
-    requests: Vec<(Value, AnswerCheck)>,
+    requests: Vec<(Request, AnswerCheck)>,
     /// Lines typed without waiting for the shell.
     trigger: Vec<String>,
     /// Control-channel requests sent then, one at a time.
@@ -472,7 +473,9 @@ fn types_that_panic_with_their_sysctl_are_captured_by_kdump() {
     let cases = [
         // Through the control socket (`inject` with `lkdtm`): in a new `lkdtm/1` thread.
         Expected {
-            requests: vec![(json!({"cmd": "inject", "lkdtm": "EXCEPTION", "cpu": CPU}), |a| a["pid"].is_u64())],
+            requests: vec![(Request::Inject(Injection::lkdtm(CrashType::EXCEPTION, Some(CPU as u32))), |a| {
+                a["pid"].is_u64()
+            })],
             trigger: Vec::new(),
             task: Some((CPU, Some("lkdtm/1"))),
             ..on_cpu1(CrashType::EXCEPTION, &[("kernel.panic_on_oops", "1")], "lkdtm::bugs::lkdtm_EXCEPTION")
@@ -598,7 +601,7 @@ fn types_at_crash_points_run_in_the_hitting_context_and_are_captured() {
         // Through the control socket, counting only CPU 1's hits, on the second.
         Expected {
             requests: vec![(
-                json!({"cmd": "inject", "lkdtm": "PANIC", "cpoint": "TIMERADD", "count": 2, "cpu": CPU}),
+                Request::Inject(Injection::lkdtm_at(CrashType::PANIC, CrashPoint::Timeradd, Some(2), Some(CPU as u32))),
                 |a| *a == json!({"cpoint": "TIMERADD", "count": 2}),
             )],
             trigger: Vec::new(),
