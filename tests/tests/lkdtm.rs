@@ -521,30 +521,58 @@ fn types_that_panic_with_their_sysctl_are_captured_by_kdump() {
             let bt = dumpd(&["bt", vmcore.to_str().expect("a UTF-8 path"), "--kernel", kvm.kernel.arg(), "-p", pid]);
             assert!(bt.contains("lkdtm::bugs::lkdtm_HUNG_TASK"), "the hung task's backtrace:\n{bt}");
         }
+        // The soft-lockup panic's trace: the watchdog's frames in the timer interrupt, then the
+        // spin it interrupted; the NMI backtrace of CPU 1 the buddy detector asks for before
+        // it panics: the NMI's frames, then the spin.
         if expected.what == CrashType::SOFTLOCKUP.as_str() {
-            check_panic_crosses_into_the_spin(&crash.vmcore_dmesg());
+            let (from, spin) = ("Kernel panic - not syncing: softlockup", "lkdtm::bugs::lkdtm_SOFTLOCKUP");
+            check_trace_crosses(&crash.vmcore_dmesg(), from, "IRQ", "watchdog_timer_fn", spin);
+        }
+        if expected.what == CrashType::HARDLOCKUP.as_str() {
+            let (from, spin) = ("NMI backtrace for cpu 1", "lkdtm::bugs::lkdtm_HARDLOCKUP");
+            check_trace_crosses(&crash.vmcore_dmesg(), from, "NMI", "interrupt_dispatch", spin);
+            check_backtrace_before_panic(&crash.vmcore_dmesg());
         }
     }
 }
 
-/// The soft-lockup panic's trace as Linux prints it: the watchdog's frames in ` <IRQ>`, then
-/// the interrupted registers (`RIP:` in the spinning type) and the task's frames in ` <TASK>`.
+/// A trace that crosses contexts as Linux prints it: after the first line starting with `from`,
+/// the interrupt's or NMI's frames between ` <{section}>` and ` </{section}>` (one through
+/// `inside`), then the interrupted registers (`RIP:` in the spinning `spin`) and the task's
+/// frames in ` <TASK>`.
 #[track_caller]
-fn check_panic_crosses_into_the_spin(dmesg: &str) {
+fn check_trace_crosses(dmesg: &str, from: &str, section: &str, inside: &str, spin: &str) {
     let text: Vec<&str> = dmesg.lines().map(kernel_text).collect();
-    let panic = text.iter().position(|t| t.starts_with("Kernel panic - not syncing: softlockup"));
+    let start = text.iter().position(|t| t.starts_with(from));
     let after = |from: Option<usize>, wanted: &dyn Fn(&str) -> bool| {
         from.and_then(|i| text[i..].iter().position(|t| wanted(t)).map(|j| i + j))
     };
-    let irq = after(panic, &|t| t == " <IRQ>");
-    let watchdog = after(irq, &|t| t.starts_with(" ") && t.contains("watchdog_timer_fn+0x"));
-    let irq_end = after(watchdog, &|t| t == " </IRQ>");
-    let task = after(irq_end, &|t| t == " <TASK>");
-    let rip = after(irq_end, &|t| t.starts_with("RIP: 0010:lkdtm::bugs::lkdtm_SOFTLOCKUP+0x"));
+    let (open, close) = (format!(" <{section}>"), format!(" </{section}>"));
+    let opened = after(start, &|t| t == open);
+    let handler = after(opened, &|t| t.starts_with(' ') && t.contains(&format!("{inside}+0x")));
+    let closed = after(handler, &|t| t == close);
+    let task = after(closed, &|t| t == " <TASK>");
+    let rip = after(closed, &|t| t.starts_with(&format!("RIP: 0010:{spin}+0x")));
     assert!(
         task.is_some() && rip.is_some(),
-        "the panic's trace: panic {panic:?}, <IRQ> {irq:?}, watchdog_timer_fn {watchdog:?}, </IRQ> {irq_end:?}, \
-         <TASK> {task:?}, RIP in the spin {rip:?}, in:\n{dmesg}"
+        "the trace: {from:?} {start:?}, {open} {opened:?}, {inside} {handler:?}, {close} {closed:?}, <TASK> {task:?}, \
+         RIP in {spin} {rip:?}, in:\n{dmesg}"
+    );
+}
+
+/// As in Linux, the buddy detector waits for the NMI backtrace it asked for: CPU 1's whole
+/// backtrace comes between the report and the panic.
+#[track_caller]
+fn check_backtrace_before_panic(dmesg: &str) {
+    let text: Vec<&str> = dmesg.lines().map(kernel_text).collect();
+    let at = |wanted: &str| text.iter().position(|t| *t == wanted);
+    let report = at("watchdog: CPU0: Watchdog detected hard LOCKUP on cpu 1");
+    let backtrace = at("NMI backtrace for cpu 1");
+    let trace_end = backtrace.and_then(|b| text[b..].iter().position(|t| *t == " </TASK>").map(|i| b + i));
+    let panic = at("Kernel panic - not syncing: Hard LOCKUP");
+    assert!(
+        report.is_some() && report < backtrace && trace_end.is_some() && trace_end < panic,
+        "report {report:?}, NMI backtrace {backtrace:?} to {trace_end:?}, panic {panic:?}, in:\n{dmesg}"
     );
 }
 
