@@ -10,7 +10,6 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crashvisor_abi::control::FaultKind;
 use crashvisor_abi::lkdtm::CrashType;
-use crashvisor_abi::platform::Detector;
 
 use crate::arch::{cpu, percpu};
 use crate::sched::task::{Policy, TASK_UNINTERRUPTIBLE};
@@ -166,7 +165,6 @@ fn run_job(arg: usize) {
         FaultKind::Bug => crate::bug!(),
         FaultKind::SysrqCrash => crate::sysrq::handle(b'c'),
         FaultKind::StackOverflow => {
-            crate::panic::set_detector(Detector::StackOverflow);
             let _ = recurse(0);
         }
     }
@@ -239,7 +237,6 @@ fn deadlock(first_lock_a: bool, deadline: Option<u64>) {
 /// Reads address 0, as Linux's `lkdtm` NULL dereference does.
 #[inline(never)]
 fn null_dereference() {
-    crate::panic::set_detector(Detector::Oops);
     // SAFETY: deliberately faults; the page-fault handler reports the oops and ends this task,
     // so the load never completes and no value is produced.
     unsafe { core::arch::asm!("mov rax, qword ptr [0]", out("rax") _, options(nostack, readonly)) };

@@ -110,9 +110,14 @@ fn children(vm: &mut Vm) -> Vec<String> {
 
 #[test]
 fn every_type_that_does_not_end_the_boot_reports_as_linux_does() {
-    let (mut vm, log) = boot("");
+    // kdump is on throughout: once every type has run, a panic is still captured, from the
+    // kernel they left behind.
+    let mut kvm = KdumpVm::start("");
+    let vm = &mut kvm.vm;
+    let log: Vec<String> = vm.lines_since(0).into_iter().map(|(line, _)| line).collect();
     assert!(has_line(&log, "lkdtm: No crash points registered, enable through debugfs"), "{log:?}");
     assert!(has_line(&log, "x86/mm: Checked W+X mappings: passed, no W+X pages found."), "{log:?}");
+    let tasks = vm.run("ps").len();
 
     let listed = vm.run(&format!("cat {DEBUGFS_DIR}/DIRECT"));
     let wanted: Vec<String> = ["Available crash types:".to_string()]
@@ -130,12 +135,12 @@ fn every_type_that_does_not_end_the_boot_reports_as_linux_does() {
         .collect();
     assert!(kinds.len() >= 25, "{kinds:?}");
     for kind in kinds {
-        let lines = run_direct(&mut vm, kind);
-        check_report(&mut vm, kind, &lines);
+        let lines = run_direct(vm, kind);
+        check_report(vm, kind, &lines);
     }
     // Every oops killed its task; kthreadd reaped them all.
-    assert_eq!(children(&mut vm), Vec::<String>::new(), "the children that ran the types are gone");
-    assert_eq!(vm.run("ps").len(), 1 + BASE_TASKS, "ps");
+    assert_eq!(children(vm), Vec::<String>::new(), "the children that ran the types are gone");
+    assert_eq!(vm.run("ps").len(), tasks, "ps");
 
     // LOOP never returns, and nothing catches it (the kernel is preemptible): run it in the
     // background, and the shell still answers.
@@ -146,7 +151,7 @@ fn every_type_that_does_not_end_the_boot_reports_as_linux_does() {
         // The child on CPU 1 may print after the shell's prompt.
         vm.expect(KernelLine::exactly(performing), COMMAND_TIMEOUT);
     }
-    let running = children(&mut vm);
+    let running = children(vm);
     assert!(running.len() == 1 && running[0].contains(" R "), "the LOOP child runs: {running:?}");
     assert_eq!(vm.run("uptime").len(), 1);
 
@@ -155,6 +160,18 @@ fn every_type_that_does_not_end_the_boot_reports_as_linux_does() {
     assert_eq!(refused.last().map(String::as_str), Some("sh: write error: Invalid argument"), "{refused:?}");
     let refused = vm.run(&format!("echo USERCOPY_KERNEL > {DEBUGFS_DIR}/DIRECT"));
     assert!(has_line(&refused, "lkdtm: USERCOPY_KERNEL is not supported by this kernel: "), "{refused:?}");
+
+    // A panic beside the LOOP on CPU 1: captured, its CPU header tainted by the oopses (D)
+    // and warnings (W) before it.
+    let release = vm.request_ok(json!({"cmd": "hello"}))["release"].as_str().unwrap_or_default().to_string();
+    let crash = kvm.crash(&on_cpu1(CrashType::PANIC, &[], "lkdtm::bugs::lkdtm_PANIC"));
+    let dmesg = crash.vmcore_dmesg();
+    let header = dmesg.lines().rev().map(kernel_text).find(|t| t.starts_with(&format!("CPU: {CPU} ")));
+    let taint = header.and_then(|h| h.split(" Tainted: ").nth(1)?.split(&format!(" {release} ")).next());
+    assert!(
+        taint.is_some_and(|t| t.contains('D') && t.contains('W')),
+        "the panic's CPU header {header:?} is not tainted D and W"
+    );
 }
 
 #[test]

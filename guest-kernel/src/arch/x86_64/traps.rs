@@ -113,8 +113,7 @@ fn stack_overflow(regs: &PtRegs, address: u64) {
         task.stack_base,
         task.stack_base + task.stack_size
     );
-    crate::panic::set_detector(Detector::StackOverflow);
-    crate::oops::die("stack guard page", 0, regs);
+    crate::oops::die("stack guard page", 0, regs, Detector::StackOverflow);
 }
 
 /// A double fault (Linux's `exc_double_fault`, in NMI context): a kernel stack overflow (the
@@ -128,8 +127,7 @@ fn double_fault(regs: &PtRegs) -> ! {
         stack_overflow(regs, address);
     }
     crate::pr_emerg!("PANIC: double fault, error_code: 0x{:x}", regs.orig_rax);
-    crate::panic::set_detector(Detector::Oops);
-    crate::oops::die("double fault", regs.orig_rax, regs);
+    crate::oops::die("double fault", regs.orig_rax, regs, Detector::Oops);
     crate::panic::panic(format_args!("Machine halted."))
 }
 
@@ -164,8 +162,7 @@ fn page_fault(regs: &PtRegs) {
     };
     crate::pr_alert!("#PF: error_code(0x{:04x}) - {}", error, reason);
     super::paging::print_walk(address);
-    crate::panic::set_detector(Detector::Oops);
-    crate::oops::die("Oops", error, regs);
+    crate::oops::die("Oops", error, regs, Detector::Oops);
 }
 
 /// The invalid-opcode exception: a `WARN()` (reported, then execution goes on after its `ud2`),
@@ -177,11 +174,10 @@ fn invalid_opcode(regs: &mut PtRegs) {
             regs.rip += crate::bug::UD2_LEN;
         }
         Some(entry) => {
-            crate::panic::set_detector(Detector::Bug);
             crate::bug::report(entry);
-            crate::oops::die("invalid opcode", 0, regs);
+            crate::oops::die("invalid opcode", 0, regs, Detector::Bug);
         }
-        None => crate::oops::die("invalid opcode", 0, regs),
+        None => crate::oops::die("invalid opcode", 0, regs, Detector::Oops),
     }
 }
 
@@ -190,12 +186,12 @@ fn exception(v: u8, regs: &mut PtRegs) {
         6 => invalid_opcode(regs),
         14 => page_fault(regs),
         13 if regs.orig_rax == 0 => {
-            crate::oops::die("general protection fault", 0, regs);
+            crate::oops::die("general protection fault", 0, regs, Detector::Oops);
         }
         8 => double_fault(regs),
         _ => {
             let error = if regs.orig_rax == u64::MAX { 0 } else { regs.orig_rax };
-            crate::oops::die(exception_name(v), error, regs);
+            crate::oops::die(exception_name(v), error, regs, Detector::Oops);
         }
     }
 }
