@@ -11,6 +11,7 @@ use crate::analysis::Symbols;
 use crate::events::EventBus;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::supervisor::record::StateDir;
 use crate::supervisor::vm::Services;
 use crate::supervisor::{Paths, Supervisor};
 
@@ -47,10 +48,11 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    /// Opens (creates) the crash store and sets up an empty supervisor.
-    pub fn new(config: ServiceConfig) -> Result<Self, dumpd::store::StoreError> {
+    /// Opens (creates) the crash store and sets up the supervisor with the VMs of the state
+    /// directory (their VMMs are adopted again in the background).
+    pub fn new(config: ServiceConfig, state_dir: StateDir) -> Result<Self, dumpd::store::StoreError> {
         let store = CrashStore::open(&config.crash_dir)?;
-        let bus = Arc::new(EventBus::new());
+        let bus = Arc::new(EventBus::resuming(state_dir.event_seq(), Box::new(state_dir.reserve_event_seq())));
         let metrics = Arc::new(Metrics::default());
         let symbols = Symbols::new(config.run_dir.join("guest-kernel.elf"));
         let cache_dir = config.run_dir.join("cache");
@@ -60,8 +62,8 @@ impl AppState {
             crash_dir: config.crash_dir,
             retention: config.retention,
         };
-        let services = Services { bus: bus.clone(), metrics: metrics.clone() };
-        let supervisor = Supervisor::new(paths, config.limits, services);
+        let services = Services { bus: bus.clone(), metrics: metrics.clone(), store: store.clone() };
+        let supervisor = Supervisor::open(paths, config.limits, services, state_dir);
         let started = Instant::now();
         Ok(Self(Arc::new(Inner { supervisor, store, bus, metrics, token: config.token, started, symbols, cache_dir })))
     }

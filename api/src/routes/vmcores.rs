@@ -10,8 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dumpd::analysis::summary::Summary;
 use dumpd::store::{
-    CrashEntry, CrashMeta, CrashReasonMeta, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_META, FILE_VMCORE,
-    FILE_VMCORE_DMESG,
+    CrashEntry, CrashMeta, CrashReasonMeta, StoreError, Trigger, FILE_CORE_COLLECTOR_LOG, FILE_KEXEC_DMESG, FILE_META,
+    FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -40,6 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(download))
         .routes(routes!(dmesg))
         .routes(routes!(kexec_dmesg))
+        .routes(routes!(core_collector_log))
 }
 
 /// Checks `id` and returns its directory, which must exist.
@@ -194,7 +195,7 @@ async fn show(State(state): State<AppState>, Path(id): Path<String>) -> Result<a
     let meta: Option<CrashMeta> =
         tokio::fs::read(dir.join(FILE_META)).await.ok().and_then(|b| serde_json::from_slice(&b).ok());
     let mut files = BTreeMap::new();
-    for name in [FILE_VMCORE, FILE_VMCORE_DMESG, FILE_KEXEC_DMESG, FILE_META] {
+    for name in [FILE_VMCORE, FILE_VMCORE_DMESG, FILE_KEXEC_DMESG, FILE_CORE_COLLECTOR_LOG, FILE_META] {
         if let Ok(m) = tokio::fs::metadata(dir.join(name)).await {
             use std::os::unix::fs::MetadataExt;
             files.insert(name.into(), FileSize { bytes: m.len(), on_disk_bytes: m.blocks() * 512 });
@@ -329,6 +330,14 @@ async fn dmesg(State(state): State<AppState>, Path(id): Path<String>) -> Result<
     responses((status = 200, description = "The log.", content_type = "text/plain", body = String), LookupErrors))]
 async fn kexec_dmesg(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     text_file(&state, &id, FILE_KEXEC_DMESG).await
+}
+
+/// `core-collector.log`: what the host's core collector printed (crashes of VMs with
+/// `kdump.core_collector` only).
+#[utoipa::path(get, path = "/v1/vmcores/{id}/core-collector-log", params(("id" = String, Path, description = VMCORE_ID)),
+    responses((status = 200, description = "The log.", content_type = "text/plain", body = String), LookupErrors))]
+async fn core_collector_log(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    text_file(&state, &id, FILE_CORE_COLLECTOR_LOG).await
 }
 
 /// Delete a vmcore and its crash directory.

@@ -1,8 +1,9 @@
-//! Memory management: address translation, the physical frame allocator, the slab caches and
-//! the kernel heap on them.
+//! Memory management: address translation, the physical frame allocator, the `struct page`
+//! array that describes every frame, the slab caches and the kernel heap on them.
 
 pub mod frame;
 pub mod heap;
+pub mod memmap;
 pub mod slab;
 mod slab_debug;
 

@@ -17,9 +17,10 @@ use alloc::boxed::Box;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 
+use crashvisor_klib::page::PageUse;
 use crashvisor_klib::slab_debug::{DebugFlags, ObjectLayout, RED_ACTIVE};
 
-use super::{frame, slab_debug, virt_to_phys};
+use super::{frame, memmap, slab_debug, virt_to_phys};
 use crate::sync::SpinLock;
 
 const PAGE: usize = 4096;
@@ -235,6 +236,7 @@ impl KmemCache {
             frame::free_pages(page, 1);
             return false;
         }
+        memmap::set_use(page, PageUse::Slab);
         let debug = self.debug();
         let mut next = state.freelist;
         for index in (0..layout.objects_in(PAGE)).rev() {

@@ -98,6 +98,7 @@ pub fn mark_readonly() {
             crate::pr_err!("BUG: no memory to write-protect the kernel");
             break;
         };
+        mm::memmap::set_use(table_va, crashvisor_klib::page::PageUse::Table);
         let phys = *entry & HUGE_ADDRESS_MASK;
         // SAFETY: a page just allocated for this table; nothing else refers to it.
         let table = unsafe { &mut *(table_va as *mut [u64; 512]) };

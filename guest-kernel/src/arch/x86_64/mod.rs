@@ -12,3 +12,4 @@ pub mod switch;
 pub mod trampoline;
 pub mod traps;
 pub mod vmap;
+pub mod vmemmap;

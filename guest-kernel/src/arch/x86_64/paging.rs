@@ -141,6 +141,7 @@ pub(super) static MAP_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::n
 /// A zeroed page-table page (physical address).
 fn new_table() -> Option<u64> {
     let va = mm::frame::alloc_pages(1)?;
+    mm::memmap::set_use(va, crashvisor_klib::page::PageUse::Table);
     // SAFETY: a page just allocated for this table; nothing else refers to it.
     unsafe { core::ptr::write_bytes(va as *mut u8, 0, PAGE as usize) };
     Some(mm::virt_to_phys(va))

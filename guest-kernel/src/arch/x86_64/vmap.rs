@@ -12,8 +12,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use super::paging::{next_table, top_table, ADDRESS_MASK, MAP_LOCK, NO_EXECUTE, PRESENT, WRITABLE};
 use crate::mm;
 
-/// Base of the area (Linux's `VMALLOC_START`).
-const VMALLOC_BASE: u64 = 0xffff_c900_0000_0000;
+/// Base of the area (Linux's `VMALLOC_START`, in VMCOREINFO).
+pub const VMALLOC_START: u64 = 0xffff_c900_0000_0000;
 /// Virtual space per slot: the guard page, the mapping, and unmapped padding.
 const SLOT: u64 = 64 * 1024;
 const PAGE: u64 = 4096;
@@ -24,7 +24,7 @@ static NEXT_SLOT: AtomicU64 = AtomicU64::new(0);
 
 /// The first mapped address of a new slot.
 fn new_slot() -> u64 {
-    VMALLOC_BASE + NEXT_SLOT.fetch_add(1, Ordering::Relaxed) * SLOT + PAGE
+    VMALLOC_START + NEXT_SLOT.fetch_add(1, Ordering::Relaxed) * SLOT + PAGE
 }
 
 /// The page-table entry slot of `va`, creating the tables above it. Hold `MAP_LOCK`.
@@ -85,7 +85,7 @@ pub fn free_stack(base: u64, phys: u64, size: u64) {
 
 /// Whether `address` is in the guard page below the stack that starts at `stack_base`.
 pub fn is_guard_page(address: u64, stack_base: u64) -> bool {
-    stack_base >= VMALLOC_BASE && address < stack_base && address >= stack_base - PAGE
+    stack_base >= VMALLOC_START && address < stack_base && address >= stack_base - PAGE
 }
 
 /// The address of a page nothing maps, ever: a fresh slot's first page (for provoking faults).
