@@ -127,8 +127,20 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
 fn kernel_init(_: usize) {
     lkdtm::init();
     arch::kernel_map::mark_readonly();
+    INIT_DONE.store(true, core::sync::atomic::Ordering::Release);
+    INIT_WAITERS.wake_all();
     pr_info!("Run /bin/sh as init process");
     shell::main(0);
+}
+
+/// Whether `kernel_init` has reached the end of init, where Linux starts user space.
+static INIT_DONE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static INIT_WAITERS: sched::wait::WaitQueue = sched::wait::WaitQueue::new();
+
+/// Sleeps until the end of init: the control thread says hello (the host's "the guest is up")
+/// only then, so nothing the host asks runs before read-only data is read-only.
+pub fn wait_for_init() {
+    INIT_WAITERS.wait_interruptible(|| INIT_DONE.load(core::sync::atomic::Ordering::Acquire));
 }
 
 #[panic_handler]

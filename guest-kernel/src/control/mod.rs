@@ -68,6 +68,7 @@ impl Response {
 }
 
 fn control_thread(_: usize) {
+    crate::wait_for_init();
     let mut hello = Response { line: alloc::format!("{HELLO_ID} hello") };
     hello_fields(&mut hello);
     hello.send();
