@@ -248,7 +248,8 @@ fn crash_points_count_hits_and_run_the_type_where_they_are_hit() {
         assert_eq!(last_shell_line(&out), Some(value), "{parameter}: {out:?}");
     }
     // Timer callbacks (the watchdog's, every 0.8 s per CPU) hit it; the third runs the type,
-    // which may be while the guest still boots: the whole console is searched.
+    // which may be while the guest still boots: the whole console is searched, for lines that
+    // hold each text (a hit may be printed into the echo of a command being typed).
     let hit = "lkdtm: Crash point INT_TASKLET_ENTRY of type OVERFLOW_SIGNED hit, trigger in ";
     let firing = [
         format!("{hit}2 rounds"),
@@ -265,7 +266,7 @@ fn crash_points_count_hits_and_run_the_type_where_they_are_hit() {
         let console: Vec<String> = vm.lines_since(0).into_iter().map(|(line, _)| line).collect();
         let text = texts(&console);
         let mut at = 0;
-        let found = firing.iter().all(|wanted| match text[at..].iter().position(|t| t.starts_with(wanted.as_str())) {
+        let found = firing.iter().all(|wanted| match text[at..].iter().position(|t| t.contains(wanted.as_str())) {
             Some(i) => {
                 at += i + 1;
                 true
