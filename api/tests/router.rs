@@ -236,6 +236,27 @@ async fn a_vmm_that_cannot_start_fails_the_vm_with_its_reason() {
     assert_eq!((inject.status, inject.error_code().as_str()), (StatusCode::CONFLICT, "vm_not_running"));
     let bad_kind = call(&app, post_json("/v1/vms/web-1/faults", r#"{"kind": "meltdown"}"#)).await;
     assert_eq!(bad_kind.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let lkdtm = call(&app, post_json("/v1/vms/web-1/faults", r#"{"lkdtm": "PANIC", "cpoint": "TIMERADD"}"#)).await;
+    assert_eq!((lkdtm.status, lkdtm.error_code().as_str()), (StatusCode::CONFLICT, "vm_not_running"));
+    for (body, why) in [
+        (r#"{"lkdtm": "USERCOPY_KERNEL"}"#, "USERCOPY_KERNEL is not supported by this kernel: there is no user space"),
+        (r#"{"lkdtm": "PANIC", "cpoint": "SCSI_QUEUE_RQ"}"#, "crash point SCSI_QUEUE_RQ is not supported"),
+        (
+            r#"{"lkdtm": "PANIC", "cpoint": "NOWHERE"}"#,
+            "unknown LKDTM crash point \"NOWHERE\"; the choices are DIRECT,",
+        ),
+        (r#"{"lkdtm": "PANIC", "cpoint": "TIMERADD", "count": 0}"#, "count is not a number from 1"),
+        (r#"{"lkdtm": "PANIC", "kind": "panic"}"#, "either kind or lkdtm"),
+        (r#"{"lkdtm": "SOFTLOCKUP", "duration_ms": 100}"#, "duration_ms and message go with kind"),
+        (r#"{"kind": "panic", "cpoint": "TIMERADD"}"#, "cpoint and count go with lkdtm"),
+        (r#"{"lkdtm": "PANIC", "cpu": 5}"#, "cpu is 5"),
+        (r#"{}"#, "give a kind"),
+    ] {
+        let r = call(&app, post_json("/v1/vms/web-1/faults", body)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(why), "{body}: {message}");
+    }
     let metrics = String::from_utf8(call(&app, get("/v1/metrics")).await.body).unwrap();
     assert!(metrics.lines().any(|l| l == "crashvisor_vms{state=\"failed\"} 1"), "{metrics}");
     assert!(metrics.lines().any(|l| l == "crashvisor_vm_failures_total 1"), "{metrics}");
@@ -253,6 +274,24 @@ async fn the_service_describes_itself() {
     assert_eq!(health["limits"]["max_vcpus_per_vm"], 2);
     let openapi = call(&app, get("/v1/openapi.json")).await;
     assert_eq!(openapi.headers[header::CONTENT_TYPE], "application/json");
+    let lkdtm = call(&app, get("/v1/lkdtm")).await.json();
+    let panic = &lkdtm["types"][0];
+    assert_eq!(panic["name"], "PANIC");
+    let outcome = json!({"message": "Kernel panic - not syncing: dumptest", "caught_by": "panic", "panics": "always",
+        "panics_in_hardirq": "always", "detector": "panic", "requires": null});
+    assert_eq!(panic["outcome"], outcome, "{panic}");
+    let named = |list: &str, name: &str| {
+        let entries = lkdtm[list].as_array().unwrap();
+        entries.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("no {name} in {list}")).clone()
+    };
+    assert_eq!(named("types", "BUG")["outcome"]["panics_in_hardirq"], "always");
+    assert_eq!(named("types", "BUG")["outcome"]["panics"], "panic_on_oops");
+    let usercopy = named("types", "USERCOPY_KERNEL");
+    assert_eq!(usercopy["supported"], false);
+    assert!(usercopy["reason"].as_str().unwrap().contains("no user space"), "{usercopy}");
+    assert_eq!(named("cpoints", "INT_HARDWARE_ENTRY")["context"], "hardirq");
+    assert_eq!(named("cpoints", "FS_SUBMIT_BH")["supported"], false);
+    assert_eq!(lkdtm["default_count"], 10);
     assert_eq!(openapi.json()["openapi"], "3.1.0");
 }
 

@@ -67,7 +67,8 @@ fn scan(timeout_secs: u64) {
     let panic_count = PANIC_COUNT.load(Ordering::Relaxed);
     let mut hung = 0u32;
     let mut should_panic = false;
-    for task in sched::task::iter().take(limit as usize) {
+    let tasks = sched::task::list();
+    for task in tasks.iter().take(limit as usize) {
         if task.state() != TASK_UNINTERRUPTIBLE {
             continue; // not D, or TASK_IDLE (NOLOAD), killable, frozen
         }
@@ -104,7 +105,7 @@ fn scan(timeout_secs: u64) {
     }
 }
 
-fn report(task: &'static Task, blocked_secs: u64) {
+fn report(task: &Task, blocked_secs: u64) {
     let mut taint_buf = [0u8; taint::TAINT_STRING_MAX];
     crate::pr_err!("INFO: task {}:{} blocked for more than {} seconds.", task.comm(), task.pid, blocked_secs);
     crate::pr_err!("      {} {} {}", taint::describe(&mut taint_buf), uts::RELEASE, uts::version_short());

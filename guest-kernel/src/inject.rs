@@ -1,14 +1,15 @@
 //! Fault injection for test harnesses: each fault runs on a target CPU, in a kernel thread
 //! that reproduces the real condition (a spin with preemption or interrupts off, an ABBA
 //! deadlock, an uninterruptible sleep, a NULL dereference, `BUG()`, a stack overflow, ...),
-//! optionally for a bounded time so a lockup also ends by itself.
+//! optionally for a bounded time so a lockup also ends by itself; or an LKDTM crash type run
+//! as a write to `DIRECT` would run it.
 
 use alloc::boxed::Box;
 use alloc::string::String;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crashvisor_abi::control::FaultKind;
-use crashvisor_abi::platform::Detector;
+use crashvisor_abi::lkdtm::CrashType;
 
 use crate::arch::{cpu, percpu};
 use crate::sched::task::{Policy, TASK_UNINTERRUPTIBLE};
@@ -39,8 +40,15 @@ pub struct Fault {
     pub message: String,
 }
 
+/// What a job's thread runs.
+#[derive(Clone, Copy)]
+enum Action {
+    Fault(FaultKind),
+    Lkdtm(CrashType),
+}
+
 struct Job {
-    kind: FaultKind,
+    action: Action,
     duration_ms: Option<u64>,
     message: String,
     /// For a deadlock: which lock this side takes first.
@@ -76,7 +84,7 @@ pub fn prepare(fault: Fault) -> Result<u32, InjectError> {
     }
     let ticket = PREPARED.fetch_add(1, Ordering::SeqCst) + 1;
     let job = |first_lock_a| Job {
-        kind: fault.kind,
+        action: Action::Fault(fault.kind),
         duration_ms: fault.duration_ms,
         message: fault.message.clone(),
         first_lock_a,
@@ -92,8 +100,23 @@ pub fn prepare(fault: Fault) -> Result<u32, InjectError> {
     spawn_job(fault.cpu, job(true))
 }
 
+/// Creates the thread that runs LKDTM crash type `kind` on `cpu` (in `lkdtm/<cpu>`, as a write
+/// to `DIRECT`), held until `release`; returns its pid.
+pub fn prepare_lkdtm(kind: CrashType, cpu: usize) -> Result<u32, InjectError> {
+    if !(cpu < smp::possible_cpus() && percpu::of(cpu).online.load(Ordering::Relaxed)) {
+        return Err(InjectError::NoSuchCpu);
+    }
+    let ticket = PREPARED.fetch_add(1, Ordering::SeqCst) + 1;
+    let job =
+        Job { action: Action::Lkdtm(kind), duration_ms: None, message: String::new(), first_lock_a: true, ticket };
+    spawn_job(cpu, job)
+}
+
 fn spawn_job(cpu: usize, job: Job) -> Result<u32, InjectError> {
-    let name = alloc::format!("{}/{}", job.kind.as_str(), cpu);
+    let name = match job.action {
+        Action::Fault(kind) => alloc::format!("{}/{}", kind.as_str(), cpu),
+        Action::Lkdtm(_) => alloc::format!("lkdtm/{cpu}"),
+    };
     let arg = Box::into_raw(Box::new(job)) as usize;
     match sched::spawn(&name, Policy::Normal, Some(cpu), run_job, arg) {
         Some(task) => Ok(task.pid),
@@ -125,7 +148,14 @@ fn run_job(arg: usize) {
     let job = unsafe { Box::from_raw(arg as *mut Job) };
     RELEASE_WAITERS.wait_interruptible(|| RELEASED.load(Ordering::SeqCst) >= job.ticket);
     let deadline = spin_deadline(job.duration_ms);
-    match job.kind {
+    let kind = match job.action {
+        Action::Fault(kind) => kind,
+        Action::Lkdtm(kind) => {
+            crate::lkdtm::direct_entry(kind);
+            return;
+        }
+    };
+    match kind {
         FaultKind::SoftLockup => softlockup(deadline),
         FaultKind::HardLockup => hardlockup(deadline),
         FaultKind::HungTask => hung_task(deadline),
@@ -135,7 +165,6 @@ fn run_job(arg: usize) {
         FaultKind::Bug => crate::bug!(),
         FaultKind::SysrqCrash => crate::sysrq::handle(b'c'),
         FaultKind::StackOverflow => {
-            crate::panic::set_detector(Detector::StackOverflow);
             let _ = recurse(0);
         }
     }
@@ -208,7 +237,6 @@ fn deadlock(first_lock_a: bool, deadline: Option<u64>) {
 /// Reads address 0, as Linux's `lkdtm` NULL dereference does.
 #[inline(never)]
 fn null_dereference() {
-    crate::panic::set_detector(Detector::Oops);
     // SAFETY: deliberately faults; the page-fault handler reports the oops and ends this task,
     // so the load never completes and no value is produced.
     unsafe { core::arch::asm!("mov rax, qword ptr [0]", out("rax") _, options(nostack, readonly)) };

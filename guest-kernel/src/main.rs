@@ -20,6 +20,8 @@ mod inject;
 mod kallsyms;
 mod kexec;
 mod kvmclock;
+mod list;
+mod lkdtm;
 mod mm;
 mod nmi;
 mod oops;
@@ -40,7 +42,9 @@ mod sysfs;
 mod sysrq;
 mod taint;
 mod time;
+mod ubsan;
 mod uts;
+mod warn;
 mod watchdog;
 
 use arch::boot::BOOT_STACK_SIZE;
@@ -68,6 +72,7 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     console::init();
     setup::save_cmdline(start_info);
     params::apply();
+    mm::slab::init();
     pr_notice!("Linux version {} (crashvisor guest kernel) {}", uts::RELEASE, uts::VERSION);
     pr_info!("Command line: {}", params::cmdline().as_str());
     if !apic::x2apic_supported() {
@@ -102,8 +107,7 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
     pr_info!("Memory: {}K/{}K available", mm::frame::free_count() * 4, total);
 
     console::enable_rx_interrupt();
-    pr_info!("Run /bin/sh as init process");
-    sched::spawn("sh", Policy::Normal, Some(0), shell::main, 0);
+    sched::spawn("sh", Policy::Normal, Some(0), kernel_init, 0);
     sched::spawn("kthreadd", Policy::Normal, Some(0), sched::kthreadd, 0);
     kexec::crash::init();
     watchdog::init();
@@ -116,6 +120,27 @@ extern "C" fn kernel_main(start_info: u64, phys_base: u64) -> ! {
         kexec::kdump::init();
     }
     sched::idle_loop()
+}
+
+/// pid 1 (Linux's `kernel_init`): the initcalls that come last, the end of init (read-only
+/// data becomes read-only), then the init process — the shell.
+fn kernel_init(_: usize) {
+    lkdtm::init();
+    arch::kernel_map::mark_readonly();
+    INIT_DONE.store(true, core::sync::atomic::Ordering::Release);
+    INIT_WAITERS.wake_all();
+    pr_info!("Run /bin/sh as init process");
+    shell::main(0);
+}
+
+/// Whether `kernel_init` has reached the end of init, where Linux starts user space.
+static INIT_DONE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+static INIT_WAITERS: sched::wait::WaitQueue = sched::wait::WaitQueue::new();
+
+/// Sleeps until the end of init: the control thread says hello (the host's "the guest is up")
+/// only then, so nothing the host asks runs before read-only data is read-only.
+pub fn wait_for_init() {
+    INIT_WAITERS.wait_interruptible(|| INIT_DONE.load(core::sync::atomic::Ordering::Acquire));
 }
 
 #[panic_handler]

@@ -25,10 +25,33 @@ static BACKTRACE_MASK: AtomicU64 = AtomicU64::new(0);
 const NMI_REASON_SERR: u8 = 0x80;
 const NMI_REASON_IOCHK: u8 = 0x40;
 
-/// Asks `cpu` to print its registers and stack from NMI context.
+/// How long a CPU that asked for NMI backtraces waits for them, in ms (Linux's
+/// `nmi_trigger_cpumask_backtrace`: up to 10 seconds).
+const BACKTRACE_WAIT_MS: u64 = 10_000;
+
+/// Asks `cpu` to print its registers and stack from NMI context, and waits until it has (at
+/// most `BACKTRACE_WAIT_MS`), so the backtrace comes before what the asker prints next.
 pub fn request_backtrace(cpu: usize) {
+    send_backtrace_nmi(cpu);
+    wait_for_backtraces(1 << cpu);
+}
+
+fn send_backtrace_nmi(cpu: usize) {
     BACKTRACE_MASK.fetch_or(1 << cpu, Ordering::SeqCst);
     crate::arch::apic::send_nmi(percpu::of(cpu).apic_id.load(Ordering::Relaxed));
+}
+
+/// Linux's wait in `nmi_trigger_cpumask_backtrace`: 1 ms at a time, touching this CPU's
+/// soft-lockup watchdog, until the CPUs of `mask` have printed.
+fn wait_for_backtraces(mask: u64) {
+    let me = percpu::cpu_id();
+    for _ in 0..BACKTRACE_WAIT_MS {
+        if BACKTRACE_MASK.load(Ordering::SeqCst) & mask == 0 {
+            return;
+        }
+        crate::time::delay_ns(1_000_000);
+        crate::watchdog::softlockup::touch(me);
+    }
 }
 
 /// Asks every other online CPU for an NMI backtrace (Linux's
@@ -41,9 +64,11 @@ pub fn backtrace_all_but_self() {
         return;
     }
     crate::printk!(KERN_INFO, "Sending NMI from CPU {} to CPUs {:?}:", me, others);
+    let mask = others.iter().fold(0, |mask, &cpu| mask | 1 << cpu);
     for cpu in others {
-        request_backtrace(cpu);
+        send_backtrace_nmi(cpu);
     }
+    wait_for_backtraces(mask);
 }
 
 /// Called for vector 2 with the interrupted registers. Like Linux's `default_do_nmi`: the
@@ -58,11 +83,11 @@ pub fn handle(regs: &mut PtRegs) {
         smp::stop_this_cpu();
     }
     let mut claimed = false;
-    if BACKTRACE_MASK.fetch_and(!(1 << cpu), Ordering::SeqCst) & (1 << cpu) != 0 {
+    if BACKTRACE_MASK.load(Ordering::SeqCst) & (1 << cpu) != 0 {
         crate::printk!(KERN_INFO, "NMI backtrace for cpu {}", cpu);
-        dumpstack::print_cpu_header(KERN_INFO);
-        dumpstack::show_regs(KERN_INFO, regs);
-        dumpstack::print_trace_from(KERN_INFO, regs.rbp, None, None);
+        dumpstack::show_interrupted(KERN_INFO, regs);
+        // Cleared once printed: the asker waits for it (Linux's nmi_cpu_backtrace).
+        BACKTRACE_MASK.fetch_and(!(1 << cpu), Ordering::SeqCst);
         claimed = true;
     }
     let reason = platform::nmi_reason();

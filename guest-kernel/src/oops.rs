@@ -6,17 +6,18 @@ use crate::arch::idt::PtRegs;
 use crate::arch::{cpu, traps};
 use crate::printk::KERN_EMERG;
 use crate::sched::task::PF_IDLE;
-use crashvisor_abi::platform::EventKind;
+use crashvisor_abi::platform::{Detector, EventKind};
 
 use crate::{dumpstack, panic, platform, printk, sched, taint};
 
 static DIE_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Reports an exception in kernel code (`what` is Linux's die string, e.g. "Oops" or
-/// "general protection fault") and ends the faulting task, or panics.
-pub fn die(what: &str, error_code: u64, regs: &PtRegs) {
+/// "general protection fault") and ends the faulting task, or panics with `detector` as the
+/// crash reason's (a survived oops leaves no reason behind for a later panic).
+pub fn die(what: &str, error_code: u64, regs: &PtRegs, detector: Detector) {
     report(what, error_code, regs);
-    oops_end(regs);
+    oops_end(regs, detector);
 }
 
 /// The oops report alone, through `---[ end trace ... ]---`, tainting the kernel `D`.
@@ -26,7 +27,7 @@ pub fn report(what: &str, error_code: u64, regs: &PtRegs) {
     crate::pr_emerg!("Oops: {}: {:04x} [#{}] SMP NOPTI", what, error_code, n);
     dumpstack::print_cpu_header(KERN_EMERG);
     dumpstack::show_regs(KERN_EMERG, regs);
-    dumpstack::print_trace_from(KERN_EMERG, regs.rbp, None, None);
+    dumpstack::print_trace_from(KERN_EMERG, regs.rbp);
     crate::pr_emerg!("Modules linked in:");
     if what == "Oops" {
         crate::pr_emerg!("CR2: {:016x}", cpu::read_cr2());
@@ -51,8 +52,9 @@ fn kexec_should_crash() -> bool {
 
 /// Linux's `oops_end`: kdump first when the oops is fatal, then the end marker, then panic in
 /// interrupt context or with `panic_on_oops`, else end the task.
-fn oops_end(regs: &PtRegs) {
+fn oops_end(regs: &PtRegs, detector: Detector) {
     if kexec_should_crash() && crate::kexec::crash::crash_kernel_loaded() {
+        panic::set_detector(detector);
         // kdump starts here, before any panic line (as Linux); the host still learns why.
         panic::send_crash_reason(if traps::in_interrupt() {
             "Fatal exception in interrupt"
@@ -63,17 +65,17 @@ fn oops_end(regs: &PtRegs) {
     }
     end_trace();
     if traps::in_interrupt() {
-        panic::panic(format_args!("Fatal exception in interrupt"));
+        panic::panic_with(detector, format_args!("Fatal exception in interrupt"));
     }
     if panic::panic_on_oops() {
-        panic::panic(format_args!("Fatal exception"));
+        panic::panic_with(detector, format_args!("Fatal exception"));
     }
     let task = sched::current();
     if task.flags & PF_IDLE != 0 {
-        panic::panic(format_args!("Attempted to kill the idle task!"));
+        panic::panic_with(detector, format_args!("Attempted to kill the idle task!"));
     }
     if task.pid == 1 {
-        panic::panic(format_args!("Attempted to kill init! exitcode=0x0000000b"));
+        panic::panic_with(detector, format_args!("Attempted to kill init! exitcode=0x0000000b"));
     }
     sched::exit_current();
 }

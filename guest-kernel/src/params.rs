@@ -55,6 +55,11 @@ pub fn apply() {
             panic::set_panic_on_oops(on);
         }
     }
+    if let Some(Some(value)) = cmdline.get("panic_on_warn") {
+        if let Some(on) = parse_bool(value) {
+            crate::warn::PANIC_ON_WARN.store(on, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
     if cmdline.has_flag("crash_kexec_post_notifiers") {
         panic::CRASH_KEXEC_POST_NOTIFIERS.store(true, core::sync::atomic::Ordering::Relaxed);
     }

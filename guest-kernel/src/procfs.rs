@@ -116,7 +116,8 @@ pub fn meminfo() -> String {
 /// voluntary and involuntary context switches, and the name (kernel threads in brackets).
 pub fn ps() -> String {
     let mut text = String::from("  PID  PPID CPU S    NVCSW   NIVCSW COMMAND\n");
-    for t in crate::sched::task::iter() {
+    let tasks = crate::sched::task::list();
+    for t in tasks.iter() {
         let kernel_thread = t.flags & crate::sched::task::PF_KTHREAD != 0 && t.pid != 1;
         let (open, close) = if kernel_thread { ("[", "]") } else { ("", "") };
         let _ = writeln!(

@@ -22,6 +22,10 @@ Commands:
   kdump start|stop|status|config KEY=VALUE   the capture kernel (dump_level, final_action, ...)
   inject FAULT [CPU] [MS]       softlockup hardlockup hung_task deadlock panic oops bug
                                 sysrq_crash stack_overflow, optionally ending after MS
+  echo TYPE > /sys/kernel/debug/provoke-crash/POINT [&]   LKDTM: run a crash type (DIRECT)
+                                or register it at a crash point; cat lists the types
+  cat|echo N > /sys/module/lkdtm/parameters/NAME   cpoint_count, recur_count, ...
+  taskset -c CPU COMMAND        run COMMAND's LKDTM write on CPU
   reboot                        restart the machine
   poweroff                      power the machine off
 ";
@@ -59,9 +63,26 @@ pub fn main(_: usize) {
 }
 
 fn run(line: &str) {
+    run_on(line, None);
+}
+
+/// Runs `line`, with a `taskset -c CPU` prefix taken off first.
+fn run_on(line: &str, cpu: Option<usize>) {
     let mut words = line.split_whitespace();
     let Some(command) = words.next() else { return };
     match (command, words.next()) {
+        ("taskset", Some("-c")) => match words.next().and_then(|c| c.parse().ok()) {
+            Some(cpu) => {
+                let rest = line.splitn(4, char::is_whitespace).nth(3).unwrap_or("");
+                run_on(rest.trim(), Some(cpu));
+            }
+            None => out("usage: taskset -c CPU COMMAND\n"),
+        },
+        ("echo", Some(value)) if line.contains("> /sys/") => {
+            let background = line.ends_with('&');
+            let path = line.rsplit("> ").next().unwrap_or("").trim_end_matches('&').trim();
+            sys_write(path, value, cpu, background);
+        }
         ("help", _) => out(HELP),
         ("uptime", _) => uptime(),
         ("ps", _) => ps(),
@@ -96,6 +117,65 @@ fn run(line: &str) {
         _ => out(&alloc::format!("sh: {command}: not found\n")),
     }
 }
+
+/// `echo VALUE > /sys/...`: LKDTM's crash-point files and module parameters. A `DIRECT`
+/// write runs its crash type in a child task (as `sh -c` would), on `cpu` (default the shell's
+/// CPU 0), and waits for it unless the line ends with `&`.
+fn sys_write(path: &str, value: &str, cpu: Option<usize>, background: bool) {
+    if let Some(file) = path.strip_prefix(crashvisor_abi::lkdtm::DEBUGFS_DIR).and_then(|f| f.strip_prefix('/')) {
+        match crate::lkdtm::debugfs_write(file, value) {
+            Ok(Some(kind)) => run_direct(kind, cpu.unwrap_or(0), background),
+            Ok(None) => {}
+            Err(crate::lkdtm::LkdtmError::UnknownPoint) => {
+                out(&alloc::format!("sh: can't create {path}: No such file or directory\n"))
+            }
+            Err(_) => out("sh: write error: Invalid argument\n"),
+        }
+    } else if let Some(name) = path.strip_prefix("/sys/module/lkdtm/parameters/") {
+        if !crate::lkdtm::set_param(name, value) {
+            out("sh: write error: Invalid argument\n");
+        }
+    } else {
+        out(&alloc::format!("sh: can't create {path}: Permission denied\n"));
+    }
+}
+
+/// The entry of the child that writes to `DIRECT`: `arg` is the crash type's index.
+fn direct_child(arg: usize) {
+    if let Some(&kind) = crashvisor_abi::lkdtm::CrashType::ALL.get(arg) {
+        crate::lkdtm::direct_entry(kind);
+    }
+}
+
+/// Runs LKDTM crash type `kind` in a child task on `cpu`; waits for it to end (it may never)
+/// unless `background`.
+fn run_direct(kind: crashvisor_abi::lkdtm::CrashType, cpu: usize, background: bool) {
+    use crate::sched::{self, task::Policy};
+    let online =
+        cpu < crate::smp::possible_cpus() && percpu::of(cpu).online.load(core::sync::atomic::Ordering::Relaxed);
+    if !online {
+        return out(&alloc::format!("taskset: CPU {cpu} is not online\n"));
+    }
+    let index = crashvisor_abi::lkdtm::CrashType::ALL.iter().position(|&k| k == kind).unwrap_or(0);
+    let Some(child) = sched::spawn("sh", Policy::Normal, Some(cpu), direct_child, index) else {
+        return out("sh: can't fork: Out of memory\n");
+    };
+    let pid = child.pid;
+    if background {
+        return out(&alloc::format!("[1] {pid}\n"));
+    }
+    let alive = || {
+        let tasks = sched::task::list();
+        let found = tasks.iter().any(|t| t.pid == pid && t.state() != sched::task::TASK_DEAD);
+        found
+    };
+    while alive() {
+        sched::sleep_ns_state(CHILD_POLL_NS, sched::task::TASK_INTERRUPTIBLE);
+    }
+}
+
+/// How often the shell looks whether a child it waits for has ended.
+const CHILD_POLL_NS: u64 = 10_000_000;
 
 fn sysctl_read(name: &str) {
     match crate::sysctl::get(name) {

@@ -9,7 +9,7 @@ use crashvisor_klib::cmdline::{parse_i64, Cmdline};
 use crashvisor_klib::cpulist;
 use crashvisor_klib::watchdog::MAX_WATCHDOG_THRESH;
 
-use crate::{hung_task, nmi, panic, smp, watchdog};
+use crate::{hung_task, nmi, panic, smp, warn, watchdog};
 
 /// Why a sysctl access failed (Linux's errno).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +69,7 @@ static TABLE: &[Sysctl] = &[
     knob("kernel.hung_task_all_cpu_backtrace", Knob::Bool(&hung_task::ALL_CPU_BACKTRACE), None),
     knob("kernel.panic", Knob::I64(&panic::PANIC_TIMEOUT, i32::MIN as i64, i32::MAX as i64), None),
     knob("kernel.panic_on_oops", Knob::Bool(&panic::PANIC_ON_OOPS), None),
+    knob("kernel.panic_on_warn", Knob::Bool(&warn::PANIC_ON_WARN), None),
     knob("kernel.unknown_nmi_panic", Knob::Bool(&nmi::UNKNOWN_NMI_PANIC), None),
     knob("kernel.panic_on_unrecovered_nmi", Knob::Bool(&nmi::PANIC_ON_UNRECOVERED_NMI), None),
     knob("kernel.panic_on_io_nmi", Knob::Bool(&nmi::PANIC_ON_IO_NMI), None),

@@ -1,5 +1,5 @@
 //! The `/sys` files the shell can read (kexec and kdump state, as Linux's `kernel/ksysfs.c`
-//! and the CPU devices show them).
+//! and the CPU devices show them; LKDTM's crash-point files and module parameters).
 
 use alloc::string::String;
 
@@ -17,6 +17,12 @@ pub fn read(path: &str) -> Option<String> {
             "crash_notes_size" => Some(alloc::format!("{}\n", CRASH_NOTE_BYTES)),
             _ => None,
         };
+    }
+    if let Some(file) = path.strip_prefix(crashvisor_abi::lkdtm::DEBUGFS_DIR).and_then(|f| f.strip_prefix('/')) {
+        return crashvisor_abi::lkdtm::CrashPoint::from_name(file).map(|_| crate::lkdtm::available_types());
+    }
+    if let Some(name) = path.strip_prefix("/sys/module/lkdtm/parameters/") {
+        return crate::lkdtm::param(name).map(|value| alloc::format!("{value}\n"));
     }
     let text = match path {
         "/sys/kernel/kexec_loaded" => alloc::format!("{}\n", u8::from(kexec::load::loaded(kexec::load::Kind::Normal))),

@@ -2,8 +2,12 @@
 
 use core::sync::atomic::{AtomicU32, Ordering};
 
+/// `TAINT_BAD_PAGE` ('B'): the slab allocator found a corrupted object.
+pub const TAINT_BAD_PAGE: u32 = 5;
 /// `TAINT_DIE` ('D'): an oops happened.
 pub const TAINT_DIE: u32 = 7;
+/// `TAINT_WARN` ('W'): a `WARN()` fired.
+pub const TAINT_WARN: u32 = 9;
 /// `TAINT_SOFTLOCKUP` ('L').
 pub const TAINT_SOFTLOCKUP: u32 = 14;
 

@@ -4,6 +4,8 @@
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crashvisor_abi::lkdtm::CrashPoint;
+
 use crate::arch::percpu::{self, MAX_CPUS};
 use crate::arch::{apic, cpu};
 use crate::sync::SpinLock;
@@ -132,6 +134,7 @@ fn program(deadline: Option<u64>) {
 
 /// Arms a timer on this CPU that calls `func(arg)` once the TSC reaches `deadline_tsc`.
 pub fn add_timer(deadline_tsc: u64, func: TimerFn, arg: usize) -> Option<TimerId> {
+    crate::lkdtm::hit(CrashPoint::Timeradd);
     let id = NEXT_TIMER_ID.fetch_add(1, Ordering::Relaxed);
     let mut queue = QUEUES[percpu::cpu_id()].lock_irqsave();
     if !queue.insert(Timer { deadline_tsc, id, func, arg }) {
@@ -159,7 +162,10 @@ pub fn interrupt() {
     loop {
         let expired = queue.lock_irqsave().pop_expired(cpu::rdtsc());
         match expired {
-            Some(timer) => (timer.func)(timer.arg),
+            Some(timer) => {
+                crate::lkdtm::hit(CrashPoint::IntTaskletEntry);
+                (timer.func)(timer.arg);
+            }
             None => break,
         }
     }

@@ -165,6 +165,28 @@ impl Service {
         self.stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
     }
 
+    /// Runs the `crashvisor` client (`args`: a subcommand and its arguments) against this
+    /// service and returns what it printed.
+    ///
+    /// # Panics
+    ///
+    /// If the client cannot run or fails.
+    #[track_caller]
+    pub fn client(&self, args: &[&str]) -> String {
+        let binary = built_binary("crashvisor", "api");
+        let server = format!("http://{}", self.addr);
+        let output = Command::new(&binary)
+            .args(args)
+            .args(["--server", &server])
+            .env_remove("CRASHVISOR_TOKEN")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "crashvisor {} failed ({}): {stdout}{stderr}", args.join(" "), output.status);
+        stdout
+    }
+
     /// Sends a request with extra `headers` and a raw `body`.
     ///
     /// # Panics

@@ -28,7 +28,7 @@ use crashvisor_klib::le::{u16_at, u32_at, u64_at};
 use serde_json::Value;
 
 use crate::control::Event;
-use crate::{kernel_text, vmm_binary, KernelLine, TempFile, Vm, BOOT_TIMEOUT, DETECT_TIMEOUT};
+use crate::{kernel_text, vmm_binary, KernelLine, TempDir, TempFile, Vm, BOOT_TIMEOUT, DETECT_TIMEOUT};
 
 /// Upper bound from an injected fault to its `vmcore_ready`: a detector's bound, then the
 /// capture kernel's boot and hand-off (seconds; well under a second idle).
@@ -380,6 +380,32 @@ pub fn extract_guest_kernel() -> TempFile {
         ),
         Err(e) => panic!("cannot run vmm --extract-kernel: {e}"),
     }
+}
+
+/// Starts a 2-vCPU, 256 MiB guest with `cmdline` (holding `crashkernel=`, often `kdump=1`)
+/// that writes its crashes to `store`, with its control socket connected, and without the
+/// host's NMI watchdog: its ticks keep coming after the crashed kernel jumped to the capture
+/// kernel, and one that lands in the capture kernel's early boot resets the VM (see
+/// `tests/kdump.rs`). Hard lockups are then found by the buddy detector.
+#[track_caller]
+pub fn start_crashing_vm(store: &TempDir, cmdline: &str) -> Vm {
+    let args =
+        ["--vcpus", "2", "--memory", "256", "--nmi-watchdog", "off", "--crash-dir", store.arg(), "--cmdline", cmdline];
+    Vm::start_controlled(&args)
+}
+
+/// Runs the real `dumpd ARGS` and returns its stdout.
+///
+/// # Panics
+///
+/// If it cannot run or fails, with its output.
+#[track_caller]
+pub fn dumpd(args: &[&str]) -> String {
+    let output = Command::new(crate::dumpd_binary()).args(args).output().expect("dumpd runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "dumpd {} failed ({}):\n{stdout}\n{stderr}", args.join(" "), output.status);
+    stdout
 }
 
 /// Checks that a VMM started by this test can run a core collector: it serves the crashed

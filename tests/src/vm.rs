@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crashvisor_abi::control::FaultKind;
-use crashvisor_control::{Request, SysctlValue};
+use crashvisor_control::{Injection, Request, SysctlValue};
 use serde_json::Value;
 
 use crate::control::{Control, ErrorReply, Event as ControlEvent, Reply};
@@ -523,13 +523,19 @@ impl Vm {
         event.u64("boot").unwrap_or_else(|| self.fail(&format!("a booted event without a boot number: {}", event.body)))
     }
 
+    /// Sends a typed request and returns its result; a refusal fails the test.
+    #[track_caller]
+    pub fn request_typed(&mut self, request: Request) -> Value {
+        self.request_ok(typed(request))
+    }
+
     /// Injects `fault` on `cpu` (for `duration_ms`, if given) and returns the pid of the task
     /// that carries it and when the acknowledgement arrived.
     #[track_caller]
     pub fn inject(&mut self, fault: &str, cpu: usize, duration_ms: Option<u64>) -> Injected {
         let fault = FaultKind::from_name(fault).unwrap_or_else(|| self.fail(&format!("no fault named {fault:?}")));
         let cpu = u32::try_from(cpu).unwrap_or_else(|_| self.fail(&format!("no CPU {cpu}")));
-        let request = Request::Inject { fault, cpu: Some(cpu), duration_ms, message: None };
+        let request = Request::Inject(Injection::Fault { fault, cpu: Some(cpu), duration_ms, message: None });
         self.inject_request(typed(request))
     }
 

@@ -4,24 +4,12 @@
 //! panicking CPU, task and message, the locked-up function, the watchdog threads and the soft
 //! lockup report, all from the vmcore alone.
 
-use std::process::Command;
-
-use crashvisor_tests::kdump::{self, Crash, Vmcore};
-use crashvisor_tests::{dumpd_binary, kernel_text, TempDir, Vm, BOOT_TIMEOUT};
+use crashvisor_tests::kdump::{self, dumpd, Crash, Vmcore};
+use crashvisor_tests::{kernel_text, TempDir, BOOT_TIMEOUT};
 use serde_json::Value;
 
 /// The CPU the soft lockup runs on.
 const CPU: usize = 1;
-
-/// Runs `dumpd ARGS` and returns its stdout; fails the test if it fails.
-#[track_caller]
-fn dumpd(args: &[&str]) -> String {
-    let output = Command::new(dumpd_binary()).args(args).output().expect("dumpd runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "dumpd {} failed ({}):\n{stdout}\n{stderr}", args.join(" "), output.status);
-    stdout
-}
 
 /// `dumpd ARGS --json`, parsed.
 #[track_caller]
@@ -33,20 +21,7 @@ fn dumpd_json(args: &[&str]) -> Value {
 /// Boots a small guest with kdump, locks up CPU 1 until the soft-lockup detector panics, and
 /// returns the committed crash and the pid of the locked-up task.
 fn soft_lockup_crash(store: &TempDir) -> (Crash, u32) {
-    // Without the host's NMI watchdog, whose ticks could land in the capture kernel's early
-    // boot (see kdump.rs).
-    let mut vm = Vm::start_controlled(&[
-        "--vcpus",
-        "2",
-        "--memory",
-        "256",
-        "--nmi-watchdog",
-        "off",
-        "--crash-dir",
-        store.arg(),
-        "--cmdline",
-        "crashkernel=64M kdump=1 watchdog_thresh=2",
-    ]);
+    let mut vm = kdump::start_crashing_vm(store, "crashkernel=64M kdump=1 watchdog_thresh=2");
     let booted = vm.wait_event(|e| e.is("booted"), "the booted event", BOOT_TIMEOUT);
     assert_eq!(booted.u64("boot"), Some(1), "{}", booted.body);
     vm.expect_kdump_loaded();

@@ -2,15 +2,17 @@
 //! crash store, driven only over HTTP as a test harness would. VMs crash by injected faults
 //! (kdump catches them), events arrive over SSE, vmcores are downloaded whole and by ranges and
 //! read with dumpd's ELF reader, analysed (summary, backtraces, tasks) and converted to
-//! kdump-compressed on the fly; a VM with makedumpfile as its core collector gets makedumpfile's
-//! vmcore; a killed VMM fails its VM only; bad requests get the documented errors; a stopped
-//! service stops its VMs and a restarted one serves the same crash store.
+//! kdump-compressed on the fly; LKDTM's crash types are listed and run (at a crash point, and
+//! by the command-line client); a VM with makedumpfile as its core collector gets
+//! makedumpfile's vmcore; a killed VMM fails its VM only; bad requests get the documented
+//! errors; a stopped service stops its VMs and a restarted one serves the same crash store.
 //!
 //! Run one test at a time on small hosts: `cargo test -p crashvisor-tests --test api --
 //! --test-threads=1` (after `cargo build -p vmm -p api`).
 
 use std::time::{Duration, Instant};
 
+use crashvisor_abi::lkdtm::CrashType;
 use crashvisor_tests::api::{one_at_a_time, signal, EventStream, HttpResponse, Service};
 use crashvisor_tests::kdump::{self, CAPTURE_TIMEOUT};
 use crashvisor_tests::BOOT_TIMEOUT;
@@ -267,7 +269,7 @@ fn every_other_fault_kind_is_caught_over_http() {
         ("deadlock", "watchdog: BUG: soft lockup - CPU#"),
         ("bug", "kernel BUG at "),
         ("sysrq_crash", "Kernel panic - not syncing: sysrq triggered crash"),
-        ("stack_overflow", "TASK stack guard hit"),
+        ("stack_overflow", "BUG: TASK stack guard page was hit at "),
     ];
     for (boot, (kind, line)) in faults.iter().enumerate() {
         let boot = boot as u64 + 1;
@@ -285,6 +287,60 @@ fn every_other_fault_kind_is_caught_over_http() {
         let dmesg = service.get(&format!("/v1/vmcores/{id}/dmesg")).text();
         assert!(dmesg.contains(line), "{kind}: no {line:?} in vmcore-dmesg.txt:\n{dmesg}");
     }
+}
+
+/// LKDTM over HTTP: the table the service serves is the guest's, and crash types run at a crash
+/// point (in the interrupt context that hits it) and directly (in a task), each into a vmcore.
+#[test]
+fn lkdtm_types_are_listed_and_run_at_crash_points_over_http() {
+    let _serial = one_at_a_time();
+    let service = Service::start(&[]);
+    let listed = service.get("/v1/lkdtm");
+    expect_status(&listed, 200, "GET /v1/lkdtm");
+    let listed = listed.json();
+    let supported: Vec<&str> = listed["types"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .filter(|t| t["supported"] == true)
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let wanted: Vec<&str> = CrashType::supported().map(CrashType::as_str).collect();
+    assert_eq!(supported, wanted);
+    assert_eq!(listed["types"].as_array().map(Vec::len), Some(CrashType::ALL.len()));
+
+    let mut events = service.events("/v1/events?since=0");
+    let vm = create_booted(&service, &mut events, &crashing_vm("lkdtm", 2, 256));
+    wait_kdump(&service, &vm);
+    let at_point = json!({"lkdtm": "PANIC", "cpoint": "INT_HARDWARE_ENTRY", "count": 3, "cpu": 1});
+    let injected = service.post(&format!("/v1/vms/{vm}/faults"), &at_point);
+    expect_status(&injected, 202, "PANIC at INT_HARDWARE_ENTRY");
+    let mut registered = at_point.clone();
+    registered["pid"] = Value::Null; // no task carries it
+    assert_eq!(injected.json(), registered, "the registration, as the guest answered it");
+    let id = events.wait(&vm, "vmcore_ready", CAPTURE_TIMEOUT).data["id"].as_str().expect("an id").to_owned();
+    let show = service.get(&format!("/v1/vmcores/{id}")).json();
+    assert_eq!(show["summary"]["panic"]["cpu"], 1, "only CPU 1's hits counted: {show}");
+    let dmesg = service.get(&format!("/v1/vmcores/{id}/dmesg")).text();
+    for line in [
+        "lkdtm: Crash point INT_HARDWARE_ENTRY of type PANIC hit, trigger in 0 rounds",
+        "Kernel panic - not syncing: dumptest",
+        " <IRQ>",
+    ] {
+        assert!(dmesg.contains(line), "no {line:?} in vmcore-dmesg.txt:\n{dmesg}");
+    }
+
+    events.wait_for(|e| e.name == "booted" && e.data["vm"] == vm && e.data["boot"] == 2, "the next boot", BOOT_TIMEOUT);
+    wait_kdump(&service, &vm);
+    // The command-line client: an upper-case kind is LKDTM's.
+    let direct = service.client(&["inject", &vm, "EXCEPTION", "--cpu", "1"]);
+    assert!(direct.starts_with(&format!("injected EXCEPTION on CPU 1 of {vm} (pid ")), "{direct}");
+    let id = events.wait(&vm, "vmcore_ready", CAPTURE_TIMEOUT).data["id"].as_str().expect("an id").to_owned();
+    let show = service.get(&format!("/v1/vmcores/{id}")).json();
+    assert_eq!(show["meta"]["reason"]["comm"], "lkdtm/1", "{show}");
+    let dmesg = service.get(&format!("/v1/vmcores/{id}/dmesg")).text();
+    let line = "BUG: kernel NULL pointer dereference, address: 0000000000000000";
+    assert!(dmesg.contains(line), "no {line:?} in vmcore-dmesg.txt:\n{dmesg}");
 }
 
 #[test]
@@ -396,6 +452,12 @@ fn bad_requests_get_the_documented_errors() {
         (service.post("/v1/vms", &json!({"memory_mib": 1 << 30})), 422, "invalid_argument", "too much memory"),
         (service.post("/v1/vms", &json!({"vcpu": 1})), 422, "invalid_argument", "a misspelt field"),
         (service.post(&faults, &json!({"kind": "meltdown"})), 422, "invalid_argument", "an unknown fault"),
+        (
+            service.post(&faults, &json!({"lkdtm": "USERCOPY_KERNEL"})),
+            422,
+            "invalid_argument",
+            "an LKDTM type the kernel does not support",
+        ),
         (
             service.post(&faults, &json!({"kind": "softlockup", "cpu": 3})),
             422,

@@ -446,18 +446,7 @@ fn crash_kernel_range(vm: &mut Vm) -> (u64, u64) {
 #[test]
 fn kdump_over_the_control_socket_captures_a_planted_pattern_byte_exact() {
     let store = TempDir::new("crash-store");
-    let mut vm = Vm::start_controlled(&[
-        "--vcpus",
-        "2",
-        "--memory",
-        "256",
-        "--nmi-watchdog",
-        "off",
-        "--crash-dir",
-        store.arg(),
-        "--cmdline",
-        CRASHKERNEL,
-    ]);
+    let mut vm = kdump::start_crashing_vm(&store, CRASHKERNEL);
     vm.boot();
     assert_eq!(vm.wait_booted(), 1);
     let defaults =

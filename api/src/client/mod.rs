@@ -120,17 +120,25 @@ pub struct CreateArgs {
 pub struct InjectArgs {
     /// The VM's name.
     vm: String,
-    /// softlockup, hardlockup, hung_task, deadlock, panic, oops, bug, sysrq_crash, stack_overflow.
+    /// softlockup, hardlockup, hung_task, deadlock, panic, oops, bug, sysrq_crash,
+    /// stack_overflow; or an LKDTM crash type in upper case (PANIC_IN_HARDIRQ, ...: see
+    /// GET /v1/lkdtm).
     kind: String,
-    /// The CPU it runs on.
-    #[arg(long, default_value_t = 0)]
-    cpu: u32,
+    /// The CPU it runs on [default: 0; at an LKDTM crash point: every CPU's hits count].
+    #[arg(long)]
+    cpu: Option<u32>,
     /// How long a lockup lasts [default: until reboot].
     #[arg(long, value_name = "MS")]
     duration_ms: Option<u64>,
     /// The panic message (panic only).
     #[arg(long)]
     message: Option<String>,
+    /// The LKDTM crash point the type runs at (INT_HARDWARE_ENTRY, ...) [default: DIRECT].
+    #[arg(long, value_name = "NAME")]
+    cpoint: Option<String>,
+    /// At an LKDTM crash point: fire on this many hits [default: LKDTM's cpoint_count, 10].
+    #[arg(long, value_name = "N")]
+    count: Option<u32>,
     /// Where the service is, and the output format.
     #[command(flatten)]
     opts: ClientOpts,
@@ -304,21 +312,38 @@ fn show_vm(vm: &Value) {
     }
 }
 
-/// Runs `crashvisor inject`.
+/// Runs `crashvisor inject`: a kind in upper case is LKDTM's.
 pub async fn inject(args: InjectArgs) -> anyhow::Result<()> {
-    let mut body = json!({"kind": args.kind, "cpu": args.cpu});
-    if let Some(ms) = args.duration_ms {
-        body["duration_ms"] = json!(ms);
-    }
-    if let Some(message) = args.message {
-        body["message"] = json!(message);
+    let lkdtm = args.kind.bytes().any(|b| b.is_ascii_uppercase());
+    let mut body = if lkdtm { json!({"lkdtm": args.kind}) } else { json!({"kind": args.kind}) };
+    let fields = [
+        ("cpu", args.cpu.map(|n| json!(n))),
+        ("duration_ms", args.duration_ms.map(|n| json!(n))),
+        ("message", args.message.map(|m| json!(m))),
+        ("cpoint", args.cpoint.map(|p| json!(p))),
+        ("count", args.count.map(|n| json!(n))),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            body[key] = value;
+        }
     }
     let path = format!("/v1/vms/{}/faults", args.vm);
     let result = client(&args.opts)?.json(Method::POST, &path, Some(&body)).await?;
     if args.opts.json {
         print_json(&result);
+    } else if !result["cpoint"].is_null() {
+        let cpus = result["cpu"].as_u64().map_or("every CPU's".to_string(), |cpu| format!("CPU {cpu}'s"));
+        println!(
+            "registered {} at {} of {}: it runs on hit {} ({cpus} hits count)",
+            args.kind,
+            text(&result["cpoint"]),
+            args.vm,
+            text(&result["count"])
+        );
     } else {
-        println!("injected {} on CPU {} of {} (pid {})", args.kind, args.cpu, args.vm, text(&result["pid"]));
+        let cpu = args.cpu.unwrap_or(0);
+        println!("injected {} on CPU {cpu} of {} (pid {})", args.kind, args.vm, text(&result["pid"]));
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod console;
 mod events;
 mod faults;
 mod guest;
+mod lkdtm;
 pub mod range;
 mod service;
 mod vmcores;
@@ -34,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(vms::router())
         .merge(actions::router())
         .merge(faults::router())
+        .merge(lkdtm::router())
         .merge(guest::router())
         .merge(console::router())
         .merge(events::router())

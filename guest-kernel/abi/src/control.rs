@@ -46,6 +46,7 @@
 //! |---|---|---|
 //! | `hello` | | `version=1 release=<value> cpus=<n>` |
 //! | `inject` | `fault=<FaultKind> cpu=<n> [duration_ms=<n>] [message=<value>]` | `pid=<n>` of the task that carries the fault, or none for a fault run in place |
+//! | `inject` | `lkdtm=<CrashType> [cpoint=<CrashPoint>] [count=<n>] [cpu=<n>]` (see below) | `DIRECT`: `pid=<n>` of the task that runs the type; another crash point: `cpoint=<name> count=<n>` as registered |
 //! | `sysctl_get` | `name=<kernel.x>` | `value=<value>` |
 //! | `sysctl_set` | `name=<kernel.x> value=<value>` | `value=<value>` (as now read back) |
 //! | `ps` | | `text=<value>`: the shell's `ps` table |
@@ -53,8 +54,22 @@
 //! | `dmesg` | `since=<seq>` | `next=<seq> text=<value>`: records from `since`, each `[    1.234567] text`, joined with `\n` |
 //! | `kexec` | `op=load kind=<KexecKind> [cmdline=<value>]`, `op=unload kind=<KexecKind>`, `op=exec`, `op=status` | `loaded=0\|1 crash_loaded=0\|1 crash_size=<bytes>`; `op=exec` answers first, then jumps |
 //! | `kdump` | `op=start\|stop\|status`, `op=config [dump_level=<n>] [final_action=<a>] [failure_action=<a>]` | `state=operational\|not_operational dump_level=<n> final_action=<a> failure_action=<a>` |
+//!
+//! The LKDTM form of `inject` runs a [`crate::lkdtm::CrashType`] (`lkdtm=PANIC`, LKDTM's upper-case
+//! names) at a [`crate::lkdtm::CrashPoint`] (`cpoint=`, default `DIRECT`):
+//! - `DIRECT`: a new kernel thread `lkdtm/<cpu>` on CPU `cpu` (default 0) runs the type once the
+//!   host has the answer, as `echo TYPE > /sys/kernel/debug/provoke-crash/DIRECT` would;
+//! - any other point: the type is registered there (replacing a previous registration) and runs
+//!   in the context that hits the point, on its `count`th hit (default 10, LKDTM's
+//!   `cpoint_count`, which this also sets), then every `count` hits again. With `cpu`, only hits
+//!   on that CPU count (an extension: LKDTM counts every CPU's).
+//!
+//! A request with both `fault` and `lkdtm` is refused (`bad_argument`); a type or crash point
+//! the kernel does not support is refused with `unsupported` and the reason.
 
 use core::fmt;
+
+use crate::lkdtm::{CrashPoint, CrashType, Support};
 
 /// Version of this protocol, sent in the hello line and the `hello` response.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -85,6 +100,12 @@ pub mod key {
     pub const FAULT: &str = "fault";
     /// `inject`: the CPU to run the fault on.
     pub const CPU: &str = "cpu";
+    /// `inject`: the LKDTM crash type (`PANIC`, ...), instead of `fault`.
+    pub const LKDTM: &str = "lkdtm";
+    /// `inject lkdtm=`: the LKDTM crash point (`DIRECT`, `INT_HARDWARE_ENTRY`, ...).
+    pub const CPOINT: &str = "cpoint";
+    /// `inject lkdtm=`: the crash point fires on this many hits (LKDTM's `cpoint_count`).
+    pub const COUNT: &str = "count";
     /// `inject`: how long a lockup lasts, in milliseconds (absent: until reboot).
     pub const DURATION_MS: &str = "duration_ms";
     /// `inject`: the panic or BUG message; `err`: the error message.
@@ -131,45 +152,6 @@ pub mod key {
     pub const FINAL_ACTION: &str = "final_action";
     /// `kdump`: the same when the dump fails.
     pub const FAILURE_ACTION: &str = "failure_action";
-}
-
-/// Defines an enum of protocol names with `ALL`, `as_str`, `from_name` and `Display` (the
-/// host's control socket defines its own names with it too).
-#[macro_export]
-macro_rules! names {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)* }) => {
-        $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)*
-        }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
-
-            /// The name on the wire.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text,)*
-                }
-            }
-
-            /// The value with this wire name.
-            pub fn from_name(name: &str) -> Option<Self> {
-                match name {
-                    $($text => Some(Self::$variant),)*
-                    _ => None,
-                }
-            }
-        }
-
-        impl ::core::fmt::Display for $name {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
 }
 
 names! {
@@ -285,6 +267,161 @@ names! {
         SysrqCrash = "sysrq_crash",
         /// Unbounded recursion until the stack guard page is hit.
         StackOverflow = "stack_overflow",
+    }
+}
+
+/// The LKDTM form of `inject` (`lkdtm=<TYPE> [cpoint=<NAME>] [count=<n>] [cpu=<n>]`), as the
+/// host writes it and the guest reads it.
+///
+/// ```
+/// use crashvisor_abi::control::{parse_line, LkdtmRequest};
+/// use crashvisor_abi::lkdtm::{CrashPoint, CrashType};
+///
+/// let request = LkdtmRequest::new("PANIC", Some("INT_HARDWARE_ENTRY"), Some(3), Some(1)).unwrap();
+/// assert_eq!(request.point, CrashPoint::IntHardwareEntry);
+/// let mut line = String::from("9 inject");
+/// for (key, value) in request.args() {
+///     line += &format!(" {key}={value}");
+/// }
+/// assert_eq!(line, "9 inject lkdtm=PANIC cpoint=INT_HARDWARE_ENTRY count=3 cpu=1");
+/// let parsed = parse_line(&line).unwrap();
+/// assert_eq!(LkdtmRequest::from_line(&parsed), Some(Ok(request)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LkdtmRequest {
+    /// The crash type.
+    pub kind: CrashType,
+    /// Where it runs (`DIRECT` when the line names none).
+    pub point: CrashPoint,
+    /// Fire on this many hits (a crash point other than `DIRECT`).
+    pub count: Option<u32>,
+    /// The CPU: `DIRECT` runs there (default 0); elsewhere only its hits count.
+    pub cpu: Option<u32>,
+}
+
+/// Why an `inject lkdtm=` request is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LkdtmRequestError<'a> {
+    /// The request also names a `fault`.
+    AlsoAFault,
+    /// No crash type has this name.
+    UnknownType(&'a str),
+    /// The kernel does not run this crash type.
+    UnsupportedType(CrashType, &'static str),
+    /// No crash point has this name.
+    UnknownPoint(&'a str),
+    /// The kernel has no counterpart for this crash point.
+    UnsupportedPoint(CrashPoint, &'static str),
+    /// `cpu` is not a decimal `u32`.
+    BadCpu,
+    /// `count` is not a decimal from 1 to `i32::MAX` (LKDTM's `cpoint_count` is an `int`).
+    BadCount,
+}
+
+impl LkdtmRequestError<'_> {
+    /// The `err` code the guest answers with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnsupportedType(..) | Self::UnsupportedPoint(..) => ErrorCode::Unsupported,
+            _ => ErrorCode::BadArgument,
+        }
+    }
+}
+
+impl fmt::Display for LkdtmRequestError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AlsoAFault => f.write_str("give either fault or lkdtm, not both"),
+            Self::UnknownType(name) => write!(f, "unknown LKDTM crash type {name}"),
+            Self::UnsupportedType(kind, why) => write!(f, "{kind} is not supported by this kernel: {why}"),
+            Self::UnknownPoint(name) => write!(f, "unknown LKDTM crash point {name}"),
+            Self::UnsupportedPoint(point, why) => write!(f, "crash point {point} is not supported: {why}"),
+            Self::BadCpu => f.write_str("cpu is not a number"),
+            Self::BadCount => f.write_str("count is not a number from 1 to 2147483647"),
+        }
+    }
+}
+
+impl LkdtmRequest {
+    /// Reads the form from an `inject` request: `None` when it has no `lkdtm` key (the fault
+    /// form), else the request or why it is refused.
+    pub fn from_line<'a>(line: &Line<'a>) -> Option<Result<Self, LkdtmRequestError<'a>>> {
+        let name = line.arg(key::LKDTM)?;
+        Some(Self::read(line, name))
+    }
+
+    fn read<'a>(line: &Line<'a>, name: &'a str) -> Result<Self, LkdtmRequestError<'a>> {
+        if line.arg(key::FAULT).is_some() {
+            return Err(LkdtmRequestError::AlsoAFault);
+        }
+        let cpu = line.arg(key::CPU).map(|c| parse_u32(c).ok_or(LkdtmRequestError::BadCpu)).transpose()?;
+        let count = line.arg(key::COUNT).map(|c| parse_u32(c).ok_or(LkdtmRequestError::BadCount)).transpose()?;
+        Self::new(name, line.arg(key::CPOINT), count, cpu)
+    }
+
+    /// The request for crash type `name` at crash point `point` (`DIRECT` when `None`): refused
+    /// when either is unknown, or [`Self::check`] refuses it. The guest reads its lines with it.
+    pub fn new<'a>(
+        name: &'a str,
+        point: Option<&'a str>,
+        count: Option<u32>,
+        cpu: Option<u32>,
+    ) -> Result<Self, LkdtmRequestError<'a>> {
+        let kind = CrashType::from_name(name).ok_or(LkdtmRequestError::UnknownType(name))?;
+        let point = match point {
+            None => CrashPoint::Direct,
+            Some(name) => CrashPoint::from_name(name).ok_or(LkdtmRequestError::UnknownPoint(name))?,
+        };
+        let request = Self { kind, point, count, cpu };
+        request.check()?;
+        Ok(request)
+    }
+
+    /// Whether the kernel runs this request: refused when the type or the crash point is
+    /// unsupported, or `count` is outside 1 to `i32::MAX`. The host checks a typed request with
+    /// it before sending it.
+    pub fn check(&self) -> Result<(), LkdtmRequestError<'static>> {
+        if let Support::Unsupported(why) = self.kind.support() {
+            return Err(LkdtmRequestError::UnsupportedType(self.kind, why));
+        }
+        if let Err(why) = self.point.counterpart() {
+            return Err(LkdtmRequestError::UnsupportedPoint(self.point, why));
+        }
+        if self.count.is_some_and(|n| n == 0 || n > i32::MAX as u32) {
+            return Err(LkdtmRequestError::BadCount);
+        }
+        Ok(())
+    }
+
+    /// The arguments after a request's `<id> inject`, in order: `lkdtm=<TYPE> cpoint=<NAME>`,
+    /// then `count=<n>` and `cpu=<n>` when given. Names and numbers need no encoding.
+    pub fn args(&self) -> impl Iterator<Item = (&'static str, ArgValue)> {
+        [
+            Some((key::LKDTM, ArgValue::Name(self.kind.as_str()))),
+            Some((key::CPOINT, ArgValue::Name(self.point.as_str()))),
+            self.count.map(|n| (key::COUNT, ArgValue::Number(n))),
+            self.cpu.map(|n| (key::CPU, ArgValue::Number(n))),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+/// A value of an [`LkdtmRequest`] argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArgValue {
+    /// A crash type's or crash point's name.
+    Name(&'static str),
+    /// A count or a CPU.
+    Number(u32),
+}
+
+impl fmt::Display for ArgValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(name) => f.write_str(name),
+            Self::Number(n) => write!(f, "{n}"),
+        }
     }
 }
 
@@ -561,6 +698,7 @@ pub fn parse_u32(raw: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::string::ToString;
 
     fn encode(bytes: &[u8]) -> ([u8; 1024], usize) {
         let mut out = [0u8; 1024];
@@ -674,6 +812,36 @@ mod tests {
         let long_word = "1 aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
         assert_eq!(parse_line(long_word), Err(BadWord));
         assert_eq!(parse_line("4294967295 ok").map(|l| l.id), Ok(u32::MAX));
+    }
+
+    #[test]
+    fn lkdtm_requests_are_read_and_refused_with_reasons() {
+        let read = |text: &'static str| {
+            let line = parse_line(text).unwrap();
+            LkdtmRequest::from_line(&line).map(|r| r.map_err(|e| (e.code(), e.to_string())))
+        };
+        assert_eq!(read("1 inject fault=panic cpu=1"), None, "the fault form");
+        let direct = LkdtmRequest { kind: CrashType::BUG, point: CrashPoint::Direct, count: None, cpu: None };
+        assert_eq!(read("1 inject lkdtm=BUG"), Some(Ok(direct)));
+        let refused = |text| read(text).unwrap().unwrap_err();
+        assert_eq!(refused("1 inject lkdtm=BUG fault=bug").0, ErrorCode::BadArgument);
+        assert_eq!(refused("1 inject lkdtm=bug"), (ErrorCode::BadArgument, "unknown LKDTM crash type bug".into()));
+        let (code, message) = refused("1 inject lkdtm=USERCOPY_KERNEL");
+        assert_eq!(code, ErrorCode::Unsupported);
+        assert!(message.starts_with("USERCOPY_KERNEL is not supported by this kernel: "), "{message}");
+        assert_eq!(refused("1 inject lkdtm=BUG cpoint=NOWHERE").1, "unknown LKDTM crash point NOWHERE");
+        assert_eq!(refused("1 inject lkdtm=BUG cpoint=SCSI_QUEUE_RQ").0, ErrorCode::Unsupported);
+        assert_eq!(refused("1 inject lkdtm=BUG cpu=-1").0, ErrorCode::BadArgument);
+        assert_eq!(
+            refused("1 inject lkdtm=BUG cpoint=TIMERADD count=0").1,
+            "count is not a number from 1 to 2147483647"
+        );
+        assert_eq!(refused("1 inject lkdtm=BUG cpoint=TIMERADD count=2147483648").0, ErrorCode::BadArgument);
+        let all = read("1 inject cpu=1 count=7 cpoint=TIMERADD lkdtm=WARNING").unwrap().unwrap();
+        assert_eq!(
+            all,
+            LkdtmRequest { kind: CrashType::WARNING, point: CrashPoint::Timeradd, count: Some(7), cpu: Some(1) }
+        );
     }
 
     #[test]

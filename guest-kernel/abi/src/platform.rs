@@ -231,11 +231,13 @@ pub enum Detector {
     UnknownNmi = 7,
     /// A kernel stack overflow (double fault on the guard page).
     StackOverflow = 8,
+    /// A `WARN()` or a UBSAN report with `kernel.panic_on_warn`.
+    Warn = 9,
 }
 
 impl Detector {
     /// Every detector, in numeric order.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::None,
         Self::SoftLockup,
         Self::HardLockup,
@@ -245,6 +247,7 @@ impl Detector {
         Self::Sysrq,
         Self::UnknownNmi,
         Self::StackOverflow,
+        Self::Warn,
     ];
 
     /// Decodes a detector number.
@@ -264,6 +267,7 @@ impl Detector {
             Self::Sysrq => "sysrq",
             Self::UnknownNmi => "unknown_nmi",
             Self::StackOverflow => "stack_overflow",
+            Self::Warn => "warn",
         }
     }
 }
@@ -408,7 +412,8 @@ mod tests {
         for d in Detector::ALL {
             assert_eq!(Detector::from_raw(d as u32), Some(d));
         }
-        assert_eq!(Detector::from_raw(9), None);
+        assert_eq!(Detector::from_raw(10), None);
+        assert_eq!(Detector::Warn.as_str(), "warn");
         assert_eq!(Detector::StackOverflow.as_str(), "stack_overflow");
     }
 

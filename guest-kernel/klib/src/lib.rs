@@ -9,6 +9,8 @@
 //! - [`memmap`]: the physical memory map, the page-frame bitmap and its buddy blocks.
 //! - [`page`]: Linux's `struct page` and the memory model that locates it.
 //! - [`bytefmt`]: number formatting into byte buffers without `core::fmt`.
+//! - [`lkdtm`], [`list_debug`], [`slab_debug`], [`ubsan`]: LKDTM's crash-point counting and
+//!   the hardening checks its crash types exercise.
 //! - [`elfcore`], [`elfnote`]: ELF headers, program headers and notes, read and written; the
 //!   host's vmcore library (`dumpd`) is built on them.
 //! - [`le`]: little-endian integers in byte slices, for every format here and on the host.
@@ -47,9 +49,13 @@ pub mod elfcore;
 pub mod elfnote;
 pub mod kexec;
 pub mod le;
+pub mod list_debug;
+pub mod lkdtm;
 pub mod memmap;
 pub mod page;
 pub mod printk;
+pub mod slab_debug;
 pub mod symbols;
+pub mod ubsan;
 pub mod vmcore;
 pub mod watchdog;

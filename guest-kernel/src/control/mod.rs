@@ -1,15 +1,18 @@
 //! The machine control channel: a kernel thread serving the host's requests on COM2 with the
-//! text protocol of `crashvisor_abi::control` (inject faults, sysctls, ps, uptime, dmesg,
-//! kexec and kdump).
+//! text protocol of `crashvisor_abi::control` (inject faults and LKDTM crash types, sysctls,
+//! ps, uptime, dmesg, kexec and kdump).
 
 mod kexec;
 
 use alloc::string::String;
+use core::sync::atomic::Ordering;
 
 use crashvisor_abi::control::{
     decode_value, encode_value, key, parse_line, parse_u32, parse_u64, ErrorCode, FaultKind, Line, Verb, HELLO_ID,
     MAX_MESSAGE_LEN, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
+use crashvisor_abi::control::{LkdtmRequest, LkdtmRequestError};
+use crashvisor_abi::lkdtm::CrashPoint;
 use crashvisor_abi::platform::EventKind;
 use crashvisor_abi::serial::COM2_PORT;
 
@@ -65,6 +68,7 @@ impl Response {
 }
 
 fn control_thread(_: usize) {
+    crate::wait_for_init();
     let mut hello = Response { line: alloc::format!("{HELLO_ID} hello") };
     hello_fields(&mut hello);
     hello.send();
@@ -176,6 +180,9 @@ fn serve_sysctl(request: &Line<'_>, value: Option<&str>) {
 
 fn serve_inject(request: &Line<'_>) {
     let id = request.id;
+    if let Some(lkdtm) = LkdtmRequest::from_line(request) {
+        return serve_lkdtm(id, lkdtm);
+    }
     let Some(kind) = request.arg(key::FAULT).and_then(FaultKind::from_name) else {
         return Response::err(id, ErrorCode::BadArgument, "missing or unknown fault").send();
     };
@@ -191,7 +198,12 @@ fn serve_inject(request: &Line<'_>) {
     };
     let mut message = decoded(request, key::MESSAGE).unwrap_or_else(|| String::from("crashvisor injected panic"));
     message.truncate(MAX_MESSAGE_LEN);
-    match inject::prepare(Fault { kind, cpu, duration_ms, message }) {
+    answer_injected(id, cpu, inject::prepare(Fault { kind, cpu, duration_ms, message }));
+}
+
+/// Answers with the pid of a prepared fault's task and starts it, or with why it failed.
+fn answer_injected(id: u32, cpu: usize, prepared: Result<u32, InjectError>) {
+    match prepared {
         Ok(pid) => {
             let mut r = Response::ok(id);
             r.value(key::PID, alloc::format!("{pid}").as_bytes());
@@ -208,5 +220,31 @@ fn serve_inject(request: &Line<'_>) {
             let code = if e == InjectError::NoMemory { ErrorCode::Busy } else { ErrorCode::BadArgument };
             Response::err(id, code, &text).send();
         }
+    }
+}
+
+/// `inject lkdtm=<TYPE> [cpoint=<NAME>] [count=<n>] [cpu=<n>]` (`LkdtmRequest` reads it).
+fn serve_lkdtm(id: u32, request: Result<LkdtmRequest, LkdtmRequestError<'_>>) {
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => return Response::err(id, e.code(), &alloc::format!("{e}")).send(),
+    };
+    let cpu = request.cpu.map(|c| c as usize);
+    if request.point == CrashPoint::Direct {
+        let cpu = cpu.unwrap_or(0);
+        return answer_injected(id, cpu, inject::prepare_lkdtm(request.kind, cpu));
+    }
+    if let Some(cpu) = cpu.filter(|&c| c >= smp::possible_cpus() || !percpu::of(c).online.load(Ordering::Relaxed)) {
+        return Response::err(id, ErrorCode::BadArgument, &alloc::format!("cpu {cpu} is not online")).send();
+    }
+    let count = request.count.map_or_else(crate::lkdtm::cpoint_count, |c| c as i32);
+    match crate::lkdtm::register(request.point, request.kind, Some(count), cpu) {
+        Ok(()) => {
+            let mut r = Response::ok(id);
+            r.value(key::CPOINT, request.point.as_str().as_bytes());
+            r.value(key::COUNT, alloc::format!("{count}").as_bytes());
+            r.send();
+        }
+        Err(_) => Response::err(id, ErrorCode::Unsupported, "the crash point is not supported").send(),
     }
 }

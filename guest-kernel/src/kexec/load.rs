@@ -190,7 +190,8 @@ fn build_elfcorehdr(at: u64) -> Result<(), LoadError> {
     drop(guard);
     // Task stacks live outside the direct map: give each its own PT_LOAD at its virtual
     // address, so tools can walk the crashed tasks' frames.
-    for task in crate::sched::task::iter().filter(|task| task.stack_phys != 0) {
+    let tasks = crate::sched::task::list();
+    for task in tasks.iter().filter(|task| task.stack_phys != 0) {
         builder.load(task.stack_base, task.stack_phys, task.stack_size).map_err(full)?;
     }
     builder.finish();

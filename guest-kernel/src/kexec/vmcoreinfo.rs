@@ -33,7 +33,7 @@ fn write(w: &mut dyn Write) -> fmt::Result {
     writeln!(w, "OFFSET(uts_namespace.name)=0")?;
     writeln!(w, "SYMBOL(swapper_pg_dir)={:x}", paging::top_table_virt())?;
     writeln!(w, "SYMBOL(_stext)={stext:x}")?;
-    writeln!(w, "NUMBER(VMALLOC_START)={:#x}", paging::VMALLOC_START)?;
+    writeln!(w, "NUMBER(VMALLOC_START)={:#x}", crate::arch::vmap::VMALLOC_START)?;
     memmap::write_vmcoreinfo(w)?;
     printk::write_vmcoreinfo(w)?;
     let (bitmap_pa, nr_frames) = mm::frame::bitmap_location();

@@ -1,75 +1,46 @@
-//! The kernel heap: power-of-two size classes from 16 to 2048 bytes carved out of pages, and
-//! whole pages from the frame allocator for anything larger.
+//! The kernel heap (Rust's global allocator): Linux's `kmalloc` — the `kmalloc-16` ..
+//! `kmalloc-2k` slab caches (`slab.rs`) for small allocations, whole pages from the frame
+//! allocator for anything larger.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 
-use crashvisor_klib::page::PageUse;
-
-use super::{frame, memmap};
-use crate::sync::SpinLock;
+use super::frame;
+use super::slab::{KmemCache, KMALLOC};
 
 const PAGE: usize = 4096;
-const MIN_CLASS_SHIFT: usize = 4;
-const CLASSES: usize = 8; // 16 .. 2048
-
-struct FreeLists {
-    heads: [usize; CLASSES],
-}
+/// Alignment every slab object has (objects start 16-byte aligned in their page).
+const SLAB_ALIGN: usize = 16;
 
 /// The global allocator.
-pub struct KernelHeap {
-    lists: SpinLock<FreeLists>,
+pub struct KernelHeap;
+
+/// The kmalloc cache for `layout`: the smallest that holds it, if its objects are aligned
+/// enough (a debug cache's objects are only 16-byte aligned; larger alignments take pages).
+fn cache_for(layout: &Layout) -> Option<&'static KmemCache> {
+    let cache = KMALLOC.iter().find(|c| c.object_size() >= layout.size().max(layout.align()))?;
+    let aligned = layout.align() <= SLAB_ALIGN || cache.layout().size.is_multiple_of(layout.align());
+    aligned.then_some(cache)
 }
 
-fn class_of(layout: &Layout) -> Option<usize> {
-    let size = layout.size().max(layout.align()).max(1 << MIN_CLASS_SHIFT);
-    let class = size.next_power_of_two().trailing_zeros() as usize - MIN_CLASS_SHIFT;
-    (class < CLASSES).then_some(class)
-}
-
-// SAFETY: blocks handed out are disjoint (each free-list entry or page run is owned by exactly
-// one user), aligned to their power-of-two size (which covers the layout's alignment), and the
-// lists are only touched under the lock with interrupts off.
+// SAFETY: slab objects and page runs handed out are disjoint (each owned by one user until
+// freed), aligned as the layout asks (`cache_for`, or page alignment), and the caches and the
+// frame allocator serialise their state under their locks.
 unsafe impl GlobalAlloc for KernelHeap {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some(class) = class_of(&layout) else {
-            return frame::alloc_pages(layout.size().div_ceil(PAGE)).map_or(null_mut(), |va| va as *mut u8);
-        };
-        let mut lists = self.lists.lock_irqsave();
-        if lists.heads[class] == 0 {
-            let Some(page) = frame::alloc_pages(1) else {
-                return null_mut();
-            };
-            memmap::set_use(page, PageUse::Slab);
-            let size = 1usize << (class + MIN_CLASS_SHIFT);
-            // Thread the new page's blocks onto the free list.
-            let mut next = 0usize;
-            for offset in (0..PAGE).step_by(size).rev() {
-                let block = page as usize + offset;
-                // SAFETY: `block` lies inside the page just allocated for this list.
-                unsafe { (block as *mut usize).write(next) };
-                next = block;
-            }
-            lists.heads[class] = next;
+        match cache_for(&layout) {
+            Some(cache) => cache.alloc_sized(layout.size()),
+            None => frame::alloc_pages(layout.size().div_ceil(PAGE)).map_or(null_mut(), |va| va as *mut u8),
         }
-        let block = lists.heads[class];
-        // SAFETY: free-list entries are blocks of this heap whose first word links the list.
-        lists.heads[class] = unsafe { (block as *const usize).read() };
-        block as *mut u8
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some(class) = class_of(&layout) else {
-            frame::free_pages(ptr as u64, layout.size().div_ceil(PAGE));
-            return;
-        };
-        let mut lists = self.lists.lock_irqsave();
-        // SAFETY: `ptr` was returned by `alloc` for the same class; the block is now unused.
-        unsafe { (ptr as *mut usize).write(lists.heads[class]) };
-        lists.heads[class] = ptr as usize;
+        match cache_for(&layout) {
+            Some(cache) => cache.free_sized(ptr, layout.size()),
+            None => frame::free_pages(ptr as u64, layout.size().div_ceil(PAGE)),
+        }
     }
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap { lists: SpinLock::new(FreeLists { heads: [0; CLASSES] }) };
+static HEAP: KernelHeap = KernelHeap;

@@ -1,9 +1,11 @@
 //! Memory management: address translation, the physical frame allocator, the `struct page`
-//! array that describes every frame, and the kernel heap.
+//! array that describes every frame, the slab caches and the kernel heap on them.
 
 pub mod frame;
 pub mod heap;
 pub mod memmap;
+pub mod slab;
+mod slab_debug;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

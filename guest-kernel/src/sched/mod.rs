@@ -1,12 +1,16 @@
 //! The scheduler: per-CPU run queues with a FIFO class above a round-robin normal class,
 //! preemption at interrupt exit and at `preempt_enable`, time slices only while tasks wait.
+//! Dead tasks are reaped as in Linux: once a task that exited has been switched away from, the
+//! next task hands it to kthreadd, which unlinks it from the task list and, after a grace
+//! period for the list's readers, frees its stack and its `Task`.
 
 pub mod task;
 pub mod wait;
 
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::ptr::null_mut;
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use self::task::{Policy, Task, PF_IDLE, PF_KTHREAD, TASK_DEAD, TASK_RUNNING};
 use crate::arch::idt::vector;
@@ -61,11 +65,19 @@ impl RunQueue {
 
 static RUN_QUEUES: [SpinLock<RunQueue>; MAX_CPUS] = [const { SpinLock::new(RunQueue::new()) }; MAX_CPUS];
 static SLICE_ARMED: [AtomicBool; MAX_CPUS] = [const { AtomicBool::new(false) }; MAX_CPUS];
+/// Per CPU: the task the last context switch left (Linux's `rq->prev`, for `finish_task_switch`).
+static SWITCHED_FROM: [AtomicPtr<Task>; MAX_CPUS] = [const { AtomicPtr::new(null_mut()) }; MAX_CPUS];
+/// Dead tasks waiting for kthreadd, linked through `Task::next_zombie`.
+static ZOMBIES: AtomicPtr<Task> = AtomicPtr::new(null_mut());
+/// kthreadd, the reaper.
+static KTHREADD: AtomicPtr<Task> = AtomicPtr::new(null_mut());
+/// How long kthreadd sleeps between looks while task-list readers finish.
+const GRACE_POLL_NS: u64 = 1_000_000;
 
 /// The task running on this CPU.
 pub fn current() -> &'static Task {
     // SAFETY: every CPU sets `current` (to its idle task) before it runs any code that can
-    // call this, and tasks are never freed.
+    // call this, and a task is freed only after it stopped running for good.
     unsafe { &*percpu::current() }
 }
 
@@ -123,7 +135,7 @@ mod heapless_name {
 /// `cpu` is `None`) and makes it runnable.
 pub fn spawn(name: &str, policy: Policy, cpu: Option<usize>, entry: fn(usize), arg: usize) -> Option<&'static Task> {
     let cpu = cpu.unwrap_or_else(least_loaded_cpu);
-    let (stack, stack_phys) = crate::arch::paging::alloc_stack(STACK_SIZE as u64)?;
+    let (stack, stack_phys) = crate::arch::vmap::alloc_stack(STACK_SIZE as u64)?;
     let pid = task::alloc_pid();
     // As in Linux: init (pid 1) is a child of pid 0; kernel threads are children of kthreadd.
     let ppid = if pid <= KTHREADD_PID { 0 } else { KTHREADD_PID };
@@ -138,6 +150,9 @@ pub fn spawn(name: &str, policy: Policy, cpu: Option<usize>, entry: fn(usize), a
     let task: &'static Task = Box::leak(Box::new(task));
     task.last_switch_time_ns.store(crate::time::now_ns(), Ordering::Relaxed);
     task::register(task);
+    if pid == KTHREADD_PID {
+        KTHREADD.store(task as *const Task as *mut Task, Ordering::Release);
+    }
     enqueue_and_kick(task);
     Some(task)
 }
@@ -216,15 +231,15 @@ fn arm_slice(cpu: usize) {
     }
 }
 
+/// Linux's `HARDIRQ_OFFSET`: how a hard interrupt shows in the preemption count it prints.
+const HARDIRQ_OFFSET: i32 = 0x1_0000;
+
 /// Picks the next task on this CPU and switches to it.
 pub fn schedule() {
-    if percpu::preempt_count() != 0 {
-        crate::pr_err!(
-            "BUG: scheduling while atomic: {}/{}/0x{:08x}",
-            current().comm(),
-            current().pid,
-            percpu::preempt_count()
-        );
+    let irqs = percpu::this().irq_depth.load(Ordering::Relaxed) as i32;
+    let atomic = percpu::preempt_count() + irqs * HARDIRQ_OFFSET;
+    if atomic != 0 || crate::arch::traps::in_interrupt() {
+        crate::pr_err!("BUG: scheduling while atomic: {}/{}/0x{:08x}", current().comm(), current().pid, atomic);
         return;
     }
     let was_enabled = irq::save();
@@ -280,16 +295,48 @@ pub fn schedule() {
     } else {
         prev.nvcsw.fetch_add(1, Ordering::Relaxed);
     }
+    SWITCHED_FROM[cpu].store(prev as *const Task as *mut Task, Ordering::Relaxed);
     // SAFETY: interrupts are off, `prev` is this CPU's current task and `next` is a runnable
     // task of this CPU whose saved stack pointer was written by a previous switch (or by
     // `initial_stack`). Neither can be switched to by another CPU meanwhile.
     unsafe { switch::switch_context(prev.saved_rsp.get(), *next.saved_rsp.get()) };
+    finish_task_switch();
     irq::restore(was_enabled);
+}
+
+/// Linux's `finish_task_switch`, in the task switched to (interrupts off): a task that left
+/// because it died is off its stack now, so kthreadd may reap it.
+fn finish_task_switch() {
+    let prev = SWITCHED_FROM[percpu::cpu_id()].swap(null_mut(), Ordering::Relaxed);
+    // SAFETY: `SWITCHED_FROM` holds the task this CPU just switched away from; a task is freed
+    // only by kthreadd, after this hand-over.
+    let Some(prev) = (unsafe { prev.as_ref() }) else { return };
+    if prev.state() != TASK_DEAD {
+        return;
+    }
+    let mut head = ZOMBIES.load(Ordering::Relaxed);
+    loop {
+        prev.next_zombie.store(head, Ordering::Relaxed);
+        match ZOMBIES.compare_exchange_weak(
+            head,
+            prev as *const Task as *mut Task,
+            Ordering::Release,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => break,
+            Err(now) => head = now,
+        }
+    }
+    // SAFETY: kthreadd never exits, so the pointer stays valid once set.
+    if let Some(reaper) = unsafe { KTHREADD.load(Ordering::Acquire).as_ref() } {
+        wake_up(reaper);
+    }
 }
 
 /// The Rust entry of a new task (called by `task_trampoline` with interrupts on).
 #[no_mangle]
 extern "C" fn task_entry() -> ! {
+    irq::without_interrupts(finish_task_switch);
     let task = current();
     if let Some(entry) = task.entry {
         entry(task.arg);
@@ -343,10 +390,40 @@ pub fn idle_loop() -> ! {
     }
 }
 
-/// kthreadd (pid 2): the parent of kernel threads. Ours creates none itself; it sleeps.
+/// kthreadd (pid 2): the parent of kernel threads, and their reaper (Linux reaps a dead
+/// kernel thread at once, `release_task`, and frees it after an RCU grace period).
 pub fn kthreadd(_: usize) {
     loop {
         set_current_state(task::TASK_INTERRUPTIBLE);
-        schedule();
+        let zombies = ZOMBIES.swap(null_mut(), Ordering::Acquire);
+        if zombies.is_null() {
+            schedule();
+            continue;
+        }
+        set_current_state(TASK_RUNNING);
+        reap(zombies);
+    }
+}
+
+/// Unlinks and frees the dead tasks chained from `first`.
+fn reap(first: *mut Task) {
+    let dead = || {
+        // SAFETY: the chain holds tasks handed over by `finish_task_switch`, freed only below.
+        core::iter::successors(unsafe { first.as_ref() }, |t| unsafe { t.next_zombie.load(Ordering::Relaxed).as_ref() })
+    };
+    for task in dead() {
+        task::unlink(task);
+    }
+    task::synchronize(|| sleep_ns_state(GRACE_POLL_NS, task::TASK_INTERRUPTIBLE));
+    let mut next = first;
+    while !next.is_null() {
+        // SAFETY: a dead, unlinked task no reader can reach any more (the grace period passed);
+        // it was leaked from a `Box` by `spawn`, and this is its only owner now.
+        let task = unsafe { Box::from_raw(next) };
+        next = task.next_zombie.load(Ordering::Relaxed);
+        if task.stack_phys != 0 {
+            crate::arch::vmap::free_stack(task.stack_base, task.stack_phys, task.stack_size);
+        }
+        drop(task);
     }
 }

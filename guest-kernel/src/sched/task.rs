@@ -3,7 +3,7 @@
 use core::cell::UnsafeCell;
 use core::fmt::{self, Write};
 use core::mem::{offset_of, size_of};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 use crate::sync::SpinLock;
 
@@ -73,6 +73,8 @@ pub struct Task {
     pub last_switch_time_ns: AtomicU64,
     /// The next task of the task list (null for the last one).
     next: AtomicPtr<Task>,
+    /// The next dead task waiting to be reaped (see `sched::finish_task_switch`).
+    pub(super) next_zombie: AtomicPtr<Task>,
 }
 
 // SAFETY: shared fields are atomics; `saved_rsp` is only accessed by the scheduler of the CPU
@@ -106,6 +108,7 @@ impl Task {
             last_switch_count: AtomicU64::new(0),
             last_switch_time_ns: AtomicU64::new(0),
             next: AtomicPtr::new(core::ptr::null_mut()),
+            next_zombie: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 
@@ -150,14 +153,18 @@ impl Task {
     }
 }
 
-/// The first task of the list of every task ever created, oldest first, linked through
-/// `Task::next` (dead ones stay, marked `X`; there are few). Tasks are leaked, never freed, so
-/// readers walk the list without a lock, and so can a crash-dump analyser
+/// The first task of the list of every task alive, oldest first, linked through `Task::next`.
+/// Readers walk it without a lock, inside a [`ListReader`]; the reaper unlinks a dead task and
+/// frees it only once every reader that could have reached it is gone (an SRCU-style grace
+/// period: [`synchronize`]). A crash-dump analyser walks it too
 /// (`SYMBOL(crashvisor_task_list)` in VMCOREINFO).
 static TASK_LIST: AtomicPtr<Task> = AtomicPtr::new(core::ptr::null_mut());
 /// The last task of the list; the lock serialises writers.
 static TASK_LIST_TAIL: SpinLock<Option<&'static Task>> = SpinLock::new(None);
 static NEXT_PID: AtomicU32 = AtomicU32::new(1);
+/// The grace-period epoch, and the readers inside each parity of it.
+static EPOCH: AtomicUsize = AtomicUsize::new(0);
+static READERS: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
 
 /// Allocates the next pid.
 pub(super) fn alloc_pid() -> u32 {
@@ -176,16 +183,74 @@ pub(super) fn register(task: &'static Task) {
     *tail = Some(task);
 }
 
-/// Every task, in creation order, without locking (tasks added meanwhile may be seen or not).
-pub fn iter() -> impl Iterator<Item = &'static Task> {
-    core::iter::successors(follow(&TASK_LIST), |task| follow(&task.next))
+/// Unlinks `task` from the task list. Readers already standing on it can still follow its
+/// `next`; it may be freed only after [`synchronize`].
+pub(super) fn unlink(task: &Task) {
+    let mut tail = TASK_LIST_TAIL.lock_irqsave();
+    let mut link = &TASK_LIST;
+    let mut previous = None;
+    while let Some(current) = follow(link) {
+        if core::ptr::eq(current, task) {
+            link.store(task.next.load(Ordering::Acquire), Ordering::Release);
+            if tail.is_some_and(|last| core::ptr::eq(last, task)) {
+                *tail = previous;
+            }
+            return;
+        }
+        previous = Some(current);
+        link = &current.next;
+    }
+}
+
+/// A read-side critical section of the task list: tasks seen through it stay allocated until
+/// it is dropped.
+pub struct ListReader {
+    epoch: usize,
+}
+
+impl ListReader {
+    /// Every task, in creation order (tasks added meanwhile may be seen or not).
+    pub fn iter(&self) -> impl Iterator<Item = &Task> {
+        core::iter::successors(follow(&TASK_LIST), |task| follow(&task.next))
+    }
+}
+
+impl Drop for ListReader {
+    fn drop(&mut self) {
+        READERS[self.epoch & 1].fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Enters a read-side critical section of the task list. Lock-free and safe in any context
+/// (an NMI, the crash path); a reader may sleep, which only delays the reaper.
+pub fn list() -> ListReader {
+    loop {
+        let epoch = EPOCH.load(Ordering::SeqCst);
+        READERS[epoch & 1].fetch_add(1, Ordering::SeqCst);
+        // A reader counted under an epoch the reaper has already closed never walks: it
+        // retries under the new one, so a closed epoch's count only ever drains.
+        if EPOCH.load(Ordering::SeqCst) == epoch {
+            return ListReader { epoch };
+        }
+        READERS[epoch & 1].fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits (calling `wait` between looks) until every reader that entered before this call has
+/// left: tasks unlinked before it can then be freed. Reaper only (one caller at a time).
+pub(super) fn synchronize(mut wait: impl FnMut()) {
+    let closed = EPOCH.fetch_add(1, Ordering::SeqCst);
+    while READERS[closed & 1].load(Ordering::SeqCst) != 0 {
+        wait();
+    }
 }
 
 /// The task a link of the list (`TASK_LIST` or a `Task::next`) points at.
 fn follow(link: &AtomicPtr<Task>) -> Option<&'static Task> {
-    // SAFETY: the links of the list only ever hold leaked `&'static Task`s (see `register`),
-    // stored with release ordering, so a non-null pointer loaded with acquire ordering points
-    // at a live, initialised task.
+    // SAFETY: the links of the list only ever hold tasks leaked by `sched::spawn` (see
+    // `register`), stored with release ordering, so a non-null pointer loaded with acquire
+    // ordering points at an initialised task; a task is freed only after it was unlinked and a
+    // grace period passed, so callers inside a `ListReader` never see a freed one.
     unsafe { link.load(Ordering::Acquire).as_ref() }
 }
 

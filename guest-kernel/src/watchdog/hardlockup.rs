@@ -92,9 +92,7 @@ fn report(reporter: usize, victim: usize, regs: Option<&PtRegs>) {
     match regs {
         Some(regs) if reporter == victim => {
             crate::kexec::crash::set_regs(regs);
-            dumpstack::print_cpu_header(KERN_EMERG);
-            dumpstack::show_regs(KERN_EMERG, regs);
-            dumpstack::print_trace_from(KERN_EMERG, regs.rbp, None, None);
+            dumpstack::show_interrupted(KERN_EMERG, regs);
         }
         _ => nmi::request_backtrace(victim),
     }

@@ -53,14 +53,12 @@ fn report(cpu: usize, duration: u64) {
         task.pid
     );
     crate::pr_emerg!("Modules linked in:");
-    dumpstack::print_cpu_header(KERN_EMERG);
     match traps::irq_regs() {
         Some(regs) => {
             crate::kexec::crash::set_regs(&regs);
-            dumpstack::show_regs(KERN_EMERG, &regs);
-            dumpstack::print_trace_from(KERN_EMERG, regs.rbp, None, None);
+            dumpstack::show_interrupted(KERN_EMERG, &regs);
         }
-        None => dumpstack::print_trace_from(KERN_EMERG, dumpstack::current_frame(), None, None),
+        None => dumpstack::dump_stack(KERN_EMERG),
     }
     if all_cpus {
         nmi::backtrace_all_but_self();

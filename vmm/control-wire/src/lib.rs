@@ -4,14 +4,20 @@
 //! A client writes one [`Request`] per line, tagged by `cmd`, with an `id` of its choosing;
 //! the VMM answers each with a [`Response`] carrying the same id, and sends every client each
 //! [`Event`] as it happens. The guest-facing names (fault kinds, kexec and kdump operations)
-//! and limits come from `crashvisor_abi`, the contract with the guest kernel.
+//! and limits, and LKDTM's crash types and points, come from `crashvisor_abi`, the contract with
+//! the guest kernel.
 //!
 //! ```
 //! use crashvisor_abi::control::FaultKind;
-//! use crashvisor_control::{parse_request, Event, LockupKind, Request, Response, ServerLine};
+//! use crashvisor_control::{parse_request, Event, Injection, LockupKind, Request, Response, ServerLine};
 //!
 //! // The client side: a request line...
-//! let inject = Request::Inject { fault: FaultKind::SoftLockup, cpu: Some(1), duration_ms: Some(5000), message: None };
+//! let inject = Request::Inject(Injection::Fault {
+//!     fault: FaultKind::SoftLockup,
+//!     cpu: Some(1),
+//!     duration_ms: Some(5000),
+//!     message: None,
+//! });
 //! let line = inject.to_line(1);
 //! assert_eq!(line, "{\"id\":1,\"cmd\":\"inject\",\"fault\":\"softlockup\",\"cpu\":1,\"duration_ms\":5000}\n");
 //!
@@ -30,12 +36,14 @@
 
 pub mod event;
 pub mod hex;
+pub mod inject;
 pub mod names;
 pub mod request;
 pub mod response;
 pub mod status;
 
 pub use event::{CrashInfo, Event, LockupKind, PanicAbout, PanicSource, ResetCause};
+pub use inject::Injection;
 pub use names::WireName;
 pub use request::{parse_request, ClientRequest, Rejected, Request, SysctlValue};
 pub use response::{ControlError, ControlErrorCode, Response, ServerLine};

@@ -1,10 +1,12 @@
-//! Names on the socket: the guest protocol's (`crashvisor_abi`: fault kinds, kexec and kdump
-//! operations, kdump actions, panic detectors) and this crate's own (error codes, lockup kinds,
-//! machine states, ...) travel as their wire names, and an unknown name is refused with the list
-//! of the known ones. The abi's names take `#[serde(with = "crate::names")]` ([`option`] for optional
+//! Names on the socket: the guest protocol's (`crashvisor_abi`: fault kinds, LKDTM crash types
+//! and crash points, kexec and kdump operations, kdump actions, panic detectors) and this
+//! crate's own (error codes, lockup kinds, machine states, ...) travel as their wire names, and
+//! an unknown name is refused with the list of the known ones. The abi's names take
+//! `#[serde(with = "crate::names")]` ([`option`] for optional
 //! fields); this crate's implement `Serialize` and `Deserialize` themselves.
 
 use crashvisor_abi::control::{FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp};
+use crashvisor_abi::lkdtm::{CrashPoint, CrashType};
 use crashvisor_abi::platform::Detector;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -51,6 +53,8 @@ macro_rules! wire_names {
 
 wire_names! {
     FaultKind: "fault", FaultKind::ALL;
+    CrashType: "LKDTM crash type", CrashType::ALL;
+    CrashPoint: "LKDTM crash point", CrashPoint::ALL;
     KexecOp: "kexec op", KexecOp::ALL;
     KexecKind: "kexec kind", KexecKind::ALL;
     KdumpOp: "kdump op", KdumpOp::ALL;

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use crashvisor_abi::control::{
-    is_sysctl_name, FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp, Verb, MAX_MESSAGE_LEN, MAX_SYSCTL_NAME_LEN,
-    MAX_SYSCTL_VALUE_LEN,
+    is_sysctl_name, KdumpAction, KdumpOp, KexecKind, KexecOp, Verb, MAX_SYSCTL_NAME_LEN, MAX_SYSCTL_VALUE_LEN,
 };
 use crashvisor_abi::dump::DUMP_LEVEL_ALL;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::inject::Injection;
 use crate::response::{ControlError, ControlErrorCode};
 
 /// Longest request line a client may send, without its `\n`.
@@ -65,21 +65,8 @@ pub enum Request {
     },
     /// The guest's protocol version, release and CPUs.
     Hello {},
-    /// Inject a fault.
-    Inject {
-        /// Which fault.
-        #[serde(with = "crate::names")]
-        fault: FaultKind,
-        /// The CPU it runs on (default 0).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        cpu: Option<u32>,
-        /// How long a lockup lasts (absent: until reboot).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        duration_ms: Option<u64>,
-        /// The panic message, at most `MAX_MESSAGE_LEN` bytes.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        message: Option<String>,
-    },
+    /// Inject a fault of ours or an LKDTM crash type.
+    Inject(Injection),
     /// Read a sysctl.
     SysctlGet {
         /// Its name (`kernel.panic`).
@@ -170,7 +157,7 @@ impl Request {
             Self::ReadMemory { .. } => "read_memory",
             Self::WriteMemory { .. } => "write_memory",
             Self::Hello { .. } => "hello",
-            Self::Inject { .. } => "inject",
+            Self::Inject(_) => "inject",
             Self::SysctlGet { .. } => "sysctl_get",
             Self::SysctlSet { .. } => "sysctl_set",
             Self::Ps { .. } => "ps",
@@ -186,7 +173,7 @@ impl Request {
     pub fn guest_verb(&self) -> Option<Verb> {
         Some(match self {
             Self::Hello {} => Verb::Hello,
-            Self::Inject { .. } => Verb::Inject,
+            Self::Inject(_) => Verb::Inject,
             Self::SysctlGet { .. } => Verb::SysctlGet,
             Self::SysctlSet { .. } => Verb::SysctlSet,
             Self::Ps {} => Verb::Ps,
@@ -213,9 +200,7 @@ impl Request {
             }
             Self::WriteMemory { data_hex, .. } if data_hex.is_empty() => Err(bad("data_hex is empty")),
             Self::WriteMemory { data_hex, .. } => crate::hex::decode(data_hex).map(drop).map_err(bad),
-            Self::Inject { message: Some(message), .. } if message.len() > MAX_MESSAGE_LEN => {
-                Err(bad(format!("the message is {} bytes; the limit is {MAX_MESSAGE_LEN}", message.len())))
-            }
+            Self::Inject(injection) => injection.check(),
             Self::SysctlGet { name, .. } => check_sysctl_name(name),
             Self::SysctlSet { name, value, .. } => {
                 check_sysctl_name(name)?;
@@ -360,6 +345,8 @@ fn refusal(cmd: &str, error: serde_json::Error) -> ControlError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crashvisor_abi::control::{FaultKind, MAX_MESSAGE_LEN};
+    use crashvisor_abi::lkdtm::{CrashPoint, CrashType};
 
     fn parse(line: &str) -> Result<ClientRequest, Rejected> {
         parse_request(line.as_bytes())
@@ -374,11 +361,32 @@ mod tests {
         let line = r#"{"id":1,"cmd":"inject","fault":"softlockup","cpu":1,"duration_ms":5000}"#;
         let req = parse(line).unwrap();
         assert_eq!(req.id, json!(1));
-        let inject =
-            Request::Inject { fault: FaultKind::SoftLockup, cpu: Some(1), duration_ms: Some(5000), message: None };
+        let inject = Request::Inject(Injection::Fault {
+            fault: FaultKind::SoftLockup,
+            cpu: Some(1),
+            duration_ms: Some(5000),
+            message: None,
+        });
         assert_eq!(req.request, inject);
         assert_eq!(req.guest_timeout(), DEFAULT_GUEST_TIMEOUT);
         assert_eq!(inject.to_line(1), format!("{line}\n"), "the same line back");
+    }
+
+    #[test]
+    fn lkdtm_injections_are_typed_and_checked_as_the_guest_checks_them() {
+        let line =
+            r#"{"id":2,"cmd":"inject","lkdtm":"PANIC_IN_HARDIRQ","cpoint":"INT_HARDWARE_ENTRY","count":3,"cpu":1}"#;
+        let request = parse(line).unwrap().request;
+        let lkdtm = Injection::lkdtm_at(CrashType::PANIC_IN_HARDIRQ, CrashPoint::IntHardwareEntry, Some(3), Some(1));
+        assert_eq!(request, Request::Inject(lkdtm.clone()));
+        assert_eq!(request.guest_verb(), Some(Verb::Inject));
+        assert_eq!(Request::Inject(lkdtm).to_line(2), format!("{line}\n"), "the same line back");
+        let refused = |line: &str| parse(line).map(drop).map_err(|e| e.error.code.as_str());
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"USERCOPY_KERNEL"}"#), Err("unsupported"));
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"FS_SUBMIT_BH"}"#), Err("unsupported"));
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","cpoint":"TIMERADD","count":0}"#), Err("bad_argument"));
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","fault":"bug"}"#), Err("bad_argument"));
+        assert_eq!(refused(r#"{"cmd":"inject","lkdtm":"BUG","timeout_ms":500}"#), Ok(()));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crashvisor_abi::control::{
     self as wire, decode_value, key, parse_u32, parse_u64, Encoded, Line, Verb, MAX_REQUEST_LEN, PROTOCOL_VERSION,
 };
-use crashvisor_control::{ControlError, ControlErrorCode, Request};
+use crashvisor_control::{ControlError, ControlErrorCode, Injection, Request};
 use serde_json::{Map, Value};
 
 /// A request for the guest, validated.
@@ -31,11 +31,16 @@ impl GuestRequest {
         let mut args: Vec<(&'static str, Vec<u8>)> = Vec::new();
         let mut arg = |key, value: Option<String>| args.extend(value.map(|v| (key, v.into_bytes())));
         match request {
-            Request::Inject { fault, cpu, duration_ms, message } => {
+            Request::Inject(Injection::Fault { fault, cpu, duration_ms, message }) => {
                 arg(key::FAULT, Some(fault.as_str().into()));
                 arg(key::CPU, Some(cpu.unwrap_or(0).to_string()));
                 arg(key::DURATION_MS, duration_ms.map(|ms| ms.to_string()));
                 arg(key::MESSAGE, message.clone());
+            }
+            Request::Inject(Injection::Lkdtm(lkdtm)) => {
+                for (key, value) in lkdtm.args() {
+                    arg(key, Some(value.to_string()));
+                }
             }
             Request::SysctlGet { name } => arg(key::NAME, Some(name.clone())),
             Request::SysctlSet { name, value } => {
@@ -80,7 +85,7 @@ pub fn request_line(id: u32, request: &GuestRequest) -> Result<String, ControlEr
 
 /// Keys whose values are numbers in JSON results.
 const NUMERIC_KEYS: &[&str] =
-    &[key::PID, key::NS, key::NEXT, key::CPUS, key::VERSION, key::CRASH_SIZE, key::DUMP_LEVEL];
+    &[key::PID, key::NS, key::NEXT, key::CPUS, key::VERSION, key::CRASH_SIZE, key::DUMP_LEVEL, key::COUNT];
 /// Keys whose values (`0` or `1`) are booleans in JSON results; every other value is a string.
 const BOOLEAN_KEYS: &[&str] = &[key::LOADED, key::CRASH_LOADED];
 
@@ -264,6 +269,13 @@ mod tests {
         assert_eq!(g.args, vec![("name", b"kernel.softlockup_panic".to_vec())]);
         let g = guest(r#"{"cmd":"dmesg"}"#);
         assert_eq!(g.args, vec![("since", b"0".to_vec())]);
+        let g = guest(r#"{"cmd":"inject","lkdtm":"PANIC_IN_HARDIRQ","cpoint":"INT_HARDWARE_ENTRY","count":3,"cpu":1}"#);
+        assert_eq!(
+            request_line(5, &g).unwrap(),
+            "5 inject lkdtm=PANIC_IN_HARDIRQ cpoint=INT_HARDWARE_ENTRY count=3 cpu=1\n"
+        );
+        let g = guest(r#"{"cmd":"inject","lkdtm":"BUG"}"#);
+        assert_eq!(g.args, vec![("lkdtm", b"BUG".to_vec()), ("cpoint", b"DIRECT".to_vec())], "DIRECT by default");
         let g = guest(r#"{"cmd":"inject","fault":"panic","message":"a b"}"#);
         assert_eq!(g.args[1], ("cpu", b"0".to_vec()), "cpu defaults to 0");
         assert_eq!(g.args[2], ("message", b"a b".to_vec()));
@@ -314,6 +326,11 @@ mod tests {
             "value stays text; a non-numeric pid stays text; the first duplicate wins"
         );
         assert_eq!(result("3 ok text=%FF").unwrap(), json!({"text": "\u{fffd}"}));
+        assert_eq!(
+            result("3 ok cpoint=TIMERADD count=3").unwrap(),
+            json!({"cpoint": "TIMERADD", "count": 3}),
+            "an LKDTM registration"
+        );
     }
 
     #[test]

@@ -70,11 +70,18 @@ static STACKS: PerCpuStacks = PerCpuStacks(UnsafeCell::new(
         MAX_CPUS],
 ));
 
-/// Top of CPU `cpu`'s NMI stack (for recognising NMI context in backtraces).
+/// CPU `cpu`'s NMI stack, `[low, high)` (for recognising NMI context in backtraces).
 pub fn nmi_stack_range(cpu: usize) -> (u64, u64) {
     // SAFETY: only the address is taken; `cpu` indexes within the array (callers pass < MAX_CPUS).
     let base = unsafe { (*STACKS.0.get())[cpu].nmi.as_ptr() as u64 };
     (base, base + NMI_STACK_SIZE as u64)
+}
+
+/// CPU `cpu`'s double-fault stack, `[low, high)`.
+pub fn double_fault_stack_range(cpu: usize) -> (u64, u64) {
+    // SAFETY: only the address is taken; `cpu` indexes within the array (callers pass < MAX_CPUS).
+    let base = unsafe { (*STACKS.0.get())[cpu].double_fault.as_ptr() as u64 };
+    (base, base + DF_STACK_SIZE as u64)
 }
 
 /// Builds and loads CPU `cpu`'s GDT and TSS and reloads the segment registers.

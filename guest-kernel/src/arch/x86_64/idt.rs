@@ -80,9 +80,9 @@ interrupt_common:
     push r14
     push r15
     mov rsi, rsp
-    sub rsp, 8                  /* 16-byte alignment for the call */
+    push rdi                    /* the vector: for unwinders, and 16-byte alignment */
     call interrupt_dispatch
-    add rsp, 8
+1:  add rsp, 8
     pop r15
     pop r14
     pop r13
@@ -104,6 +104,9 @@ interrupt_common:
 
     .section .rodata
     .balign 8
+    .globl interrupt_return_address
+interrupt_return_address:
+    .quad 1b
     .globl interrupt_stub_table
 interrupt_stub_table:
     .irp n, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,51,52,236,252,253,254,255
@@ -118,6 +121,24 @@ interrupt_stub_table_end:
 extern "C" {
     static interrupt_stub_table: [u64; 0];
     static interrupt_stub_table_end: [u64; 0];
+    static interrupt_return_address: u64;
+}
+
+/// Where an interrupt frame sits relative to the frame pointer of `interrupt_dispatch`: a frame
+/// whose return address is [`interrupt_return`] is `interrupt_dispatch`'s, and above its saved
+/// `rbp` and that return address lie the vector and then the interrupted registers.
+pub mod frame {
+    /// Offset from `interrupt_dispatch`'s `rbp` of the vector `interrupt_common` pushed.
+    pub const VECTOR: u64 = 16;
+    /// Offset from `interrupt_dispatch`'s `rbp` of the interrupted `PtRegs`.
+    pub const REGS: u64 = 24;
+}
+
+/// The return address of `interrupt_common`'s call into `interrupt_dispatch`: an unwinder that
+/// finds it knows the frame below is an interrupt's (see [`frame`]).
+pub fn interrupt_return() -> u64 {
+    // SAFETY: a constant quad the assembly above stores in .rodata.
+    unsafe { interrupt_return_address }
 }
 
 #[repr(C, align(16))]

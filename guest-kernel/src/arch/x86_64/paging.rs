@@ -1,7 +1,9 @@
 //! The kernel's page tables: the boot code's kernel map, plus the direct map of physical memory
 //! at `PAGE_OFFSET`. The direct map uses 1 GiB pages when the CPU has them (a handful of
 //! entries), else 2 MiB pages from a static pool of page directories; either way it is cheap to
-//! build under an instruction emulator and needs no allocator.
+//! build under an instruction emulator and needs no allocator. It is never executable (Linux's
+//! `NX` direct map). The vmalloc area is `vmap.rs`'s, the kernel image's permissions
+//! `kernel_map.rs`'s.
 
 use core::cell::UnsafeCell;
 
@@ -10,11 +12,11 @@ use crashvisor_abi::layout::{IOAPIC_GPA, PAGE_OFFSET};
 use super::cpu;
 use crate::mm;
 
-const PRESENT: u64 = 1;
-const WRITABLE: u64 = 1 << 1;
+pub(super) const PRESENT: u64 = 1;
+pub(super) const WRITABLE: u64 = 1 << 1;
 const WRITE_THROUGH: u64 = 1 << 3;
 const CACHE_DISABLE: u64 = 1 << 4;
-const HUGE: u64 = 1 << 7;
+pub(super) const HUGE: u64 = 1 << 7;
 const GIB: u64 = 1 << 30;
 const MIB2: u64 = 1 << 21;
 
@@ -49,7 +51,7 @@ pub fn init_direct_map(end: u64) -> u64 {
     let mapped = if gib_pages_supported() {
         let end = end.clamp(4 * GIB, 512 * GIB);
         for (i, entry) in pdpt.iter_mut().enumerate().take(end.div_ceil(GIB) as usize) {
-            *entry = (i as u64 * GIB) | HUGE | WRITABLE | PRESENT;
+            *entry = (i as u64 * GIB) | NO_EXECUTE | HUGE | WRITABLE | PRESENT;
         }
         end
     } else {
@@ -62,16 +64,16 @@ pub fn init_direct_map(end: u64) -> u64 {
             pdpt[gib] = mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
         };
         for pa in (0..end.div_ceil(MIB2)).map(|i| i * MIB2) {
-            map_2m(pa, WRITABLE);
+            map_2m(pa, NO_EXECUTE | WRITABLE);
         }
-        map_2m(IOAPIC_GPA & !(MIB2 - 1), WRITABLE | WRITE_THROUGH | CACHE_DISABLE);
+        map_2m(IOAPIC_GPA & !(MIB2 - 1), NO_EXECUTE | WRITABLE | WRITE_THROUGH | CACHE_DISABLE);
         end
     };
     let pdpt_phys = mm::kernel_virt_to_phys(DIRECT_MAP_PDPT.0.get() as u64);
     let index = ((PAGE_OFFSET >> 39) & 511) as usize;
     // SAFETY: installs the direct map in an unused top-level slot of the live page table; no
-    // existing translation changes, so no TLB flush is needed.
-    unsafe { (*init_top_pgt.get())[index] = pdpt_phys | WRITABLE | PRESENT };
+    // existing translation changes, so no TLB flush is needed. NX at the top covers it all.
+    unsafe { (*init_top_pgt.get())[index] = pdpt_phys | NO_EXECUTE | WRITABLE | PRESENT };
     mapped
 }
 
@@ -89,7 +91,7 @@ pub fn map_outside_ram(start: u64, end: u64) {
         let gib = (pa / GIB) as usize;
         // SAFETY: as above; `gib` < POOL_DIRECTORIES because `pa` < DIRECT_MAP_MAX_2M.
         let pd = unsafe { &mut *DIRECT_MAP_PDS[gib].0.get() };
-        pd[((pa / MIB2) % 512) as usize] = pa | HUGE | PRESENT;
+        pd[((pa / MIB2) % 512) as usize] = pa | NO_EXECUTE | HUGE | PRESENT;
         pdpt[gib] = mm::kernel_virt_to_phys(DIRECT_MAP_PDS[gib].0.get() as u64) | WRITABLE | PRESENT;
         pa += MIB2;
     }
@@ -127,16 +129,14 @@ pub fn print_walk(address: u64) {
     crate::pr_alert!("PGD {:x} P4D {:x} PUD {:x} PMD {:x} ", pgd, pgd, pud, pmd);
 }
 
-/// Base of the kernel stack area (Linux's `VMALLOC_START`): stacks mapped with 4 KiB pages and
-/// an unmapped guard page below each, so an overflow faults instead of corrupting memory.
-pub const VMALLOC_START: u64 = 0xffff_c900_0000_0000;
-/// Virtual space per stack: the guard page, the stack, and unmapped padding.
-const STACK_SLOT: u64 = 64 * 1024;
 const PAGE: u64 = 4096;
-const NO_EXECUTE: u64 = 1 << 63;
+/// Linux's `_PAGE_NX`.
+pub(super) const NO_EXECUTE: u64 = 1 << 63;
+/// The physical-address bits of a page-table entry.
+pub(super) const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 
-static NEXT_STACK_SLOT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-static MAP_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
+/// Serialises every writer of the kernel's page tables after boot.
+pub(super) static MAP_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
 
 /// A zeroed page-table page (physical address).
 fn new_table() -> Option<u64> {
@@ -147,47 +147,22 @@ fn new_table() -> Option<u64> {
     Some(mm::virt_to_phys(va))
 }
 
-/// The next-level table of `entry`, creating it if absent.
-fn next_table(entry: &mut u64) -> Option<&'static mut [u64; 512]> {
+/// The next-level table of a non-leaf `entry`, creating it if absent. Hold `MAP_LOCK`.
+pub(super) fn next_table(entry: &mut u64) -> Option<&'static mut [u64; 512]> {
     if *entry & PRESENT == 0 {
         *entry = new_table()? | WRITABLE | PRESENT;
     }
-    let va = mm::phys_to_virt(*entry & 0x000f_ffff_ffff_f000);
+    let va = mm::phys_to_virt(*entry & ADDRESS_MASK);
     // SAFETY: a present non-huge entry of the kernel's tables points at a page-table page, which
     // the direct map covers; MAP_LOCK serialises every writer.
     Some(unsafe { &mut *(va as *mut [u64; 512]) })
 }
 
-/// Maps the 4 KiB page at `va` to `pa` (writable, not executable) in the kernel page table.
-fn map_4k(va: u64, pa: u64) -> Option<()> {
-    let _guard = MAP_LOCK.lock_irqsave();
-    // SAFETY: the live top-level table; MAP_LOCK serialises writers, and filling an empty slot
-    // changes no existing translation.
-    let pml4 = unsafe { &mut *init_top_pgt.get() };
-    let pdpt = next_table(&mut pml4[((va >> 39) & 511) as usize])?;
-    let pd = next_table(&mut pdpt[((va >> 30) & 511) as usize])?;
-    let pt = next_table(&mut pd[((va >> 21) & 511) as usize])?;
-    pt[((va >> 12) & 511) as usize] = pa | NO_EXECUTE | WRITABLE | PRESENT;
-    Some(())
-}
-
-/// Allocates a kernel stack of `size` bytes (a multiple of 4 KiB, at most 60 KiB) with a
-/// guard page below it; returns its lowest virtual address and the physical address of its
-/// (contiguous) memory, which a vmcore maps back to the virtual one. Not zeroed.
-pub fn alloc_stack(size: u64) -> Option<(u64, u64)> {
-    let size = size.min(STACK_SLOT - PAGE);
-    let slot = NEXT_STACK_SLOT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let base = VMALLOC_START + slot * STACK_SLOT + PAGE;
-    let phys = mm::virt_to_phys(mm::frame::alloc_pages((size / PAGE) as usize)?);
-    for offset in (0..size).step_by(PAGE as usize) {
-        map_4k(base + offset, phys + offset)?;
-    }
-    Some((base, phys))
-}
-
-/// Whether `address` is in the guard page below the stack that starts at `stack_base`.
-pub fn is_guard_page(address: u64, stack_base: u64) -> bool {
-    stack_base >= VMALLOC_START && address < stack_base && address >= stack_base - PAGE
+/// The live top-level table. Hold `MAP_LOCK` to change it.
+pub(super) fn top_table() -> &'static mut [u64; 512] {
+    // SAFETY: the boot code's table lives for ever; writers serialise on MAP_LOCK, and filling
+    // or changing entries is followed by the TLB flushes each writer needs.
+    unsafe { &mut *init_top_pgt.get() }
 }
 
 /// Removes the boot identity map of low memory once every AP is up (nothing runs there any
@@ -219,7 +194,7 @@ pub fn restore_identity_map() {
 }
 
 /// Flushes this CPU's TLB (non-global entries) by reloading CR3.
-fn flush_tlb(_: usize) {
+pub(super) fn flush_tlb(_: usize) {
     // SAFETY: reloading CR3 with its current value only drops cached translations.
     unsafe { core::arch::asm!("mov {0}, cr3", "mov cr3, {0}", out(reg) _, options(nostack, preserves_flags)) };
 }

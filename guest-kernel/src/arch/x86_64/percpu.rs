@@ -32,6 +32,8 @@ pub struct PerCpu {
     pub online: AtomicBool,
     /// Interrupt nesting depth (non-zero while in an interrupt handler).
     pub irq_depth: AtomicU32,
+    /// NMI and double-fault nesting depth (Linux's `nmi_enter`).
+    pub nmi_depth: AtomicU32,
     /// This CPU's idle task.
     pub idle: AtomicPtr<Task>,
 }
@@ -47,6 +49,7 @@ impl PerCpu {
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),
             irq_depth: AtomicU32::new(0),
+            nmi_depth: AtomicU32::new(0),
             idle: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
