@@ -17,6 +17,7 @@
 //!     token: None,
 //!     limits: api::limits::Limits::for_host(host),
 //!     retention: Default::default(),
+//!     fleet: None,
 //! })?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, api::app(state)).await?;
@@ -32,6 +33,7 @@ pub mod clock;
 pub mod error;
 pub mod events;
 pub mod extract;
+pub mod remote;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;

@@ -9,6 +9,7 @@ use dumpd::store::CrashStore;
 
 use crate::analysis::Symbols;
 use crate::events::EventBus;
+use crate::remote::{Fleet, FleetConfig};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::supervisor::vm::Services;
@@ -28,7 +29,11 @@ pub struct ServiceConfig {
     /// The limits.
     pub limits: Limits,
     /// What the crash store keeps (`--keep-per-vm`, `--keep-bytes`); every VMM prunes by it.
+    /// With a fleet store the VMMs prune nothing (the spool drains by uploads) and the fleet's
+    /// own retention applies to this host's prefix in the store.
     pub retention: dumpd::store::Retention,
+    /// The fleet's crash store (`--crash-store`), if any: the crash directory is then its spool.
+    pub fleet: Option<FleetConfig>,
 }
 
 struct Inner {
@@ -40,6 +45,7 @@ struct Inner {
     started: Instant,
     symbols: Symbols,
     cache_dir: PathBuf,
+    fleet: Option<Fleet>,
 }
 
 /// The shared state of the service.
@@ -48,22 +54,33 @@ pub struct AppState(Arc<Inner>);
 
 impl AppState {
     /// Opens (creates) the crash store and sets up an empty supervisor.
-    pub fn new(config: ServiceConfig) -> Result<Self, dumpd::store::StoreError> {
+    pub fn new(config: ServiceConfig) -> Result<Self, fleet::FleetError> {
         let store = CrashStore::open(&config.crash_dir)?;
         let bus = Arc::new(EventBus::new());
         let metrics = Arc::new(Metrics::default());
         let symbols = Symbols::new(config.run_dir.join("guest-kernel.elf"));
         let cache_dir = config.run_dir.join("cache");
-        let paths = Paths {
-            exe: config.exe,
-            run_dir: config.run_dir,
-            crash_dir: config.crash_dir,
-            retention: config.retention,
+        let fleet = match config.fleet {
+            Some(fleet) => Some(Fleet::new(fleet, &store, cache_dir.join("store"))?),
+            None => None,
         };
+        // With a fleet store the spool must drain by uploads only.
+        let retention = if fleet.is_some() { dumpd::store::Retention::default() } else { config.retention };
+        let paths = Paths { exe: config.exe, run_dir: config.run_dir, crash_dir: config.crash_dir, retention };
         let services = Services { bus: bus.clone(), metrics: metrics.clone() };
         let supervisor = Supervisor::new(paths, config.limits, services);
         let started = Instant::now();
-        Ok(Self(Arc::new(Inner { supervisor, store, bus, metrics, token: config.token, started, symbols, cache_dir })))
+        Ok(Self(Arc::new(Inner {
+            supervisor,
+            store,
+            bus,
+            metrics,
+            token: config.token,
+            started,
+            symbols,
+            cache_dir,
+            fleet,
+        })))
     }
 
     /// The VMs.
@@ -84,6 +101,21 @@ impl AppState {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The event bus, shared.
+    pub fn bus_arc(&self) -> Arc<EventBus> {
+        self.0.bus.clone()
+    }
+
+    /// The metrics, shared.
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        self.0.metrics.clone()
+    }
+
+    /// The fleet's crash store, if the service ships crashes to one.
+    pub fn fleet(&self) -> Option<&Fleet> {
+        self.0.fleet.as_ref()
     }
 
     /// The bearer token, if one is required.

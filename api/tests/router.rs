@@ -40,6 +40,7 @@ fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
         token: token.map(str::to_owned),
         limits,
         retention: Default::default(),
+        fleet: None,
     })
     .unwrap();
     (api::app(state.clone()), state)
