@@ -209,7 +209,7 @@ impl Uploader {
     }
 
     /// Ships crashes for ever. Waits first while another uploader ships this spool.
-    pub async fn run(self) {
+    pub async fn run(&self) {
         let journals = self.journals.clone();
         let _lock = loop {
             let journals = journals.clone();
@@ -535,7 +535,10 @@ impl Uploader {
             self.bucket.put(&key, Bytes::from(bytes)).await?;
         } else {
             let (upload_id, part_size, mut parts) = match entry.upload {
-                FileUpload::Multipart { upload_id, part_size, parts } => (upload_id, part_size, parts),
+                FileUpload::Multipart { upload_id, part_size, parts } => {
+                    tracing::info!(key = %key, "resuming multipart upload {upload_id} after part {}", parts.len());
+                    (upload_id, part_size, parts)
+                }
                 FileUpload::Pending | FileUpload::Sent => {
                     let upload_id = self.bucket.create_multipart(&key).await?;
                     (upload_id, self.config.part_size, Vec::new())

@@ -189,7 +189,7 @@ async fn the_store_down_then_back_loses_nothing_and_sends_nothing_twice() {
     let events = Arc::new(Events::default());
     let up = uploader(&bucket, &store, config(), &events);
     let kick = up.kicker();
-    let queue = tokio::spawn(up.run());
+    let queue = tokio::spawn(async move { up.run().await });
     let ids: Vec<String> = (0..4).map(|i| crash(&store, &format!("vm-{i}"), MIB + i, 10 + i as u64)).collect();
     kick.notify_one();
     wait_for("retries while the store is down", Duration::from_secs(60), || events.retrying.lock().unwrap().len() >= 4)
@@ -288,7 +288,7 @@ async fn a_full_spool_is_reported_and_drops_nothing() {
     server.stop();
     let events = Arc::new(Events::default());
     let up = uploader(&bucket, &store, UploaderConfig { spool_limit: Some(3 * MIB as u64), ..config() }, &events);
-    let queue = tokio::spawn(up.run());
+    let queue = tokio::spawn(async move { up.run().await });
     let ids: Vec<String> = (0..3).map(|i| crash(&store, "vm", 2 * MIB, 50 + i)).collect();
     wait_for("the spool reported full", Duration::from_secs(30), || !events.full.lock().unwrap().is_empty()).await;
     let full = events.full.lock().unwrap()[0];

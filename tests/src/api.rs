@@ -105,11 +105,19 @@ impl Service {
     /// As [`Service::start`], serving the crash store `crash_dir` (which may hold crashes).
     #[track_caller]
     pub fn start_with_store(crash_dir: TempDir, args: &[&str]) -> Self {
+        Self::start_with_env(crash_dir, args, &[])
+    }
+
+    /// As [`Service::start_with_store`], with variables `env` added to its environment (the
+    /// `AWS_*` settings of a fleet store).
+    #[track_caller]
+    pub fn start_with_env(crash_dir: TempDir, args: &[&str], env: &[(&str, String)]) -> Self {
         require_kvm();
         let binary = built_binary("crashvisor", "api");
         let mut child = Command::new(&binary)
             .args(["serve", "--addr", "127.0.0.1:0", "--crash-dir", crash_dir.arg()])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("CRASHVISOR_TOKEN")
             .env_remove("CRASHVISOR_ADDR")
             .stdin(Stdio::null())

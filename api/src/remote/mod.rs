@@ -119,7 +119,7 @@ pub fn start(state: &AppState) -> Result<(), FleetError> {
     let observer = Arc::new(observer::ServiceObserver::new(state));
     let uploader = Uploader::new(fleet.config.bucket.clone(), state.store().clone(), config, observer)?;
     let queue_kick = uploader.kicker();
-    tokio::spawn(uploader.run());
+    tokio::spawn(async move { uploader.run().await });
     let own_kick = fleet.kick.clone();
     tokio::spawn({
         let queue_kick = queue_kick.clone();
