@@ -68,12 +68,14 @@ pub enum FleetError {
 }
 
 impl FleetError {
-    pub(crate) fn store(action: &'static str, key: impl ToString) -> impl FnOnce(object_store::Error) -> Self {
+    /// A mapper of object store errors for `action` on `key`.
+    pub fn store(action: &'static str, key: impl ToString) -> impl FnOnce(object_store::Error) -> Self {
         let key = key.to_string();
         move |source| Self::Store { action, key, source }
     }
 
-    pub(crate) fn local(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
+    /// A mapper of local I/O errors for `action` on `path`.
+    pub fn local(action: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.to_path_buf();
         move |source| Self::Local { action, path, source }
     }
