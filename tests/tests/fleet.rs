@@ -3,7 +3,8 @@
 //! installs it). A kdump crash and a host-side crash reach the bucket byte-exact; a second
 //! service with another host id lists, downloads (with `Range`), analyses and deletes them; a
 //! storm of 8 crashes while the store is down for 30 s all arrive, each once, and the spool
-//! drains; `kill -9` of the service mid multipart upload, then a restart, resumes and completes it.
+//! drains; `kill -9` of the service mid multipart upload, then a restart, resumes and completes it;
+//! `vmm --crash-store` run on its own ships its crash before it exits.
 //!
 //! Run: `cargo build -p vmm -p api` then `cargo test -p crashvisor-tests --test fleet`.
 
@@ -58,8 +59,12 @@ struct Bucket {
 
 impl Bucket {
     fn new(server: &S3Server) -> Self {
+        Self::under(server, "fleet")
+    }
+
+    fn under(server: &S3Server, prefix: &str) -> Self {
         let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-        Self { runtime, bucket: server.bucket("fleet", "test-reader") }
+        Self { runtime, bucket: server.bucket(prefix, "test-reader") }
     }
 
     /// SHA-256 and length of `file` of crash `id` of `host`, read back from the store.
@@ -251,4 +256,40 @@ fn a_service_killed_mid_multipart_upload_resumes_it_after_a_restart() {
     assert!(restarted.log().contains("resuming multipart upload"), "{}", restarted.log());
     check_stored(&Bucket::new(&server), "host-a", &id);
     assert!(crash_dirs(restarted.crash_dir.path()).is_empty());
+}
+
+#[test]
+fn a_vmm_on_its_own_ships_its_crash_before_it_exits() {
+    use std::io::{Read, Write};
+    let _slot = one_at_a_time();
+    let server = S3Server::start("e2e-vmm");
+    let spool = TempDir::new("fleet-vmm");
+    let mut vmm = std::process::Command::new(crashvisor_tests::vmm_binary())
+        .args(["--memory", "64", "--on-panic", "dump-and-poweroff", "--crash-dir", spool.arg()])
+        .args(["--crash-store", "s3://crashes/solo", "--host-id", "solo"])
+        .envs(server.env())
+        .env_remove("VMM_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start vmm");
+    let mut stdout = vmm.stdout.take().expect("piped");
+    let mut console = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&console).contains(crashvisor_tests::PROMPT) {
+        let n = stdout.read(&mut buf).expect("read the console");
+        assert!(n > 0, "the VMM ended before its prompt:\n{}", String::from_utf8_lossy(&console));
+        console.extend_from_slice(&buf[..n]);
+    }
+    vmm.stdin.take().expect("piped").write_all(b"echo c > /proc/sysrq-trigger\n").expect("type");
+    std::thread::spawn(move || while stdout.read(&mut buf).is_ok_and(|n| n > 0) {});
+    let status = vmm.wait().expect("the VMM exits after the dump and the upload");
+    assert!(status.success(), "powered off after the dump: {status}");
+    // Before it exited, the crash reached the store and left the spool.
+    let bucket = Bucket::under(&server, "solo");
+    let ids = bucket.ids("solo");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    check_stored(&bucket, "solo", &ids[0]);
+    assert!(crash_dirs(spool.path()).is_empty(), "{:?}", crash_dirs(spool.path()));
 }
