@@ -38,7 +38,11 @@ fn main() {
         assert_eq!(dumped.status, 200, "{}", dumped.text());
         let ready = events.wait("big", "vmcore_ready", TIMEOUT);
         let id = ready.data["id"].as_str().expect("an id").to_owned();
-        let done = events.wait_for(|e| e.name == "vmcore_uploaded" && e.data["spool_id"] == id.as_str(), "vmcore_uploaded", TIMEOUT);
+        let done = events.wait_for(
+            |e| e.name == "vmcore_uploaded" && e.data["spool_id"] == id.as_str(),
+            "vmcore_uploaded",
+            TIMEOUT,
+        );
         let bytes = done.data["bytes"].as_f64().unwrap_or(0.0);
         let took = done.data["took_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0;
         rates.push(bytes / took / f64::from(1 << 20));
@@ -47,5 +51,9 @@ fn main() {
         println!("{id}: {bytes} bytes in {took:.2} s");
     }
     println!("upload MB/s (MiB/s), median of {RUNS}: {:.1}", median(&mut rates));
-    println!("vmcore_ready → vmcore_uploaded, ms, median: {:.0} (lag_ms), {:.0} (between the SSE events)", median(&mut lags), median(&mut seen));
+    println!(
+        "vmcore_ready → vmcore_uploaded, ms, median: {:.0} (lag_ms), {:.0} (between the SSE events)",
+        median(&mut lags),
+        median(&mut seen)
+    );
 }

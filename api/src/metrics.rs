@@ -151,9 +151,17 @@ impl Metrics {
             "How long the oldest crash waiting in the spool has waited since vmcore_ready",
             self.upload_lag.clone(),
         );
-        r.register("crashvisor_upload_failures", "Failed upload attempts (each is retried)", self.upload_failures.clone());
+        r.register(
+            "crashvisor_upload_failures",
+            "Failed upload attempts (each is retried)",
+            self.upload_failures.clone(),
+        );
         r.register("crashvisor_vmcores_uploaded", "Crashes committed in the fleet's store", self.uploads.clone());
-        r.register("crashvisor_uploaded_bytes", "Bytes of the crashes committed in the store", self.uploaded_bytes.clone());
+        r.register(
+            "crashvisor_uploaded_bytes",
+            "Bytes of the crashes committed in the store",
+            self.uploaded_bytes.clone(),
+        );
         r.register("crashvisor_http_requests", "HTTP requests answered, by route and status", self.responses.clone());
         r.register(
             "crashvisor_http_request_duration_seconds",

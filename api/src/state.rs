@@ -9,9 +9,9 @@ use dumpd::store::CrashStore;
 
 use crate::analysis::Symbols;
 use crate::events::EventBus;
-use crate::remote::{Fleet, FleetConfig};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::remote::{Fleet, FleetConfig};
 use crate::supervisor::vm::Services;
 use crate::supervisor::{Paths, Supervisor};
 

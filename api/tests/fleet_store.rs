@@ -143,13 +143,16 @@ async fn two_hosts_share_the_fleet_view() {
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(headers[header::CONTENT_RANGE], format!("bytes 1000000-1999999/{}", vmcore_b.len()));
     assert!(body == vmcore_b[1_000_000..2_000_000], "the range is byte-exact");
-    let (status, _, whole) = call(&a.app, Request::get(format!("/v1/vmcores/{remote}/vmcore")).body(Body::empty()).unwrap()).await;
+    let (status, _, whole) =
+        call(&a.app, Request::get(format!("/v1/vmcores/{remote}/vmcore")).body(Body::empty()).unwrap()).await;
     assert!(status == StatusCode::OK && whole == vmcore_b, "the whole vmcore is byte-exact");
-    let (status, _, log) = call(&a.app, Request::get(format!("/v1/vmcores/{remote}/dmesg")).body(Body::empty()).unwrap()).await;
+    let (status, _, log) =
+        call(&a.app, Request::get(format!("/v1/vmcores/{remote}/dmesg")).body(Body::empty()).unwrap()).await;
     assert_eq!((status, String::from_utf8_lossy(&log).as_ref()), (StatusCode::OK, "Kernel panic - not syncing: db\n"));
 
     // Deleting it from host a removes it from the fleet.
-    let (status, _, _) = call(&a.app, Request::delete(format!("/v1/vmcores/{remote}")).body(Body::empty()).unwrap()).await;
+    let (status, _, _) =
+        call(&a.app, Request::delete(format!("/v1/vmcores/{remote}")).body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _, _) = call(&b.app, Request::get(format!("/v1/vmcores/{id_b}")).body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -175,7 +178,8 @@ async fn the_store_down_gives_retries_and_the_crash_arrives_when_it_is_back() {
     let listed = json(&a.app, "/v1/vmcores").await;
     assert_eq!(listed["vmcores"][0]["location"], "spool");
     assert!(listed["store_error"].is_string(), "{listed}");
-    let (status, _, log) = call(&a.app, Request::get(format!("/v1/vmcores/{id}/dmesg")).body(Body::empty()).unwrap()).await;
+    let (status, _, log) =
+        call(&a.app, Request::get(format!("/v1/vmcores/{id}/dmesg")).body(Body::empty()).unwrap()).await;
     assert_eq!((status, log.is_empty()), (StatusCode::OK, false));
 
     server.resume();

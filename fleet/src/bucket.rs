@@ -119,7 +119,13 @@ impl FleetBucket {
     }
 
     /// Sends part `index` (from 0) of multipart upload `upload_id`; returns the part's id.
-    pub async fn put_part(&self, key: &Path, upload_id: &str, index: usize, bytes: Bytes) -> Result<String, FleetError> {
+    pub async fn put_part(
+        &self,
+        key: &Path,
+        upload_id: &str,
+        index: usize,
+        bytes: Bytes,
+    ) -> Result<String, FleetError> {
         let part = self
             .s3
             .put_part(key, &upload_id.to_owned(), index, PutPayload::from_bytes(bytes))
@@ -267,12 +273,8 @@ impl FleetBucket {
     /// The objects of crash `id` of `host`: file name and length.
     pub async fn files(&self, host: &str, id: &str) -> Result<Vec<(String, u64)>, FleetError> {
         let dir = Path::from(self.under_prefix(&format!("{host}/{id}")));
-        let objects: Vec<_> =
-            self.s3.list(Some(&dir)).try_collect().await.map_err(FleetError::store("list", &dir))?;
-        Ok(objects
-            .into_iter()
-            .filter_map(|o| Some((o.location.filename()?.to_owned(), o.size)))
-            .collect())
+        let objects: Vec<_> = self.s3.list(Some(&dir)).try_collect().await.map_err(FleetError::store("list", &dir))?;
+        Ok(objects.into_iter().filter_map(|o| Some((o.location.filename()?.to_owned(), o.size))).collect())
     }
 
     /// Deletes crash `id` of `host`: `meta.json` first (it leaves listings at once), then every
@@ -291,8 +293,7 @@ impl FleetBucket {
     /// left behind).
     pub async fn delete_objects(&self, host: &str, id: &str) -> Result<(), FleetError> {
         let dir = Path::from(self.under_prefix(&format!("{host}/{id}")));
-        let objects: Vec<_> =
-            self.s3.list(Some(&dir)).try_collect().await.map_err(FleetError::store("list", &dir))?;
+        let objects: Vec<_> = self.s3.list(Some(&dir)).try_collect().await.map_err(FleetError::store("list", &dir))?;
         for object in objects {
             self.s3.delete(&object.location).await.map_err(FleetError::store("delete", &object.location))?;
         }

@@ -137,8 +137,10 @@ impl Journals {
     pub fn save(&self, journal: &Journal) -> Result<(), FleetError> {
         let path = self.path(&journal.id);
         let tmp = self.dir.join(format!(".{}.json.tmp", journal.id));
-        let mut json = serde_json::to_vec_pretty(journal)
-            .map_err(|e| FleetError::Meta { what: format!("the upload journal of {}", journal.id), detail: e.to_string() })?;
+        let mut json = serde_json::to_vec_pretty(journal).map_err(|e| FleetError::Meta {
+            what: format!("the upload journal of {}", journal.id),
+            detail: e.to_string(),
+        })?;
         json.push(b'\n');
         let mut file = File::create(&tmp).map_err(FleetError::local("create", &tmp))?;
         file.write_all(&json).and_then(|()| file.sync_all()).map_err(FleetError::local("write", &tmp))?;

@@ -23,4 +23,4 @@ pub mod test_server;
 pub use bucket::{FleetBucket, RemoteCrash};
 pub use error::FleetError;
 pub use location::{default_host_id, validate_host_id, StoreUrl};
-pub use uploader::{Backoff, Retrying, SpoolStatus, Uploaded, UploadObserver, Uploader, UploaderConfig};
+pub use uploader::{Backoff, Retrying, SpoolStatus, UploadObserver, Uploaded, Uploader, UploaderConfig};

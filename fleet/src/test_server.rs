@@ -51,10 +51,8 @@ impl S3Server {
         let _ = std::fs::remove_dir_all(&root);
         // The bucket is a directory of the server's root.
         std::fs::create_dir_all(root.join(BUCKET)).expect("create the S3 server's root");
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("find a free port")
-            .port();
+        let port =
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|l| l.local_addr()).expect("find a free port").port();
         let mut server = Self { child: None, port, root };
         server.resume();
         server

@@ -351,7 +351,10 @@ impl Uploader {
                     }
                     spool.delete(&q.id)?;
                     journals.remove(&q.id)?;
-                    tracing::info!(id = q.id, "removed the local copy of an uploaded crash: the spool is over its limit");
+                    tracing::info!(
+                        id = q.id,
+                        "removed the local copy of an uploaded crash: the spool is over its limit"
+                    );
                     total -= q.bytes;
                     evicted.push(q.id.clone());
                 }
@@ -370,10 +373,8 @@ impl Uploader {
             return Err(FleetError::NotFound(format!("{id} in the spool")));
         }
         let meta_path = dir.join(FILE_META);
-        let meta: CrashMeta = tokio::fs::read(&meta_path)
-            .await
-            .map_err(FleetError::local("read", &meta_path))
-            .and_then(|bytes| {
+        let meta: CrashMeta =
+            tokio::fs::read(&meta_path).await.map_err(FleetError::local("read", &meta_path)).and_then(|bytes| {
                 serde_json::from_slice(&bytes).map_err(|e| FleetError::Meta {
                     what: format!("{} cannot be read", meta_path.display()),
                     detail: e.to_string(),
@@ -500,7 +501,12 @@ impl Uploader {
 
     /// `meta` with the journal's checksums, written back to the spool's `meta.json` (replaced
     /// atomically) if it did not have them.
-    async fn record_checksums(&self, dir: &Path, mut meta: CrashMeta, journal: &Journal) -> Result<CrashMeta, FleetError> {
+    async fn record_checksums(
+        &self,
+        dir: &Path,
+        mut meta: CrashMeta,
+        journal: &Journal,
+    ) -> Result<CrashMeta, FleetError> {
         let checksums: BTreeMap<String, String> =
             journal.files.iter().map(|(name, f)| (name.clone(), f.sha256.clone())).collect();
         if meta.checksums.as_ref() == Some(&checksums) {
@@ -529,7 +535,8 @@ impl Uploader {
     async fn send_file(&self, dir: &Path, journal: &mut Journal, name: &str) -> Result<(), FleetError> {
         let path = dir.join(name);
         let key = self.bucket.key(self.bucket.host(), &journal.remote_id, name);
-        let entry = journal.files.get(name).cloned().ok_or_else(|| FleetError::NotFound(format!("{name} in the journal")))?;
+        let entry =
+            journal.files.get(name).cloned().ok_or_else(|| FleetError::NotFound(format!("{name} in the journal")))?;
         if entry.size <= self.config.part_size {
             let bytes = tokio::fs::read(&path).await.map_err(FleetError::local("read", &path))?;
             self.bucket.put(&key, Bytes::from(bytes)).await?;
@@ -562,7 +569,10 @@ impl Uploader {
                     file.read_exact(&mut buf).await.map_err(FleetError::local("read", &path))?;
                     let part = self.bucket.put_part(&key, &upload_id, index as usize, Bytes::from(buf)).await?;
                     parts.push(part);
-                    set(journal, FileUpload::Multipart { upload_id: upload_id.clone(), part_size, parts: parts.clone() });
+                    set(
+                        journal,
+                        FileUpload::Multipart { upload_id: upload_id.clone(), part_size, parts: parts.clone() },
+                    );
                     self.save(journal).await?;
                 }
                 self.bucket.complete_multipart(&key, &upload_id, &parts).await

@@ -47,7 +47,11 @@ fn dump(service: &Service, events: &mut EventStream, vm: &str) -> String {
 #[track_caller]
 fn uploaded(events: &mut EventStream, vm: &str, id: &str) -> Value {
     events
-        .wait_for(|e| e.name == "vmcore_uploaded" && e.data["vm"] == vm && e.data["id"] == id, "vmcore_uploaded", UPLOAD_TIMEOUT)
+        .wait_for(
+            |e| e.name == "vmcore_uploaded" && e.data["vm"] == vm && e.data["id"] == id,
+            "vmcore_uploaded",
+            UPLOAD_TIMEOUT,
+        )
         .data
 }
 
@@ -112,15 +116,27 @@ fn kdump_and_host_side_crashes_reach_the_bucket_and_another_host_reads_them() {
     let _slot = one_at_a_time();
     let server = S3Server::start("e2e-exact");
     let store = ["--crash-store", "s3://crashes/fleet"];
-    let a = Service::start_with_env(TempDir::new("fleet-a"), &[&store[..], &["--host-id", "host-a", "--keep-local"]].concat(), &server.env());
-    let b = Service::start_with_env(TempDir::new("fleet-b"), &[&store[..], &["--host-id", "host-b"]].concat(), &server.env());
+    let a = Service::start_with_env(
+        TempDir::new("fleet-a"),
+        &[&store[..], &["--host-id", "host-a", "--keep-local"]].concat(),
+        &server.env(),
+    );
+    let b = Service::start_with_env(
+        TempDir::new("fleet-b"),
+        &[&store[..], &["--host-id", "host-b"]].concat(),
+        &server.env(),
+    );
     let mut events = a.events("/v1/events?since=0");
 
     // A soft lockup panics into kdump.
-    let web = create_booted(&a, &mut events, &json!({
-        "name": "web-1", "vcpus": 2, "memory_mib": 256, "kdump": {},
-        "watchdog": {"thresh_secs": 2, "softlockup_panic": true},
-    }));
+    let web = create_booted(
+        &a,
+        &mut events,
+        &json!({
+            "name": "web-1", "vcpus": 2, "memory_mib": 256, "kdump": {},
+            "watchdog": {"thresh_secs": 2, "softlockup_panic": true},
+        }),
+    );
     let deadline = Instant::now() + BOOT_TIMEOUT;
     while a.get(&format!("/v1/vms/{web}/kdump")).json()["state"] != "operational" {
         assert!(Instant::now() < deadline, "kdump of {web} never became operational");
@@ -166,7 +182,11 @@ fn kdump_and_host_side_crashes_reach_the_bucket_and_another_host_reads_them() {
     expect_status(&dmesg, 200, "dmesg of a stored vmcore");
     assert!(dmesg.text().contains("Kernel panic"), "{}", dmesg.text());
     let show = b.get(&format!("/v1/vmcores/{kdump_b}")).json();
-    assert_eq!((show["location"].as_str(), show["summary"]["panic"]["cpu"].as_u64()), (Some("store"), Some(1)), "{show}");
+    assert_eq!(
+        (show["location"].as_str(), show["summary"]["panic"]["cpu"].as_u64()),
+        (Some("store"), Some(1)),
+        "{show}"
+    );
     let bt = b.get(&format!("/v1/vmcores/{kdump_b}/backtrace")).json();
     assert_eq!((bt["symbolised"].as_bool(), bt["backtraces"][0]["cpu"].as_u64()), (Some(true), Some(1)), "{bt}");
 
@@ -180,16 +200,25 @@ fn kdump_and_host_side_crashes_reach_the_bucket_and_another_host_reads_them() {
 fn a_crash_storm_while_the_store_is_down_arrives_whole_and_once() {
     let _slot = one_at_a_time();
     let mut server = S3Server::start("e2e-storm");
-    let service =
-        Service::start_with_env(TempDir::new("fleet-storm"), &["--crash-store", "s3://crashes/fleet", "--host-id", "host-a"], &server.env());
+    let service = Service::start_with_env(
+        TempDir::new("fleet-storm"),
+        &["--crash-store", "s3://crashes/fleet", "--host-id", "host-a"],
+        &server.env(),
+    );
     let mut events = service.events("/v1/events?since=0");
-    let vms: Vec<String> = (0..8).map(|i| create_booted(&service, &mut events, &json!({"name": format!("vm-{i}"), "memory_mib": 64}))).collect();
+    let vms: Vec<String> = (0..8)
+        .map(|i| create_booted(&service, &mut events, &json!({"name": format!("vm-{i}"), "memory_mib": 64})))
+        .collect();
 
     server.stop();
     let down_at = Instant::now();
     let ids: Vec<String> = vms.iter().map(|vm| dump(&service, &mut events, vm)).collect();
     for (vm, id) in vms.iter().zip(&ids) {
-        events.wait_for(|e| e.name == "upload_retrying" && e.data["vm"] == vm.as_str() && e.data["id"] == id.as_str(), "upload_retrying", Duration::from_secs(60));
+        events.wait_for(
+            |e| e.name == "upload_retrying" && e.data["vm"] == vm.as_str() && e.data["id"] == id.as_str(),
+            "upload_retrying",
+            Duration::from_secs(60),
+        );
     }
     let listed = service.get("/v1/vmcores").json();
     assert_eq!(listed["vmcores"].as_array().unwrap().len(), 8, "{listed}");
@@ -216,7 +245,11 @@ fn a_crash_storm_while_the_store_is_down_arrives_whole_and_once() {
     for id in &ids {
         check_stored(&bucket, "host-a", id);
     }
-    assert!(crash_dirs(service.crash_dir.path()).is_empty(), "the spool drained: {:?}", crash_dirs(service.crash_dir.path()));
+    assert!(
+        crash_dirs(service.crash_dir.path()).is_empty(),
+        "the spool drained: {:?}",
+        crash_dirs(service.crash_dir.path())
+    );
 }
 
 #[test]
@@ -235,7 +268,8 @@ fn a_service_killed_mid_multipart_upload_resumes_it_after_a_restart() {
     let journal = |path: &Path| -> Option<Value> { serde_json::from_slice(&std::fs::read(path).ok()?).ok() };
     let deadline = Instant::now() + UPLOAD_TIMEOUT;
     loop {
-        let parts = journal(&journal_path).map_or(0, |j| j["files"]["vmcore"]["upload"]["parts"].as_array().map_or(0, Vec::len));
+        let parts = journal(&journal_path)
+            .map_or(0, |j| j["files"]["vmcore"]["upload"]["parts"].as_array().map_or(0, Vec::len));
         if parts >= 1 {
             break;
         }

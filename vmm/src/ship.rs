@@ -43,7 +43,8 @@ pub fn start(crash_dir: &Path, options: ShipOptions) -> anyhow::Result<Shipper> 
         None => fleet::default_host_id().map_err(anyhow::Error::msg)?,
     };
     let bucket = FleetBucket::from_env(&options.url, &host)?;
-    let spool = CrashStore::open(crash_dir).with_context(|| format!("cannot open the spool {}", crash_dir.display()))?;
+    let spool =
+        CrashStore::open(crash_dir).with_context(|| format!("cannot open the spool {}", crash_dir.display()))?;
     let config = UploaderConfig {
         keep_local: options.keep_local,
         spool_limit: options.spool_limit,

@@ -341,7 +341,8 @@ pub async fn vmcore(command: VmcoreCommand) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .collect();
-            let path = if query.is_empty() { "/v1/vmcores".to_owned() } else { format!("/v1/vmcores?{}", query.join("&")) };
+            let path =
+                if query.is_empty() { "/v1/vmcores".to_owned() } else { format!("/v1/vmcores?{}", query.join("&")) };
             let list = client(&opts)?.json(Method::GET, &path, None).await?;
             if opts.json {
                 print_json(&list);
