@@ -192,7 +192,7 @@ fn kdump_and_host_side_crashes_reach_the_bucket_and_another_host_reads_them() {
 
     // Host b deletes host a's host-side crash: gone from the store.
     expect_status(&b.delete(&format!("/v1/vmcores/{host_b}")), 204, "DELETE a stored crash");
-    assert_eq!(bucket.ids("host-a"), [kdump_id.clone()]);
+    assert_eq!(bucket.ids("host-a"), std::slice::from_ref(&kdump_id));
     expect_status(&b.get(&format!("/v1/vmcores/{host_b}")), 404, "a deleted crash");
 }
 
