@@ -300,3 +300,25 @@ async fn a_full_spool_is_reported_and_drops_nothing() {
     assert_eq!(ids.len(), 3);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_local_copy_left_after_its_commit_is_removed_and_not_sent_again() {
+    let server = S3Server::start("leftover");
+    let bucket = Arc::new(server.bucket("", "host-a"));
+    let (dir, store) = spool("leftover");
+    let events = Arc::new(Events::default());
+    let id = crash(&store, "vm", 1000, 60);
+    // Committed in the store, the local copy still there (as after an uploader that ended
+    // between the two), or kept on purpose.
+    uploader(&bucket, &store, UploaderConfig { keep_local: true, ..config() }, &events).ship(&id).await.unwrap();
+    let kept = uploader(&bucket, &store, UploaderConfig { keep_local: true, ..config() }, &events);
+    assert_eq!(kept.status().await.unwrap().waiting, 0);
+    assert_eq!(store.list().unwrap().len(), 1, "kept with --keep-local");
+    // An uploader that does not keep local copies removes it, and sends nothing.
+    let status = uploader(&bucket, &store, config(), &events).status().await.unwrap();
+    assert_eq!((status.waiting, status.bytes), (0, 0), "{status:?}");
+    assert!(store.list().unwrap().is_empty());
+    assert!(Journals::open(&dir).unwrap().ids().unwrap().is_empty());
+    assert_eq!(bucket.list(None).await.unwrap().len(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -81,11 +81,12 @@ impl Shipper {
                         );
                         break;
                     }
-                    Ok(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                    Err(e) => {
+                    // A crash may leave the spool while it is being read: look again.
+                    Err(e) if Instant::now() >= deadline => {
                         tracing::warn!("cannot read the spool to wait for its uploads: {e}");
                         break;
                     }
+                    Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
         });

@@ -177,6 +177,16 @@ fn ready_unix_ms(meta: &CrashMeta) -> u64 {
     meta.created_unix_ms.saturating_add(meta.timings.host_write_ms)
 }
 
+/// Removes the spool's copy of uploaded crash `id` and its journal (blocking). One already
+/// gone is fine: another look at the spool may have removed it.
+fn remove_local(spool: &CrashStore, journals: &Journals, id: &str) -> Result<(), FleetError> {
+    match spool.delete(id) {
+        Ok(()) | Err(dumpd::store::StoreError::NoSuchCrash(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    journals.remove(id)
+}
+
 /// Runs blocking `f` on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FleetError> + Send + 'static,
@@ -322,7 +332,7 @@ impl Uploader {
     async fn look(&self) -> Result<Look, FleetError> {
         let spool = self.spool.clone();
         let journals = self.journals.clone();
-        let limit = self.config.spool_limit;
+        let (limit, keep_local) = (self.config.spool_limit, self.config.keep_local);
         blocking(move || {
             let entries = spool.list()?;
             for id in journals.ids()? {
@@ -342,24 +352,22 @@ impl Uploader {
                 });
             }
             let in_flight = spool.in_flight_bytes()?;
-            if let Some(limit) = limit {
-                let mut total = in_flight + queue.iter().map(|q| q.bytes).sum::<u64>();
-                let mut evicted = Vec::new();
-                for q in queue.iter().filter(|q| q.done) {
-                    if total <= limit {
-                        break;
-                    }
-                    spool.delete(&q.id)?;
-                    journals.remove(&q.id)?;
-                    tracing::info!(
-                        id = q.id,
-                        "removed the local copy of an uploaded crash: the spool is over its limit"
-                    );
-                    total -= q.bytes;
-                    evicted.push(q.id.clone());
+            // Local copies of uploaded crashes go: all of them unless kept (an uploader that
+            // ended between the commit in the store and the removal left them), and kept ones,
+            // oldest first, while the spool is over its limit.
+            let mut total = in_flight + queue.iter().map(|q| q.bytes).sum::<u64>();
+            let mut removed = Vec::new();
+            for q in queue.iter().filter(|q| q.done) {
+                let over = limit.is_some_and(|limit| total > limit);
+                if keep_local && !over {
+                    continue;
                 }
-                queue.retain(|q| !evicted.contains(&q.id));
+                remove_local(&spool, &journals, &q.id)?;
+                tracing::info!(id = q.id, "removed the local copy of an uploaded crash");
+                total -= q.bytes;
+                removed.push(q.id.clone());
             }
+            queue.retain(|q| !removed.contains(&q.id));
             Ok(Look { queue, in_flight })
         })
         .await

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use dumpd::store::{select, Candidate, CrashMeta, FILE_META};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{blocking, ready_unix_ms, unix_ms, Uploaded, Uploader, MAX_REMOTE_SUFFIX};
+use super::{blocking, ready_unix_ms, remove_local, unix_ms, Uploaded, Uploader, MAX_REMOTE_SUFFIX};
 use crate::journal::{FileEntry, FileUpload, Journal, Stage};
 use crate::{checksum, FleetError};
 
@@ -96,11 +96,7 @@ impl Uploader {
             let spool = self.spool.clone();
             let journals = self.journals.clone();
             let id = id.to_owned();
-            blocking(move || {
-                spool.delete(&id)?;
-                journals.remove(&id)
-            })
-            .await?;
+            blocking(move || remove_local(&spool, &journals, &id)).await?;
         }
         let meta_bytes = serde_json::to_vec_pretty(&meta).map_or(0, |j| j.len() as u64 + 1);
         Ok(Uploaded {
