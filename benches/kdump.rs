@@ -1,6 +1,7 @@
 //! kdump benchmark: panic → capture kernel up → vmcore complete in the host's crash store, for
-//! 256 MiB and 1 GiB guests at dump levels 0, 1 and 31, with the guest's and the host's parts
-//! shown separately.
+//! 256 MiB and 1 GiB guests at dump levels 0, 1 and 31, and with makedumpfile as the host's
+//! core collector (`vmm --core-collector "makedumpfile -l -d 31"`, the capture kernel at level
+//! 0 as Linux's is), with the guest's and the host's parts shown separately.
 //!
 //!     cargo build --release --workspace && cargo bench -p crashvisor-benches --bench kdump
 //!
@@ -11,7 +12,8 @@
 //! - `crash_loaded` → `capture_started`: the capture kernel's own work (read the elfcorehdr,
 //!   lay out /proc/vmcore, apply the dump level, extract both logs, hand the descriptor over);
 //! - `capture_started` → `vmcore_ready`: the host writing and committing the crash directory
-//!   (one pass over the dumped ranges, zero pages left as holes, fsync, rename).
+//!   (one pass over the dumped ranges, zero pages left as holes, fsync, rename), or the core
+//!   collector reading `/proc/vmcore` through FUSE and writing its file.
 //!
 //! The guest's ring-0 code is emulated on this machine (~1.5 µs per instruction), so its
 //! parts are far slower than on hardware virtualization; the host part is not.
@@ -24,7 +26,10 @@ use crashvisor_tests::{Event, TempDir, Vm, BOOT_TIMEOUT};
 
 const RUNS: usize = 3;
 const SIZES_MIB: [u64; 2] = [256, 1024];
-const LEVELS: [u32; 3] = [0, 1, 31];
+/// The capture kernel's dump level, and the host's core collector if any.
+const CASES: [(u32, Option<&str>); 4] = [(0, None), (1, None), (31, None), (0, Some(COLLECTOR))];
+/// kdump.conf's default core collector, less its messages.
+const COLLECTOR: &str = "makedumpfile -l -d 31";
 
 struct Sample {
     panic_to_capture_up: Duration,
@@ -43,11 +48,11 @@ fn event_at(vm: &mut Vm, name: &str) -> Instant {
     }
 }
 
-fn run_once(memory_mib: u64, level: u32) -> Sample {
+fn run_once(memory_mib: u64, level: u32, collector: Option<&str>) -> Sample {
     let store = TempDir::new("bench-crash-store");
     let memory = memory_mib.to_string();
     let cmdline = format!("crashkernel=64M kdump=1 kdump_level={level}");
-    let mut vm = Vm::start_controlled(&[
+    let mut args = vec![
         "--vcpus",
         "2",
         "--memory",
@@ -58,11 +63,18 @@ fn run_once(memory_mib: u64, level: u32) -> Sample {
         store.arg(),
         "--cmdline",
         &cmdline,
-    ]);
+    ];
+    if let Some(collector) = collector {
+        args.extend(["--core-collector", collector]);
+    }
+    let mut vm = Vm::start_controlled(&args);
     vm.wait_event(|e: &Event| e.is("booted"), "booted", BOOT_TIMEOUT);
     vm.expect_kdump_loaded();
     vm.inject("panic", 1, None);
     let crash = vm.expect_vmcore(CAPTURE_TIMEOUT);
+    if collector.is_some() {
+        assert_eq!(crash.meta["core_collector"]["collected"], true, "{}", crash.meta);
+    }
     let ready = crash.event.at;
     let panic = event_at(&mut vm, "panic");
     let capture_up = event_at(&mut vm, "crash_loaded");
@@ -91,17 +103,18 @@ fn main() {
     release_binary("vmm"); // exits with instructions if it has not been built
     println!("kdump: panic on CPU 1 of 2 → vmcore committed; medians of {RUNS} runs, milliseconds");
     println!(
-        "{:>7} {:>5} | {:>14} {:>13} {:>10} | {:>8} | {:>12} {:>11}",
+        "{:>7} {:>28} | {:>14} {:>13} {:>10} | {:>8} | {:>12} {:>11}",
         "memory", "level", "panic→capture", "capture work", "host write", "total", "vmcore MiB", "on disk MiB"
     );
     for memory_mib in SIZES_MIB {
-        for level in LEVELS {
-            let samples: Vec<Sample> = (0..RUNS).map(|_| run_once(memory_mib, level)).collect();
+        for (level, collector) in CASES {
+            let samples: Vec<Sample> = (0..RUNS).map(|_| run_once(memory_mib, level, collector)).collect();
             let last = &samples[samples.len() - 1];
+            let case = collector.map_or_else(|| level.to_string(), |c| format!("{level}, {c}"));
             println!(
-                "{:>6}M {:>5} | {:>14} {:>13} {:>10} | {:>8} | {:>12} {:>11}",
+                "{:>6}M {:>28} | {:>14} {:>13} {:>10} | {:>8} | {:>12} {:>11}",
                 memory_mib,
-                level,
+                case,
                 ms(&samples, |s| s.panic_to_capture_up),
                 ms(&samples, |s| s.capture_work),
                 ms(&samples, |s| s.host_write),

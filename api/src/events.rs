@@ -1,7 +1,10 @@
 //! The service's event stream: what happens to its VMs (booted, lockup_detected, panicked,
 //! vmcore_ready, failed, ...), numbered in order, kept in a bounded history and broadcast to
 //! every subscriber (the SSE endpoints). A subscriber gets the history after a sequence number
-//! and then the live events, with no gap and no duplicate.
+//! and then the live events, with no gap and no duplicate. Numbers keep rising across restarts
+//! of the service: it reserves them in blocks, durably, before it uses them, and the next
+//! service starts after the last block reserved, so a client that resumes with the last number
+//! it saw (`Last-Event-ID`) gets every later event.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,13 +20,16 @@ use crate::clock;
 pub const HISTORY_LEN: usize = 4096;
 /// Events that may wait for one slow subscriber before it skips ahead.
 const CHANNEL_CAPACITY: usize = 1024;
+/// Sequence numbers reserved at once.
+pub const SEQ_BLOCK: u64 = 4096;
 
 /// One event; as an SSE message's data, with the same name as the message's `event` and the
 /// same `seq` as its `id`.
 #[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 #[schema(as = Event)]
 pub struct ServiceEvent {
-    /// Its number, from 1, in the order events happened.
+    /// Its number, in the order events happened (from 1 for a service's first run; a restarted
+    /// service goes on above the last service's numbers).
     pub seq: u64,
     /// The event's name (`booted`, `vmcore_ready`, ...; docs/api.md lists them).
     pub event: String,
@@ -61,13 +67,20 @@ impl NewEvent {
 
 struct History {
     next_seq: u64,
+    /// The first number not reserved yet.
+    reserved: u64,
     events: VecDeque<Arc<ServiceEvent>>,
 }
+
+/// Keeps the first sequence number a later service may use (called before any number below
+/// it is used).
+pub type ReserveSeq = Box<dyn Fn(u64) + Send + Sync>;
 
 /// The event bus.
 pub struct EventBus {
     history: Mutex<History>,
     sender: broadcast::Sender<Arc<ServiceEvent>>,
+    reserve: Option<ReserveSeq>,
 }
 
 /// A subscription: the retained events after the requested sequence number, then `live`.
@@ -85,10 +98,20 @@ impl Default for EventBus {
 }
 
 impl EventBus {
-    /// An empty bus.
+    /// An empty bus numbering from 1, for one run only.
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
-        Self { history: Mutex::new(History { next_seq: 1, events: VecDeque::new() }), sender }
+        let history = History { next_seq: 1, reserved: u64::MAX, events: VecDeque::new() };
+        Self { history: Mutex::new(history), sender, reserve: None }
+    }
+
+    /// An empty bus numbering from `first` (what the last service reserved), reserving its
+    /// numbers through `reserve`.
+    pub fn resuming(first: u64, reserve: ReserveSeq) -> Self {
+        let (sender, _) = broadcast::channel(CHANNEL_CAPACITY);
+        let first = first.max(1);
+        let history = History { next_seq: first, reserved: first, events: VecDeque::new() };
+        Self { history: Mutex::new(history), sender, reserve: Some(reserve) }
     }
 
     fn lock(&self) -> MutexGuard<'_, History> {
@@ -101,6 +124,12 @@ impl EventBus {
         let mut history = self.lock();
         let seq = history.next_seq;
         history.next_seq += 1;
+        if seq >= history.reserved {
+            history.reserved = seq + SEQ_BLOCK;
+            if let Some(reserve) = &self.reserve {
+                reserve(history.reserved);
+            }
+        }
         let event = Arc::new(ServiceEvent {
             seq,
             event: event.event,
@@ -152,6 +181,24 @@ mod tests {
         assert_eq!(json["event"], "vmcore_ready");
         assert!(bus.subscribe(None).backlog.is_empty());
         assert_eq!(bus.subscribe(Some(0)).backlog.len(), 3);
+    }
+
+    #[test]
+    fn numbers_are_reserved_before_use_and_a_resumed_bus_goes_on_above() {
+        let reserved = Arc::new(Mutex::new(Vec::new()));
+        let keep = reserved.clone();
+        let bus = EventBus::resuming(0, Box::new(move |until| keep.lock().unwrap().push(until)));
+        assert_eq!(bus.publish("a", NewEvent::new("booted", json!({}))).seq, 1);
+        assert_eq!(*reserved.lock().unwrap(), [1 + SEQ_BLOCK], "reserved before the first is used");
+        for _ in 1..SEQ_BLOCK {
+            bus.publish("a", NewEvent::new("oops", json!({})));
+        }
+        assert_eq!(reserved.lock().unwrap().len(), 1, "one write per block");
+        assert_eq!(bus.publish("a", NewEvent::new("oops", json!({}))).seq, 1 + SEQ_BLOCK);
+        assert_eq!(*reserved.lock().unwrap(), [1 + SEQ_BLOCK, 1 + 2 * SEQ_BLOCK]);
+        // The next service starts where the last reservation ends: above every number used.
+        let next = EventBus::resuming(1 + 2 * SEQ_BLOCK, Box::new(|_| {}));
+        assert_eq!(next.publish("a", NewEvent::new("adopted", json!({}))).seq, 1 + 2 * SEQ_BLOCK);
     }
 
     #[test]

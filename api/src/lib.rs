@@ -8,9 +8,10 @@
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
 //! use api::state::{AppState, ServiceConfig};
+//! use api::supervisor::record::StateDir;
 //!
 //! let host = api::limits::Host::detect()?;
-//! let state = AppState::new(ServiceConfig {
+//! let config = ServiceConfig {
 //!     crash_dir: "/tmp/crash".into(),
 //!     run_dir: "/tmp/crashvisor-run".into(),
 //!     exe: std::env::current_exe()?,
@@ -18,7 +19,9 @@
 //!     limits: api::limits::Limits::for_host(host),
 //!     retention: Default::default(),
 //!     fleet: None,
-//! })?;
+//! };
+//! // The VMs a killed service left there are adopted again.
+//! let state = AppState::new(config, StateDir::open("/tmp/crashvisor-state".as_ref())?)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, api::app(state)).await?;
 //! # Ok(())

@@ -1,5 +1,6 @@
-//! `crashvisor serve`: the REST service's command line, start-up checks, and an orderly
-//! shutdown on SIGTERM or SIGINT (stop accepting, stop every VM, then close what is open).
+//! `crashvisor serve`: the REST service's command line, start-up checks (the state directory
+//! is taken, its VMs found again), and an orderly shutdown on SIGTERM or SIGINT (stop
+//! accepting, stop every VM, then close what is open).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use anyhow::{bail, Context};
 use crate::limits::{Host, Limits};
 use crate::remote::FleetConfig;
 use crate::state::{AppState, ServiceConfig};
+use crate::supervisor::record::StateDir;
 
 /// The address `crashvisor` listens on by default.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8080";
@@ -30,9 +32,15 @@ pub struct ServeArgs {
     /// [default: $XDG_DATA_HOME/crashvisor/crash or ~/.local/share/crashvisor/crash].
     #[arg(long, env = "CRASHVISOR_CRASH_DIR", value_name = "DIR")]
     pub crash_dir: Option<PathBuf>,
-    /// Directory for the VMs' control sockets [default: a new $TMPDIR/crashvisor-<pid>].
+    /// Directory for the VMs' control sockets [default: the last service's, else a new
+    /// $TMPDIR/crashvisor-<pid>].
     #[arg(long, env = "CRASHVISOR_RUN_DIR", value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
+    /// Where the service keeps what it needs to find its VMs again after a restart: their
+    /// configuration, VMM process and control socket, console (one service per directory)
+    /// [default: $XDG_STATE_HOME/crashvisor or ~/.local/state/crashvisor].
+    #[arg(long, env = "CRASHVISOR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Require `Authorization: Bearer <TOKEN>` on every request (but /v1/healthz).
     #[arg(long, env = "CRASHVISOR_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     pub token: Option<String>,
@@ -142,17 +150,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let host = Host::detect()?;
     let limits = args.limits(host)?;
     let crash_dir = args.crash_dir.clone().unwrap_or_else(dumpd::default_crash_dir);
+    let state_path = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let state_dir = StateDir::open(&state_path)?;
     let (run_dir, own_run_dir) = match &args.run_dir {
         Some(dir) => (dir.clone(), false),
-        None => (std::env::temp_dir().join(format!("crashvisor-{}", std::process::id())), true),
+        // The last service's own run directory still holds the sockets of the VMs it left.
+        None => match state_dir.run_dir().filter(|dir| dir.is_dir()) {
+            Some(dir) => (dir, true),
+            None => (std::env::temp_dir().join(format!("crashvisor-{}", std::process::id())), true),
+        },
     };
     if run_dir.as_os_str().len() > MAX_RUN_DIR_LEN {
         bail!("the run directory {} is too long for unix socket paths; use a shorter --run-dir", run_dir.display());
     }
     create_private_dir(&run_dir)?;
+    state_dir.set_run_dir(own_run_dir.then_some(run_dir.as_path()))?;
     let exe = std::env::current_exe().context("cannot find this binary to run VMMs with")?;
     let fleet = args.fleet()?;
-    let state = AppState::new(ServiceConfig {
+    let config = ServiceConfig {
         crash_dir: crash_dir.clone(),
         run_dir: run_dir.clone(),
         exe,
@@ -160,16 +175,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         limits,
         retention: args.retention(),
         fleet,
-    })
-    .with_context(|| format!("cannot open the crash store {}", crash_dir.display()))?;
+    };
+    // Listening first: a service that cannot serve does not touch the VMs it would adopt.
+    let listener = tokio::net::TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (is another crashvisor running? use --addr)", args.addr))?;
+    let state = AppState::new(config, state_dir)
+        .with_context(|| format!("cannot open the crash store {}", crash_dir.display()))?;
+    // The upload queue resumes with the spool as a killed service left it (its journals say
+    // how far each crash got), alongside the adoption of the VMs, whose new crashes it ships too.
     crate::remote::start(&state).context("cannot start the upload queue")?;
     if let Some(fleet) = state.fleet() {
         tracing::info!("crashes are shipped to {} as host {}", fleet.bucket().url(), fleet.host());
     }
     let vmcores = state.store().list().map(|l| l.len()).unwrap_or(0);
-    let listener = tokio::net::TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (is another crashvisor running? use --addr)", args.addr))?;
     let addr = listener.local_addr().unwrap_or(args.addr);
     tracing::info!("limits: {limits}");
     tracing::info!("crash store {} holds {vmcores} vmcores", crash_dir.display());
@@ -197,8 +216,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if own_run_dir {
         let _ = std::fs::remove_dir_all(&run_dir);
+        state.supervisor().state_dir().set_run_dir(None)?;
     }
     Ok(())
+}
+
+/// `$XDG_STATE_HOME/crashvisor`, else `~/.local/state/crashvisor`, else `./crashvisor-state`.
+fn default_state_dir() -> PathBuf {
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(state).join("crashvisor");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/crashvisor"),
+        None => PathBuf::from("crashvisor-state"),
+    }
 }
 
 fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {

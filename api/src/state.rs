@@ -12,6 +12,7 @@ use crate::events::EventBus;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::remote::{Fleet, FleetConfig};
+use crate::supervisor::record::StateDir;
 use crate::supervisor::vm::Services;
 use crate::supervisor::{Paths, Supervisor};
 
@@ -53,10 +54,12 @@ struct Inner {
 pub struct AppState(Arc<Inner>);
 
 impl AppState {
-    /// Opens (creates) the crash store and sets up an empty supervisor.
-    pub fn new(config: ServiceConfig) -> Result<Self, fleet::FleetError> {
+    /// Opens (creates) the crash store (the spool, with a fleet store) and sets up the
+    /// supervisor with the VMs of the state directory (their VMMs are adopted again in the
+    /// background).
+    pub fn new(config: ServiceConfig, state_dir: StateDir) -> Result<Self, fleet::FleetError> {
         let store = CrashStore::open(&config.crash_dir)?;
-        let bus = Arc::new(EventBus::new());
+        let bus = Arc::new(EventBus::resuming(state_dir.event_seq(), Box::new(state_dir.reserve_event_seq())));
         let metrics = Arc::new(Metrics::default());
         let symbols = Symbols::new(config.run_dir.join("guest-kernel.elf"));
         let cache_dir = config.run_dir.join("cache");
@@ -67,8 +70,8 @@ impl AppState {
         // With a fleet store the spool must drain by uploads only.
         let retention = if fleet.is_some() { dumpd::store::Retention::default() } else { config.retention };
         let paths = Paths { exe: config.exe, run_dir: config.run_dir, crash_dir: config.crash_dir, retention };
-        let services = Services { bus: bus.clone(), metrics: metrics.clone() };
-        let supervisor = Supervisor::new(paths, config.limits, services);
+        let services = Services { bus: bus.clone(), metrics: metrics.clone(), store: store.clone() };
+        let supervisor = Supervisor::open(paths, config.limits, services, state_dir);
         let started = Instant::now();
         Ok(Self(Arc::new(Inner {
             supervisor,

@@ -12,6 +12,7 @@ use api::events::ServiceEvent;
 use api::limits::{Host, Limits};
 use api::remote::FleetConfig;
 use api::state::{AppState, ServiceConfig};
+use api::supervisor::record::StateDir;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -43,7 +44,7 @@ fn service(server: &S3Server, host: &str, name: &str) -> Service {
         retention: Retention::default(),
         cache_bytes: 1 << 30,
     };
-    let state = AppState::new(ServiceConfig {
+    let config = ServiceConfig {
         crash_dir: dir.join("crash"),
         run_dir: dir.join("run"),
         exe: "/nonexistent/crashvisor".into(),
@@ -51,8 +52,8 @@ fn service(server: &S3Server, host: &str, name: &str) -> Service {
         limits: Limits::for_host(Host { cpus: 2, memory_mib: 4096 }),
         retention: Default::default(),
         fleet: Some(fleet),
-    })
-    .unwrap();
+    };
+    let state = AppState::new(config, StateDir::open(&dir.join("state")).unwrap()).unwrap();
     api::remote::start(&state).unwrap();
     let spool = CrashStore::open(dir.join("crash")).unwrap();
     Service { app: api::app(state.clone()), state, spool, dir }

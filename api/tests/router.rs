@@ -1,11 +1,13 @@
 //! The router without a network and without VMs: errors, limits, auth, the crash store over
-//! HTTP (list, show, whole and ranged downloads, delete) and a VMM that cannot start.
+//! HTTP (list, show, whole and ranged downloads, delete), a VMM that cannot start, and the VMs
+//! a killed service left in its state directory (a dead VMM, a crash committed meanwhile).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use api::limits::{Host, Limits};
 use api::state::{AppState, ServiceConfig};
+use api::supervisor::record::StateDir;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
@@ -33,7 +35,7 @@ impl Drop for Scratch {
 
 fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
     let limits = Limits::for_host(Host { cpus: 2, memory_mib: 4096 });
-    let state = AppState::new(ServiceConfig {
+    let config = ServiceConfig {
         crash_dir: scratch.0.join("crash"),
         run_dir: scratch.0.join("run"),
         exe: "/nonexistent/crashvisor".into(),
@@ -41,8 +43,8 @@ fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
         limits,
         retention: Default::default(),
         fleet: None,
-    })
-    .unwrap();
+    };
+    let state = AppState::new(config, StateDir::open(&scratch.0.join("state")).unwrap()).unwrap();
     (api::app(state.clone()), state)
 }
 
@@ -195,6 +197,9 @@ async fn vmcores_are_listed_downloaded_by_range_and_deleted() {
     assert!(String::from_utf8(dmesg.body).unwrap().contains("Kernel panic - not syncing: test"));
     let kexec = call(&app, get(&format!("/v1/vmcores/{id}/kexec-dmesg"))).await;
     assert!(String::from_utf8(kexec.body).unwrap().contains("capture kernel"));
+    // No core collector ran for it.
+    let collector = call(&app, get(&format!("/v1/vmcores/{id}/core-collector-log"))).await;
+    assert_eq!(collector.status, StatusCode::NOT_FOUND);
     // The fake vmcore is no ELF core: analysis and conversion say so.
     let converted = call(&app, get(&format!("/v1/vmcores/{id}/vmcore?format=kdump-zstd"))).await;
     assert_eq!(
@@ -289,4 +294,79 @@ async fn the_openapi_document_describes_every_route_the_router_serves() {
     for labels in documented {
         assert!(metrics.contains(&format!("crashvisor_http_requests_total{{{labels}")), "{labels} was not routed");
     }
+}
+
+#[tokio::test]
+async fn the_vms_of_a_state_directory_are_found_again() {
+    use api::supervisor::record::{VmRecord, VmmIdentity, RECORD_FORMAT};
+    use api::supervisor::spec::CreateVm;
+    use api::supervisor::state::Tracker;
+
+    let scratch = Scratch::new("restore");
+    // What a killed service left: a stopped VM, and a running one whose VMM has died since
+    // and committed a crash before it did.
+    let created_unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = VmmIdentity::of(child.id()).unwrap();
+    child.wait().unwrap();
+    let state_dir = StateDir::open(&scratch.0.join("state")).unwrap();
+    state_dir.reserve_event_seq()(4097);
+    let record = |name: &str, state: &str| {
+        let spec = CreateVm { name: Some(name.into()), ..Default::default() }.into_spec(name.into()).unwrap();
+        let mut tracker = Tracker::new();
+        let booted = serde_json::from_value(json!({"event": "booted", "boot": 1, "release": "6.18", "cpus": 1}));
+        tracker.on_control_event(&booted.unwrap(), Instant::now());
+        let mut status = serde_json::to_value(&tracker).unwrap();
+        status["state"] = json!(state);
+        VmRecord {
+            format: RECORD_FORMAT,
+            spec,
+            created_unix_ms: created_unix_ms as u64 - 1000,
+            control_socket: scratch.0.join(format!("run/{name}.sock")),
+            vmm: (state == "running").then_some(dead),
+            status: serde_json::from_value(status).unwrap(),
+        }
+    };
+    for (name, state) in [("calm", "stopped"), ("lost", "running")] {
+        let vm = state_dir.vm(name);
+        vm.create().unwrap();
+        vm.write(&record(name, state)).unwrap();
+        std::fs::write(vm.console(), format!("{name}'s console\n")).unwrap();
+    }
+    drop(state_dir);
+    let (id, _) = commit_crash(&CrashStore::open(scratch.0.join("crash")).unwrap(), "lost");
+
+    let (app, state) = app(&scratch, None);
+    let mut events = state.bus().subscribe(Some(0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lost = loop {
+        let vm = call(&app, get("/v1/vms/lost")).await.json();
+        if vm["state"] == "failed" && vm["vmcores"] == json!([id]) || Instant::now() > deadline {
+            break vm;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(lost["state"], "failed", "{lost}");
+    let failure = lost["failure"].as_str().unwrap();
+    assert!(failure.contains(&format!("pid {}", dead.pid)) && failure.contains("ended while no service ran"), "{lost}");
+    assert_eq!(lost["vmcores"], json!([id]), "the crash committed while no service ran is the VM's");
+    let calm = call(&app, get("/v1/vms/calm")).await.json();
+    assert_eq!((calm["state"].as_str(), calm["boots"].as_u64()), (Some("stopped"), Some(1)), "{calm}");
+    assert_eq!(call(&app, get("/v1/vms/calm/console")).await.body, b"calm's console\n");
+
+    let mut seen = Vec::new();
+    while let Ok(event) = events.live.try_recv() {
+        seen.push(event);
+    }
+    seen.extend(events.backlog);
+    let names: Vec<(&str, &str)> = seen.iter().map(|e| (e.vm.as_str(), e.event.as_str())).collect();
+    assert!(names.contains(&("lost", "failed")) && names.contains(&("lost", "vmcore_ready")), "{names:?}");
+    let ready = seen.iter().find(|e| e.event == "vmcore_ready").unwrap();
+    assert_eq!(ready.fields["found_at_restart"], json!(true));
+    assert!(seen.iter().all(|e| e.seq >= 4097), "event numbers go on above the last service's");
+
+    let delete = Request::delete("/v1/vms/lost").body(Body::empty()).unwrap();
+    assert_eq!(call(&app, delete).await.status, StatusCode::NO_CONTENT);
+    assert!(!scratch.0.join("state/vms/lost").exists(), "a deleted VM leaves the state directory");
+    assert!(scratch.0.join("state/vms/calm/vm.json").exists());
 }

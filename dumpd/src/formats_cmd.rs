@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use dumpd::convert::{convert_file, ConvertOptions};
-use dumpd::image::{DumpFormat, DumpImage};
-use dumpd::kdump::{KdumpImage, DUMP_DH_COMPRESSED_INCOMPLETE, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD};
+use dumpd::image::{open_vmcore, DumpFormat, DumpImage, Vmcore};
+use dumpd::kdump::{
+    DUMP_DH_COMPRESSED_INCOMPLETE, DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD,
+};
 
 use crate::{human, note_type_name};
 
@@ -27,8 +29,7 @@ pub struct ConvertArgs {
     /// The output format: elf, kdump-zstd, kdump-zlib or kdump-raw.
     #[arg(long, value_name = "FORMAT", value_parser = <DumpFormat as std::str::FromStr>::from_str)]
     format: DumpFormat,
-    /// makedumpfile dump level: 1 leaves zero pages out of a kdump file (they read back as
-    /// zeros), 0 keeps them. An ELF vmcore always stores them as holes.
+    /// makedumpfile dump level. Zero pages are stored once in a kdump file at 0 and 1 (as
     #[arg(long, value_name = "N", default_value_t = 1)]
     dump_level: u32,
     /// Print progress on stderr even when it is not a terminal.
@@ -90,16 +91,17 @@ impl Progress {
     }
 }
 
-/// `dumpd check` for a kdump-compressed file: validates the headers and every page, and
-/// prints the header, the notes and the page counts.
+/// `dumpd check` for a kdump-compressed file (or makedumpfile's flattened form of one):
+/// validates the headers and every page, and prints the header, the notes and the page counts.
 pub fn check_kdump(path: &Path) -> anyhow::Result<()> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let image =
-        KdumpImage::open(file).with_context(|| format!("{} is not a valid kdump-compressed vmcore", path.display()))?;
+    let Vmcore::Kdump(image) = open_vmcore(path)? else {
+        anyhow::bail!("{} is not a kdump-compressed vmcore", path.display());
+    };
     let (h, sub) = (image.header(), image.sub_header());
-    let compression = match h.status & (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_ZSTD) {
+    let compression = match h.status & (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO | DUMP_DH_COMPRESSED_ZSTD) {
         DUMP_DH_COMPRESSED_ZSTD => "zstd",
         DUMP_DH_COMPRESSED_ZLIB => "zlib",
+        DUMP_DH_COMPRESSED_LZO => "lzo",
         0 => "none",
         _ => "mixed",
     };

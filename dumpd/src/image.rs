@@ -22,6 +22,7 @@ use crashvisor_klib::elfnote::{Note, CORE_NOTE_NAME, NT_PRSTATUS, VMCOREINFO_NOT
 
 use crate::elf::build::LoadSpec;
 use crate::elf::image::{ElfImage, ElfImageError};
+use crate::kdump::flattened::{self, Flattened, FlattenedError, ReadAt};
 use crate::kdump::{Compression, KdumpError, KdumpImage, KDUMP_SIGNATURE};
 
 /// One ELF note of the dump, owned.
@@ -213,11 +214,19 @@ pub enum OpenError {
         /// Its first bytes (up to 8).
         magic: Vec<u8>,
     },
-    /// makedumpfile's flattened format (`makedumpfile -F`), which must be rebuilt first.
-    #[error("{} is in makedumpfile's flattened format; rebuild it with `makedumpfile -R OUT < FILE`", path.display())]
+    /// makedumpfile's flattened format (`makedumpfile -F`) of something other than a
+    /// kdump-compressed dump (an ELF one, `-E -F`), or damaged.
+    #[error(
+        "{} is in makedumpfile's flattened format, which this reader reads only for kdump-compressed dumps; \
+         rebuild it with `makedumpfile -R OUT < FILE`",
+        path.display()
+    )]
     Flattened {
         /// The file.
         path: PathBuf,
+        /// Why it was not read.
+        #[source]
+        source: Option<FlattenedError>,
     },
     /// An ELF file that is not an acceptable vmcore.
     #[error("{} is not a valid ELF vmcore", path.display())]
@@ -275,9 +284,6 @@ impl Vmcore {
     }
 }
 
-/// `makedumpfile -F` output starts with this, padded with NULs to 16 bytes.
-const FLATTENED_SIGNATURE: &[u8] = b"makedumpfile\0\0\0\0";
-
 /// Opens the vmcore at `path`, whatever its format, for reading through [`DumpImage`].
 pub fn open(path: &Path) -> Result<Box<dyn DumpImage + Send + Sync>, OpenError> {
     open_vmcore(path).map(Vmcore::into_image)
@@ -299,8 +305,16 @@ pub fn open_vmcore(path: &Path) -> Result<Vmcore, OpenError> {
         let kdump = KdumpImage::open(file).map_err(|source| OpenError::Kdump { path: path.to_path_buf(), source })?;
         return Ok(Vmcore::Kdump(Box::new(kdump)));
     }
-    if magic == FLATTENED_SIGNATURE {
-        return Err(OpenError::Flattened { path: path.to_path_buf() });
+    if magic == flattened::SIGNATURE {
+        let flattened = |source| OpenError::Flattened { path: path.to_path_buf(), source };
+        let flat = Flattened::open(file).map_err(|e| flattened(Some(e)))?;
+        let mut magic = [0u8; 8];
+        if flat.read_exact_at(&mut magic, 0).is_err() || magic != KDUMP_SIGNATURE {
+            return Err(flattened(None));
+        }
+        let kdump = KdumpImage::open_from(Box::new(flat))
+            .map_err(|source| OpenError::Kdump { path: path.to_path_buf(), source })?;
+        return Ok(Vmcore::Kdump(Box::new(kdump)));
     }
     Err(OpenError::UnknownFormat { path: path.to_path_buf(), magic: magic[..len.min(8)].to_vec() })
 }

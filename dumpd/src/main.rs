@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
 use dumpd::elf::image::read_headers;
 use dumpd::elf::Core;
-use dumpd::kdump::KDUMP_SIGNATURE;
+use dumpd::kdump::{flattened, KDUMP_SIGNATURE};
 
 /// Inspect crashvisor's crash store and vmcores.
 #[derive(Parser, Debug)]
@@ -82,8 +82,8 @@ fn main() -> ExitCode {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let mut magic = [0u8; 8];
-    if file.read_exact_at(&mut magic, 0).is_ok() && magic == KDUMP_SIGNATURE {
+    let mut magic = [0u8; 16];
+    if file.read_exact_at(&mut magic, 0).is_ok() && (magic[..8] == KDUMP_SIGNATURE || &magic == flattened::SIGNATURE) {
         return formats_cmd::check_kdump(path);
     }
     let metadata = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?;

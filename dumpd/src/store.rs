@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,8 @@ pub const FILE_VMCORE: &str = "vmcore";
 pub const FILE_VMCORE_DMESG: &str = "vmcore-dmesg.txt";
 /// The capture kernel's own log.
 pub const FILE_KEXEC_DMESG: &str = "kexec-dmesg.log";
+/// What a host-side core collector (`vmm --core-collector`) printed.
+pub const FILE_CORE_COLLECTOR_LOG: &str = "core-collector.log";
 /// The crash's metadata.
 pub const FILE_META: &str = "meta.json";
 /// Failed captures, one JSON object per line, in the store directory.
@@ -184,6 +187,22 @@ pub struct CrashFiles {
     /// The capture kernel's log, if the crash has one.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub kexec_dmesg: Option<String>,
+    /// The core collector's messages, if one ran.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub core_collector_log: Option<String>,
+}
+
+/// What became of a host-side core collector (kdump.conf's `core_collector`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreCollectorMeta {
+    /// The command, as configured (the input and output paths follow it).
+    pub command: String,
+    /// `true` if the vmcore is the collector's output; `false` if the collector failed and the
+    /// built-in writer wrote it (kdump's `failure_action` of a failed collector).
+    pub collected: bool,
+    /// Why the collector failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
 }
 
 /// `meta.json`.
@@ -204,6 +223,9 @@ pub struct CrashMeta {
     /// The vmcore's file format when it is not ELF (`kdump-zstd`, `kdump-zlib`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub vmcore_format: Option<String>,
+    /// The core collector that made (or failed to make) the vmcore, if one was configured.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub core_collector: Option<CoreCollectorMeta>,
     /// Sizes.
     pub sizes: CrashSizes,
     /// Timings.
@@ -232,11 +254,17 @@ impl CrashMeta {
             reason: None,
             dump_level: None,
             vmcore_format: None,
+            core_collector: None,
             sizes: CrashSizes::default(),
             timings: CrashTimings::default(),
             created: rfc3339(created),
             created_unix_ms: u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX),
-            files: CrashFiles { vmcore: FILE_VMCORE.into(), vmcore_dmesg: None, kexec_dmesg: None },
+            files: CrashFiles {
+                vmcore: FILE_VMCORE.into(),
+                vmcore_dmesg: None,
+                kexec_dmesg: None,
+                core_collector_log: None,
+            },
             checksums: None,
         }
     }
@@ -328,7 +356,7 @@ impl CrashStore {
                     return Ok(PendingCrash {
                         store: self.dir.clone(),
                         path,
-                        _lock: lock,
+                        lock,
                         vm_name: vm_name.to_owned(),
                         created: SystemTime::now(),
                         committed: false,
@@ -386,8 +414,8 @@ impl CrashStore {
 pub struct PendingCrash {
     store: PathBuf,
     path: PathBuf,
-    /// The directory, locked while its writer lives (a forked writer inherits it).
-    _lock: File,
+    /// The directory, locked while its writer lives (a forked writer keeps it open).
+    lock: File,
     vm_name: String,
     created: SystemTime,
     committed: bool,
@@ -416,6 +444,13 @@ impl PendingCrash {
     /// The VM's name.
     pub fn vm_name(&self) -> &str {
         &self.vm_name
+    }
+
+    /// The descriptor whose lock tells the store this crash is being written. A process forked
+    /// to write into the crash keeps it open: while any process holds it, no sweep removes the
+    /// temporary directory, and when the last one exits the kernel drops the lock.
+    pub fn lock(&self) -> BorrowedFd<'_> {
+        self.lock.as_fd()
     }
 
     /// Creates the new file `name` (a plain name) in the crash directory.

@@ -125,7 +125,8 @@ fn fixtures(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         let options = KdumpOptions {
             compression,
             dump_level,
-            free_pages: None,
+            excluded: None,
+            exclude_only_zero: false,
             timestamp: std::time::UNIX_EPOCH,
             progress: None,
         };

@@ -1,5 +1,6 @@
 //! Boot-time setup of memory (Linux's `setup_arch` in miniature): read the PVH boot data,
-//! print the memory map, build the direct map, reserve what is in use, start the allocators.
+//! print the memory map, build the direct map, reserve what is in use, start the allocators
+//! and the `struct page` array.
 
 use crashvisor_abi::layout::{CMDLINE_GPA, CMDLINE_MAX_SIZE, HIGH_RAM_START, LOW_BOOT_AREA_END, PAGE_SIZE};
 use crashvisor_abi::pvh::{MemmapEntry, ModlistEntry, StartInfo, START_INFO_MAGIC};
@@ -139,6 +140,10 @@ pub fn memory(start_info_phys: u64) -> bool {
         );
         return false;
     }
+    let Some(memmap_phys) = reserve_memmap(&mut map, bitmap_phys + bitmap_bytes) else {
+        crate::pr_emerg!("mm: no room for the struct page array ({} MiB)", mm::memmap::backing_bytes(&map) >> 20);
+        return false;
+    };
     if crate::kexec::capture::elfcorehdr().is_some() {
         // A capture kernel reads all of the crashed kernel's memory, which its map marks reserved.
         for range in map.ranges().iter().filter(|r| !r.kind.is_ram_backed() && r.start >= HIGH_RAM_START) {
@@ -148,6 +153,20 @@ pub fn memory(start_info_phys: u64) -> bool {
         crate::kexec::reserve::reserve(&mut map);
     }
     mm::frame::init(&map, bitmap_phys);
+    mm::memmap::init(&map, memmap_phys);
     *MEMORY_MAP.lock_irqsave() = Some(map);
     true
+}
+
+/// Reserves the RAM behind the `struct page` array: 2 MiB-aligned, right after `after` if that
+/// is free, else the highest place that is (as Linux's memblock allocates top-down).
+fn reserve_memmap(map: &mut MemoryMap, after: u64) -> Option<u64> {
+    const ALIGN: u64 = 2 << 20;
+    let bytes = mm::memmap::backing_bytes(map);
+    let next = after.next_multiple_of(ALIGN);
+    if map.reserve(next, next + bytes, RangeKind::BootData).is_ok() {
+        return Some(next);
+    }
+    let start = map.find_free_top_down(bytes, ALIGN, u64::MAX)?;
+    map.reserve(start, start + bytes, RangeKind::BootData).ok().map(|()| start)
 }

@@ -1,6 +1,7 @@
-//! `Service`: the real `crashvisor serve` on an ephemeral port with its own crash store, driven
-//! only over HTTP, as a test harness would: a small blocking HTTP/1.1 client (std only) and a
-//! Server-Sent Events reader that stamps each event on arrival.
+//! `Service`: the real `crashvisor serve` on an ephemeral port with its own crash store and
+//! state directory, driven only over HTTP, as a test harness would: a small blocking HTTP/1.1
+//! client (std only) and a Server-Sent Events reader that stamps each event on arrival. A
+//! service can be killed and started again on the same directories, to adopt its VMs again.
 //!
 //! ```no_run
 //! use crashvisor_tests::api::Service;
@@ -16,6 +17,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +27,8 @@ use serde_json::Value;
 
 use crate::{built_binary, require_kvm, TempDir};
 
+/// SIGKILL's number on Linux.
+const SIGKILL: i32 = 9;
 /// How long the service may take to listen, and to stop on SIGTERM.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound of one HTTP exchange (a vmcore download included).
@@ -39,12 +43,19 @@ pub fn one_at_a_time() -> MutexGuard<'static, ()> {
 }
 
 /// A running `crashvisor serve`; dropping it stops it with SIGTERM (and kills it if it hangs).
+/// A service that was killed and not started again has its VMMs killed on drop, so a failed
+/// test leaves no VMM behind.
 pub struct Service {
     child: Child,
     /// `127.0.0.1:PORT`.
     pub addr: String,
     /// The crash store it serves.
     pub crash_dir: TempDir,
+    /// Its state directory.
+    pub state_dir: TempDir,
+    args: Vec<String>,
+    /// Variables added to its environment.
+    env: Vec<(String, String)>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -113,47 +124,45 @@ impl Service {
     #[track_caller]
     pub fn start_with_env(crash_dir: TempDir, args: &[&str], env: &[(&str, String)]) -> Self {
         require_kvm();
-        let binary = built_binary("crashvisor", "api");
-        let mut child = Command::new(&binary)
-            .args(["serve", "--addr", "127.0.0.1:0", "--crash-dir", crash_dir.arg()])
-            .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .env_remove("CRASHVISOR_TOKEN")
-            .env_remove("CRASHVISOR_ADDR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let lines = stderr.clone();
-        let pipe = child.stderr.take().expect("stderr is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => match line.strip_prefix("crashvisor listening on http://") {
-                Some(addr) => addr.to_owned(),
-                None => panic!("crashvisor serve printed {line:?} instead of its address"),
-            },
-            Err(_) => {
-                let _ = child.kill();
-                let log = stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
-                panic!("crashvisor serve did not start listening:\n{log}");
-            }
-        };
-        Self { child, addr, crash_dir, stderr }
+        let state_dir = TempDir::new("api-state");
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let (child, addr, stderr) = spawn_serve(&crash_dir, &state_dir, &args, &env);
+        Self { child, addr, crash_dir, state_dir, args, env, stderr }
+    }
+
+    /// Kills the service with SIGKILL (its VMMs run on) and waits until it is gone.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        let _ = self.child.kill();
+        self.child.wait().unwrap_or_else(|e| panic!("cannot wait for the killed service: {e}"))
+    }
+
+    /// Starts the service again on the same crash store and state directory, with the same
+    /// options and environment, once the last one has ended (see [`Service::kill`]).
+    ///
+    /// # Panics
+    ///
+    /// If the last one still runs, or the new one does not start.
+    #[track_caller]
+    pub fn restart(&mut self) {
+        assert!(matches!(self.child.try_wait(), Ok(Some(_))), "the service still runs; kill it first");
+        let (child, addr, stderr) = spawn_serve(&self.crash_dir, &self.state_dir, &self.args, &self.env);
+        (self.child, self.addr, self.stderr) = (child, addr, stderr);
+    }
+
+    /// The record of VM `name` in the state directory (`vm.json`, docs/api.md).
+    ///
+    /// # Panics
+    ///
+    /// If it cannot be read.
+    #[track_caller]
+    pub fn vm_record(&self, name: &str) -> Value {
+        let path = self.state_dir.path().join("vms").join(name).join("vm.json");
+        let text = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_slice(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
     }
 
     /// The service's process id.
@@ -248,8 +257,95 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(status)) if status.signal() == Some(SIGKILL)) {
+            // Killed and not started again: nobody will stop its VMMs.
+            kill_recorded_vmms(self.state_dir.path());
+        }
         self.terminate();
     }
+}
+
+/// Starts `crashvisor serve` on `crash_dir` and `state_dir` with `args` and waits until it
+/// listens: the child, its address, its stderr as it comes.
+#[track_caller]
+fn spawn_serve(
+    crash_dir: &TempDir,
+    state_dir: &TempDir,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+    let binary = built_binary("crashvisor", "api");
+    let mut child = Command::new(&binary)
+        .args(["serve", "--addr", "127.0.0.1:0", "--crash-dir", crash_dir.arg(), "--state-dir", state_dir.arg()])
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env_remove("CRASHVISOR_TOKEN")
+        .env_remove("CRASHVISOR_ADDR")
+        .env_remove("CRASHVISOR_RUN_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let lines = stderr.clone();
+    let pipe = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        }
+    });
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(line) => match line.strip_prefix("crashvisor listening on http://") {
+            Some(addr) => addr.to_owned(),
+            None => panic!("crashvisor serve printed {line:?} instead of its address"),
+        },
+        Err(_) => {
+            let _ = child.kill();
+            let log = stderr.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
+            panic!("crashvisor serve did not start listening:\n{log}");
+        }
+    };
+    (child, addr, stderr)
+}
+
+/// SIGKILLs the VMMs the records of `state_dir` name, each only if the process under its pid
+/// is still the one that started at the recorded time.
+fn kill_recorded_vmms(state_dir: &std::path::Path) {
+    let Ok(vms) = std::fs::read_dir(state_dir.join("vms")) else { return };
+    for vm in vms.flatten() {
+        let Ok(text) = std::fs::read(vm.path().join("vm.json")) else { continue };
+        let Ok(record) = serde_json::from_slice::<Value>(&text) else { continue };
+        let (Some(pid), Some(start_time)) = (record["vmm"]["pid"].as_u64(), record["vmm"]["start_time"].as_u64())
+        else {
+            continue;
+        };
+        if process_start_time(pid as u32) == Some(start_time) {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// Whether process `pid` runs (it exists and is not a zombie).
+pub fn process_runs(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    state.is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Sends signal `name` (`TERM`, `KILL`) to process `pid` with kill(1).

@@ -2,8 +2,9 @@
 //! crash store, driven only over HTTP as a test harness would. VMs crash by injected faults
 //! (kdump catches them), events arrive over SSE, vmcores are downloaded whole and by ranges and
 //! read with dumpd's ELF reader, analysed (summary, backtraces, tasks) and converted to
-//! kdump-compressed on the fly; a killed VMM fails its VM only; bad requests get the documented
-//! errors; a stopped service stops its VMs and a restarted one serves the same crash store.
+//! kdump-compressed on the fly; a VM with makedumpfile as its core collector gets makedumpfile's
+//! vmcore; a killed VMM fails its VM only; bad requests get the documented errors; a stopped
+//! service stops its VMs and a restarted one serves the same crash store.
 //!
 //! Run one test at a time on small hosts: `cargo test -p crashvisor-tests --test api --
 //! --test-threads=1` (after `cargo build -p vmm -p api`).
@@ -11,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use crashvisor_tests::api::{one_at_a_time, signal, EventStream, HttpResponse, Service};
-use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
+use crashvisor_tests::kdump::{self, CAPTURE_TIMEOUT};
 use crashvisor_tests::BOOT_TIMEOUT;
 use dumpd::elf::Core;
 use serde_json::{json, Value};
@@ -221,6 +222,36 @@ fn two_vms_crash_and_their_vmcores_are_served() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "no {line:?} in\n{metrics}");
     }
+}
+
+/// kdump.core_collector: the host writes the vmcore with makedumpfile, which the service serves
+/// and analyses like any other; a collector other than makedumpfile is refused.
+#[test]
+fn a_vm_with_makedumpfile_as_its_core_collector() {
+    let _serial = one_at_a_time();
+    kdump::require_fuse();
+    kdump::require_tool("makedumpfile");
+    let service = Service::start(&[]);
+    let mut body = crashing_vm("collected", 1, 256);
+    body["kdump"] = json!({"core_collector": "rm -rf /"});
+    expect_error(&service.post("/v1/vms", &body), 422, "invalid_argument", "a collector other than makedumpfile");
+    body["kdump"] = json!({"dump_level": 0, "core_collector": "makedumpfile -l -d 31"});
+    let mut events = service.events("/v1/events?since=0");
+    let vm = create_booted(&service, &mut events, &body);
+    wait_kdump(&service, &vm);
+    let id = crash(&service, &mut events, &vm, json!({"kind": "panic", "message": "collected panic"}));
+
+    let show = service.get(&format!("/v1/vmcores/{id}")).json();
+    let meta = &show["meta"];
+    assert_eq!(meta["core_collector"], json!({"command": "makedumpfile -l -d 31", "collected": true}), "{meta}");
+    assert_eq!(meta["vmcore_format"], "kdump", "{meta}");
+    assert!(show["files"]["core-collector.log"]["bytes"].as_u64() > Some(0), "{show}");
+    assert_eq!(show["summary"]["panic"]["message"], "collected panic", "{show}");
+    let vmcore = service.get(&format!("/v1/vmcores/{id}/vmcore"));
+    expect_status(&vmcore, 200, "the collector's vmcore");
+    assert!(vmcore.body.starts_with(b"KDUMP   "), "makedumpfile's kdump-compressed file");
+    let log = service.get(&format!("/v1/vmcores/{id}/core-collector-log")).text();
+    assert!(log.contains("The dumpfile is saved to"), "makedumpfile's messages:\n{log}");
 }
 
 #[test]

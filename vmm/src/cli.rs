@@ -13,6 +13,7 @@ use crate::config::{
     ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig, DEFAULT_MEMORY_MIB,
     DEFAULT_VCPUS,
 };
+use crate::crash::collector::CoreCollector;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -87,6 +88,12 @@ struct Args {
     /// (makedumpfile's compressed format).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = DumpFormat::Elf)]
     dump_format: DumpFormat,
+    /// Write the vmcore a capture kernel hands over with this program, as kdump.conf's
+    /// core_collector (e.g. "makedumpfile -l -d 31"): it gets the crashed kernel's /proc/vmcore,
+    /// served from guest memory, and the output path after its words. If it fails, the built-in
+    /// writer writes the vmcore and meta.json says why.
+    #[arg(long, value_name = "COMMAND")]
+    core_collector: Option<CoreCollector>,
     /// Keep at most N crashes of each VM in the crash store; the oldest go after each new one.
     #[arg(long, value_name = "N")]
     keep_per_vm: Option<usize>,
@@ -215,6 +222,7 @@ fn config_from_flags(args: Args) -> VmConfig {
         on_crash_loaded: args.on_crash_loaded,
         dump_format: args.dump_format,
         retention: dumpd::store::Retention { max_per_vm: args.keep_per_vm, max_total_bytes: args.keep_bytes },
+        core_collector: args.core_collector,
     }
 }
 

@@ -105,6 +105,9 @@ pub struct VmConfig {
     pub dump_format: DumpFormat,
     /// What the crash store keeps (older crashes are removed after each new one).
     pub retention: dumpd::store::Retention,
+    /// The program that writes a capture kernel's vmcore (kdump.conf's `core_collector`);
+    /// the built-in writer when `None`.
+    pub core_collector: Option<crate::crash::collector::CoreCollector>,
 }
 
 /// The VM name used unless another is given.
@@ -159,6 +162,7 @@ impl Default for VmConfig {
             on_crash_loaded: CrashLoadedPolicy::default(),
             dump_format: DumpFormat::default(),
             retention: dumpd::store::Retention::default(),
+            core_collector: None,
         }
     }
 }

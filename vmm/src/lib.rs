@@ -27,6 +27,7 @@ pub mod arch;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod crash;
 pub mod devices;
 pub mod error;
 pub mod kernel;

@@ -1,8 +1,10 @@
 //! Building a machine from a configuration, running it, and rebooting it in place.
 //!
-//! `run` reads like a script: open KVM, then per boot create the VM, its memory, the kernel and
-//! boot data, the vCPUs; run until the guest powers off, resets or fails; on reset, tear the
-//! machine down and build it again from the same configuration.
+//! `run` reads like a script: open KVM, start the crash sink and the control channel, then per
+//! boot create the VM, its memory, the kernel and boot data, the vCPUs; run until the guest powers
+//! off, resets or fails; on reset, tear the machine down and build it again from the same
+//! configuration. The machine's lifecycle types live here: [`StopReason`], and [`ResetCause`], a
+//! word of the control protocol re-exported from `crashvisor_control`.
 
 use std::fmt;
 use std::fs::File;
@@ -17,12 +19,13 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::arch::{cpuid, pvh, regs};
 use crate::config::{ConsoleOutput, VmConfig};
-use crate::control::{self, ControlConfig, Inbox};
+use crate::control::{self, ControlConfig, ControlHandle, Inbox};
+use crate::crash::policy::CrashPolicy;
+use crate::crash::{CrashSink, DumpTarget, SinkThread};
 use crate::devices::console::{pump_input, Console};
 use crate::devices::control_uart::ControlUart;
-use crate::devices::dump::DumpTarget;
 use crate::devices::platform::{BootTimes, Platform, PlatformLinks};
-use crate::devices::{Devices, ResetCause, StopReason};
+use crate::devices::Devices;
 use crate::error::VmmError;
 use crate::kernel::{self, KernelImage};
 use crate::memory;
@@ -38,6 +41,24 @@ const RESET_LOOP_WINDOW: Duration = Duration::from_secs(1);
 const RESET_LOOP_COUNT: u32 = 3;
 /// Address of the TSS KVM needs for real-mode emulation on Intel (3 pages below the BIOS area).
 const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Why a machine stops.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest powered off.
+    PowerOff,
+    /// The guest reset the machine.
+    Reset(ResetCause),
+    /// KVM could not emulate a guest instruction.
+    EmulationFailure(String),
+    /// KVM or the VMM failed while running the guest.
+    Fatal(String),
+    /// The operator asked the VMM to quit (console escape).
+    Quit,
+}
+
+/// How the guest reset the machine: a word of the control protocol (`rebooting` events).
+pub use crashvisor_control::ResetCause;
 
 /// How the guest ended, which decides the VMM's exit status.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,12 +104,14 @@ pub fn run(config: &VmConfig) -> Result<GuestEnd, VmmError> {
     run_with(config, Instant::now(), false)
 }
 
-/// What outlives a reboot: the UARTs, the boot clock and the control channel's inbox.
+/// What outlives a reboot: the UARTs, the boot clock, the control channel's inbox and the
+/// crash sink.
 struct Persistent {
     console: Arc<Console>,
     control_uart: Arc<ControlUart>,
     boot_times: Arc<BootTimes>,
     inbox: Inbox,
+    sink: CrashSink,
 }
 
 impl Persistent {
@@ -119,25 +142,44 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
     let kvm = open_kvm(&config.kvm_device)?;
     let image = KernelImage::open(&config.kernel)?;
     let (inbox, inputs) = Inbox::channel();
+    let target = DumpTarget {
+        crash_dir: config.crash_dir.clone(),
+        vm_name: config.name.clone(),
+        retention: config.retention,
+        core_collector: config.core_collector.clone(),
+    };
+    let sink_thread = SinkThread::start(target, inbox.clone())?;
     let uart_error = |source| VmmError::Console { path: "console".into(), source };
     let shared = Persistent {
         console: Arc::new(Console::new(console_output(&config.console)?).map_err(uart_error)?),
         control_uart: Arc::new(ControlUart::new(inbox.clone()).map_err(uart_error)?),
         boot_times: Arc::new(BootTimes::new(process_start, echo_timings)),
         inbox,
+        sink: sink_thread.sink(),
     };
+    let crash = CrashPolicy::new(config.on_panic, config.on_crash_loaded, config.dump_format, shared.sink.clone());
     let control = control::start(
-        &ControlConfig {
-            socket: config.control_socket.clone(),
-            vcpus: usize::from(config.vcpus),
-            on_panic: config.on_panic,
-            on_crash_loaded: config.on_crash_loaded,
-            dump_format: config.dump_format,
-        },
+        &ControlConfig { socket: config.control_socket.clone(), vcpus: usize::from(config.vcpus) },
         shared.inbox.clone(),
         inputs,
         shared.control_uart.clone(),
+        crash,
     )?;
+    let ended = run_boots(&kvm, config, &image, &shared, &control);
+    // Dumps in flight finish first, so clients hear how they ended before the channel closes.
+    drop(sink_thread);
+    drop(control);
+    ended
+}
+
+/// Boots the machine, and boots it again after each reset, until the guest ends.
+fn run_boots(
+    kvm: &Kvm,
+    config: &VmConfig,
+    image: &KernelImage,
+    shared: &Persistent,
+    control: &ControlHandle,
+) -> Result<GuestEnd, VmmError> {
     vcpu::install_kick_handler()?;
     let quit_requests = Arc::new(std::sync::Mutex::new(None::<Arc<RunContext>>));
     let mut input_started = false;
@@ -145,7 +187,7 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
     let mut quick_resets = 0;
     loop {
         let boot_start = Instant::now();
-        let machine = Machine::build(&kvm, config, &image, &shared)?;
+        let machine = Machine::build(kvm, config, image, shared)?;
         *quit_requests.lock().unwrap_or_else(|e| e.into_inner()) = Some(machine.ctx.clone());
         control.machine_started(machine.ctx.clone());
         // Console input starts once the first boot runs: it is not on the way to the guest.
@@ -170,7 +212,7 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
 }
 
 /// Marks the vCPU's `kvm_run` mapping `MADV_DONTFORK`: a host-side dump's forked writer
-/// (`snapshot::fork`) must not hold the vCPU, and through it the VM, alive after the parent
+/// (`crash::fork`) must not hold the vCPU, and through it the VM, alive after the parent
 /// let the machine go (a reboot then builds a new VM while the old one still exists).
 fn keep_out_of_forks(vcpu: &mut kvm_ioctls::VcpuFd, kvm: &Kvm) -> Result<(), VmmError> {
     let size = kvm.get_vcpu_mmap_size().map_err(VmmError::kvm("read the vCPU mapping size"))?;
@@ -312,11 +354,7 @@ impl Machine {
             platform: Platform::new(PlatformLinks {
                 boot_times: shared.boot_times.clone(),
                 memory: memory.clone(),
-                dump: DumpTarget {
-                    crash_dir: config.crash_dir.clone(),
-                    vm_name: config.name.clone(),
-                    retention: config.retention,
-                },
+                sink: shared.sink.clone(),
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(config.nmi_watchdog, requests.clone())),
                 inbox: shared.inbox.clone(),

@@ -10,7 +10,9 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use dumpd::analysis::summary::Summary;
-use dumpd::store::{CrashMeta, StoreError, FILE_KEXEC_DMESG, FILE_META, FILE_VMCORE, FILE_VMCORE_DMESG};
+use dumpd::store::{
+    CrashMeta, StoreError, FILE_CORE_COLLECTOR_LOG, FILE_KEXEC_DMESG, FILE_META, FILE_VMCORE, FILE_VMCORE_DMESG,
+};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -39,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(download))
         .routes(routes!(dmesg))
         .routes(routes!(kexec_dmesg))
+        .routes(routes!(core_collector_log))
 }
 
 /// Checks `id` (`ID` or `ID@HOST`) and finds the crash: in this host's spool unless it is
@@ -148,7 +151,7 @@ struct VmcoreDetail {
 async fn local_detail(dir: &std::path::Path) -> (Option<CrashMeta>, BTreeMap<String, FileSize>) {
     let meta = tokio::fs::read(dir.join(FILE_META)).await.ok().and_then(|b| serde_json::from_slice(&b).ok());
     let mut files = BTreeMap::new();
-    for name in [FILE_VMCORE, FILE_VMCORE_DMESG, FILE_KEXEC_DMESG, FILE_META] {
+    for name in [FILE_VMCORE, FILE_VMCORE_DMESG, FILE_KEXEC_DMESG, FILE_CORE_COLLECTOR_LOG, FILE_META] {
         if let Ok(m) = tokio::fs::metadata(dir.join(name)).await {
             use std::os::unix::fs::MetadataExt;
             files.insert(name.into(), FileSize { bytes: m.len(), on_disk_bytes: m.blocks() * 512 });
@@ -352,6 +355,14 @@ async fn dmesg(State(state): State<AppState>, Path(id): Path<String>) -> Result<
     responses((status = 200, description = "The log.", content_type = "text/plain", body = String), LookupErrors))]
 async fn kexec_dmesg(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     text_file(&state, &id, FILE_KEXEC_DMESG).await
+}
+
+/// `core-collector.log`: what the host's core collector printed (crashes of VMs with
+/// `kdump.core_collector` only).
+#[utoipa::path(get, path = "/v1/vmcores/{id}/core-collector-log", params(("id" = String, Path, description = VMCORE_ID)),
+    responses((status = 200, description = "The log.", content_type = "text/plain", body = String), LookupErrors))]
+async fn core_collector_log(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    text_file(&state, &id, FILE_CORE_COLLECTOR_LOG).await
 }
 
 /// Delete a vmcore: its crash directory in the spool, and its objects in the fleet's store.

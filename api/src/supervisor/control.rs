@@ -21,6 +21,7 @@ const CONNECT_RETRY: Duration = Duration::from_millis(10);
 pub struct ControlConn {
     writer: OwnedWriteHalf,
     lines: Lines<BufReader<OwnedReadHalf>>,
+    peer_pid: Option<u32>,
 }
 
 impl ControlConn {
@@ -28,11 +29,17 @@ impl ControlConn {
     pub async fn connect(path: &Path) -> Self {
         loop {
             if let Ok(stream) = UnixStream::connect(path).await {
+                let peer_pid = stream.peer_cred().ok().and_then(|c| c.pid()).and_then(|p| u32::try_from(p).ok());
                 let (reader, writer) = stream.into_split();
-                return Self { writer, lines: BufReader::new(reader).lines() };
+                return Self { writer, lines: BufReader::new(reader).lines(), peer_pid };
             }
             tokio::time::sleep(CONNECT_RETRY).await;
         }
+    }
+
+    /// The process that listens on the socket (`SO_PEERCRED`), if the kernel said.
+    pub fn peer_pid(&self) -> Option<u32> {
+        self.peer_pid
     }
 
     /// Sends `request` under `id`.

@@ -1,10 +1,17 @@
-//! The supervisor: the VMs the service runs, one `vmm` process each. It admits new VMs against
+//! The supervisor: the VMs the service runs, one `vmm` process each. It finds the VMs of the
+//! state directory again when the service starts (adopting their VMMs), admits new VMs against
 //! the limits, starts their tasks ([`vm`]), finds them for handlers, deletes them, and stops
 //! them all when the service shuts down.
 
+pub mod adopt;
 pub mod console;
 pub mod control;
+pub mod core_collector;
+pub mod follow;
+pub mod handle;
+pub mod keeper;
 pub mod process;
+pub mod record;
 pub mod spec;
 pub mod state;
 pub mod vm;
@@ -18,6 +25,7 @@ use std::time::Duration;
 use dumpd::store::Retention;
 use serde_json::json;
 
+use self::record::StateDir;
 use self::spec::CreateVm;
 pub use self::state::VmState;
 use self::vm::{Launch, Services};
@@ -26,7 +34,7 @@ use crate::error::ApiError;
 use crate::events::NewEvent;
 use crate::limits::{Limits, Usage};
 
-/// How long service shutdown waits for VMs to stop before their VMMs are killed.
+/// How long service shutdown waits for VMs to stop (their stops escalate to SIGKILL sooner).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where VMMs come from and write to.
@@ -34,7 +42,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Paths {
     /// The binary that runs a VMM as `<exe> vmm ...` (this one).
     pub exe: PathBuf,
-    /// The directory of the control sockets and the VMMs' configuration files.
+    /// The directory of the control sockets.
     pub run_dir: PathBuf,
     /// The crash store.
     pub crash_dir: PathBuf,
@@ -49,16 +57,50 @@ pub struct Supervisor {
     paths: Paths,
     limits: Limits,
     services: Services,
+    state: StateDir,
 }
 
 impl Supervisor {
-    /// A supervisor with no VMs.
-    pub fn new(paths: Paths, limits: Limits, services: Services) -> Self {
-        Self { vms: Mutex::new(BTreeMap::new()), next_default_name: AtomicU64::new(1), paths, limits, services }
+    /// A supervisor with the VMs recorded in `state`, their VMMs adopted again (in the
+    /// background: each VM shows its last known state until its task has found its VMM).
+    pub fn open(paths: Paths, limits: Limits, services: Services, state: StateDir) -> Self {
+        let mut vms = BTreeMap::new();
+        match state.scan() {
+            Ok(found) => {
+                for (name, record) in found {
+                    match record {
+                        Ok(record) => {
+                            let launch = Launch {
+                                exe: paths.exe.clone(),
+                                control: record.control_socket.clone(),
+                                dir: state.vm(&name),
+                                crash_dir: paths.crash_dir.clone(),
+                                retention: paths.retention,
+                            };
+                            vms.insert(name, vm::restore(record, launch, services.clone()));
+                        }
+                        Err(e) => tracing::error!(
+                            "{e}; VM {name} is not served (remove {} once its VMM, if any, is gone)",
+                            state.root().join("vms").join(&name).display()
+                        ),
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot look for the VMs of the last service: {e}"),
+        }
+        if !vms.is_empty() {
+            tracing::info!("found {} VMs in the state directory {}", vms.len(), state.root().display());
+        }
+        Self { vms: Mutex::new(vms), next_default_name: AtomicU64::new(1), paths, limits, services, state }
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, VmHandle>> {
         self.vms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &StateDir {
+        &self.state
     }
 
     /// The limits in force.
@@ -87,10 +129,12 @@ impl Supervisor {
             memory_mib: u.memory_mib + vm.spec.memory_mib,
         });
         self.limits.admit(vms.len(), usage, spec.vcpus, spec.memory_mib)?;
+        let dir = self.state.vm(&spec.name);
+        dir.create().map_err(ApiError::internal)?;
         let launch = Launch {
             exe: self.paths.exe.clone(),
             control: self.paths.run_dir.join(format!("{}.sock", spec.name)),
-            config: self.paths.run_dir.join(format!("{}.json", spec.name)),
+            dir,
             crash_dir: self.paths.crash_dir.clone(),
             retention: self.paths.retention,
         };
@@ -124,10 +168,11 @@ impl Supervisor {
         counts
     }
 
-    /// Stops the VM `name` and forgets it.
+    /// Stops the VM `name` and forgets it (its directory in the state directory goes too).
     pub async fn delete(&self, name: &str) -> Result<(), ApiError> {
         let handle = self.get(name)?;
         handle.stop().await;
+        handle.forget().await?;
         // Another delete may have won the race; either way it is gone.
         if self.lock().remove(name).is_some() {
             self.services.bus.publish(name, NewEvent::new("deleted", json!({})));
@@ -135,17 +180,27 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops every VM (service shutdown); VMMs still running after `SHUTDOWN_TIMEOUT` are
-    /// killed when their tasks end with the runtime.
+    /// Stops every VM and forgets it (service shutdown: the next service starts with none).
+    /// Each stop ends in SIGKILL within `SHUTDOWN_TIMEOUT`; a VM whose VMM outlives even that
+    /// keeps its record, for the next service to find.
     pub async fn shutdown(&self) {
         let vms = self.list();
         if vms.is_empty() {
             return;
         }
         tracing::info!("stopping {} VMs", vms.len());
-        let stops = futures_util::future::join_all(vms.iter().map(VmHandle::stop));
+        let stop_and_forget = |vm: &VmHandle| {
+            let vm = vm.clone();
+            async move {
+                vm.stop().await;
+                if let Err(e) = vm.forget().await {
+                    tracing::warn!("VM {} stays in the state directory: {e}", vm.name());
+                }
+            }
+        };
+        let stops = futures_util::future::join_all(vms.iter().map(stop_and_forget));
         if tokio::time::timeout(SHUTDOWN_TIMEOUT, stops).await.is_err() {
-            tracing::warn!("some VMs did not stop within {SHUTDOWN_TIMEOUT:?}; their VMMs are killed");
+            tracing::warn!("some VMs did not stop within {SHUTDOWN_TIMEOUT:?}; they stay in the state directory");
         }
     }
 }

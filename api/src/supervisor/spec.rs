@@ -15,7 +15,9 @@ use crashvisor_abi::params::{
 use crashvisor_control::WireName;
 use dumpd::store::Retention;
 use vmm::config::{ConsoleOutput, CrashLoadedPolicy, DumpFormat, KernelSource, PanicPolicy, VmConfig};
+use vmm::crash::collector::CoreCollector;
 
+use super::core_collector::check_core_collector;
 use crate::error::ApiError;
 
 /// Longest `crashkernel=` value accepted (Linux's forms are short: `64M`, `512M-2G:64M,2G-:128M@16M`).
@@ -71,6 +73,11 @@ pub struct KdumpSpec {
     pub final_action: Option<String>,
     /// After a failed dump: `reboot`, `halt` or `poweroff`.
     pub failure_action: Option<String>,
+    /// kdump.conf's `core_collector`: the host writes the vmcore the capture kernel hands over
+    /// with this command instead of its built-in writer, e.g. `makedumpfile -l -d 31`
+    /// (makedumpfile with `-c -l -z -E -D --non-mmap --non-cyclic`, `-d`, `--message-level`,
+    /// `--num-threads`, `--cyclic-buffer`). If it fails, the built-in writer writes the vmcore.
+    pub core_collector: Option<String>,
 }
 
 /// Lockup detector settings.
@@ -124,7 +131,7 @@ impl BootValue {
 }
 
 /// A checked VM configuration.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmSpec {
     /// The name (and id).
     pub name: String,
@@ -146,6 +153,8 @@ pub struct VmSpec {
     pub on_crash_loaded: CrashLoadedPolicy,
     /// The format of host-side vmcores (`vmm --dump-format`).
     pub dump_format: DumpFormat,
+    /// The core collector (`vmm --core-collector`), checked.
+    pub core_collector: Option<CoreCollector>,
 }
 
 impl CreateVm {
@@ -159,6 +168,9 @@ impl CreateVm {
         let mut params: Vec<String> = self.cmdline.iter().filter(|c| !c.trim().is_empty()).cloned().collect();
         let kdump_on = self.kdump.as_ref().is_some_and(|k| k.enabled.unwrap_or(true));
         let kdump = self.kdump.unwrap_or_default();
+        let core_collector = kdump.core_collector.as_deref().map(check_core_collector).transpose()?;
+        let core_collector =
+            core_collector.map(|c| c.parse::<CoreCollector>().map_err(ApiError::invalid)).transpose()?;
         match (&self.crashkernel, kdump_on) {
             (Some(size), _) => params.push(format!("{CRASHKERNEL}={}", check_crashkernel(size)?)),
             (None, true) => params.push(format!("{CRASHKERNEL}={DEFAULT_CRASHKERNEL}")),
@@ -231,6 +243,7 @@ impl CreateVm {
             on_panic,
             on_crash_loaded,
             dump_format,
+            core_collector,
         };
         if !(1..=crate::limits::VMM_MAX_VCPUS).contains(&spec.vcpus) {
             let max = crate::limits::VMM_MAX_VCPUS;
@@ -264,6 +277,7 @@ impl VmSpec {
             on_crash_loaded: self.on_crash_loaded,
             dump_format: self.dump_format,
             retention,
+            core_collector: self.core_collector.clone(),
         }
     }
 }
@@ -372,6 +386,9 @@ mod tests {
             DumpFormat::Kdump(dumpd::kdump::Compression::Zstd)
         );
         assert_eq!(serde_json::to_value(&s).unwrap()["on_panic"], "dump-and-reboot", "as the VMM spells it");
+        let collected = spec(json!({"kdump": {"core_collector": "makedumpfile  -l -d 31"}})).unwrap();
+        let collected = collected.vmm_config(Path::new("/s"), Path::new("/c"), Retention::default());
+        assert_eq!(collected.core_collector.map(|c| c.to_string()).as_deref(), Some("makedumpfile -l -d 31"));
     }
 
     #[test]
@@ -395,6 +412,7 @@ mod tests {
             json!({"crashkernel": "64M kdump=0"}),
             json!({"kdump": {"dump_level": 32}}),
             json!({"kdump": {"final_action": "explode"}}),
+            json!({"kdump": {"core_collector": "sh -c reboot"}}),
             json!({"watchdog": {"thresh_secs": 61}}),
             json!({"sysctls": {"vm.x": 1}}),
             json!({"sysctls": {"kernel.panic": "1 2"}}),

@@ -1,17 +1,18 @@
 //! A VM's state as the service reports it, and the pure function that moves it along as the
-//! VMM's control events arrive (docs/control-protocol.md) and its process ends. Tested without
-//! a VM.
+//! VMM's control events arrive (docs/control-protocol.md), as its process ends, and when a
+//! restarted service adopts its VMM again. Tested without a VM. The state directory keeps it
+//! whole (it is serde), so a restarted service goes on from where the last one was.
 
 use std::time::{Duration, Instant};
 
-use crashvisor_control::{Event, PanicAbout};
-use serde::Serialize;
+use crashvisor_control::{Event, MachineState, PanicAbout, Status};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::events::NewEvent;
 
 /// The states of a VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// The VMM runs; the guest has not said hello yet.
@@ -96,8 +97,8 @@ pub enum Effect {
 /// How the VMM process ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessEnd {
-    /// Whether it exited with status 0.
-    pub success: bool,
+    /// Whether it exited with status 0 (`None`: not known, it was not this service's child).
+    pub success: Option<bool>,
     /// Its exit status in words (`exit status 1`, `killed by signal 9`).
     pub status: String,
     /// What it printed last on stderr and the console, for a failure's reason.
@@ -105,14 +106,15 @@ pub struct ProcessEnd {
 }
 
 /// The state and counters of one VM, driven by its events.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tracker {
     /// The state.
     pub state: VmState,
     before_pause: VmState,
     /// Guest boots so far (a kdump capture kernel is not one; a reboot is).
     pub boots: u64,
-    /// When the current boot said hello.
+    /// When the current boot said hello (kept as wall-clock time across a restart).
+    #[serde(with = "instant_as_unix_ms")]
     pub booted_at: Option<Instant>,
     /// The guest kernel's release.
     pub release: Option<String>,
@@ -129,6 +131,8 @@ pub struct Tracker {
     /// The VMM's own boot number of the machine running now.
     vmm_boot: u64,
     panicked_this_boot: bool,
+    /// Not kept across a restart: a capture that spans one is not timed.
+    #[serde(skip)]
     capture_started: Option<Instant>,
     /// What the VMM said when it stopped (`powered_off`, or a `stopped` reason).
     stop_reason: Option<String>,
@@ -228,6 +232,11 @@ impl Tracker {
                 "capture_started"
             }
             Event::VmcoreReady { id, size, on_disk, .. } => {
+                if self.vmcores.contains(id) {
+                    // Announced already: found in the crash store after a restart, and then
+                    // reported by the VMM as well.
+                    return effects;
+                }
                 self.vmcores.push(id.clone());
                 let capture = self.capture_started.take().map(|t| now.saturating_duration_since(t));
                 effects.push(Effect::Vmcore { size: *size, on_disk: *on_disk, capture });
@@ -282,10 +291,29 @@ impl Tracker {
         vec![Effect::Publish(NewEvent::new("failed", json!({ "reason": reason }))), Effect::Failed]
     }
 
-    /// The VMM process ended; `requested` when the API stopped it.
+    /// A restarted service could not adopt the VM's VMM: it ended while no service ran, or it
+    /// could not be served (`reason` says which). Failed, unless the VMM had said it stops.
+    pub fn on_lost(&mut self, reason: &str, last_output: &str) -> Vec<Effect> {
+        let end = ProcessEnd { success: None, status: "an unknown status".into(), last_output: String::new() };
+        if self.stop_reason.is_some() {
+            return self.on_process_end(&end, false);
+        }
+        self.booted_at = None;
+        let mut failure = format!("{reason}; the VM was {} when the service last heard of it", self.state.as_str());
+        self.state = VmState::Failed;
+        if !last_output.is_empty() {
+            failure.push_str("; last output:\n");
+            failure.push_str(last_output);
+        }
+        self.failure = Some(failure.clone());
+        vec![Effect::Publish(NewEvent::new("failed", json!({ "reason": failure, "exit": "unknown" }))), Effect::Failed]
+    }
+
+    /// The VMM process ended; `requested` when the API stopped it. An end of unknown status
+    /// after the VMM said why it stops is a stop.
     pub fn on_process_end(&mut self, end: &ProcessEnd, requested: bool) -> Vec<Effect> {
         self.booted_at = None;
-        if requested || (end.success && self.stop_reason.is_some()) {
+        if requested || (end.success != Some(false) && self.stop_reason.is_some()) {
             self.state = VmState::Stopped;
             let reason = match (requested, &self.stop_reason) {
                 (true, _) => "stopped through the API".to_owned(),
@@ -305,6 +333,70 @@ impl Tracker {
         }
         self.failure = Some(reason.clone());
         vec![Effect::Publish(NewEvent::new("failed", json!({ "reason": reason, "exit": end.status }))), Effect::Failed]
+    }
+
+    /// A restarted service found the VM's VMM `pid` running again and asked its `status`:
+    /// the state follows what happened while no service listened (a pause, a reset, a boot);
+    /// events missed meanwhile are not replayed (a vmcore is announced from the crash store).
+    pub fn on_adopted(&mut self, status: &Status, pid: u32) -> Vec<Effect> {
+        let rebuilt = (self.vmm_boot != 0 && status.boots != self.vmm_boot) || self.state == VmState::Rebooting;
+        match status.state {
+            MachineState::Paused => {
+                if self.state != VmState::Paused {
+                    self.before_pause = self.state;
+                }
+                self.state = VmState::Paused;
+            }
+            MachineState::Rebooting => {
+                self.state = VmState::Rebooting;
+                self.booted_at = None;
+            }
+            MachineState::Running => {
+                if self.state == VmState::Paused {
+                    self.state = self.before_pause;
+                }
+                if rebuilt || (self.state == VmState::Booting && status.guest_control) {
+                    // Machines built while away; each said hello if this one did.
+                    let hellos = status.boots.saturating_sub(self.vmm_boot);
+                    self.boots += if status.guest_control { hellos } else { hellos.saturating_sub(1) };
+                    self.vmm_boot = status.boots;
+                    self.panicked_this_boot = false;
+                    self.booted_at = None;
+                    self.release = status.release.clone().or(self.release.take());
+                    self.state = if status.guest_control { VmState::Running } else { VmState::Booting };
+                }
+            }
+            // It is ending: its process's end says how.
+            MachineState::PoweredOff | MachineState::Stopped => {}
+        }
+        let fields = json!({"pid": pid, "state": self.state.as_str(), "vmm_boots": status.boots});
+        vec![Effect::Publish(NewEvent::new("adopted", fields))]
+    }
+}
+
+/// `Option<Instant>` as milliseconds since the Unix epoch, so a time survives a restart of the
+/// service (an `Instant` means nothing to another process).
+mod instant_as_unix_ms {
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    fn now_unix_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn serialize<S: Serializer>(at: &Option<Instant>, serializer: S) -> Result<S::Ok, S::Error> {
+        let ms = at.map(|at| {
+            let ago = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            now_unix_ms().saturating_sub(ago)
+        });
+        ms.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Instant>, D::Error> {
+        let ms = Option::<u64>::deserialize(deserializer)?;
+        // A time in the future (the clock was set back) is taken as now.
+        Ok(ms.and_then(|ms| Instant::now().checked_sub(Duration::from_millis(now_unix_ms().saturating_sub(ms)))))
     }
 }
 
@@ -388,7 +480,7 @@ mod tests {
 
     #[test]
     fn process_ends_are_stopped_or_failed() {
-        let killed = ProcessEnd { success: false, status: "killed by signal 9".into(), last_output: "x".into() };
+        let killed = ProcessEnd { success: Some(false), status: "killed by signal 9".into(), last_output: "x".into() };
         let mut t = Tracker::new();
         let effects = t.on_process_end(&killed, false);
         assert_eq!(t.state, VmState::Failed);
@@ -397,7 +489,7 @@ mod tests {
 
         let mut t = Tracker::new();
         event(&mut t, json!({"event":"powered_off"}), Instant::now());
-        let clean = ProcessEnd { success: true, status: "exit status 0".into(), last_output: String::new() };
+        let clean = ProcessEnd { success: Some(true), status: "exit status 0".into(), last_output: String::new() };
         assert_eq!(published(&t.on_process_end(&clean, false)), ["stopped"]);
         assert_eq!(t.state, VmState::Stopped);
 
@@ -407,9 +499,103 @@ mod tests {
 
         let mut t = Tracker::new();
         event(&mut t, json!({"event":"stopped","reason":"RIP 0x10: cannot emulate"}), Instant::now());
-        let five = ProcessEnd { success: false, status: "exit status 5".into(), last_output: String::new() };
+        let five = ProcessEnd { success: Some(false), status: "exit status 5".into(), last_output: String::new() };
         t.on_process_end(&five, false);
         assert_eq!(t.state, VmState::Failed);
         assert!(t.failure.as_ref().unwrap().contains("cannot emulate"));
+    }
+
+    fn status(state: &str, boots: u64, guest_control: bool) -> Status {
+        serde_json::from_value(json!({"state": state, "vcpus": 1, "boots": boots, "guest_control": guest_control,
+                                      "release": "6.18", "guest_cpus": 1}))
+        .unwrap()
+    }
+
+    fn running(boot: u64) -> Tracker {
+        let mut t = Tracker::new();
+        event(&mut t, json!({"event":"booted","boot":boot,"release":"6.18","cpus":1}), Instant::now());
+        t
+    }
+
+    #[test]
+    fn an_adopted_vm_takes_the_state_its_vmm_reports() {
+        let mut t = running(1);
+        let effects = t.on_adopted(&status("running", 1, true), 42);
+        assert_eq!((t.state, t.boots), (VmState::Running, 1), "nothing happened while away");
+        let [Effect::Publish(adopted)] = effects.as_slice() else { panic!("{effects:?}") };
+        assert_eq!((adopted.event.as_str(), &adopted.fields["pid"]), ("adopted", &json!(42)));
+
+        let mut t = running(1);
+        t.on_adopted(&status("paused", 1, false), 42);
+        assert_eq!(t.state, VmState::Paused);
+        t.on_adopted(&status("running", 1, true), 42);
+        assert_eq!(t.state, VmState::Running, "resumed while away: back to the state before the pause");
+
+        let mut t = running(1);
+        event(&mut t, json!({"event":"panic","source":"pvpanic"}), Instant::now());
+        t.on_adopted(&status("running", 1, false), 42);
+        assert_eq!(t.state, VmState::Panicked, "the same machine, still panicked");
+        t.on_adopted(&status("running", 3, true), 42);
+        assert_eq!((t.state, t.boots), (VmState::Running, 3), "two resets and hellos while away");
+
+        let mut t = running(1);
+        t.on_adopted(&status("running", 2, false), 42);
+        assert_eq!((t.state, t.boots), (VmState::Booting, 1), "reset, no hello yet");
+        event(&mut t, json!({"event":"booted","boot":2,"release":"6.18","cpus":1}), Instant::now());
+        assert_eq!((t.state, t.boots), (VmState::Running, 2), "its hello counts once");
+
+        let mut t = Tracker::new();
+        t.on_adopted(&status("running", 1, true), 42);
+        assert_eq!((t.state, t.boots), (VmState::Running, 1), "the first hello came while away");
+        t.on_adopted(&status("rebooting", 1, false), 42);
+        assert_eq!(t.state, VmState::Rebooting);
+    }
+
+    #[test]
+    fn a_saved_tracker_goes_on_where_it_was() {
+        let mut t = running(1);
+        event(&mut t, json!({"event":"panic","source":"pvpanic"}), Instant::now());
+        event(&mut t, json!({"event":"crash_loaded"}), Instant::now());
+        let saved = serde_json::to_value(&t).unwrap();
+        let mut back: Tracker = serde_json::from_value(saved).unwrap();
+        assert_eq!((back.state, back.boots, back.crashes), (VmState::Capturing, 1, 1));
+        let uptime = back.booted_at.expect("a boot time").elapsed();
+        assert!(uptime < Duration::from_secs(5), "{uptime:?}");
+        // The capture kernel's hello after the restart is still known for what it is.
+        let hello = event(&mut back, json!({"event":"booted","boot":1,"release":"6.18","cpus":1}), Instant::now());
+        assert_eq!(published(&hello), ["capture_kernel_booted"]);
+    }
+
+    #[test]
+    fn a_vmcore_is_announced_once() {
+        let mut t = running(1);
+        let ready = json!({"event":"vmcore_ready","id":"vm-x","path":"/c/vm-x","size":10,"on_disk":4});
+        assert_eq!(published(&event(&mut t, ready.clone(), Instant::now())), ["vmcore_ready"]);
+        assert!(event(&mut t, ready, Instant::now()).is_empty(), "found in the store, then reported live");
+        assert_eq!(t.vmcores, ["vm-x"]);
+    }
+
+    #[test]
+    fn an_end_of_unknown_status_is_a_stop_only_when_the_vmm_said_so() {
+        let unknown = ProcessEnd { success: None, status: "an unknown status".into(), last_output: String::new() };
+        let mut t = running(1);
+        t.on_process_end(&unknown, false);
+        assert_eq!(t.state, VmState::Failed);
+        let mut t = running(1);
+        event(&mut t, json!({"event":"powered_off"}), Instant::now());
+        t.on_process_end(&unknown, false);
+        assert_eq!(t.state, VmState::Stopped);
+
+        let mut t = running(1);
+        let effects = t.on_lost("the VMM (pid 7) ended while no service ran", "last words");
+        assert_eq!(t.state, VmState::Failed);
+        let failure = t.failure.clone().unwrap();
+        assert!(failure.contains("pid 7") && failure.contains("was running") && failure.contains("last words"));
+        let [Effect::Publish(failed), Effect::Failed] = effects.as_slice() else { panic!("{effects:?}") };
+        assert_eq!(failed.fields["exit"], "unknown");
+        let mut t = running(1);
+        event(&mut t, json!({"event":"stopped","reason":"shutdown requested"}), Instant::now());
+        t.on_lost("ended", "");
+        assert_eq!(t.state, VmState::Stopped, "it said it stops, then the service died");
     }
 }

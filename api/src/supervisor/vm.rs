@@ -1,25 +1,33 @@
-//! One VM's task: it owns the VM's `vmm` process and control socket, turns the VMM's events
-//! into the VM's state (published through a `watch`) and the service's events, forwards
-//! requests from HTTP handlers (which only hold a [`VmHandle`] and send commands), and notices
-//! when the process ends. HTTP handlers never touch VM state.
+//! One VM's task: it owns the VM's `vmm` process (started here, or adopted again after a
+//! restart of the service) and control socket, turns the VMM's events into the VM's state
+//! (published through a `watch`) and the service's events, keeps the VM's record in the state
+//! directory, follows the VMM's console and stderr files, forwards requests from HTTP handlers
+//! (which only hold a [`VmHandle`] and send commands), and notices when the process ends.
+//! HTTP handlers never touch VM state.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crashvisor_control::{Request, ServerLine};
-use dumpd::store::Retention;
-use serde::Serialize;
+use dumpd::store::{CrashStore, Retention};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use super::console::ConsoleLog;
+use super::adopt::{self, Adopted, STATUS_ID};
+use super::console::{ConsoleLog, CONSOLE_RING_BYTES};
 use super::control::{self, ControlConn};
-use super::process::{self, VmmProcess};
+use super::follow::{self, Follower};
+use super::handle::ControlReply;
+pub use super::handle::{VmCommand, VmHandle, VmStatus};
+use super::keeper::RecordKeeper;
+use super::process::{Exit, StderrLog, VmmProcess};
+use super::record::{VmDir, VmRecord, VmmIdentity, RECORD_FORMAT};
 use super::spec::VmSpec;
-use super::state::{Effect, ProcessEnd, Tracker, VmState};
+use super::state::{Effect, ProcessEnd, Tracker};
 use crate::error::ApiError;
 use crate::events::{EventBus, NewEvent};
 use crate::metrics::Metrics;
@@ -38,124 +46,10 @@ const MAX_PENDING: usize = 256;
 const COMMAND_QUEUE: usize = 64;
 /// Console lines quoted in a failure's reason.
 const FAILURE_CONSOLE_LINES: usize = 10;
-
-/// Where a control request's result goes.
-type ControlReply = oneshot::Sender<Result<Value, ApiError>>;
-
-/// What HTTP handlers ask of a VM.
-pub enum VmCommand {
-    /// Send a control request and return its result.
-    Control {
-        /// The request.
-        request: Request,
-        /// The reply.
-        reply: ControlReply,
-    },
-    /// Stop the VM (the VMM exits; the VM stays listed as stopped).
-    Stop {
-        /// Answered once the VMM has exited.
-        reply: oneshot::Sender<()>,
-    },
-    /// Restart the VM's VMM with the same configuration.
-    Reboot {
-        /// Answered once the new VMM runs.
-        reply: oneshot::Sender<Result<(), ApiError>>,
-    },
-}
-
-/// A VM's published status.
-#[derive(Clone, Debug, Serialize)]
-pub struct VmStatus {
-    /// Its state.
-    pub state: VmState,
-    /// The VMM's process id while it runs.
-    pub pid: Option<u32>,
-    /// Guest boots so far.
-    pub boots: u64,
-    /// Guest panics so far.
-    pub crashes: u64,
-    /// Ids of the vmcores it produced.
-    pub vmcores: Vec<String>,
-    /// The last panic (detector, cpu, message, ...).
-    pub last_panic: Option<Value>,
-    /// The last lockup (kind, cpu, arg).
-    pub last_lockup: Option<Value>,
-    /// Why it failed.
-    pub failure: Option<String>,
-    /// The guest kernel's release.
-    pub release: Option<String>,
-    /// When the current boot said hello.
-    #[serde(skip)]
-    pub booted_at: Option<Instant>,
-}
-
-/// What a handler holds to reach a VM.
-#[derive(Clone)]
-pub struct VmHandle {
-    /// The configuration.
-    pub spec: Arc<VmSpec>,
-    /// When the VM was created.
-    pub created: SystemTime,
-    /// Its console output.
-    pub console: Arc<ConsoleLog>,
-    commands: mpsc::Sender<VmCommand>,
-    status: watch::Receiver<VmStatus>,
-}
-
-impl VmHandle {
-    /// The VM's name.
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    /// The current status.
-    pub fn status(&self) -> VmStatus {
-        self.status.borrow().clone()
-    }
-
-    /// The current state.
-    pub fn state(&self) -> VmState {
-        self.status.borrow().state
-    }
-
-    /// Sends a control request and waits up to `timeout` for its result.
-    pub async fn control(&self, request: Request, timeout: Duration) -> Result<Value, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(VmCommand::Control { request, reply }).await?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(gone(self.name())),
-            Err(_) => Err(ApiError::new(
-                axum::http::StatusCode::GATEWAY_TIMEOUT,
-                "guest_timeout",
-                format!("the VMM did not answer within {} s", timeout.as_secs()),
-            )),
-        }
-    }
-
-    /// Stops the VM and waits until its VMM has exited.
-    pub async fn stop(&self) {
-        let (reply, done) = oneshot::channel();
-        if self.send(VmCommand::Stop { reply }).await.is_ok() {
-            let _ = done.await;
-        }
-    }
-
-    /// Restarts the VM's VMM and waits until the new one runs.
-    pub async fn reboot(&self) -> Result<(), ApiError> {
-        let (reply, done) = oneshot::channel();
-        self.send(VmCommand::Reboot { reply }).await?;
-        done.await.map_err(|_| gone(self.name()))?
-    }
-
-    async fn send(&self, command: VmCommand) -> Result<(), ApiError> {
-        self.commands.send(command).await.map_err(|_| gone(self.name()))
-    }
-}
-
-fn gone(name: &str) -> ApiError {
-    ApiError::conflict("vm_unavailable", format!("VM {name} is being deleted"))
-}
+/// stderr read back after a restart, for a failure's reason.
+const STDERR_READ_BACK: u64 = 8 * 1024;
+/// stderr kept on disk behind what has been read.
+const STDERR_KEEP_BYTES: u64 = 64 * 1024;
 
 /// Where a VM's VMM comes from and what it is given.
 #[derive(Clone, Debug)]
@@ -164,8 +58,8 @@ pub struct Launch {
     pub exe: PathBuf,
     /// The VM's control socket.
     pub control: PathBuf,
-    /// Where the VMM's configuration is written for it to read (`vmm --config`).
-    pub config: PathBuf,
+    /// The VM's directory in the state directory (record, VMM configuration, console, stderr).
+    pub dir: VmDir,
     /// The crash store.
     pub crash_dir: PathBuf,
     /// What the crash store keeps.
@@ -179,34 +73,54 @@ pub struct Services {
     pub bus: Arc<EventBus>,
     /// The metrics.
     pub metrics: Arc<Metrics>,
+    /// The crash store, searched for crashes committed while no service ran.
+    pub store: CrashStore,
 }
 
 /// Starts the task of a new VM and returns its handle.
 pub fn start(spec: VmSpec, launch: Launch, services: Services) -> VmHandle {
-    let spec = Arc::new(spec);
-    let console = Arc::new(ConsoleLog::new());
-    let tracker = Tracker::new();
-    let (status_tx, status) = watch::channel(status_of(&tracker, None));
-    let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
-    let task = VmTask { spec: spec.clone(), launch, services, console: console.clone(), tracker, status_tx, inbox };
-    let span = tracing::info_span!("vm", name = %spec.name);
-    tokio::spawn(task.run().instrument(span));
-    VmHandle { spec, created: SystemTime::now(), console, commands, status }
+    spawn_task(spec, SystemTime::now(), Tracker::new(), launch, services, None)
 }
 
-fn status_of(tracker: &Tracker, pid: Option<u32>) -> VmStatus {
-    VmStatus {
-        state: tracker.state,
-        pid,
-        boots: tracker.boots,
-        crashes: tracker.crashes,
-        vmcores: tracker.vmcores.clone(),
-        last_panic: tracker.last_panic.clone(),
-        last_lockup: tracker.last_lockup.clone(),
-        failure: tracker.failure.clone(),
-        release: tracker.release.clone(),
-        booted_at: tracker.booted_at,
-    }
+/// Starts the task of a VM found in the state directory: its VMM, if the VM was live, is
+/// adopted again (or the VM fails, saying why).
+pub fn restore(record: VmRecord, launch: Launch, services: Services) -> VmHandle {
+    let created = UNIX_EPOCH + Duration::from_millis(record.created_unix_ms);
+    spawn_task(record.spec, created, record.status, launch, services, Some(record.vmm))
+}
+
+/// `restored`: the VMM recorded for a VM from the state directory.
+fn spawn_task(
+    spec: VmSpec,
+    created: SystemTime,
+    tracker: Tracker,
+    launch: Launch,
+    services: Services,
+    restored: Option<Option<VmmIdentity>>,
+) -> VmHandle {
+    let spec = Arc::new(spec);
+    let console = Arc::new(ConsoleLog::new());
+    let (status_tx, status) = watch::channel(VmStatus::of(&tracker, None));
+    let (commands, inbox) = mpsc::channel(COMMAND_QUEUE);
+    let created_unix_ms = created.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let mut task = VmTask {
+        spec: spec.clone(),
+        created_unix_ms,
+        launch,
+        services,
+        console: console.clone(),
+        stderr: StderrLog::default(),
+        followers: Vec::new(),
+        tracker,
+        vmm: restored.flatten(),
+        keeper: None,
+        status_tx,
+        inbox,
+    };
+    task.keeper = Some(RecordKeeper::start(task.launch.dir.clone(), task.record()));
+    let span = tracing::info_span!("vm", name = %spec.name);
+    tokio::spawn(task.run(restored).instrument(span));
+    VmHandle { spec, created, console, commands, status }
 }
 
 /// Why the VMM is being stopped.
@@ -219,7 +133,6 @@ enum StopKind {
 /// One VMM process of the VM and what is in flight with it.
 struct Session {
     process: VmmProcess,
-    pid: Option<u32>,
     control: Option<ControlConn>,
     connecting: bool,
     /// Requests sent and not yet answered: their command's name and whom to answer.
@@ -235,6 +148,25 @@ struct Session {
     killed_because: Option<&'static str>,
 }
 
+impl Session {
+    /// A session with `process`, connected already (adopted) or yet to connect (started).
+    fn new(process: VmmProcess, control: Option<ControlConn>) -> Self {
+        Self {
+            process,
+            connecting: control.is_none(),
+            control,
+            pending: HashMap::new(),
+            next_id: STATUS_ID + 1,
+            stop: None,
+            kill_at: None,
+            terminated: false,
+            stop_waiters: Vec::new(),
+            reboot_waiters: Vec::new(),
+            killed_because: None,
+        }
+    }
+}
+
 enum End {
     Finished,
     Reboot(Vec<oneshot::Sender<Result<(), ApiError>>>),
@@ -242,78 +174,192 @@ enum End {
 
 struct VmTask {
     spec: Arc<VmSpec>,
+    created_unix_ms: u64,
     launch: Launch,
     services: Services,
     console: Arc<ConsoleLog>,
+    stderr: StderrLog,
+    /// The console's and stderr's followers while a VMM runs.
+    followers: Vec<Follower>,
     tracker: Tracker,
+    /// The VMM process, while there is one.
+    vmm: Option<VmmIdentity>,
+    /// The record's writer; gone once the VM is forgotten.
+    keeper: Option<RecordKeeper>,
     status_tx: watch::Sender<VmStatus>,
     inbox: mpsc::Receiver<VmCommand>,
 }
 
 impl VmTask {
-    /// Writes the VMM's configuration and starts it.
-    async fn start_vmm(&self) -> Result<VmmProcess, String> {
-        let Launch { exe, control, config, crash_dir, retention } = &self.launch;
-        let vm = self.spec.vmm_config(control, crash_dir, *retention);
-        let json = serde_json::to_vec_pretty(&vm).map_err(|e| format!("cannot start the VMM: {e}"))?;
-        tokio::fs::write(config, json)
-            .await
-            .map_err(|e| format!("cannot start the VMM: cannot write its configuration {}: {e}", config.display()))?;
-        VmmProcess::spawn(exe, config, self.console.clone())
-            .map_err(|e| format!("cannot start the VMM ({}): {e}", exe.display()))
-    }
-
-    async fn run(mut self) {
+    /// `restored`: the VMM recorded for a VM from the state directory; `None` for a new VM.
+    async fn run(mut self, restored: Option<Option<VmmIdentity>>) {
+        let live = restored.is_none() || self.tracker.state.is_live();
+        self.open_logs(live);
+        let mut session = match restored {
+            None => self.spawn_session().await,
+            Some(recorded) => {
+                let session = if live { self.adopt_session(recorded).await } else { None };
+                self.announce_missed_vmcores().await;
+                session
+            }
+        };
         let mut inbox_open = true;
-        loop {
-            let process = match self.start_vmm().await {
-                Ok(process) => process,
-                Err(reason) => {
-                    tracing::error!("{reason}");
-                    let effects = self.tracker.on_spawn_failure(reason);
-                    self.apply(effects, None);
-                    break;
-                }
-            };
-            let pid = process.pid();
-            tracing::info!(pid, "VMM started");
-            self.publish_status(pid);
-            let mut session = Session {
-                process,
-                pid,
-                control: None,
-                connecting: true,
-                pending: HashMap::new(),
-                next_id: 1,
-                stop: None,
-                kill_at: None,
-                terminated: false,
-                stop_waiters: Vec::new(),
-                reboot_waiters: Vec::new(),
-                killed_because: None,
-            };
-            match self.supervise(&mut session, &mut inbox_open).await {
-                End::Finished => break,
-                End::Reboot(waiters) => {
-                    self.tracker.restarted();
-                    self.services.bus.publish(&self.spec.name, NewEvent::new("rebooted", json!({"cause": "api"})));
-                    for waiter in waiters {
-                        let _ = waiter.send(Ok(()));
-                    }
+        while let Some(mut s) = session.take() {
+            if let End::Reboot(waiters) = self.supervise(&mut s, &mut inbox_open).await {
+                drop(s);
+                self.tracker.restarted();
+                self.services.bus.publish(&self.spec.name, NewEvent::new("rebooted", json!({"cause": "api"})));
+                session = self.spawn_session().await;
+                for waiter in waiters {
+                    let _ = waiter.send(match session {
+                        Some(_) => Ok(()),
+                        None => Err(ApiError::conflict("vm_not_running", "the VM's new VMM could not be started")),
+                    });
                 }
             }
         }
-        if let Err(e) = tokio::fs::remove_file(&self.launch.config).await {
-            tracing::debug!("cannot remove {}: {e}", self.launch.config.display());
+        for follower in self.followers.drain(..) {
+            follower.finish().await;
         }
         self.console.finish();
-        self.publish_status(None);
+        self.publish_status();
         // The VM is over; answer whoever still asks until the last handle is gone.
         while inbox_open {
             match self.inbox.recv().await {
+                Some(VmCommand::Forget { reply }) => {
+                    let _ = reply.send(self.forget().await);
+                }
                 Some(command) => self.refuse(command),
                 None => inbox_open = false,
             }
+        }
+        if let Some(keeper) = self.keeper.take() {
+            keeper.finish().await;
+        }
+    }
+
+    /// Reads the console's and stderr's files back (after a restart they hold what the VMM
+    /// wrote before) and, if `follow`, follows them.
+    fn open_logs(&mut self, follow: bool) {
+        let dir = &self.launch.dir;
+        let open = |path: PathBuf| File::options().read(true).write(true).create(true).truncate(false).open(path);
+        match open(dir.console()).and_then(|file| follow::tail(&file, CONSOLE_RING_BYTES as u64).map(|t| (file, t))) {
+            Ok((file, (old, len))) => {
+                self.console.push(&old);
+                if follow {
+                    let console = self.console.clone();
+                    let sink = move |chunk: &[u8]| console.push(chunk);
+                    self.followers.push(Follower::start(file, len, CONSOLE_RING_BYTES as u64, sink));
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the console file {}: {e}", dir.console().display()),
+        }
+        match open(dir.stderr()).and_then(|file| follow::tail(&file, STDERR_READ_BACK).map(|t| (file, t))) {
+            Ok((file, (old, len))) => {
+                self.stderr.push(&old, false);
+                if follow {
+                    let stderr = self.stderr.clone();
+                    let sink = move |chunk: &[u8]| stderr.push(chunk, true);
+                    self.followers.push(Follower::start(file, len, STDERR_KEEP_BYTES, sink));
+                }
+            }
+            Err(e) => tracing::warn!("cannot read the VMM's stderr file {}: {e}", dir.stderr().display()),
+        }
+    }
+
+    /// Starts a VMM; `None` (the VM failed) if it cannot be.
+    async fn spawn_session(&mut self) -> Option<Session> {
+        match self.spawn().await {
+            Ok(process) => {
+                let identity = process.identity();
+                tracing::info!(pid = identity.pid, "VMM started");
+                self.vmm = Some(identity);
+                self.publish_status();
+                self.flush_record().await;
+                Some(Session::new(process, None))
+            }
+            Err(reason) => {
+                tracing::error!("{reason}");
+                let effects = self.tracker.on_spawn_failure(reason);
+                self.apply(effects);
+                None
+            }
+        }
+    }
+
+    /// Writes the VMM's configuration and starts it, its console and stderr appended to the
+    /// VM's files.
+    async fn spawn(&mut self) -> Result<VmmProcess, String> {
+        // On disk before the process exists: a service killed from here on finds the VM with
+        // no VMM recorded, and looks for the one serving its control socket.
+        self.vmm = None;
+        self.publish_status();
+        self.flush_record().await;
+        let Launch { exe, control, dir, crash_dir, retention } = &self.launch;
+        let vm = self.spec.vmm_config(control, crash_dir, *retention);
+        let json = serde_json::to_vec_pretty(&vm).map_err(|e| format!("cannot start the VMM: {e}"))?;
+        let config = dir.config();
+        tokio::fs::write(&config, json)
+            .await
+            .map_err(|e| format!("cannot start the VMM: cannot write its configuration {}: {e}", config.display()))?;
+        let append = |path: PathBuf| {
+            File::options()
+                .append(true)
+                .create(true)
+                .open(&path)
+                .map_err(|e| format!("cannot start the VMM: cannot open {}: {e}", path.display()))
+        };
+        let (console, stderr) = (append(dir.console())?, append(dir.stderr())?);
+        VmmProcess::spawn(exe, &config, console, stderr)
+            .map_err(|e| format!("cannot start the VMM ({}): {e}", exe.display()))
+    }
+
+    /// Adopts the VM's VMM again after a restart of the service (or starts it, if the last
+    /// service died before it had); `None` (the VM failed, or stopped if its VMM had said so)
+    /// if it cannot be.
+    async fn adopt_session(&mut self, recorded: Option<VmmIdentity>) -> Option<Session> {
+        match adopt::adopt(recorded, &self.launch.control).await {
+            Ok(Adopted { process, conn, status, events }) => {
+                let identity = process.identity();
+                self.vmm = Some(identity);
+                for event in events {
+                    let effects = self.tracker.on_control_event(&event, Instant::now());
+                    self.apply(effects);
+                }
+                let effects = self.tracker.on_adopted(&status, identity.pid);
+                tracing::info!(pid = identity.pid, state = self.tracker.state.as_str(), "VMM adopted");
+                self.apply(effects);
+                Some(Session::new(process, Some(conn)))
+            }
+            Err(reason) if recorded.is_none() => {
+                // The last service died as it was starting the VMM (a new VM, or a reboot):
+                // start it, as it was asked to.
+                tracing::info!("no VMM was started for the VM ({reason}); starting one");
+                self.spawn_session().await
+            }
+            Err(reason) => {
+                tracing::warn!("cannot adopt the VMM: {reason}");
+                self.vmm = None;
+                let effects = self.tracker.on_lost(&reason, &self.last_output(None));
+                self.apply(effects);
+                None
+            }
+        }
+    }
+
+    /// Announces the VM's crashes committed while no service listened.
+    async fn announce_missed_vmcores(&mut self) {
+        let store = self.services.store.clone();
+        let (name, created, announced) = (self.spec.name.clone(), self.created_unix_ms, self.tracker.vmcores.clone());
+        let missed = tokio::task::spawn_blocking(move || adopt::missed_vmcores(&store, &name, created, &announced));
+        for event in missed.await.unwrap_or_default() {
+            let mut effects = self.tracker.on_control_event(&event, Instant::now());
+            for effect in &mut effects {
+                if let Effect::Publish(event) = effect {
+                    event.fields.insert("found_at_restart".into(), Value::Bool(true));
+                }
+            }
+            self.apply(effects);
         }
     }
 
@@ -335,7 +381,7 @@ impl VmTask {
                         Err(_) => {
                             tracing::error!("the VMM did not open its control socket; killing it");
                             s.killed_because = Some("the VMM did not open its control socket within 10 s");
-                            let _ = s.process.child.start_kill();
+                            s.process.kill();
                         }
                     }
                 }
@@ -351,7 +397,7 @@ impl VmTask {
                         self.begin_stop(s, StopKind::Stop).await;
                     }
                 },
-                status = s.process.child.wait() => return self.on_exit(s, status).await,
+                exit = s.process.wait() => return self.on_exit(s, exit).await,
                 () = tokio::time::sleep_until(kill_at), if s.kill_at.is_some() => escalate(s),
             }
         }
@@ -409,6 +455,9 @@ impl VmTask {
                 s.reboot_waiters.push(reply);
                 self.begin_stop(s, StopKind::Reboot).await;
             }
+            VmCommand::Forget { reply } => {
+                let _ = reply.send(Err(ApiError::conflict("vm_running", "the VM runs again; stop it first")));
+            }
         }
     }
 
@@ -443,7 +492,7 @@ impl VmTask {
         match line {
             ServerLine::Event(event) => {
                 let effects = self.tracker.on_control_event(&event, Instant::now());
-                self.apply(effects, s.pid);
+                self.apply(effects);
             }
             ServerLine::Response(response) => {
                 let pending = response.id.as_u64().and_then(|id| s.pending.remove(&id));
@@ -454,7 +503,7 @@ impl VmTask {
         }
     }
 
-    async fn on_exit(&mut self, s: &mut Session, status: std::io::Result<std::process::ExitStatus>) -> End {
+    async fn on_exit(&mut self, s: &mut Session, exit: std::io::Result<Exit>) -> End {
         // The VMM sends its last events before it exits: read what is left.
         if let Some(mut conn) = s.control.take() {
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -467,25 +516,35 @@ impl VmTask {
         for (_, (_, reply)) in s.pending.drain() {
             let _ = reply.send(Err(ApiError::conflict("vm_unavailable", "the VM stopped before answering")));
         }
-        let (success, status) = match status {
-            Ok(status) => (status.success(), process::describe(status)),
-            Err(e) => (false, format!("an unknown status ({e})")),
+        let (success, status) = match exit {
+            Ok(exit) => (exit.success(), exit.describe()),
+            Err(e) => (None, format!("an unknown status ({e})")),
         };
         tracing::info!("the VMM exited: {status}");
+        self.vmm = None;
         if s.stop == Some(StopKind::Reboot) {
             return End::Reboot(std::mem::take(&mut s.reboot_waiters));
         }
-        let mut last_output = Vec::new();
-        last_output.extend(s.killed_because.map(str::to_owned));
-        last_output.extend(Some(s.process.stderr_tail()).filter(|t| !t.is_empty()));
-        last_output.extend(Some(self.console.tail_lines(FAILURE_CONSOLE_LINES)).filter(|t| !t.is_empty()));
-        let end = ProcessEnd { success, status, last_output: last_output.join("\n") };
+        for follower in &self.followers {
+            follower.sync().await;
+        }
+        let end = ProcessEnd { success, status, last_output: self.last_output(s.killed_because) };
         let effects = self.tracker.on_process_end(&end, s.stop.is_some());
-        self.apply(effects, None);
+        self.apply(effects);
         for waiter in s.stop_waiters.drain(..) {
             let _ = waiter.send(());
         }
         End::Finished
+    }
+
+    /// What the VM said last, for a failure's reason: why the service killed it, the VMM's
+    /// stderr, the console.
+    fn last_output(&self, killed_because: Option<&str>) -> String {
+        let mut last_output = Vec::new();
+        last_output.extend(killed_because.map(str::to_owned));
+        last_output.extend(Some(self.stderr.tail()).filter(|t| !t.is_empty()));
+        last_output.extend(Some(self.console.tail_lines(FAILURE_CONSOLE_LINES)).filter(|t| !t.is_empty()));
+        last_output.join("\n")
     }
 
     fn refuse(&self, command: VmCommand) {
@@ -499,16 +558,29 @@ impl VmTask {
             VmCommand::Stop { reply } => {
                 let _ = reply.send(());
             }
-            VmCommand::Reboot { reply } => {
+            VmCommand::Reboot { reply } | VmCommand::Forget { reply } => {
                 let _ = reply.send(Err(error()));
             }
         }
     }
 
+    /// Stops keeping the record and removes the VM's directory.
+    async fn forget(&mut self) -> Result<(), ApiError> {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.finish().await;
+        }
+        let dir = self.launch.dir.clone();
+        match tokio::task::spawn_blocking(move || dir.remove()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ApiError::internal(e)),
+            Err(e) => Err(ApiError::internal(format!("cannot remove the VM's directory: {e}"))),
+        }
+    }
+
     /// Publishes the new status first (so a client that reacts to an event sees the state it
     /// implies), then the events and counters.
-    fn apply(&mut self, effects: Vec<Effect>, pid: Option<u32>) {
-        self.publish_status(pid);
+    fn apply(&mut self, effects: Vec<Effect>) {
+        self.publish_status();
         let metrics = &self.services.metrics;
         for effect in effects {
             match effect {
@@ -524,9 +596,31 @@ impl VmTask {
         }
     }
 
-    fn publish_status(&self, pid: Option<u32>) {
-        let pid = if self.tracker.state.is_live() { pid } else { None };
-        self.status_tx.send_replace(status_of(&self.tracker, pid));
+    /// Publishes the status and hands the record to its writer.
+    fn publish_status(&self) {
+        self.status_tx.send_replace(VmStatus::of(&self.tracker, self.vmm.map(|v| v.pid)));
+        if let Some(keeper) = &self.keeper {
+            keeper.save(self.record());
+        }
+    }
+
+    /// Waits until the record is on disk.
+    async fn flush_record(&self) {
+        if let Some(keeper) = &self.keeper {
+            keeper.flush().await;
+        }
+    }
+
+    /// The VM's record as it is now.
+    fn record(&self) -> VmRecord {
+        VmRecord {
+            format: RECORD_FORMAT,
+            spec: (*self.spec).clone(),
+            created_unix_ms: self.created_unix_ms,
+            control_socket: self.launch.control.clone(),
+            vmm: self.vmm,
+            status: self.tracker.clone(),
+        }
     }
 }
 
@@ -535,7 +629,7 @@ fn escalate(s: &mut Session) {
     if s.terminated {
         tracing::warn!("the VMM did not end within {TERM_GRACE:?} of SIGTERM; killing it");
         s.kill_at = None;
-        let _ = s.process.child.start_kill();
+        s.process.kill();
     } else {
         tracing::warn!("the VMM did not stop by itself; sending SIGTERM");
         s.terminated = true;

@@ -46,7 +46,7 @@ impl Compression {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecompressError {
     /// A compression this crate does not read, or an unknown flag.
-    #[error("its flags {flags:#x} name a compression this reader does not support (only zlib 0x1 and zstd 0x20); convert the file with makedumpfile first")]
+    #[error("its flags {flags:#x} name a compression this reader does not support (zlib 0x1, lzo 0x2 and zstd 0x20 only); rewrite the file with makedumpfile -c, -l or -z")]
     Unsupported {
         /// The page's flags.
         flags: u32,
@@ -54,7 +54,7 @@ pub enum DecompressError {
     /// The decompressor rejected the data.
     #[error("its {method} data does not decompress: {reason}")]
     Failed {
-        /// `zlib` or `zstd`.
+        /// `zlib`, `lzo` or `zstd`.
         method: &'static str,
         /// The decompressor's message.
         reason: String,
@@ -62,7 +62,7 @@ pub enum DecompressError {
     /// The data decoded to less than a page.
     #[error("its {method} data decompresses to {size} bytes instead of one {PAGE_SIZE}-byte page")]
     WrongSize {
-        /// `zlib` or `zstd`.
+        /// `zlib`, `lzo` or `zstd`.
         method: &'static str,
         /// Bytes produced.
         size: u64,
@@ -70,7 +70,7 @@ pub enum DecompressError {
     /// The data decodes to more than a page.
     #[error("its {method} data decompresses to more than one {PAGE_SIZE}-byte page")]
     TooLarge {
-        /// `zlib` or `zstd`.
+        /// `zlib`, `lzo` or `zstd`.
         method: &'static str,
     },
 }
@@ -130,10 +130,18 @@ impl PageCompressor {
 /// Decompresses one page's data stored with `flags` into `page` (one page long); the data must
 /// decode to exactly one page. Raw pages (flags without a compression bit) are not handled here.
 pub fn decompress(flags: u32, data: &[u8], page: &mut [u8]) -> Result<(), DecompressError> {
-    if flags & (DUMP_DH_COMPRESSED_LZO | DUMP_DH_COMPRESSED_SNAPPY) != 0
-        || flags & DUMP_DH_COMPRESSED_ZLIB != 0 && flags & DUMP_DH_COMPRESSED_ZSTD != 0
-    {
+    let methods = flags & (DUMP_DH_COMPRESSED_ZLIB | DUMP_DH_COMPRESSED_LZO | DUMP_DH_COMPRESSED_ZSTD);
+    if flags & DUMP_DH_COMPRESSED_SNAPPY != 0 || !methods.is_power_of_two() {
         return Err(DecompressError::Unsupported { flags });
+    }
+    if flags & DUMP_DH_COMPRESSED_LZO != 0 {
+        // makedumpfile's `-l`: one LZO1X-1 block per page (kdump's default core_collector).
+        return match lzo::decompress_into(data, page) {
+            Ok(size) if size == page.len() => Ok(()),
+            Ok(size) => Err(DecompressError::WrongSize { method: "lzo", size: size as u64 }),
+            Err(lzo::Error::OutputOverrun) => Err(DecompressError::TooLarge { method: "lzo" }),
+            Err(e) => Err(DecompressError::Failed { method: "lzo", reason: e.to_string() }),
+        };
     }
     if flags & DUMP_DH_COMPRESSED_ZSTD != 0 {
         let failed = |e: io::Error| DecompressError::Failed { method: "zstd", reason: e.to_string() };
@@ -221,7 +229,8 @@ mod tests {
         let big = &out[..big.total_out() as usize];
         assert!(matches!(decompress(0x1, big, &mut page), Err(DecompressError::TooLarge { .. })));
 
-        for flags in [0x2, 0x4, 0x21, 0x40] {
+        assert!(matches!(decompress(0x2, &good, &mut page), Err(DecompressError::Failed { method: "lzo", .. })));
+        for flags in [0x3, 0x4, 0x21, 0x40] {
             assert!(
                 matches!(decompress(flags, &good, &mut page), Err(DecompressError::Unsupported { .. })),
                 "{flags:#x}"

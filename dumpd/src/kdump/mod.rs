@@ -17,6 +17,8 @@
 
 pub mod bitmap;
 pub mod compress;
+pub mod flattened;
+pub mod free_pages;
 pub mod header;
 pub mod kernel_info;
 pub mod read;
@@ -44,7 +46,7 @@ pub const PAGE_DESC_SIZE: u64 = 24;
 
 /// `status` and page flag: the data is zlib-compressed.
 pub const DUMP_DH_COMPRESSED_ZLIB: u32 = 0x1;
-/// `status` and page flag: LZO (read by other tools, not by this crate).
+/// `status` and page flag: LZO (makedumpfile `-l`).
 pub const DUMP_DH_COMPRESSED_LZO: u32 = 0x2;
 /// `status` and page flag: snappy (read by other tools, not by this crate).
 pub const DUMP_DH_COMPRESSED_SNAPPY: u32 = 0x4;
@@ -55,13 +57,13 @@ pub const DUMP_DH_EXCLUDED_VMEMMAP: u32 = 0x10;
 /// `status` and page flag: the data is zstd-compressed.
 pub const DUMP_DH_COMPRESSED_ZSTD: u32 = 0x20;
 
-/// Dump level bit: pages that are all zero are left out (makedumpfile `-d 1`).
+/// Dump level bit: pages that are all zero are not stored (makedumpfile `-d 1`): each one's
+/// descriptor points at one shared zero page.
 pub const DL_EXCLUDE_ZERO: u32 = 1;
 /// Dump level bit: free pages are left out (makedumpfile `-d 16`).
 pub const DL_EXCLUDE_FREE: u32 = 16;
-/// The dump level bits this crate applies; the others (page cache, user data) need the guest
-/// kernel's `struct page` array, which crashvisor's kernel does not have.
-pub const DL_SUPPORTED: u32 = DL_EXCLUDE_ZERO | DL_EXCLUDE_FREE;
+/// The highest dump level: every bit (zero, page cache twice, user data, free pages).
+pub const DL_MAX: u32 = 31;
 
 /// Highest `max_mapnr` accepted: 2^34 pfns, 64 TiB of physical memory (x86_64's limit with
 /// 4-level paging). It bounds the bitmaps both ways (2 GiB each at most, and kept sparse).

@@ -10,11 +10,11 @@
 //! neither is not in the dump ([`ReadError::NotInDump`]).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::Mutex;
 
 use super::bitmap::Bitmap;
 use super::compress::{decompress, DecompressError};
+use super::flattened::{PlainFile, ReadAt};
 use super::header::{DiskDumpHeader, KdumpSubHeader, PageDesc};
 use super::{BLOCK_SIZE, DIRECT_MAP_BASE, DISK_DUMP_HEADER_SIZE, DUMP_DH_COMPRESSED_INCOMPLETE, KDUMP_SIGNATURE};
 use super::{DUMP_DH_COMPRESSED_LZO, DUMP_DH_COMPRESSED_SNAPPY, DUMP_DH_COMPRESSED_ZLIB, DUMP_DH_COMPRESSED_ZSTD};
@@ -106,7 +106,7 @@ pub enum KdumpError {
 /// A kdump-compressed vmcore opened for reading.
 #[derive(Debug)]
 pub struct KdumpImage {
-    file: File,
+    file: Box<dyn ReadAt>,
     file_len: u64,
     header: DiskDumpHeader,
     sub_header: KdumpSubHeader,
@@ -122,14 +122,22 @@ pub struct KdumpImage {
 impl KdumpImage {
     /// Reads and checks the headers, notes and bitmaps of the kdump-compressed file `file`.
     pub fn open(file: File) -> Result<Self, KdumpError> {
-        let file_len = file.metadata().map_err(KdumpError::Io)?.len();
+        Self::open_from(Box::new(PlainFile::new(file).map_err(KdumpError::Io)?))
+    }
+
+    /// The same for a kdump-compressed dump read through `file` (a [`Flattened`] one, say).
+    ///
+    /// [`Flattened`]: super::flattened::Flattened
+    pub fn open_from(file: Box<dyn ReadAt>) -> Result<Self, KdumpError> {
+        let file_len = file.file_len();
+        let source: &dyn ReadAt = &*file;
         let mut raw = [0u8; DISK_DUMP_HEADER_SIZE];
-        read_exact(&file, file_len, 0, &mut raw, "disk_dump_header")?;
+        read_exact(source, file_len, 0, &mut raw, "disk_dump_header")?;
         let header = DiskDumpHeader::decode(&raw);
         check_header(&header)?;
         let sub_end = blocks(1 + u64::from(header.sub_hdr_size), "sub_hdr_size")?;
         let mut raw = [0u8; KDUMP_SUB_HEADER_SIZE];
-        read_exact(&file, file_len, BLOCK_SIZE, &mut raw, "kdump_sub_header")?;
+        read_exact(source, file_len, BLOCK_SIZE, &mut raw, "kdump_sub_header")?;
         let sub_header = KdumpSubHeader::decode(&raw);
         let max_mapnr = check_sub_header(&header, &sub_header)?;
 
@@ -145,12 +153,12 @@ impl KdumpImage {
         if desc_offset > file_len {
             return Err(KdumpError::Truncated { what: "bitmaps", needed: desc_offset, len: file_len });
         }
-        let notes = read_notes(&file, file_len, &header, &sub_header, sub_end)?;
+        let notes = read_notes(source, file_len, &header, &sub_header, sub_end)?;
         // Both bitmaps lie inside the file, so their block tables are bounded by its size.
         let mut present = Bitmap::new(max_mapnr);
         let mut dumped = Bitmap::new(max_mapnr);
-        read_bitmap(&file, file_len, sub_end, &mut present, "1st bitmap")?;
-        read_bitmap(&file, file_len, sub_end + each * BLOCK_SIZE, &mut dumped, "2nd bitmap")?;
+        read_bitmap(source, file_len, sub_end, &mut present, "1st bitmap")?;
+        read_bitmap(source, file_len, sub_end + each * BLOCK_SIZE, &mut dumped, "2nd bitmap")?;
         let ranks = dumped.block_ranks();
         let total = ranks.last().copied().unwrap_or(0);
         let descs_end = desc_offset + total * PAGE_DESC_SIZE; // below 2^64: total < 2^34
@@ -195,6 +203,11 @@ impl KdumpImage {
     /// Pages with data in the file (2nd bitmap).
     pub fn pages_dumped(&self) -> u64 {
         self.ranks.last().copied().unwrap_or(0)
+    }
+
+    /// The pfns present but not in the file: the pages the dump level left out, in order.
+    pub fn excluded_pfns(&self) -> impl Iterator<Item = u64> + '_ {
+        self.present.ones().filter(|&pfn| !self.dumped.get(pfn))
     }
 
     /// The memory as ELF `PT_LOAD`s would describe it: one per run of present pfns, at Linux's
@@ -348,7 +361,7 @@ fn check_sub_header(h: &DiskDumpHeader, sub: &KdumpSubHeader) -> Result<u64, Kdu
 /// The notes: the copied ELF note segment (version 4 and later), else just the VMCOREINFO
 /// text (version 3), else none. Both must lie inside the sub-header's blocks.
 fn read_notes(
-    file: &File,
+    file: &dyn ReadAt,
     file_len: u64,
     h: &DiskDumpHeader,
     sub: &KdumpSubHeader,
@@ -387,7 +400,7 @@ fn read_notes(
 
 /// Reads a bitmap of `bitmap.block_count()` blocks at `offset`.
 fn read_bitmap(
-    file: &File,
+    file: &dyn ReadAt,
     file_len: u64,
     offset: u64,
     bitmap: &mut Bitmap,
@@ -412,7 +425,13 @@ fn read_bitmap(
 }
 
 /// Fills `buf` from `offset`, or says the file is too short for `what`.
-fn read_exact(file: &File, file_len: u64, offset: u64, buf: &mut [u8], what: &'static str) -> Result<(), KdumpError> {
+fn read_exact(
+    file: &dyn ReadAt,
+    file_len: u64,
+    offset: u64,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<(), KdumpError> {
     let needed = offset.saturating_add(buf.len() as u64);
     if needed > file_len {
         return Err(KdumpError::Truncated { what, needed, len: file_len });
@@ -547,7 +566,7 @@ mod tests {
     fn bad_page_descriptors_and_data_are_read_errors() {
         let dir = TestDir::new("kdump-bad-page");
         let (path, good) = sample(&dir);
-        let desc_at = 4 * 4096; // pfn 1's descriptor: the first one dumped
+        let desc_at = 4 * 4096 + 24; // pfn 1's descriptor: the second (pfn 0, a zero page, is in the dump too)
         let read_pfn1 = |bytes: &[u8]| {
             let image = open_bytes(&path, bytes).unwrap();
             match image.read_phys(4096, &mut [0u8; 16]) {
@@ -566,7 +585,9 @@ mod tests {
         assert!(with_desc(PageDesc { offset: good.len() as u64 - 10, ..d }).contains("past the end"));
         assert!(with_desc(PageDesc { offset: u64::MAX, ..d }).contains("past the end"));
         assert!(with_desc(PageDesc { flags: 0, ..d }).contains("raw page that is not 4096"));
-        assert!(with_desc(PageDesc { flags: 0x2, ..d }).contains("does not support"));
+        assert!(with_desc(PageDesc { flags: 0x4, ..d }).contains("does not support"));
+        assert!(with_desc(PageDesc { flags: 0x3, ..d }).contains("does not support"));
+        assert!(with_desc(PageDesc { flags: 0x2, ..d }).contains("lzo data does not decompress"));
         assert!(with_desc(PageDesc { size: d.size - 1, ..d }).contains("data of pfn 0x1 is corrupt"));
         let mut b = good.clone();
         b[d.offset as usize + 5] ^= 0xff;

@@ -3,8 +3,8 @@
 //!
 //! A crash being written lives in `.tmp-<vm>-<pid>-<n>`; its [`PendingCrash`] holds an
 //! exclusive `flock` on that directory for as long as it lives. A writer process forked from
-//! the VMM inherits the open file, so the lock stays held while either process runs and is
-//! released by the kernel when the last of them exits, however it dies. A pid in the name
+//! the VMM keeps the open file ([`PendingCrash::lock`]), so the lock stays held while either
+//! process runs and is released by the kernel when the last of them exits, however it dies. A pid in the name
 //! could not say this: pids are reused. A `.del-*` entry is a crash retention hid before it
 //! deleted it; a process that died in between leaves it behind.
 //!
@@ -13,6 +13,7 @@
 //! it exclusively, and so never sees a new directory before its lock.
 //!
 //! [`PendingCrash`]: super::PendingCrash
+//! [`PendingCrash::lock`]: super::PendingCrash::lock
 //! [`CrashStore::begin`]: super::CrashStore::begin
 
 use std::fs::{File, OpenOptions, TryLockError};

@@ -6,7 +6,8 @@
 //! - [`cmdline`]: the kernel command line, parsed like Linux's `parse_args()`.
 //! - [`printk`]: Linux's 3.5–5.9 variable-length record log, byte-exact for `vmcore-dmesg`.
 //! - [`symbols`]: the embedded symbol table searched at oops time.
-//! - [`memmap`]: the physical memory map and the page-frame bitmap.
+//! - [`memmap`]: the physical memory map, the page-frame bitmap and its buddy blocks.
+//! - [`page`]: Linux's `struct page` and the memory model that locates it.
 //! - [`bytefmt`]: number formatting into byte buffers without `core::fmt`.
 //! - [`elfcore`], [`elfnote`]: ELF headers, program headers and notes, read and written; the
 //!   host's vmcore library (`dumpd`) is built on them.
@@ -47,6 +48,7 @@ pub mod elfnote;
 pub mod kexec;
 pub mod le;
 pub mod memmap;
+pub mod page;
 pub mod printk;
 pub mod symbols;
 pub mod vmcore;

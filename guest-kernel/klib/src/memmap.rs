@@ -31,6 +31,7 @@ use core::fmt;
 use crashvisor_abi::layout::PAGE_SIZE;
 use crashvisor_abi::pvh::{MemmapEntry, MEMMAP_TYPE_RAM};
 
+pub mod buddy;
 mod frames;
 
 pub use frames::{frame_in_use, FrameBitmap, FrameError};

@@ -216,6 +216,14 @@ fn dump(dump_level: u32) -> Result<(), String> {
         }
     };
 
+    if !words.is_empty() {
+        let loads_bytes: u64 = layout.loads().map(|load| load.memsz).sum();
+        crate::pr_info!(
+            "kdump: dump level {} leaves out {} free pages",
+            dump_level,
+            loads_bytes.saturating_sub(summary.bytes) / PAGE_SIZE
+        );
+    }
     let vmcore_dmesg = Pages::from_text(&old_log(&vmcoreinfo).unwrap_or_default())?;
     let vmcore_dmesg_len = vmcore_dmesg.len as u64;
     crate::pr_info!(

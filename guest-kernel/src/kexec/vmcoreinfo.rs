@@ -9,6 +9,7 @@ use crashvisor_abi::layout::{KERNEL_MAP, PAGE_SIZE};
 use crashvisor_klib::bytefmt::ByteWriter;
 
 use crate::arch::{paging, percpu, switch};
+use crate::mm::memmap;
 use crate::{kvmclock, mm, panic, printk, sched, setup, smp, time, uts};
 
 /// Most bytes of VMCOREINFO text (one page, as Linux).
@@ -30,7 +31,10 @@ fn write(w: &mut dyn Write) -> fmt::Result {
     writeln!(w, "PAGESIZE={PAGE_SIZE}")?;
     writeln!(w, "SYMBOL(init_uts_ns)={:x}", &uts::INIT_UTS_NS as *const _ as u64)?;
     writeln!(w, "OFFSET(uts_namespace.name)=0")?;
+    writeln!(w, "SYMBOL(swapper_pg_dir)={:x}", paging::top_table_virt())?;
     writeln!(w, "SYMBOL(_stext)={stext:x}")?;
+    writeln!(w, "NUMBER(VMALLOC_START)={:#x}", paging::VMALLOC_START)?;
+    memmap::write_vmcoreinfo(w)?;
     printk::write_vmcoreinfo(w)?;
     let (bitmap_pa, nr_frames) = mm::frame::bitmap_location();
     writeln!(w, "NUMBER(crashvisor_frame_bitmap)={bitmap_pa}")?;

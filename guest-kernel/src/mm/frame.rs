@@ -1,12 +1,13 @@
 //! The physical frame allocator: one bit per 4 KiB frame of RAM (set = in use), built from the
 //! PVH memory map. The bitmap lives in RAM right after the kernel image; its address is
-//! published (VMCOREINFO) so a capture kernel can skip free pages.
+//! published (VMCOREINFO) so a capture kernel can skip free pages. Every allocation and free
+//! is mirrored into the `struct page` array ([`memmap`]).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use crashvisor_klib::memmap::{FrameBitmap, MemoryMap};
 
-use super::phys_to_virt;
+use super::{memmap, phys_to_virt};
 use crate::sync::SpinLock;
 
 const PAGE: u64 = 4096;
@@ -42,6 +43,7 @@ pub fn alloc_pages(count: usize) -> Option<u64> {
     let mut frames = FRAMES.lock_irqsave();
     let bitmap = frames.as_mut()?;
     let pfn = if count == 1 { bitmap.alloc() } else { bitmap.alloc_contiguous(count as u64, 1) }?;
+    memmap::allocated(bitmap, pfn, count as u64);
     Some(phys_to_virt(pfn * PAGE))
 }
 
@@ -49,7 +51,9 @@ pub fn alloc_pages(count: usize) -> Option<u64> {
 /// their direct-map address. Not zeroed.
 pub fn alloc_pages_aligned(count: usize, align_pages: u64) -> Option<u64> {
     let mut frames = FRAMES.lock_irqsave();
-    let pfn = frames.as_mut()?.alloc_contiguous(count as u64, align_pages)?;
+    let bitmap = frames.as_mut()?;
+    let pfn = bitmap.alloc_contiguous(count as u64, align_pages)?;
+    memmap::allocated(bitmap, pfn, count as u64);
     Some(phys_to_virt(pfn * PAGE))
 }
 
@@ -60,11 +64,13 @@ pub fn free_pages(va: u64, count: usize) {
     if let Some(bitmap) = frames.as_mut() {
         for i in 0..count as u64 {
             if bitmap.free(pfn + i).is_err() {
+                memmap::freed(bitmap, pfn, i);
                 drop(frames);
                 crate::pr_err!("BUG: Bad page state: pfn:{:x} freed twice", pfn + i);
                 return;
             }
         }
+        memmap::freed(bitmap, pfn, count as u64);
     }
 }
 

@@ -4,7 +4,9 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;
 
-use super::frame;
+use crashvisor_klib::page::PageUse;
+
+use super::{frame, memmap};
 use crate::sync::SpinLock;
 
 const PAGE: usize = 4096;
@@ -39,6 +41,7 @@ unsafe impl GlobalAlloc for KernelHeap {
             let Some(page) = frame::alloc_pages(1) else {
                 return null_mut();
             };
+            memmap::set_use(page, PageUse::Slab);
             let size = 1usize << (class + MIN_CLASS_SHIFT);
             // Thread the new page's blocks onto the free list.
             let mut next = 0usize;

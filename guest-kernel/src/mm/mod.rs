@@ -1,7 +1,9 @@
-//! Memory management: address translation, the physical frame allocator and the kernel heap.
+//! Memory management: address translation, the physical frame allocator, the `struct page`
+//! array that describes every frame, and the kernel heap.
 
 pub mod frame;
 pub mod heap;
+pub mod memmap;
 
 use core::sync::atomic::{AtomicU64, Ordering};
 

@@ -33,11 +33,13 @@ pub mod hex;
 pub mod names;
 pub mod request;
 pub mod response;
+pub mod status;
 
 pub use event::{CrashInfo, Event, LockupKind, PanicAbout, PanicSource, ResetCause};
 pub use names::WireName;
 pub use request::{parse_request, ClientRequest, Rejected, Request, SysctlValue};
 pub use response::{ControlError, ControlErrorCode, Response, ServerLine};
+pub use status::{MachineState, NmiWatchdogStatus, Status};
 
 /// One JSON line of `value`, with its `\n`. The wire types are plain data, so serialising them
 /// cannot fail; if it did, the line says so rather than breaking the stream.

@@ -1,7 +1,7 @@
 //! Names on the socket: the guest protocol's (`crashvisor_abi`: fault kinds, kexec and kdump
 //! operations, kdump actions, panic detectors) and this crate's own (error codes, lockup kinds,
-//! ...) travel as their wire names, and an unknown name is refused with the list of the known
-//! ones. The abi's names take `#[serde(with = "crate::names")]` ([`option`] for optional
+//! machine states, ...) travel as their wire names, and an unknown name is refused with the list
+//! of the known ones. The abi's names take `#[serde(with = "crate::names")]` ([`option`] for optional
 //! fields); this crate's implement `Serialize` and `Deserialize` themselves.
 
 use crashvisor_abi::control::{FaultKind, KdumpAction, KdumpOp, KexecKind, KexecOp};
@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::event::{LockupKind, PanicSource, ResetCause};
 use crate::response::ControlErrorCode;
+use crate::status::MachineState;
 
 /// A name of the guest↔host contract, spelt on the wire as [`WireName::name`] gives it.
 pub trait WireName: Copy + 'static {
@@ -59,6 +60,7 @@ wire_names! {
     LockupKind: "lockup kind", LockupKind::ALL;
     PanicSource: "panic source", PanicSource::ALL;
     ResetCause: "reset cause", ResetCause::ALL;
+    MachineState: "machine state", MachineState::ALL;
 }
 
 /// `Serialize` and `Deserialize` by wire name, for this crate's own names.
@@ -78,7 +80,7 @@ macro_rules! serde_by_name {
     )*};
 }
 
-serde_by_name!(ControlErrorCode, LockupKind, PanicSource, ResetCause);
+serde_by_name!(ControlErrorCode, LockupKind, PanicSource, ResetCause, MachineState);
 
 /// Writes the value's wire name.
 pub fn serialize<T: WireName, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {

@@ -262,21 +262,6 @@ mod tests {
         GuestRequest { verb, args: Vec::new(), timeout: Duration::from_secs(timeout_secs) }
     }
 
-    /// What the guest would read from COM2.
-    fn com2(uart: &ControlUart) -> String {
-        let mut text = Vec::new();
-        loop {
-            let mut lsr = [0u8];
-            uart.read(5, &mut lsr);
-            if lsr[0] & 1 == 0 {
-                return String::from_utf8(text).unwrap();
-            }
-            let mut b = [0u8];
-            uart.read(0, &mut b);
-            text.push(b[0]);
-        }
-    }
-
     #[test]
     fn requests_wait_for_the_hello() {
         let (mut ch, uart) = channel();
@@ -285,7 +270,7 @@ mod tests {
         assert!(matches!(ch.receive(HELLO, Instant::now()), Received::Hello(h) if h.cpus == 2));
         assert!(ch.is_answering());
         ch.send(1, &request(Verb::Uptime, 10)).unwrap();
-        assert_eq!(com2(&uart), "1 uptime\n");
+        assert_eq!(uart.guest_reads(), "1 uptime\n");
         match ch.receive("1 ok ns=5", Instant::now()) {
             Received::Answer(waiter, Ok(result)) => assert_eq!((waiter, result["ns"].as_u64()), (1, Some(5))),
             _ => panic!("no answer"),
@@ -298,16 +283,16 @@ mod tests {
         let t0 = Instant::now();
         ch.receive(HELLO, t0);
         ch.send(7, &request(Verb::Ps, 1)).unwrap();
-        assert_eq!(com2(&uart), "1 ps\n");
+        assert_eq!(uart.guest_reads(), "1 ps\n");
         let expired = ch.expire(Instant::now() + Duration::from_secs(2));
         assert_eq!(expired, [7]);
         assert!(!ch.is_answering(), "nothing was heard since the request was sent");
-        assert_eq!(com2(&uart), "\n2 hello\n", "a probe after the resynchronisation mark");
+        assert_eq!(uart.guest_reads(), "\n2 hello\n", "a probe after the resynchronisation mark");
         // The guest answers the probe: the channel is up again, and nobody else gets an answer.
         assert!(matches!(ch.receive("2 ok version=1", Instant::now() + Duration::from_secs(3)), Received::Nothing));
         assert!(ch.is_answering());
         ch.send(8, &request(Verb::Uptime, 10)).unwrap();
-        assert_eq!(com2(&uart), "3 uptime\n", "no mark owed: the probe was answered");
+        assert_eq!(uart.guest_reads(), "3 uptime\n", "no mark owed: the probe was answered");
     }
 
     #[test]
@@ -316,12 +301,12 @@ mod tests {
         ch.receive(HELLO, Instant::now());
         ch.send(1, &request(Verb::Ps, 1)).unwrap();
         ch.send(2, &request(Verb::Uptime, 10)).unwrap();
-        com2(&uart);
+        uart.guest_reads();
         assert!(matches!(ch.receive("2 ok ns=1", Instant::now() + Duration::from_millis(1)), Received::Answer(2, _)));
         assert_eq!(ch.expire(Instant::now() + Duration::from_secs(2)), [1]);
         assert!(ch.is_answering(), "the guest answered after request 1 was sent");
         ch.send(3, &request(Verb::Uptime, 10)).unwrap();
-        assert_eq!(com2(&uart), "\n3 uptime\n");
+        assert_eq!(uart.guest_reads(), "\n3 uptime\n");
     }
 
     #[test]
@@ -331,7 +316,7 @@ mod tests {
         ch.send(1, &request(Verb::Ps, 1)).unwrap();
         ch.expire(Instant::now() + Duration::from_secs(2));
         ch.send(2, &request(Verb::Ps, 10)).unwrap();
-        com2(&uart);
+        uart.guest_reads();
         let mut waiters = ch.down();
         waiters.sort();
         assert_eq!(waiters, [2]);

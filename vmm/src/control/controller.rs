@@ -5,12 +5,12 @@
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crashvisor_abi::platform::{NMI_REASON_OPERATOR, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED};
-use crashvisor_control::{ClientRequest, ControlError, ControlErrorCode, Event, Request, Response};
-use dumpd::store::Trigger;
+use crashvisor_abi::platform::NMI_REASON_OPERATOR;
+use crashvisor_control::{
+    ClientRequest, ControlError, ControlErrorCode, Event, MachineState, NmiWatchdogStatus, Request, Response, Status,
+};
 use serde_json::{json, Value};
 
 use super::channel::{GuestChannel, Received};
@@ -18,19 +18,15 @@ use super::clients::ClientHub;
 use super::events::{self, BootEvents, DeviceEvent, RateLimit};
 use super::guest::GuestRequest;
 use super::memory;
-use super::{ClientId, ControlConfig, ControlInput, Inbox};
-use crate::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
+use super::{ClientId, ControlConfig, ControlInput};
+use crate::crash::policy::{CrashPolicy, DumpRefused, PanicAction};
 use crate::devices::control_uart::ControlUart;
-use crate::devices::crash_reason::CrashInfo;
-use crate::devices::{ResetCause, StopReason};
-use crate::snapshot::{self, After, SnapshotRequest};
+use crate::vcpu::requests::Pauser;
 use crate::vcpu::RunContext;
+use crate::vm::StopReason;
 
 /// How long `pause` waits for every vCPU to park.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long `nmi` with `capture` lets the guest handle the NMI (and print what it prints)
-/// before the snapshot: its handler runs emulated here, at ~1.5 µs per instruction.
-const NMI_CAPTURE_DELAY: Duration = Duration::from_millis(200);
 /// Guest events that may reach clients at once, and per second after that.
 const EVENT_BURST: u32 = 100;
 const EVENTS_PER_SEC: u32 = 20;
@@ -49,34 +45,25 @@ pub struct Controller {
     clients: ClientHub,
     machine: Option<Arc<RunContext>>,
     boots: u64,
-    paused: bool,
     /// The guest's end of the control channel.
     channel: GuestChannel<Waiter>,
     boot_events: BootEvents,
     rate_limit: RateLimit,
     /// The final state once the VM stopped for good.
-    ended: Option<&'static str>,
-    /// Where the dump thread posts its events.
-    inbox: Inbox,
-    on_panic: PanicPolicy,
-    on_crash_loaded: CrashLoadedPolicy,
-    dump_format: DumpFormat,
-    /// The host-side dump being written, if any.
-    dump_thread: Option<JoinHandle<()>>,
-    /// `Shutdown` came while a dump was being written: end once it is done.
-    shutdown_requested: bool,
+    ended: Option<MachineState>,
+    /// What panics and operators' dump requests make the VMM do.
+    crash: CrashPolicy,
     /// A client asked for `shutdown`: every machine is stopped, the VMM ends.
     client_shutdown: bool,
 }
 
 impl Controller {
-    /// A controller reading `inputs` (which `inbox` posts to), writing guest requests to
-    /// `control_uart`.
+    /// A controller reading `inputs`, writing guest requests to `control_uart`.
     pub fn new(
         inputs: Receiver<ControlInput>,
-        inbox: Inbox,
         control_uart: Arc<ControlUart>,
         config: &ControlConfig,
+        crash: CrashPolicy,
     ) -> Self {
         Self {
             inputs,
@@ -84,17 +71,11 @@ impl Controller {
             clients: ClientHub::default(),
             machine: None,
             boots: 0,
-            paused: false,
             channel: GuestChannel::new(control_uart),
             boot_events: BootEvents::default(),
             rate_limit: RateLimit::new(EVENT_BURST, EVENTS_PER_SEC, Instant::now()),
             ended: None,
-            inbox,
-            on_panic: config.on_panic,
-            on_crash_loaded: config.on_crash_loaded,
-            dump_format: config.dump_format,
-            dump_thread: None,
-            shutdown_requested: false,
+            crash,
             client_shutdown: false,
         }
     }
@@ -150,33 +131,24 @@ impl Controller {
                 for event in events::translate(event, &mut self.boot_events) {
                     self.guest_event(event);
                 }
-                if let Some((bits, crash)) = pvpanic {
-                    self.apply_pvpanic_policy(bits, crash);
-                }
-            }
-            ControlInput::SnapshotDone => {
-                if let Some(thread) = self.dump_thread.take() {
-                    if thread.join().is_err() {
-                        tracing::error!("the dump thread panicked");
+                let action = pvpanic.map(|(bits, crash)| self.crash.on_pvpanic(self.machine.as_ref(), bits, crash));
+                if action == Some(PanicAction::Pause) {
+                    if let Err(e) = self.pause() {
+                        tracing::error!("the panic policy could not be carried out: {}", e.message);
                     }
                 }
-                if self.shutdown_requested {
-                    return false;
-                }
             }
+            ControlInput::Event(event) => self.broadcast(&event),
             ControlInput::MachineStarted(ctx) => {
                 if self.client_shutdown {
                     ctx.request_stop(StopReason::Quit);
                 }
                 self.boots += 1;
                 self.machine = Some(ctx);
-                self.paused = false;
                 self.fail_pending(ControlErrorCode::GuestUnavailable, "a new machine started");
                 self.boot_events = BootEvents::default();
             }
             ControlInput::MachineStopped { reason, rebooting } => self.machine_stopped(reason, rebooting),
-            // A dump being written finishes first (dump-and-poweroff powers off meanwhile).
-            ControlInput::Shutdown if self.dump_thread.is_some() => self.shutdown_requested = true,
             ControlInput::Shutdown => return false,
         }
         true
@@ -184,21 +156,20 @@ impl Controller {
 
     fn machine_stopped(&mut self, reason: StopReason, rebooting: bool) {
         self.machine = None;
-        self.paused = false;
         let message = if rebooting { "the guest rebooted" } else { "the VM stopped" };
         self.fail_pending(ControlErrorCode::GuestUnavailable, message);
         let event = match (reason, rebooting) {
             (StopReason::Reset(cause), true) => Event::Rebooting { cause },
             (StopReason::PowerOff, _) => {
-                self.ended = Some("powered_off");
+                self.ended = Some(MachineState::PoweredOff);
                 Event::PoweredOff
             }
             (StopReason::Quit, _) if self.client_shutdown => {
-                self.ended = Some("stopped");
+                self.ended = Some(MachineState::Stopped);
                 Event::Stopped { reason: "shutdown requested over the control socket".into() }
             }
             (reason, _) => {
-                self.ended = Some("stopped");
+                self.ended = Some(MachineState::Stopped);
                 Event::Stopped { reason: stop_reason_text(&reason) }
             }
         };
@@ -208,16 +179,16 @@ impl Controller {
     fn execute(&mut self, client: ClientId, request: ClientRequest) {
         let timeout = request.guest_timeout();
         let ClientRequest { id, request, .. } = request;
-        let on_demand = SnapshotRequest { trigger: Trigger::OnDemand, reason: None, after: After::Resume };
         let result = match &request {
-            Request::Status {} => Ok(self.status()),
+            Request::Status {} => serde_json::to_value(self.status())
+                .map_err(|e| ControlError::new(ControlErrorCode::Internal, format!("cannot encode the status: {e}"))),
             Request::Nmi { cpu, capture } => self.nmi(*cpu).and_then(|result| {
                 if *capture {
-                    self.start_snapshot(on_demand, NMI_CAPTURE_DELAY)?;
+                    self.host_dump(true)?;
                 }
                 Ok(result)
             }),
-            Request::Dump {} => self.start_snapshot(on_demand, Duration::ZERO).map(|()| json!({ "state": "dumping" })),
+            Request::Dump {} => self.host_dump(false).map(|()| json!({ "state": "dumping" })),
             Request::Pause {} => self.pause(),
             Request::Resume {} => self.resume(),
             Request::Shutdown {} => Ok(self.shutdown()),
@@ -262,7 +233,7 @@ impl Controller {
         if self.machine.is_none() {
             return Err(unavailable("no machine is running (the VM is rebooting or has stopped)"));
         }
-        if self.paused {
+        if self.machine.as_ref().is_some_and(|m| m.is_paused()) {
             return Err(unavailable("the VM is paused; resume it first"));
         }
         self.channel.send(Waiter { client, id: id.clone(), timeout: request.timeout }, &request)
@@ -315,26 +286,27 @@ impl Controller {
         }
     }
 
-    fn status(&self) -> Value {
-        let state = match (&self.machine, self.paused, self.ended) {
+    fn status(&self) -> Status {
+        let paused = self.machine.as_ref().is_some_and(|m| m.is_paused());
+        let state = match (&self.machine, paused, self.ended) {
             (_, _, Some(ended)) => ended,
-            (Some(_), true, _) => "paused",
-            (Some(_), false, _) => "running",
-            (None, _, _) => "rebooting",
+            (Some(_), true, _) => MachineState::Paused,
+            (Some(_), false, _) => MachineState::Running,
+            (None, _, _) => MachineState::Rebooting,
         };
         let watchdog = self.machine.as_ref().map(|m| m.devices.platform.nmi_watchdog());
-        json!({
-            "state": state,
-            "vcpus": self.vcpus,
-            "boots": self.boots,
-            "guest_control": self.channel.is_answering(),
-            "release": self.channel.hello().map(|g| g.release.clone()),
-            "guest_cpus": self.channel.hello().map(|g| g.cpus),
-            "nmi_watchdog": {
-                "enabled": watchdog.is_some_and(|w| w.enabled()),
-                "period_ms": watchdog.map_or(0, |w| w.period_ms()),
+        Status {
+            state,
+            vcpus: self.vcpus,
+            boots: self.boots,
+            guest_control: self.channel.is_answering(),
+            release: self.channel.hello().map(|g| g.release.clone()),
+            guest_cpus: self.channel.hello().map(|g| g.cpus),
+            nmi_watchdog: NmiWatchdogStatus {
+                enabled: watchdog.is_some_and(|w| w.enabled()),
+                period_ms: watchdog.map_or(0, |w| w.period_ms()),
             },
-        })
+        }
     }
 
     fn nmi(&mut self, cpu: Option<usize>) -> Result<Value, ControlError> {
@@ -353,65 +325,25 @@ impl Controller {
         Ok(json!({ "cpus": cpus }))
     }
 
-    /// Starts a host-side dump on its own thread after `delay`; its events follow.
-    fn start_snapshot(&mut self, request: SnapshotRequest, delay: Duration) -> Result<(), ControlError> {
-        let machine = self.running_machine()?;
-        if self.dump_thread.is_some() {
-            return Err(ControlError::new(
-                ControlErrorCode::Busy,
-                "a dump is already being written; wait for its vmcore_ready",
-            ));
-        }
-        let target = machine.devices.platform.dump_target().clone();
-        let inbox = self.inbox.clone();
-        let format = self.dump_format;
-        let thread = std::thread::Builder::new().name("dump".into()).spawn(move || {
-            std::thread::sleep(delay);
-            snapshot::take(&machine, &target, &request, format, &mut |event| {
-                inbox.post(ControlInput::Device(DeviceEvent::Dump(event)));
-            });
-            inbox.post(ControlInput::SnapshotDone);
-        });
-        match thread {
-            Ok(thread) => {
-                self.dump_thread = Some(thread);
-                Ok(())
-            }
-            Err(e) => Err(ControlError::new(ControlErrorCode::Internal, format!("cannot start the dump thread: {e}"))),
-        }
-    }
-
-    /// What the VMM's policies say to do about a pvpanic write.
-    fn apply_pvpanic_policy(&mut self, bits: u8, reason: Option<CrashInfo>) {
-        let snapshot = |after| SnapshotRequest { trigger: Trigger::Pvpanic, reason: reason.clone(), after };
-        let outcome = if bits & PVPANIC_PANICKED != 0 {
-            match self.on_panic {
-                PanicPolicy::None => Ok(()),
-                PanicPolicy::Dump => self.start_snapshot(snapshot(After::Resume), Duration::ZERO),
-                PanicPolicy::DumpAndReboot => self.start_snapshot(snapshot(After::Reboot), Duration::ZERO),
-                PanicPolicy::DumpAndPoweroff => self.start_snapshot(snapshot(After::PowerOff), Duration::ZERO),
-                PanicPolicy::Pause => self.pause().map(drop),
-                PanicPolicy::Reboot => {
-                    self.running_machine().map(|m| m.request_stop(StopReason::Reset(ResetCause::PanicPolicy)))
-                }
-            }
-        } else if bits & PVPANIC_CRASH_LOADED != 0 && self.on_crash_loaded == CrashLoadedPolicy::Dump {
-            self.start_snapshot(snapshot(After::Resume), Duration::ZERO)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = outcome {
-            tracing::error!("the panic policy could not be carried out: {}", e.message);
-        }
+    /// An operator's host-side dump, after the guest handled an NMI or at once; the crash
+    /// policy starts it and its events follow.
+    fn host_dump(&self, after_nmi: bool) -> Result<(), ControlError> {
+        self.crash.operator_dump(self.machine.as_ref(), after_nmi).map_err(|e| {
+            let code = match e {
+                DumpRefused::NoMachine => ControlErrorCode::VmUnavailable,
+                DumpRefused::Busy => ControlErrorCode::Busy,
+                DumpRefused::SinkStopped => ControlErrorCode::Internal,
+            };
+            ControlError::new(code, e.to_string())
+        })
     }
 
     fn pause(&mut self) -> Result<Value, ControlError> {
         let machine = self.running_machine()?;
-        if !self.paused {
-            if !machine.pause(PAUSE_TIMEOUT) {
+        if !machine.is_paused() {
+            if !machine.pause(Pauser::Operator, PAUSE_TIMEOUT) {
                 tracing::warn!("not every vCPU parked within {PAUSE_TIMEOUT:?} of the pause");
             }
-            self.paused = true;
             self.broadcast(&Event::Paused);
         }
         Ok(json!({ "state": "paused" }))
@@ -419,9 +351,8 @@ impl Controller {
 
     fn resume(&mut self) -> Result<Value, ControlError> {
         let machine = self.running_machine()?;
-        if self.paused {
-            machine.resume();
-            self.paused = false;
+        if machine.is_paused() {
+            machine.resume(Pauser::Operator);
             self.broadcast(&Event::Resumed);
         }
         Ok(json!({ "state": "running" }))
@@ -483,19 +414,33 @@ fn stop_reason_text(reason: &StopReason) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
     use crate::control::events::DeviceEvent;
     use crate::control::Inbox;
+    use crate::crash::{CrashSink, DumpTarget, SinkThread};
     use crate::devices::console::Console;
     use crate::devices::platform::{BootTimes, Platform, PlatformLinks};
     use crate::devices::Devices;
     use crate::nmi_watchdog::NmiWatchdog;
     use crate::vcpu::requests::VcpuRequests;
+    use crate::vm::ResetCause;
     use crashvisor_abi::platform::{EventKind, PVPANIC_PANICKED};
     use std::sync::mpsc::{sync_channel, Receiver};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
 
     const VCPUS: usize = 2;
     const CLIENT: ClientId = ClientId(1);
+
+    /// A crash sink that has stopped (these tests take no dumps).
+    fn sink() -> CrashSink {
+        let target = DumpTarget {
+            crash_dir: "/nonexistent/crash".into(),
+            vm_name: "vm".into(),
+            retention: dumpd::store::Retention::default(),
+            core_collector: None,
+        };
+        SinkThread::start(target, Inbox::channel().0).unwrap().sink()
+    }
 
     /// A machine without KVM: devices, memory and vCPU mailboxes.
     fn machine() -> Arc<RunContext> {
@@ -508,11 +453,7 @@ mod tests {
             platform: Platform::new(PlatformLinks {
                 boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
                 memory: memory.clone(),
-                dump: crate::devices::dump::DumpTarget {
-                    crash_dir: "/nonexistent/crash".into(),
-                    vm_name: "vm".into(),
-                    retention: dumpd::store::Retention::default(),
-                },
+                sink: sink(),
                 vcpus: requests.clone(),
                 nmi_watchdog: Arc::new(NmiWatchdog::new(true, requests.clone())),
                 inbox,
@@ -524,16 +465,11 @@ mod tests {
 
     /// A controller with one connected client and a running machine.
     fn controller() -> (Controller, Receiver<String>, Arc<RunContext>) {
-        let (inbox, inputs) = Inbox::channel();
+        let (_, inputs) = Inbox::channel();
         let ctx = machine();
-        let config = ControlConfig {
-            socket: None,
-            vcpus: VCPUS,
-            on_panic: PanicPolicy::None,
-            on_crash_loaded: CrashLoadedPolicy::Event,
-            dump_format: DumpFormat::Elf,
-        };
-        let mut c = Controller::new(inputs, inbox, ctx.devices.control_uart.clone(), &config);
+        let config = ControlConfig { socket: None, vcpus: VCPUS };
+        let crash = CrashPolicy::new(PanicPolicy::None, CrashLoadedPolicy::Event, DumpFormat::Elf, sink());
+        let mut c = Controller::new(inputs, ctx.devices.control_uart.clone(), &config, crash);
         let (outbox, lines) = sync_channel(256);
         assert!(c.handle(ControlInput::ClientConnected { client: CLIENT, outbox }));
         c.handle(ControlInput::MachineStarted(ctx.clone()));
@@ -552,22 +488,6 @@ mod tests {
         serde_json::from_str(&lines.try_recv().expect("a line for the client")).unwrap()
     }
 
-    /// What the controller wrote to COM2 (as the guest would read it).
-    fn com2(ctx: &RunContext) -> String {
-        let uart = &ctx.devices.control_uart;
-        let mut text = Vec::new();
-        loop {
-            let mut lsr = [0u8];
-            uart.read(5, &mut lsr);
-            if lsr[0] & 1 == 0 {
-                return String::from_utf8(text).unwrap();
-            }
-            let mut b = [0u8];
-            uart.read(0, &mut b);
-            text.push(b[0]);
-        }
-    }
-
     #[test]
     fn guest_requests_wait_for_hello_then_round_trip() {
         let (mut c, lines, ctx) = controller();
@@ -578,12 +498,12 @@ mod tests {
         c.handle(ControlInput::GuestLine("0 hello version=1 release=6.18.0-crashvisor cpus=2".into()));
         assert_eq!(next(&lines), json!({"event": "booted", "boot": 1, "release": "6.18.0-crashvisor", "cpus": 2}));
         request(&mut c, 2, UPTIME);
-        assert_eq!(com2(&ctx), "1 uptime\n");
+        assert_eq!(ctx.devices.control_uart.guest_reads(), "1 uptime\n");
         c.handle(ControlInput::GuestLine("99 ok ns=5".into()));
         assert!(lines.try_recv().is_err(), "an answer nobody waits for is ignored");
         c.handle(ControlInput::GuestLine("1 ok ns=123".into()));
         assert_eq!(next(&lines), json!({"id": 2, "ok": true, "result": {"ns": 123}}));
-        assert_eq!(c.status()["guest_control"], json!(true));
+        assert!(c.status().guest_control);
     }
 
     #[test]
@@ -607,15 +527,15 @@ mod tests {
         c.handle(ControlInput::MachineStopped { reason: StopReason::Reset(ResetCause::TripleFault), rebooting: true });
         assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
         assert_eq!(next(&lines), json!({"event": "rebooting", "cause": "triple_fault"}));
-        assert_eq!(c.status()["state"], json!("rebooting"));
+        assert_eq!(c.status().state, MachineState::Rebooting);
         request(&mut c, 4, Request::Nmi { cpu: None, capture: false });
         assert_eq!(next(&lines)["error"]["code"], json!("vm_unavailable"));
         c.handle(ControlInput::MachineStarted(ctx));
-        assert_eq!(c.status()["boots"], json!(2));
-        assert_eq!(c.status()["guest_control"], json!(false));
+        assert_eq!(c.status().boots, 2);
+        assert!(!c.status().guest_control);
         c.handle(ControlInput::MachineStopped { reason: StopReason::PowerOff, rebooting: false });
         assert_eq!(next(&lines), json!({"event": "powered_off"}));
-        assert_eq!(c.status()["state"], json!("powered_off"));
+        assert_eq!(c.status().state, MachineState::PoweredOff);
     }
 
     #[test]
@@ -627,7 +547,7 @@ mod tests {
         c.handle(ControlInput::Device(DeviceEvent::Pvpanic { bits: PVPANIC_PANICKED, crash: None }));
         assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
         assert_eq!(next(&lines), json!({"event": "panic", "source": "pvpanic"}));
-        assert_eq!(c.status()["guest_control"], json!(false));
+        assert!(!c.status().guest_control);
     }
 
     #[test]
@@ -651,11 +571,11 @@ mod tests {
         let (mut c, lines, ctx) = controller();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let fake_vcpus: Vec<_> = (0..VCPUS)
-            .map(|_| {
+            .map(|id| {
                 let (ctx, stop) = (ctx.clone(), stop.clone());
                 std::thread::spawn(move || {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                        ctx.vcpus.park(&|| false, || {});
+                        ctx.vcpus.park(id, &|| false, || {});
                         std::thread::yield_now();
                     }
                 })
@@ -664,7 +584,7 @@ mod tests {
         request(&mut c, 1, Request::Pause {});
         assert_eq!(next(&lines), json!({"event": "paused"}));
         assert_eq!(next(&lines)["result"]["state"], json!("paused"));
-        assert_eq!(c.status()["state"], json!("paused"));
+        assert_eq!(c.status().state, MachineState::Paused);
         request(&mut c, 2, PS);
         assert_eq!(next(&lines)["error"]["code"], json!("guest_unavailable"));
         request(&mut c, 3, Request::Resume {});
@@ -713,7 +633,7 @@ mod tests {
         assert!(ctx.is_stopping());
         c.handle(ControlInput::MachineStopped { reason: StopReason::Quit, rebooting: false });
         let stopped = next(&lines);
-        assert_eq!((stopped["event"].clone(), c.status()["state"].clone()), (json!("stopped"), json!("stopped")));
+        assert_eq!((stopped["event"].clone(), c.status().state), (json!("stopped"), MachineState::Stopped));
         assert!(stopped["reason"].as_str().unwrap().contains("shutdown"), "{stopped}");
         // A machine a reboot built meanwhile is stopped as it starts.
         let next_machine = machine();

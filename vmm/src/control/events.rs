@@ -8,7 +8,6 @@ use crashvisor_abi::platform::{EventKind, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED
 use crashvisor_control::{Event, LockupKind, PanicAbout, PanicSource};
 
 use crate::devices::crash_reason::CrashInfo;
-use crate::devices::dump::DumpEvent;
 
 /// What a device saw the guest do (posted from vCPU threads).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +30,6 @@ pub enum DeviceEvent {
         /// The crash reason the guest handed over.
         crash: Option<CrashInfo>,
     },
-    /// The dump device's progress with a capture kernel's hand-off.
-    Dump(DumpEvent),
 }
 
 /// Whether the event comes at most a few times per crash, so no rate limit applies.
@@ -89,19 +86,6 @@ pub fn translate(event: DeviceEvent, state: &mut BootEvents) -> Vec<Event> {
             }
             events
         }
-        DeviceEvent::Dump(event) => vec![dump_event(event)],
-    }
-}
-
-fn dump_event(event: DumpEvent) -> Event {
-    match event {
-        DumpEvent::CaptureStarted { dump_level, size, ranges } => Event::CaptureStarted { dump_level, size, ranges },
-        DumpEvent::VmcoreReady { id, path, size, on_disk } => {
-            Event::VmcoreReady { id, path: path.display().to_string(), size, on_disk }
-        }
-        DumpEvent::SnapshotTaken { pause_us, total } => Event::SnapshotTaken { pause_us, total },
-        DumpEvent::Progress { done, total } => Event::DumpProgress { done, total },
-        DumpEvent::Failed { reason } => Event::DumpFailed { reason },
     }
 }
 
@@ -229,14 +213,12 @@ mod tests {
 
     #[test]
     fn dump_events_have_fixed_shapes() {
-        let mut s = BootEvents::default();
         let lines: Vec<String> = [
-            DumpEvent::CaptureStarted { dump_level: 31, size: 8192, ranges: 2 },
-            DumpEvent::VmcoreReady { id: "vm-x".into(), path: "/c/vm-x".into(), size: 8192, on_disk: 4096 },
-            DumpEvent::Failed { reason: "no elfcorehdr".into() },
+            Event::CaptureStarted { dump_level: 31, size: 8192, ranges: 2 },
+            Event::VmcoreReady { id: "vm-x".into(), path: "/c/vm-x".into(), size: 8192, on_disk: 4096 },
+            Event::DumpFailed { reason: "no elfcorehdr".into() },
         ]
         .into_iter()
-        .flat_map(|e| translate(DeviceEvent::Dump(e), &mut s))
         .inspect(|e| assert!(is_rare(e)))
         .map(|e| e.to_line())
         .collect();

@@ -28,11 +28,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::config::{CrashLoadedPolicy, DumpFormat, PanicPolicy};
+use crate::crash::policy::CrashPolicy;
 use crate::devices::control_uart::ControlUart;
-use crate::devices::StopReason;
 use crate::error::VmmError;
 use crate::vcpu::RunContext;
+use crate::vm::StopReason;
 
 /// How many inputs may wait for the controller; devices drop (and count) beyond this.
 const INBOX_CAPACITY: usize = 4096;
@@ -63,8 +63,8 @@ pub enum ControlInput {
     GuestLine(String),
     /// Something a device saw the guest do.
     Device(events::DeviceEvent),
-    /// A host-side dump's thread finished (its events came as `Device(Dump(..))`).
-    SnapshotDone,
+    /// An event for every client as it is (the crash sink's and the dump device's).
+    Event(crashvisor_control::Event),
     /// A machine was built and is about to run.
     MachineStarted(Arc<RunContext>),
     /// The machine stopped; `rebooting` says whether a new one follows.
@@ -126,12 +126,6 @@ pub struct ControlConfig {
     pub socket: Option<PathBuf>,
     /// Number of vCPUs of the VM.
     pub vcpus: usize,
-    /// What pvpanic PANICKED makes the VMM do.
-    pub on_panic: PanicPolicy,
-    /// What pvpanic CRASH_LOADED makes the VMM do.
-    pub on_crash_loaded: CrashLoadedPolicy,
-    /// The format of host-side vmcores.
-    pub dump_format: DumpFormat,
 }
 
 /// The running control channel. Dropping it ends the controller, flushes what clients are
@@ -142,12 +136,13 @@ pub struct ControlHandle {
     server: Option<server::Server>,
 }
 
-/// Starts the controller and, with a socket path, the server.
+/// Starts the controller (carrying out `crash`'s policy) and, with a socket path, the server.
 pub fn start(
     config: &ControlConfig,
     inbox: Inbox,
     receiver: Receiver<ControlInput>,
     control_uart: Arc<ControlUart>,
+    crash: CrashPolicy,
 ) -> Result<ControlHandle, VmmError> {
     let server = match &config.socket {
         Some(path) => Some(
@@ -156,7 +151,7 @@ pub fn start(
         ),
         None => None,
     };
-    let controller = controller::Controller::new(receiver, inbox.clone(), control_uart, config);
+    let controller = controller::Controller::new(receiver, control_uart, config, crash);
     let controller = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || controller.run())

@@ -33,6 +33,12 @@ impl ControlUart {
     pub fn send_line(&self, line: &[u8]) -> bool {
         self.0.enqueue_all(line)
     }
+
+    /// What the guest would read from COM2 now, as text (tests).
+    #[cfg(test)]
+    pub(crate) fn guest_reads(&self) -> String {
+        String::from_utf8(self.0.drain_input()).expect("the control channel sends text")
+    }
 }
 
 impl Deref for ControlUart {

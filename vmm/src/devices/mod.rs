@@ -21,24 +21,7 @@ use crashvisor_abi::serial::{COM1_PORT, COM2_PORT, UART_PORT_COUNT};
 use self::console::Console;
 use self::control_uart::ControlUart;
 use self::platform::Platform;
-
-/// Why the guest wants the machine stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StopReason {
-    /// The guest powered off.
-    PowerOff,
-    /// The guest reset the machine.
-    Reset(ResetCause),
-    /// KVM could not emulate a guest instruction.
-    EmulationFailure(String),
-    /// KVM or the VMM failed while running the guest.
-    Fatal(String),
-    /// The operator asked the VMM to quit (console escape).
-    Quit,
-}
-
-/// How the guest reset the machine: a word of the control protocol (`rebooting` events).
-pub use crashvisor_control::ResetCause;
+use crate::vm::{ResetCause, StopReason};
 
 /// What a vCPU does after a device access.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,19 +8,21 @@ use std::time::{Duration, Instant};
 use crashvisor_abi::layout::MAX_VCPUS;
 use crashvisor_abi::platform::{
     decode_event, Command, EventKind, Progress, PLATFORM_ARG_HI, PLATFORM_ARG_LO, PLATFORM_COMMAND, PLATFORM_EVENT,
-    PLATFORM_NMI_REASON, PLATFORM_PROGRESS, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, STATUS_INVALID_ARGUMENT, STATUS_OK,
-    STATUS_UNKNOWN_COMMAND, STATUS_UNSUPPORTED,
+    PLATFORM_NMI_REASON, PLATFORM_PROGRESS, PVPANIC_CRASH_LOADED, PVPANIC_PANICKED, STATUS_INVALID_ARGUMENT,
+    STATUS_IO_ERROR, STATUS_OK, STATUS_UNKNOWN_COMMAND, STATUS_UNSUPPORTED,
 };
 use crashvisor_klib::elfnote::VMCOREINFO_NOTE_SIZE;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::crash_reason::{self, CrashInfo};
-use super::dump::{self, DumpTarget};
-use super::{IoAction, StopReason};
+use super::dump;
+use super::IoAction;
 use crate::control::events::DeviceEvent;
 use crate::control::{ControlInput, Inbox};
+use crate::crash::CrashSink;
 use crate::nmi_watchdog::{NmiWatchdog, NmiWatchdogError};
 use crate::vcpu::requests::VcpuRequests;
+use crate::vm::StopReason;
 
 /// When each boot milestone was reached, relative to the start of the boot (the VMM process
 /// start for the first boot, the reset for later ones). Shared by the machines of one VMM run.
@@ -80,8 +82,8 @@ pub struct PlatformLinks {
     pub boot_times: Arc<BootTimes>,
     /// Guest RAM, for `SetCrashReason`, `Dump` and `DumpFailed`.
     pub memory: GuestMemoryMmap,
-    /// Where `Dump` writes crashes.
-    pub dump: DumpTarget,
+    /// The crash sink `Dump` hands crashes to.
+    pub sink: CrashSink,
     /// The vCPUs' mailboxes, for `PLATFORM_NMI_REASON`.
     pub vcpus: Arc<VcpuRequests>,
     /// The machine's NMI watchdog, for `SetNmiWatchdog`.
@@ -93,7 +95,8 @@ pub struct PlatformLinks {
 /// Per-machine state of the platform device.
 pub struct Platform {
     args: [AtomicU64; MAX_VCPUS],
-    status: [AtomicU32; MAX_VCPUS],
+    /// Shared with the crash sink, which sets the status of a `Dump` it finished.
+    status: Arc<[AtomicU32; MAX_VCPUS]>,
     pvpanic: AtomicU8,
     crash_reason: Mutex<Option<CrashInfo>>,
     /// Where the guest's VMCOREINFO note is (0: not published).
@@ -111,7 +114,7 @@ impl Platform {
     pub fn new(links: PlatformLinks) -> Self {
         Self {
             args: std::array::from_fn(|_| AtomicU64::new(0)),
-            status: std::array::from_fn(|_| AtomicU32::new(STATUS_OK)),
+            status: Arc::new(std::array::from_fn(|_| AtomicU32::new(STATUS_OK))),
             pvpanic: AtomicU8::new(0),
             crash_reason: Mutex::new(None),
             vmcoreinfo_gpa: AtomicU64::new(0),
@@ -215,22 +218,35 @@ impl Platform {
             Some(Command::PowerOff) => (STATUS_OK, IoAction::Stop(StopReason::PowerOff)),
             Some(Command::SetNmiWatchdog) => (self.set_nmi_watchdog(arg), IoAction::Continue),
             Some(Command::SetCrashReason) => (self.set_crash_reason(arg), IoAction::Continue),
-            Some(Command::Dump) => (self.dump(arg), IoAction::Continue),
+            Some(Command::Dump) => {
+                self.dump(vcpu, arg);
+                return IoAction::Continue;
+            }
             Some(Command::SetVmcoreinfo) => (self.set_vmcoreinfo(arg), IoAction::Continue),
             Some(Command::DumpFailed) => {
-                let post = &mut |event| self.post(DeviceEvent::Dump(event));
-                (dump::dump_failed(&self.links.memory, &self.links.dump, arg, post), IoAction::Continue)
+                (dump::dump_failed(&self.links.memory, &self.links.sink, arg), IoAction::Continue)
             }
         };
         self.status[vcpu].store(status, Ordering::Relaxed);
         action
     }
 
-    /// `Command::Dump`: the vCPU blocks here while the crash is written.
-    fn dump(&self, gpa: u64) -> u32 {
-        let reason = self.crash_reason();
-        let post = &mut |event| self.post(DeviceEvent::Dump(event));
-        dump::dump(&self.links.memory, &self.links.dump, gpa, reason.as_ref(), post)
+    /// `Command::Dump`: the crash sink writes the crash while the vCPU stays out of the guest
+    /// (its thread parks until the sink answers); until then its status is an I/O error.
+    fn dump(&self, vcpu: usize, gpa: u64) {
+        self.status[vcpu].store(STATUS_IO_ERROR, Ordering::Relaxed);
+        let (status, call) = (self.status.clone(), self.links.vcpus.begin_host_call(vcpu));
+        let reply = Box::new(move |answer| {
+            status[vcpu].store(answer, Ordering::Relaxed);
+            drop(call);
+        });
+        let post = &mut |event| {
+            self.links.inbox.try_post(ControlInput::Event(event));
+        };
+        let refused = dump::dump(&self.links.memory, &self.links.sink, gpa, self.crash_reason(), reply, post);
+        if let Some(status) = refused {
+            self.status[vcpu].store(status, Ordering::Relaxed);
+        }
     }
 
     fn set_nmi_watchdog(&self, period_ms: u64) -> u32 {
@@ -265,11 +281,6 @@ impl Platform {
         Some(self.vmcoreinfo_gpa.load(Ordering::Relaxed)).filter(|&gpa| gpa != 0)
     }
 
-    /// Where this VM's crashes go.
-    pub fn dump_target(&self) -> &DumpTarget {
-        &self.links.dump
-    }
-
     fn set_crash_reason(&self, gpa: u64) -> u32 {
         let mut slot = self.crash_reason.lock().unwrap_or_else(|e| e.into_inner());
         if gpa == 0 {
@@ -301,7 +312,9 @@ fn port_value(data: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crash::{DumpTarget, SinkThread};
     use crashvisor_abi::platform::{encode_event, CrashReason, Detector, NMI_REASON_OPERATOR, NMI_REASON_WATCHDOG};
+    use crashvisor_control::Event;
     use std::sync::mpsc::Receiver;
     use vm_memory::{Bytes, GuestAddress};
 
@@ -311,26 +324,31 @@ mod tests {
             crash_dir: "/nonexistent/crash".into(),
             vm_name: "vm".into(),
             retention: dumpd::store::Retention::default(),
+            core_collector: None,
         };
-        platform_on(memory, dump, nmi_watchdog)
+        let (platform, inputs, _sink) = platform_on(memory, dump, nmi_watchdog);
+        (platform, inputs)
     }
 
+    /// A platform device whose crash sink (running while the returned thread lives) writes
+    /// into `dump`.
     fn platform_on(
         memory: GuestMemoryMmap,
         dump: DumpTarget,
         nmi_watchdog: bool,
-    ) -> (Platform, Receiver<ControlInput>) {
+    ) -> (Platform, Receiver<ControlInput>, SinkThread) {
         let (inbox, inputs) = Inbox::channel();
+        let sink = SinkThread::start(dump, inbox.clone()).unwrap();
         let vcpus = Arc::new(VcpuRequests::new(2));
         let links = PlatformLinks {
             boot_times: Arc::new(BootTimes::new(Instant::now(), false)),
             memory,
-            dump,
+            sink: sink.sink(),
             nmi_watchdog: Arc::new(NmiWatchdog::new(nmi_watchdog, vcpus.clone())),
             vcpus,
             inbox,
         };
-        (Platform::new(links), inputs)
+        (Platform::new(links), inputs, sink)
     }
 
     fn platform() -> Platform {
@@ -341,6 +359,8 @@ mod tests {
         p.write(vcpu, PLATFORM_ARG_LO, &(arg as u32).to_le_bytes());
         p.write(vcpu, PLATFORM_ARG_HI, &((arg >> 32) as u32).to_le_bytes());
         let action = p.write(vcpu, PLATFORM_COMMAND, &(command as u32).to_le_bytes());
+        // Like the vCPU thread, which parks until a command the crash sink finishes is done.
+        p.links.vcpus.park(vcpu, &|| false, || {});
         let mut status = [0u8; 4];
         p.read(vcpu, PLATFORM_COMMAND, &mut status);
         (action, u32::from_le_bytes(status))
@@ -441,13 +461,8 @@ mod tests {
         assert_eq!(command(&off, 0, Command::SetNmiWatchdog, 10_000).1, STATUS_UNSUPPORTED);
     }
 
-    #[test]
-    fn a_crash_reason_is_validated_and_reported_with_the_panic() {
-        let (p, inputs) = platform_with(true);
-        let mut reason = CrashReason::new(Detector::Sysrq, 1, 7);
-        reason.set_comm(b"sh");
-        reason.push_message(b"sysrq triggered crash");
-        // The guest's bytes: every field is a little-endian u32 or a byte array.
+    /// A crash reason as the guest's bytes: every field is a little-endian u32 or a byte array.
+    fn reason_bytes(reason: &CrashReason) -> Vec<u8> {
         let mut bytes = Vec::new();
         for v in [reason.magic, reason.version, reason.detector, reason.cpu, reason.pid, 0] {
             bytes.extend_from_slice(&v.to_le_bytes());
@@ -457,7 +472,16 @@ mod tests {
         bytes.extend_from_slice(&0u32.to_le_bytes());
         bytes.extend_from_slice(&reason.message);
         assert_eq!(bytes.len(), CrashReason::SIZE);
-        p.links.memory.write_slice(&bytes, GuestAddress(0x1000)).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_crash_reason_is_validated_and_reported_with_the_panic() {
+        let (p, inputs) = platform_with(true);
+        let mut reason = CrashReason::new(Detector::Sysrq, 1, 7);
+        reason.set_comm(b"sh");
+        reason.push_message(b"sysrq triggered crash");
+        p.links.memory.write_slice(&reason_bytes(&reason), GuestAddress(0x1000)).unwrap();
 
         assert_eq!(command(&p, 0, Command::SetCrashReason, 0xffff_0000).1, STATUS_INVALID_ARGUMENT);
         assert_eq!(command(&p, 0, Command::SetCrashReason, 0x2000).1, STATUS_INVALID_ARGUMENT, "zeroes: bad magic");
@@ -475,27 +499,23 @@ mod tests {
     #[test]
     fn a_dump_command_writes_the_crash_with_the_reason_set_before() {
         use super::super::dump::tests::{assert_crash_matches, guest, TestDir, DESCRIPTOR_GPA};
-        use super::super::dump::DumpEvent;
         let store = TestDir::new("platform-dump");
         let g = guest();
         g.install();
-        let (p, inputs) = platform_on(g.memory.clone(), store.target(), true);
+        let (p, inputs, _sink) = platform_on(g.memory.clone(), store.target(), true);
+        let event = || match inputs.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(ControlInput::Event(event)) => event,
+            _ => panic!("no event"),
+        };
         let mut reason = CrashReason::new(Detector::HungTask, 0, 57);
         reason.set_comm(b"khungtaskd");
-        let mut bytes = Vec::new();
-        for v in [reason.magic, reason.version, reason.detector, reason.cpu, reason.pid, 0] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        bytes.extend_from_slice(&reason.comm);
-        bytes.extend_from_slice(&[0; 8 + 256]);
-        p.links.memory.write_slice(&bytes, GuestAddress(0xa0_0000)).unwrap();
+        p.links.memory.write_slice(&reason_bytes(&reason), GuestAddress(0xa0_0000)).unwrap();
         assert_eq!(command(&p, 0, Command::SetCrashReason, 0xa0_0000).1, STATUS_OK);
 
         assert_eq!(command(&p, 1, Command::Dump, DESCRIPTOR_GPA), (IoAction::Continue, STATUS_OK));
-        assert!(matches!(device_event(&inputs), DeviceEvent::Dump(DumpEvent::CaptureStarted { ranges: 3, .. })));
-        let DeviceEvent::Dump(DumpEvent::VmcoreReady { id, path, .. }) = device_event(&inputs) else {
-            panic!("no vmcore_ready")
-        };
+        assert!(matches!(event(), Event::CaptureStarted { ranges: 3, .. }));
+        let Event::VmcoreReady { id, path, .. } = event() else { panic!("no vmcore_ready") };
+        let path = std::path::PathBuf::from(path);
         assert_eq!(path.file_name().and_then(|n| n.to_str()), Some(id.as_str()));
         assert_crash_matches(&path, &g);
         let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(path.join("meta.json")).unwrap()).unwrap();
@@ -504,8 +524,8 @@ mod tests {
 
         // A descriptor address outside RAM is an invalid argument, and a failure event.
         assert_eq!(command(&p, 1, Command::Dump, 1 << 40).1, STATUS_INVALID_ARGUMENT);
-        assert!(matches!(device_event(&inputs), DeviceEvent::Dump(DumpEvent::Failed { .. })));
+        assert!(matches!(event(), Event::DumpFailed { .. }));
         assert_eq!(command(&p, 0, Command::DumpFailed, 1 << 40).1, STATUS_INVALID_ARGUMENT);
-        assert!(matches!(device_event(&inputs), DeviceEvent::Dump(DumpEvent::Failed { .. })));
+        assert!(matches!(event(), Event::DumpFailed { .. }));
     }
 }

@@ -175,6 +175,23 @@ impl<W: Write> Uart<W> {
     pub fn queued_input(&self) -> usize {
         self.lock().as_ref().map_or(0, |s| s.input.len())
     }
+
+    /// Reads what the guest would read, as a guest driver does (data while the line status says
+    /// data ready), until nothing is left (tests).
+    #[cfg(test)]
+    pub(crate) fn drain_input(&self) -> Vec<u8> {
+        let mut got = Vec::new();
+        loop {
+            let mut lsr = [0u8];
+            self.read(LSR_OFFSET, &mut lsr);
+            if lsr[0] & LSR_DATA_READY == 0 {
+                return got;
+            }
+            let mut b = [0u8];
+            self.read(DATA_OFFSET, &mut b);
+            got.push(b[0]);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,26 +212,12 @@ mod tests {
         }
     }
 
-    fn drain<W: Write>(uart: &Uart<W>) -> Vec<u8> {
-        let mut got = Vec::new();
-        loop {
-            let mut lsr = [0u8];
-            uart.read(LSR_OFFSET, &mut lsr);
-            if lsr[0] & LSR_DATA_READY == 0 {
-                return got;
-            }
-            let mut b = [0u8];
-            uart.read(DATA_OFFSET, &mut b);
-            got.push(b[0]);
-        }
-    }
-
     #[test]
     fn queued_input_flows_through_the_small_fifo() {
         let uart = Uart::new("test", Box::new(io::sink())).unwrap();
         let input: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
         assert_eq!(uart.enqueue(&input), input.len());
-        assert_eq!(drain(&uart), input);
+        assert_eq!(uart.drain_input(), input);
         assert_eq!(uart.queued_input(), 0);
     }
 
@@ -230,11 +233,11 @@ mod tests {
         assert_eq!(uart.queued_input(), INPUT_QUEUE_CAPACITY);
         assert!(!uart.enqueue_all(b"line\n"));
         assert_eq!(uart.enqueue(b"y"), 0);
-        drain(&uart);
+        uart.drain_input();
         assert!(uart.enqueue_all(b"line\n"));
         uart.reset().unwrap();
         assert_eq!(uart.queued_input(), 0);
-        assert!(drain(&uart).is_empty(), "reset drops pending input");
+        assert!(uart.drain_input().is_empty(), "reset drops pending input");
     }
 
     #[test]

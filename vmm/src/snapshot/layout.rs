@@ -9,7 +9,8 @@ use dumpd::elf::build::{LoadSpec, NoteSpec};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::pagewalk::{self, Mapping};
-use super::regs::{prstatus_desc, VcpuState};
+use super::regs::prstatus_desc;
+use crate::vcpu::VcpuState;
 
 /// The kernel image's mapping: 1 GiB from `__START_KERNEL_map` (Linux's `KERNEL_IMAGE_SIZE`).
 const KERNEL_MAP_SIZE: u64 = 1 << 30;

@@ -2,16 +2,8 @@
 //! same format the guest's crash path writes, so gdb shows one thread per vCPU.
 
 use crashvisor_klib::elfnote::{write_prstatus, PtRegs, UserRegs, CRASH_NOTE_BYTES, NOTE_HEADER_SIZE, PRSTATUS_SIZE};
-use kvm_bindings::{kvm_regs, kvm_sregs};
 
-/// A vCPU's state as KVM reports it while the vCPU is parked.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct VcpuState {
-    /// General-purpose registers, RIP, RFLAGS.
-    pub regs: kvm_regs,
-    /// Segment and control registers (CR3 for the page walk, FS/GS bases).
-    pub sregs: kvm_sregs,
-}
+use crate::vcpu::VcpuState;
 
 /// `user_regs_struct` from KVM's registers.
 pub fn user_regs(state: &VcpuState) -> UserRegs {

@@ -2,7 +2,8 @@
 
 use kvm_ioctls::VcpuExit;
 
-use crate::devices::{Devices, IoAction, ResetCause, StopReason};
+use crate::devices::{Devices, IoAction};
+use crate::vm::{ResetCause, StopReason};
 
 /// What the vCPU loop does next.
 #[derive(Debug, PartialEq, Eq)]

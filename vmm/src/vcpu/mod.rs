@@ -3,7 +3,8 @@
 //! Stopping a vCPU that sits inside `KVM_RUN` (for instance halted, waiting for an interrupt)
 //! uses the usual kick: the stopper sets a flag and sends `KICK_SIGNAL` to the thread; the
 //! handler sets `kvm_run.immediate_exit`, so `KVM_RUN` returns `EINTR` now or on its next entry.
-//! Other requests (NMI, pause) use the same kick; see `requests`.
+//! Other requests (NMI, pause) use the same kick; see `requests`. This module also owns what the
+//! machine's lifecycle needs of its vCPUs: pausing, stopping, their recorded [`VcpuState`].
 
 pub mod exit;
 pub mod requests;
@@ -12,13 +13,14 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
+use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use self::requests::VcpuRequests;
-use crate::devices::{Devices, StopReason};
+use self::requests::{Pauser, VcpuRequests};
+use crate::devices::Devices;
 use crate::error::VmmError;
-use crate::snapshot::regs::VcpuState;
+use crate::vm::StopReason;
 
 thread_local! {
     /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
@@ -48,6 +50,15 @@ pub fn install_kick_handler() -> Result<(), VmmError> {
     INSTALLED
         .get_or_init(|| vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| e.errno()))
         .map_err(|errno| VmmError::Signal(vmm_sys_util::errno::Error::new(errno)))
+}
+
+/// A vCPU's state as KVM reports it while the vCPU is parked.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuState {
+    /// General-purpose registers, RIP, RFLAGS.
+    pub regs: kvm_regs,
+    /// Segment and control registers (CR3 for the page walk, FS/GS bases).
+    pub sregs: kvm_sregs,
 }
 
 /// What the vCPU threads of one machine share.
@@ -89,18 +100,22 @@ impl RunContext {
         self.vcpus.wake_all();
     }
 
-    /// Pauses the machine: the NMI watchdog stops ticking and every vCPU parks (after telling
-    /// KVM the guest is stopped, so its kvmclock page shows `PVCLOCK_GUEST_STOPPED`). Returns
-    /// whether all vCPUs parked within `timeout`.
-    pub fn pause(&self, timeout: std::time::Duration) -> bool {
-        self.devices.platform.nmi_watchdog().pause();
-        self.vcpus.pause(timeout)
+    /// Pauses the machine for `by`: the NMI watchdog stops ticking and every vCPU parks (after
+    /// telling KVM the guest is stopped, so its kvmclock page shows `PVCLOCK_GUEST_STOPPED`).
+    /// Returns whether all vCPUs parked within `timeout`.
+    pub fn pause(&self, by: Pauser, timeout: std::time::Duration) -> bool {
+        self.vcpus.pause(by, timeout, || self.devices.platform.nmi_watchdog().pause())
     }
 
-    /// Resumes a paused machine; the next NMI-watchdog tick comes a full period from now.
-    pub fn resume(&self) {
-        self.vcpus.resume();
-        self.devices.platform.nmi_watchdog().resume();
+    /// Ends `by`'s pause; once nobody holds the machine paused it runs, and the next
+    /// NMI-watchdog tick comes a full period from now.
+    pub fn resume(&self, by: Pauser) {
+        self.vcpus.resume(by, || self.devices.platform.nmi_watchdog().resume());
+    }
+
+    /// Whether an operator (or the panic policy) paused the machine.
+    pub fn is_paused(&self) -> bool {
+        self.vcpus.is_paused_by(Pauser::Operator)
     }
 
     /// Whether a stop has been requested.
@@ -153,7 +168,7 @@ pub fn run(mut vcpu: VcpuFd, id: usize, ctx: Arc<RunContext>) {
 
 /// Carries out what other threads asked of this vCPU before it re-enters the guest.
 fn service_requests(vcpu: &VcpuFd, id: usize, ctx: &RunContext) {
-    ctx.vcpus.park(&|| ctx.is_stopping(), || {
+    ctx.vcpus.park(id, &|| ctx.is_stopping(), || {
         // Sets PVCLOCK_GUEST_STOPPED in the guest's kvmclock page at the next entry, so the
         // guest's watchdogs forgive the pause. EINVAL: the guest has not enabled kvmclock.
         if let Err(e) = vcpu.kvmclock_ctrl() {

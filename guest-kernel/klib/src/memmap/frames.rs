@@ -89,6 +89,11 @@ impl<'a> FrameBitmap<'a> {
         pfn < self.nr_frames && frame_in_use(self.words, pfn) == Some(false)
     }
 
+    /// Whether every frame in `[start, end)` is free; `false` if any is past the end.
+    pub fn is_free_range(&self, start: u64, end: u64) -> bool {
+        self.check_range(start, end).is_ok() && self.all_words(start, end, |word, mask| word & mask == 0)
+    }
+
     /// Frees one frame.
     pub fn free(&mut self, pfn: u64) -> Result<(), FrameError> {
         self.free_range(pfn, pfn.checked_add(1).ok_or(FrameError::OutOfRange)?)
@@ -307,6 +312,8 @@ mod tests {
         assert_eq!(bitmap.free_range(5, 4), Err(FrameError::OutOfRange));
         bitmap.free_range(7, 7).unwrap();
 
+        assert!(bitmap.is_free_range(10, 150) && bitmap.is_free_range(149, 149));
+        assert!(!bitmap.is_free_range(9, 150) && !bitmap.is_free_range(10, 151) && !bitmap.is_free_range(190, 201));
         bitmap.mark_used_range(64, 128).unwrap();
         assert_eq!(bitmap.free_count(), 76);
         assert_eq!(bitmap.as_words()[1], u64::MAX);

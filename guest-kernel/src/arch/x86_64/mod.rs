@@ -10,3 +10,4 @@ pub mod percpu;
 pub mod switch;
 pub mod trampoline;
 pub mod traps;
+pub mod vmemmap;

@@ -129,7 +129,7 @@ pub fn print_walk(address: u64) {
 
 /// Base of the kernel stack area (Linux's `VMALLOC_START`): stacks mapped with 4 KiB pages and
 /// an unmapped guard page below each, so an overflow faults instead of corrupting memory.
-const VMAP_STACK_BASE: u64 = 0xffff_c900_0000_0000;
+pub const VMALLOC_START: u64 = 0xffff_c900_0000_0000;
 /// Virtual space per stack: the guard page, the stack, and unmapped padding.
 const STACK_SLOT: u64 = 64 * 1024;
 const PAGE: u64 = 4096;
@@ -141,6 +141,7 @@ static MAP_LOCK: crate::sync::SpinLock<()> = crate::sync::SpinLock::new(());
 /// A zeroed page-table page (physical address).
 fn new_table() -> Option<u64> {
     let va = mm::frame::alloc_pages(1)?;
+    mm::memmap::set_use(va, crashvisor_klib::page::PageUse::Table);
     // SAFETY: a page just allocated for this table; nothing else refers to it.
     unsafe { core::ptr::write_bytes(va as *mut u8, 0, PAGE as usize) };
     Some(mm::virt_to_phys(va))
@@ -176,7 +177,7 @@ fn map_4k(va: u64, pa: u64) -> Option<()> {
 pub fn alloc_stack(size: u64) -> Option<(u64, u64)> {
     let size = size.min(STACK_SLOT - PAGE);
     let slot = NEXT_STACK_SLOT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-    let base = VMAP_STACK_BASE + slot * STACK_SLOT + PAGE;
+    let base = VMALLOC_START + slot * STACK_SLOT + PAGE;
     let phys = mm::virt_to_phys(mm::frame::alloc_pages((size / PAGE) as usize)?);
     for offset in (0..size).step_by(PAGE as usize) {
         map_4k(base + offset, phys + offset)?;
@@ -186,7 +187,7 @@ pub fn alloc_stack(size: u64) -> Option<(u64, u64)> {
 
 /// Whether `address` is in the guard page below the stack that starts at `stack_base`.
 pub fn is_guard_page(address: u64, stack_base: u64) -> bool {
-    stack_base >= VMAP_STACK_BASE && address < stack_base && address >= stack_base - PAGE
+    stack_base >= VMALLOC_START && address < stack_base && address >= stack_base - PAGE
 }
 
 /// Removes the boot identity map of low memory once every AP is up (nothing runs there any

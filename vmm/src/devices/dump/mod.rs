@@ -1,241 +1,116 @@
 //! The dump device: a capture kernel's hand-off of its vmcore (`Command::Dump`) or of why it has
 //! none (`Command::DumpFailed`); see `crashvisor_abi::dump` for the contract.
 //!
-//! On `Dump` the device reads and validates the descriptor ([`descriptor`]), then writes the
-//! crash into the store with `dumpd`: the vmcore straight from guest RAM (zero pages become
-//! holes), both logs and `meta.json`, committed atomically. The issuing vCPU blocks meanwhile;
-//! the capture kernel has nothing else to do. Events tell clients how it went.
+//! On `Dump` the device reads and validates the descriptor ([`descriptor`]) and hands the crash
+//! sink a [`Handoff`]: the vmcore's layout, straight from guest RAM (zero pages become holes),
+//! and both logs; the same layout is the `/proc/vmcore` a core collector reads, when the VM has
+//! one. The issuing vCPU stays out of the guest until the sink has committed the crash
+//! (parked, so the VMM can still pause or stop it); the status it then reads says how it went.
+//! The capture kernel has nothing else to do meanwhile.
 
 pub mod descriptor;
-mod ram;
-
-pub use self::ram::GuestRam;
 
 use std::mem::offset_of;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
-use std::time::{Instant, SystemTime};
 
-use crashvisor_abi::dump::{DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE_LEN};
+use crashvisor_abi::dump::{DumpDescriptor, DumpFailure, DUMP_FAILURE_MAGIC, DUMP_FAILURE_MESSAGE_LEN};
 use crashvisor_abi::platform::{STATUS_INVALID_ARGUMENT, STATUS_IO_ERROR, STATUS_OK};
+use dumpd::elf::build::CoreLayout;
 use dumpd::error_chain;
-use dumpd::store::{
-    CommittedCrash, CrashFiles, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash,
-    Retention, StoreError, Trigger, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
-};
-use dumpd::writer::{write_vmcore, Run, WriteError};
+use dumpd::store::{CrashMeta, Trigger};
+use dumpd::writer::Run;
 use vm_memory::GuestMemoryMmap;
 
-use self::descriptor::{read_and_validate, read_bytes, DescriptorError, ValidDump};
+use self::descriptor::{read_and_validate, read_bytes};
 use super::crash_reason::{self, CrashInfo};
+use crate::crash::{
+    write_output, CaptureError, CrashSink, GuestRam, Logs, Output, ProcVmcore, Producer, VmcoreFile, Writing,
+};
+use crashvisor_control::Event;
 
-/// Where this VM's crashes go.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DumpTarget {
-    /// The crash store directory (created on the first crash).
-    pub crash_dir: PathBuf,
-    /// The VM's name in the store.
-    pub vm_name: String,
-    /// What the store keeps: older crashes go after each commit.
-    pub retention: Retention,
+/// Where the platform device takes the status of a hand-off the sink finished.
+pub type Reply = Box<dyn FnOnce(u32) + Send>;
+
+/// A capture kernel's accepted hand-off, for the crash sink.
+pub struct Handoff {
+    memory: GuestMemoryMmap,
+    descriptor: DumpDescriptor,
+    core: CoreLayout,
+    reply: Reply,
 }
 
-/// Commits `pending`, then applies the target's retention (never to the crash just committed).
-pub(crate) fn commit(pending: PendingCrash, target: &DumpTarget) -> Result<CommittedCrash, StoreError> {
-    let (committed, pruned) = pending.commit_with_retention(&target.retention)?;
-    match pruned {
-        Ok(report) => {
-            for crash in &report.removed {
-                tracing::info!("crash store retention removed {}", crash.id);
-            }
-            for (id, e) in &report.failed {
-                tracing::warn!("crash store retention could not remove {id}: {}", error_chain(e));
-            }
-        }
-        Err(e) => tracing::warn!("crash store retention failed: {}", error_chain(&e)),
+impl Producer for Handoff {
+    fn describe(&self, meta: &mut CrashMeta) {
+        meta.dump_level = Some(self.descriptor.dump_level);
+        meta.timings.capture_kernel_ns = Some(self.descriptor.capture_ns);
     }
-    Ok(committed)
-}
 
-/// What the dump device reports to the controller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DumpEvent {
-    /// A descriptor was accepted; the host is writing the vmcore.
-    CaptureStarted {
-        /// The dump level the capture kernel applied.
-        dump_level: u32,
-        /// The vmcore's apparent size.
-        size: u64,
-        /// Number of memory ranges.
-        ranges: u64,
-    },
-    /// The crash directory is committed.
-    VmcoreReady {
-        /// The crash directory's name.
-        id: String,
-        /// Its path.
-        path: PathBuf,
-        /// The vmcore's apparent size.
-        size: u64,
-        /// Bytes it takes on disk.
-        on_disk: u64,
-    },
-    /// A host-side snapshot is taken: the vCPUs ran again after `pause_us` microseconds and
-    /// `total` bytes of memory are being written from a copy-on-write view of it.
-    SnapshotTaken {
-        /// How long the vCPUs were stopped.
-        pause_us: u64,
-        /// Bytes of memory to write.
-        total: u64,
-    },
-    /// A host-side dump's progress: bytes of memory written of `total`.
-    Progress {
-        /// Bytes done.
-        done: u64,
-        /// Bytes in all.
-        total: u64,
-    },
-    /// No vmcore: the descriptor was refused, writing failed, or the capture kernel gave up.
-    Failed {
-        /// Why.
-        reason: String,
-    },
-}
+    fn proc_vmcore(&self) -> Option<ProcVmcore<'_>> {
+        Some(ProcVmcore { core: &self.core, memory: &self.memory })
+    }
 
-impl DumpEvent {
-    /// `VmcoreReady` for a committed crash.
-    pub(crate) fn vmcore_ready(crash: CommittedCrash, sizes: &CrashSizes) -> Self {
-        Self::VmcoreReady {
-            id: crash.id,
-            path: crash.path,
-            size: sizes.vmcore_apparent_bytes,
-            on_disk: sizes.vmcore_on_disk_bytes,
-        }
+    fn start(&mut self, vmcore: &VmcoreFile<'_>) -> Result<Writing, CaptureError> {
+        let stats = write_output(vmcore.file, &Output::Elf(&self.core), &GuestRam::new(&self.memory))
+            .map_err(CaptureError::Write)?;
+        Ok(Writing::Done(stats))
+    }
+
+    fn logs(&mut self) -> Result<Logs, CaptureError> {
+        let d = &self.descriptor;
+        let read = |what, gpa, len| match len {
+            0 => Ok(Vec::new()),
+            len => read_bytes(&self.memory, what, gpa, len).map_err(|e| CaptureError::Log(Box::new(e))),
+        };
+        Ok(Logs {
+            vmcore_dmesg: Some(read("vmcore-dmesg log", d.vmcore_dmesg_gpa, d.vmcore_dmesg_len)?),
+            kexec_dmesg: Some(read("kexec-dmesg log", d.kexec_dmesg_gpa, d.kexec_dmesg_len)?),
+        })
+    }
+
+    fn finish(self: Box<Self>, committed: bool) {
+        (self.reply)(if committed { STATUS_OK } else { STATUS_IO_ERROR });
     }
 }
 
-/// Why an accepted dump could not be stored (answered with `STATUS_IO_ERROR`).
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    /// The crash store failed.
-    #[error("the crash store failed")]
-    Store(#[from] StoreError),
-    /// Writing the vmcore failed.
-    #[error("writing the vmcore failed")]
-    Write(#[from] WriteError),
-    /// Syncing or measuring the vmcore failed.
-    #[error("cannot sync the vmcore")]
-    Sync(#[source] std::io::Error),
-    /// A log could not be read out of guest memory (it was checked: a host-side failure).
-    #[error("cannot read a log from guest memory")]
-    Log(#[source] DescriptorError),
-}
-
-/// A stored crash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Captured {
-    /// The committed directory.
-    pub crash: CommittedCrash,
-    /// The vmcore's sizes.
-    pub sizes: CrashSizes,
-}
-
-/// Handles `Command::Dump` with the descriptor at `gpa`: validates, writes, commits, and posts
-/// events through `post`. Returns the command status.
+/// Handles `Command::Dump` with the descriptor at `gpa`: validates it and hands the crash to
+/// `sink`, posting `capture_started` through `post`; the sink answers through `reply` once the
+/// crash is stored (`None` is returned). A descriptor that breaks a rule is refused at once:
+/// `reply` is dropped, the failure recorded, and `Some(STATUS_INVALID_ARGUMENT)` returned.
 pub fn dump(
     memory: &GuestMemoryMmap,
-    target: &DumpTarget,
+    sink: &CrashSink,
     gpa: u64,
-    reason: Option<&CrashInfo>,
-    post: &mut dyn FnMut(DumpEvent),
-) -> u32 {
+    reason: Option<CrashInfo>,
+    reply: Reply,
+    post: &mut dyn FnMut(Event),
+) -> Option<u32> {
     let valid = match read_and_validate(memory, gpa) {
         Ok(valid) => valid,
         Err(e) => {
             let reason = format!("the capture kernel's dump descriptor broke a rule: {}", error_chain(&e));
             tracing::warn!("{reason}");
-            fail(target, reason, post);
-            return STATUS_INVALID_ARGUMENT;
+            sink.record_failure(Trigger::Kdump, reason);
+            return Some(STATUS_INVALID_ARGUMENT);
         }
     };
     for warning in &valid.warnings {
         tracing::warn!("the capture kernel's vmcore: {warning}");
     }
-    let d = &valid.descriptor;
-    post(DumpEvent::CaptureStarted { dump_level: d.dump_level, size: d.file_size, ranges: d.nr_ranges });
+    let d = valid.descriptor;
+    post(Event::CaptureStarted { dump_level: d.dump_level, size: d.file_size, ranges: d.nr_ranges });
     tracing::info!(
-        "capture kernel handed over a {}-byte vmcore ({} ranges, dump level {}); writing it to {}",
+        "capture kernel handed over a {}-byte vmcore ({} ranges, dump level {}); writing it",
         d.file_size,
         d.nr_ranges,
         d.dump_level,
-        target.crash_dir.display()
     );
-    match capture(memory, target, &valid, reason) {
-        Ok(Captured { crash, sizes }) => {
-            tracing::info!(
-                "vmcore ready: {} ({} bytes, {} on disk)",
-                crash.path.display(),
-                sizes.vmcore_apparent_bytes,
-                sizes.vmcore_on_disk_bytes
-            );
-            post(DumpEvent::vmcore_ready(crash, &sizes));
-            STATUS_OK
-        }
-        Err(e) => {
-            let reason = format!("cannot store the vmcore in {}: {}", target.crash_dir.display(), error_chain(&e));
-            tracing::error!("{reason}");
-            fail(target, reason, post);
-            STATUS_IO_ERROR
-        }
+    let runs = valid.ranges.iter().map(|r| Run { file_offset: r.file_offset, addr: r.gpa, len: r.len }).collect();
+    let core = CoreLayout { headers: valid.headers, runs, file_size: d.file_size };
+    let handoff = Handoff { memory: memory.clone(), descriptor: d, core, reply };
+    if !sink.submit(Trigger::Kdump, reason, Box::new(handoff)) {
+        // The hand-off was dropped: the vCPU reads STATUS_IO_ERROR; clients must not wait.
+        post(Event::DumpFailed { reason: "the crash sink takes no more jobs; the vmcore was not stored".into() });
     }
-}
-
-/// Writes an accepted dump into the store and commits it.
-pub fn capture(
-    memory: &GuestMemoryMmap,
-    target: &DumpTarget,
-    valid: &ValidDump,
-    reason: Option<&CrashInfo>,
-) -> Result<Captured, CaptureError> {
-    let started = Instant::now();
-    let d = &valid.descriptor;
-    let store = CrashStore::open(&target.crash_dir)?;
-    let pending = store.begin(&target.vm_name)?;
-    let file = pending.create_file(FILE_VMCORE)?;
-    let runs: Vec<Run> =
-        valid.ranges.iter().map(|r| Run { file_offset: r.file_offset, addr: r.gpa, len: r.len }).collect();
-    let stats = write_vmcore(&file, &valid.headers, &runs, d.file_size, &GuestRam::new(memory))?;
-    // Synced now so the block count is final (commit syncs again, at no cost).
-    file.sync_all().map_err(CaptureError::Sync)?;
-    let on_disk = file.metadata().map_err(CaptureError::Sync)?.blocks() * 512;
-    drop(file);
-    let logs = [
-        (FILE_VMCORE_DMESG, "vmcore-dmesg log", d.vmcore_dmesg_gpa, d.vmcore_dmesg_len),
-        (FILE_KEXEC_DMESG, "kexec-dmesg log", d.kexec_dmesg_gpa, d.kexec_dmesg_len),
-    ];
-    for (name, what, gpa, len) in logs {
-        let text = if len == 0 { Vec::new() } else { read_bytes(memory, what, gpa, len).map_err(CaptureError::Log)? };
-        pending.write_file(name, &text)?;
-    }
-    let sizes = CrashSizes {
-        vmcore_apparent_bytes: stats.apparent_bytes,
-        vmcore_on_disk_bytes: on_disk,
-        vmcore_written_bytes: stats.written_bytes,
-        zero_pages_skipped: stats.zero_pages_skipped,
-    };
-    let mut meta = CrashMeta::new(Trigger::Kdump, &target.vm_name, pending.created());
-    meta.reason = reason.map(reason_meta);
-    meta.dump_level = Some(d.dump_level);
-    meta.sizes = sizes;
-    meta.timings.capture_kernel_ns = Some(d.capture_ns);
-    meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    meta.files = CrashFiles {
-        vmcore: FILE_VMCORE.into(),
-        vmcore_dmesg: Some(FILE_VMCORE_DMESG.into()),
-        kexec_dmesg: Some(FILE_KEXEC_DMESG.into()),
-    };
-    pending.write_meta(&meta)?;
-    Ok(Captured { crash: commit(pending, target)?, sizes })
+    None
 }
 
 /// Why a capture kernel's failure report could not be read.
@@ -269,10 +144,10 @@ pub fn read_failure(memory: &GuestMemoryMmap, gpa: u64) -> Result<String, Failur
     Ok(crash_reason::text(&bytes[at..at + len as usize]))
 }
 
-/// Handles `Command::DumpFailed` with the report at `gpa`: logs it, records it in the store's
-/// failure log and posts `Failed`. `STATUS_OK`, or `STATUS_INVALID_ARGUMENT` for an unreadable
-/// report (still reported as a failure).
-pub fn dump_failed(memory: &GuestMemoryMmap, target: &DumpTarget, gpa: u64, post: &mut dyn FnMut(DumpEvent)) -> u32 {
+/// Handles `Command::DumpFailed` with the report at `gpa`: logs it and has the sink record it
+/// (`failures.jsonl`, `dump_failed`). `STATUS_OK`, or `STATUS_INVALID_ARGUMENT` for an
+/// unreadable report (still recorded as a failure).
+pub fn dump_failed(memory: &GuestMemoryMmap, sink: &CrashSink, gpa: u64) -> u32 {
     let (reason, status) = match read_failure(memory, gpa) {
         Ok(message) => (format!("the capture kernel could not produce a vmcore: {message}"), STATUS_OK),
         Err(e) => {
@@ -280,45 +155,25 @@ pub fn dump_failed(memory: &GuestMemoryMmap, target: &DumpTarget, gpa: u64, post
         }
     };
     tracing::warn!("{reason}");
-    fail(target, reason, post);
+    sink.record_failure(Trigger::Kdump, reason);
     status
-}
-
-/// Records a failed kdump capture in the store's failure log and posts `Failed`.
-fn fail(target: &DumpTarget, reason: String, post: &mut dyn FnMut(DumpEvent)) {
-    record_failure(target, Trigger::Kdump, reason, post);
-}
-
-/// Records a failed capture in the store's failure log and posts `Failed`.
-pub(crate) fn record_failure(target: &DumpTarget, trigger: Trigger, reason: String, post: &mut dyn FnMut(DumpEvent)) {
-    let record = FailureRecord::new(&target.vm_name, trigger, reason, SystemTime::now());
-    if let Err(e) = CrashStore::open(&target.crash_dir).and_then(|store| store.record_failure(&record)) {
-        tracing::warn!("cannot record the failed capture: {}", error_chain(&e));
-    }
-    post(DumpEvent::Failed { reason: record.reason });
-}
-
-pub(crate) fn reason_meta(info: &CrashInfo) -> CrashReasonMeta {
-    CrashReasonMeta {
-        detector: info.detector.as_str().into(),
-        cpu: info.cpu,
-        pid: info.pid,
-        comm: info.comm.clone(),
-        message: info.message.clone(),
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::descriptor::{descriptor_bytes, range_bytes};
     use super::*;
-    use crashvisor_abi::dump::{DumpDescriptor, DumpRange, DUMP_LEVEL_ALL, DUMP_MAGIC, DUMP_VERSION};
+    use crate::control::{ControlInput, Inbox};
+    use crate::crash::{DumpTarget, SinkThread};
+    use crashvisor_abi::dump::{DumpRange, DUMP_LEVEL_ALL, DUMP_MAGIC, DUMP_VERSION};
     use crashvisor_abi::layout::PAGE_OFFSET;
     use crashvisor_abi::platform::Detector;
     use crashvisor_klib::elfnote::{NT_PRSTATUS, PRSTATUS_SIZE};
     use dumpd::elf::build::{layout, LoadSpec, NoteSpec};
     use dumpd::elf::Core;
-    use std::path::Path;
+    use dumpd::store::{CrashStore, Retention, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG};
+    use std::path::{Path, PathBuf};
+    use std::sync::mpsc::Receiver;
     use vm_memory::{Bytes, GuestAddress};
 
     /// Guest RAM of the fixture.
@@ -442,7 +297,12 @@ pub(crate) mod tests {
         }
 
         pub(crate) fn target(&self) -> DumpTarget {
-            DumpTarget { crash_dir: self.0.clone(), vm_name: "testvm".into(), retention: Retention::default() }
+            DumpTarget {
+                crash_dir: self.0.clone(),
+                vm_name: "testvm".into(),
+                retention: Retention::default(),
+                core_collector: None,
+            }
         }
     }
 
@@ -462,6 +322,35 @@ pub(crate) mod tests {
         }
     }
 
+    /// The events clients would see, in order.
+    pub(crate) fn events(inputs: &Receiver<ControlInput>) -> Vec<Event> {
+        inputs
+            .try_iter()
+            .filter_map(|input| match input {
+                ControlInput::Event(event) => Some(event),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Runs `Command::Dump` as the platform device does, through a crash sink writing into
+    /// `target`: the status the vCPU reads once the sink is done, and the events clients see.
+    pub(crate) fn run_dump(
+        memory: &GuestMemoryMmap,
+        target: DumpTarget,
+        reason: Option<CrashInfo>,
+    ) -> (u32, Vec<Event>) {
+        let (inbox, inputs) = Inbox::channel();
+        let sink = SinkThread::start(target, inbox.clone()).unwrap();
+        let (reply, replied) = std::sync::mpsc::channel();
+        let reply = Box::new(move |status| reply.send(status).unwrap());
+        let post = &mut |event| assert!(inbox.try_post(ControlInput::Event(event)));
+        let now = dump(memory, &sink.sink(), DESCRIPTOR_GPA, reason, reply, post);
+        // Dropping the sink's thread lets its jobs finish.
+        drop(sink);
+        (now.unwrap_or_else(|| replied.try_recv().expect("the sink answered")), events(&inputs))
+    }
+
     /// Checks a committed crash directory against the guest it came from.
     pub(crate) fn assert_crash_matches(dir: &Path, g: &Guest) {
         let vmcore = std::fs::read(dir.join(FILE_VMCORE)).unwrap();
@@ -479,9 +368,7 @@ pub(crate) mod tests {
         let store = TestDir::new("dump");
         let g = guest();
         g.install();
-        let mut events = Vec::new();
-        let reason = sysrq_reason();
-        let status = dump(&g.memory, &store.target(), DESCRIPTOR_GPA, Some(&reason), &mut |e| events.push(e));
+        let (status, events) = run_dump(&g.memory, store.target(), Some(sysrq_reason()));
         assert_eq!(status, STATUS_OK, "{events:?}");
 
         let crashes = CrashStore::open(&store.0).unwrap().list().unwrap();
@@ -505,13 +392,13 @@ pub(crate) mod tests {
         assert_eq!(events.len(), 2, "{events:?}");
         assert_eq!(
             events[0],
-            DumpEvent::CaptureStarted { dump_level: DUMP_LEVEL_ALL, size: g.descriptor.file_size, ranges: 3 }
+            Event::CaptureStarted { dump_level: DUMP_LEVEL_ALL, size: g.descriptor.file_size, ranges: 3 }
         );
         assert_eq!(
             events[1],
-            DumpEvent::VmcoreReady {
+            Event::VmcoreReady {
                 id: crash.id.clone(),
-                path: crash.path.clone(),
+                path: crash.path.display().to_string(),
                 size: g.descriptor.file_size,
                 on_disk: meta.sizes.vmcore_on_disk_bytes
             }
@@ -524,10 +411,9 @@ pub(crate) mod tests {
         let mut g = guest();
         g.descriptor.magic = 0;
         g.install();
-        let mut events = Vec::new();
-        let status = dump(&g.memory, &store.target(), DESCRIPTOR_GPA, None, &mut |e| events.push(e));
+        let (status, events) = run_dump(&g.memory, store.target(), None);
         assert_eq!(status, STATUS_INVALID_ARGUMENT);
-        let [DumpEvent::Failed { reason }] = events.as_slice() else { panic!("{events:?}") };
+        let [Event::DumpFailed { reason }] = events.as_slice() else { panic!("{events:?}") };
         assert!(reason.contains("magic"), "{reason}");
         let store = CrashStore::open(&store.0).unwrap();
         assert!(store.list().unwrap().is_empty());
@@ -541,15 +427,38 @@ pub(crate) mod tests {
         // The crash store's path is a file: nothing can be created under it.
         let blocked = dir.0.join("not-a-dir");
         std::fs::write(&blocked, b"").unwrap();
-        let target = DumpTarget { crash_dir: blocked, vm_name: "vm".into(), retention: Retention::default() };
+        let target = DumpTarget {
+            crash_dir: blocked,
+            vm_name: "vm".into(),
+            retention: Retention::default(),
+            core_collector: None,
+        };
         let g = guest();
         g.install();
-        let mut events = Vec::new();
-        let status = dump(&g.memory, &target, DESCRIPTOR_GPA, None, &mut |e| events.push(e));
+        let (status, events) = run_dump(&g.memory, target, None);
         assert_eq!(status, STATUS_IO_ERROR);
-        assert!(matches!(events[0], DumpEvent::CaptureStarted { .. }));
-        let DumpEvent::Failed { reason } = &events[1] else { panic!("{events:?}") };
+        assert!(matches!(events[0], Event::CaptureStarted { .. }));
+        let Event::DumpFailed { reason } = &events[1] else { panic!("{events:?}") };
         assert!(reason.contains("cannot store the vmcore"), "{reason}");
+    }
+
+    #[test]
+    fn a_hand_off_the_sink_cannot_take_fails_at_once() {
+        let store = TestDir::new("dump-stopped");
+        let g = guest();
+        g.install();
+        let (inbox, inputs) = Inbox::channel();
+        let sink = SinkThread::start(store.target(), inbox.clone()).unwrap().sink();
+        let (reply, replied) = std::sync::mpsc::channel::<u32>();
+        let reply = Box::new(move |status| reply.send(status).unwrap());
+        let post = &mut |event| assert!(inbox.try_post(ControlInput::Event(event)));
+        assert_eq!(dump(&g.memory, &sink, DESCRIPTOR_GPA, None, reply, post), None);
+        assert!(replied.recv().is_err(), "the reply is dropped unanswered: the vCPU reads its I/O error");
+        let events = events(&inputs);
+        let [Event::CaptureStarted { .. }, Event::DumpFailed { reason }] = events.as_slice() else {
+            panic!("{events:?}")
+        };
+        assert!(reason.contains("not stored"), "{reason}");
     }
 
     #[test]
@@ -569,13 +478,16 @@ pub(crate) mod tests {
         assert_eq!(read_failure(&memory, 0x1000), Err(FailureReportError::MessageLen(300)));
         memory.write_slice(&report.message_len.to_le_bytes(), GuestAddress(0x1008)).unwrap();
 
-        let mut events = Vec::new();
-        assert_eq!(dump_failed(&memory, &store.target(), 0x1000, &mut |e| events.push(e)), STATUS_OK);
-        assert_eq!(dump_failed(&memory, &store.target(), 0x2000, &mut |e| events.push(e)), STATUS_INVALID_ARGUMENT);
+        let (inbox, inputs) = Inbox::channel();
+        let sink = SinkThread::start(store.target(), inbox).unwrap();
+        assert_eq!(dump_failed(&memory, &sink.sink(), 0x1000), STATUS_OK);
+        assert_eq!(dump_failed(&memory, &sink.sink(), 0x2000), STATUS_INVALID_ARGUMENT);
+        drop(sink);
+        let events = events(&inputs);
         let reasons: Vec<_> = events
             .iter()
             .map(|e| match e {
-                DumpEvent::Failed { reason } => reason.as_str(),
+                Event::DumpFailed { reason } => reason.as_str(),
                 other => panic!("{other:?}"),
             })
             .collect();

@@ -9,35 +9,34 @@
 //! `_exit`. It reports through a shared anonymous page: bytes done, the writer's statistics,
 //! and an error message.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use dumpd::elf::build::{CoreLayout, LoadSpec, NoteSpec};
-use dumpd::kdump::{write_kdump, Compression, KdumpInput, KdumpOptions};
-use dumpd::writer::{write_vmcore, MemorySource};
 use vm_memory::GuestMemoryMmap;
 
-use dumpd::error_chain;
-
-use crate::devices::dump::GuestRam;
+use super::{write_output, GuestRam, Output, VmcoreFile, VmcoreStats};
 
 /// Longest error message the child reports.
 const MESSAGE_MAX: usize = 3000;
 /// Longest wait for the child to drop the VMM's descriptors.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Closes every descriptor from 3 up except `keep` (the child's first act).
-fn close_other_fds(keep: RawFd) {
+/// Closes every descriptor from 3 up except those in `keep`, which is sorted (the child's
+/// first act: it allocates nothing).
+fn close_other_fds(keep: &[RawFd]) {
     let close_range = |first: RawFd, last: libc::c_uint| {
         // SAFETY: close_range only closes descriptors of this (child) process.
         unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, last, 0) };
     };
-    if keep > 3 {
-        close_range(3, (keep - 1) as libc::c_uint);
+    let mut first = 3;
+    for &fd in keep {
+        if fd > first {
+            close_range(first, (fd - 1) as libc::c_uint);
+        }
+        first = first.max(fd + 1);
     }
-    close_range(keep.max(2) + 1, libc::c_uint::MAX);
+    close_range(first, libc::c_uint::MAX);
 }
 
 /// The page the child reports through.
@@ -114,46 +113,6 @@ impl Drop for SharedReport {
     }
 }
 
-/// What the child writes.
-pub enum Output<'a> {
-    /// An ELF core file laid out as `CoreLayout` says.
-    Elf(&'a CoreLayout),
-    /// makedumpfile's kdump-compressed format of these notes and loads, zero pages left out.
-    Kdump {
-        /// The notes.
-        notes: &'a [NoteSpec<'a>],
-        /// The memory.
-        loads: &'a [LoadSpec],
-        /// Page compression.
-        compression: Compression,
-    },
-}
-
-/// makedumpfile's dump level bit 1: zero pages are left out of kdump-compressed files.
-const DUMP_LEVEL_ZERO: u32 = 1;
-
-/// Writes `output` from `source` into `file`: (file size, bytes written, zero pages left out).
-fn write_output(file: &File, output: &Output<'_>, source: &dyn MemorySource) -> Result<(u64, u64, u64), String> {
-    match output {
-        Output::Elf(core) => write_vmcore(file, &core.headers, &core.runs, core.file_size, source)
-            .map(|s| (s.apparent_bytes, s.written_bytes, s.zero_pages_skipped))
-            .map_err(|e| error_chain(&e)),
-        Output::Kdump { notes, loads, compression } => {
-            let input = KdumpInput { notes, loads, memory: source };
-            let options = KdumpOptions {
-                compression: *compression,
-                dump_level: DUMP_LEVEL_ZERO,
-                free_pages: None,
-                timestamp: std::time::SystemTime::now(),
-                progress: None,
-            };
-            write_kdump(file, &input, &options)
-                .map(|s| (s.file_bytes, s.file_bytes, s.zero_pages_excluded))
-                .map_err(|e| error_chain(&e))
-        }
-    }
-}
-
 /// A child process writing a vmcore.
 pub struct ForkedWriter {
     pid: libc::pid_t,
@@ -176,10 +135,13 @@ pub enum ForkError {
 }
 
 impl ForkedWriter {
-    /// Forks a child that writes `core` from `memory` into `file` and syncs it. The snapshot
-    /// is the memory at the moment of this call.
-    pub fn start(file: &File, output: &Output<'_>, memory: &GuestMemoryMmap) -> Result<Self, ForkError> {
+    /// Forks a child that writes `output` from `memory` into `vmcore` and syncs it. The
+    /// snapshot is the memory at the moment of this call.
+    pub fn start(vmcore: &VmcoreFile<'_>, output: &Output<'_>, memory: &GuestMemoryMmap) -> Result<Self, ForkError> {
         let shared = SharedReport::new().map_err(ForkError::Start)?;
+        let file = vmcore.file;
+        let mut keep = [file.as_raw_fd(), vmcore.lock.as_raw_fd()];
+        keep.sort_unstable();
         // SAFETY: see the module documentation for what the child does; the parent continues
         // normally.
         let pid = unsafe { libc::fork() };
@@ -189,17 +151,18 @@ impl ForkedWriter {
         if pid == 0 {
             let report = shared.report();
             // Hold no descriptor of the VMM (KVM's VM and vCPUs, eventfds, sockets) but the
-            // vmcore's: the parent may tear the machine down and build a new one at once.
-            close_other_fds(file.as_raw_fd());
+            // vmcore's and the crash's lock: the parent may tear the machine down and build a
+            // new one at once, or die, and the crash store still sees the crash being written.
+            close_other_fds(&keep);
             report.detached.store(1, Ordering::Release);
             let source = GuestRam::counting(memory, &report.done);
             let result = write_output(file, output, &source)
                 .and_then(|stats| file.sync_all().map(|()| stats).map_err(|e| format!("cannot sync the vmcore: {e}")));
             let code = match result {
-                Ok((file_bytes, written_bytes, zero_pages_skipped)) => {
-                    report.file_bytes.store(file_bytes, Ordering::Relaxed);
-                    report.written_bytes.store(written_bytes, Ordering::Relaxed);
-                    report.zero_pages_skipped.store(zero_pages_skipped, Ordering::Relaxed);
+                Ok(stats) => {
+                    report.file_bytes.store(stats.file_bytes, Ordering::Relaxed);
+                    report.written_bytes.store(stats.written_bytes, Ordering::Relaxed);
+                    report.zero_pages_skipped.store(stats.zero_pages_skipped, Ordering::Relaxed);
                     0
                 }
                 Err(message) => {
@@ -230,9 +193,8 @@ impl ForkedWriter {
         self.shared.report().done.load(Ordering::Relaxed)
     }
 
-    /// Waits up to `timeout` for the child; `None` while it still runs, else how it ended:
-    /// `(file_bytes, written_bytes, zero_pages_skipped)`.
-    pub fn poll(&self, timeout: Duration) -> Option<Result<(u64, u64, u64), ForkError>> {
+    /// Waits up to `timeout` for the child; `None` while it still runs, else how it ended.
+    pub fn poll(&self, timeout: Duration) -> Option<Result<VmcoreStats, ForkError>> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let mut status = 0;
@@ -255,14 +217,14 @@ impl ForkedWriter {
         }
     }
 
-    fn outcome(&self, status: i32) -> Result<(u64, u64, u64), ForkError> {
+    fn outcome(&self, status: i32) -> Result<VmcoreStats, ForkError> {
         let report = self.shared.report();
         match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
-            (true, 0) => Ok((
-                report.file_bytes.load(Ordering::Relaxed),
-                report.written_bytes.load(Ordering::Relaxed),
-                report.zero_pages_skipped.load(Ordering::Relaxed),
-            )),
+            (true, 0) => Ok(VmcoreStats {
+                file_bytes: report.file_bytes.load(Ordering::Relaxed),
+                written_bytes: report.written_bytes.load(Ordering::Relaxed),
+                zero_pages_skipped: report.zero_pages_skipped.load(Ordering::Relaxed),
+            }),
             (true, _) => Err(ForkError::Write(self.shared.message())),
             _ => Err(ForkError::Died(status)),
         }
@@ -279,5 +241,68 @@ impl Drop for ForkedWriter {
                 libc::waitpid(self.pid, std::ptr::null_mut(), 0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use dumpd::elf::build::{layout, LoadSpec};
+    use dumpd::store::{CrashStore, FILE_VMCORE};
+    use vm_memory::GuestAddress;
+
+    use super::*;
+    use crate::devices::dump::tests::TestDir;
+
+    /// Guest memory the writer cannot get through before the test stops it (all zero and never
+    /// touched: it costs neither memory nor disk, and the writer is killed before it is done).
+    const MEMORY: u64 = 1 << 30;
+    /// Longest wait for the killed writer to end.
+    const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_store_opened_while_a_forked_writer_writes_leaves_its_crash_alone() {
+        let dir = TestDir::new("fork-sweep");
+        let store = CrashStore::open(&dir.0).unwrap();
+        let pending = store.begin("vm").unwrap();
+        let file = pending.create_file(FILE_VMCORE).unwrap();
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEMORY as usize)]).unwrap();
+        let core = layout(&[], &[LoadSpec { vaddr: 0, paddr: 0, len: MEMORY }]).unwrap();
+        let vmcore = VmcoreFile { file: &file, lock: pending.lock() };
+        let writer = ForkedWriter::start(&vmcore, &Output::Elf(&core), &memory).unwrap();
+
+        // Stop the writer where it is, then wait until it has stopped.
+        let mut status = 0;
+        // SAFETY: signals and waits for our own child, which has not been reaped.
+        let stopped = unsafe {
+            libc::kill(writer.pid, libc::SIGSTOP) == 0
+                && libc::waitpid(writer.pid, &mut status, libc::WUNTRACED) == writer.pid
+                && libc::WIFSTOPPED(status)
+        };
+        if !stopped {
+            writer.reaped.store(true, Ordering::Relaxed);
+        }
+        assert!(stopped, "the writer ended before it could be stopped (wait status {status:#x})");
+        assert!(writer.done() < MEMORY, "the writer had read all the memory already");
+
+        // The VMM dies: its copy of the lock goes. This process stands in for it by pointing
+        // the lock's descriptor at /dev/null; only the writer holds the lock now.
+        let null = File::open("/dev/null").unwrap();
+        // SAFETY: dup2 only changes what the descriptor number refers to; `pending` goes on
+        // owning a valid descriptor (of /dev/null) and closes it when dropped.
+        assert!(unsafe { libc::dup2(null.as_raw_fd(), vmcore.lock.as_raw_fd()) } >= 0);
+
+        // A store opened now (opening sweeps) leaves the writer's crash alone.
+        let reopened = CrashStore::open(&dir.0).unwrap();
+        assert!(pending.path().join(FILE_VMCORE).is_file(), "the writer's crash was swept");
+        assert!(reopened.sweep().unwrap().stale_temporary.is_empty());
+
+        // Once the writer is gone (killed here; one that finishes exits alike), the next sweep
+        // removes the crash nobody will commit.
+        // SAFETY: signals our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(writer.pid, libc::SIGKILL) }, 0);
+        assert!(matches!(writer.poll(EXIT_TIMEOUT), Some(Err(ForkError::Died(_)))));
+        assert_eq!(reopened.sweep().unwrap().stale_temporary, [pending.path()]);
     }
 }

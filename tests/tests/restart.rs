@@ -1,0 +1,296 @@
+//! VMs outlive a killed service and are adopted again (docs/api.md, "What survives a restart"):
+//! the real `crashvisor serve` with a state directory runs three VMs and is killed with SIGKILL;
+//! while no service runs, one VMM is killed and one guest panics into a host-side vmcore
+//! (through its VMM's control socket, which the test reaches as any client could); the service
+//! started again on the same directories lists the live VMs as running and controls them
+//! (sysctl, NMI, events, console, stop), reports the killed one failed, and announces the
+//! vmcore committed while it was down. And a service killed at 20 random moments (VM boots,
+//! panics caught by kdump or the host, host-side dumps, its own adoption of its VMs) loses no
+//! VM and no crash: each restart finds every VM running and controllable, every crash
+//! committed and announced, nothing half written, and no VMM outlives the final stop.
+//!
+//! `cargo test -p crashvisor-tests --test restart` (after `cargo build -p vmm -p api`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use crashvisor_tests::api::{one_at_a_time, process_runs, signal, EventStream, HttpResponse, Service};
+use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
+use crashvisor_tests::{Control, BOOT_TIMEOUT, COMMAND_TIMEOUT};
+use dumpd::store::CrashStore;
+use serde_json::{json, Value};
+
+#[track_caller]
+fn expect_status(response: &HttpResponse, status: u16, what: &str) {
+    assert_eq!(response.status, status, "{what}: {}", response.text());
+}
+
+/// Creates VM `name` (128 MiB, `extra` merged in) and waits for its `booted` event; its pid.
+#[track_caller]
+fn create_booted(service: &Service, events: &mut EventStream, name: &str, extra: Value) -> u32 {
+    let mut body = json!({"name": name, "memory_mib": 128});
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    expect_status(&service.post("/v1/vms", &body), 201, "POST /v1/vms");
+    events.wait(name, "booted", BOOT_TIMEOUT);
+    vm(service, name)["pid"].as_u64().expect("a running VM has a pid") as u32
+}
+
+#[track_caller]
+fn vm(service: &Service, name: &str) -> Value {
+    let response = service.get(&format!("/v1/vms/{name}"));
+    expect_status(&response, 200, &format!("GET /v1/vms/{name}"));
+    response.json()
+}
+
+/// Waits until the crash store holds a committed crash of VM `name`; its id.
+#[track_caller]
+fn wait_committed(store: &CrashStore, name: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let crashes = store.list().expect("the crash store lists");
+        if let Some(crash) = crashes.iter().find(|c| c.meta.as_ref().is_some_and(|m| m.vm == name)) {
+            return crash.id.clone();
+        }
+        assert!(Instant::now() < deadline, "no vmcore of {name} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the console of VM `name` holds `text`.
+#[track_caller]
+fn wait_console(service: &Service, name: &str, text: &str) -> String {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let console = service.get(&format!("/v1/vms/{name}/console")).text();
+        if console.contains(text) {
+            return console;
+        }
+        assert!(Instant::now() < deadline, "no {text:?} on the console of {name}:\n{console}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn vms_outlive_a_killed_service_and_are_adopted_again() {
+    let _serial = one_at_a_time();
+    let mut service = Service::start(&[]);
+    let mut events = service.events("/v1/events?since=0");
+    let keep = create_booted(&service, &mut events, "keep", json!({}));
+    let doomed = create_booted(&service, &mut events, "doomed", json!({}));
+    let panics = create_booted(&service, &mut events, "panics", json!({"on_panic": "dump-and-reboot"}));
+    wait_console(&service, "keep", "smp: Brought up 1 node, 1 CPU");
+
+    let last_seq = events.history.iter().filter_map(|e| e.id).max().expect("numbered events");
+    let killed = service.kill();
+    assert!(!killed.success(), "{killed}");
+    for (name, pid) in [("keep", keep), ("doomed", doomed), ("panics", panics)] {
+        assert!(process_runs(pid), "the VMM of {name} (pid {pid}) died with the service");
+    }
+
+    // While no service runs: one VMM dies, one guest panics into a host-side vmcore.
+    signal(doomed, "KILL");
+    let socket = service.vm_record("panics")["control_socket"].as_str().expect("a control socket").to_owned();
+    let mut control = Control::connect(socket.as_ref()).expect("the VMM's control socket answers without the service");
+    let injected = control
+        .request(json!({"cmd": "inject", "fault": "panic", "message": "while nobody listened"}), COMMAND_TIMEOUT);
+    assert!(injected.is_ok(), "inject a panic: {injected:?}");
+    let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
+    let committed = wait_committed(&store, "panics", CAPTURE_TIMEOUT);
+    drop(control);
+
+    service.restart();
+    let mut events = service.events("/v1/events?since=0");
+    let adopted = events.wait("keep", "adopted", COMMAND_TIMEOUT);
+    assert_eq!((adopted.data["pid"].as_u64(), adopted.data["state"].as_str()), (Some(keep.into()), Some("running")));
+    let first_seq = events.history.iter().filter_map(|e| e.id).min().expect("numbered events");
+    assert!(first_seq > last_seq, "event numbers go on above the last service's: {first_seq} after {last_seq}");
+    let failed = events.wait("doomed", "failed", COMMAND_TIMEOUT);
+    let reason = failed.data["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("ended while no service ran") && reason.contains("was running"), "{reason}");
+    assert_eq!(failed.data["exit"], "unknown");
+    let ready = events.wait("panics", "vmcore_ready", COMMAND_TIMEOUT);
+    assert_eq!((ready.data["id"].as_str(), &ready.data["found_at_restart"]), (Some(committed.as_str()), &json!(true)));
+    events.wait("panics", "adopted", COMMAND_TIMEOUT);
+
+    let listed = service.get("/v1/vms").json();
+    let states: Vec<(&str, &str)> = listed["vms"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap_or(""), v["state"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(states[..2], [("doomed", "failed"), ("keep", "running")], "{listed}");
+    assert_eq!(vm(&service, "keep")["pid"].as_u64(), Some(keep.into()), "the same VMM");
+    assert!(vm(&service, "doomed")["pid"].is_null());
+    let panicked = vm(&service, "panics");
+    assert_eq!(panicked["vmcores"], json!([committed]), "{panicked}");
+    // It reboots after the dump (while away, or since): its second boot runs.
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while vm(&service, "panics")["boots"] != 2 || vm(&service, "panics")["state"] != "running" {
+        assert!(Instant::now() < deadline, "the panicked VM did not boot again: {}", vm(&service, "panics"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The adopted VMs are served as before: the guest answers, events stream, the console
+    // holds what was written before the restart and what follows it.
+    let set = service.put("/v1/vms/keep/sysctl/kernel.panic", &json!({"value": 7}));
+    assert_eq!(set.json(), json!({"name": "kernel.panic", "value": "7"}), "{}", set.text());
+    let read = service.get("/v1/vms/panics/sysctl/kernel.panic");
+    expect_status(&read, 200, "a sysctl of the VM that panicked while away");
+    expect_status(&service.post("/v1/vms/keep/actions", &json!({"action": "nmi"})), 200, "nmi");
+    events.wait("keep", "nmi_injected", COMMAND_TIMEOUT);
+    let console = wait_console(&service, "keep", "Uhhuh. NMI received for unknown reason");
+    assert!(console.contains("smp: Brought up 1 node, 1 CPU"), "the boot log from before the restart:\n{console}");
+    let dumped = service.get(&format!("/v1/vmcores/{committed}"));
+    expect_status(&dumped, 200, "the vmcore committed while no service ran");
+
+    // Stop works on an adopted VMM: it ends, and the VM is stopped, not failed.
+    let stopped = service.post("/v1/vms/keep/actions", &json!({"action": "poweroff"}));
+    expect_status(&stopped, 200, "poweroff");
+    assert_eq!(vm(&service, "keep")["state"], "stopped");
+    assert!(!process_runs(keep), "the adopted VMM {keep} still runs after its stop");
+    expect_status(&service.delete("/v1/vms/panics"), 204, "delete");
+    assert!(!process_runs(panics), "the adopted VMM {panics} still runs after its VM was deleted");
+    assert!(!service.state_dir.path().join("vms/panics").exists(), "a deleted VM leaves the state directory");
+
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    let left: Vec<_> = std::fs::read_dir(service.state_dir.path().join("vms")).expect("vms/").collect();
+    assert!(left.is_empty(), "a stopped service forgets its VMs: {left:?}");
+}
+
+/// Rounds of the random test: each kills the service at a random moment.
+const ROUNDS: usize = 20;
+/// VMs the random test runs at most (each 128 MiB).
+const MAX_VMS: usize = 4;
+/// Panics of one VM in the random test at most (each crash stays in the store).
+const MAX_CRASHES_PER_VM: usize = 4;
+
+/// xorshift64: the random test's moments. The seed is printed, and read from
+/// `CRASHVISOR_TEST_SEED`, so a failing run can be replayed.
+struct Moments(u64);
+
+impl Moments {
+    fn new() -> Self {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+        let seed = std::env::var("CRASHVISOR_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| now.map_or(1, |d| d.as_nanos() as u64) | 1);
+        eprintln!("random moments from seed {seed} (CRASHVISOR_TEST_SEED={seed} replays them)");
+        Self(seed)
+    }
+
+    /// A number below `n`.
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// What is not yet as it must end up: every VM running, every crash asked for committed (or
+/// recorded as failed) and listed by its VM, nothing half written visible.
+fn unsettled(service: &Service, store: &CrashStore, crashes: &BTreeMap<String, usize>) -> Option<String> {
+    let entries = store.list().expect("the crash store lists");
+    assert!(entries.iter().all(|e| e.meta.is_some()), "a crash without its meta.json is visible: {entries:?}");
+    let failures = store.failures().expect("the failures read");
+    for (name, &asked) in crashes {
+        let vm = vm(service, name);
+        assert_ne!(vm["state"], "failed", "no VMM was killed, yet: {vm}");
+        if vm["state"] != "running" {
+            return Some(format!("{name} is {}", vm["state"]));
+        }
+        let committed: BTreeSet<&str> =
+            entries.iter().filter(|e| e.meta.as_ref().is_some_and(|m| &m.vm == name)).map(|e| e.id.as_str()).collect();
+        let failed = failures.iter().filter(|f| &f.vm == name).count();
+        assert!(committed.len() + failed <= asked, "{name}: more crashes than asked for ({asked}): {committed:?}");
+        if committed.len() + failed < asked {
+            return Some(format!("{name}: {} of {asked} crashes committed, {failed} failed", committed.len()));
+        }
+        let listed: BTreeSet<&str> = vm["vmcores"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if listed != committed {
+            return Some(format!("{name} lists the vmcores {listed:?}, the store holds {committed:?}"));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_service_killed_at_random_moments_loses_no_vm_and_no_crash() {
+    let _serial = one_at_a_time();
+    let mut moments = Moments::new();
+    let mut service = Service::start(&[]);
+    let mut events = service.events("/v1/events?since=0");
+    let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
+    // Each panic gives one vmcore: kdump's once the capture kernel is loaded, else the host's.
+    let crashing = json!({"kdump": {}, "on_panic": "dump-and-reboot"});
+    let mut crashes = BTreeMap::new();
+    let mut pids = BTreeSet::new();
+    for name in ["vm-0", "vm-1"] {
+        pids.insert(create_booted(&service, &mut events, name, crashing.clone()));
+        crashes.insert(name.to_owned(), 0);
+    }
+    for round in 0..ROUNDS {
+        let names: Vec<String> = crashes.keys().cloned().collect();
+        let name = names[moments.below(names.len())].clone();
+        let what = match moments.below(4) {
+            0 | 1 if crashes[&name] < MAX_CRASHES_PER_VM => {
+                let injected = service.post(&format!("/v1/vms/{name}/faults"), &json!({"kind": "panic"}));
+                expect_status(&injected, 202, "inject a panic");
+                *crashes.entry(name.clone()).or_default() += 1;
+                format!("a panic of {name}")
+            }
+            2 => {
+                let dumped = service.post(&format!("/v1/vms/{name}/actions"), &json!({"action": "dump"}));
+                expect_status(&dumped, 200, "a host-side dump");
+                *crashes.entry(name.clone()).or_default() += 1;
+                format!("a host-side dump of {name}")
+            }
+            3 if crashes.len() < MAX_VMS => {
+                let name = format!("vm-{}", crashes.len());
+                let mut body = crashing.clone();
+                body["name"] = json!(name);
+                body["memory_mib"] = json!(128);
+                expect_status(&service.post("/v1/vms", &body), 201, "POST /v1/vms");
+                crashes.insert(name.clone(), 0);
+                format!("the creation of {name}")
+            }
+            _ => "nothing in particular".to_owned(),
+        };
+        // Now and then at once: while the service starts the new VMM or the dump.
+        let delay = if moments.below(4) == 0 { moments.below(20) } else { moments.below(3000) };
+        std::thread::sleep(Duration::from_millis(delay as u64));
+        let listed = service.get("/v1/vms").json();
+        pids.extend(listed["vms"].as_array().into_iter().flatten().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32));
+        eprintln!("round {round}: the service is killed {delay} ms after {what}");
+        service.kill();
+        if moments.below(3) == 0 {
+            // Killed again while it adopts its VMs.
+            service.restart();
+            let delay = moments.below(1000);
+            std::thread::sleep(Duration::from_millis(delay as u64));
+            eprintln!("round {round}: and {delay} ms after its restart");
+            service.kill();
+        }
+        service.restart();
+        let deadline = Instant::now() + CAPTURE_TIMEOUT;
+        while let Some(missing) = unsettled(&service, &store, &crashes) {
+            assert!(Instant::now() < deadline, "round {round}, after {what}: {missing}\n{}", service.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for name in crashes.keys() {
+            let read = service.get(&format!("/v1/vms/{name}/sysctl/kernel.panic"));
+            expect_status(&read, 200, &format!("round {round}: {name}'s guest answers"));
+        }
+    }
+    let listed = service.get("/v1/vms").json();
+    pids.extend(listed["vms"].as_array().into_iter().flatten().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32));
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    let running: Vec<u32> = pids.into_iter().filter(|&pid| process_runs(pid)).collect();
+    assert!(running.is_empty(), "VMMs outlived the service's stop: {running:?}");
+}
