@@ -3,8 +3,9 @@
 //! installs it). A kdump crash and a host-side crash reach the bucket byte-exact; a second
 //! service with another host id lists, downloads (with `Range`), analyses and deletes them; a
 //! storm of 8 crashes while the store is down for 30 s all arrive, each once, and the spool
-//! drains; `kill -9` of the service mid multipart upload, then a restart, resumes and completes it;
-//! `vmm --crash-store` run on its own ships its crash before it exits.
+//! drains; `kill -9` of the service mid multipart upload, then a restart on the same state
+//! directory, adopts the VM, resumes the upload and completes it, and ships the adopted VM's next
+//! crash; `vmm --crash-store` run on its own ships its crash before it exits.
 //!
 //! Run: `cargo build -p vmm -p api` then `cargo test -p crashvisor-tests --test fleet`.
 
@@ -12,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crashvisor_tests::api::{one_at_a_time, signal, EventStream, HttpResponse, Service};
+use crashvisor_tests::api::{one_at_a_time, EventStream, HttpResponse, Service};
 use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
 use crashvisor_tests::{TempDir, BOOT_TIMEOUT};
 use fleet::test_server::S3Server;
@@ -257,13 +258,13 @@ fn a_service_killed_mid_multipart_upload_resumes_it_after_a_restart() {
     let _slot = one_at_a_time();
     let server = S3Server::start("e2e-kill");
     let args = ["--crash-store", "s3://crashes/fleet", "--host-id", "host-a"];
-    let service = Service::start_with_env(TempDir::new("fleet-kill"), &args, &server.env());
+    let mut service = Service::start_with_env(TempDir::new("fleet-kill"), &args, &server.env());
     let mut events = service.events("/v1/events?since=0");
     let vm = create_booted(&service, &mut events, &json!({"name": "big", "memory_mib": 512}));
     let vmm_pid = service.get(&format!("/v1/vms/{vm}")).json()["pid"].as_u64().expect("the VMM's pid");
     let id = dump(&service, &mut events, &vm);
 
-    // As soon as the journal shows a part sent, kill -9 the service (and its VMM).
+    // As soon as the journal shows a part sent, kill -9 the service; its VMM runs on.
     let journal_path = service.crash_dir.path().join(".upload").join(format!("{id}.json"));
     let journal = |path: &Path| -> Option<Value> { serde_json::from_slice(&std::fs::read(path).ok()?).ok() };
     let deadline = Instant::now() + UPLOAD_TIMEOUT;
@@ -276,20 +277,27 @@ fn a_service_killed_mid_multipart_upload_resumes_it_after_a_restart() {
         assert!(Instant::now() < deadline, "no part of {id} was sent within {UPLOAD_TIMEOUT:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
-    signal(service.pid(), "KILL");
-    signal(vmm_pid as u32, "KILL");
-    let spool = service.into_store();
-    let left = journal(&spool.path().join(".upload").join(format!("{id}.json"))).expect("the journal survives");
+    let killed = service.kill();
+    assert!(!killed.success(), "{killed}");
+    let left = journal(&journal_path).expect("the journal survives");
     assert_eq!(left["stage"]["state"], "sending", "killed mid-upload: {left}");
     assert_eq!(left["files"]["vmcore"]["upload"]["state"], "multipart", "{left}");
 
-    // Restarted on the same spool: the upload resumes where the journal stood, and completes.
-    let restarted = Service::start_with_env(spool, &args, &server.env());
-    let mut events = restarted.events("/v1/events?since=0");
+    // Restarted on the same spool and state directory: the VM is adopted, and the upload
+    // resumes where the journal stood, and completes.
+    service.restart();
+    let mut events = service.events("/v1/events?since=0");
+    let adopted = events.wait(&vm, "adopted", BOOT_TIMEOUT);
+    assert_eq!(adopted.data["pid"].as_u64(), Some(vmm_pid), "the same VMM is adopted: {}", adopted.data);
     uploaded(&mut events, &vm, &id);
-    assert!(restarted.log().contains("resuming multipart upload"), "{}", restarted.log());
+    assert!(service.log().contains("resuming multipart upload"), "{}", service.log());
     check_stored(&Bucket::new(&server), "host-a", &id);
-    assert!(crash_dirs(restarted.crash_dir.path()).is_empty());
+    assert!(crash_dirs(service.crash_dir.path()).is_empty());
+
+    // The adopted VM ships its next crash too.
+    let next = dump(&service, &mut events, &vm);
+    uploaded(&mut events, &vm, &next);
+    check_stored(&Bucket::new(&server), "host-a", &next);
 }
 
 #[test]
