@@ -22,6 +22,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 mod retention;
 mod sweep;
-pub use retention::{parse_bytes, PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
+pub use retention::{parse_bytes, select, Candidate, PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
 pub use sweep::{SweepReport, LOCK_FILE};
 
 /// The vmcore's file name.
@@ -236,6 +237,10 @@ pub struct CrashMeta {
     pub created_unix_ms: u64,
     /// The files.
     pub files: CrashFiles,
+    /// SHA-256 of each file but `meta.json`, lowercase hex by file name: recorded when the crash
+    /// is shipped to a fleet's crash store, and checked against what the store holds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub checksums: Option<BTreeMap<String, String>>,
 }
 
 impl CrashMeta {
@@ -260,6 +265,7 @@ impl CrashMeta {
                 kexec_dmesg: None,
                 core_collector_log: None,
             },
+            checksums: None,
         }
     }
 }

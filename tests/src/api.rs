@@ -54,6 +54,8 @@ pub struct Service {
     /// Its state directory.
     pub state_dir: TempDir,
     args: Vec<String>,
+    /// Variables added to its environment.
+    env: Vec<(String, String)>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -114,11 +116,19 @@ impl Service {
     /// As [`Service::start`], serving the crash store `crash_dir` (which may hold crashes).
     #[track_caller]
     pub fn start_with_store(crash_dir: TempDir, args: &[&str]) -> Self {
+        Self::start_with_env(crash_dir, args, &[])
+    }
+
+    /// As [`Service::start_with_store`], with variables `env` added to its environment (the
+    /// `AWS_*` settings of a fleet store).
+    #[track_caller]
+    pub fn start_with_env(crash_dir: TempDir, args: &[&str], env: &[(&str, String)]) -> Self {
         require_kvm();
         let state_dir = TempDir::new("api-state");
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, addr, stderr) = spawn_serve(&crash_dir, &state_dir, &args);
-        Self { child, addr, crash_dir, state_dir, args, stderr }
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let (child, addr, stderr) = spawn_serve(&crash_dir, &state_dir, &args, &env);
+        Self { child, addr, crash_dir, state_dir, args, env, stderr }
     }
 
     /// Kills the service with SIGKILL (its VMMs run on) and waits until it is gone.
@@ -131,7 +141,7 @@ impl Service {
     }
 
     /// Starts the service again on the same crash store and state directory, with the same
-    /// options, once the last one has ended (see [`Service::kill`]).
+    /// options and environment, once the last one has ended (see [`Service::kill`]).
     ///
     /// # Panics
     ///
@@ -139,7 +149,7 @@ impl Service {
     #[track_caller]
     pub fn restart(&mut self) {
         assert!(matches!(self.child.try_wait(), Ok(Some(_))), "the service still runs; kill it first");
-        let (child, addr, stderr) = spawn_serve(&self.crash_dir, &self.state_dir, &self.args);
+        let (child, addr, stderr) = spawn_serve(&self.crash_dir, &self.state_dir, &self.args, &self.env);
         (self.child, self.addr, self.stderr) = (child, addr, stderr);
     }
 
@@ -280,11 +290,17 @@ impl Drop for Service {
 /// Starts `crashvisor serve` on `crash_dir` and `state_dir` with `args` and waits until it
 /// listens: the child, its address, its stderr as it comes.
 #[track_caller]
-fn spawn_serve(crash_dir: &TempDir, state_dir: &TempDir, args: &[String]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+fn spawn_serve(
+    crash_dir: &TempDir,
+    state_dir: &TempDir,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let binary = built_binary("crashvisor", "api");
     let mut child = Command::new(&binary)
         .args(["serve", "--addr", "127.0.0.1:0", "--crash-dir", crash_dir.arg(), "--state-dir", state_dir.arg()])
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("CRASHVISOR_TOKEN")
         .env_remove("CRASHVISOR_ADDR")
         .env_remove("CRASHVISOR_RUN_DIR")
