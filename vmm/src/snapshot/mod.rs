@@ -55,8 +55,8 @@ impl Snapshot {
     }
 
     /// Reads the registers and VMCOREINFO, lays the vmcore out and forks its writer: the work
-    /// of the pause. Returns the writer and the bytes of memory it writes.
-    fn fork(&self, vmcore: &VmcoreFile<'_>) -> Result<(ForkedWriter, u64), CaptureError> {
+    /// of the pause (`meta` is the crash's metadata so far). Returns the writer and the bytes of memory it writes.
+    fn fork(&self, vmcore: &VmcoreFile<'_>, meta: &CrashMeta) -> Result<(ForkedWriter, u64), CaptureError> {
         let ctx = &self.machine;
         let states = ctx.vcpus.states();
         let states = states
@@ -73,9 +73,9 @@ impl Snapshot {
         let writer = match self.format {
             DumpFormat::Elf => {
                 let core = dumpd::elf::build::layout(&notes, &layout.loads)?;
-                ForkedWriter::start(vmcore, &Output::Elf(&core), &ctx.memory)?
+                ForkedWriter::start(vmcore, &Output::Elf(&core), &ctx.memory, meta)?
             }
-            DumpFormat::Kdump(compression) => ForkedWriter::start(vmcore, &kdump(compression), &ctx.memory)?,
+            DumpFormat::Kdump(compression) => ForkedWriter::start(vmcore, &kdump(compression), &ctx.memory, meta)?,
         };
         Ok((writer, layout.loads.iter().map(|l| l.len).sum()))
     }
@@ -88,7 +88,7 @@ impl Producer for Snapshot {
         let ctx = &self.machine;
         let pause_start = Instant::now();
         let stopped = ctx.pause(Pauser::Snapshot, PAUSE_TIMEOUT);
-        let forked = if stopped { self.fork(vmcore) } else { Err(CaptureError::Pause(PAUSE_TIMEOUT)) };
+        let forked = if stopped { self.fork(vmcore, meta) } else { Err(CaptureError::Pause(PAUSE_TIMEOUT)) };
         if stopped && !ctx.is_paused() {
             match self.after {
                 After::Resume => {}
