@@ -212,6 +212,49 @@ fn a_host_side_dump_outlives_its_killed_vmm() {
     assert!(status.success(), "{status}\n{}", service.log());
 }
 
+#[test]
+fn a_detached_service_leaves_its_vms_and_sigterm_stops_a_vmm_after_its_dump() {
+    let _serial = one_at_a_time();
+    let mut service = Service::start(&["--detach-on-exit"]);
+    let mut events = service.events("/v1/events?since=0");
+    let keep = create_booted(&service, &mut events, "keep", json!({}));
+    let big = create_booted(&service, &mut events, "big", json!({"memory_mib": 1024}));
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    assert!(process_runs(keep) && process_runs(big), "a detached service stopped its VMMs");
+
+    service.restart();
+    let mut events = service.events("/v1/events?since=0");
+    events.wait("keep", "adopted", COMMAND_TIMEOUT);
+    events.wait("big", "adopted", COMMAND_TIMEOUT);
+    expect_status(&service.post("/v1/vms/big/actions", &json!({"action": "dump"})), 200, "a host-side dump");
+    events.wait("big", "dump_progress", CAPTURE_TIMEOUT);
+    // SIGTERM stops the VMM as `shutdown` does: the dump in flight is committed by the VMM
+    // (announced live, not found later), then the VM is stopped, not failed.
+    signal(big, "TERM");
+    let ready = events.wait("big", "vmcore_ready", CAPTURE_TIMEOUT);
+    assert!(ready.data.get("found_at_restart").is_none(), "{}", ready.data);
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while vm(&service, "big")["state"] != "stopped" {
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the VM: {}", vm(&service, "big"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!process_runs(big), "the VMM {big} runs on after SIGTERM");
+    let read = service.get("/v1/vms/keep/sysctl/kernel.panic");
+    expect_status(&read, 200, "the adopted VM answers");
+
+    // The last service stops detached too; SIGTERM ends the idle VMM left behind.
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    assert!(process_runs(keep), "a detached service stopped its VMM");
+    signal(keep, "TERM");
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while process_runs(keep) {
+        assert!(Instant::now() < deadline, "the idle VMM {keep} runs on after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Rounds of the random test: each kills the service at a random moment.
 const ROUNDS: usize = 20;
 /// VMs the random test runs at most (each 128 MiB).

@@ -273,7 +273,7 @@ impl ForkedWriter {
 
 /// The child's first acts after dropping the VMM's descriptors: a session of its own, so that
 /// neither a hang-up nor a signal to the VMM's process group ends the dump, and the default
-/// action for the signals the VMM handles (its handlers belong to the VMM).
+/// action for SIGTERM, which the VMM blocks to take it on a thread of its own.
 fn detach_from_vmm() {
     // SAFETY: setsid and signal are async-signal-safe and only change this (child) process.
     unsafe {
@@ -282,6 +282,7 @@ fn detach_from_vmm() {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
     }
+    crate::sigterm::unblock();
 }
 
 /// Waits until the VMM takes the written crash over (`TAKEN`) or has died (`ORPHANED`, this
