@@ -85,6 +85,10 @@ pub struct ServeArgs {
     /// Most disk space of stored vmcores downloaded for analysis [default: 4G].
     #[arg(long, env = "CRASHVISOR_STORE_CACHE_BYTES", value_name = "SIZE", value_parser = dumpd::store::parse_bytes, requires = "crash_store")]
     pub store_cache_bytes: Option<u64>,
+    /// On SIGTERM or SIGINT, leave the VMs running for the next service on the same state
+    /// directory to adopt (an upgrade), instead of stopping them.
+    #[arg(long, env = "CRASHVISOR_DETACH_ON_EXIT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub detach_on_exit: bool,
 }
 
 impl ServeArgs {
@@ -207,14 +211,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         signal = shutdown_signal() => {
             tracing::info!("{signal}: shutting down");
             let _ = stop_accepting.send(());
-            state.supervisor().shutdown().await;
+            if args.detach_on_exit {
+                let running = state.supervisor().list().len();
+                tracing::info!("leaving {running} VMs to the next service on {}", state_path.display());
+            } else {
+                state.supervisor().shutdown().await;
+            }
             if tokio::time::timeout(CLOSE_GRACE, &mut server).await.is_err() {
                 tracing::info!("closing the connections still open");
                 server.abort();
             }
         }
     }
-    if own_run_dir {
+    // A detached service's VMs keep their control sockets there; the next service uses it.
+    if own_run_dir && !args.detach_on_exit {
         let _ = std::fs::remove_dir_all(&run_dir);
         state.supervisor().state_dir().set_run_dir(None)?;
     }

@@ -479,6 +479,30 @@ impl PendingCrash {
     /// `<vm>-<YYYY-MM-DD-HH:MM:SS>` (with `-1`, `-2`, ... if taken; never replacing anything),
     /// then fsyncs the store directory. Needs `meta.json`.
     pub fn commit(mut self) -> Result<CommittedCrash, StoreError> {
+        let committed = self.rename_into_store()?;
+        self.committed = true;
+        Ok(committed)
+    }
+
+    /// [`PendingCrash::commit_with_retention`] by a process forked from the one that began the
+    /// crash, which owns it (this process only has its copy): for a writer that outlived its
+    /// VMM. The forked process must leave without dropping its copy (`_exit`).
+    pub fn commit_forked(
+        &self,
+        retention: &Retention,
+    ) -> Result<(CommittedCrash, Result<PruneReport, StoreError>), StoreError> {
+        let committed = self.rename_into_store()?;
+        let report = self.store().prune(retention, Some(&committed.id));
+        Ok((committed, report))
+    }
+
+    /// The store the crash is in (not swept again).
+    pub fn store(&self) -> CrashStore {
+        CrashStore { dir: self.store.clone() }
+    }
+
+    /// The commit: syncs, renames, syncs the store.
+    fn rename_into_store(&self) -> Result<CommittedCrash, StoreError> {
         if !self.path.join(FILE_META).is_file() {
             return Err(StoreError::MissingMeta);
         }
@@ -498,7 +522,6 @@ impl PendingCrash {
             }
         }
         let committed = committed.ok_or(StoreError::NoFreeName(base))?;
-        self.committed = true;
         sync_dir(&self.store)?;
         Ok(committed)
     }
@@ -510,7 +533,7 @@ impl PendingCrash {
         self,
         retention: &Retention,
     ) -> Result<(CommittedCrash, Result<PruneReport, StoreError>), StoreError> {
-        let store = CrashStore { dir: self.store.clone() };
+        let store = self.store();
         let committed = self.commit()?;
         let report = store.prune(retention, Some(&committed.id));
         Ok((committed, report))

@@ -18,6 +18,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -362,6 +363,23 @@ pub fn process_runs(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
     state.is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// The running VMMs of this build (`vmm`, or `crashvisor vmm` as the service starts them) and
+/// their forked dump writers, which run the same program.
+pub fn vmm_processes() -> Vec<u32> {
+    let profile_dir = crate::vmm_binary().parent().map(Path::to_path_buf).unwrap_or_default();
+    let is_vmm = |pid: u32| {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let first_arg = cmdline.split(|&b| b == 0).nth(1).unwrap_or_default();
+        exe.parent() == Some(profile_dir.as_path()) && (exe.ends_with("vmm") || first_arg == b"vmm")
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_vmm(pid) && process_runs(pid))
+        .collect()
 }
 
 /// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists.

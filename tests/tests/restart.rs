@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crashvisor_tests::api::{one_at_a_time, process_runs, signal, EventStream, HttpResponse, Service};
+use crashvisor_tests::api::{one_at_a_time, process_runs, signal, vmm_processes, EventStream, HttpResponse, Service};
 use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
 use crashvisor_tests::{Control, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 use dumpd::store::CrashStore;
@@ -159,6 +159,100 @@ fn vms_outlive_a_killed_service_and_are_adopted_again() {
     assert!(status.success(), "{status}\n{}", service.log());
     let left: Vec<_> = std::fs::read_dir(service.state_dir.path().join("vms")).expect("vms/").collect();
     assert!(left.is_empty(), "a stopped service forgets its VMs: {left:?}");
+}
+
+#[test]
+fn a_host_side_dump_outlives_its_killed_vmm() {
+    let _serial = one_at_a_time();
+    let mut service = Service::start(&[]);
+    let mut events = service.events("/v1/events?since=0");
+    let pid = create_booted(&service, &mut events, "big", json!({"memory_mib": 1024}));
+    let before: BTreeSet<u32> = vmm_processes().into_iter().collect();
+    expect_status(&service.post("/v1/vms/big/actions", &json!({"action": "dump"})), 200, "a host-side dump");
+    let progress = events.wait("big", "dump_progress", CAPTURE_TIMEOUT);
+    let writers: Vec<u32> = vmm_processes().into_iter().filter(|p| !before.contains(p)).collect();
+    signal(pid, "KILL");
+    eprintln!("killed the VMM {pid} after {}; its writers: {writers:?}", progress.data);
+    assert!(!writers.is_empty(), "no dump writer ran when the VMM was killed: {}", progress.data);
+
+    // The writer finishes and commits alone; the service lists the crash, and the VM failed.
+    let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
+    let committed = wait_committed(&store, "big", CAPTURE_TIMEOUT);
+    let failed = events.wait("big", "failed", COMMAND_TIMEOUT);
+    assert!(failed.data["reason"].as_str().is_some_and(|r| r.contains("signal 9")), "{}", failed.data);
+    let meta = store.list().expect("the store lists").pop().and_then(|c| c.meta).expect("meta.json");
+    assert!(meta.sizes.vmcore_apparent_bytes > 1 << 30, "the whole guest is in the vmcore: {:?}", meta.sizes);
+    assert_eq!(meta.trigger, dumpd::store::Trigger::OnDemand);
+    assert!(meta.files.vmcore_dmesg.is_some(), "the writer stored the kernel log too: {:?}", meta.files);
+    let listed = service.get("/v1/vmcores").text();
+    assert!(listed.contains(&committed), "GET /v1/vmcores lists the writer's crash: {listed}");
+    expect_status(&service.get(&format!("/v1/vmcores/{committed}")), 200, "the writer's vmcore");
+    assert!(store.failures().expect("the failures read").is_empty());
+    let hidden: Vec<_> = std::fs::read_dir(service.crash_dir.path())
+        .expect("the store reads")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".tmp-") || n.starts_with(".del-"))
+        .collect();
+    assert!(hidden.is_empty(), "half-written entries stay: {hidden:?}");
+    // No writer outlives its dump.
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while writers.iter().any(|&p| process_runs(p)) {
+        assert!(Instant::now() < deadline, "the dump writers {writers:?} outlived the dump");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A service started later announces it.
+    service.kill();
+    service.restart();
+    let mut events = service.events("/v1/events?since=0");
+    let ready = events.wait("big", "vmcore_ready", COMMAND_TIMEOUT);
+    assert_eq!(ready.data["id"].as_str(), Some(committed.as_str()), "{}", ready.data);
+    assert_eq!(vm(&service, "big")["state"], "failed");
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+}
+
+#[test]
+fn a_detached_service_leaves_its_vms_and_sigterm_stops_a_vmm_after_its_dump() {
+    let _serial = one_at_a_time();
+    let mut service = Service::start(&["--detach-on-exit"]);
+    let mut events = service.events("/v1/events?since=0");
+    let keep = create_booted(&service, &mut events, "keep", json!({}));
+    let big = create_booted(&service, &mut events, "big", json!({"memory_mib": 1024}));
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    assert!(process_runs(keep) && process_runs(big), "a detached service stopped its VMMs");
+
+    service.restart();
+    let mut events = service.events("/v1/events?since=0");
+    events.wait("keep", "adopted", COMMAND_TIMEOUT);
+    events.wait("big", "adopted", COMMAND_TIMEOUT);
+    expect_status(&service.post("/v1/vms/big/actions", &json!({"action": "dump"})), 200, "a host-side dump");
+    events.wait("big", "dump_progress", CAPTURE_TIMEOUT);
+    // SIGTERM stops the VMM as `shutdown` does: the dump in flight is committed by the VMM
+    // (announced live, not found later), then the VM is stopped, not failed.
+    signal(big, "TERM");
+    let ready = events.wait("big", "vmcore_ready", CAPTURE_TIMEOUT);
+    assert!(ready.data.get("found_at_restart").is_none(), "{}", ready.data);
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while vm(&service, "big")["state"] != "stopped" {
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the VM: {}", vm(&service, "big"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!process_runs(big), "the VMM {big} runs on after SIGTERM");
+    let read = service.get("/v1/vms/keep/sysctl/kernel.panic");
+    expect_status(&read, 200, "the adopted VM answers");
+
+    // The last service stops detached too; SIGTERM ends the idle VMM left behind.
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    assert!(process_runs(keep), "a detached service stopped its VMM");
+    signal(keep, "TERM");
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while process_runs(keep) {
+        assert!(Instant::now() < deadline, "the idle VMM {keep} runs on after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Rounds of the random test: each kills the service at a random moment.

@@ -34,6 +34,7 @@ pub mod kernel;
 pub mod memory;
 pub mod nmi_watchdog;
 pub mod ship;
+pub mod sigterm;
 pub mod snapshot;
 pub mod terminal;
 pub mod vcpu;

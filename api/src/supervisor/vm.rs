@@ -37,6 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a VMM may take to end after `shutdown` before it gets SIGTERM, and after SIGTERM
 /// before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// `STOP_GRACE` while a dump is being written: the VMM finishes it before it ends.
+pub(super) const DUMP_STOP_GRACE: Duration = Duration::from_secs(60);
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long the last event lines of an exited VMM are read for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
@@ -477,7 +479,8 @@ impl VmTask {
     }
 
     /// Asks the VMM to stop (a stop wins over a reboot) with `shutdown`, escalating to SIGTERM
-    /// after `STOP_GRACE` (at once when it cannot be asked) and to SIGKILL `TERM_GRACE` later.
+    /// after `STOP_GRACE` (`DUMP_STOP_GRACE` while a dump is written; at once when it cannot be
+    /// asked) and to SIGKILL `TERM_GRACE` later.
     async fn begin_stop(&mut self, s: &mut Session, kind: StopKind) {
         let first = s.stop.is_none();
         if kind == StopKind::Stop {
@@ -489,8 +492,9 @@ impl VmTask {
             s.stop = Some(kind);
         }
         if first {
-            tracing::info!("stopping the VMM");
-            s.kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+            let grace = if self.tracker.is_dumping() { DUMP_STOP_GRACE } else { STOP_GRACE };
+            tracing::info!("stopping the VMM (SIGTERM if it has not ended in {grace:?})");
+            s.kill_at = Some(tokio::time::Instant::now() + grace);
             let id = s.next_id;
             s.next_id += 1;
             let asked = match s.control.as_mut() {
