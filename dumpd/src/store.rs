@@ -52,6 +52,8 @@ pub const FILE_CORE_COLLECTOR_LOG: &str = "core-collector.log";
 pub const FILE_META: &str = "meta.json";
 /// Failed captures, one JSON object per line, in the store directory.
 pub const FILE_FAILURES: &str = "failures.jsonl";
+/// `meta.json` being replaced ([`PendingCrash::write_meta`]); never in a committed crash.
+const META_PARTIAL: &str = "meta.json.partial";
 /// Prefix of temporary directories (hidden, never listed).
 pub const TMP_PREFIX: &str = ".tmp-";
 /// `meta.json`'s `format` written by this version.
@@ -316,6 +318,9 @@ impl CrashStore {
         for path in swept.stale_temporary.iter().chain(&swept.half_deleted) {
             tracing::info!(path = %path.display(), "removed a dead writer's crash store entry");
         }
+        for record in &swept.failed_captures {
+            tracing::warn!(vm = %record.vm, trigger = record.trigger.as_str(), "recorded a failed capture: {}", record.reason);
+        }
         for (path, error) in &swept.failed {
             tracing::warn!(path = %path.display(), %error, "cannot remove a dead writer's crash store entry");
         }
@@ -468,11 +473,15 @@ impl PendingCrash {
         file.write_all(bytes).map_err(io("write", &self.path.join(name)))
     }
 
-    /// Writes `meta.json`.
+    /// Writes `meta.json`, replacing the one written before (whole or not at all). The crash's
+    /// writer writes it once when it begins, so that a sweep that finds the crash abandoned
+    /// knows whose capture failed, and again, complete, just before the commit.
     pub fn write_meta(&self, meta: &CrashMeta) -> Result<(), StoreError> {
         let mut json = serde_json::to_vec_pretty(meta).map_err(StoreError::Meta)?;
         json.push(b'\n');
-        self.write_file(FILE_META, &json)
+        let (partial, path) = (self.path.join(META_PARTIAL), self.path.join(FILE_META));
+        std::fs::write(&partial, &json).map_err(io("write", &partial))?;
+        std::fs::rename(&partial, &path).map_err(io("rename into", &path))
     }
 
     /// Makes the crash visible: fsyncs every file and the directory, renames it to

@@ -382,6 +382,12 @@ pub fn vmm_processes() -> Vec<u32> {
         .collect()
 }
 
+/// The parent of process `pid` (field 4 of `/proc/PID/stat`), if it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists.
 fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -560,6 +566,15 @@ impl EventStream {
             }
         });
         Ok(Self { incoming, pending: Vec::new(), history: Vec::new() })
+    }
+
+    /// Every event received so far, including those not read yet (which stay buffered).
+    pub fn received(&mut self) -> &[SseEvent] {
+        while let Ok(event) = self.incoming.try_recv() {
+            self.history.push(event.clone());
+            self.pending.push(event);
+        }
+        &self.history
     }
 
     /// Waits up to `timeout` for the first event named `name` of VM `vm` (buffered or new);

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crashvisor_control::{Request, ServerLine};
+use crashvisor_control::{Event, Request, ServerLine};
 use dumpd::store::{CrashStore, Retention};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -357,6 +357,7 @@ impl VmTask {
             Err(reason) => {
                 tracing::warn!("cannot adopt the VMM: {reason}");
                 self.vmm = None;
+                self.record_abandoned_captures().await;
                 let effects = self.tracker.on_lost(&reason, &self.last_output(None));
                 self.apply(effects);
                 None
@@ -547,6 +548,7 @@ impl VmTask {
         for follower in &self.followers {
             follower.sync().await;
         }
+        self.record_abandoned_captures().await;
         let end = ProcessEnd { success, status, last_output: self.last_output(s.killed_because) };
         let effects = self.tracker.on_process_end(&end, s.stop.is_some());
         self.apply(effects);
@@ -554,6 +556,28 @@ impl VmTask {
             let _ = waiter.send(());
         }
         End::Finished
+    }
+
+    /// Sweeps the crash store once the VMM has ended: a capture it had begun and could not
+    /// finish (it was killed while writing a vmcore) is recorded as failed there by the sweep,
+    /// and announced here as `dump_failed`. A forked dump writer that outlived the VMM still
+    /// holds its crash, and finishes it alone.
+    async fn record_abandoned_captures(&mut self) {
+        let store = self.services.store.clone();
+        let swept = match tokio::task::spawn_blocking(move || store.sweep()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot sweep the crash store after the VMM ended: {}", dumpd::error_chain(&e));
+                return;
+            }
+            Err(_) => return,
+        };
+        let name = self.spec.name.clone();
+        for record in swept.failed_captures.into_iter().filter(|r| r.vm == name) {
+            tracing::warn!("the VMM ended during a capture: {}", record.reason);
+            let effects = self.tracker.on_control_event(&Event::DumpFailed { reason: record.reason }, Instant::now());
+            self.apply(effects);
+        }
     }
 
     /// What the VM said last, for a failure's reason: why the service killed it, the VMM's

@@ -8,6 +8,10 @@
 //! could not say this: pids are reused. A `.del-*` entry is a crash retention hid before it
 //! deleted it; a process that died in between leaves it behind.
 //!
+//! A writer writes the crash's `meta.json` as soon as it begins, so a dead writer's directory
+//! says whose capture it was: the sweep records that capture as failed in `failures.jsonl`
+//! before it removes the directory. A capture that began is thus always committed or recorded.
+//!
 //! Creating and locking a temporary directory are two steps, so the store's `.lock` file orders
 //! them against the sweep: [`CrashStore::begin`] holds it shared across both, the sweep holds
 //! it exclusively, and so never sees a new directory before its lock.
@@ -19,7 +23,9 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 
-use super::{io, CrashStore, StoreError, DELETE_PREFIX, TMP_PREFIX};
+use std::time::SystemTime;
+
+use super::{io, CrashMeta, CrashStore, FailureRecord, StoreError, DELETE_PREFIX, FILE_META, TMP_PREFIX};
 
 /// The store's lock file (hidden, never listed).
 pub const LOCK_FILE: &str = ".lock";
@@ -29,6 +35,8 @@ pub const LOCK_FILE: &str = ".lock";
 pub struct SweepReport {
     /// Temporary directories of writers that died before committing.
     pub stale_temporary: Vec<PathBuf>,
+    /// The captures those writers had begun, now recorded as failed.
+    pub failed_captures: Vec<FailureRecord>,
     /// Crashes retention hid but did not finish deleting.
     pub half_deleted: Vec<PathBuf>,
     /// Entries that should have gone but could not be removed, with why.
@@ -54,6 +62,17 @@ pub(super) fn lock_temporary(path: &Path) -> Result<File, StoreError> {
         }
         Err(TryLockError::Error(e)) => Err(io("lock", path)(e)),
     }
+}
+
+/// The failure record of the capture whose writer died leaving the temporary directory `path`
+/// (`None` when it had not written its `meta.json` yet: it had begun nothing).
+fn abandoned_capture(path: &Path) -> Option<FailureRecord> {
+    let meta: CrashMeta = serde_json::from_slice(&std::fs::read(path.join(FILE_META)).ok()?).ok()?;
+    let reason = format!(
+        "the process writing the vmcore died before committing it; its unfinished crash {} was removed",
+        path.display()
+    );
+    Some(FailureRecord::new(&meta.vm, meta.trigger, reason, SystemTime::now()))
 }
 
 /// True if no live writer holds `path`'s lock (checked by taking it; it is released again).
@@ -91,6 +110,16 @@ impl CrashStore {
             };
             if !doomed {
                 continue;
+            }
+            if name.starts_with(TMP_PREFIX) {
+                if let Some(record) = abandoned_capture(&path) {
+                    if let Err(e) = self.record_failure(&record) {
+                        // Kept for the next sweep to record.
+                        report.failed.push((path, std::io::Error::other(crate::error_chain(&e))));
+                        continue;
+                    }
+                    report.failed_captures.push(record);
+                }
             }
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => kind.push(path),
@@ -152,6 +181,46 @@ mod tests {
         assert_eq!(reopened.list().unwrap().len(), 1);
         let again = reopened.sweep().unwrap();
         assert!(again.stale_temporary.is_empty() && again.half_deleted.is_empty() && again.failed.is_empty());
+    }
+
+    #[test]
+    fn a_dead_writers_begun_capture_is_recorded_as_failed() {
+        let dir = TestDir::new("sweep-record");
+        let store = CrashStore::open(dir.path()).unwrap();
+        // Died after it began the capture (its meta.json written) and after it began nothing.
+        let begun = dir.path().join(".tmp-web-1-4242-0");
+        std::fs::create_dir(&begun).unwrap();
+        let meta = CrashMeta::new(Trigger::Kdump, "web-1", std::time::UNIX_EPOCH);
+        std::fs::write(begun.join(FILE_META), serde_json::to_vec(&meta).unwrap()).unwrap();
+        std::fs::write(begun.join(FILE_VMCORE), [1; 4096]).unwrap();
+        let empty = dir.path().join(".tmp-web-2-4242-1");
+        std::fs::create_dir(&empty).unwrap();
+
+        let report = store.sweep().unwrap();
+        assert_eq!(report.stale_temporary.len(), 2);
+        assert!(!begun.exists() && !empty.exists());
+        let failures = store.failures().unwrap();
+        assert_eq!(report.failed_captures.len(), 1);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!((failures[0].vm.as_str(), failures[0].trigger), ("web-1", Trigger::Kdump));
+        assert!(failures[0].reason.contains("died before committing"), "{}", failures[0].reason);
+        assert!(store.sweep().unwrap().failed_captures.is_empty(), "recorded once");
+    }
+
+    #[test]
+    fn meta_json_is_replaced_whole() {
+        let dir = TestDir::new("sweep-meta");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let pending = store.begin("vm").unwrap();
+        let mut meta = CrashMeta::new(Trigger::OnDemand, "vm", pending.created());
+        pending.write_meta(&meta).unwrap();
+        meta.dump_level = Some(31);
+        pending.write_meta(&meta).unwrap();
+        let names: Vec<_> = std::fs::read_dir(pending.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, [FILE_META]);
+        let committed = pending.commit().unwrap();
+        let read: CrashMeta = serde_json::from_slice(&std::fs::read(committed.path.join(FILE_META)).unwrap()).unwrap();
+        assert_eq!(read.dump_level, Some(31));
     }
 
     #[test]

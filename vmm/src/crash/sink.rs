@@ -84,6 +84,12 @@ pub trait Producer: Send {
     /// Adds to `meta` what only this producer knows (before the vmcore is written).
     fn describe(&self, _meta: &mut CrashMeta) {}
 
+    /// The event that announces the capture, posted once the crash is begun in the store: from
+    /// then on it ends committed or recorded as failed, whatever dies.
+    fn started(&self) -> Option<Event> {
+        None
+    }
+
     /// The crashed kernel's `/proc/vmcore`, when a capture kernel handed it over: the VM's core
     /// collector, if it has one, writes the vmcore from it instead of [`start`](Self::start).
     fn proc_vmcore(&self) -> Option<ProcVmcore<'_>> {
@@ -280,6 +286,11 @@ impl Worker {
         let mut meta = CrashMeta::new(trigger, &self.target.vm_name, pending.created());
         meta.reason = reason.map(reason_meta);
         producer.describe(&mut meta);
+        // Begun: should this process die now, the store's next sweep records the failure.
+        pending.write_meta(&meta)?;
+        if let Some(event) = producer.started() {
+            self.post(event);
+        }
         let (file, stats) = match self.collect(producer, &pending, &mut meta) {
             Some(Collected { file, stats, format }) => {
                 meta.vmcore_format = format;
@@ -287,7 +298,8 @@ impl Worker {
             }
             None => {
                 let file = pending.create_file(FILE_VMCORE)?;
-                let vmcore = VmcoreFile { file: &file, pending: &pending, retention: &self.target.retention, meta: &meta };
+                let vmcore =
+                    VmcoreFile { file: &file, pending: &pending, retention: &self.target.retention, meta: &meta };
                 let writing = producer.start(&vmcore)?;
                 let stats = match writing {
                     Writing::Done(stats) => stats,
