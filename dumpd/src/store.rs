@@ -101,13 +101,18 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |source| StoreError::Io { action, path: path.to_path_buf(), source }
 }
 
-/// Checks a VM name for use in the store: 1 to 64 characters of `[A-Za-z0-9_.-]`, not starting
-/// with `.` (which would hide the crash, and rules out `.` and `..`).
-pub fn validate_vm_name(name: &str) -> Result<(), StoreError> {
-    let ok = (1..=MAX_VM_NAME_LEN).contains(&name.len())
+/// Whether `name` can be one component of a path in the store (or a fleet store's key):
+/// 1 to `max_len` characters of `[A-Za-z0-9_.-]`, not starting with `.` (which would hide it,
+/// and rules out `.` and `..`).
+pub fn is_plain_name(name: &str, max_len: usize) -> bool {
+    (1..=max_len).contains(&name.len())
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks a VM name for use in the store ([`is_plain_name`], at most 64 characters).
+pub fn validate_vm_name(name: &str) -> Result<(), StoreError> {
+    if is_plain_name(name, MAX_VM_NAME_LEN) {
         Ok(())
     } else {
         Err(StoreError::VmName(name.to_owned()))

@@ -59,10 +59,7 @@ impl fmt::Display for StoreUrl {
 
 /// Checks a host id: 1 to 64 characters of `[A-Za-z0-9_.-]`, not starting with `.`.
 pub fn validate_host_id(id: &str) -> Result<(), String> {
-    let ok = (1..=MAX_HOST_ID_LEN).contains(&id.len())
-        && !id.starts_with('.')
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+    if dumpd::store::is_plain_name(id, MAX_HOST_ID_LEN) {
         Ok(())
     } else {
         Err(format!(
