@@ -510,6 +510,12 @@ impl PendingCrash {
         Ok((committed, report))
     }
 
+    /// Gives the crash up from a process forked from the one that began it (which owns it; see
+    /// [`PendingCrash::commit_forked`]): its directory is removed, best effort.
+    pub fn discard_forked(&self) {
+        let _ = sweep::discard(&self.store, &self.path);
+    }
+
     /// The store the crash is in (not swept again).
     pub fn store(&self) -> CrashStore {
         CrashStore { dir: self.store.clone() }
@@ -559,7 +565,7 @@ impl Drop for PendingCrash {
     /// stays hidden and is never listed.
     fn drop(&mut self) {
         if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = sweep::discard(&self.store, &self.path);
         }
     }
 }

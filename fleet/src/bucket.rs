@@ -245,7 +245,7 @@ impl FleetBucket {
             let crash_host = host.map_or_else(|| parts[depth - 1].clone(), str::to_owned);
             let entry = crashes.entry((crash_host, parts[depth].clone())).or_default();
             entry.0 |= parts[depth + 1] == FILE_META;
-            entry.1 += object.size;
+            entry.1 = entry.1.saturating_add(object.size);
         }
         let committed: Vec<_> = crashes.into_iter().filter(|(_, (committed, _))| *committed).collect();
         let mut listed: Vec<RemoteCrash> = futures_util::stream::iter(committed)

@@ -19,6 +19,14 @@ use crate::FleetError;
 pub const JOURNAL_DIR: &str = ".upload";
 /// The uploader's lock file inside it.
 const LOCK_FILE: &str = ".lock";
+/// S3's multipart limits: parts per upload, and the size of each part but the last.
+pub const MAX_PARTS: u64 = 10_000;
+/// The smallest part S3 takes (but the last).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// The largest part S3 takes.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// Longest crash id or file name a journal may name.
+const MAX_NAME_LEN: usize = 255;
 
 /// How far one file of a crash has been shipped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +91,33 @@ impl Journal {
     pub fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done { .. })
     }
+
+    /// Why this journal, read from the file of crash `id`, cannot be believed, if it cannot: a
+    /// journal names keys in the store and sizes of reads, so nothing in it is taken on trust.
+    fn check(&self, id: &str) -> Result<(), String> {
+        let plain = |name: &str| dumpd::store::is_plain_name(name, MAX_NAME_LEN);
+        if self.id != id {
+            return Err(format!("it is the journal of {:?}", self.id));
+        }
+        if !plain(&self.remote_id) {
+            return Err(format!("its id in the store {:?} is not a plain name", self.remote_id));
+        }
+        for (name, file) in &self.files {
+            if !plain(name) {
+                return Err(format!("its file name {name:?} is not a plain name"));
+            }
+            if let FileUpload::Multipart { part_size, parts, .. } = &file.upload {
+                if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(part_size) {
+                    return Err(format!("{name}: a part size of {part_size} bytes is outside S3's limits"));
+                }
+                let count = file.size.div_ceil(*part_size);
+                if count > MAX_PARTS || parts.len() as u64 > count {
+                    return Err(format!("{name}: {} parts sent of {count}", parts.len()));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The spool's journal directory.
@@ -116,18 +151,24 @@ impl Journals {
         Ok(file)
     }
 
-    /// Crash `id`'s journal, if it has one. One that cannot be parsed counts as none (the
-    /// upload starts over, which is safe: nothing is visible in the store before `meta.json`).
+    /// Crash `id`'s journal, if it has one. One that cannot be parsed or believed counts as none
+    /// (the upload starts over, which is safe: nothing is visible in the store before
+    /// `meta.json`).
     pub fn load(&self, id: &str) -> Result<Option<Journal>, FleetError> {
         let path = self.path(id);
         match std::fs::read(&path) {
-            Ok(bytes) => match serde_json::from_slice(&bytes) {
-                Ok(journal) => Ok(Some(journal)),
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "unreadable upload journal, starting over: {e}");
-                    Ok(None)
+            Ok(bytes) => {
+                let journal = serde_json::from_slice::<Journal>(&bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|journal| journal.check(id).map(|()| journal));
+                match journal {
+                    Ok(journal) => Ok(Some(journal)),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "unusable upload journal, starting over: {e}");
+                        Ok(None)
+                    }
                 }
-            },
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(FleetError::local("read", &path)(e)),
         }
@@ -193,7 +234,7 @@ mod tests {
         };
         journals.save(&journal).unwrap();
         journal.files.get_mut("vmcore").unwrap().upload =
-            FileUpload::Multipart { upload_id: "u".into(), part_size: 5, parts: vec!["e1".into()] };
+            FileUpload::Multipart { upload_id: "u".into(), part_size: MIN_PART_SIZE, parts: vec!["e1".into()] };
         journals.save(&journal).unwrap();
         assert_eq!(journals.load("vm-1").unwrap(), Some(journal.clone()));
         assert!(!journal.is_done());
@@ -204,6 +245,42 @@ mod tests {
         journals.remove("vm-1").unwrap();
         journals.remove("vm-1").unwrap();
         assert_eq!(journals.load("vm-1").unwrap(), None);
+        std::fs::remove_dir_all(&spool).unwrap();
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_believed_starts_over() {
+        let spool = std::env::temp_dir().join(format!("fleet-journal-bad-{}", std::process::id()));
+        let journals = Journals::open(&spool).unwrap();
+        let multipart = |part_size, parts: usize| FileEntry {
+            size: 100 << 20,
+            sha256: "ab".into(),
+            upload: FileUpload::Multipart { upload_id: "u".into(), part_size, parts: vec!["e".into(); parts] },
+        };
+        let journal = |id: &str, remote_id: &str, name: &str, file| Journal {
+            id: id.into(),
+            remote_id: remote_id.into(),
+            files: BTreeMap::from([(name.to_owned(), file)]),
+            stage: Stage::Sending,
+        };
+        let write = |journal: &Journal| {
+            let json = serde_json::to_vec(journal).unwrap();
+            std::fs::write(spool.join(JOURNAL_DIR).join("vm-1.json"), json).unwrap();
+        };
+        let good = journal("vm-1", "vm-1", "vmcore", multipart(16 << 20, 3));
+        write(&good);
+        assert_eq!(journals.load("vm-1").unwrap(), Some(good));
+        for bad in [
+            journal("vm-2", "vm-1", "vmcore", multipart(16 << 20, 3)),
+            journal("vm-1", "../../x", "vmcore", multipart(16 << 20, 3)),
+            journal("vm-1", "vm-1", "../vmcore", multipart(16 << 20, 3)),
+            journal("vm-1", "vm-1", "vmcore", multipart(0, 0)),
+            journal("vm-1", "vm-1", "vmcore", multipart(MAX_PART_SIZE + 1, 0)),
+            journal("vm-1", "vm-1", "vmcore", multipart(16 << 20, 8)),
+        ] {
+            write(&bad);
+            assert_eq!(journals.load("vm-1").unwrap(), None, "{bad:?}");
+        }
         std::fs::remove_dir_all(&spool).unwrap();
     }
 }

@@ -394,6 +394,13 @@ fn process_start_time(pid: u32) -> Option<u64> {
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Sends signal `name` to process `pid` if it still exists (it may end meanwhile); whether it
+/// was sent.
+pub fn signal_if_alive(pid: u32, name: &str) -> bool {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+    status.is_ok_and(|s| s.success())
+}
+
 /// Sends signal `name` (`TERM`, `KILL`) to process `pid` with kill(1).
 ///
 /// # Panics

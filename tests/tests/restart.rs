@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use crashvisor_tests::api::{
-    one_at_a_time, parent_of, process_runs, signal, vmm_processes, EventStream, HttpResponse, Service,
+    one_at_a_time, parent_of, process_runs, signal, signal_if_alive, vmm_processes, EventStream, HttpResponse, Service,
 };
 use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
 use crashvisor_tests::{Control, BOOT_TIMEOUT, COMMAND_TIMEOUT};
@@ -446,8 +446,7 @@ fn the_service_vmms_and_dump_writers_killed_at_random_moments_lose_no_vm_and_no_
                 let vmms: BTreeSet<u32> = vmms.union(&listed_vmms(&service)).copied().collect();
                 let live_writer =
                     writers(&vmms, &before).into_iter().find(|&p| parent_of(p).is_some_and(|pp| vmms.contains(&pp)));
-                if let Some(writer) = live_writer {
-                    signal(writer, "KILL");
+                if let Some(writer) = live_writer.filter(|&w| signal_if_alive(w, "KILL")) {
                     victim_kind = "writer";
                     break format!("the dump writer {writer} was killed");
                 }
@@ -467,6 +466,10 @@ fn the_service_vmms_and_dump_writers_killed_at_random_moments_lose_no_vm_and_no_
                 match pid {
                     Some(pid) => {
                         signal(pid, "KILL");
+                        wait_gone(pid);
+                        // The service, alive, reads the VMM's last events before it says the
+                        // VM failed: every capture the VMM began is among them by then.
+                        events.wait(victim, "failed", COMMAND_TIMEOUT);
                         let begun = events
                             .received()
                             .iter()
@@ -477,7 +480,6 @@ fn the_service_vmms_and_dump_writers_killed_at_random_moments_lose_no_vm_and_no_
                         let test = vms.get_mut(victim).expect("a test VM");
                         test.killed = true;
                         test.owed = (test.owed + begun).min(test.asked);
-                        wait_gone(pid);
                         victim_kind = "VMM";
                         format!("{delay} ms later the VMM {pid} of {victim} was killed ({begun} captures begun)")
                     }

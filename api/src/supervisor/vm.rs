@@ -42,6 +42,9 @@ pub(super) const DUMP_STOP_GRACE: Duration = Duration::from_secs(60);
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long the last event lines of an exited VMM are read for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait, once a VMM ended, for its dump writer to let go of a crash the VMM had taken
+/// over (the writer looks every 5 ms).
+const WRITER_LET_GO: Duration = Duration::from_secs(1);
 /// Requests that may wait for the VMM at once.
 const MAX_PENDING: usize = 256;
 /// Commands that may queue for the task.
@@ -357,7 +360,7 @@ impl VmTask {
             Err(reason) => {
                 tracing::warn!("cannot adopt the VMM: {reason}");
                 self.vmm = None;
-                self.record_abandoned_captures().await;
+                self.record_abandoned_captures(recorded.map(|r| r.pid)).await;
                 let effects = self.tracker.on_lost(&reason, &self.last_output(None));
                 self.apply(effects);
                 None
@@ -541,14 +544,14 @@ impl VmTask {
             Err(e) => (None, format!("an unknown status ({e})")),
         };
         tracing::info!("the VMM exited: {status}");
-        self.vmm = None;
+        let vmm_pid = self.vmm.take().map(|v| v.pid);
         if s.stop == Some(StopKind::Reboot) {
             return End::Reboot(std::mem::take(&mut s.reboot_waiters));
         }
         for follower in &self.followers {
             follower.sync().await;
         }
-        self.record_abandoned_captures().await;
+        self.record_abandoned_captures(vmm_pid).await;
         let end = ProcessEnd { success, status, last_output: self.last_output(s.killed_because) };
         let effects = self.tracker.on_process_end(&end, s.stop.is_some());
         self.apply(effects);
@@ -562,8 +565,20 @@ impl VmTask {
     /// finish (it was killed while writing a vmcore) is recorded as failed there by the sweep,
     /// and announced here as `dump_failed`. A forked dump writer that outlived the VMM still
     /// holds its crash, and finishes it alone.
-    async fn record_abandoned_captures(&mut self) {
+    async fn record_abandoned_captures(&mut self, vmm_pid: Option<u32>) {
         let store = self.services.store.clone();
+        // A dump writer the VMM forked may be letting go of a crash the VMM took over just
+        // before it died: wait a little for that, not for a writer that finishes alone.
+        if let Some(pid) = vmm_pid {
+            let deadline = tokio::time::Instant::now() + WRITER_LET_GO;
+            while tokio::time::Instant::now() < deadline {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.is_written_by(pid)).await {
+                    Ok(Ok(true)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ => break,
+                }
+            }
+        }
         let swept = match tokio::task::spawn_blocking(move || store.sweep()).await {
             Ok(Ok(report)) => report,
             Ok(Err(e)) => {

@@ -155,14 +155,16 @@ pub fn select(candidates: &[Candidate<'_>], retention: &Retention, keep: Option<
         }
     }
     if let Some(max) = retention.max_total_bytes {
-        let mut total: u64 = candidates.iter().zip(&doomed).filter(|(_, &d)| !d).map(|(c, _)| c.bytes).sum();
+        // Saturating: sizes may come from a listing of a remote store.
+        let mut total =
+            candidates.iter().zip(&doomed).filter(|(_, &d)| !d).fold(0u64, |sum, (c, _)| sum.saturating_add(c.bytes));
         for i in 0..candidates.len() {
             if total <= max {
                 break;
             }
             if !doomed[i] && removable(i) {
                 doomed[i] = true;
-                total -= candidates[i].bytes;
+                total = total.saturating_sub(candidates[i].bytes);
             }
         }
     }

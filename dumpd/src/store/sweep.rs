@@ -64,6 +64,19 @@ pub(super) fn lock_temporary(path: &Path) -> Result<File, StoreError> {
     }
 }
 
+/// Removes the temporary directory `path` of the store at `store` for good: renamed to a
+/// `.del-` entry first, so that a removal that fails or is cut short leaves nothing a sweep
+/// would take for an abandoned capture (and record a second time); a sweep removes the rest.
+pub(super) fn discard(store: &Path, path: &Path) -> std::io::Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let hidden = store.join(format!("{DELETE_PREFIX}{}", name.trim_start_matches('.')));
+    match std::fs::rename(path, &hidden) {
+        Ok(()) => std::fs::remove_dir_all(&hidden),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The failure record of the capture whose writer died leaving the temporary directory `path`
 /// (`None` when it had not written its `meta.json` yet: it had begun nothing).
 fn abandoned_capture(path: &Path) -> Option<FailureRecord> {
@@ -120,6 +133,11 @@ impl CrashStore {
                     }
                     report.failed_captures.push(record);
                 }
+                match discard(self.dir(), &path) {
+                    Ok(()) => kind.push(path),
+                    Err(e) => report.failed.push((path, e)),
+                }
+                continue;
             }
             match std::fs::remove_dir_all(&path) {
                 Ok(()) => kind.push(path),
@@ -129,6 +147,25 @@ impl CrashStore {
             }
         }
         Ok(report)
+    }
+
+    /// Whether a crash process `pid` began is still being written: its temporary directory
+    /// (`.tmp-<vm>-<pid>-<n>`) is locked, by a dump writer forked from it or by the process
+    /// itself while it exits.
+    pub fn is_written_by(&self, pid: u32) -> Result<bool, StoreError> {
+        let infix = format!("-{pid}-");
+        for entry in std::fs::read_dir(self.dir()).map_err(io("read the crash store", self.dir()))? {
+            let entry = entry.map_err(io("read the crash store", self.dir()))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let begun_by_pid = name
+                .strip_prefix(TMP_PREFIX)
+                .and_then(|rest| rest.rsplit_once('-'))
+                .is_some_and(|(rest, n)| n.bytes().all(|b| b.is_ascii_digit()) && format!("{rest}-").ends_with(&infix));
+            if begun_by_pid && !is_abandoned(&entry.path()).unwrap_or(true) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Disk space the crashes being written use now (their temporary directories; a writer
@@ -205,6 +242,21 @@ mod tests {
         assert_eq!((failures[0].vm.as_str(), failures[0].trigger), ("web-1", Trigger::Kdump));
         assert!(failures[0].reason.contains("died before committing"), "{}", failures[0].reason);
         assert!(store.sweep().unwrap().failed_captures.is_empty(), "recorded once");
+    }
+
+    #[test]
+    fn a_crash_being_written_is_found_by_its_writers_pid() {
+        let dir = TestDir::new("sweep-pid");
+        let store = CrashStore::open(dir.path()).unwrap();
+        let pid = std::process::id();
+        assert!(!store.is_written_by(pid).unwrap());
+        let pending = store.begin("web-1").unwrap();
+        assert!(store.is_written_by(pid).unwrap());
+        assert!(!store.is_written_by(pid + 1).unwrap());
+        // A dead writer's directory of the same pid is not being written.
+        std::fs::create_dir(dir.path().join(format!(".tmp-web-2-{pid}-99"))).unwrap();
+        drop(pending);
+        assert!(!store.is_written_by(pid).unwrap());
     }
 
     #[test]

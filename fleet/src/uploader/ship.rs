@@ -11,7 +11,7 @@ use dumpd::store::{select, Candidate, CrashMeta, FILE_META};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{blocking, ready_unix_ms, remove_local, unix_ms, Uploaded, Uploader, MAX_REMOTE_SUFFIX};
-use crate::journal::{FileEntry, FileUpload, Journal, Stage};
+use crate::journal::{FileEntry, FileUpload, Journal, Stage, MAX_PARTS, MAX_PART_SIZE, MIN_PART_SIZE};
 use crate::{checksum, FleetError};
 
 impl Uploader {
@@ -67,11 +67,17 @@ impl Uploader {
         if !journal.is_done() {
             let names: Vec<String> = journal.files.keys().cloned().collect();
             for name in names {
-                if let Err(mismatch) = self.verify(&journal, &name).await {
-                    tracing::warn!(id, "sending {name} again: {mismatch}");
-                    self.send_file(&dir, &mut journal, &name).await?;
-                    self.verify(&journal, &name).await?;
-                    resent.push(name);
+                match self.verify(&journal, &name).await {
+                    Ok(()) => {}
+                    Err(mismatch @ FleetError::Checksum { .. }) => {
+                        tracing::warn!(id, "sending {name} again: {mismatch}");
+                        self.send_file(&dir, &mut journal, &name).await?;
+                        self.verify(&journal, &name).await?;
+                        resent.push(name);
+                    }
+                    // The store could not be read back (down, a timeout): retried later, not
+                    // sent again.
+                    Err(e) => return Err(e),
                 }
             }
             let mut json = serde_json::to_vec_pretty(&meta)
@@ -194,7 +200,7 @@ impl Uploader {
                 }
                 FileUpload::Pending | FileUpload::Sent => {
                     let upload_id = self.bucket.create_multipart(&key).await?;
-                    (upload_id, self.config.part_size, Vec::new())
+                    (upload_id, part_size_for(entry.size, self.config.part_size), Vec::new())
                 }
             };
             let set = |journal: &mut Journal, upload: FileUpload| {
@@ -285,6 +291,13 @@ impl Uploader {
     }
 }
 
+/// The part size for a file of `size` bytes: the configured one, or larger (whole MiB) when the
+/// file would need more than S3's 10,000 parts, at most S3's 5 GiB.
+fn part_size_for(size: u64, configured: u64) -> u64 {
+    let least = size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+    configured.max(least).clamp(MIN_PART_SIZE, MAX_PART_SIZE)
+}
+
 /// Whether a multipart upload failed because the store no longer knows it (not a passing fault).
 fn upload_is_gone(error: &FleetError) -> bool {
     matches!(
@@ -316,4 +329,20 @@ fn local_files(dir: &Path) -> Result<Vec<(String, u64)>, FleetError> {
 fn same_files(journal: &Journal, files: &[(String, u64)]) -> bool {
     journal.files.len() == files.len()
         && files.iter().all(|(name, len)| journal.files.get(name).is_some_and(|f| f.size == *len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_stay_within_s3s_limits() {
+        assert_eq!(part_size_for(1 << 30, 16 << 20), 16 << 20);
+        // 160 GiB in 16 MiB parts would be 10,240 parts.
+        let size = 160u64 << 30;
+        let part = part_size_for(size, 16 << 20);
+        assert!(size.div_ceil(part) <= MAX_PARTS && part.is_multiple_of(1 << 20), "{part}");
+        assert_eq!(part_size_for(1, 0), MIN_PART_SIZE);
+        assert_eq!(part_size_for(u64::MAX, 16 << 20), MAX_PART_SIZE);
+    }
 }

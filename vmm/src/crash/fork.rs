@@ -316,7 +316,7 @@ fn finish_alone(vmcore: &VmcoreFile<'_>, mut meta: CrashMeta, written: Result<Vm
         // Recorded before the directory goes: a writer killed in between leaves it to a sweep,
         // which records the failure again rather than never.
         let _ = pending.store().record_failure(&record);
-        let _ = std::fs::remove_dir_all(pending.path());
+        pending.discard_forked();
     }
 }
 

@@ -245,7 +245,23 @@ impl Worker {
 
     /// Stores one vmcore and reports how it went.
     fn capture(&self, trigger: Trigger, reason: Option<&CrashInfo>, mut producer: Box<dyn Producer>) {
-        let committed = match self.store(trigger, reason, producer.as_mut()) {
+        let begun = CrashStore::open(&self.target.crash_dir).and_then(|store| store.begin(&self.target.vm_name));
+        let stored = match begun {
+            Ok(pending) => match self.store(&pending, trigger, reason, producer.as_mut()) {
+                Ok(sizes) => commit(pending, &self.target).map(|crash| (crash, sizes)).map_err(CaptureError::from),
+                Err(e) => {
+                    // Recorded before the crash's directory goes (when `pending` drops), so
+                    // that no moment exists where a begun capture is neither on disk nor
+                    // recorded.
+                    self.record_failure(trigger, self.failure_reason(trigger, &e));
+                    drop(pending);
+                    producer.finish(false);
+                    return;
+                }
+            },
+            Err(e) => Err(e.into()),
+        };
+        let committed = match stored {
             Ok((crash, sizes)) => {
                 tracing::info!(
                     "vmcore ready: {} ({} bytes, {} on disk)",
@@ -262,27 +278,31 @@ impl Worker {
                 true
             }
             Err(e) => {
-                let what = describe_failure(trigger, &self.target.crash_dir.display().to_string());
-                let reason = format!("{what}: {}", error_chain(&e));
-                tracing::error!("{reason}");
-                self.record_failure(trigger, reason);
+                self.record_failure(trigger, self.failure_reason(trigger, &e));
                 false
             }
         };
         producer.finish(committed);
     }
 
-    /// The one sequence every vmcore goes through: temporary crash, vmcore, logs, `meta.json`,
-    /// atomic commit, retention.
+    /// The reason recorded for a capture by `trigger` that failed with `error`.
+    fn failure_reason(&self, trigger: Trigger, error: &CaptureError) -> String {
+        let what = describe_failure(trigger, &self.target.crash_dir.display().to_string());
+        let reason = format!("{what}: {}", error_chain(error));
+        tracing::error!("{reason}");
+        reason
+    }
+
+    /// The one sequence every vmcore goes through, in the crash `pending` just begun: `meta.json`
+    /// as begun, the vmcore, logs, `meta.json` complete (the commit and retention follow).
     fn store(
         &self,
+        pending: &PendingCrash,
         trigger: Trigger,
         reason: Option<&CrashInfo>,
         producer: &mut dyn Producer,
-    ) -> Result<(CommittedCrash, CrashSizes), CaptureError> {
+    ) -> Result<CrashSizes, CaptureError> {
         let started = Instant::now();
-        let store = CrashStore::open(&self.target.crash_dir)?;
-        let pending = store.begin(&self.target.vm_name)?;
         let mut meta = CrashMeta::new(trigger, &self.target.vm_name, pending.created());
         meta.reason = reason.map(reason_meta);
         producer.describe(&mut meta);
@@ -291,15 +311,14 @@ impl Worker {
         if let Some(event) = producer.started() {
             self.post(event);
         }
-        let (file, stats) = match self.collect(producer, &pending, &mut meta) {
+        let (file, stats) = match self.collect(producer, pending, &mut meta) {
             Some(Collected { file, stats, format }) => {
                 meta.vmcore_format = format;
                 (file, stats)
             }
             None => {
                 let file = pending.create_file(FILE_VMCORE)?;
-                let vmcore =
-                    VmcoreFile { file: &file, pending: &pending, retention: &self.target.retention, meta: &meta };
+                let vmcore = VmcoreFile { file: &file, pending, retention: &self.target.retention, meta: &meta };
                 let writing = producer.start(&vmcore)?;
                 let stats = match writing {
                     Writing::Done(stats) => stats,
@@ -309,13 +328,13 @@ impl Worker {
             }
         };
         let logs = producer.logs()?;
-        if let Some(why) = finish_vmcore(&pending, &file, stats, logs, &mut meta)? {
+        if let Some(why) = finish_vmcore(pending, &file, stats, logs, &mut meta)? {
             tracing::warn!("no vmcore-dmesg.txt for the vmcore: {why}");
         }
         drop(file);
         meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         pending.write_meta(&meta)?;
-        Ok((commit(pending, &self.target)?, meta.sizes))
+        Ok(meta.sizes)
     }
 
     /// Has the VM's core collector write the vmcore into `pending` from the producer's
