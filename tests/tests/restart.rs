@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crashvisor_tests::api::{
     one_at_a_time, parent_of, process_runs, signal, signal_if_alive, vmm_processes, EventStream, HttpResponse, Service,
 };
-use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
+use crashvisor_tests::kdump::{self, CAPTURE_TIMEOUT};
 use crashvisor_tests::{Control, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 use dumpd::store::CrashStore;
 use serde_json::{json, Value};
@@ -260,6 +260,43 @@ fn a_detached_service_leaves_its_vms_and_sigterm_stops_a_vmm_after_its_dump() {
     }
 }
 
+/// A VMM killed while it stores a capture kernel's vmcore (its core collector, makedumpfile,
+/// still reading the crashed kernel's memory) loses that vmcore, and the capture is recorded:
+/// the service announces `dump_failed` as it sees the VMM end, `failures.jsonl` has the line,
+/// and nothing half written is left.
+#[test]
+fn a_vmm_killed_while_it_stores_a_capture_kernels_vmcore_leaves_a_recorded_failure() {
+    let _serial = one_at_a_time();
+    kdump::require_fuse();
+    kdump::require_tool("makedumpfile");
+    let service = Service::start(&[]);
+    let mut events = service.events("/v1/events?since=0");
+    let collected = json!({"memory_mib": 512, "kdump": {"dump_level": 0, "core_collector": "makedumpfile -l -d 0"}});
+    let pid = create_booted(&service, &mut events, "kd", collected);
+    let deadline = Instant::now() + CAPTURE_TIMEOUT;
+    while service.get("/v1/vms/kd/kdump").json()["state"] != "operational" {
+        assert!(Instant::now() < deadline, "kdump never became operational");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    expect_status(&service.post("/v1/vms/kd/faults", &json!({"kind": "panic"})), 202, "inject a panic");
+    events.wait("kd", "capture_started", CAPTURE_TIMEOUT);
+    signal(pid, "KILL");
+    let failed = events.wait("kd", "dump_failed", COMMAND_TIMEOUT);
+    assert!(failed.data["reason"].as_str().is_some_and(|r| r.contains("died before committing")), "{}", failed.data);
+    events.wait("kd", "failed", COMMAND_TIMEOUT);
+
+    let entries: Vec<String> = std::fs::read_dir(service.crash_dir.path())
+        .expect("the store reads")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(!entries.iter().any(|n| n.starts_with(".tmp-") || n.starts_with(".del-")), "{entries:?}");
+    let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
+    assert!(store.list().expect("the store lists").is_empty(), "a vmcore was committed after all");
+    let failures = store.failures().expect("the failures read");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!((failures[0].vm.as_str(), failures[0].trigger), ("kd", dumpd::store::Trigger::Kdump));
+}
+
 /// Rounds of the random test: each kills the service, a VMM or a dump writer at a random
 /// moment, then the service.
 const ROUNDS: usize = 24;
@@ -412,6 +449,7 @@ fn the_service_vmms_and_dump_writers_killed_at_random_moments_lose_no_vm_and_no_
         let started = Instant::now();
         let live: Vec<String> = vms.iter().filter(|(_, t)| !t.killed).map(|(n, _)| n.clone()).collect();
         let name = live[moments.below(live.len())].clone();
+        let mut crashing_now = true;
         let what = match moments.below(4) {
             0 | 1 if vms[&name].asked < MAX_CRASHES_PER_VM => {
                 let injected = service.post(&format!("/v1/vms/{name}/faults"), &json!({"kind": "panic"}));
@@ -431,12 +469,18 @@ fn the_service_vmms_and_dump_writers_killed_at_random_moments_lose_no_vm_and_no_
                 body["name"] = json!(name);
                 expect_status(&service.post("/v1/vms", &body), 201, "POST /v1/vms");
                 vms.insert(name.clone(), TestVm::default());
+                crashing_now = false;
                 format!("the creation of {name}")
             }
-            _ => "nothing in particular".to_owned(),
+            _ => {
+                crashing_now = false;
+                "nothing in particular".to_owned()
+            }
         };
         // Everything asked for before this round has settled; what this round asks may not.
-        let victim = moments.below(4);
+        // 0 and 1 the service, 2 a VMM (the crashing VM's, mostly), 3 a dump writer (when a
+        // crash was asked for).
+        let victim = moments.below(if crashing_now { 4 } else { 3 });
         let vmms = listed_vmms(&service);
         let mut victim_kind = "service";
         let done = if victim == 3 {
@@ -461,7 +505,8 @@ fn the_service_vmms_and_dump_writers_killed_at_random_moments_lose_no_vm_and_no_
             std::thread::sleep(Duration::from_millis(delay as u64));
             // One VM always lives on.
             if victim == 2 && live.len() > 1 {
-                let victim = &live[moments.below(live.len())];
+                let victim =
+                    if crashing_now && moments.below(4) != 0 { &name } else { &live[moments.below(live.len())] };
                 let pid = vm(&service, victim)["pid"].as_u64().map(|p| p as u32);
                 match pid {
                     Some(pid) => {
