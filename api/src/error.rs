@@ -74,8 +74,8 @@ pub struct ErrorDetail {
     /// Stable code: bad_request, unauthorized, not_found, unknown_sysctl, method_not_allowed,
     /// already_exists, limit_exceeded, vm_unavailable, guest_unavailable, vm_not_running,
     /// payload_too_large, unsupported_media_type, invalid_argument, bad_argument, unsupported,
-    /// unanalysable, unconvertible, range_not_satisfiable, not_implemented, busy, guest_timeout,
-    /// internal.
+    /// unanalysable, unconvertible, range_not_satisfiable, store_unavailable, not_implemented, busy,
+    /// guest_timeout, internal.
     pub code: String,
     /// What was wrong and what to do.
     pub message: String,

@@ -18,6 +18,7 @@
 //!     token: None,
 //!     limits: api::limits::Limits::for_host(host),
 //!     retention: Default::default(),
+//!     fleet: None,
 //! };
 //! // The VMs a killed service left there are adopted again.
 //! let state = AppState::new(config, StateDir::open("/tmp/crashvisor-state".as_ref())?)?;
@@ -38,6 +39,7 @@ pub mod extract;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod remote;
 pub mod routes;
 pub mod serve;
 pub mod state;

@@ -1,6 +1,6 @@
 //! The service's Prometheus metrics, kept and written (OpenMetrics text) by `prometheus-client`:
 //! VMs by state, lockups and panics by kind, vmcores, their bytes and capture durations, failed
-//! dumps, and HTTP request latencies by route.
+//! dumps, the spool and uploads to the fleet's store, and HTTP request latencies by route.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -74,6 +74,13 @@ pub struct Metrics {
     vmcore_bytes: Family<KindLabel, Counter>,
     capture: Histogram,
     vm_failures: Counter,
+    spool_bytes: Gauge,
+    spool_waiting: Gauge,
+    spool_full: Gauge,
+    upload_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    upload_failures: Counter,
+    uploads: Counter,
+    uploaded_bytes: Counter,
     responses: Family<ResponseLabels, Counter>,
     requests: Family<RouteLabels, Histogram, fn() -> Histogram>,
 }
@@ -90,6 +97,13 @@ impl Default for Metrics {
             vmcore_bytes: Family::default(),
             capture: histogram(),
             vm_failures: Counter::default(),
+            spool_bytes: Gauge::default(),
+            spool_waiting: Gauge::default(),
+            spool_full: Gauge::default(),
+            upload_lag: Gauge::default(),
+            upload_failures: Counter::default(),
+            uploads: Counter::default(),
+            uploaded_bytes: Counter::default(),
             responses: Family::default(),
             requests: Family::new_with_constructor(histogram),
         };
@@ -121,6 +135,33 @@ impl Metrics {
             self.capture.clone(),
         );
         r.register("crashvisor_vm_failures", "VMMs that ended unexpectedly", self.vm_failures.clone());
+        r.register("crashvisor_spool_bytes", "Disk space of the crashes in the spool", self.spool_bytes.clone());
+        r.register(
+            "crashvisor_spool_crashes_waiting",
+            "Crashes in the spool waiting to be committed in the fleet's store",
+            self.spool_waiting.clone(),
+        );
+        r.register(
+            "crashvisor_spool_full",
+            "1 while the spool is over its --spool-bytes limit with crashes that must not be dropped",
+            self.spool_full.clone(),
+        );
+        r.register(
+            "crashvisor_upload_lag_seconds",
+            "How long the oldest crash waiting in the spool has waited since vmcore_ready",
+            self.upload_lag.clone(),
+        );
+        r.register(
+            "crashvisor_upload_failures",
+            "Failed upload attempts (each is retried)",
+            self.upload_failures.clone(),
+        );
+        r.register("crashvisor_vmcores_uploaded", "Crashes committed in the fleet's store", self.uploads.clone());
+        r.register(
+            "crashvisor_uploaded_bytes",
+            "Bytes of the crashes committed in the store",
+            self.uploaded_bytes.clone(),
+        );
         r.register("crashvisor_http_requests", "HTTP requests answered, by route and status", self.responses.clone());
         r.register(
             "crashvisor_http_request_duration_seconds",
@@ -158,6 +199,25 @@ impl Metrics {
     /// A VM's VMM ended unexpectedly.
     pub fn vm_failed(&self) {
         self.vm_failures.inc();
+    }
+
+    /// The spool as the upload queue last saw it.
+    pub fn spool(&self, status: &fleet::SpoolStatus) {
+        self.spool_bytes.set(i64::try_from(status.bytes).unwrap_or(i64::MAX));
+        self.spool_waiting.set(i64::try_from(status.waiting).unwrap_or(i64::MAX));
+        self.spool_full.set(i64::from(status.full));
+        self.upload_lag.set(status.oldest_waiting.unwrap_or_default().as_secs_f64());
+    }
+
+    /// An upload attempt failed.
+    pub fn upload_failed(&self) {
+        self.upload_failures.inc();
+    }
+
+    /// A crash of `bytes` was committed in the store.
+    pub fn uploaded(&self, bytes: u64) {
+        self.uploads.inc();
+        self.uploaded_bytes.inc_by(bytes);
     }
 
     /// An HTTP request to `route` took `latency`.
@@ -202,6 +262,15 @@ mod tests {
         metrics.panic("softlockup");
         metrics.panic("a \"quoted\"\nname");
         metrics.vmcore(1000, 100, Some(Duration::from_millis(30)));
+        metrics.spool(&fleet::SpoolStatus {
+            bytes: 4096,
+            waiting: 2,
+            oldest_waiting: Some(Duration::from_millis(1500)),
+            limit: Some(1024),
+            full: true,
+        });
+        metrics.upload_failed();
+        metrics.uploaded(777);
         metrics.request("/v1/vms/{id}", "GET", 200, Duration::from_micros(300));
         let vms = BTreeMap::from([(VmState::Running, 2)]);
         let text = metrics.render(&vms);
@@ -214,6 +283,13 @@ mod tests {
             r#"crashvisor_panics_total{detector="a \"quoted\"\nname"} 1"#,
             "crashvisor_vmcores_total 1",
             "crashvisor_vmcore_bytes_total{kind=\"on_disk\"} 100",
+            "crashvisor_spool_bytes 4096",
+            "crashvisor_spool_crashes_waiting 2",
+            "crashvisor_spool_full 1",
+            "crashvisor_upload_lag_seconds 1.5",
+            "crashvisor_upload_failures_total 1",
+            "crashvisor_vmcores_uploaded_total 1",
+            "crashvisor_uploaded_bytes_total 777",
             "crashvisor_capture_duration_seconds_bucket{le=\"0.025\"} 0",
             "crashvisor_capture_duration_seconds_bucket{le=\"0.05\"} 1",
             "crashvisor_capture_duration_seconds_count 1",

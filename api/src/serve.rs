@@ -4,11 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use crate::limits::{Host, Limits};
+use crate::remote::FleetConfig;
 use crate::state::{AppState, ServiceConfig};
 use crate::supervisor::record::StateDir;
 
@@ -63,6 +65,30 @@ pub struct ServeArgs {
     /// Keep the crash store under SIZE on disk (e.g. 20G); the oldest crashes go first.
     #[arg(long, env = "CRASHVISOR_KEEP_BYTES", value_name = "SIZE", value_parser = dumpd::store::parse_bytes)]
     pub keep_bytes: Option<u64>,
+    /// Ship every crash to a fleet's object store, s3://BUCKET/PREFIX (endpoint, region and
+    /// credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, ... as the AWS tools read
+    /// them). The crash directory becomes the spool; --keep-per-vm and --keep-bytes then apply to
+    /// this host's prefix in the store.
+    #[arg(long, env = "CRASHVISOR_CRASH_STORE", value_name = "URL")]
+    pub crash_store: Option<fleet::StoreUrl>,
+    /// This host's name in the fleet's store (PREFIX/HOST/...) [default: the host name].
+    #[arg(long, env = "CRASHVISOR_HOST_ID", value_name = "ID", requires = "crash_store")]
+    pub host_id: Option<String>,
+    /// Keep a crash's local copy after it is uploaded (removed then only to keep the spool within
+    /// --spool-bytes).
+    #[arg(long, env = "CRASHVISOR_KEEP_LOCAL", requires = "crash_store")]
+    pub keep_local: bool,
+    /// The spool's size limit (e.g. 50G): beyond it, waiting crashes are kept all the same and the
+    /// service says so (event spool_full, metric crashvisor_spool_full, an error in its log).
+    #[arg(long, env = "CRASHVISOR_SPOOL_BYTES", value_name = "SIZE", value_parser = dumpd::store::parse_bytes, requires = "crash_store")]
+    pub spool_bytes: Option<u64>,
+    /// Most disk space of stored vmcores downloaded for analysis [default: 4G].
+    #[arg(long, env = "CRASHVISOR_STORE_CACHE_BYTES", value_name = "SIZE", value_parser = dumpd::store::parse_bytes, requires = "crash_store")]
+    pub store_cache_bytes: Option<u64>,
+    /// On SIGTERM or SIGINT, leave the VMs running for the next service on the same state
+    /// directory to adopt (an upgrade), instead of stopping them.
+    #[arg(long, env = "CRASHVISOR_DETACH_ON_EXIT", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub detach_on_exit: bool,
 }
 
 impl ServeArgs {
@@ -84,6 +110,26 @@ impl ServeArgs {
     /// The retention options, as every VMM takes them.
     pub fn retention(&self) -> dumpd::store::Retention {
         dumpd::store::Retention { max_per_vm: self.keep_per_vm, max_total_bytes: self.keep_bytes }
+    }
+
+    /// The fleet's store, if `--crash-store` is given: configured from the environment.
+    pub fn fleet(&self) -> anyhow::Result<Option<FleetConfig>> {
+        let Some(url) = &self.crash_store else { return Ok(None) };
+        let host = match &self.host_id {
+            Some(host) => {
+                fleet::validate_host_id(host).map_err(anyhow::Error::msg)?;
+                host.clone()
+            }
+            None => fleet::default_host_id().map_err(anyhow::Error::msg)?,
+        };
+        let bucket = fleet::FleetBucket::from_env(url, &host)?;
+        Ok(Some(FleetConfig {
+            bucket: Arc::new(bucket),
+            keep_local: self.keep_local,
+            spool_limit: self.spool_bytes,
+            retention: self.retention(),
+            cache_bytes: self.store_cache_bytes.unwrap_or(crate::remote::DEFAULT_CACHE_BYTES),
+        }))
     }
 
     /// Refuses a configuration that would expose VMs to the network without a token.
@@ -124,6 +170,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     create_private_dir(&run_dir)?;
     state_dir.set_run_dir(own_run_dir.then_some(run_dir.as_path()))?;
     let exe = std::env::current_exe().context("cannot find this binary to run VMMs with")?;
+    let fleet = args.fleet()?;
     let config = ServiceConfig {
         crash_dir: crash_dir.clone(),
         run_dir: run_dir.clone(),
@@ -131,6 +178,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         token: args.token.clone(),
         limits,
         retention: args.retention(),
+        fleet,
     };
     // Listening first: a service that cannot serve does not touch the VMs it would adopt.
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -138,6 +186,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (is another crashvisor running? use --addr)", args.addr))?;
     let state = AppState::new(config, state_dir)
         .with_context(|| format!("cannot open the crash store {}", crash_dir.display()))?;
+    // The upload queue resumes with the spool as a killed service left it (its journals say
+    // how far each crash got), alongside the adoption of the VMs, whose new crashes it ships too.
+    crate::remote::start(&state).context("cannot start the upload queue")?;
+    if let Some(fleet) = state.fleet() {
+        tracing::info!("crashes are shipped to {} as host {}", fleet.bucket().url(), fleet.host());
+    }
     let vmcores = state.store().list().map(|l| l.len()).unwrap_or(0);
     let addr = listener.local_addr().unwrap_or(args.addr);
     tracing::info!("limits: {limits}");
@@ -157,14 +211,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         signal = shutdown_signal() => {
             tracing::info!("{signal}: shutting down");
             let _ = stop_accepting.send(());
-            state.supervisor().shutdown().await;
+            if args.detach_on_exit {
+                let running = state.supervisor().list().len();
+                tracing::info!("leaving {running} VMs to the next service on {}", state_path.display());
+            } else {
+                state.supervisor().shutdown().await;
+            }
             if tokio::time::timeout(CLOSE_GRACE, &mut server).await.is_err() {
                 tracing::info!("closing the connections still open");
                 server.abort();
             }
         }
     }
-    if own_run_dir {
+    // A detached service's VMs keep their control sockets there; the next service uses it.
+    if own_run_dir && !args.detach_on_exit {
         let _ = std::fs::remove_dir_all(&run_dir);
         state.supervisor().state_dir().set_run_dir(None)?;
     }
@@ -238,5 +298,23 @@ mod tests {
         let retention = args(&["--keep-per-vm", "3", "--keep-bytes", "1G"]).retention();
         assert_eq!((retention.max_per_vm, retention.max_total_bytes), (Some(3), Some(1 << 30)));
         assert!(args(&["--max-total-memory-mib", "9000"]).limits(host).is_err());
+    }
+
+    #[test]
+    fn crash_store_options() {
+        assert!(args(&[]).fleet().unwrap().is_none());
+        let url = "s3://crashes/fleet";
+        let fleet = args(&["--crash-store", url, "--host-id", "h1", "--keep-local", "--spool-bytes", "2G"])
+            .fleet()
+            .unwrap()
+            .unwrap();
+        assert_eq!((fleet.bucket.host(), fleet.bucket.url().to_string().as_str()), ("h1", url));
+        assert_eq!((fleet.keep_local, fleet.spool_limit), (true, Some(2 << 30)));
+        let e = args(&["--crash-store", url, "--host-id", "a/b"]).fleet().unwrap_err().to_string();
+        assert!(e.contains("invalid host id"), "{e}");
+        // The store's options need the store; a bad URL says what a good one is.
+        assert!(Cli::try_parse_from(["serve", "--keep-local"]).is_err());
+        let e = Cli::try_parse_from(["serve", "--crash-store", "/tmp/x"]).err().unwrap().to_string();
+        assert!(e.contains("s3://BUCKET/PREFIX"), "{e}");
     }
 }

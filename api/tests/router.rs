@@ -42,6 +42,7 @@ fn app(scratch: &Scratch, token: Option<&str>) -> (Router, AppState) {
         token: token.map(str::to_owned),
         limits,
         retention: Default::default(),
+        fleet: None,
     };
     let state = AppState::new(config, StateDir::open(&scratch.0.join("state")).unwrap()).unwrap();
     (api::app(state.clone()), state)
@@ -155,6 +156,16 @@ async fn vmcores_are_listed_downloaded_by_range_and_deleted() {
     assert_eq!(list["vmcores"].as_array().unwrap().len(), 2);
     let list = call(&app, get("/v1/vmcores?vm=web-1")).await.json();
     assert_eq!(list["vmcores"][0]["id"], id.as_str());
+    assert_eq!(list["vmcores"][0]["location"], "local", "no fleet store: the crash directory is local");
+    // Without a fleet store there is no fleet to list, and no other host's crash.
+    for query in ["scope=fleet", "host=host-b"] {
+        let r = call(&app, get(&format!("/v1/vmcores?{query}"))).await;
+        assert_eq!((r.status, r.error_code().as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_argument"));
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("--crash-store"), "{query}");
+    }
+    assert_eq!(call(&app, get("/v1/vmcores?scope=all")).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(call(&app, get(&format!("/v1/vmcores/{id}@host-b"))).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(call(&app, get(&format!("/v1/vmcores/{id}@a%2Fb"))).await.status, StatusCode::BAD_REQUEST);
     assert_eq!(list["vmcores"][0]["size"], vmcore.len());
     assert_eq!(list["vmcores"].as_array().unwrap().len(), 1);
 

@@ -22,6 +22,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -36,7 +37,7 @@ use serde::{Deserialize, Serialize};
 
 mod retention;
 mod sweep;
-pub use retention::{parse_bytes, PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
+pub use retention::{parse_bytes, select, Candidate, PruneReport, PrunedCrash, Retention, DELETE_PREFIX};
 pub use sweep::{SweepReport, LOCK_FILE};
 
 /// The vmcore's file name.
@@ -51,6 +52,8 @@ pub const FILE_CORE_COLLECTOR_LOG: &str = "core-collector.log";
 pub const FILE_META: &str = "meta.json";
 /// Failed captures, one JSON object per line, in the store directory.
 pub const FILE_FAILURES: &str = "failures.jsonl";
+/// `meta.json` being replaced ([`PendingCrash::write_meta`]); never in a committed crash.
+const META_PARTIAL: &str = "meta.json.partial";
 /// Prefix of temporary directories (hidden, never listed).
 pub const TMP_PREFIX: &str = ".tmp-";
 /// `meta.json`'s `format` written by this version.
@@ -98,13 +101,18 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |source| StoreError::Io { action, path: path.to_path_buf(), source }
 }
 
-/// Checks a VM name for use in the store: 1 to 64 characters of `[A-Za-z0-9_.-]`, not starting
-/// with `.` (which would hide the crash, and rules out `.` and `..`).
-pub fn validate_vm_name(name: &str) -> Result<(), StoreError> {
-    let ok = (1..=MAX_VM_NAME_LEN).contains(&name.len())
+/// Whether `name` can be one component of a path in the store (or a fleet store's key):
+/// 1 to `max_len` characters of `[A-Za-z0-9_.-]`, not starting with `.` (which would hide it,
+/// and rules out `.` and `..`).
+pub fn is_plain_name(name: &str, max_len: usize) -> bool {
+    (1..=max_len).contains(&name.len())
         && !name.starts_with('.')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// Checks a VM name for use in the store ([`is_plain_name`], at most 64 characters).
+pub fn validate_vm_name(name: &str) -> Result<(), StoreError> {
+    if is_plain_name(name, MAX_VM_NAME_LEN) {
         Ok(())
     } else {
         Err(StoreError::VmName(name.to_owned()))
@@ -236,6 +244,10 @@ pub struct CrashMeta {
     pub created_unix_ms: u64,
     /// The files.
     pub files: CrashFiles,
+    /// SHA-256 of each file but `meta.json`, lowercase hex by file name: recorded when the crash
+    /// is shipped to a fleet's crash store, and checked against what the store holds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub checksums: Option<BTreeMap<String, String>>,
 }
 
 impl CrashMeta {
@@ -260,6 +272,7 @@ impl CrashMeta {
                 kexec_dmesg: None,
                 core_collector_log: None,
             },
+            checksums: None,
         }
     }
 }
@@ -309,6 +322,9 @@ impl CrashStore {
         let swept = store.sweep()?;
         for path in swept.stale_temporary.iter().chain(&swept.half_deleted) {
             tracing::info!(path = %path.display(), "removed a dead writer's crash store entry");
+        }
+        for record in &swept.failed_captures {
+            tracing::warn!(vm = %record.vm, trigger = record.trigger.as_str(), "recorded a failed capture: {}", record.reason);
         }
         for (path, error) in &swept.failed {
             tracing::warn!(path = %path.display(), %error, "cannot remove a dead writer's crash store entry");
@@ -462,17 +478,51 @@ impl PendingCrash {
         file.write_all(bytes).map_err(io("write", &self.path.join(name)))
     }
 
-    /// Writes `meta.json`.
+    /// Writes `meta.json`, replacing the one written before (whole or not at all). The crash's
+    /// writer writes it once when it begins, so that a sweep that finds the crash abandoned
+    /// knows whose capture failed, and again, complete, just before the commit.
     pub fn write_meta(&self, meta: &CrashMeta) -> Result<(), StoreError> {
         let mut json = serde_json::to_vec_pretty(meta).map_err(StoreError::Meta)?;
         json.push(b'\n');
-        self.write_file(FILE_META, &json)
+        let (partial, path) = (self.path.join(META_PARTIAL), self.path.join(FILE_META));
+        std::fs::write(&partial, &json).map_err(io("write", &partial))?;
+        std::fs::rename(&partial, &path).map_err(io("rename into", &path))
     }
 
     /// Makes the crash visible: fsyncs every file and the directory, renames it to
     /// `<vm>-<YYYY-MM-DD-HH:MM:SS>` (with `-1`, `-2`, ... if taken; never replacing anything),
     /// then fsyncs the store directory. Needs `meta.json`.
     pub fn commit(mut self) -> Result<CommittedCrash, StoreError> {
+        let committed = self.rename_into_store()?;
+        self.committed = true;
+        Ok(committed)
+    }
+
+    /// [`PendingCrash::commit_with_retention`] by a process forked from the one that began the
+    /// crash, which owns it (this process only has its copy): for a writer that outlived its
+    /// VMM. The forked process must leave without dropping its copy (`_exit`).
+    pub fn commit_forked(
+        &self,
+        retention: &Retention,
+    ) -> Result<(CommittedCrash, Result<PruneReport, StoreError>), StoreError> {
+        let committed = self.rename_into_store()?;
+        let report = self.store().prune(retention, Some(&committed.id));
+        Ok((committed, report))
+    }
+
+    /// Gives the crash up from a process forked from the one that began it (which owns it; see
+    /// [`PendingCrash::commit_forked`]): its directory is removed, best effort.
+    pub fn discard_forked(&self) {
+        let _ = sweep::discard(&self.store, &self.path);
+    }
+
+    /// The store the crash is in (not swept again).
+    pub fn store(&self) -> CrashStore {
+        CrashStore { dir: self.store.clone() }
+    }
+
+    /// The commit: syncs, renames, syncs the store.
+    fn rename_into_store(&self) -> Result<CommittedCrash, StoreError> {
         if !self.path.join(FILE_META).is_file() {
             return Err(StoreError::MissingMeta);
         }
@@ -492,7 +542,6 @@ impl PendingCrash {
             }
         }
         let committed = committed.ok_or(StoreError::NoFreeName(base))?;
-        self.committed = true;
         sync_dir(&self.store)?;
         Ok(committed)
     }
@@ -504,7 +553,7 @@ impl PendingCrash {
         self,
         retention: &Retention,
     ) -> Result<(CommittedCrash, Result<PruneReport, StoreError>), StoreError> {
-        let store = CrashStore { dir: self.store.clone() };
+        let store = self.store();
         let committed = self.commit()?;
         let report = store.prune(retention, Some(&committed.id));
         Ok((committed, report))
@@ -516,7 +565,7 @@ impl Drop for PendingCrash {
     /// stays hidden and is never listed.
     fn drop(&mut self) {
         if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.path);
+            let _ = sweep::discard(&self.store, &self.path);
         }
     }
 }

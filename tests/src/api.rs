@@ -18,6 +18,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,6 +55,8 @@ pub struct Service {
     /// Its state directory.
     pub state_dir: TempDir,
     args: Vec<String>,
+    /// Variables added to its environment.
+    env: Vec<(String, String)>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
@@ -114,11 +117,19 @@ impl Service {
     /// As [`Service::start`], serving the crash store `crash_dir` (which may hold crashes).
     #[track_caller]
     pub fn start_with_store(crash_dir: TempDir, args: &[&str]) -> Self {
+        Self::start_with_env(crash_dir, args, &[])
+    }
+
+    /// As [`Service::start_with_store`], with variables `env` added to its environment (the
+    /// `AWS_*` settings of a fleet store).
+    #[track_caller]
+    pub fn start_with_env(crash_dir: TempDir, args: &[&str], env: &[(&str, String)]) -> Self {
         require_kvm();
         let state_dir = TempDir::new("api-state");
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let (child, addr, stderr) = spawn_serve(&crash_dir, &state_dir, &args);
-        Self { child, addr, crash_dir, state_dir, args, stderr }
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        let (child, addr, stderr) = spawn_serve(&crash_dir, &state_dir, &args, &env);
+        Self { child, addr, crash_dir, state_dir, args, env, stderr }
     }
 
     /// Kills the service with SIGKILL (its VMMs run on) and waits until it is gone.
@@ -131,7 +142,7 @@ impl Service {
     }
 
     /// Starts the service again on the same crash store and state directory, with the same
-    /// options, once the last one has ended (see [`Service::kill`]).
+    /// options and environment, once the last one has ended (see [`Service::kill`]).
     ///
     /// # Panics
     ///
@@ -139,7 +150,7 @@ impl Service {
     #[track_caller]
     pub fn restart(&mut self) {
         assert!(matches!(self.child.try_wait(), Ok(Some(_))), "the service still runs; kill it first");
-        let (child, addr, stderr) = spawn_serve(&self.crash_dir, &self.state_dir, &self.args);
+        let (child, addr, stderr) = spawn_serve(&self.crash_dir, &self.state_dir, &self.args, &self.env);
         (self.child, self.addr, self.stderr) = (child, addr, stderr);
     }
 
@@ -280,11 +291,17 @@ impl Drop for Service {
 /// Starts `crashvisor serve` on `crash_dir` and `state_dir` with `args` and waits until it
 /// listens: the child, its address, its stderr as it comes.
 #[track_caller]
-fn spawn_serve(crash_dir: &TempDir, state_dir: &TempDir, args: &[String]) -> (Child, String, Arc<Mutex<Vec<String>>>) {
+fn spawn_serve(
+    crash_dir: &TempDir,
+    state_dir: &TempDir,
+    args: &[String],
+    env: &[(String, String)],
+) -> (Child, String, Arc<Mutex<Vec<String>>>) {
     let binary = built_binary("crashvisor", "api");
     let mut child = Command::new(&binary)
         .args(["serve", "--addr", "127.0.0.1:0", "--crash-dir", crash_dir.arg(), "--state-dir", state_dir.arg()])
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env_remove("CRASHVISOR_TOKEN")
         .env_remove("CRASHVISOR_ADDR")
         .env_remove("CRASHVISOR_RUN_DIR")
@@ -348,10 +365,40 @@ pub fn process_runs(pid: u32) -> bool {
     state.is_some_and(|s| s != "Z" && s != "X")
 }
 
+/// The running VMMs of this build (`vmm`, or `crashvisor vmm` as the service starts them) and
+/// their forked dump writers, which run the same program.
+pub fn vmm_processes() -> Vec<u32> {
+    let profile_dir = crate::vmm_binary().parent().map(Path::to_path_buf).unwrap_or_default();
+    let is_vmm = |pid: u32| {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else { return false };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let first_arg = cmdline.split(|&b| b == 0).nth(1).unwrap_or_default();
+        exe.parent() == Some(profile_dir.as_path()) && (exe.ends_with("vmm") || first_arg == b"vmm")
+    };
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_vmm(pid) && process_runs(pid))
+        .collect()
+}
+
+/// The parent of process `pid` (field 4 of `/proc/PID/stat`), if it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists.
 fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Sends signal `name` to process `pid` if it still exists (it may end meanwhile); whether it
+/// was sent.
+pub fn signal_if_alive(pid: u32, name: &str) -> bool {
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).stderr(Stdio::null()).status();
+    status.is_ok_and(|s| s.success())
 }
 
 /// Sends signal `name` (`TERM`, `KILL`) to process `pid` with kill(1).
@@ -526,6 +573,15 @@ impl EventStream {
             }
         });
         Ok(Self { incoming, pending: Vec::new(), history: Vec::new() })
+    }
+
+    /// Every event received so far, including those not read yet (which stay buffered).
+    pub fn received(&mut self) -> &[SseEvent] {
+        while let Ok(event) = self.incoming.try_recv() {
+            self.history.push(event.clone());
+            self.pending.push(event);
+        }
+        &self.history
     }
 
     /// Waits up to `timeout` for the first event named `name` of VM `vm` (buffered or new);

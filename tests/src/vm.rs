@@ -25,6 +25,8 @@ const PENDING_LINES_SHOWN: usize = 60;
 /// How often `wait_exit` looks at the process once its pipes have closed (it is exiting then,
 /// so this is a matter of microseconds; std offers no way to wait for a child with a timeout).
 const REAP_POLL: Duration = Duration::from_millis(2);
+/// Longest wait for the host-side dump of a failed test's guest.
+const POST_MORTEM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Something a console line can match: a `&str` the line contains, or a predicate on the line.
 pub trait LineMatcher {
@@ -369,12 +371,14 @@ impl Vm {
             }
             None => String::new(),
         };
+        let post_mortem = self.post_mortem();
         panic!(
             "{message}\n\
              --- vmm {args} ({state})\n\
              --- console before the cursor (last {c} lines):\n{consumed}\n\
              --- console after the cursor (last {p} lines):\n{pending}\n\
              {events}\
+             {post_mortem}\
              --- stderr:\n{stderr}\n---",
             args = self.args.join(" "),
             c = CONSUMED_LINES_SHOWN,
@@ -383,6 +387,45 @@ impl Vm {
             pending = tail(&pending, PENDING_LINES_SHOWN),
             stderr = String::from_utf8_lossy(&self.stderr).trim_end(),
         );
+    }
+
+    /// For a test that fails while its guest still runs: a host-side dump of the guest as it is
+    /// (the VMM takes it whatever the guest does) and every task's state and stack read from
+    /// it by `dumpd`, so that a hang no console line explains can be looked into; empty when
+    /// there is no running VM with a control socket, and a line saying why when it fails.
+    fn post_mortem(&mut self) -> String {
+        if !self.is_running() {
+            return String::new();
+        }
+        let Some(control) = self.control.as_mut() else { return String::new() };
+        let dumped = control.request(serde_json::json!({"cmd": "dump"}), POST_MORTEM_TIMEOUT).and_then(|reply| {
+            if let Err(e) = reply.outcome {
+                return Err(crate::control::ControlFailure::Broken(format!("dump refused: {} {}", e.code, e.message)));
+            }
+            control.wait_event(
+                |e| e.is("vmcore_ready") || e.is("dump_failed"),
+                "the post-mortem vmcore",
+                POST_MORTEM_TIMEOUT,
+            )
+        });
+        let event = match dumped {
+            Ok(event) => event,
+            Err(e) => return format!("--- no post-mortem vmcore: {e}\n"),
+        };
+        let Some(dir) = event.str("path") else { return format!("--- no post-mortem vmcore: {}\n", event.body) };
+        let vmcore = format!("{dir}/vmcore");
+        let mut shown = format!("--- post-mortem vmcore {vmcore} (kept):\n");
+        for args in [&["ps"][..], &["bt", "-a"][..]] {
+            let output = Command::new(crate::dumpd_binary()).args(args).arg(&vmcore).output();
+            match output {
+                Ok(o) => {
+                    shown.push_str(&String::from_utf8_lossy(&o.stdout));
+                    shown.push_str(&String::from_utf8_lossy(&o.stderr));
+                }
+                Err(e) => shown.push_str(&format!("cannot run dumpd {}: {e}\n", args.join(" "))),
+            }
+        }
+        shown
     }
 
     /// Waits until the console has printed something (or fails).

@@ -4,18 +4,23 @@
 //! (through its VMM's control socket, which the test reaches as any client could); the service
 //! started again on the same directories lists the live VMs as running and controls them
 //! (sysctl, NMI, events, console, stop), reports the killed one failed, and announces the
-//! vmcore committed while it was down. And a service killed at 20 random moments (VM boots,
-//! panics caught by kdump or the host, host-side dumps, its own adoption of its VMs) loses no
-//! VM and no crash: each restart finds every VM running and controllable, every crash
-//! committed and announced, nothing half written, and no VMM outlives the final stop.
+//! vmcore committed while it was down. And the service, a VMM or a dump writer killed at 24
+//! random moments (VM boots, panics caught by kdump or the host, host-side dumps, the service's
+//! own adoption of its VMs), the service killed and restarted after each, loses no VM and no
+//! crash: each restart finds every VM whose VMM lives running and controllable, every VM whose
+//! VMM was killed failed, every crash asked of a living VM and every capture begun committed
+//! (and listed) or recorded as failed, nothing half written, no writer left running, and no VMM
+//! or writer outlives the final stop.
 //!
 //! `cargo test -p crashvisor-tests --test restart` (after `cargo build -p vmm -p api`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use crashvisor_tests::api::{one_at_a_time, process_runs, signal, EventStream, HttpResponse, Service};
-use crashvisor_tests::kdump::CAPTURE_TIMEOUT;
+use crashvisor_tests::api::{
+    one_at_a_time, parent_of, process_runs, signal, signal_if_alive, vmm_processes, EventStream, HttpResponse, Service,
+};
+use crashvisor_tests::kdump::{self, CAPTURE_TIMEOUT};
 use crashvisor_tests::{Control, BOOT_TIMEOUT, COMMAND_TIMEOUT};
 use dumpd::store::CrashStore;
 use serde_json::{json, Value};
@@ -161,12 +166,149 @@ fn vms_outlive_a_killed_service_and_are_adopted_again() {
     assert!(left.is_empty(), "a stopped service forgets its VMs: {left:?}");
 }
 
-/// Rounds of the random test: each kills the service at a random moment.
-const ROUNDS: usize = 20;
-/// VMs the random test runs at most (each 128 MiB).
+#[test]
+fn a_host_side_dump_outlives_its_killed_vmm() {
+    let _serial = one_at_a_time();
+    let mut service = Service::start(&[]);
+    let mut events = service.events("/v1/events?since=0");
+    let pid = create_booted(&service, &mut events, "big", json!({"memory_mib": 1024}));
+    let before: BTreeSet<u32> = vmm_processes().into_iter().collect();
+    expect_status(&service.post("/v1/vms/big/actions", &json!({"action": "dump"})), 200, "a host-side dump");
+    let progress = events.wait("big", "dump_progress", CAPTURE_TIMEOUT);
+    let writers: Vec<u32> = vmm_processes().into_iter().filter(|p| !before.contains(p)).collect();
+    signal(pid, "KILL");
+    eprintln!("killed the VMM {pid} after {}; its writers: {writers:?}", progress.data);
+    assert!(!writers.is_empty(), "no dump writer ran when the VMM was killed: {}", progress.data);
+
+    // The writer finishes and commits alone; the service lists the crash, and the VM failed.
+    let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
+    let committed = wait_committed(&store, "big", CAPTURE_TIMEOUT);
+    let failed = events.wait("big", "failed", COMMAND_TIMEOUT);
+    assert!(failed.data["reason"].as_str().is_some_and(|r| r.contains("signal 9")), "{}", failed.data);
+    let meta = store.list().expect("the store lists").pop().and_then(|c| c.meta).expect("meta.json");
+    assert!(meta.sizes.vmcore_apparent_bytes > 1 << 30, "the whole guest is in the vmcore: {:?}", meta.sizes);
+    assert_eq!(meta.trigger, dumpd::store::Trigger::OnDemand);
+    assert!(meta.files.vmcore_dmesg.is_some(), "the writer stored the kernel log too: {:?}", meta.files);
+    let listed = service.get("/v1/vmcores").text();
+    assert!(listed.contains(&committed), "GET /v1/vmcores lists the writer's crash: {listed}");
+    expect_status(&service.get(&format!("/v1/vmcores/{committed}")), 200, "the writer's vmcore");
+    assert!(store.failures().expect("the failures read").is_empty());
+    let hidden: Vec<_> = std::fs::read_dir(service.crash_dir.path())
+        .expect("the store reads")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".tmp-") || n.starts_with(".del-"))
+        .collect();
+    assert!(hidden.is_empty(), "half-written entries stay: {hidden:?}");
+    // No writer outlives its dump.
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while writers.iter().any(|&p| process_runs(p)) {
+        assert!(Instant::now() < deadline, "the dump writers {writers:?} outlived the dump");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A service started later announces it.
+    service.kill();
+    service.restart();
+    let mut events = service.events("/v1/events?since=0");
+    let ready = events.wait("big", "vmcore_ready", COMMAND_TIMEOUT);
+    assert_eq!(ready.data["id"].as_str(), Some(committed.as_str()), "{}", ready.data);
+    assert_eq!(vm(&service, "big")["state"], "failed");
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+}
+
+#[test]
+fn a_detached_service_leaves_its_vms_and_sigterm_stops_a_vmm_after_its_dump() {
+    let _serial = one_at_a_time();
+    let mut service = Service::start(&["--detach-on-exit"]);
+    let mut events = service.events("/v1/events?since=0");
+    let keep = create_booted(&service, &mut events, "keep", json!({}));
+    let big = create_booted(&service, &mut events, "big", json!({"memory_mib": 1024}));
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    assert!(process_runs(keep) && process_runs(big), "a detached service stopped its VMMs");
+
+    service.restart();
+    let mut events = service.events("/v1/events?since=0");
+    events.wait("keep", "adopted", COMMAND_TIMEOUT);
+    events.wait("big", "adopted", COMMAND_TIMEOUT);
+    expect_status(&service.post("/v1/vms/big/actions", &json!({"action": "dump"})), 200, "a host-side dump");
+    events.wait("big", "dump_progress", CAPTURE_TIMEOUT);
+    // SIGTERM stops the VMM as `shutdown` does: the dump in flight is committed by the VMM
+    // (announced live, not found later), then the VM is stopped, not failed.
+    signal(big, "TERM");
+    let ready = events.wait("big", "vmcore_ready", CAPTURE_TIMEOUT);
+    assert!(ready.data.get("found_at_restart").is_none(), "{}", ready.data);
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while vm(&service, "big")["state"] != "stopped" {
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the VM: {}", vm(&service, "big"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!process_runs(big), "the VMM {big} runs on after SIGTERM");
+    let read = service.get("/v1/vms/keep/sysctl/kernel.panic");
+    expect_status(&read, 200, "the adopted VM answers");
+
+    // The last service stops detached too; SIGTERM ends the idle VMM left behind.
+    let status = service.terminate();
+    assert!(status.success(), "{status}\n{}", service.log());
+    assert!(process_runs(keep), "a detached service stopped its VMM");
+    signal(keep, "TERM");
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while process_runs(keep) {
+        assert!(Instant::now() < deadline, "the idle VMM {keep} runs on after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A VMM killed while it stores a capture kernel's vmcore (its core collector, makedumpfile,
+/// still reading the crashed kernel's memory) loses that vmcore, and the capture is recorded:
+/// the service announces `dump_failed` as it sees the VMM end, `failures.jsonl` has the line,
+/// and nothing half written is left.
+#[test]
+fn a_vmm_killed_while_it_stores_a_capture_kernels_vmcore_leaves_a_recorded_failure() {
+    let _serial = one_at_a_time();
+    kdump::require_fuse();
+    kdump::require_tool("makedumpfile");
+    let service = Service::start(&[]);
+    let mut events = service.events("/v1/events?since=0");
+    let collected = json!({"memory_mib": 512, "kdump": {"dump_level": 0, "core_collector": "makedumpfile -l -d 0"}});
+    let pid = create_booted(&service, &mut events, "kd", collected);
+    let deadline = Instant::now() + CAPTURE_TIMEOUT;
+    while service.get("/v1/vms/kd/kdump").json()["state"] != "operational" {
+        assert!(Instant::now() < deadline, "kdump never became operational");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    expect_status(&service.post("/v1/vms/kd/faults", &json!({"kind": "panic"})), 202, "inject a panic");
+    events.wait("kd", "capture_started", CAPTURE_TIMEOUT);
+    signal(pid, "KILL");
+    let failed = events.wait("kd", "dump_failed", COMMAND_TIMEOUT);
+    assert!(failed.data["reason"].as_str().is_some_and(|r| r.contains("died before committing")), "{}", failed.data);
+    events.wait("kd", "failed", COMMAND_TIMEOUT);
+
+    let entries: Vec<String> = std::fs::read_dir(service.crash_dir.path())
+        .expect("the store reads")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(!entries.iter().any(|n| n.starts_with(".tmp-") || n.starts_with(".del-")), "{entries:?}");
+    let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
+    assert!(store.list().expect("the store lists").is_empty(), "a vmcore was committed after all");
+    let failures = store.failures().expect("the failures read");
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!((failures[0].vm.as_str(), failures[0].trigger), ("kd", dumpd::store::Trigger::Kdump));
+}
+
+/// Rounds of the random test: each kills the service, a VMM or a dump writer at a random
+/// moment, then the service.
+const ROUNDS: usize = 24;
+/// VMs the random test runs at once at most (each 256 MiB: a host-side dump's writer lives
+/// long enough to be killed now and then).
 const MAX_VMS: usize = 4;
+/// VMs the random test creates at most (killed VMMs are replaced).
+const MAX_CREATED: usize = 8;
 /// Panics of one VM in the random test at most (each crash stays in the store).
 const MAX_CRASHES_PER_VM: usize = 4;
+/// Events that say a capture began: from then on it must end committed or recorded as failed.
+const BEGUN: [&str; 2] = ["capture_started", "snapshot_taken"];
 
 /// xorshift64: the random test's moments. The seed is printed, and read from
 /// `CRASHVISOR_TEST_SEED`, so a failing run can be replayed.
@@ -192,26 +334,94 @@ impl Moments {
     }
 }
 
-/// What is not yet as it must end up: every VM running, every crash asked for committed (or
-/// recorded as failed) and listed by its VM, nothing half written visible.
-fn unsettled(service: &Service, store: &CrashStore, crashes: &BTreeMap<String, usize>) -> Option<String> {
-    let entries = store.list().expect("the crash store lists");
-    assert!(entries.iter().all(|e| e.meta.is_some()), "a crash without its meta.json is visible: {entries:?}");
-    let failures = store.failures().expect("the failures read");
-    for (name, &asked) in crashes {
+/// One VM of the random test, as the test knows it.
+#[derive(Debug, Default)]
+struct TestVm {
+    /// Crashes asked for (panics, host-side dumps).
+    asked: usize,
+    /// Crashes that must have ended by now (committed or failed): all of a running VM's; of a
+    /// VM whose VMM was killed, those asked before that round and the one it had begun.
+    owed: usize,
+    /// Its VMM was killed: it ends `failed`.
+    killed: bool,
+}
+
+/// The VM's crashes in the store: committed ids and recorded failures.
+fn outcomes(store: &CrashStore, name: &str) -> (BTreeSet<String>, usize) {
+    let committed = store.list().expect("the crash store lists");
+    assert!(committed.iter().all(|e| e.meta.is_some()), "a crash without its meta.json is visible: {committed:?}");
+    let committed = committed.into_iter().filter(|e| e.meta.as_ref().is_some_and(|m| m.vm == name)).map(|e| e.id);
+    let failed = store.failures().expect("the failures read").into_iter().filter(|f| f.vm == name).count();
+    (committed.collect(), failed)
+}
+
+/// Dump writers running now: processes of the VMM program that are not a VMM the service knows
+/// (`vmms`) and did not run before the test (`before`).
+fn writers(vmms: &BTreeSet<u32>, before: &BTreeSet<u32>) -> Vec<u32> {
+    vmm_processes().into_iter().filter(|p| !vmms.contains(p) && !before.contains(p)).collect()
+}
+
+/// Waits until process `pid`, killed, is gone.
+#[track_caller]
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    while process_runs(pid) {
+        assert!(Instant::now() < deadline, "the killed process {pid} runs on");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pids of the VMMs the service lists.
+fn listed_vmms(service: &Service) -> BTreeSet<u32> {
+    let listed = service.get("/v1/vms").json();
+    listed["vms"].as_array().into_iter().flatten().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32).collect()
+}
+
+/// What is not yet as it must end up: every VM whose VMM lives running and its crashes all
+/// committed (and listed) or recorded as failed; every killed one failed with the crashes it
+/// began ended the same way; no dump writer running; nothing half written visible.
+fn unsettled(
+    service: &Service,
+    store: &CrashStore,
+    vms: &BTreeMap<String, TestVm>,
+    before: &BTreeSet<u32>,
+) -> Option<String> {
+    let running = writers(&listed_vmms(service), before);
+    if !running.is_empty() {
+        return Some(format!("the dump writers {running:?} still run"));
+    }
+    let hidden: Vec<String> = std::fs::read_dir(store.dir())
+        .expect("the store reads")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(".tmp-") || n.starts_with(".del-"))
+        .collect();
+    if !hidden.is_empty() {
+        return Some(format!("half-written entries stay: {hidden:?}"));
+    }
+    for (name, test) in vms {
         let vm = vm(service, name);
-        assert_ne!(vm["state"], "failed", "no VMM was killed, yet: {vm}");
+        let (committed, failed) = outcomes(store, name);
+        let ended = committed.len() + failed;
+        assert!(
+            ended <= test.asked,
+            "{name}: more crashes than asked for ({}): {committed:?}, {failed} failed",
+            test.asked
+        );
+        if ended < test.owed {
+            return Some(format!("{name}: {} committed and {failed} failed of {} owed", committed.len(), test.owed));
+        }
+        if test.killed {
+            if vm["state"] != "failed" {
+                return Some(format!("{name}, whose VMM was killed, is {}", vm["state"]));
+            }
+            continue;
+        }
+        assert_ne!(vm["state"], "failed", "{name}'s VMM was not killed: {vm}");
         if vm["state"] != "running" {
             return Some(format!("{name} is {}", vm["state"]));
         }
-        let committed: BTreeSet<&str> =
-            entries.iter().filter(|e| e.meta.as_ref().is_some_and(|m| &m.vm == name)).map(|e| e.id.as_str()).collect();
-        let failed = failures.iter().filter(|f| &f.vm == name).count();
-        assert!(committed.len() + failed <= asked, "{name}: more crashes than asked for ({asked}): {committed:?}");
-        if committed.len() + failed < asked {
-            return Some(format!("{name}: {} of {asked} crashes committed, {failed} failed", committed.len()));
-        }
-        let listed: BTreeSet<&str> = vm["vmcores"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let listed: BTreeSet<String> =
+            vm["vmcores"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect();
         if listed != committed {
             return Some(format!("{name} lists the vmcores {listed:?}, the store holds {committed:?}"));
         }
@@ -220,53 +430,112 @@ fn unsettled(service: &Service, store: &CrashStore, crashes: &BTreeMap<String, u
 }
 
 #[test]
-fn a_service_killed_at_random_moments_loses_no_vm_and_no_crash() {
+fn the_service_vmms_and_dump_writers_killed_at_random_moments_lose_no_vm_and_no_crash() {
     let _serial = one_at_a_time();
+    let before: BTreeSet<u32> = vmm_processes().into_iter().collect();
     let mut moments = Moments::new();
     let mut service = Service::start(&[]);
     let mut events = service.events("/v1/events?since=0");
     let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
     // Each panic gives one vmcore: kdump's once the capture kernel is loaded, else the host's.
-    let crashing = json!({"kdump": {}, "on_panic": "dump-and-reboot"});
-    let mut crashes = BTreeMap::new();
-    let mut pids = BTreeSet::new();
+    let crashing = json!({"kdump": {}, "on_panic": "dump-and-reboot", "memory_mib": 256});
+    let mut vms: BTreeMap<String, TestVm> = BTreeMap::new();
     for name in ["vm-0", "vm-1"] {
-        pids.insert(create_booted(&service, &mut events, name, crashing.clone()));
-        crashes.insert(name.to_owned(), 0);
+        create_booted(&service, &mut events, name, crashing.clone());
+        vms.insert(name.to_owned(), TestVm::default());
     }
+    let mut killed = BTreeMap::<&str, usize>::new();
     for round in 0..ROUNDS {
-        let names: Vec<String> = crashes.keys().cloned().collect();
-        let name = names[moments.below(names.len())].clone();
+        let started = Instant::now();
+        let live: Vec<String> = vms.iter().filter(|(_, t)| !t.killed).map(|(n, _)| n.clone()).collect();
+        let name = live[moments.below(live.len())].clone();
+        let mut crashing_now = true;
         let what = match moments.below(4) {
-            0 | 1 if crashes[&name] < MAX_CRASHES_PER_VM => {
+            0 | 1 if vms[&name].asked < MAX_CRASHES_PER_VM => {
                 let injected = service.post(&format!("/v1/vms/{name}/faults"), &json!({"kind": "panic"}));
                 expect_status(&injected, 202, "inject a panic");
-                *crashes.entry(name.clone()).or_default() += 1;
+                vms.entry(name.clone()).or_default().asked += 1;
                 format!("a panic of {name}")
             }
-            2 => {
+            2 if vms[&name].asked < MAX_CRASHES_PER_VM => {
                 let dumped = service.post(&format!("/v1/vms/{name}/actions"), &json!({"action": "dump"}));
                 expect_status(&dumped, 200, "a host-side dump");
-                *crashes.entry(name.clone()).or_default() += 1;
+                vms.entry(name.clone()).or_default().asked += 1;
                 format!("a host-side dump of {name}")
             }
-            3 if crashes.len() < MAX_VMS => {
-                let name = format!("vm-{}", crashes.len());
+            3 if live.len() < MAX_VMS && vms.len() < MAX_CREATED => {
+                let name = format!("vm-{}", vms.len());
                 let mut body = crashing.clone();
                 body["name"] = json!(name);
-                body["memory_mib"] = json!(128);
                 expect_status(&service.post("/v1/vms", &body), 201, "POST /v1/vms");
-                crashes.insert(name.clone(), 0);
+                vms.insert(name.clone(), TestVm::default());
+                crashing_now = false;
                 format!("the creation of {name}")
             }
-            _ => "nothing in particular".to_owned(),
+            _ => {
+                crashing_now = false;
+                "nothing in particular".to_owned()
+            }
         };
-        // Now and then at once: while the service starts the new VMM or the dump.
-        let delay = if moments.below(4) == 0 { moments.below(20) } else { moments.below(3000) };
-        std::thread::sleep(Duration::from_millis(delay as u64));
-        let listed = service.get("/v1/vms").json();
-        pids.extend(listed["vms"].as_array().into_iter().flatten().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32));
-        eprintln!("round {round}: the service is killed {delay} ms after {what}");
+        // Everything asked for before this round has settled; what this round asks may not.
+        // 0 and 1 the service, 2 a VMM (the crashing VM's, mostly), 3 a dump writer (when a
+        // crash was asked for).
+        let victim = moments.below(if crashing_now { 4 } else { 3 });
+        let vmms = listed_vmms(&service);
+        let mut victim_kind = "service";
+        let done = if victim == 3 {
+            // A dump writer, as soon as one runs (within the moment's delay).
+            let deadline = Instant::now() + Duration::from_millis(moments.below(3000) as u64);
+            loop {
+                let vmms: BTreeSet<u32> = vmms.union(&listed_vmms(&service)).copied().collect();
+                let live_writer =
+                    writers(&vmms, &before).into_iter().find(|&p| parent_of(p).is_some_and(|pp| vmms.contains(&pp)));
+                if let Some(writer) = live_writer.filter(|&w| signal_if_alive(w, "KILL")) {
+                    victim_kind = "writer";
+                    break format!("the dump writer {writer} was killed");
+                }
+                if Instant::now() >= deadline {
+                    break "no dump writer ran to be killed".to_owned();
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        } else {
+            // Now and then at once: while the service starts the new VMM or the dump.
+            let delay = if moments.below(4) == 0 { moments.below(20) } else { moments.below(3000) };
+            std::thread::sleep(Duration::from_millis(delay as u64));
+            // One VM always lives on.
+            if victim == 2 && live.len() > 1 {
+                let victim =
+                    if crashing_now && moments.below(4) != 0 { &name } else { &live[moments.below(live.len())] };
+                let pid = vm(&service, victim)["pid"].as_u64().map(|p| p as u32);
+                match pid {
+                    Some(pid) => {
+                        signal(pid, "KILL");
+                        wait_gone(pid);
+                        // The service, alive, reads the VMM's last events before it says the
+                        // VM failed: every capture the VMM began is among them by then.
+                        events.wait(victim, "failed", COMMAND_TIMEOUT);
+                        let begun = events
+                            .received()
+                            .iter()
+                            .filter(|e| e.at >= started && BEGUN.contains(&e.name.as_str()) && e.data["vm"] == **victim)
+                            .count();
+                        // What it asked before this round has ended; this round's crash must
+                        // end too if it began.
+                        let test = vms.get_mut(victim).expect("a test VM");
+                        test.killed = true;
+                        test.owed = (test.owed + begun).min(test.asked);
+                        victim_kind = "VMM";
+                        format!("{delay} ms later the VMM {pid} of {victim} was killed ({begun} captures begun)")
+                    }
+                    None => format!("{delay} ms later {victim} had no VMM to kill"),
+                }
+            } else {
+                format!("{delay} ms later")
+            }
+        };
+        eprintln!("round {round}: {what}; {done}; the service is killed");
+        *killed.entry(victim_kind).or_default() += 1;
         service.kill();
         if moments.below(3) == 0 {
             // Killed again while it adopts its VMs.
@@ -277,20 +546,30 @@ fn a_service_killed_at_random_moments_loses_no_vm_and_no_crash() {
             service.kill();
         }
         service.restart();
+        events = service.events("/v1/events?since=0");
+        for test in vms.values_mut().filter(|t| !t.killed) {
+            test.owed = test.asked;
+        }
         let deadline = Instant::now() + CAPTURE_TIMEOUT;
-        while let Some(missing) = unsettled(&service, &store, &crashes) {
+        while let Some(missing) = unsettled(&service, &store, &vms, &before) {
             assert!(Instant::now() < deadline, "round {round}, after {what}: {missing}\n{}", service.log());
             std::thread::sleep(Duration::from_millis(200));
         }
-        for name in crashes.keys() {
+        for (name, _) in vms.iter().filter(|(_, t)| !t.killed) {
             let read = service.get(&format!("/v1/vms/{name}/sysctl/kernel.panic"));
             expect_status(&read, 200, &format!("round {round}: {name}'s guest answers"));
         }
     }
-    let listed = service.get("/v1/vms").json();
-    pids.extend(listed["vms"].as_array().into_iter().flatten().filter_map(|v| v["pid"].as_u64()).map(|p| p as u32));
+    eprintln!("killed: {killed:?}");
     let status = service.terminate();
     assert!(status.success(), "{status}\n{}", service.log());
-    let running: Vec<u32> = pids.into_iter().filter(|&pid| process_runs(pid)).collect();
-    assert!(running.is_empty(), "VMMs outlived the service's stop: {running:?}");
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        let left: Vec<u32> = vmm_processes().into_iter().filter(|p| !before.contains(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "VMMs or dump writers outlived the service's stop: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -101,6 +101,24 @@ struct Args {
     /// the one just written.
     #[arg(long, value_name = "SIZE", value_parser = dumpd::store::parse_bytes)]
     keep_bytes: Option<u64>,
+    /// Ship every crash of the crash directory (now its spool) to a fleet's object store,
+    /// s3://BUCKET/PREFIX, as `crashvisor serve --crash-store` does (endpoint, region and
+    /// credentials from the AWS_* variables). --keep-per-vm and --keep-bytes then apply to this
+    /// host's prefix in the store; see docs/crash-store.md.
+    #[arg(long, value_name = "URL")]
+    crash_store: Option<fleet::StoreUrl>,
+    /// This host's name in the fleet's store [default: the host name].
+    #[arg(long, value_name = "ID", requires = "crash_store")]
+    host_id: Option<String>,
+    /// Keep a crash's local copy after it is uploaded.
+    #[arg(long, requires = "crash_store")]
+    keep_local: bool,
+    /// The spool's size limit (e.g. 50G): beyond it the VMM says so in its log and drops nothing.
+    #[arg(long, value_name = "SIZE", value_parser = dumpd::store::parse_bytes, requires = "crash_store")]
+    spool_bytes: Option<u64>,
+    /// When the VM ends, wait at most SECS for the spool's crashes to reach the store.
+    #[arg(long, value_name = "SECS", default_value_t = 60, requires = "crash_store")]
+    upload_wait: u64,
     /// Write the embedded guest kernel ELF (with symbols, for gdb) to PATH and exit.
     #[arg(long, value_name = "PATH", exclusive = true)]
     extract_kernel: Option<PathBuf>,
@@ -137,6 +155,15 @@ pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::Os
     }
 
     let timings = args.timings;
+    let retention = dumpd::store::Retention { max_per_vm: args.keep_per_vm, max_total_bytes: args.keep_bytes };
+    let upload_wait = std::time::Duration::from_secs(args.upload_wait);
+    let ship = args.crash_store.clone().map(|url| crate::ship::ShipOptions {
+        url,
+        host_id: args.host_id.clone(),
+        keep_local: args.keep_local,
+        spool_limit: args.spool_bytes,
+        retention,
+    });
     let config = match args.config {
         Some(path) => VmConfig::read_file(&path),
         None => Ok(config_from_flags(args)),
@@ -148,9 +175,21 @@ pub fn main_from(name: &'static str, args: impl IntoIterator<Item = std::ffi::Os
             return ExitCode::from(1);
         }
     };
+    // With a fleet store the spool drains by uploads only: retention applies in the store.
+    let config = if ship.is_some() { VmConfig { retention: Default::default(), ..config } } else { config };
+    let shipper = match ship.map(|options| crate::ship::start(&config.crash_dir, options)).transpose() {
+        Ok(shipper) => shipper,
+        Err(e) => {
+            eprintln!("{name}: cannot ship crashes to the fleet's store: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
     let raw_mode = crate::terminal::RawMode::enable_if_tty();
     let result = crate::vm::run_with(&config, process_start, timings);
     drop(raw_mode);
+    if let Some(shipper) = shipper {
+        shipper.finish(upload_wait);
+    }
     match result {
         Ok(end) => {
             if end.exit_code() != 0 {

@@ -33,6 +33,8 @@ pub mod error;
 pub mod kernel;
 pub mod memory;
 pub mod nmi_watchdog;
+pub mod ship;
+pub mod sigterm;
 pub mod snapshot;
 pub mod terminal;
 pub mod vcpu;

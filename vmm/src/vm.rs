@@ -30,6 +30,7 @@ use crate::error::VmmError;
 use crate::kernel::{self, KernelImage};
 use crate::memory;
 use crate::nmi_watchdog::NmiWatchdog;
+use crate::sigterm;
 use crate::vcpu::requests::VcpuRequests;
 use crate::vcpu::{self, RunContext};
 use crashvisor_abi::layout::{KERNEL_MODULE_GPA, KERNEL_MODULE_MAX_SIZE};
@@ -139,6 +140,8 @@ enum Next {
 /// each on stderr as it is reached.
 pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -> Result<GuestEnd, VmmError> {
     config.validate()?;
+    // Before any thread starts: they all inherit the mask.
+    sigterm::block();
     let kvm = open_kvm(&config.kvm_device)?;
     let image = KernelImage::open(&config.kernel)?;
     let (inbox, inputs) = Inbox::channel();
@@ -149,6 +152,7 @@ pub fn run_with(config: &VmConfig, process_start: Instant, echo_timings: bool) -
         core_collector: config.core_collector.clone(),
     };
     let sink_thread = SinkThread::start(target, inbox.clone())?;
+    sigterm::start(inbox.clone())?;
     let uart_error = |source| VmmError::Console { path: "console".into(), source };
     let shared = Persistent {
         console: Arc::new(Console::new(console_output(&config.console)?).map_err(uart_error)?),

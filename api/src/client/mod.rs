@@ -147,18 +147,24 @@ pub struct InjectArgs {
 /// `crashvisor vmcore ...`.
 #[derive(clap::Subcommand, Debug)]
 pub enum VmcoreCommand {
-    /// List the vmcores in the service's crash store.
+    /// List the vmcores of the service's host (its spool and its part of the fleet's store).
     List {
         /// Only this VM's.
         #[arg(long)]
         vm: Option<String>,
+        /// Every host's vmcores in the fleet's store (a service started with --crash-store).
+        #[arg(long)]
+        fleet: bool,
+        /// Only this host's vmcores in the fleet's store.
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
         /// Where the service is, and the output format.
         #[command(flatten)]
         opts: ClientOpts,
     },
-    /// Download a vmcore (a progress bar on a terminal).
+    /// Download a vmcore, from the spool or the fleet's store (a progress bar on a terminal).
     Get {
-        /// The vmcore's id.
+        /// The vmcore's id (ID@HOST for another host's).
         id: String,
         /// Where to write it [default: ./<id>.vmcore].
         #[arg(short, long, value_name = "FILE")]
@@ -351,25 +357,35 @@ pub async fn inject(args: InjectArgs) -> anyhow::Result<()> {
 /// Runs `crashvisor vmcore ...`.
 pub async fn vmcore(command: VmcoreCommand) -> anyhow::Result<()> {
     match command {
-        VmcoreCommand::List { vm, opts } => {
-            let path = match &vm {
-                Some(vm) => format!("/v1/vmcores?vm={vm}"),
-                None => "/v1/vmcores".into(),
-            };
+        VmcoreCommand::List { vm, fleet, host, opts } => {
+            let query: Vec<String> = [
+                vm.map(|vm| format!("vm={vm}")),
+                fleet.then(|| "scope=fleet".to_owned()),
+                host.map(|host| format!("host={host}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let path =
+                if query.is_empty() { "/v1/vmcores".to_owned() } else { format!("/v1/vmcores?{}", query.join("&")) };
             let list = client(&opts)?.json(Method::GET, &path, None).await?;
             if opts.json {
                 print_json(&list);
             } else {
-                println!("{:<44} {:<14} {:>12} {:>12}", "ID", "DETECTOR", "SIZE", "ON DISK");
+                println!("{:<56} {:<8} {:<14} {:>12} {:>12}", "ID", "WHERE", "DETECTOR", "SIZE", "ON DISK");
                 for core in list["vmcores"].as_array().into_iter().flatten() {
                     println!(
-                        "{:<44} {:<14} {:>12} {:>12}",
+                        "{:<56} {:<8} {:<14} {:>12} {:>12}",
                         text(&core["id"]),
+                        text(&core["location"]),
                         text(&core["reason"]["detector"]),
                         text(&core["size"]),
                         text(&core["on_disk"])
                     );
                 }
+            }
+            if let Some(error) = list["store_error"].as_str() {
+                eprintln!("crashvisor: the fleet's store could not be listed: {error}");
             }
             Ok(())
         }

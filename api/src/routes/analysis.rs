@@ -4,13 +4,12 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use dumpd::store::FILE_VMCORE;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::vmcores::crash_dir;
+use super::vmcores::{locate, vmcore_file};
 use super::{TEXT_PLAIN, VMCORE_ID};
 use crate::analysis::{self, Backtraces, Which};
 use crate::error::{ApiError, ErrorBody};
@@ -76,7 +75,7 @@ async fn backtrace(
         (false, None, Some(pid)) => Which::Pid(pid),
         _ => return Err(ApiError::invalid("give at most one of cpu, pid and all")),
     };
-    let vmcore = crash_dir(&state, &id).await?.join(FILE_VMCORE);
+    let vmcore = vmcore_file(&state, &locate(&state, &id).await?).await?;
     let blocking = state.clone();
     let traces = tokio::task::spawn_blocking(move || analysis::backtraces(&vmcore, blocking.symbols(), which))
         .await
@@ -109,7 +108,7 @@ async fn tasks(
     Query(query): Query<TasksQuery>,
 ) -> Result<Response, ApiError> {
     let text = text_wanted(query.format.as_deref())?;
-    let vmcore = crash_dir(&state, &id).await?.join(FILE_VMCORE);
+    let vmcore = vmcore_file(&state, &locate(&state, &id).await?).await?;
     let tasks = tokio::task::spawn_blocking(move || analysis::tasks(&vmcore)).await.map_err(ApiError::internal)??;
     if text {
         return Ok(([(header::CONTENT_TYPE, TEXT_PLAIN)], tasks.to_string()).into_response());

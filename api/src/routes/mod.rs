@@ -9,6 +9,7 @@ mod guest;
 mod lkdtm;
 pub mod range;
 mod service;
+mod vmcore_list;
 mod vmcores;
 mod vms;
 
@@ -27,7 +28,8 @@ pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// The path parameter of a VM's endpoints.
 const VM_ID: &str = "The VM's name.";
 /// The path parameter of a vmcore's endpoints.
-const VMCORE_ID: &str = "The vmcore's id: its crash directory's name, e.g. web-1-2024-02-29-12:34:56.";
+const VMCORE_ID: &str =
+    "The vmcore's id: its crash directory's name, e.g. web-1-2024-02-29-12:34:56; ID@HOST for another host's crash in the fleet's store.";
 
 /// Every endpoint, with its OpenAPI description.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -39,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(guest::router())
         .merge(console::router())
         .merge(events::router())
+        .merge(vmcore_list::router())
         .merge(vmcores::router())
         .merge(analysis::router())
         .merge(service::router())

@@ -26,8 +26,14 @@ struct Health {
     uptime_secs: f64,
     /// VMs it holds.
     vms: usize,
-    /// Its crash store.
+    /// Its crash store (the spool, with a fleet store).
     crash_dir: String,
+    /// The fleet's store it ships crashes to, `s3://BUCKET/PREFIX`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crash_store: Option<String>,
+    /// Its host id in the fleet's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_id: Option<String>,
     /// Its limits.
     limits: Limits,
 }
@@ -41,6 +47,8 @@ async fn healthz(State(state): State<AppState>) -> axum::Json<Health> {
         uptime_secs: state.started().elapsed().as_secs_f64(),
         vms: state.supervisor().list().len(),
         crash_dir: state.store().dir().display().to_string(),
+        crash_store: state.fleet().map(|f| f.bucket().url().to_string()),
+        host_id: state.fleet().map(|f| f.host().to_owned()),
         limits: state.supervisor().limits(),
     })
 }

@@ -34,8 +34,9 @@ use crate::error::ApiError;
 use crate::events::NewEvent;
 use crate::limits::{Limits, Usage};
 
-/// How long service shutdown waits for VMs to stop (their stops escalate to SIGKILL sooner).
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long service shutdown waits for VMs to stop (their stops escalate to SIGKILL sooner,
+/// even while a dump is written).
+const SHUTDOWN_TIMEOUT: Duration = vm::DUMP_STOP_GRACE.saturating_add(Duration::from_secs(10));
 
 /// Where VMMs come from and write to.
 #[derive(Clone, Debug)]

@@ -136,6 +136,10 @@ pub struct Tracker {
     capture_started: Option<Instant>,
     /// What the VMM said when it stopped (`powered_off`, or a `stopped` reason).
     stop_reason: Option<String>,
+    /// A dump is being written (from `capture_started` or `snapshot_taken` to `vmcore_ready`
+    /// or `dump_failed`); not kept across a restart.
+    #[serde(skip)]
+    dumping: bool,
 }
 
 impl Default for Tracker {
@@ -145,6 +149,11 @@ impl Default for Tracker {
 }
 
 impl Tracker {
+    /// Whether a dump is being written (a stop waits longer for it).
+    pub fn is_dumping(&self) -> bool {
+        self.dumping
+    }
+
     /// A VM whose VMM was just started.
     pub fn new() -> Self {
         Self {
@@ -162,6 +171,7 @@ impl Tracker {
             panicked_this_boot: false,
             capture_started: None,
             stop_reason: None,
+            dumping: false,
         }
     }
 
@@ -229,6 +239,7 @@ impl Tracker {
             Event::CaptureStarted { .. } => {
                 self.state = VmState::Capturing;
                 self.capture_started = Some(now);
+                self.dumping = true;
                 "capture_started"
             }
             Event::VmcoreReady { id, size, on_disk, .. } => {
@@ -238,12 +249,14 @@ impl Tracker {
                     return effects;
                 }
                 self.vmcores.push(id.clone());
+                self.dumping = false;
                 let capture = self.capture_started.take().map(|t| now.saturating_duration_since(t));
                 effects.push(Effect::Vmcore { size: *size, on_disk: *on_disk, capture });
                 "vmcore_ready"
             }
             Event::DumpFailed { .. } => {
                 self.capture_started = None;
+                self.dumping = false;
                 effects.push(Effect::DumpFailed);
                 "dump_failed"
             }
@@ -273,11 +286,13 @@ impl Tracker {
                 self.stop_reason = Some(format!("the VMM stopped the VM: {reason}"));
                 return effects;
             }
-            Event::Oops { .. }
-            | Event::UnknownNmi { .. }
-            | Event::NmiInjected { .. }
-            | Event::SnapshotTaken { .. }
-            | Event::DumpProgress { .. } => &name,
+            Event::Oops { .. } | Event::UnknownNmi { .. } | Event::NmiInjected { .. } | Event::DumpProgress { .. } => {
+                &name
+            }
+            Event::SnapshotTaken { .. } => {
+                self.dumping = true;
+                &name
+            }
         };
         effects.insert(0, Effect::Publish(NewEvent { event: api_name.to_owned(), fields }));
         effects

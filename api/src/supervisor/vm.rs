@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crashvisor_control::{Request, ServerLine};
+use crashvisor_control::{Event, Request, ServerLine};
 use dumpd::store::{CrashStore, Retention};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -37,9 +37,14 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a VMM may take to end after `shutdown` before it gets SIGTERM, and after SIGTERM
 /// before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// `STOP_GRACE` while a dump is being written: the VMM finishes it before it ends.
+pub(super) const DUMP_STOP_GRACE: Duration = Duration::from_secs(60);
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long the last event lines of an exited VMM are read for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait, once a VMM ended, for its dump writer to let go of a crash the VMM had taken
+/// over (the writer looks every 5 ms).
+const WRITER_LET_GO: Duration = Duration::from_secs(1);
 /// Requests that may wait for the VMM at once.
 const MAX_PENDING: usize = 256;
 /// Commands that may queue for the task.
@@ -355,6 +360,7 @@ impl VmTask {
             Err(reason) => {
                 tracing::warn!("cannot adopt the VMM: {reason}");
                 self.vmm = None;
+                self.record_abandoned_captures(recorded.map(|r| r.pid)).await;
                 let effects = self.tracker.on_lost(&reason, &self.last_output(None));
                 self.apply(effects);
                 None
@@ -477,7 +483,8 @@ impl VmTask {
     }
 
     /// Asks the VMM to stop (a stop wins over a reboot) with `shutdown`, escalating to SIGTERM
-    /// after `STOP_GRACE` (at once when it cannot be asked) and to SIGKILL `TERM_GRACE` later.
+    /// after `STOP_GRACE` (`DUMP_STOP_GRACE` while a dump is written; at once when it cannot be
+    /// asked) and to SIGKILL `TERM_GRACE` later.
     async fn begin_stop(&mut self, s: &mut Session, kind: StopKind) {
         let first = s.stop.is_none();
         if kind == StopKind::Stop {
@@ -489,8 +496,9 @@ impl VmTask {
             s.stop = Some(kind);
         }
         if first {
-            tracing::info!("stopping the VMM");
-            s.kill_at = Some(tokio::time::Instant::now() + STOP_GRACE);
+            let grace = if self.tracker.is_dumping() { DUMP_STOP_GRACE } else { STOP_GRACE };
+            tracing::info!("stopping the VMM (SIGTERM if it has not ended in {grace:?})");
+            s.kill_at = Some(tokio::time::Instant::now() + grace);
             let id = s.next_id;
             s.next_id += 1;
             let asked = match s.control.as_mut() {
@@ -536,13 +544,14 @@ impl VmTask {
             Err(e) => (None, format!("an unknown status ({e})")),
         };
         tracing::info!("the VMM exited: {status}");
-        self.vmm = None;
+        let vmm_pid = self.vmm.take().map(|v| v.pid);
         if s.stop == Some(StopKind::Reboot) {
             return End::Reboot(std::mem::take(&mut s.reboot_waiters));
         }
         for follower in &self.followers {
             follower.sync().await;
         }
+        self.record_abandoned_captures(vmm_pid).await;
         let end = ProcessEnd { success, status, last_output: self.last_output(s.killed_because) };
         let effects = self.tracker.on_process_end(&end, s.stop.is_some());
         self.apply(effects);
@@ -550,6 +559,40 @@ impl VmTask {
             let _ = waiter.send(());
         }
         End::Finished
+    }
+
+    /// Sweeps the crash store once the VMM has ended: a capture it had begun and could not
+    /// finish (it was killed while writing a vmcore) is recorded as failed there by the sweep,
+    /// and announced here as `dump_failed`. A forked dump writer that outlived the VMM still
+    /// holds its crash, and finishes it alone.
+    async fn record_abandoned_captures(&mut self, vmm_pid: Option<u32>) {
+        let store = self.services.store.clone();
+        // A dump writer the VMM forked may be letting go of a crash the VMM took over just
+        // before it died: wait a little for that, not for a writer that finishes alone.
+        if let Some(pid) = vmm_pid {
+            let deadline = tokio::time::Instant::now() + WRITER_LET_GO;
+            while tokio::time::Instant::now() < deadline {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.is_written_by(pid)).await {
+                    Ok(Ok(true)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    _ => break,
+                }
+            }
+        }
+        let swept = match tokio::task::spawn_blocking(move || store.sweep()).await {
+            Ok(Ok(report)) => report,
+            Ok(Err(e)) => {
+                tracing::warn!("cannot sweep the crash store after the VMM ended: {}", dumpd::error_chain(&e));
+                return;
+            }
+            Err(_) => return,
+        };
+        let name = self.spec.name.clone();
+        for record in swept.failed_captures.into_iter().filter(|r| r.vm == name) {
+            tracing::warn!("the VMM ended during a capture: {}", record.reason);
+            let effects = self.tracker.on_control_event(&Event::DumpFailed { reason: record.reason }, Instant::now());
+            self.apply(effects);
+        }
     }
 
     /// What the VM said last, for a failure's reason: why the service killed it, the VMM's

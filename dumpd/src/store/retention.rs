@@ -79,7 +79,12 @@ impl CrashStore {
             max_total_bytes: retention.max_total_bytes.map(|max| max.saturating_sub(in_flight_bytes)),
             ..*retention
         };
-        let doomed = select(&entries, &sizes, &committed_room, keep);
+        let candidates: Vec<Candidate<'_>> = entries
+            .iter()
+            .zip(&sizes)
+            .map(|(entry, &bytes)| Candidate { id: &entry.id, vm: entry.vm(), bytes })
+            .collect();
+        let doomed = select(&candidates, &committed_room, keep);
         let remaining_bytes = sizes.iter().zip(&doomed).filter(|(_, &d)| !d).map(|(s, _)| s).sum();
         let mut report = PruneReport { remaining_bytes, in_flight_bytes, ..PruneReport::default() };
         for ((entry, &size), _) in entries.iter().zip(&sizes).zip(&doomed).filter(|(_, &d)| d) {
@@ -116,17 +121,29 @@ impl CrashStore {
     }
 }
 
-/// Which entries (oldest first) to remove: per VM beyond `max_per_vm` newest, then the oldest
-/// until the rest fit in `max_total_bytes`; never `keep`.
-fn select(entries: &[CrashEntry], sizes: &[u64], retention: &Retention, keep: Option<&str>) -> Vec<bool> {
-    let mut doomed = vec![false; entries.len()];
-    let removable = |i: usize| keep != Some(entries[i].id.as_str());
+/// A crash as retention weighs it, wherever it is kept (this directory, or a fleet's object
+/// store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// Its VM, if known.
+    pub vm: Option<&'a str>,
+    /// The space it takes.
+    pub bytes: u64,
+}
+
+/// Which of `candidates` (oldest first) to remove: per VM beyond `max_per_vm` newest, then the
+/// oldest until the rest fit in `max_total_bytes`; never `keep`. True means remove.
+pub fn select(candidates: &[Candidate<'_>], retention: &Retention, keep: Option<&str>) -> Vec<bool> {
+    let mut doomed = vec![false; candidates.len()];
+    let removable = |i: usize| keep != Some(candidates[i].id);
     if let Some(max) = retention.max_per_vm {
-        let mut vms: Vec<Option<&str>> = entries.iter().map(CrashEntry::vm).collect();
+        let mut vms: Vec<Option<&str>> = candidates.iter().map(|c| c.vm).collect();
         vms.sort_unstable();
         vms.dedup();
         for vm in vms {
-            let of_vm: Vec<usize> = (0..entries.len()).filter(|&i| entries[i].vm() == vm).collect();
+            let of_vm: Vec<usize> = (0..candidates.len()).filter(|&i| candidates[i].vm == vm).collect();
             let mut excess = of_vm.len().saturating_sub(max);
             for &i in of_vm.iter().filter(|&&i| removable(i)) {
                 if excess == 0 {
@@ -138,14 +155,16 @@ fn select(entries: &[CrashEntry], sizes: &[u64], retention: &Retention, keep: Op
         }
     }
     if let Some(max) = retention.max_total_bytes {
-        let mut total: u64 = sizes.iter().zip(&doomed).filter(|(_, &d)| !d).map(|(s, _)| s).sum();
-        for i in 0..entries.len() {
+        // Saturating: sizes may come from a listing of a remote store.
+        let mut total =
+            candidates.iter().zip(&doomed).filter(|(_, &d)| !d).fold(0u64, |sum, (c, _)| sum.saturating_add(c.bytes));
+        for i in 0..candidates.len() {
             if total <= max {
                 break;
             }
             if !doomed[i] && removable(i) {
                 doomed[i] = true;
-                total -= sizes[i];
+                total = total.saturating_sub(candidates[i].bytes);
             }
         }
     }

@@ -53,8 +53,9 @@ pub struct Controller {
     ended: Option<MachineState>,
     /// What panics and operators' dump requests make the VMM do.
     crash: CrashPolicy,
-    /// A client asked for `shutdown`: every machine is stopped, the VMM ends.
-    client_shutdown: bool,
+    /// Why the VMM was asked to end (a client's `shutdown`, SIGTERM): every machine is
+    /// stopped, the VMM ends once the dumps in flight are done.
+    shutdown: Option<&'static str>,
 }
 
 impl Controller {
@@ -76,7 +77,7 @@ impl Controller {
             rate_limit: RateLimit::new(EVENT_BURST, EVENTS_PER_SEC, Instant::now()),
             ended: None,
             crash,
-            client_shutdown: false,
+            shutdown: None,
         }
     }
 
@@ -140,7 +141,7 @@ impl Controller {
             }
             ControlInput::Event(event) => self.broadcast(&event),
             ControlInput::MachineStarted(ctx) => {
-                if self.client_shutdown {
+                if self.shutdown.is_some() {
                     ctx.request_stop(StopReason::Quit);
                 }
                 self.boots += 1;
@@ -149,6 +150,10 @@ impl Controller {
                 self.boot_events = BootEvents::default();
             }
             ControlInput::MachineStopped { reason, rebooting } => self.machine_stopped(reason, rebooting),
+            ControlInput::Terminate => {
+                tracing::info!("SIGTERM: stopping the VM; dumps in flight finish first");
+                self.shutdown("SIGTERM");
+            }
             ControlInput::Shutdown => return false,
         }
         true
@@ -164,9 +169,9 @@ impl Controller {
                 self.ended = Some(MachineState::PoweredOff);
                 Event::PoweredOff
             }
-            (StopReason::Quit, _) if self.client_shutdown => {
+            (StopReason::Quit, _) if self.shutdown.is_some() => {
                 self.ended = Some(MachineState::Stopped);
-                Event::Stopped { reason: "shutdown requested over the control socket".into() }
+                Event::Stopped { reason: self.shutdown.unwrap_or_default().into() }
             }
             (reason, _) => {
                 self.ended = Some(MachineState::Stopped);
@@ -191,7 +196,7 @@ impl Controller {
             Request::Dump {} => self.host_dump(false).map(|()| json!({ "state": "dumping" })),
             Request::Pause {} => self.pause(),
             Request::Resume {} => self.resume(),
-            Request::Shutdown {} => Ok(self.shutdown()),
+            Request::Shutdown {} => Ok(self.shutdown("shutdown requested over the control socket")),
             Request::ReadMemory { gpa, len } => {
                 self.running_machine().and_then(|m| memory::read(&m.memory, *gpa, *len))
             }
@@ -360,8 +365,8 @@ impl Controller {
 
     /// Stops the machine (and any machine a reboot builds meanwhile); the VMM then ends, once
     /// a dump being written is done.
-    fn shutdown(&mut self) -> Value {
-        self.client_shutdown = true;
+    fn shutdown(&mut self, why: &'static str) -> Value {
+        self.shutdown.get_or_insert(why);
         if let Some(machine) = &self.machine {
             machine.request_stop(StopReason::Quit);
         }

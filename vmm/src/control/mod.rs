@@ -74,6 +74,8 @@ pub enum ControlInput {
         /// Whether the VMM reboots it.
         rebooting: bool,
     },
+    /// The VMM got SIGTERM: stop as for a client's `shutdown`.
+    Terminate,
     /// The VMM is ending.
     Shutdown,
 }

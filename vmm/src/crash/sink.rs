@@ -11,7 +11,6 @@
 //! the VMM drains the queue before it exits.
 
 use std::fs::File;
-use std::os::fd::BorrowedFd;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use dumpd::error_chain;
 use dumpd::store::{
     CommittedCrash, CoreCollectorMeta, CrashMeta, CrashReasonMeta, CrashSizes, CrashStore, FailureRecord, PendingCrash,
-    StoreError, Trigger, FILE_CORE_COLLECTOR_LOG, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
+    Retention, StoreError, Trigger, FILE_CORE_COLLECTOR_LOG, FILE_KEXEC_DMESG, FILE_VMCORE, FILE_VMCORE_DMESG,
 };
 
 use super::collector::{self, Collected};
@@ -59,9 +58,14 @@ pub enum Writing {
 pub struct VmcoreFile<'a> {
     /// The vmcore.
     pub file: &'a File,
-    /// The crash's lock ([`PendingCrash::lock`]): a process forked to write the file keeps it
-    /// open, so a store opened meanwhile knows the crash is still being written.
-    pub lock: BorrowedFd<'a>,
+    /// The crash. A process forked to write the file keeps its lock ([`PendingCrash::lock`])
+    /// open, so a store opened meanwhile knows the crash is still being written, and finishes
+    /// the crash itself if the VMM dies first.
+    pub pending: &'a PendingCrash,
+    /// What the store keeps, for such a process's commit.
+    pub retention: &'a Retention,
+    /// The crash's metadata so far, for such a process to finish the crash with.
+    pub meta: &'a CrashMeta,
 }
 
 /// The logs stored beside a vmcore.
@@ -79,6 +83,12 @@ pub struct Logs {
 pub trait Producer: Send {
     /// Adds to `meta` what only this producer knows (before the vmcore is written).
     fn describe(&self, _meta: &mut CrashMeta) {}
+
+    /// The event that announces the capture, posted once the crash is begun in the store: from
+    /// then on it ends committed or recorded as failed, whatever dies.
+    fn started(&self) -> Option<Event> {
+        None
+    }
 
     /// The crashed kernel's `/proc/vmcore`, when a capture kernel handed it over: the VM's core
     /// collector, if it has one, writes the vmcore from it instead of [`start`](Self::start).
@@ -235,7 +245,23 @@ impl Worker {
 
     /// Stores one vmcore and reports how it went.
     fn capture(&self, trigger: Trigger, reason: Option<&CrashInfo>, mut producer: Box<dyn Producer>) {
-        let committed = match self.store(trigger, reason, producer.as_mut()) {
+        let begun = CrashStore::open(&self.target.crash_dir).and_then(|store| store.begin(&self.target.vm_name));
+        let stored = match begun {
+            Ok(pending) => match self.store(&pending, trigger, reason, producer.as_mut()) {
+                Ok(sizes) => commit(pending, &self.target).map(|crash| (crash, sizes)).map_err(CaptureError::from),
+                Err(e) => {
+                    // Recorded before the crash's directory goes (when `pending` drops), so
+                    // that no moment exists where a begun capture is neither on disk nor
+                    // recorded.
+                    self.record_failure(trigger, self.failure_reason(trigger, &e));
+                    drop(pending);
+                    producer.finish(false);
+                    return;
+                }
+            },
+            Err(e) => Err(e.into()),
+        };
+        let committed = match stored {
             Ok((crash, sizes)) => {
                 tracing::info!(
                     "vmcore ready: {} ({} bytes, {} on disk)",
@@ -252,71 +278,63 @@ impl Worker {
                 true
             }
             Err(e) => {
-                let what = match trigger {
-                    Trigger::Kdump => "cannot store the vmcore in",
-                    Trigger::Pvpanic | Trigger::OnDemand => "cannot take a host-side dump into",
-                };
-                let reason = format!("{what} {}: {}", self.target.crash_dir.display(), error_chain(&e));
-                tracing::error!("{reason}");
-                self.record_failure(trigger, reason);
+                self.record_failure(trigger, self.failure_reason(trigger, &e));
                 false
             }
         };
         producer.finish(committed);
     }
 
-    /// The one sequence every vmcore goes through: temporary crash, vmcore, logs, `meta.json`,
-    /// atomic commit, retention.
+    /// The reason recorded for a capture by `trigger` that failed with `error`.
+    fn failure_reason(&self, trigger: Trigger, error: &CaptureError) -> String {
+        let what = describe_failure(trigger, &self.target.crash_dir.display().to_string());
+        let reason = format!("{what}: {}", error_chain(error));
+        tracing::error!("{reason}");
+        reason
+    }
+
+    /// The one sequence every vmcore goes through, in the crash `pending` just begun: `meta.json`
+    /// as begun, the vmcore, logs, `meta.json` complete (the commit and retention follow).
     fn store(
         &self,
+        pending: &PendingCrash,
         trigger: Trigger,
         reason: Option<&CrashInfo>,
         producer: &mut dyn Producer,
-    ) -> Result<(CommittedCrash, CrashSizes), CaptureError> {
+    ) -> Result<CrashSizes, CaptureError> {
         let started = Instant::now();
-        let store = CrashStore::open(&self.target.crash_dir)?;
-        let pending = store.begin(&self.target.vm_name)?;
         let mut meta = CrashMeta::new(trigger, &self.target.vm_name, pending.created());
         meta.reason = reason.map(reason_meta);
         producer.describe(&mut meta);
-        let (file, stats) = match self.collect(producer, &pending, &mut meta) {
+        // Begun: should this process die now, the store's next sweep records the failure.
+        pending.write_meta(&meta)?;
+        if let Some(event) = producer.started() {
+            self.post(event);
+        }
+        let (file, stats) = match self.collect(producer, pending, &mut meta) {
             Some(Collected { file, stats, format }) => {
                 meta.vmcore_format = format;
                 (file, stats)
             }
             None => {
                 let file = pending.create_file(FILE_VMCORE)?;
-                let stats = match producer.start(&VmcoreFile { file: &file, lock: pending.lock() })? {
+                let vmcore = VmcoreFile { file: &file, pending, retention: &self.target.retention, meta: &meta };
+                let writing = producer.start(&vmcore)?;
+                let stats = match writing {
                     Writing::Done(stats) => stats,
                     Writing::Forked { writer, pause, total } => self.follow(&writer, pause, total, &mut meta)?,
                 };
                 (file, stats)
             }
         };
-        // Synced now so the block count is final (commit syncs again, at no cost).
-        file.sync_all().map_err(CaptureError::Sync)?;
-        let on_disk = file.metadata().map_err(CaptureError::Sync)?.blocks() * 512;
-        drop(file);
-        meta.sizes = CrashSizes {
-            vmcore_apparent_bytes: stats.file_bytes,
-            vmcore_on_disk_bytes: on_disk,
-            vmcore_written_bytes: stats.written_bytes,
-            zero_pages_skipped: stats.zero_pages_skipped,
-        };
         let logs = producer.logs()?;
-        let vmcore_dmesg = logs.vmcore_dmesg.or_else(|| kernel_log(&pending));
-        for (name, text, entry) in [
-            (FILE_VMCORE_DMESG, vmcore_dmesg, &mut meta.files.vmcore_dmesg),
-            (FILE_KEXEC_DMESG, logs.kexec_dmesg, &mut meta.files.kexec_dmesg),
-        ] {
-            if let Some(text) = text {
-                pending.write_file(name, &text)?;
-                *entry = Some(name.into());
-            }
+        if let Some(why) = finish_vmcore(pending, &file, stats, logs, &mut meta)? {
+            tracing::warn!("no vmcore-dmesg.txt for the vmcore: {why}");
         }
+        drop(file);
         meta.timings.host_write_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         pending.write_meta(&meta)?;
-        Ok((commit(pending, &self.target)?, meta.sizes))
+        Ok(meta.sizes)
     }
 
     /// Has the VM's core collector write the vmcore into `pending` from the producer's
@@ -395,15 +413,62 @@ fn commit(pending: PendingCrash, target: &DumpTarget) -> Result<CommittedCrash, 
     Ok(committed)
 }
 
-/// The crashed kernel's log read back from the pending crash's vmcore, or `None` when it
-/// cannot be read (logged; a guest without VMCOREINFO has no log file).
-fn kernel_log(pending: &PendingCrash) -> Option<Vec<u8>> {
+/// What a failed capture by `trigger` into the store `dir` was (the start of its reason).
+pub(super) fn describe_failure(trigger: Trigger, dir: &str) -> String {
+    match trigger {
+        Trigger::Kdump => format!("cannot store the vmcore in {dir}"),
+        Trigger::Pvpanic | Trigger::OnDemand => format!("cannot take a host-side dump into {dir}"),
+    }
+}
+
+/// The files beside a written vmcore, shared by the sink and a forked writer that outlived its
+/// VMM: syncs and measures the vmcore into `meta.sizes`, stores the logs (the crashed kernel's
+/// read back from the vmcore when the producer has none). Returns why that log is missing, if
+/// it is; `meta.json` and the commit are the caller's.
+pub(super) fn finish_vmcore(
+    pending: &PendingCrash,
+    file: &File,
+    stats: VmcoreStats,
+    logs: Logs,
+    meta: &mut CrashMeta,
+) -> Result<Option<String>, CaptureError> {
+    // Synced now so the block count is final (commit syncs again, at no cost).
+    file.sync_all().map_err(CaptureError::Sync)?;
+    let on_disk = file.metadata().map_err(CaptureError::Sync)?.blocks() * 512;
+    meta.sizes = CrashSizes {
+        vmcore_apparent_bytes: stats.file_bytes,
+        vmcore_on_disk_bytes: on_disk,
+        vmcore_written_bytes: stats.written_bytes,
+        zero_pages_skipped: stats.zero_pages_skipped,
+    };
+    let (vmcore_dmesg, missing) = match logs.vmcore_dmesg {
+        Some(text) => (Some(text), None),
+        None => match kernel_log(pending) {
+            Ok(text) => (Some(text), None),
+            Err(why) => (None, Some(why)),
+        },
+    };
+    for (name, text, entry) in [
+        (FILE_VMCORE_DMESG, vmcore_dmesg, &mut meta.files.vmcore_dmesg),
+        (FILE_KEXEC_DMESG, logs.kexec_dmesg, &mut meta.files.kexec_dmesg),
+    ] {
+        if let Some(text) = text {
+            pending.write_file(name, &text)?;
+            *entry = Some(name.into());
+        }
+    }
+    Ok(missing)
+}
+
+/// The crashed kernel's log read back from the pending crash's vmcore, or why it cannot be read
+/// (a guest without VMCOREINFO has no log file).
+fn kernel_log(pending: &PendingCrash) -> Result<Vec<u8>, String> {
     let read = || -> Result<String, Box<dyn std::error::Error>> {
         let image = dumpd::image::open(&pending.path().join(FILE_VMCORE))?;
         let dump = dumpd::analysis::Dump::new(image.as_ref())?;
         Ok(dumpd::analysis::log::read_log(&dump)?.to_string())
     };
-    read().map(String::into_bytes).map_err(|e| tracing::warn!("no vmcore-dmesg.txt for the vmcore: {e}")).ok()
+    read().map(String::into_bytes).map_err(|e| e.to_string())
 }
 
 fn reason_meta(info: &CrashInfo) -> CrashReasonMeta {

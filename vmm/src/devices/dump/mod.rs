@@ -44,6 +44,11 @@ impl Producer for Handoff {
         meta.timings.capture_kernel_ns = Some(self.descriptor.capture_ns);
     }
 
+    fn started(&self) -> Option<Event> {
+        let d = &self.descriptor;
+        Some(Event::CaptureStarted { dump_level: d.dump_level, size: d.file_size, ranges: d.nr_ranges })
+    }
+
     fn proc_vmcore(&self) -> Option<ProcVmcore<'_>> {
         Some(ProcVmcore { core: &self.core, memory: &self.memory })
     }
@@ -72,7 +77,7 @@ impl Producer for Handoff {
 }
 
 /// Handles `Command::Dump` with the descriptor at `gpa`: validates it and hands the crash to
-/// `sink`, posting `capture_started` through `post`; the sink answers through `reply` once the
+/// `sink` (which posts `capture_started` once the crash is begun in the store); the sink answers through `reply` once the
 /// crash is stored (`None` is returned). A descriptor that breaks a rule is refused at once:
 /// `reply` is dropped, the failure recorded, and `Some(STATUS_INVALID_ARGUMENT)` returned.
 pub fn dump(
@@ -96,7 +101,6 @@ pub fn dump(
         tracing::warn!("the capture kernel's vmcore: {warning}");
     }
     let d = valid.descriptor;
-    post(Event::CaptureStarted { dump_level: d.dump_level, size: d.file_size, ranges: d.nr_ranges });
     tracing::info!(
         "capture kernel handed over a {}-byte vmcore ({} ranges, dump level {}); writing it",
         d.file_size,
@@ -437,8 +441,8 @@ pub(crate) mod tests {
         g.install();
         let (status, events) = run_dump(&g.memory, target, None);
         assert_eq!(status, STATUS_IO_ERROR);
-        assert!(matches!(events[0], Event::CaptureStarted { .. }));
-        let Event::DumpFailed { reason } = &events[1] else { panic!("{events:?}") };
+        // Nothing was begun in the store, so the capture never started.
+        let [Event::DumpFailed { reason }] = events.as_slice() else { panic!("{events:?}") };
         assert!(reason.contains("cannot store the vmcore"), "{reason}");
     }
 
@@ -455,9 +459,7 @@ pub(crate) mod tests {
         assert_eq!(dump(&g.memory, &sink, DESCRIPTOR_GPA, None, reply, post), None);
         assert!(replied.recv().is_err(), "the reply is dropped unanswered: the vCPU reads its I/O error");
         let events = events(&inputs);
-        let [Event::CaptureStarted { .. }, Event::DumpFailed { reason }] = events.as_slice() else {
-            panic!("{events:?}")
-        };
+        let [Event::DumpFailed { reason }] = events.as_slice() else { panic!("{events:?}") };
         assert!(reason.contains("not stored"), "{reason}");
     }
 
