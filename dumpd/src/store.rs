@@ -110,6 +110,17 @@ pub fn is_plain_name(name: &str, max_len: usize) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
+/// Longest crash id: a 64-character VM name, `-YYYY-MM-DD-HH:MM:SS` and a `-N` suffix.
+pub const MAX_CRASH_ID_LEN: usize = 128;
+
+/// Whether `id` can be a crash directory's name, `<vm>-YYYY-MM-DD-HH:MM:SS[-N]`: 1 to 128
+/// characters of `[A-Za-z0-9_.:-]`, not starting with `.`.
+pub fn is_crash_id(id: &str) -> bool {
+    (1..=MAX_CRASH_ID_LEN).contains(&id.len())
+        && !id.starts_with('.')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+}
+
 /// Checks a VM name for use in the store ([`is_plain_name`], at most 64 characters).
 pub fn validate_vm_name(name: &str) -> Result<(), StoreError> {
     if is_plain_name(name, MAX_VM_NAME_LEN) {

@@ -25,7 +25,7 @@ pub const MAX_PARTS: u64 = 10_000;
 pub const MIN_PART_SIZE: u64 = 5 << 20;
 /// The largest part S3 takes.
 pub const MAX_PART_SIZE: u64 = 5 << 30;
-/// Longest crash id or file name a journal may name.
+/// Longest file name a journal may name.
 const MAX_NAME_LEN: usize = 255;
 
 /// How far one file of a crash has been shipped.
@@ -99,8 +99,8 @@ impl Journal {
         if self.id != id {
             return Err(format!("it is the journal of {:?}", self.id));
         }
-        if !plain(&self.remote_id) {
-            return Err(format!("its id in the store {:?} is not a plain name", self.remote_id));
+        if !dumpd::store::is_crash_id(&self.remote_id) {
+            return Err(format!("its id in the store {:?} is not a crash id", self.remote_id));
         }
         for (name, file) in &self.files {
             if !plain(name) {
@@ -267,7 +267,7 @@ mod tests {
             let json = serde_json::to_vec(journal).unwrap();
             std::fs::write(spool.join(JOURNAL_DIR).join("vm-1.json"), json).unwrap();
         };
-        let good = journal("vm-1", "vm-1", "vmcore", multipart(16 << 20, 3));
+        let good = journal("vm-1", "vm-1-2026-12-03-13:44:09-1", "vmcore", multipart(16 << 20, 3));
         write(&good);
         assert_eq!(journals.load("vm-1").unwrap(), Some(good));
         for bad in [

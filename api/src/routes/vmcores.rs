@@ -30,8 +30,6 @@ use crate::openapi::{Binary, LookupErrors};
 use crate::remote::{store_error, Located};
 use crate::state::AppState;
 
-/// Longest id: a 64-character VM name, `-YYYY-MM-DD-HH:MM:SS` and a `-N` suffix.
-const MAX_ID_LEN: usize = 128;
 /// Read size when streaming a vmcore.
 const STREAM_CHUNK: usize = 256 * 1024;
 
@@ -51,10 +49,7 @@ pub async fn locate(state: &AppState, id: &str) -> Result<Located, ApiError> {
         Some((crash, host)) => (crash, Some(host)),
         None => (id, None),
     };
-    let valid = (1..=MAX_ID_LEN).contains(&crash.len())
-        && !crash.starts_with('.')
-        && crash.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
-        && host.is_none_or(|h| ::fleet::validate_host_id(h).is_ok());
+    let valid = dumpd::store::is_crash_id(crash) && host.is_none_or(|h| ::fleet::validate_host_id(h).is_ok());
     if !valid {
         return Err(ApiError::bad_request(format!(
             "{id:?} is not a vmcore id (a crash directory name like web-1-2024-02-29-12:34:56, with @HOST for \
