@@ -154,6 +154,24 @@ impl Service {
         (self.child, self.addr, self.stderr) = (child, addr, stderr);
     }
 
+    /// Waits until VM `vm`'s kdump is operational (its capture kernel loaded).
+    ///
+    /// # Panics
+    ///
+    /// If it is not within `BOOT_TIMEOUT`.
+    #[track_caller]
+    pub fn wait_kdump(&self, vm: &str) {
+        let deadline = Instant::now() + crate::BOOT_TIMEOUT;
+        loop {
+            let status = self.get(&format!("/v1/vms/{vm}/kdump"));
+            if status.status == 200 && status.json()["state"] == "operational" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "kdump of {vm} never became operational: {}", status.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The record of VM `name` in the state directory (`vm.json`, docs/api.md).
     ///
     /// # Panics

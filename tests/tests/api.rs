@@ -60,20 +60,6 @@ fn create_booted(service: &Service, events: &mut EventStream, body: &Value) -> S
     name
 }
 
-/// Waits until the VM's kdump service has loaded its capture kernel.
-#[track_caller]
-fn wait_kdump(service: &Service, vm: &str) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let status = service.get(&format!("/v1/vms/{vm}/kdump"));
-        if status.status == 200 && status.json()["state"] == "operational" {
-            return;
-        }
-        assert!(Instant::now() < deadline, "kdump of {vm} never became operational: {}", status.text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Injects `kind` on `cpu` and waits for the vmcore; returns its id.
 #[track_caller]
 fn crash(service: &Service, events: &mut EventStream, vm: &str, fault: Value) -> String {
@@ -172,8 +158,8 @@ fn two_vms_crash_and_their_vmcores_are_served() {
     let mut events = service.events("/v1/events?since=0");
     let web = create_booted(&service, &mut events, &crashing_vm("web-1", 2, 256));
     let db = create_booted(&service, &mut events, &crashing_vm("db-1", 1, 192));
-    wait_kdump(&service, &web);
-    wait_kdump(&service, &db);
+    service.wait_kdump(&web);
+    service.wait_kdump(&db);
 
     // A soft lockup on CPU 1 of web-1, found by the detector, panics into kdump.
     let softlockup = crash(&service, &mut events, &web, json!({"kind": "softlockup", "cpu": 1}));
@@ -194,7 +180,7 @@ fn two_vms_crash_and_their_vmcores_are_served() {
         "web-1's second boot",
         BOOT_TIMEOUT,
     );
-    wait_kdump(&service, &web);
+    service.wait_kdump(&web);
     let oops = crash(&service, &mut events, &web, json!({"kind": "oops", "cpu": 1}));
     check_vmcore(&service, &oops, &web, 2, "BUG: kernel NULL pointer dereference");
 
@@ -240,7 +226,7 @@ fn a_vm_with_makedumpfile_as_its_core_collector() {
     body["kdump"] = json!({"dump_level": 0, "core_collector": "makedumpfile -l -d 31"});
     let mut events = service.events("/v1/events?since=0");
     let vm = create_booted(&service, &mut events, &body);
-    wait_kdump(&service, &vm);
+    service.wait_kdump(&vm);
     let id = crash(&service, &mut events, &vm, json!({"kind": "panic", "message": "collected panic"}));
 
     let show = service.get(&format!("/v1/vmcores/{id}")).json();
@@ -280,7 +266,7 @@ fn every_other_fault_kind_is_caught_over_http() {
                 BOOT_TIMEOUT,
             );
         }
-        wait_kdump(&service, &vm);
+        service.wait_kdump(&vm);
         let started = Instant::now();
         let id = crash(&service, &mut events, &vm, json!({"kind": kind, "cpu": 1}));
         eprintln!("{kind}: vmcore {id} {:?} after the injection", started.elapsed());
@@ -311,7 +297,7 @@ fn lkdtm_types_are_listed_and_run_at_crash_points_over_http() {
 
     let mut events = service.events("/v1/events?since=0");
     let vm = create_booted(&service, &mut events, &crashing_vm("lkdtm", 2, 256));
-    wait_kdump(&service, &vm);
+    service.wait_kdump(&vm);
     let at_point = json!({"lkdtm": "PANIC", "cpoint": "INT_HARDWARE_ENTRY", "count": 3, "cpu": 1});
     let injected = service.post(&format!("/v1/vms/{vm}/faults"), &at_point);
     expect_status(&injected, 202, "PANIC at INT_HARDWARE_ENTRY");
@@ -331,7 +317,7 @@ fn lkdtm_types_are_listed_and_run_at_crash_points_over_http() {
     }
 
     events.wait_for(|e| e.name == "booted" && e.data["vm"] == vm && e.data["boot"] == 2, "the next boot", BOOT_TIMEOUT);
-    wait_kdump(&service, &vm);
+    service.wait_kdump(&vm);
     // The command-line client: an upper-case kind is LKDTM's.
     let direct = service.client(&["inject", &vm, "EXCEPTION", "--cpu", "1"]);
     assert!(direct.starts_with(&format!("injected EXCEPTION on CPU 1 of {vm} (pid ")), "{direct}");

@@ -138,11 +138,7 @@ fn kdump_and_host_side_crashes_reach_the_bucket_and_another_host_reads_them() {
             "watchdog": {"thresh_secs": 2, "softlockup_panic": true},
         }),
     );
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while a.get(&format!("/v1/vms/{web}/kdump")).json()["state"] != "operational" {
-        assert!(Instant::now() < deadline, "kdump of {web} never became operational");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    a.wait_kdump(&web);
     expect_status(&a.post(&format!("/v1/vms/{web}/faults"), &json!({"kind": "softlockup", "cpu": 1})), 202, "inject");
     let kdump_id = events.wait(&web, "vmcore_ready", CAPTURE_TIMEOUT).data["id"].as_str().unwrap().to_owned();
     let shipped = uploaded(&mut events, &web, &kdump_id);

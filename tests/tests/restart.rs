@@ -273,11 +273,7 @@ fn a_vmm_killed_while_it_stores_a_capture_kernels_vmcore_leaves_a_recorded_failu
     let mut events = service.events("/v1/events?since=0");
     let collected = json!({"memory_mib": 512, "kdump": {"dump_level": 0, "core_collector": "makedumpfile -l -d 0"}});
     let pid = create_booted(&service, &mut events, "kd", collected);
-    let deadline = Instant::now() + CAPTURE_TIMEOUT;
-    while service.get("/v1/vms/kd/kdump").json()["state"] != "operational" {
-        assert!(Instant::now() < deadline, "kdump never became operational");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    service.wait_kdump("kd");
     expect_status(&service.post("/v1/vms/kd/faults", &json!({"kind": "panic"})), 202, "inject a panic");
     events.wait("kd", "capture_started", CAPTURE_TIMEOUT);
     signal(pid, "KILL");

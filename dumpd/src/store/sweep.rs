@@ -153,14 +153,15 @@ impl CrashStore {
     /// (`.tmp-<vm>-<pid>-<n>`) is locked, by a dump writer forked from it or by the process
     /// itself while it exits.
     pub fn is_written_by(&self, pid: u32) -> Result<bool, StoreError> {
-        let infix = format!("-{pid}-");
+        let suffix = format!("-{pid}");
         for entry in std::fs::read_dir(self.dir()).map_err(io("read the crash store", self.dir()))? {
             let entry = entry.map_err(io("read the crash store", self.dir()))?;
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            // `.tmp-<vm>-<pid>-<n>`: what precedes `-<n>` ends in `-<pid>`.
             let begun_by_pid = name
                 .strip_prefix(TMP_PREFIX)
                 .and_then(|rest| rest.rsplit_once('-'))
-                .is_some_and(|(rest, n)| n.bytes().all(|b| b.is_ascii_digit()) && format!("{rest}-").ends_with(&infix));
+                .is_some_and(|(rest, n)| n.bytes().all(|b| b.is_ascii_digit()) && rest.ends_with(&suffix));
             if begun_by_pid && !is_abandoned(&entry.path()).unwrap_or(true) {
                 return Ok(true);
             }
