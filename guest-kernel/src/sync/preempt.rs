@@ -12,7 +12,7 @@ pub fn disable() {
 #[inline(always)]
 pub fn enable() {
     if percpu::preempt_count_add(-1) == 0 && percpu::need_resched() && crate::sync::irq::enabled() {
-        crate::sched::schedule();
+        crate::sched::preempt_schedule();
     }
 }
 

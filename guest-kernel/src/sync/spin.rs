@@ -107,7 +107,7 @@ impl<T> Drop for SpinGuard<'_, T> {
                 preempt::enable_no_resched();
                 irq::restore(was);
                 if was && crate::arch::percpu::preempt_count() == 0 && crate::arch::percpu::need_resched() {
-                    crate::sched::schedule();
+                    crate::sched::preempt_schedule();
                 }
             }
             None => preempt::enable(),

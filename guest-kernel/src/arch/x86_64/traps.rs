@@ -50,7 +50,7 @@ extern "C" fn interrupt_dispatch(vector: u64, regs: &mut PtRegs) {
             IRQ_REGS[percpu::cpu_id()].store(core::ptr::null_mut(), Ordering::Relaxed);
             block.irq_depth.fetch_sub(1, Ordering::Relaxed);
             if regs.eflags & RFLAGS_IF != 0 && percpu::preempt_count() == 0 && percpu::need_resched() {
-                crate::sched::schedule();
+                crate::sched::preempt_schedule();
             }
         }
     }
