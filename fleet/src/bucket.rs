@@ -29,6 +29,15 @@ const CLIENT_RETRY_TIMEOUT: Duration = Duration::from_secs(10);
 const LIST_CONCURRENCY: usize = 16;
 /// `meta.json`s remembered between listings (they never change once written).
 const META_CACHE_LEN: usize = 65_536;
+/// The longest one request may take, body included (the HTTP client's timeout counts the body).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bytes one GET carries. A vmcore is read in ranges of this size, one request each: in one
+/// request a large vmcore could never arrive within [`REQUEST_TIMEOUT`] on a slow link (30 GB
+/// at 100 MB/s takes 300 s), and its read-back check or download would fail every time.
+pub const READ_CHUNK: u64 = 64 << 20;
+/// The most an object read whole may have: `meta.json` and the text logs, never a vmcore. A
+/// larger one was not written by crashvisor and is refused rather than held in memory.
+pub const MAX_WHOLE_READ: u64 = 16 << 20;
 
 /// A crash committed in the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +78,7 @@ impl FleetBucket {
         let client = ClientOptions::new()
             .with_allow_http(plain_http)
             .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(300));
+            .with_timeout(REQUEST_TIMEOUT);
         let s3 = builder
             .with_bucket_name(&url.bucket)
             .with_retry(retry)
@@ -152,12 +161,13 @@ impl FleetBucket {
             .map_err(FleetError::store("abort the multipart upload of", key))
     }
 
-    /// The SHA-256 and length of the object at `key`, read back whole.
+    /// The SHA-256 and length of the object at `key`, read back in [`READ_CHUNK`] ranges.
     pub async fn sha256(&self, key: &Path) -> Result<(String, u64), FleetError> {
-        let mut stream = self.s3.get(key).await.map_err(FleetError::store("read", key))?.into_stream();
+        let len = self.s3.head(key).await.map_err(FleetError::store("look up", key))?.size;
+        let mut chunks = self.get_range(key, 0..len).await?;
         let mut hasher = Hasher::default();
-        while let Some(chunk) = stream.next().await {
-            hasher.update(&chunk.map_err(FleetError::store("read", key))?);
+        while let Some(chunk) = chunks.next().await {
+            hasher.update(&chunk?);
         }
         Ok(hasher.finish())
     }
@@ -171,25 +181,36 @@ impl FleetBucket {
         }
     }
 
-    /// The object at `key` whole, or `None` if there is none.
+    /// The object at `key` whole, or `None` if there is none; at most [`MAX_WHOLE_READ`] bytes.
     pub async fn get(&self, key: &Path) -> Result<Option<Bytes>, FleetError> {
-        match self.s3.get(key).await {
-            Ok(result) => Ok(Some(result.bytes().await.map_err(FleetError::store("read", key))?)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(FleetError::store("read", key)(e)),
+        let result = match self.s3.get(key).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(FleetError::store("read", key)(e)),
+        };
+        if result.meta.size > MAX_WHOLE_READ {
+            return Err(FleetError::TooLarge { key: key.to_string(), size: result.meta.size, limit: MAX_WHOLE_READ });
         }
+        Ok(Some(result.bytes().await.map_err(FleetError::store("read", key))?))
     }
 
-    /// Bytes `range` of the object at `key`, streamed (one ranged GET).
+    /// Bytes `range` of the object at `key`, streamed: one ranged GET per [`READ_CHUNK`], each
+    /// sent when the one before has been read.
     pub async fn get_range(
         &self,
         key: &Path,
         range: Range<u64>,
     ) -> Result<BoxStream<'static, Result<Bytes, FleetError>>, FleetError> {
-        let options = GetOptions { range: Some(GetRange::Bounded(range)), ..GetOptions::default() };
-        let result = self.s3.get_opts(key, options).await.map_err(FleetError::store("read", key))?;
-        let key = key.to_string();
-        Ok(result.into_stream().map_err(move |e| FleetError::store("read", &key)(e)).boxed())
+        let mut chunks = chunk_ranges(range);
+        // The first request is sent now, so that a missing object or a store that is down is an
+        // error here rather than in the middle of the stream.
+        let Some(first) = chunks.next() else { return Ok(futures_util::stream::empty().boxed()) };
+        let first = ranged_get(self.s3.clone(), key.clone(), first).await?;
+        let (s3, key) = (self.s3.clone(), key.clone());
+        let rest = futures_util::stream::iter(chunks)
+            .then(move |chunk| ranged_get(s3.clone(), key.clone(), chunk))
+            .try_flatten();
+        Ok(first.chain(rest).boxed())
     }
 
     /// The `meta.json` of crash `id` of `host`, if it is committed (cached: it never changes).
@@ -298,5 +319,40 @@ impl FleetBucket {
             self.s3.delete(&object.location).await.map_err(FleetError::store("delete", &object.location))?;
         }
         Ok(())
+    }
+}
+
+/// `range` cut into [`READ_CHUNK`]-sized ranges, in order.
+fn chunk_ranges(range: Range<u64>) -> impl Iterator<Item = Range<u64>> {
+    let end = range.end;
+    (range.start..end).step_by(READ_CHUNK as usize).map(move |start| start..end.min(start.saturating_add(READ_CHUNK)))
+}
+
+/// One ranged GET of `range` of `key`, as a stream of its body.
+async fn ranged_get(
+    s3: AmazonS3,
+    key: Path,
+    range: Range<u64>,
+) -> Result<BoxStream<'static, Result<Bytes, FleetError>>, FleetError> {
+    let options = GetOptions { range: Some(GetRange::Bounded(range)), ..GetOptions::default() };
+    let result = s3.get_opts(&key, options).await.map_err(FleetError::store("read", &key))?;
+    let key = key.to_string();
+    Ok(result.into_stream().map_err(move |e| FleetError::store("read", &key)(e)).boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_cut_into_chunks_that_cover_the_range_exactly() {
+        let chunks: Vec<_> = chunk_ranges(10..2 * READ_CHUNK + 20).collect();
+        assert_eq!(
+            chunks,
+            [10..READ_CHUNK + 10, READ_CHUNK + 10..2 * READ_CHUNK + 10, 2 * READ_CHUNK + 10..2 * READ_CHUNK + 20]
+        );
+        assert_eq!(chunk_ranges(5..5).count(), 0);
+        assert_eq!(chunk_ranges(0..1).collect::<Vec<_>>(), vec![0..1]);
+        assert_eq!(chunk_ranges(u64::MAX - 1..u64::MAX).collect::<Vec<_>>(), vec![u64::MAX - 1..u64::MAX]);
     }
 }

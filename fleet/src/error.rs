@@ -62,6 +62,16 @@ pub enum FleetError {
         /// What is wrong.
         detail: String,
     },
+    /// An object read whole (a `meta.json`, a log) is larger than such a file can be.
+    #[error("{key} in the crash store is {size} bytes, more than the {limit} bytes such a file may have: it was not written by crashvisor")]
+    TooLarge {
+        /// The object.
+        key: String,
+        /// Its length.
+        size: u64,
+        /// The most read whole.
+        limit: u64,
+    },
     /// No such crash.
     #[error("no crash {0} in the crash store")]
     NotFound(String),

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,10 @@ use crate::FleetError;
 pub const JOURNAL_DIR: &str = ".upload";
 /// The uploader's lock file inside it.
 const LOCK_FILE: &str = ".lock";
+/// Ends the name of a journal being written (`.ID.json.PID-N.tmp`), renamed over `ID.json`.
+const TMP_SUFFIX: &str = ".tmp";
+/// Tells this process's journal writes apart.
+static NEXT_TMP: AtomicU64 = AtomicU64::new(0);
 /// S3's multipart limits: parts per upload, and the size of each part but the last.
 pub const MAX_PARTS: u64 = 10_000;
 /// The smallest part S3 takes (but the last).
@@ -148,7 +153,21 @@ impl Journals {
             .open(&path)
             .map_err(FleetError::local("open", &path))?;
         file.lock().map_err(FleetError::local("lock", &path))?;
+        self.remove_stale_tmp();
         Ok(file)
+    }
+
+    /// Removes journals half written by an uploader that died (only the lock's holder writes).
+    fn remove_stale_tmp(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(TMP_SUFFIX)) {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), "cannot remove a half-written upload journal: {e}");
+                }
+            }
+        }
     }
 
     /// Crash `id`'s journal, if it has one. One that cannot be parsed or believed counts as none
@@ -177,7 +196,10 @@ impl Journals {
     /// Replaces crash `journal.id`'s journal atomically and durably.
     pub fn save(&self, journal: &Journal) -> Result<(), FleetError> {
         let path = self.path(&journal.id);
-        let tmp = self.dir.join(format!(".{}.json.tmp", journal.id));
+        // A name of its own per write: a write still running for an upload that was given up
+        // (a cancelled task's blocking save) must not take the file from under this one.
+        let n = NEXT_TMP.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!(".{}.json.{}-{n}{TMP_SUFFIX}", journal.id, std::process::id()));
         let mut json = serde_json::to_vec_pretty(journal).map_err(|e| FleetError::Meta {
             what: format!("the upload journal of {}", journal.id),
             detail: e.to_string(),

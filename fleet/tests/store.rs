@@ -1,15 +1,19 @@
 //! The fleet's store against a real S3 server (s3s-fs on loopback): uploads byte-exact with
 //! `meta.json` last, multipart resumed after an interrupted upload, an altered object detected
-//! and sent again, the store down then back, two hosts in one bucket, ranged reads, deletes,
-//! retention on a host's prefix, and a full spool.
+//! and sent again, a vmcore larger than one read checked and read back in ranges, the store
+//! down then back, two hosts in one bucket, ranged reads, deletes, retention on a host's prefix,
+//! and a full spool.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dumpd::store::{CrashMeta, CrashStore, Retention, Trigger, FILE_META, FILE_VMCORE, FILE_VMCORE_DMESG};
+use fleet::bucket::READ_CHUNK;
 use fleet::journal::{FileUpload, Journals};
 use fleet::test_server::S3Server;
-use fleet::{Backoff, FleetBucket, Retrying, SpoolStatus, UploadObserver, Uploaded, Uploader, UploaderConfig};
+use fleet::{
+    Backoff, FleetBucket, FleetError, Retrying, SpoolStatus, UploadObserver, Uploaded, Uploader, UploaderConfig,
+};
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
 
@@ -86,6 +90,12 @@ async fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool)
     }
 }
 
+/// The whole object at `key`, read as downloads read it (ranged GETs).
+async fn object(bucket: &FleetBucket, key: &object_store::path::Path) -> Vec<u8> {
+    let len = bucket.len(key).await.unwrap().expect("the object exists");
+    bucket.get_range(key, 0..len).await.unwrap().try_collect::<Vec<_>>().await.unwrap().concat()
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -110,7 +120,7 @@ async fn a_crash_arrives_byte_exact_and_only_with_its_meta_json() {
     let uploaded = up.ship(&id).await.unwrap();
     assert_eq!(uploaded.url, format!("s3://crashes/fleet/host-a/{id}/"));
     assert!(uploaded.resent.is_empty());
-    let stored = bucket.get(&bucket.key("host-a", &id, FILE_VMCORE)).await.unwrap().unwrap();
+    let stored = object(&bucket, &bucket.key("host-a", &id, FILE_VMCORE)).await;
     assert!(stored == vmcore, "the vmcore in the store is byte-exact");
     let listed = bucket.list(Some("host-a")).await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -122,6 +132,35 @@ async fn a_crash_arrives_byte_exact_and_only_with_its_meta_json() {
     // Shipped: the local copy and its journal are gone.
     assert!(store.list().unwrap().is_empty());
     assert!(Journals::open(&dir).unwrap().ids().unwrap().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_vmcore_larger_than_one_read_is_checked_and_read_back_in_ranges() {
+    let server = S3Server::start("chunks");
+    let bucket = Arc::new(server.bucket("fleet", "host-a"));
+    let (dir, store) = spool("chunks");
+    let len = READ_CHUNK as usize + 3 * MIB + 7;
+    let id = crash(&store, "web-1", len, 9);
+    let vmcore = std::fs::read(dir.join(&id).join(FILE_VMCORE)).unwrap();
+    let events = Arc::new(Events::default());
+    let uploaded = uploader(&bucket, &store, config(), &events).ship(&id).await.unwrap();
+    assert!(uploaded.resent.is_empty(), "the read-back check passed first time: {:?}", uploaded.resent);
+
+    let key = bucket.key("host-a", &id, FILE_VMCORE);
+    assert!(object(&bucket, &key).await == vmcore, "the vmcore read in ranges is byte-exact");
+    let read = |range: std::ops::Range<u64>| {
+        let bucket = bucket.clone();
+        let key = key.clone();
+        async move { bucket.get_range(&key, range).await.unwrap().try_collect::<Vec<_>>().await.unwrap().concat() }
+    };
+    let across = READ_CHUNK - 10..READ_CHUNK + 10;
+    assert_eq!(read(across.clone()).await, vmcore[across.start as usize..across.end as usize]);
+    assert!(read(5..5).await.is_empty());
+    assert_eq!(bucket.sha256(&key).await.unwrap(), (sha256_hex(&vmcore), len as u64));
+    // Objects read whole are small files; a vmcore is refused rather than held in memory.
+    let refused = bucket.get(&key).await.unwrap_err();
+    assert!(matches!(refused, FleetError::TooLarge { size, .. } if size == len as u64), "{refused}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -155,7 +194,7 @@ async fn an_interrupted_multipart_upload_resumes() {
     let (journal, _) = second.stage(&id).await.unwrap();
     assert_eq!(journal.files[FILE_VMCORE].upload, FileUpload::Sent);
     let uploaded = second.ship(&id).await.unwrap();
-    let stored = bucket.get(&bucket.key("host-a", &id, FILE_VMCORE)).await.unwrap().unwrap();
+    let stored = object(&bucket, &bucket.key("host-a", &id, FILE_VMCORE)).await;
     assert!(stored == data(40 * MIB, 2), "byte-exact after resuming upload {upload_id}");
     assert_eq!(uploaded.remote_id, id);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -176,7 +215,7 @@ async fn an_object_altered_before_the_commit_is_detected_and_sent_again() {
 
     let uploaded = up.ship(&id).await.unwrap();
     assert_eq!(uploaded.resent, [FILE_VMCORE]);
-    assert!(bucket.get(&key).await.unwrap().unwrap() == data(7 * MIB, 3), "the right bytes were sent again");
+    assert!(object(&bucket, &key).await == data(7 * MIB, 3), "the right bytes were sent again");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -314,10 +353,21 @@ async fn a_local_copy_left_after_its_commit_is_removed_and_not_sent_again() {
     let kept = uploader(&bucket, &store, UploaderConfig { keep_local: true, ..config() }, &events);
     assert_eq!(kept.status().await.unwrap().waiting, 0);
     assert_eq!(store.list().unwrap().len(), 1, "kept with --keep-local");
-    // An uploader that does not keep local copies removes it, and sends nothing.
-    let status = uploader(&bucket, &store, config(), &events).status().await.unwrap();
+    // A look at the status changes nothing; the queue of an uploader that does not keep local
+    // copies removes it, and sends nothing.
+    let queue = Arc::new(uploader(&bucket, &store, config(), &events));
+    let status = queue.status().await.unwrap();
+    assert_eq!((status.waiting, status.bytes), (0, 16384), "{status:?}");
+    assert_eq!(store.list().unwrap().len(), 1, "a status look leaves the spool alone");
+    let running = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.run().await }
+    });
+    wait_for("the local copy removed", Duration::from_secs(30), || store.list().unwrap().is_empty()).await;
+    running.abort();
+    let _ = running.await;
+    let status = queue.status().await.unwrap();
     assert_eq!((status.waiting, status.bytes), (0, 0), "{status:?}");
-    assert!(store.list().unwrap().is_empty());
     assert!(Journals::open(&dir).unwrap().ids().unwrap().is_empty());
     assert_eq!(bucket.list(None).await.unwrap().len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();

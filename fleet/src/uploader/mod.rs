@@ -240,7 +240,7 @@ impl Uploader {
         let mut attempts: HashMap<String, (u32, Instant)> = HashMap::new();
         let mut was_full = false;
         loop {
-            let look = match self.look().await {
+            let look = match self.look(Tidy::Yes).await {
                 Ok(look) => look,
                 Err(e) => {
                     tracing::error!("cannot read the spool {}: {e}", self.spool.dir().display());
@@ -308,9 +308,10 @@ impl Uploader {
         let _ = tokio::time::timeout(at_most, self.kick.notified()).await;
     }
 
-    /// The spool's status now.
+    /// The spool's status now. Only reads: the queue's own loop (which holds the spool's upload
+    /// lock) is the one that removes anything.
     pub async fn status(&self) -> Result<SpoolStatus, FleetError> {
-        Ok(self.status_of(&self.look().await?))
+        Ok(self.status_of(&self.look(Tidy::No).await?))
     }
 
     fn status_of(&self, look: &Look) -> SpoolStatus {
@@ -327,31 +328,47 @@ impl Uploader {
         }
     }
 
-    /// The spool's crashes, oldest first, with whether each is done; drops journals of crashes
-    /// no longer there, and removes kept copies (oldest first) while the spool is over its limit.
-    async fn look(&self) -> Result<Look, FleetError> {
+    /// The spool's crashes, oldest first, with whether each is done. With [`Tidy::Yes`] it also
+    /// drops journals of crashes no longer there, and removes local copies of uploaded crashes
+    /// (kept ones oldest first, while the spool is over its limit). A crash that cannot be looked
+    /// at (its journal or directory unreadable) is left out with a warning: the others go on.
+    async fn look(&self, tidy: Tidy) -> Result<Look, FleetError> {
         let spool = self.spool.clone();
         let journals = self.journals.clone();
         let (limit, keep_local) = (self.config.spool_limit, self.config.keep_local);
         blocking(move || {
             let entries = spool.list()?;
-            for id in journals.ids()? {
-                if !entries.iter().any(|e| e.id == id) {
-                    journals.remove(&id)?;
+            if tidy == Tidy::Yes {
+                for id in journals.ids()? {
+                    if !entries.iter().any(|e| e.id == id) {
+                        journals.remove(&id)?;
+                    }
                 }
             }
             let mut queue = Vec::with_capacity(entries.len());
             for entry in &entries {
-                let done = journals.load(&entry.id)?.is_some_and(|j| j.is_done());
+                let looked = journals.load(&entry.id).and_then(|journal| Ok((journal, entry.disk_bytes()?)));
+                let (journal, bytes) = match looked {
+                    Ok(looked) => looked,
+                    // Deleted since the listing: nothing to ship.
+                    Err(_) if !spool.dir().join(&entry.id).is_dir() => continue,
+                    Err(e) => {
+                        tracing::warn!(id = entry.id, "skipping a crash of the spool this time: {e}");
+                        continue;
+                    }
+                };
                 queue.push(Queued {
                     id: entry.id.clone(),
                     vm: entry.vm().unwrap_or("unknown").to_owned(),
                     ready_unix_ms: entry.meta.as_ref().map(ready_unix_ms),
-                    bytes: entry.disk_bytes()?,
-                    done,
+                    bytes,
+                    done: journal.is_some_and(|j| j.is_done()),
                 });
             }
             let in_flight = spool.in_flight_bytes()?;
+            if tidy == Tidy::No {
+                return Ok(Look { queue, in_flight });
+            }
             // Local copies of uploaded crashes go: all of them unless kept (an uploader that
             // ended between the commit in the store and the removal left them), and kept ones,
             // oldest first, while the spool is over its limit.
@@ -362,7 +379,10 @@ impl Uploader {
                 if keep_local && !over {
                     continue;
                 }
-                remove_local(&spool, &journals, &q.id)?;
+                if let Err(e) = remove_local(&spool, &journals, &q.id) {
+                    tracing::warn!(id = q.id, "cannot remove the local copy of an uploaded crash: {e}");
+                    continue;
+                }
                 tracing::info!(id = q.id, "removed the local copy of an uploaded crash");
                 total -= q.bytes;
                 removed.push(q.id.clone());
@@ -372,6 +392,13 @@ impl Uploader {
         })
         .await
     }
+}
+
+/// Whether a look at the spool may change it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tidy {
+    Yes,
+    No,
 }
 
 #[cfg(test)]

@@ -298,15 +298,11 @@ fn part_size_for(size: u64, configured: u64) -> u64 {
     configured.max(least).clamp(MIN_PART_SIZE, MAX_PART_SIZE)
 }
 
-/// Whether a multipart upload failed because the store no longer knows it (not a passing fault).
+/// Whether a multipart upload failed because the store no longer knows it (S3's 404
+/// `NoSuchUpload`), not a passing fault. A 403 is not that: it says the credentials may not
+/// write (expired, a policy changed), and the parts already sent stay useful once they may.
 fn upload_is_gone(error: &FleetError) -> bool {
-    matches!(
-        error,
-        FleetError::Store {
-            source: object_store::Error::NotFound { .. } | object_store::Error::PermissionDenied { .. },
-            ..
-        }
-    )
+    matches!(error, FleetError::Store { source: object_store::Error::NotFound { .. }, .. })
 }
 
 /// The crash directory's files but `meta.json` and hidden ones, with their lengths.
