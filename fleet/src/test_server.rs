@@ -89,6 +89,16 @@ impl S3Server {
         }
     }
 
+    /// Freezes (`true`, SIGSTOP) or thaws (`false`, SIGCONT) the server: while frozen, requests
+    /// hang unanswered, as with a store that stalls.
+    pub fn freeze(&self, frozen: bool) {
+        let child = self.child.as_ref().expect("the S3 server is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child, which `self.child` keeps unreaped, so the pid is its.
+        let sent = unsafe { libc::kill(pid, if frozen { libc::SIGSTOP } else { libc::SIGCONT }) };
+        assert_eq!(sent, 0, "signal the S3 server: {}", std::io::Error::last_os_error());
+    }
+
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

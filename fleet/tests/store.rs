@@ -220,6 +220,34 @@ async fn an_object_altered_before_the_commit_is_detected_and_sent_again() {
 }
 
 #[tokio::test]
+async fn a_crash_deleted_from_the_spool_while_it_is_committed_does_not_stay_in_the_store() {
+    let server = S3Server::start("delete-race");
+    let bucket = Arc::new(server.bucket("", "host-a"));
+    let (dir, store) = spool("delete-race");
+    let id = crash(&store, "vm", 2 * MIB, 4);
+    let events = Arc::new(Events::default());
+    let up = Arc::new(uploader(&bucket, &store, config(), &events));
+    up.stage(&id).await.unwrap();
+    // The store stalls while the uploader reads the files back before the commit; meanwhile
+    // the spool's copy is deleted (DELETE /v1/vmcores/ID saw no commit yet).
+    server.freeze(true);
+    let shipping = tokio::spawn({
+        let (up, id) = (up.clone(), id.clone());
+        async move { up.ship(&id).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    store.delete(&id).unwrap();
+    server.freeze(false);
+    let outcome = shipping.await.unwrap();
+    let error = outcome.expect_err("a crash deleted during its upload is not reported uploaded").to_string();
+    assert!(error.contains("deleted while it was being uploaded"), "{error}");
+    assert!(bucket.list(None).await.unwrap().is_empty(), "the store does not keep a deleted crash");
+    assert!(bucket.files("host-a", &id).await.unwrap().is_empty(), "nor any of its objects");
+    assert!(Journals::open(&dir).unwrap().ids().unwrap().is_empty());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
 async fn the_store_down_then_back_loses_nothing_and_sends_nothing_twice() {
     let mut server = S3Server::start("down");
     let bucket = Arc::new(server.bucket("fleet", "host-a"));

@@ -311,6 +311,18 @@ async fn download(
     Ok(response)
 }
 
+/// Deletes vmcore `id` from the store, where it went while a DELETE of its local copy ran.
+async fn delete_stored(state: &AppState, id: &str) -> Result<StatusCode, ApiError> {
+    let (Located::Store { host, id: stored, local: None }, Some(fleet)) = (locate(state, id).await?, state.fleet())
+    else {
+        return Err(ApiError::not_found(format!("no vmcore {id:?}")));
+    };
+    fleet.bucket().delete(&host, &stored).await.map_err(store_error)?;
+    fleet.cache().forget(&host, &stored);
+    tracing::info!("deleted vmcore {id} from the store (its upload finished during the DELETE)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Where a download's bytes come from.
 enum Source {
     /// A local file: the spool's, or a conversion.
@@ -383,10 +395,25 @@ async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> Result
         })
         .await
         .map_err(|e| ApiError::internal(format!("the delete task failed: {e}")))?;
-        deleted.map_err(|e| match e {
-            StoreError::NoSuchCrash(_) => ApiError::not_found(format!("no vmcore {id:?}")),
-            e => ApiError::internal(format!("cannot delete {}: {e}", dir.display())),
-        })?;
+        match deleted {
+            Ok(()) => {}
+            // Its upload finished meanwhile and took the local copy: it is in the store now.
+            Err(StoreError::NoSuchCrash(_)) if state.fleet().is_some() => return delete_stored(&state, &id).await,
+            Err(StoreError::NoSuchCrash(_)) => return Err(ApiError::not_found(format!("no vmcore {id:?}"))),
+            Err(e) => return Err(ApiError::internal(format!("cannot delete {}: {e}", dir.display()))),
+        }
+        if let (Located::Spool(_), Some(fleet)) = (&located, state.fleet()) {
+            // Committed in the store while this DELETE ran: the store's copy goes too. (The
+            // uploader looks the other way round, see `Uploader::ship`: whichever comes second
+            // sees the other, so a deleted crash never stays in the store.)
+            if let Some(remote) = fleet.uploaded_as(&name) {
+                match fleet.bucket().delete(fleet.host(), &remote).await {
+                    Ok(()) => fleet.cache().forget(fleet.host(), &remote),
+                    Err(::fleet::FleetError::NotFound(_)) => {}
+                    Err(e) => return Err(store_error(e)),
+                }
+            }
+        }
         if let Some(fleet) = state.fleet() {
             fleet.forget(&name).map_err(ApiError::internal)?;
         }

@@ -87,6 +87,23 @@ impl Uploader {
             let url = self.bucket.crash_url(&host, &journal.remote_id);
             journal.stage = Stage::Done { url, uploaded_unix_ms: unix_ms(SystemTime::now()) };
             self.save(&journal).await?;
+            // A DELETE of the spool's copy while it was being committed: that DELETE saw no
+            // commit yet, so the store's copy is this side's to remove. (The DELETE, once the
+            // local copy is gone, looks at the journal again: whichever of the two comes second
+            // sees the other, so a deleted crash never stays in the store.)
+            if !dir.is_dir() {
+                match self.bucket.delete(&host, &journal.remote_id).await {
+                    Ok(()) | Err(FleetError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                let journals = self.journals.clone();
+                let id = id.to_owned();
+                blocking(move || journals.remove(&id)).await?;
+                return Err(FleetError::NotFound(format!(
+                    "{} in the spool: deleted while it was being uploaded",
+                    journal.id
+                )));
+            }
         }
         let Stage::Done { url, uploaded_unix_ms } = journal.stage.clone() else {
             return Err(FleetError::NotFound(format!("{id}'s upload journal")));
