@@ -299,12 +299,28 @@ pub struct FailureRecord {
     pub trigger: Trigger,
     /// Why it failed.
     pub reason: String,
+    /// Recorded after its VMM ended (by a sweep, or by a dump writer that finished alone), so
+    /// the VMM never announced it: the service does (`dump_failed`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after_vmm_ended: bool,
 }
 
 impl FailureRecord {
-    /// The record of `vm`'s capture by `trigger` that failed at `time` for `reason`.
+    /// The record of `vm`'s capture by `trigger` that failed at `time` for `reason`, reported
+    /// by the VMM that ran it.
     pub fn new(vm: &str, trigger: Trigger, reason: String, time: SystemTime) -> Self {
-        Self { time: rfc3339(time), vm: vm.to_owned(), trigger, reason }
+        Self { time: rfc3339(time), vm: vm.to_owned(), trigger, reason, after_vmm_ended: false }
+    }
+
+    /// The same, recorded after its VMM ended: nobody announced it yet.
+    pub fn after_vmm_ended(self) -> Self {
+        Self { after_vmm_ended: true, ..self }
+    }
+
+    /// When it failed, in ms since the epoch (`None` if `time` is not RFC 3339).
+    pub fn unix_ms(&self) -> Option<u64> {
+        let at: Timestamp = self.time.parse().ok()?;
+        u64::try_from(at.as_millisecond()).ok()
     }
 }
 
@@ -757,11 +773,27 @@ mod tests {
             vm: "vm".into(),
             trigger: Trigger::Kdump,
             reason: reason.into(),
+            after_vmm_ended: false,
         };
         store.record_failure(&record("no elfcorehdr")).unwrap();
         store.record_failure(&record("descriptor: bad magic")).unwrap();
         assert_eq!(store.failures().unwrap(), [record("no elfcorehdr"), record("descriptor: bad magic")]);
         assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn failures_say_whether_their_vmm_announced_them_and_when() {
+        let store_dir = TestDir::new("failure-fields");
+        let store = CrashStore::open(store_dir.path()).unwrap();
+        let theirs = FailureRecord::new("vm", Trigger::OnDemand, "full disk".into(), at(1_700_000_000));
+        let swept = theirs.clone().after_vmm_ended();
+        store.record_failure(&theirs).unwrap();
+        store.record_failure(&swept).unwrap();
+        let text = std::fs::read_to_string(store_dir.path().join(FILE_FAILURES)).unwrap();
+        assert!(!text.lines().next().unwrap().contains("after_vmm_ended"), "{text}");
+        assert_eq!(store.failures().unwrap(), [theirs.clone(), swept]);
+        assert_eq!(theirs.unix_ms(), Some(1_700_000_000_000));
+        assert_eq!(FailureRecord { time: "yesterday".into(), ..theirs }.unix_ms(), None);
     }
 
     #[test]

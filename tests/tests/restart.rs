@@ -180,10 +180,14 @@ fn a_host_side_dump_outlives_its_killed_vmm() {
     eprintln!("killed the VMM {pid} after {}; its writers: {writers:?}", progress.data);
     assert!(!writers.is_empty(), "no dump writer ran when the VMM was killed: {}", progress.data);
 
-    // The writer finishes and commits alone; the service lists the crash, and the VM failed.
+    // The writer finishes and commits alone; the running service announces and lists the crash,
+    // and the VM failed.
     let store = CrashStore::open(service.crash_dir.path()).expect("the crash store opens");
     let committed = wait_committed(&store, "big", CAPTURE_TIMEOUT);
     let failed = events.wait("big", "failed", COMMAND_TIMEOUT);
+    let ready = events.wait("big", "vmcore_ready", COMMAND_TIMEOUT);
+    assert_eq!(ready.data["id"].as_str(), Some(committed.as_str()), "{}", ready.data);
+    assert!(ready.data.get("found_at_restart").is_none(), "{}", ready.data);
     assert!(failed.data["reason"].as_str().is_some_and(|r| r.contains("signal 9")), "{}", failed.data);
     let meta = store.list().expect("the store lists").pop().and_then(|c| c.meta).expect("meta.json");
     assert!(meta.sizes.vmcore_apparent_bytes > 1 << 30, "the whole guest is in the vmcore: {:?}", meta.sizes);
@@ -206,13 +210,11 @@ fn a_host_side_dump_outlives_its_killed_vmm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // A service started later announces it.
+    // A service started later still has it, announced once.
     service.kill();
     service.restart();
-    let mut events = service.events("/v1/events?since=0");
-    let ready = events.wait("big", "vmcore_ready", COMMAND_TIMEOUT);
-    assert_eq!(ready.data["id"].as_str(), Some(committed.as_str()), "{}", ready.data);
     assert_eq!(vm(&service, "big")["state"], "failed");
+    assert_eq!(vm(&service, "big")["vmcores"], json!([committed]));
     let status = service.terminate();
     assert!(status.success(), "{status}\n{}", service.log());
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crashvisor_control::{Event, Request, ServerLine, Status};
-use dumpd::store::{CrashEntry, CrashStore};
+use dumpd::store::{CrashEntry, CrashStore, FailureRecord};
 
 use super::control::ControlConn;
 use super::process::VmmProcess;
@@ -144,6 +144,45 @@ fn missed(entries: &[CrashEntry], vm: &str, created_unix_ms: u64, announced: &[S
         .collect()
 }
 
+/// The failed captures of `vm` (created at `created_unix_ms`) recorded after its VMM ended
+/// (by a sweep, or by a dump writer that finished alone) and not in `announced`: their keys
+/// and reasons, oldest first. Nobody else announces them.
+pub fn missed_failures(
+    store: &CrashStore,
+    vm: &str,
+    created_unix_ms: u64,
+    announced: &[String],
+) -> Vec<(String, String)> {
+    match store.failures() {
+        Ok(records) => missed_failures_in(&records, vm, created_unix_ms, announced),
+        Err(e) => {
+            tracing::warn!("cannot look for failed captures recorded after the VMM ended: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn missed_failures_in(
+    records: &[FailureRecord],
+    vm: &str,
+    created_unix_ms: u64,
+    announced: &[String],
+) -> Vec<(String, String)> {
+    // Record times have whole seconds: one in the second the VM was created counts as its own.
+    let created_secs = created_unix_ms / 1000 * 1000;
+    records
+        .iter()
+        .filter(|r| r.after_vmm_ended && r.vm == vm && r.unix_ms().is_some_and(|at| at >= created_secs))
+        .map(|r| (failure_key(r), r.reason.clone()))
+        .filter(|(key, _)| !announced.contains(key))
+        .collect()
+}
+
+/// What tells a recorded failure apart: its time and reason.
+pub fn failure_key(record: &FailureRecord) -> String {
+    format!("{} {}", record.time, record.reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +210,28 @@ mod tests {
         assert_eq!(missed.len(), 1, "{missed:?}");
         let Event::VmcoreReady { id, size, .. } = &missed[0] else { panic!("{missed:?}") };
         assert_eq!((id.as_str(), *size), ("web-2", 100));
+    }
+
+    #[test]
+    fn only_this_vms_unannounced_failures_recorded_after_its_vmm_ended_are_missed() {
+        let t0 = 1_700_000_000_000;
+        let at = |ms: u64| UNIX_EPOCH + Duration::from_millis(ms);
+        let record = |vm: &str, ms: u64, reason: &str| {
+            FailureRecord::new(vm, Trigger::OnDemand, reason.into(), at(ms)).after_vmm_ended()
+        };
+        let announced = record("web", t0 + 2_000, "announced");
+        let records = [
+            record("web", t0 - 5_000, "an older VM of that name"),
+            FailureRecord::new("web", Trigger::OnDemand, "announced by its VMM".into(), at(t0 + 1_000)),
+            record("web-x", t0 + 1_000, "another VM"),
+            announced.clone(),
+            record("web", t0 + 400, "in the second the VM was created"),
+            record("web", t0 + 3_000, "swept"),
+        ];
+        let missed = missed_failures_in(&records, "web", t0 + 500, &[failure_key(&announced)]);
+        let reasons: Vec<&str> = missed.iter().map(|(_, reason)| reason.as_str()).collect();
+        assert_eq!(reasons, ["in the second the VM was created", "swept"]);
+        assert_eq!(missed[1].0, failure_key(&records[5]));
     }
 
     #[tokio::test]

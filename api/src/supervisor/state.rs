@@ -126,6 +126,10 @@ pub struct Tracker {
     pub last_lockup: Option<Value>,
     /// Ids of the vmcores this VM produced, oldest first.
     pub vmcores: Vec<String>,
+    /// Failed captures recorded after a VMM of this VM ended, announced already (see
+    /// [`super::adopt::failure_key`]).
+    #[serde(default)]
+    pub failures_announced: Vec<String>,
     /// Why the VM failed.
     pub failure: Option<String>,
     /// The VMM's own boot number of the machine running now.
@@ -166,6 +170,7 @@ impl Tracker {
             last_panic: None,
             last_lockup: None,
             vmcores: Vec::new(),
+            failures_announced: Vec::new(),
             failure: None,
             vmm_boot: 0,
             panicked_this_boot: false,

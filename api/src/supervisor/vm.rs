@@ -130,11 +130,27 @@ fn new_task(
         followers: Vec::new(),
         tracker,
         vmm,
+        orphan_writer: None,
         keeper: None,
         status_tx,
         inbox,
     };
     (task, VmHandle { spec, created, console, commands, status })
+}
+
+/// Whether a dump writer forked by VMM `pid` still writes a crash (false when that cannot be
+/// told).
+async fn is_written_by(store: CrashStore, pid: u32) -> bool {
+    matches!(tokio::task::spawn_blocking(move || store.is_written_by(pid)).await, Ok(Ok(true)))
+}
+
+/// Returns once no dump writer of VMM `pid` writes a crash any more (a writer always ends: it
+/// commits or records its crash, then exits).
+async fn writer_done(store: CrashStore, pid: Option<u32>) {
+    let Some(pid) = pid else { return std::future::pending().await };
+    while is_written_by(store.clone(), pid).await {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs `task`; `restored`: the VMM recorded for a VM from the state directory.
@@ -204,6 +220,9 @@ struct VmTask {
     tracker: Tracker,
     /// The VMM process, while there is one.
     vmm: Option<VmmIdentity>,
+    /// The pid of the ended VMM whose forked dump writer still finishes a crash alone: what it
+    /// commits or records as failed is announced once it is done.
+    orphan_writer: Option<u32>,
     /// The record's writer; gone once the VM is forgotten.
     keeper: Option<RecordKeeper>,
     status_tx: watch::Sender<VmStatus>,
@@ -219,7 +238,8 @@ impl VmTask {
             None => self.spawn_session().await,
             Some(recorded) => {
                 let session = if live { self.adopt_session(recorded).await } else { None };
-                self.announce_missed_vmcores().await;
+                self.announce_missed_vmcores(true).await;
+                self.announce_missed_failures().await;
                 session
             }
         };
@@ -243,14 +263,22 @@ impl VmTask {
         }
         self.console.finish();
         self.publish_status();
-        // The VM is over; answer whoever still asks until the last handle is gone.
+        // The VM is over; answer whoever still asks until the last handle is gone, and announce
+        // what a dump writer that outlived the VMM leaves when it is done.
         while inbox_open {
-            match self.inbox.recv().await {
-                Some(VmCommand::Forget { reply }) => {
-                    let _ = reply.send(self.forget().await);
+            tokio::select! {
+                command = self.inbox.recv() => match command {
+                    Some(VmCommand::Forget { reply }) => {
+                        let _ = reply.send(self.forget().await);
+                    }
+                    Some(command) => self.refuse(command),
+                    None => inbox_open = false,
+                },
+                () = writer_done(self.services.store.clone(), self.orphan_writer), if self.orphan_writer.is_some() => {
+                    self.orphan_writer = None;
+                    self.announce_missed_vmcores(false).await;
+                    self.announce_missed_failures().await;
                 }
-                Some(command) => self.refuse(command),
-                None => inbox_open = false,
             }
         }
         if let Some(keeper) = self.keeper.take() {
@@ -368,14 +396,15 @@ impl VmTask {
         }
     }
 
-    /// Announces the VM's crashes committed while no service listened.
-    async fn announce_missed_vmcores(&mut self) {
+    /// Announces the VM's crashes committed while no service listened (`found_at_restart`), or
+    /// by a dump writer that outlived the VMM.
+    async fn announce_missed_vmcores(&mut self, found_at_restart: bool) {
         let store = self.services.store.clone();
         let (name, created, announced) = (self.spec.name.clone(), self.created_unix_ms, self.tracker.vmcores.clone());
         let missed = tokio::task::spawn_blocking(move || adopt::missed_vmcores(&store, &name, created, &announced));
         for event in missed.await.unwrap_or_default() {
             let mut effects = self.tracker.on_control_event(&event, Instant::now());
-            for effect in &mut effects {
+            for effect in effects.iter_mut().filter(|_| found_at_restart) {
                 if let Effect::Publish(event) = effect {
                     event.fields.insert("found_at_restart".into(), Value::Bool(true));
                 }
@@ -552,6 +581,11 @@ impl VmTask {
             follower.sync().await;
         }
         self.record_abandoned_captures(vmm_pid).await;
+        if self.orphan_writer.is_none() {
+            // A crash the VMM committed without saying so (killed right after), or one its dump
+            // writer committed alone in the moment waited for above.
+            self.announce_missed_vmcores(false).await;
+        }
         let end = ProcessEnd { success, status, last_output: self.last_output(s.killed_because) };
         let effects = self.tracker.on_process_end(&end, s.stop.is_some());
         self.apply(effects);
@@ -568,15 +602,16 @@ impl VmTask {
     async fn record_abandoned_captures(&mut self, vmm_pid: Option<u32>) {
         let store = self.services.store.clone();
         // A dump writer the VMM forked may be letting go of a crash the VMM took over just
-        // before it died: wait a little for that, not for a writer that finishes alone.
+        // before it died: wait a little for that, not for a writer that finishes alone (its
+        // outcome is announced when it is done).
         if let Some(pid) = vmm_pid {
             let deadline = tokio::time::Instant::now() + WRITER_LET_GO;
-            while tokio::time::Instant::now() < deadline {
-                let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.is_written_by(pid)).await {
-                    Ok(Ok(true)) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    _ => break,
+            while is_written_by(store.clone(), pid).await {
+                if tokio::time::Instant::now() >= deadline {
+                    self.orphan_writer = Some(pid);
+                    break;
                 }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
         let swept = match tokio::task::spawn_blocking(move || store.sweep()).await {
@@ -587,10 +622,23 @@ impl VmTask {
             }
             Err(_) => return,
         };
-        let name = self.spec.name.clone();
-        for record in swept.failed_captures.into_iter().filter(|r| r.vm == name) {
-            tracing::warn!("the VMM ended during a capture: {}", record.reason);
-            let effects = self.tracker.on_control_event(&Event::DumpFailed { reason: record.reason }, Instant::now());
+        if !swept.failed_captures.is_empty() {
+            tracing::warn!("the crash store's sweep recorded {} abandoned capture(s)", swept.failed_captures.len());
+        }
+        // Those this sweep recorded, and those another process's sweep recorded first.
+        self.announce_missed_failures().await;
+    }
+
+    /// Announces (`dump_failed`) the VM's failed captures recorded after a VMM of it ended.
+    async fn announce_missed_failures(&mut self) {
+        let store = self.services.store.clone();
+        let (name, created) = (self.spec.name.clone(), self.created_unix_ms);
+        let announced = self.tracker.failures_announced.clone();
+        let missed = tokio::task::spawn_blocking(move || adopt::missed_failures(&store, &name, created, &announced));
+        for (key, reason) in missed.await.unwrap_or_default() {
+            tracing::warn!("a capture failed after the VMM ended: {reason}");
+            self.tracker.failures_announced.push(key);
+            let effects = self.tracker.on_control_event(&Event::DumpFailed { reason }, Instant::now());
             self.apply(effects);
         }
     }

@@ -85,7 +85,7 @@ fn abandoned_capture(path: &Path) -> Option<FailureRecord> {
         "the process writing the vmcore died before committing it; its unfinished crash {} was removed",
         path.display()
     );
-    Some(FailureRecord::new(&meta.vm, meta.trigger, reason, SystemTime::now()))
+    Some(FailureRecord::new(&meta.vm, meta.trigger, reason, SystemTime::now()).after_vmm_ended())
 }
 
 /// True if no live writer holds `path`'s lock (checked by taking it; it is released again).

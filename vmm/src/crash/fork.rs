@@ -312,7 +312,8 @@ fn finish_alone(vmcore: &VmcoreFile<'_>, mut meta: CrashMeta, written: Result<Vm
     if let Err(reason) = committed {
         let what = describe_failure(meta.trigger, &pending.store().dir().display().to_string());
         let reason = format!("{what}: {reason} (finished by the dump writer after its VMM ended)");
-        let record = FailureRecord::new(pending.vm_name(), meta.trigger, reason, std::time::SystemTime::now());
+        let record =
+            FailureRecord::new(pending.vm_name(), meta.trigger, reason, std::time::SystemTime::now()).after_vmm_ended();
         // Recorded before the directory goes: a writer killed in between leaves it to a sweep,
         // which records the failure again rather than never.
         let _ = pending.store().record_failure(&record);
