@@ -181,11 +181,19 @@ impl FuseMount {
 
 impl Drop for FuseMount {
     fn drop(&mut self) {
-        let Ok(target) = CString::new(self.dir.as_os_str().as_bytes()) else { return };
-        // SAFETY: a NUL-terminated path that outlives the call. Lazy: a reader still holding
-        // the file gets errors once the device closes, never a hang.
-        if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-            tracing::warn!("cannot unmount {}: {}", self.dir.display(), io::Error::last_os_error());
+        unmount(&self.dir);
+    }
+}
+
+/// Unmounts the filesystem on `dir`, lazily: a reader still holding a file gets errors once the
+/// device closes, never a hang. Nothing mounted there is fine.
+pub fn unmount(dir: &Path) {
+    let Ok(target) = CString::new(dir.as_os_str().as_bytes()) else { return };
+    // SAFETY: a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINVAL) {
+            tracing::warn!("cannot unmount {}: {error}", dir.display());
         }
     }
 }

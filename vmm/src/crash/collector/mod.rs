@@ -180,6 +180,34 @@ impl ServedFile for ServedVmcore<'_> {
 /// A temporary directory removed when dropped (after the mount on it is gone).
 struct MountDir(PathBuf);
 
+/// Names a mount directory `crashvisor-vmcore-<pid of the VMM>-<n>` in the temporary directory.
+const MOUNT_DIR_PREFIX: &str = "crashvisor-vmcore-";
+
+/// Unmounts and removes the mount directories of VMMs that died while their collector ran
+/// (`kill -9` leaves the mount, dead: every access to it fails with ENOTCONN). A pid that runs
+/// again (reused) keeps its directory, which is only left for later.
+fn remove_mounts_of_dead_vmms(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(MOUNT_DIR_PREFIX)).and_then(|rest| {
+            let (pid, n) = rest.split_once('-')?;
+            n.bytes().all(|b| b.is_ascii_digit()).then(|| pid.parse::<u32>().ok()).flatten()
+        }) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        fuse::unmount(&path);
+        match std::fs::remove_dir(&path) {
+            Ok(()) => tracing::info!("removed {}, left by a VMM that died during its core collector", path.display()),
+            Err(e) => tracing::warn!("cannot remove {}, left by a dead VMM: {e}", path.display()),
+        }
+    }
+}
+
 impl Drop for MountDir {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir(&self.0) {
@@ -231,7 +259,8 @@ fn run_on_mount(
     let mut log_file = File::create(log).map_err(CollectorError::Log)?;
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("crashvisor-vmcore-{}-{n}", std::process::id()));
+    remove_mounts_of_dead_vmms(&std::env::temp_dir());
+    let dir = std::env::temp_dir().join(format!("{MOUNT_DIR_PREFIX}{}-{n}", std::process::id()));
     std::fs::create_dir(&dir).map_err(|source| CollectorError::MountDir { dir: dir.clone(), source })?;
     let dir = MountDir(dir);
     let mount =
@@ -329,6 +358,27 @@ mod tests {
     use crashvisor_control::Event;
     use dumpd::store::{CoreCollectorMeta, CrashStore, FILE_CORE_COLLECTOR_LOG};
     use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    #[test]
+    fn mount_directories_of_dead_vmms_go_and_those_of_live_ones_stay() {
+        let tmp = TestDir::new("collector-mounts");
+        std::fs::create_dir_all(&tmp.0).unwrap();
+        let mut child = Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        let dir = |name: String| {
+            let path = tmp.0.join(name);
+            std::fs::create_dir(&path).unwrap();
+            path
+        };
+        let of_dead = dir(format!("{MOUNT_DIR_PREFIX}{dead}-3"));
+        let of_live = dir(format!("{MOUNT_DIR_PREFIX}{live}-0"));
+        let other = dir(format!("{MOUNT_DIR_PREFIX}{dead}-x"));
+        remove_mounts_of_dead_vmms(&tmp.0);
+        assert!(!of_dead.exists(), "a dead VMM's directory is removed");
+        assert!(of_live.exists() && other.exists(), "a live VMM's directory and a stranger stay");
+    }
 
     #[test]
     fn commands_are_words() {
