@@ -330,17 +330,12 @@ async fn a_crash_id_the_store_already_holds_gets_a_suffix() {
     let (dir, store) = spool("collide");
     let events = Arc::new(Events::default());
     let up = uploader(&bucket, &store, config(), &events);
-    let first = crash(&store, "vm", 1000, 40);
-    assert_eq!(up.ship(&first).await.unwrap().remote_id, first);
-    // The same VM in the same second after the first left the spool: the same local id.
-    let second = loop {
-        let id = crash(&store, "vm", 1000, 41);
-        if id == first {
-            break id;
-        }
-        store.delete(&id).unwrap();
-        assert!(!id.ends_with("-1"), "the first crash's directory is gone, so its id is free");
-    };
+    // The store holds a crash of this id already (shipped earlier by this host, whose local
+    // copy has gone, and the same VM crashed again in the same second).
+    let second = crash(&store, "vm", 1000, 41);
+    let taken = bucket.key("host-a", &second, FILE_META);
+    bucket.put(&taken, std::fs::read(dir.join(&second).join(FILE_META)).unwrap().into()).await.unwrap();
+    let first = second.clone();
     let shipped = up.ship(&second).await.unwrap();
     assert_eq!(shipped.remote_id, format!("{first}-1"));
     assert_eq!(bucket.list(None).await.unwrap().len(), 2, "the first crash is not overwritten");
