@@ -1,0 +1,122 @@
+//! One dump's figures, and the table rows of their medians.
+
+use std::time::Duration;
+
+use crashvisor_benches::median;
+
+/// What one dump measured.
+#[derive(Clone, Copy, Debug)]
+pub struct Sample {
+    /// How long the guest's vCPUs were stopped.
+    pub pause: Duration,
+    /// From the request to the file fully written, not yet synced (`None`: not seen).
+    pub written: Option<Duration>,
+    /// From the request to the file synced (crashvisor: `vmcore_ready`, committed too).
+    pub ready: Duration,
+    /// The file's apparent size.
+    pub file_bytes: u64,
+    /// The file's blocks on disk.
+    pub disk_bytes: u64,
+    /// Peak resident set size of the VMM process during the dump (`None`: not read).
+    pub vmm_peak_kib: Option<u64>,
+    /// Peak resident set size of the VMM's forked dump writer (`None`: none seen).
+    pub writer_peak_kib: Option<u64>,
+}
+
+/// The medians of one row's samples.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    pause_ms: f64,
+    written_s: Option<f64>,
+    /// Seconds from the request to the file synced.
+    pub ready_s: f64,
+    mb_per_s: f64,
+    file_mib: f64,
+    disk_mib: f64,
+    vmm_peak_mib: Option<f64>,
+    writer_peak_mib: Option<f64>,
+}
+
+const MIB: f64 = (1 << 20) as f64;
+const KIB_PER_MIB: f64 = 1024.0;
+/// Bytes per MiB over bytes per MB: MiB/s × this = MB/s.
+const MB_PER_MIB: f64 = 1.048_576;
+
+/// The medians of `samples` of dumps of a guest with `memory_mib` of RAM.
+pub fn summarise(samples: &[Sample], memory_mib: u64) -> Summary {
+    let ready_s = median_of(samples, |s| Some(s.ready.as_secs_f64())).unwrap_or(f64::NAN);
+    Summary {
+        pause_ms: median_of(samples, |s| Some(s.pause.as_secs_f64() * 1000.0)).unwrap_or(f64::NAN),
+        written_s: median_of(samples, |s| s.written.map(|d| d.as_secs_f64())),
+        ready_s,
+        mb_per_s: memory_mib as f64 * MB_PER_MIB / ready_s,
+        file_mib: median_of(samples, |s| Some(s.file_bytes as f64 / MIB)).unwrap_or(f64::NAN),
+        disk_mib: median_of(samples, |s| Some(s.disk_bytes as f64 / MIB)).unwrap_or(f64::NAN),
+        vmm_peak_mib: median_of(samples, |s| s.vmm_peak_kib.map(|k| k as f64 / KIB_PER_MIB)),
+        writer_peak_mib: median_of(samples, |s| s.writer_peak_kib.map(|k| k as f64 / KIB_PER_MIB)),
+    }
+}
+
+/// The median of `figure` over the samples that have it (`None` if none has).
+fn median_of(samples: &[Sample], figure: impl Fn(&Sample) -> Option<f64>) -> Option<f64> {
+    let mut values: Vec<f64> = samples.iter().filter_map(figure).collect();
+    (!values.is_empty()).then(|| median(&mut values))
+}
+
+/// One line of a table.
+pub struct Row {
+    /// Which VMM.
+    pub who: &'static str,
+    /// The dump format.
+    pub format: &'static str,
+    /// Guest RAM.
+    pub memory_mib: u64,
+    /// The medians.
+    pub summary: Summary,
+    /// This row's ready time over its QEMU peer's.
+    pub ratio: Option<f64>,
+}
+
+/// Prints a table: its heading, the column names, the rows.
+pub fn print_table(heading: &str, rows: &[Row]) {
+    println!();
+    println!("{heading}");
+    println!(
+        "{:<10} {:<10} {:>8} | {:>9} {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>12} {:>15} | {:>9}",
+        "",
+        "format",
+        "RAM",
+        "pause ms",
+        "written s",
+        "ready s",
+        "MB/s",
+        "file MiB",
+        "disk MiB",
+        "VMM peak MiB",
+        "writer peak MiB",
+        "ours/QEMU"
+    );
+    for row in rows {
+        print_row(row);
+    }
+}
+
+fn print_row(row: &Row) {
+    let or_dash = |value: Option<f64>, decimals: usize| value.map_or("-".into(), |v| format!("{v:.decimals$}"));
+    let s = &row.summary;
+    println!(
+        "{:<10} {:<10} {:>8} | {:>9.2} {:>9} {:>9.3} {:>6.0} | {:>9.1} {:>9.1} | {:>12} {:>15} | {:>9}",
+        row.who,
+        row.format,
+        format!("{} MiB", row.memory_mib),
+        s.pause_ms,
+        or_dash(s.written_s, 3),
+        s.ready_s,
+        s.mb_per_s,
+        s.file_mib,
+        s.disk_mib,
+        or_dash(s.vmm_peak_mib, 0),
+        or_dash(s.writer_peak_mib, 0),
+        row.ratio.map_or(String::new(), |r| format!("{r:.2}x")),
+    );
+}
