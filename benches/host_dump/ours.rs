@@ -21,12 +21,11 @@ use anyhow::{anyhow, bail, Context, Result};
 use crashvisor_tests::{Control, Event, TempDir};
 use serde_json::json;
 
-use crate::process::{peak_rss_kib, reset_peak_rss, with_stderr, WriterWatch};
+use crate::process::{connect_while_alive, peak_rss_kib, reset_peak_rss, with_stderr, WriterWatch};
 use crate::table::Sample;
 use crate::workload::{Kernels, Workload};
 
 /// Longest wait for the control socket to accept a connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for the answer to the `dump` request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a dump to be committed.
@@ -70,7 +69,7 @@ impl OurVm {
             .stdout(Stdio::null())
             .stderr(File::create(&stderr).context("cannot create the VMM's stderr file")?);
         let mut child = command.spawn().with_context(|| format!("cannot start {}", vmm.display()))?;
-        let control = match connect(&socket, &mut child) {
+        let control = match connect_while_alive(&socket, &mut child, "vmm", "its control socket", Control::connect) {
             Ok(control) => control,
             Err(e) => {
                 let _ = child.kill();
@@ -127,23 +126,5 @@ impl Drop for OurVm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Connects to the control socket once the VMM listens (before its guest runs).
-fn connect(socket: &Path, child: &mut Child) -> Result<Control> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    loop {
-        match Control::connect(socket) {
-            Ok(control) => return Ok(control),
-            Err(e) if Instant::now() >= deadline => {
-                bail!("cannot connect to the control socket {} within {CONNECT_TIMEOUT:?}: {e}", socket.display())
-            }
-            Err(_) => {}
-        }
-        if let Some(status) = child.try_wait().context("cannot wait for vmm")? {
-            bail!("vmm exited ({status}) before it served its control socket");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -110,3 +110,31 @@ fn watch(vmm_pid: u32, stop: &AtomicBool) -> WriterSeen {
     }
     seen
 }
+
+/// How long a VMM may take to serve its socket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects to `socket` with `connect` once `child` (`program`) serves `what` there; an error if
+/// it exits first or does not within a minute.
+pub fn connect_while_alive<T>(
+    socket: &Path,
+    child: &mut std::process::Child,
+    program: &str,
+    what: &str,
+    connect: impl Fn(&Path) -> std::io::Result<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        match connect(socket) {
+            Ok(connection) => return Ok(connection),
+            Err(e) if Instant::now() >= deadline => {
+                anyhow::bail!("cannot connect to {what} at {} within {CONNECT_TIMEOUT:?}: {e}", socket.display())
+            }
+            Err(_) => {}
+        }
+        if let Some(status) = child.try_wait().with_context(|| format!("cannot wait for {program}"))? {
+            anyhow::bail!("{program} exited ({status}) before it served {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

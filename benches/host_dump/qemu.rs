@@ -7,7 +7,6 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use crashvisor_tests::TempDir;
 use serde_json::{json, Value};
 
-use crate::process::{peak_rss_kib, reset_peak_rss, with_stderr};
+use crate::process::{connect_while_alive, peak_rss_kib, reset_peak_rss, with_stderr};
 use crate::table::Sample;
 use crate::workload::{Kernels, Workload};
 
@@ -24,7 +23,6 @@ const QEMU: &str = "qemu-system-x86_64";
 /// Debian's package that holds it.
 const QEMU_PACKAGE: &str = "qemu-system-x86";
 /// Longest wait for the QMP socket.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a QMP answer (a dump is one command).
 const QMP_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -96,7 +94,7 @@ impl Qemu {
             .stderr(File::create(&stderr).context("cannot create QEMU's stderr file")?)
             .spawn()
             .with_context(|| format!("cannot start {QEMU}"))?;
-        let stream = match connect(&socket, &mut child) {
+        let stream = match connect_while_alive(&socket, &mut child, QEMU, "QMP", |p| UnixStream::connect(p)) {
             Ok(stream) => stream,
             Err(e) => {
                 let _ = child.kill();
@@ -170,23 +168,5 @@ impl Drop for Qemu {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Connects to the QMP socket once QEMU listens.
-fn connect(socket: &Path, child: &mut Child) -> Result<UnixStream> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    loop {
-        match UnixStream::connect(socket) {
-            Ok(stream) => return Ok(stream),
-            Err(e) if Instant::now() >= deadline => {
-                bail!("cannot connect to QEMU's QMP socket {} within {CONNECT_TIMEOUT:?}: {e}", socket.display())
-            }
-            Err(_) => {}
-        }
-        if let Some(status) = child.try_wait().with_context(|| format!("cannot wait for {QEMU}"))? {
-            bail!("{QEMU} exited ({status}) before it served QMP");
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
