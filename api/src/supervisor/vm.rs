@@ -387,9 +387,13 @@ impl VmTask {
             }
             Err(reason) => {
                 tracing::warn!("cannot adopt the VMM: {reason}");
-                self.vmm = None;
                 self.record_abandoned_captures(recorded.map(|r| r.pid)).await;
+                // As when a VMM exits: the dead VMM leaves the record with the VM's new state,
+                // on disk before it is announced.
+                self.vmm = None;
                 let effects = self.tracker.on_lost(&reason, &self.last_output(None));
+                self.publish_status();
+                self.flush_record().await;
                 self.apply(effects);
                 None
             }
@@ -573,8 +577,12 @@ impl VmTask {
             Err(e) => (None, format!("an unknown status ({e})")),
         };
         tracing::info!("the VMM exited: {status}");
-        let vmm_pid = self.vmm.take().map(|v| v.pid);
+        // The VMM stays in the record until the VM's new state replaces it: a service killed in
+        // between finds a VMM that is gone (the VM failed), never a live VM with no VMM recorded
+        // (which it takes for a VMM the last service died starting, and starts).
+        let vmm_pid = self.vmm.map(|v| v.pid);
         if s.stop == Some(StopKind::Reboot) {
+            self.vmm = None;
             return End::Reboot(std::mem::take(&mut s.reboot_waiters));
         }
         for follower in &self.followers {
@@ -587,7 +595,12 @@ impl VmTask {
             self.announce_missed_vmcores(false).await;
         }
         let end = ProcessEnd { success, status, last_output: self.last_output(s.killed_because) };
+        self.vmm = None;
         let effects = self.tracker.on_process_end(&end, s.stop.is_some());
+        // On disk before anyone hears of it: a client that saw `failed` or `stopped` and then
+        // restarts the service finds the VM so.
+        self.publish_status();
+        self.flush_record().await;
         self.apply(effects);
         for waiter in s.stop_waiters.drain(..) {
             let _ = waiter.send(());
