@@ -79,11 +79,7 @@ impl Snapshot {
             }
             DumpFormat::Kdump(compression) => ForkedWriter::start(vmcore, &kdump(compression), &ctx.memory)?,
         };
-        tracing::debug!(
-            "host-side dump: registers and layout {:?}, fork {:?}",
-            laid_out - started,
-            laid_out.elapsed()
-        );
+        tracing::debug!("host-side dump: registers and layout {:?}, fork {:?}", laid_out - started, laid_out.elapsed());
         Ok((writer, layout.loads.iter().map(|l| l.len).sum()))
     }
 }
