@@ -1,4 +1,5 @@
-//! Guest RAM as the source of a vmcore, read without faulting in pages the guest never used.
+//! Guest RAM as the source of a vmcore, read without faulting in pages the guest never used,
+//! and lent in place to the writer where nothing can change it (a forked writer's snapshot).
 
 use std::cell::RefCell;
 use std::fs::File;
