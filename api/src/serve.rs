@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::limits::{Host, Limits};
 use crate::remote::FleetConfig;
@@ -150,6 +151,9 @@ impl ServeArgs {
 
 /// Runs the service until SIGTERM or SIGINT.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // First: a SIGTERM that comes while the service starts stops it in order once it runs,
+    // rather than killing it with the signal's default action.
+    let mut signals = ShutdownSignals::install();
     args.check_exposure()?;
     let host = Host::detect()?;
     let limits = args.limits(host)?;
@@ -208,7 +212,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         result = &mut server => {
             result.context("the server task failed")?.context("the server failed")?;
         }
-        signal = shutdown_signal() => {
+        signal = signals.recv() => {
             tracing::info!("{signal}: shutting down");
             let _ = stop_accepting.send(());
             if args.detach_on_exit {
@@ -251,16 +255,28 @@ fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the run directory {}", dir.display()))
 }
 
-/// Waits for SIGTERM or SIGINT and names it.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+/// SIGTERM and SIGINT, caught from the moment they are installed (a signal that comes before
+/// anyone waits for it is kept).
+struct ShutdownSignals(Option<(Signal, Signal)>);
+
+impl ShutdownSignals {
+    fn install() -> Self {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => Self(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop the service with SIGKILL");
+                Self(None)
+            }
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT and names it.
+    async fn recv(&mut self) -> &'static str {
+        let Some((term, int)) = &mut self.0 else { return std::future::pending().await };
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
     }
 }
 

@@ -54,7 +54,6 @@
 //! The figures are printed, never checked: numbers taken while other work keeps the host's
 //! cores busy say little.
 
-mod fill_kernel;
 mod ours;
 mod process;
 mod qemu;
@@ -113,7 +112,7 @@ fn main() -> Result<()> {
     let config = Config::from_env()?;
     let vmm = release_binary("vmm"); // exits with instructions if it has not been built
     qemu::ensure_installed()?;
-    let fill = fill_kernel::build()?;
+    let fill = crashvisor_tests::fill_kernel::build()?;
     let guest = config.workloads.contains(&Workload::Idle).then(|| extract_guest_kernel(&vmm)).transpose()?;
     let kernels = Kernels { fill, guest: guest.as_ref().map(|file| file.path().to_path_buf()) };
     for &workload in &config.workloads {

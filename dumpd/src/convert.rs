@@ -205,7 +205,7 @@ mod tests {
                 _ => {}
             }
         }
-        let memory = Buffer { base: 0, bytes };
+        let memory = Buffer::new(0, bytes);
         let prstatus = [9u8; PRSTATUS_SIZE];
         let notes = [
             NoteSpec { name: b"CORE", n_type: NT_PRSTATUS, desc: &prstatus },
@@ -298,7 +298,7 @@ mod tests {
         let mut bytes = vec![0x5au8; 1 << 20];
         bytes[0x1000..0x1000 + 32].fill(0xff);
         bytes[0x1002..0x1006].fill(0);
-        let memory = Buffer { base: 0, bytes };
+        let memory = Buffer::new(0, bytes);
         let info = b"OSRELEASE=6.18.0\nNUMBER(crashvisor_frame_bitmap)=4096\nNUMBER(crashvisor_nr_frames)=256\n";
         let notes = [NoteSpec { name: b"VMCOREINFO", n_type: 0, desc: info }];
         let loads = [LoadSpec { vaddr: 0xffff_8880_0000_0000, paddr: 0, len: 1 << 20 }];

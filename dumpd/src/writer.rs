@@ -1,24 +1,49 @@
 //! Writing a vmcore in one pass, straight from memory, as a sparse file.
 //!
 //! The caller supplies the header blob (written at offset 0) and the [`Run`]s that say which
-//! memory goes to which file offset; [`write_vmcore`] copies each run through one fixed buffer,
-//! checks every 4 KiB page of the file, writes only pages that hold a non-zero byte and leaves
-//! the others as holes, then sets the file's length. Nothing is buffered beyond one chunk, so a
-//! 64 GiB guest costs one megabyte of host memory to dump.
+//! memory goes to which file offset; [`write_vmcore`] goes through each run a window at a time,
+//! checks every 4 KiB page of the file, and writes each stretch of data with one `pwrite`. Long
+//! runs of zero pages (from [`HOLE_MIN`] up) stay holes; shorter zero gaps between data are
+//! written with it, so memory whose used and unused pages alternate costs one system call per
+//! window and leaves a file of few extents, not one per page (whose writeback is bound by I/O
+//! operations rather than bytes). A source that holds its memory in place and unchanging (a
+//! forked writer's snapshot of guest RAM) lends it: the writer then writes straight from guest
+//! memory with no copy, and skips what the source knows was never populated without touching
+//! it. Other sources are read through one fixed buffer, so a 64 GiB guest costs a megabyte of
+//! host memory to dump.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-/// Bytes copied per read from the memory source.
+/// Bytes copied per read from a source that does not lend its memory.
 pub const CHUNK_SIZE: usize = 1 << 20;
-/// Granularity of zero detection: a file page that is all zero is left as a hole.
+/// Bytes written per window from a source that lends its memory (the progress report's step).
+pub const LENT_WINDOW: usize = 8 << 20;
+/// Granularity of zero detection: a file page that is all zero may be left as a hole.
 pub const PAGE_SIZE: u64 = 4096;
+/// The shortest run of zero bytes between data that is left as a hole rather than written: a
+/// hole splits the write, the file's extent and the disk I/O that writes it back, which costs
+/// more than writing a few zero pages.
+pub const HOLE_MIN: u64 = 64 << 10;
 
 /// Where the bytes of a vmcore come from (guest RAM, a snapshot, a test buffer).
 pub trait MemorySource {
     /// Fills `buf` with the bytes at `addr..addr + buf.len()`.
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError>;
+
+    /// The bytes at `addr..addr + len` where they lie, when the source holds them in this
+    /// process's memory and nothing changes them while the borrow lasts (a snapshot); `None`
+    /// when they must be copied out with [`read`](Self::read). A lent range counts as read.
+    fn lend(&self, _addr: u64, _len: usize) -> Option<&[u8]> {
+        None
+    }
+
+    /// Whether the bytes at `addr..addr + len` are known to be zero without looking at them
+    /// (memory the host never populated). `false` when the source does not know.
+    fn known_zero(&self, _addr: u64, _len: u64) -> bool {
+        false
+    }
 }
 
 /// A memory source could not supply bytes.
@@ -50,7 +75,7 @@ pub struct Run {
 pub struct WriteStats {
     /// The file's length (holes included).
     pub apparent_bytes: u64,
-    /// Bytes actually written (headers and non-zero pages).
+    /// Bytes actually written (headers, data, and the short zero gaps written with it).
     pub written_bytes: u64,
     /// File pages (or the parts of them a run covers) found all zero and left as holes.
     pub zero_pages_skipped: u64,
@@ -94,7 +119,7 @@ pub enum WriteError {
 }
 
 /// Writes a vmcore into `file` (which should be empty): `headers` at offset 0, then each run
-/// read from `memory`, all-zero pages left as holes, and finally the length set to
+/// read from `memory`, long zero runs left as holes, and finally the length set to
 /// `file_size`. `runs` must be sorted by file offset, must not overlap each other or the headers
 /// and must end by `file_size`; anything else is a [`WriteError::Layout`] before any byte is
 /// written.
@@ -110,16 +135,30 @@ pub fn write_vmcore(
     let mut stats = WriteStats { apparent_bytes: file_size, ..WriteStats::default() };
     file.write_all_at(headers, 0)?;
     stats.written_bytes += headers.len() as u64;
-    let largest = runs.iter().map(|r| r.len).max().unwrap_or(0);
-    let mut buf = vec![0u8; usize::try_from(largest).unwrap_or(CHUNK_SIZE).min(CHUNK_SIZE)];
+    let mut out = Stretches { file, joined: false, stats: &mut stats };
+    let mut buf = Vec::new();
     for (index, run) in runs.iter().enumerate() {
         let mut done = 0u64;
+        out.joined = false;
         while done < run.len {
-            // At most CHUNK_SIZE, so it fits in usize.
-            let n = (run.len - done).min(buf.len() as u64) as usize;
-            let chunk = &mut buf[..n];
-            memory.read(run.addr + done, chunk).map_err(|source| WriteError::Source { index, source })?;
-            write_sparse(file, run.file_offset + done, chunk, &mut stats)?;
+            let (addr, file_offset) = (run.addr + done, run.file_offset + done);
+            // At most LENT_WINDOW, so it fits in usize.
+            let lent_len = (run.len - done).min(LENT_WINDOW as u64) as usize;
+            let n = match memory.lend(addr, lent_len) {
+                Some(bytes) => {
+                    let known_zero = |at: usize, len: usize| memory.known_zero(addr + at as u64, len as u64);
+                    out.window(file_offset, bytes, &known_zero, (lent_len as u64) < run.len - done)?;
+                    lent_len
+                }
+                None => {
+                    let n = lent_len.min(CHUNK_SIZE);
+                    buf.resize(buf.len().max(n), 0);
+                    let chunk = &mut buf[..n];
+                    memory.read(addr, chunk).map_err(|source| WriteError::Source { index, source })?;
+                    out.window(file_offset, chunk, &|_, _| false, (n as u64) < run.len - done)?;
+                    n
+                }
+            };
             done += n as u64;
         }
     }
@@ -148,36 +187,72 @@ fn check_layout(headers_len: u64, runs: &[Run], file_size: u64) -> Result<(), Wr
     Ok(())
 }
 
-/// Writes `data` at `offset`, skipping the pieces of each file page that are all zero. Adjacent
-/// non-zero pieces go out in one write.
-fn write_sparse(file: &File, offset: u64, data: &[u8], stats: &mut WriteStats) -> std::io::Result<()> {
-    let mut pending: Option<(u64, usize)> = None; // (file offset, start in data) of unwritten data
-    let mut at = 0usize;
-    while at < data.len() {
-        let file_at = offset + at as u64;
-        // Up to the next page boundary of the file: under PAGE_SIZE, fits in usize.
-        let to_boundary = (PAGE_SIZE - file_at % PAGE_SIZE) as usize;
-        let piece = &data[at..data.len().min(at + to_boundary)];
-        if is_zero(piece) {
-            stats.zero_pages_skipped += 1;
-            if let Some((where_, from)) = pending.take() {
-                flush(file, where_, &data[from..at], stats)?;
-            }
-        } else if pending.is_none() {
-            pending = Some((file_at, at));
-        }
-        at += piece.len();
-    }
-    if let Some((where_, from)) = pending {
-        flush(file, where_, &data[from..], stats)?;
-    }
-    Ok(())
+/// Writes memory a window at a time: each stretch from a non-zero file page to the last
+/// non-zero page before a zero run of [`HOLE_MIN`] bytes or more goes out in one write; the zero
+/// runs around stretches stay holes.
+struct Stretches<'a> {
+    file: &'a File,
+    /// Whether the last window was written through its end: the next one of the same run then
+    /// continues its stretch, a short leading zero gap included.
+    joined: bool,
+    stats: &'a mut WriteStats,
 }
 
-fn flush(file: &File, offset: u64, bytes: &[u8], stats: &mut WriteStats) -> std::io::Result<()> {
-    file.write_all_at(bytes, offset)?;
-    stats.written_bytes += bytes.len() as u64;
-    Ok(())
+impl Stretches<'_> {
+    /// Writes `data` at `offset`. `known_zero(at, len)` says that `data[at..at + len]` is zero
+    /// without its bytes being read. A window that `continues` into another of the same run and
+    /// ends in a short zero gap is written through its end.
+    fn window(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        known_zero: &dyn Fn(usize, usize) -> bool,
+        continues: bool,
+    ) -> std::io::Result<()> {
+        // The stretch being gathered: from its first byte to the end of its last non-zero piece.
+        let mut stretch: Option<(usize, usize)> = self.joined.then_some((0, 0));
+        // Zero pieces since the last non-zero one: holes, unless data follows soon enough.
+        let mut zero_pieces = 0u64;
+        let mut at = 0usize;
+        while at < data.len() {
+            // Up to the next page boundary of the file: under PAGE_SIZE, fits in usize.
+            let to_boundary = (PAGE_SIZE - (offset + at as u64) % PAGE_SIZE) as usize;
+            let end = data.len().min(at + to_boundary);
+            if known_zero(at, end - at) || is_zero(&data[at..end]) {
+                zero_pieces += 1;
+            } else {
+                stretch = match stretch {
+                    Some((from, to)) if ((at - to) as u64) < HOLE_MIN => Some((from, end)),
+                    previous => {
+                        if let Some((from, to)) = previous {
+                            self.write(offset + from as u64, &data[from..to])?;
+                        }
+                        self.stats.zero_pages_skipped += zero_pieces;
+                        Some((at, end))
+                    }
+                };
+                zero_pieces = 0;
+            }
+            at = end;
+        }
+        self.joined = false;
+        if let Some((from, mut to)) = stretch {
+            if continues && ((data.len() - to) as u64) < HOLE_MIN {
+                (to, zero_pieces, self.joined) = (data.len(), 0, true);
+            }
+            self.write(offset + from as u64, &data[from..to])?;
+        }
+        self.stats.zero_pages_skipped += zero_pieces;
+        Ok(())
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        if !bytes.is_empty() {
+            self.file.write_all_at(bytes, offset)?;
+            self.stats.written_bytes += bytes.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// Whether every byte is zero (in 64-byte blocks the compiler vectorises).
@@ -193,19 +268,63 @@ pub(crate) mod tests {
     use crate::test_dir::TestDir;
     use std::os::unix::fs::MetadataExt;
 
-    /// Memory at `base..base + bytes.len()`.
+    /// Memory at `base..base + bytes.len()`; with `lends`, lent in place. `known_zero` is a
+    /// range the source knows to be zero whatever its bytes (it reads as zeros), as guest RAM
+    /// knows the pages it never populated.
     pub(crate) struct Buffer {
         pub base: u64,
         pub bytes: Vec<u8>,
+        pub lends: bool,
+        pub known_zero: std::ops::Range<u64>,
+    }
+
+    impl Buffer {
+        pub(crate) fn new(base: u64, bytes: Vec<u8>) -> Self {
+            Self { base, bytes, lends: false, known_zero: 0..0 }
+        }
+
+        fn slice(&self, addr: u64, len: usize) -> Option<&[u8]> {
+            let start = usize::try_from(addr.checked_sub(self.base)?).ok()?;
+            self.bytes.get(start..start.checked_add(len)?)
+        }
     }
 
     impl MemorySource for Buffer {
         fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-            let error = || SourceError { addr, len: buf.len() as u64, source: None };
-            let start = addr.checked_sub(self.base).ok_or_else(error)? as usize;
-            let src = self.bytes.get(start..start + buf.len()).ok_or_else(error)?;
+            let src = self.slice(addr, buf.len()).ok_or(SourceError { addr, len: buf.len() as u64, source: None })?;
             buf.copy_from_slice(src);
+            // What the source knows to be zero reads as zero, whatever the bytes say.
+            for (at, b) in (addr..).zip(buf.iter_mut()) {
+                if self.known_zero.contains(&at) {
+                    *b = 0;
+                }
+            }
             Ok(())
+        }
+
+        fn lend(&self, addr: u64, len: usize) -> Option<&[u8]> {
+            self.lends.then(|| self.slice(addr, len)).flatten()
+        }
+
+        fn known_zero(&self, addr: u64, len: u64) -> bool {
+            self.known_zero.start <= addr && addr + len <= self.known_zero.end
+        }
+    }
+
+    /// The `(start, end)` of each stretch of data in `file`, holes left out.
+    fn data_extents(file: &File) -> Vec<(u64, u64)> {
+        use std::os::fd::AsRawFd;
+        let (mut extents, mut at) = (Vec::new(), 0i64);
+        loop {
+            // SAFETY: lseek on a descriptor this function borrows; no memory is involved.
+            let data = unsafe { libc::lseek(file.as_raw_fd(), at, libc::SEEK_DATA) };
+            if data < 0 {
+                return extents;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) };
+            extents.push((data as u64, hole as u64));
+            at = hole;
         }
     }
 
@@ -218,7 +337,7 @@ pub(crate) mod tests {
         for (i, b) in bytes[(6 << 20)..(6 << 20) + 70_000].iter_mut().enumerate() {
             *b = (i % 251) as u8 | 1;
         }
-        Buffer { base: 1 << 20, bytes }
+        Buffer::new(1 << 20, bytes)
     }
 
     /// The file a writer must produce, built byte by byte.
@@ -261,9 +380,83 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn lent_memory_gives_the_same_file() {
+        let dir = TestDir::new("writer-lent");
+        let headers = vec![0x5au8; 8192];
+        let runs = [
+            Run { file_offset: 8192, addr: 1 << 20, len: 4 << 20 },
+            Run { file_offset: (4 << 20) + 8192 + 100, addr: (5 << 20) + 7, len: (3 << 20) - 7 },
+        ];
+        let file_size = (7 << 20) + 8192 + 100 + (1 << 20);
+        let copied = memory();
+        let lent = Buffer { lends: true, ..memory() };
+        let write = |name: &str, memory: &Buffer| {
+            let path = dir.path().join(name);
+            let stats = write_vmcore(&File::create(&path).unwrap(), &headers, &runs, file_size, memory).unwrap();
+            (std::fs::read(&path).unwrap(), stats)
+        };
+        let (from_copies, copied_stats) = write("copied", &copied);
+        let (from_loans, lent_stats) = write("lent", &lent);
+        assert!(from_copies == expected(&headers, &runs, file_size, &copied), "copied: content differs");
+        assert!(from_loans == from_copies, "lent: content differs");
+        // (Their zero-page counts differ by the pieces a window's edge splits in two.)
+        assert_eq!(lent_stats.written_bytes, copied_stats.written_bytes);
+    }
+
+    #[test]
+    fn alternating_pages_make_one_extent_and_long_zero_runs_holes() {
+        let dir = TestDir::new("writer-extents");
+        // Every even page of the first 2 MiB data; then a lone data page 60 KiB after the last
+        // even page (the gap is written), another 64 KiB after that one (the gap is a hole),
+        // then zeros to the end (a hole).
+        let mut bytes = vec![0u8; 4 << 20];
+        for page in (0..512).step_by(2) {
+            bytes[page * 4096..(page + 1) * 4096].fill(0xa5);
+        }
+        let first_lone = 511 * 4096 + (60 << 10);
+        let second_lone = first_lone + 4096 + (64 << 10);
+        for at in [first_lone, second_lone] {
+            bytes[at..at + 4096].fill(0x3c);
+        }
+        let path = dir.path().join("vmcore");
+        let file = File::create(&path).unwrap();
+        let runs = [Run { file_offset: 4096, addr: 0, len: 4 << 20 }];
+        for lends in [false, true] {
+            let memory = Buffer { lends, ..Buffer::new(0, bytes.clone()) };
+            file.set_len(0).unwrap();
+            let stats = write_vmcore(&file, b"hdr", &runs, 4096 + (4 << 20), &memory).unwrap();
+            // In the file, memory starts at 4096; the header's block and the first stretch touch.
+            let first_end = 4096 + first_lone as u64 + 4096;
+            let second = 4096 + second_lone as u64;
+            assert_eq!(data_extents(&file), vec![(0, first_end), (second, second + 4096)], "lends {lends}: {stats:?}");
+            assert_eq!(stats.written_bytes, 3 + (first_end - 4096) + 4096, "lends {lends}");
+            assert_eq!(stats.zero_pages_skipped, 1024 - (first_end - 4096) / 4096 - 1, "lends {lends}");
+            assert!(std::fs::read(&path).unwrap()[4096..] == bytes[..], "lends {lends}: content differs");
+        }
+    }
+
+    #[test]
+    fn known_zero_memory_is_never_read() {
+        let dir = TestDir::new("writer-known-zero");
+        // The source says its second MiB is zero; its bytes (0xff) must not reach the file.
+        let memory = Buffer { lends: true, known_zero: (1 << 20)..(2 << 20), ..Buffer::new(0, vec![0xff; 3 << 20]) };
+        let path = dir.path().join("vmcore");
+        let file = File::create(&path).unwrap();
+        let runs = [Run { file_offset: 4096, addr: 0, len: 3 << 20 }];
+        let stats = write_vmcore(&file, &[1; 4096], &runs, 4096 + (3 << 20), &memory).unwrap();
+        assert_eq!(stats.zero_pages_skipped, 256);
+        let content = std::fs::read(&path).unwrap();
+        let memory_in_file = &content[4096..];
+        assert!(memory_in_file[..1 << 20].iter().all(|&b| b == 0xff));
+        assert!(is_zero(&memory_in_file[1 << 20..2 << 20]));
+        assert!(memory_in_file[2 << 20..].iter().all(|&b| b == 0xff));
+        assert_eq!(data_extents(&file), vec![(0, 4096 + (1 << 20)), (4096 + (2 << 20), 4096 + (3 << 20))]);
+    }
+
+    #[test]
     fn a_file_of_holes_and_a_trailing_gap() {
         let dir = TestDir::new("writer-holes");
-        let memory = Buffer { base: 0, bytes: vec![0; 1 << 20] };
+        let memory = Buffer::new(0, vec![0; 1 << 20]);
         let path = dir.path().join("vmcore");
         let file = File::create(&path).unwrap();
         let runs = [Run { file_offset: 4096, addr: 0, len: 1 << 20 }];
@@ -301,7 +494,7 @@ pub(crate) mod tests {
     fn reports_source_failures() {
         let dir = TestDir::new("writer-source");
         let file = File::create(dir.path().join("vmcore")).unwrap();
-        let memory = Buffer { base: 0, bytes: vec![1; 4096] };
+        let memory = Buffer::new(0, vec![1; 4096]);
         let runs = [Run { file_offset: 4096, addr: 0, len: 4096 }, Run { file_offset: 8192, addr: 4096, len: 1 }];
         let err = write_vmcore(&file, &[], &runs, 8193, &memory).unwrap_err();
         assert!(matches!(err, WriteError::Source { index: 1, .. }), "{err:?}");

@@ -300,7 +300,7 @@ impl Drop for Service {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(status)) if status.signal() == Some(SIGKILL)) {
             // Killed and not started again: nobody will stop its VMMs.
-            kill_recorded_vmms(self.state_dir.path());
+            kill_vmms_of(self.state_dir.path());
         }
         self.terminate();
     }
@@ -359,18 +359,15 @@ fn spawn_serve(
     (child, addr, stderr)
 }
 
-/// SIGKILLs the VMMs the records of `state_dir` name, each only if the process under its pid
-/// is still the one that started at the recorded time.
-fn kill_recorded_vmms(state_dir: &std::path::Path) {
-    let Ok(vms) = std::fs::read_dir(state_dir.join("vms")) else { return };
-    for vm in vms.flatten() {
-        let Ok(text) = std::fs::read(vm.path().join("vm.json")) else { continue };
-        let Ok(record) = serde_json::from_slice::<Value>(&text) else { continue };
-        let (Some(pid), Some(start_time)) = (record["vmm"]["pid"].as_u64(), record["vmm"]["start_time"].as_u64())
-        else {
-            continue;
-        };
-        if process_start_time(pid as u32) == Some(start_time) {
+/// SIGKILLs the VMMs of `state_dir` (and their dump writers): the processes whose command line
+/// names a configuration in it, as the service starts them — those it recorded and one it was
+/// starting when it was killed.
+fn kill_vmms_of(state_dir: &std::path::Path) {
+    let configs = format!("{}/vms/", state_dir.display());
+    let Ok(processes) = std::fs::read_dir("/proc") else { return };
+    for pid in processes.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()) {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).any(|arg| arg.starts_with(configs.as_bytes())) {
             let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
         }
     }
@@ -404,12 +401,6 @@ pub fn vmm_processes() -> Vec<u32> {
 pub fn parent_of(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// The start time of process `pid` (field 22 of `/proc/PID/stat`), if it exists.
-fn process_start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// Sends signal `name` to process `pid` if it still exists (it may end meanwhile); whether it

@@ -43,6 +43,7 @@
 pub mod api;
 mod control;
 mod elf;
+pub mod fill_kernel;
 pub mod kdump;
 mod temp;
 mod vm;

@@ -16,7 +16,8 @@ pub fn ram_ranges(bytes: u64) -> Vec<(u64, u64)> {
     }
 }
 
-/// Allocates guest RAM (zero-filled, reserved lazily by the host) and registers it with KVM.
+/// Allocates guest RAM (zero-filled, reserved lazily by the host, in transparent huge pages
+/// where the host allows them) and registers it with KVM.
 pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
     let ranges: Vec<(GuestAddress, usize)> =
         ram_ranges(bytes).into_iter().map(|(start, size)| (GuestAddress(start), size as usize)).collect();
@@ -26,6 +27,7 @@ pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
         let host = memory
             .get_host_address(region.start_addr())
             .map_err(|e| VmmError::BootData { what: "the memory map", source: Box::new(e) })?;
+        prefer_huge_pages(host, region.len());
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             guest_phys_addr: region.start_addr().0,
@@ -38,6 +40,18 @@ pub fn create(vm: &VmFd, bytes: u64) -> Result<GuestMemoryMmap, VmmError> {
         unsafe { vm.set_user_memory_region(region) }.map_err(VmmError::kvm("register guest memory"))?;
     }
     Ok(memory)
+}
+
+/// Asks the host to back `len` bytes of guest RAM at `host` with transparent huge pages, as
+/// QEMU does: the guest's memory accesses take fewer TLB misses, and a host-side dump's `fork()`
+/// copies one page-table entry per 2 MiB rather than 512, which keeps the guest's pause short
+/// however much of its RAM is populated. Only a hint: without it RAM works the same.
+fn prefer_huge_pages(host: *mut u8, len: u64) {
+    // SAFETY: MADV_HUGEPAGE changes how the kernel backs this anonymous mapping of guest RAM,
+    // never its contents or its validity.
+    if unsafe { libc::madvise(host.cast(), len as usize, libc::MADV_HUGEPAGE) } != 0 {
+        tracing::debug!("guest RAM stays in 4 KiB pages: madvise(MADV_HUGEPAGE): {}", std::io::Error::last_os_error());
+    }
 }
 
 /// Maps `size` bytes of host memory at `host_addr` into the guest at `gpa`, read-only, in memory

@@ -29,8 +29,8 @@ impl RecordKeeper {
         Self { latest, written, writer }
     }
 
-    /// Hands over a new version, unless it is the same as the last.
-    pub fn save(&self, record: VmRecord) {
+    /// Hands over a new version, unless it is the same as the last; whether it was new.
+    pub fn save(&self, record: VmRecord) -> bool {
         self.latest.send_if_modified(|(version, last)| {
             if *last == record {
                 return false;
@@ -38,7 +38,7 @@ impl RecordKeeper {
             *version += 1;
             *last = record;
             true
-        });
+        })
     }
 
     /// Waits until the last version handed over is written (or its write failed, which is

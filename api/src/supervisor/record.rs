@@ -29,6 +29,10 @@ const FILE_CONSOLE: &str = "console.log";
 const FILE_STDERR: &str = "vmm.log";
 /// The lock one service holds on the state directory.
 const FILE_LOCK: &str = "lock";
+/// How long a service waits for the lock before it says another service holds it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often it tries meanwhile.
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 /// The run directory a service made for itself (no `--run-dir`), for the next one to reuse.
 const FILE_RUN_DIR: &str = "run-dir";
 /// The first event sequence number no service has used (events.rs reserves them in blocks).
@@ -184,15 +188,24 @@ impl StateDir {
             .write(true)
             .open(&lock_path)
             .map_err(io("open", &lock_path))?;
-        // SAFETY: flock(2) on a descriptor this function owns; it touches no memory.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // A service killed while it started a VMM leaves the lock to that child until it has
+        // exec'd (the descriptor is close-on-exec): a few milliseconds, which a service started
+        // at once waits out. A live service holds it for good.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            // SAFETY: flock(2) on a descriptor this function owns; it touches no memory.
+            if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Self { root: root.to_path_buf(), _lock: lock });
+            }
             let error = std::io::Error::last_os_error();
-            return Err(match error.raw_os_error() {
-                Some(libc::EWOULDBLOCK) => StateDirError::InUse(root.to_path_buf()),
-                _ => io("lock", &lock_path)(error),
-            });
+            if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io("lock", &lock_path)(error));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StateDirError::InUse(root.to_path_buf()));
+            }
+            std::thread::sleep(LOCK_RETRY);
         }
-        Ok(Self { root: root.to_path_buf(), _lock: lock })
     }
 
     /// The state directory.
@@ -427,6 +440,35 @@ pub(crate) mod tests {
         assert!(second.contains("another crashvisor serve") && second.contains("--state-dir"), "{second}");
         drop(first);
         assert!(StateDir::open(&root).is_ok(), "free again once the first is gone");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_lock_left_to_a_starting_child_is_waited_out() {
+        use std::os::unix::process::CommandExt;
+        let root = temp_root("lock-child");
+        let first = StateDir::open(&root).unwrap();
+        let fd = first._lock.as_raw_fd();
+        // As a VMM the service was starting when it was killed: a child that shares the lock's
+        // open file description for a while (here past its exec, as `sleep`).
+        let mut command = std::process::Command::new("sleep");
+        command.arg("0.3");
+        // SAFETY: the closure only calls fcntl(2), which is async-signal-safe, on a descriptor
+        // the child inherited.
+        unsafe {
+            command.pre_exec(move || match libc::fcntl(fd, libc::F_SETFD, 0) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            })
+        };
+        let mut child = command.spawn().unwrap();
+        drop(first);
+        let start = std::time::Instant::now();
+        let second = StateDir::open(&root);
+        assert!(second.is_ok(), "{:?}", second.err());
+        assert!(start.elapsed() >= std::time::Duration::from_millis(200), "the child held the lock");
+        child.wait().unwrap();
+        drop(second);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

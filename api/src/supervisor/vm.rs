@@ -329,7 +329,7 @@ impl VmTask {
             Err(reason) => {
                 tracing::error!("{reason}");
                 let effects = self.tracker.on_spawn_failure(reason);
-                self.apply(effects);
+                self.apply(effects).await;
                 None
             }
         }
@@ -372,11 +372,11 @@ impl VmTask {
                 self.vmm = Some(identity);
                 for event in events {
                     let effects = self.tracker.on_control_event(&event, Instant::now());
-                    self.apply(effects);
+                    self.apply(effects).await;
                 }
                 let effects = self.tracker.on_adopted(&status, identity.pid);
                 tracing::info!(pid = identity.pid, state = self.tracker.state.as_str(), "VMM adopted");
-                self.apply(effects);
+                self.apply(effects).await;
                 Some(Session::new(process, Some(conn)))
             }
             Err(reason) if recorded.is_none() => {
@@ -387,10 +387,11 @@ impl VmTask {
             }
             Err(reason) => {
                 tracing::warn!("cannot adopt the VMM: {reason}");
-                self.vmm = None;
                 self.record_abandoned_captures(recorded.map(|r| r.pid)).await;
+                // As when a VMM exits: the dead VMM leaves the record with the VM's new state.
+                self.vmm = None;
                 let effects = self.tracker.on_lost(&reason, &self.last_output(None));
-                self.apply(effects);
+                self.apply(effects).await;
                 None
             }
         }
@@ -409,7 +410,7 @@ impl VmTask {
                     event.fields.insert("found_at_restart".into(), Value::Bool(true));
                 }
             }
-            self.apply(effects);
+            self.apply(effects).await;
         }
     }
 
@@ -436,7 +437,7 @@ impl VmTask {
                     }
                 }
                 line = next_line(&mut s.control) => match line {
-                    Some(line) => self.on_line(s, line),
+                    Some(line) => self.on_line(s, line).await,
                     None => s.control = None,
                 },
                 command = self.inbox.recv(), if *inbox_open => match command {
@@ -540,11 +541,11 @@ impl VmTask {
         }
     }
 
-    fn on_line(&mut self, s: &mut Session, line: ServerLine) {
+    async fn on_line(&mut self, s: &mut Session, line: ServerLine) {
         match line {
             ServerLine::Event(event) => {
                 let effects = self.tracker.on_control_event(&event, Instant::now());
-                self.apply(effects);
+                self.apply(effects).await;
             }
             ServerLine::Response(response) => {
                 let pending = response.id.as_u64().and_then(|id| s.pending.remove(&id));
@@ -560,7 +561,7 @@ impl VmTask {
         if let Some(mut conn) = s.control.take() {
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
                 while let Some(line) = conn.next().await {
-                    self.on_line(s, line);
+                    self.on_line(s, line).await;
                 }
             })
             .await;
@@ -573,8 +574,12 @@ impl VmTask {
             Err(e) => (None, format!("an unknown status ({e})")),
         };
         tracing::info!("the VMM exited: {status}");
-        let vmm_pid = self.vmm.take().map(|v| v.pid);
+        // The VMM stays in the record until the VM's new state replaces it: a service killed in
+        // between finds a VMM that is gone (the VM failed), never a live VM with no VMM recorded
+        // (which it takes for a VMM the last service died starting, and starts).
+        let vmm_pid = self.vmm.map(|v| v.pid);
         if s.stop == Some(StopKind::Reboot) {
+            self.vmm = None;
             return End::Reboot(std::mem::take(&mut s.reboot_waiters));
         }
         for follower in &self.followers {
@@ -587,8 +592,9 @@ impl VmTask {
             self.announce_missed_vmcores(false).await;
         }
         let end = ProcessEnd { success, status, last_output: self.last_output(s.killed_because) };
+        self.vmm = None;
         let effects = self.tracker.on_process_end(&end, s.stop.is_some());
-        self.apply(effects);
+        self.apply(effects).await;
         for waiter in s.stop_waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -639,7 +645,7 @@ impl VmTask {
             tracing::warn!("a capture failed after the VMM ended: {reason}");
             self.tracker.failures_announced.push(key);
             let effects = self.tracker.on_control_event(&Event::DumpFailed { reason }, Instant::now());
-            self.apply(effects);
+            self.apply(effects).await;
         }
     }
 
@@ -684,9 +690,14 @@ impl VmTask {
     }
 
     /// Publishes the new status first (so a client that reacts to an event sees the state it
-    /// implies), then the events and counters.
-    fn apply(&mut self, effects: Vec<Effect>) {
-        self.publish_status();
+    /// implies) and, when it changed the VM's record and there are events, waits until the
+    /// record is on disk (so a service restarted after a client heard of a boot, a panic or a
+    /// failure knows of it too); then the events and counters.
+    async fn apply(&mut self, effects: Vec<Effect>) {
+        let changed = self.publish_status();
+        if changed && effects.iter().any(|e| matches!(e, Effect::Publish(_))) {
+            self.flush_record().await;
+        }
         let metrics = &self.services.metrics;
         for effect in effects {
             match effect {
@@ -702,12 +713,10 @@ impl VmTask {
         }
     }
 
-    /// Publishes the status and hands the record to its writer.
-    fn publish_status(&self) {
+    /// Publishes the status and hands the record to its writer; whether the record changed.
+    fn publish_status(&self) -> bool {
         self.status_tx.send_replace(VmStatus::of(&self.tracker, self.vmm.map(|v| v.pid)));
-        if let Some(keeper) = &self.keeper {
-            keeper.save(self.record());
-        }
+        self.keeper.as_ref().is_some_and(|keeper| keeper.save(self.record()))
     }
 
     /// Waits until the record is on disk.

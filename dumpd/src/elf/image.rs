@@ -188,7 +188,7 @@ mod tests {
                 page[4095] = 0xee;
             }
         }
-        Buffer { base: 0, bytes }
+        Buffer::new(0, bytes)
     }
 
     fn write_core(dir: &TestDir, loads: &[LoadSpec], memory: &Buffer) -> std::path::PathBuf {

@@ -53,7 +53,7 @@ mod tests {
         // Frames 3 and 70 free.
         bytes[0x2000] = !(1 << 3);
         bytes[0x2008] = !(1 << 6);
-        let memory = Buffer { base: 0, bytes };
+        let memory = Buffer::new(0, bytes);
         let text = "OSRELEASE=6.18.0\nNUMBER(crashvisor_frame_bitmap)=8192\nNUMBER(crashvisor_nr_frames)=100\n";
         let free = FreePages::read(text, &memory).unwrap();
         assert_eq!((0..200).filter(|&p| free.is_free(p)).collect::<Vec<_>>(), [3, 70]);

@@ -84,7 +84,7 @@ mod tests {
             domainname: "(none)".into(),
         };
         bytes[0x1010..0x1010 + UTSNAME_LEN].copy_from_slice(&uts.encode());
-        let memory = Buffer { base: 0, bytes };
+        let memory = Buffer::new(0, bytes);
         let loads = [LoadSpec { vaddr: START_KERNEL_MAP + 0x1000, paddr: 0x1000, len: 0x1000 }];
         let info = format!(
             "OSRELEASE=9.9\nSYMBOL(init_uts_ns)={:x}\nOFFSET(uts_namespace.name)=16\n",

@@ -343,7 +343,9 @@ impl Pass<'_> {
     }
 }
 
-/// Reads whole pages from the merged ranges; bytes outside them read as zeros.
+/// Reads whole pages from the merged ranges; bytes outside them read as zeros. A page the
+/// source lends (and does not know to be zero: a zero page is filled in, never touched) is used
+/// in place.
 struct PageReader<'a> {
     ranges: &'a [(u64, u64)],
     memory: &'a dyn MemorySource,
@@ -355,6 +357,12 @@ impl PageReader<'_> {
         // pfn < MAX_MAPNR, so this does not overflow.
         let (page_start, page_end) = (pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
         let first = self.ranges.partition_point(|r| r.1 <= page_start);
+        let whole = self.ranges.get(first).is_some_and(|r| r.0 <= page_start && page_end <= r.1);
+        if whole && !self.memory.known_zero(page_start, PAGE_SIZE) {
+            if let Some(page) = self.memory.lend(page_start, PAGE_SIZE as usize) {
+                return Ok(page);
+            }
+        }
         let mut filled = 0;
         for &(start, end) in self.ranges[first..].iter().take_while(|r| r.0 < page_end) {
             let (from, to) = (start.max(page_start), end.min(page_end));
@@ -430,7 +438,7 @@ pub(crate) mod tests {
                 _ => {}
             }
         }
-        Buffer { base: 0, bytes }
+        Buffer::new(0, bytes)
     }
 
     pub(crate) const VMCOREINFO: &[u8] = b"OSRELEASE=6.1.0-cv\nPAGESIZE=4096\nNUMBER(phys_base)=16777216\n";
@@ -473,6 +481,23 @@ pub(crate) mod tests {
         let input = KdumpInput { notes: &notes, loads: &loads, memory: &memory };
         let file = File::create(path).unwrap();
         write_kdump(&file, &input, options).unwrap()
+    }
+
+    #[test]
+    fn lent_memory_gives_the_same_file() {
+        let dir = TestDir::new("kdump-lent");
+        let (notes, loads) = (notes(), loads());
+        // Pages 0x20-0x2f known zero (whatever their bytes: the writer must take the source's
+        // word, and read them as zeros, as it does guest RAM never populated).
+        let lent = Buffer { lends: true, known_zero: 0x2_0000..0x3_0000, ..memory() };
+        let mut copied = memory();
+        copied.bytes[0x2_0000..0x3_0000].fill(0);
+        for (name, memory) in [("copied", &copied), ("lent", &lent)] {
+            let input = KdumpInput { notes: &notes, loads: &loads, memory };
+            write_kdump(&File::create(dir.path().join(name)).unwrap(), &input, &options(Compression::Zstd, 1)).unwrap();
+        }
+        let read = |name| std::fs::read(dir.path().join(name)).unwrap();
+        assert!(read("lent") == read("copied"), "the files differ");
     }
 
     #[test]

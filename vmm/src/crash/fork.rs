@@ -182,7 +182,9 @@ impl ForkedWriter {
             close_other_fds(&keep);
             detach_from_vmm();
             report.detached.store(1, Ordering::Release);
-            let source = GuestRam::counting(memory, &report.done);
+            // SAFETY: this child is single-threaded and its copy of guest RAM is private: no
+            // vCPU runs here, and the VMM's writes after the fork land in its own pages.
+            let source = unsafe { GuestRam::frozen(memory, &report.done) };
             let result = write_output(file, output, &source)
                 .and_then(|stats| file.sync_all().map(|()| stats).map_err(|e| format!("cannot sync the vmcore: {e}")));
             let code = match &result {

@@ -1,4 +1,5 @@
-//! Guest RAM as the source of a vmcore, read without faulting in pages the guest never used.
+//! Guest RAM as the source of a vmcore, read without faulting in pages the guest never used,
+//! and lent in place to the writer where nothing can change it (a forked writer's snapshot).
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -24,6 +25,8 @@ pub struct GuestRam<'a> {
     window: RefCell<(u64, Vec<u64>)>,
     /// Bytes read so far, for progress reports.
     done: Option<&'a AtomicU64>,
+    /// Whether nothing changes `memory` while this source lives, so it may lend it in place.
+    frozen: bool,
 }
 
 /// Pagemap entries read at once: 16 MiB of guest memory.
@@ -32,12 +35,34 @@ const PAGEMAP_WINDOW: u64 = 4096;
 impl<'a> GuestRam<'a> {
     /// Reads `memory` (without `/proc/self/pagemap`, every page is read).
     pub fn new(memory: &'a GuestMemoryMmap) -> Self {
-        Self { memory, pagemap: File::open("/proc/self/pagemap").ok(), window: RefCell::default(), done: None }
+        Self {
+            memory,
+            pagemap: File::open("/proc/self/pagemap").ok(),
+            window: RefCell::default(),
+            done: None,
+            frozen: false,
+        }
     }
 
     /// The same, adding the bytes read to `done`.
     pub fn counting(memory: &'a GuestMemoryMmap, done: &'a AtomicU64) -> Self {
         Self { done: Some(done), ..Self::new(memory) }
+    }
+
+    /// The same, lending `memory` in place (a vmcore is then written straight from it).
+    ///
+    /// # Safety
+    /// Nothing may write `memory` while the returned source lives: borrows of it are handed out
+    /// as `&[u8]`. True in a forked dump writer, a single-threaded process whose private copy of
+    /// guest RAM no vCPU and no other process can reach.
+    pub unsafe fn frozen(memory: &'a GuestMemoryMmap, done: &'a AtomicU64) -> Self {
+        Self { frozen: true, ..Self::counting(memory, done) }
+    }
+
+    fn count(&self, bytes: usize) {
+        if let Some(done) = self.done {
+            done.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
     }
 
     fn read_all(&self, addr: u64, buf: &mut [u8]) -> Result<(), SourceError> {
@@ -65,6 +90,13 @@ impl<'a> GuestRam<'a> {
         let entries = bytes[..got - got % 8].chunks_exact(8).map(|e| crashvisor_klib::le::u64_at(e, 0));
         *window = (first, entries.collect());
         covered(&window)
+    }
+
+    /// Whether the host pages of `hva..hva + len` (`len` > 0) are known never to have been
+    /// populated.
+    fn unpopulated(&self, hva: u64, len: u64) -> bool {
+        let (first, last) = (hva / PAGE, (hva + len - 1) / PAGE);
+        self.cover(first, last) && (first..=last).all(|page| !self.populated(page))
     }
 
     /// Whether host page `page` (inside the window) holds data: present or swapped.
@@ -106,10 +138,25 @@ impl MemorySource for GuestRam<'_> {
                 }
             }
         }
-        if let Some(done) = self.done {
-            done.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        }
+        self.count(buf.len());
         Ok(())
+    }
+
+    fn lend(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        if !self.frozen || len == 0 {
+            return None;
+        }
+        let hva = self.host_range(addr, len)?;
+        self.count(len);
+        // SAFETY: `hva..hva + len` is one contiguous piece of guest RAM, mapped for as long as
+        // `self.memory` lives (which outlives the borrow of `self`), and nothing writes it while
+        // this source lives (the contract of `frozen`).
+        Some(unsafe { std::slice::from_raw_parts(hva as *const u8, len) })
+    }
+
+    fn known_zero(&self, addr: u64, len: u64) -> bool {
+        let Ok(len_usize) = usize::try_from(len) else { return false };
+        len > 0 && self.host_range(addr, len_usize).is_some_and(|hva| self.unpopulated(hva, len))
     }
 }
 
@@ -134,5 +181,23 @@ mod tests {
         let mut page = [0u8; 0x1000];
         ram.read(0x20_0000, &mut page).unwrap();
         assert_eq!(done.load(Ordering::Relaxed), 0x3000);
+    }
+
+    #[test]
+    fn a_frozen_source_lends_memory_and_knows_what_was_never_touched() {
+        let memory =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000), (GuestAddress(0x20_0000), 0x1000)]).unwrap();
+        memory.write_slice(&[0xcd; 3], GuestAddress(0x5000)).unwrap();
+        let done = AtomicU64::new(0);
+        // SAFETY: nothing writes `memory` while `frozen` lives.
+        let frozen = unsafe { GuestRam::frozen(&memory, &done) };
+        let lent = frozen.lend(0x4000, 0x2000).unwrap();
+        assert_eq!(&lent[0x1000..0x1004], &[0xcd, 0xcd, 0xcd, 0]);
+        assert_eq!(done.load(Ordering::Relaxed), 0x2000, "a loan counts as read");
+        assert!(frozen.lend(0xf_f000, 0x2000).is_none(), "not one piece of RAM");
+        assert!(frozen.known_zero(0x1000, 0x4000));
+        assert!(!frozen.known_zero(0x4000, 0x2000), "page 0x5000 was written");
+        assert!(!frozen.known_zero(0xf_f000, 0x2000));
+        assert!(GuestRam::new(&memory).lend(0x4000, 0x1000).is_none(), "live memory is only copied");
     }
 }

@@ -58,6 +58,7 @@ impl Snapshot {
     /// of the pause. Returns the writer and the bytes of memory it writes.
     fn fork(&self, vmcore: &VmcoreFile<'_>) -> Result<(ForkedWriter, u64), CaptureError> {
         let ctx = &self.machine;
+        let started = Instant::now();
         let states = ctx.vcpus.states();
         let states = states
             .iter()
@@ -68,6 +69,7 @@ impl Snapshot {
         let vmcoreinfo =
             ctx.devices.platform.vmcoreinfo_gpa().and_then(|gpa| layout::read_vmcoreinfo(&ctx.memory, gpa, crash_secs));
         let layout = layout::layout(&ctx.memory, &states, vmcoreinfo);
+        let laid_out = Instant::now();
         let notes = layout.notes();
         let kdump = |compression| Output::Kdump { notes: &notes, loads: &layout.loads, compression };
         let writer = match self.format {
@@ -77,6 +79,7 @@ impl Snapshot {
             }
             DumpFormat::Kdump(compression) => ForkedWriter::start(vmcore, &kdump(compression), &ctx.memory)?,
         };
+        tracing::debug!("host-side dump: registers and layout {:?}, fork {:?}", laid_out - started, laid_out.elapsed());
         Ok((writer, layout.loads.iter().map(|l| l.len).sum()))
     }
 }
@@ -91,6 +94,7 @@ impl Producer for Snapshot {
         let ctx = &self.machine;
         let pause_start = Instant::now();
         let stopped = ctx.pause(Pauser::Snapshot, PAUSE_TIMEOUT);
+        tracing::debug!("host-side dump: vCPUs stopped in {:?}", pause_start.elapsed());
         let forked = if stopped { self.fork(vmcore) } else { Err(CaptureError::Pause(PAUSE_TIMEOUT)) };
         if stopped && !ctx.is_paused() {
             match self.after {

@@ -1,8 +1,10 @@
-//! Builds the fill kernel (`benches/fill-kernel`, the workload of the fill rows) with a nested
-//! `cargo build --release`, as vmm/build.rs builds the guest kernel: in a clean environment, so
-//! that the host's flags (`RUSTFLAGS`, `CARGO_TARGET_DIR`, coverage instrumentation) never reach
-//! a kernel for a bare CPU, and with its own target directory, `fill-kernel/` inside the bench's
-//! target directory, so that a second run rebuilds nothing. The crate's `.cargo/config.toml`
+//! The fill kernel (`benches/fill-kernel`: a PVH test kernel that fills its RAM with noise; the
+//! host-dump benchmark's workload and the used-memory dump test's guest), built on demand with a
+//! nested `cargo build --release`, as vmm/build.rs builds the guest kernel: in a clean
+//! environment, so that the host's flags (`RUSTFLAGS`, `CARGO_TARGET_DIR`, coverage
+//! instrumentation) never reach a kernel for a bare CPU, and with its own target directory,
+//! `fill-kernel/` inside the running executable's target directory, so that a second run
+//! rebuilds nothing. The crate's `.cargo/config.toml`
 //! picks the `x86_64-unknown-none` target; the repository's rust-toolchain.toml installs it.
 
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::process::Command;
 use anyhow::{bail, ensure, Context, Result};
 
 /// The crate's directory.
-const SOURCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fill-kernel");
+const SOURCE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/fill-kernel");
 /// The target the kernel is built for (set by the crate's `.cargo/config.toml`).
 const TARGET: &str = "x86_64-unknown-none";
 /// The environment the nested cargo keeps: what rustup and cargo need to find the toolchain.
@@ -19,7 +21,7 @@ const KEPT_VARIABLES: [&str; 5] = ["PATH", "HOME", "RUSTUP_HOME", "CARGO_HOME", 
 
 /// Builds the kernel (or finds it up to date) and returns the path of its ELF image.
 pub fn build() -> Result<PathBuf> {
-    let target_dir = bench_target_dir()?.join("fill-kernel");
+    let target_dir = target_dir()?.join("fill-kernel");
     let mut cargo = Command::new("cargo");
     cargo.current_dir(SOURCE_DIR).env_clear();
     for key in KEPT_VARIABLES {
@@ -40,9 +42,9 @@ pub fn build() -> Result<PathBuf> {
     Ok(elf)
 }
 
-/// The target directory the running bench was built in (`<target>/release/deps/host_dump-*`).
-fn bench_target_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("the bench cannot find its own executable")?;
+/// The target directory the running test or bench was built in (`<target>/<profile>/deps/*`).
+fn target_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the running executable")?;
     exe.ancestors()
         .nth(3)
         .map(Path::to_path_buf)
