@@ -135,11 +135,10 @@ pub fn write_vmcore(
     let mut stats = WriteStats { apparent_bytes: file_size, ..WriteStats::default() };
     file.write_all_at(headers, 0)?;
     stats.written_bytes += headers.len() as u64;
-    let mut out = Stretches { file, joined: false, stats: &mut stats };
+    let mut out = Stretches { file, after_data: None, stats: &mut stats };
     let mut buf = Vec::new();
     for (index, run) in runs.iter().enumerate() {
         let mut done = 0u64;
-        out.joined = false;
         while done < run.len {
             let (addr, file_offset) = (run.addr + done, run.file_offset + done);
             // At most LENT_WINDOW, so it fits in usize.
@@ -147,7 +146,7 @@ pub fn write_vmcore(
             let n = match memory.lend(addr, lent_len) {
                 Some(bytes) => {
                     let known_zero = |at: usize, len: usize| memory.known_zero(addr + at as u64, len as u64);
-                    out.window(file_offset, bytes, &known_zero, (lent_len as u64) < run.len - done)?;
+                    out.window(file_offset, bytes, &known_zero)?;
                     lent_len
                 }
                 None => {
@@ -155,12 +154,13 @@ pub fn write_vmcore(
                     buf.resize(buf.len().max(n), 0);
                     let chunk = &mut buf[..n];
                     memory.read(addr, chunk).map_err(|source| WriteError::Source { index, source })?;
-                    out.window(file_offset, chunk, &|_, _| false, (n as u64) < run.len - done)?;
+                    out.window(file_offset, chunk, &|_, _| false)?;
                     n
                 }
             };
             done += n as u64;
         }
+        out.end_run();
     }
     file.set_len(file_size)?;
     stats.duration = start.elapsed();
@@ -189,29 +189,33 @@ fn check_layout(headers_len: u64, runs: &[Run], file_size: u64) -> Result<(), Wr
 
 /// Writes memory a window at a time: each stretch from a non-zero file page to the last
 /// non-zero page before a zero run of [`HOLE_MIN`] bytes or more goes out in one write; the zero
-/// runs around stretches stay holes.
+/// runs around stretches stay holes. Windows do not show in the file: a short zero gap across
+/// the edge of two windows of a run is written as one inside a window is.
 struct Stretches<'a> {
     file: &'a File,
-    /// Whether the last window was written through its end: the next one of the same run then
-    /// continues its stretch, a short leading zero gap included.
-    joined: bool,
+    /// Where the run's data written so far ends in the file, and the zero pieces seen since
+    /// (holes, unless data follows within `HOLE_MIN`).
+    after_data: Option<(u64, u64)>,
     stats: &'a mut WriteStats,
 }
 
+/// Zeros to write a short gap with.
+static ZEROS: [u8; HOLE_MIN as usize] = [0; HOLE_MIN as usize];
+
 impl Stretches<'_> {
-    /// Writes `data` at `offset`. `known_zero(at, len)` says that `data[at..at + len]` is zero
-    /// without its bytes being read. A window that `continues` into another of the same run and
-    /// ends in a short zero gap is written through its end.
-    fn window(
-        &mut self,
-        offset: u64,
-        data: &[u8],
-        known_zero: &dyn Fn(usize, usize) -> bool,
-        continues: bool,
-    ) -> std::io::Result<()> {
-        // The stretch being gathered: from its first byte to the end of its last non-zero piece.
-        let mut stretch: Option<(usize, usize)> = self.joined.then_some((0, 0));
-        // Zero pieces since the last non-zero one: holes, unless data follows soon enough.
+    /// Ends the run being written: the zero pieces after its last data are holes.
+    fn end_run(&mut self) {
+        if let Some((_, zeros)) = self.after_data.take() {
+            self.stats.zero_pages_skipped += zeros;
+        }
+    }
+
+    /// Writes `data`, the next window of the run, at `offset`. `known_zero(at, len)` says that
+    /// `data[at..at + len]` is zero without its bytes being read.
+    fn window(&mut self, offset: u64, data: &[u8], known_zero: &dyn Fn(usize, usize) -> bool) -> std::io::Result<()> {
+        // The stretch being gathered: from its first to the end of its last non-zero piece.
+        let mut stretch: Option<(usize, usize)> = None;
+        // Zero pieces since the last non-zero one.
         let mut zero_pieces = 0u64;
         let mut at = 0usize;
         while at < data.len() {
@@ -223,11 +227,13 @@ impl Stretches<'_> {
             } else {
                 stretch = match stretch {
                     Some((from, to)) if ((at - to) as u64) < HOLE_MIN => Some((from, end)),
-                    previous => {
-                        if let Some((from, to)) = previous {
-                            self.write(offset + from as u64, &data[from..to])?;
-                        }
+                    Some((from, to)) => {
+                        self.write(offset + from as u64, &data[from..to])?;
                         self.stats.zero_pages_skipped += zero_pieces;
+                        Some((at, end))
+                    }
+                    None => {
+                        self.continue_run(offset + at as u64, zero_pieces)?;
                         Some((at, end))
                     }
                 };
@@ -235,15 +241,31 @@ impl Stretches<'_> {
             }
             at = end;
         }
-        self.joined = false;
-        if let Some((from, mut to)) = stretch {
-            if continues && ((data.len() - to) as u64) < HOLE_MIN {
-                (to, zero_pieces, self.joined) = (data.len(), 0, true);
+        match (stretch, &mut self.after_data) {
+            (Some((from, to)), _) => {
+                self.write(offset + from as u64, &data[from..to])?;
+                self.after_data = Some((offset + to as u64, zero_pieces));
             }
-            self.write(offset + from as u64, &data[from..to])?;
+            (None, Some((_, zeros))) => *zeros += zero_pieces,
+            (None, None) => self.stats.zero_pages_skipped += zero_pieces,
         }
-        self.stats.zero_pages_skipped += zero_pieces;
         Ok(())
+    }
+
+    /// Before the first data of a window, at file offset `here`, after `leading` zero pieces of
+    /// it: the gap since the run's last data is written if it is short, else left a hole.
+    fn continue_run(&mut self, here: u64, leading: u64) -> std::io::Result<()> {
+        match self.after_data.take() {
+            Some((end, _)) if here - end < HOLE_MIN => self.write(end, &ZEROS[..(here - end) as usize]),
+            Some((_, zeros)) => {
+                self.stats.zero_pages_skipped += zeros + leading;
+                Ok(())
+            }
+            None => {
+                self.stats.zero_pages_skipped += leading;
+                Ok(())
+            }
+        }
     }
 
     fn write(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
@@ -433,6 +455,27 @@ pub(crate) mod tests {
             assert_eq!(stats.zero_pages_skipped, 1024 - (first_end - 4096) / 4096 - 1, "lends {lends}");
             assert!(std::fs::read(&path).unwrap()[4096..] == bytes[..], "lends {lends}: content differs");
         }
+    }
+
+    #[test]
+    fn a_gap_across_two_windows_is_judged_whole() {
+        let dir = TestDir::new("writer-window-gap");
+        // Read through 1 MiB windows: data up to 8 pages before the first window's end, then a
+        // 12-page gap across it (48 KiB: written); data up to 10 pages before the second
+        // window's end, then a 20-page gap across it (80 KiB: a hole); data to the end.
+        let mut bytes = vec![0x11u8; 3 << 20];
+        let page = |n: usize| n * 4096;
+        bytes[page(248)..page(260)].fill(0);
+        bytes[page(502)..page(522)].fill(0);
+        let memory = Buffer::new(0, bytes.clone());
+        let path = dir.path().join("vmcore");
+        let file = File::create(&path).unwrap();
+        let runs = [Run { file_offset: 4096, addr: 0, len: 3 << 20 }];
+        let stats = write_vmcore(&file, &[1; 4096], &runs, 4096 + (3 << 20), &memory).unwrap();
+        let in_file = |n: usize| 4096 + n as u64 * 4096;
+        assert_eq!(data_extents(&file), vec![(0, in_file(502)), (in_file(522), in_file(768))], "{stats:?}");
+        assert_eq!(stats.zero_pages_skipped, 20);
+        assert!(std::fs::read(&path).unwrap()[4096..] == bytes[..], "content differs");
     }
 
     #[test]
