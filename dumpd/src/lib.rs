@@ -44,6 +44,7 @@ pub mod elf;
 pub mod image;
 pub mod kdump;
 pub mod store;
+pub mod writeback;
 pub mod writer;
 
 use std::path::PathBuf;

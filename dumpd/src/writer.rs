@@ -10,11 +10,14 @@
 //! forked writer's snapshot of guest RAM) lends it: the writer then writes straight from guest
 //! memory with no copy, and skips what the source knows was never populated without touching
 //! it. Other sources are read through one fixed buffer, so a 64 GiB guest costs a megabyte of
-//! host memory to dump.
+//! host memory to dump. What is written goes on to the disk and out of the page cache a few
+//! megabytes behind the writer ([`crate::writeback`]), so the file costs little memory either.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
+
+use crate::writeback::Writeback;
 
 /// Bytes copied per read from a source that does not lend its memory.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -135,7 +138,7 @@ pub fn write_vmcore(
     let mut stats = WriteStats { apparent_bytes: file_size, ..WriteStats::default() };
     file.write_all_at(headers, 0)?;
     stats.written_bytes += headers.len() as u64;
-    let mut out = Stretches { file, after_data: None, stats: &mut stats };
+    let mut out = Stretches { file, writeback: Writeback::new(file, 0), after_data: None, stats: &mut stats };
     let mut buf = Vec::new();
     for (index, run) in runs.iter().enumerate() {
         let mut done = 0u64;
@@ -193,6 +196,7 @@ fn check_layout(headers_len: u64, runs: &[Run], file_size: u64) -> Result<(), Wr
 /// the edge of two windows of a run is written as one inside a window is.
 struct Stretches<'a> {
     file: &'a File,
+    writeback: Writeback<'a>,
     /// Where the run's data written so far ends in the file, and the zero pieces seen since
     /// (holes, unless data follows within `HOLE_MIN`).
     after_data: Option<(u64, u64)>,
@@ -272,6 +276,7 @@ impl Stretches<'_> {
         if !bytes.is_empty() {
             self.file.write_all_at(bytes, offset)?;
             self.stats.written_bytes += bytes.len() as u64;
+            self.writeback.written_to(offset + bytes.len() as u64)?;
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ use crashvisor_klib::elfnote::{CORE_NOTE_NAME, NT_PRSTATUS, VMCOREINFO_NOTE_NAME
 
 use crate::elf::build::{encode_notes, LoadSpec, NoteSpec};
 use crate::writer::{is_zero, MemorySource, SourceError};
+use crate::writeback::Writeback;
 
 /// Bytes buffered before a write, for the descriptors and for the page data.
 const OUTPUT_BUFFER: usize = 1 << 20;
@@ -378,16 +379,18 @@ impl PageReader<'_> {
     }
 }
 
-/// Appends bytes at increasing file offsets through a buffer.
+/// Appends bytes at increasing file offsets through a buffer, and sends them on to the disk
+/// as it goes ([`Writeback`]).
 struct Appender<'f> {
     file: &'f File,
     offset: u64,
     buf: Vec<u8>,
+    writeback: Writeback<'f>,
 }
 
 impl<'f> Appender<'f> {
     fn new(file: &'f File, offset: u64) -> Self {
-        Self { file, offset, buf: Vec::with_capacity(OUTPUT_BUFFER) }
+        Self { file, offset, buf: Vec::with_capacity(OUTPUT_BUFFER), writeback: Writeback::new(file, offset) }
     }
 
     /// The file offset just past what was pushed.
@@ -407,7 +410,7 @@ impl<'f> Appender<'f> {
         self.file.write_all_at(&self.buf, self.offset)?;
         self.offset += self.buf.len() as u64;
         self.buf.clear();
-        Ok(())
+        self.writeback.written_to(self.offset)
     }
 }
 
