@@ -123,7 +123,7 @@ mod tests {
     fn bytes_far_behind_the_stream_leave_the_page_cache() {
         let dir = TestDir::new("writeback");
         let path = dir.path().join("stream");
-        let file = File::options().create(true).read(true).write(true).open(&path).unwrap();
+        let file = File::options().create_new(true).read(true).write(true).open(&path).unwrap();
         let len = (LAG + 6 * STEP) as usize;
         let from = PAGE;
         let piece: Vec<u8> = (0..STEP as usize / 2).map(|i| (i % 251) as u8 + 1).collect();

@@ -21,6 +21,7 @@ pub mod flattened;
 pub mod free_pages;
 pub mod header;
 pub mod kernel_info;
+pub mod parallel;
 pub mod read;
 pub mod write;
 

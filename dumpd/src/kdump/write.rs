@@ -6,18 +6,20 @@
 //! present pages less those the dump level leaves out, which the caller names (free pages, for
 //! bit 16), so memory is read once. Zero pages are stored as makedumpfile stores them at `-d 1`:
 //! they stay in the dump (tools read them as zeros, while a page left out cannot be read at
-//! all) and their descriptors all point at one shared zero page. Memory use is the two bitmaps
-//! (one bit per pfn, only 4 KiB blocks that hold a set bit) and two 1 MiB output buffers,
-//! whatever the guest's size.
+//! all) and their descriptors all point at one shared zero page. Pages are compressed on a
+//! pool of threads and written in order ([`super::parallel`]). Memory use is the two bitmaps
+//! (one bit per pfn, only 4 KiB blocks that hold a set bit), two 1 MiB output buffers and a
+//! few 1 MiB batches per compressing thread, whatever the guest's size.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::bitmap::Bitmap;
-use super::compress::{Compression, PageCompressor};
+use super::compress::Compression;
 use super::header::{DiskDumpHeader, KdumpSubHeader, PageDesc};
 use super::kernel_info::{phys_base, utsname};
+use super::parallel::{compress_in_order, Batch, CompressFailure, Compressed, Stop, Stored};
 use super::{BLOCK_SIZE, DL_EXCLUDE_ZERO, DL_MAX, HEADER_VERSION, KDUMP_SUB_HEADER_SIZE};
 use super::{MAX_MAPNR, MAX_NOTES_LEN, PAGE_DESC_SIZE, PAGE_SIZE};
 use crashvisor_klib::elfcore::ElfError;
@@ -29,8 +31,6 @@ use crate::writeback::Writeback;
 
 /// Bytes buffered before a write, for the descriptors and for the page data.
 const OUTPUT_BUFFER: usize = 1 << 20;
-/// Pages between two progress reports.
-const PROGRESS_PAGES: u64 = 1024;
 
 /// What goes into the file.
 #[derive(Clone, Copy)]
@@ -173,7 +173,7 @@ pub fn write_kdump(
     for &(start, end) in &ranges {
         present.set_range(start / PAGE_SIZE, end.div_ceil(PAGE_SIZE));
     }
-    let pages = PageReader { ranges: &ranges, memory: input.memory, page: vec![0; PAGE_SIZE as usize] };
+    let pages = PageReader { ranges: &ranges, memory: input.memory };
     let stats = KdumpStats { pages_present: present.count_ones(), ..KdumpStats::default() };
     let mut pass = Pass { pages, stats, progress: options.progress };
     let dumped = pass.select(&present, excluded, options.exclude_only_zero)?;
@@ -277,8 +277,11 @@ impl Pass<'_> {
         only_zero: bool,
     ) -> Result<Bitmap, KdumpWriteError> {
         let mut dumped = Bitmap::new(present.len());
+        let mut buf = [0; PAGE_SIZE as usize];
         for pfn in present.ones() {
-            if excluded.is_some_and(|is_excluded| is_excluded(pfn)) && (!only_zero || is_zero(self.pages.read(pfn)?)) {
+            if excluded.is_some_and(|is_excluded| is_excluded(pfn))
+                && (!only_zero || is_zero(self.pages.read(pfn, &mut buf)?))
+            {
                 self.stats.pages_excluded += 1;
             } else {
                 dumped.set(pfn);
@@ -287,8 +290,8 @@ impl Pass<'_> {
         Ok(dumped)
     }
 
-    /// Writes the descriptors and the page data (the shared zero page first); returns the end
-    /// of the file.
+    /// Writes the descriptors and the page data (the shared zero page first), the pages
+    /// compressed on a pool of threads ([`compress_in_order`]); returns the end of the file.
     fn write_pages(
         &mut self,
         file: &File,
@@ -298,48 +301,60 @@ impl Pass<'_> {
     ) -> Result<u64, KdumpWriteError> {
         let mut descs = Appender::new(file, layout.desc_offset);
         let mut data = Appender::new(file, layout.data_offset);
-        let mut compressor =
-            PageCompressor::new(compression).map_err(|source| KdumpWriteError::Compress { paddr: 0, source })?;
         let zero_desc = PageDesc { offset: layout.data_offset, size: PAGE_SIZE as u32, flags: 0, page_flags: 0 };
         data.push(&[0; PAGE_SIZE as usize])?;
-        let stats = &mut self.stats;
+        let (pages, stats, progress) = (&self.pages, &mut self.stats, self.progress);
         let total = stats.pages_dumped * PAGE_SIZE;
-        let report = |pages: u64| self.progress.map(|report| report(pages * PAGE_SIZE, total));
-        for (n, pfn) in dumped.ones().enumerate() {
-            let page = self.pages.read(pfn)?;
-            let desc = match is_zero(page) {
-                true => {
-                    stats.pages_shared_zero += 1;
-                    zero_desc
+        let mut pfns = dumped.ones();
+        let next_batch = || {
+            let mut batch = Batch::new();
+            while !batch.is_full() {
+                let Some(pfn) = pfns.next() else { break };
+                match pages.lent(pfn) {
+                    Some(page) => batch.push_lent(pfn, page),
+                    None => batch.push_copied(pfn, |into| pages.copy(pfn, into))?,
                 }
-                false => {
-                    let offset = data.end();
-                    let paddr = pfn * PAGE_SIZE;
-                    let compressed =
-                        compressor.compress(page).map_err(|source| KdumpWriteError::Compress { paddr, source })?;
-                    let (bytes, flags) = match compressed {
-                        Some(bytes) => {
-                            stats.pages_compressed += 1;
-                            (bytes, compression.flag())
-                        }
-                        None => {
-                            stats.pages_raw += 1;
-                            (page, 0)
-                        }
-                    };
-                    data.push(bytes)?;
-                    // At most a page.
-                    PageDesc { offset, size: bytes.len() as u32, flags, page_flags: 0 }
-                }
-            };
-            descs.push(&desc.encode())?;
-            if (n as u64).is_multiple_of(PROGRESS_PAGES) {
-                report(n as u64);
             }
-        }
+            Ok(Some(batch).filter(|batch| !batch.pfns.is_empty()))
+        };
+        let mut pages_written = 0u64;
+        let write = |batch: &Batch<'_>, compressed: &Compressed| {
+            let mut bytes = compressed.data.as_slice();
+            for stored in &compressed.stored {
+                let (size, flags) = match *stored {
+                    Stored::Zero => {
+                        stats.pages_shared_zero += 1;
+                        descs.push(&zero_desc.encode())?;
+                        continue;
+                    }
+                    Stored::Compressed(size) => {
+                        stats.pages_compressed += 1;
+                        (size, compression.flag())
+                    }
+                    Stored::Raw => {
+                        stats.pages_raw += 1;
+                        (PAGE_SIZE as u32, 0)
+                    }
+                };
+                let (page, rest) = bytes.split_at_checked(size as usize).ok_or(KdumpWriteError::Layout(
+                    "a compressing thread returned fewer bytes than its pages' sizes add up to",
+                ))?;
+                descs.push(&PageDesc { offset: data.end(), size, flags, page_flags: 0 }.encode())?;
+                data.push(page)?;
+                bytes = rest;
+            }
+            pages_written += batch.pfns.len() as u64;
+            if let Some(report) = progress {
+                report(pages_written * PAGE_SIZE, total);
+            }
+            Ok(())
+        };
+        compress_in_order(compression, next_batch, write).map_err(|stop| match stop {
+            Stop::Caller(error) => error,
+            Stop::Compress(CompressFailure { pfn, source }) => KdumpWriteError::Compress { paddr: pfn * PAGE_SIZE, source },
+        })?;
         descs.flush()?;
         data.flush()?;
-        report(stats.pages_dumped);
         Ok(data.end())
     }
 }
@@ -350,32 +365,48 @@ impl Pass<'_> {
 struct PageReader<'a> {
     ranges: &'a [(u64, u64)],
     memory: &'a dyn MemorySource,
-    page: Vec<u8>,
 }
 
-impl PageReader<'_> {
-    fn read(&mut self, pfn: u64) -> Result<&[u8], KdumpWriteError> {
+impl<'a> PageReader<'a> {
+    /// Page `pfn` where it lies, when it is whole in one range, the source lends it and does
+    /// not know it to be zero.
+    fn lent(&self, pfn: u64) -> Option<&'a [u8]> {
         // pfn < MAX_MAPNR, so this does not overflow.
         let (page_start, page_end) = (pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
         let first = self.ranges.partition_point(|r| r.1 <= page_start);
         let whole = self.ranges.get(first).is_some_and(|r| r.0 <= page_start && page_end <= r.1);
-        if whole && !self.memory.known_zero(page_start, PAGE_SIZE) {
-            if let Some(page) = self.memory.lend(page_start, PAGE_SIZE as usize) {
-                return Ok(page);
-            }
-        }
+        let memory: &'a dyn MemorySource = self.memory;
+        (whole && !memory.known_zero(page_start, PAGE_SIZE)).then(|| memory.lend(page_start, PAGE_SIZE as usize))?
+    }
+
+    /// Copies page `pfn` into `page` (a page long).
+    fn copy(&self, pfn: u64, page: &mut [u8]) -> Result<(), KdumpWriteError> {
+        let (page_start, page_end) = (pfn * PAGE_SIZE, (pfn + 1) * PAGE_SIZE);
+        let first = self.ranges.partition_point(|r| r.1 <= page_start);
         let mut filled = 0;
         for &(start, end) in self.ranges[first..].iter().take_while(|r| r.0 < page_end) {
             let (from, to) = (start.max(page_start), end.min(page_end));
             let (lo, hi) = ((from - page_start) as usize, (to - page_start) as usize);
-            self.page[filled..lo].fill(0);
+            page[filled..lo].fill(0);
             self.memory
-                .read(from, &mut self.page[lo..hi])
+                .read(from, &mut page[lo..hi])
                 .map_err(|source| KdumpWriteError::Source { paddr: page_start, source })?;
             filled = hi;
         }
-        self.page[filled..].fill(0);
-        Ok(&self.page)
+        page[filled..].fill(0);
+        Ok(())
+    }
+
+    /// Page `pfn`, lent or copied into `buf` (a page long).
+    fn read<'b>(&self, pfn: u64, buf: &'b mut [u8]) -> Result<&'b [u8], KdumpWriteError>
+    where
+        'a: 'b,
+    {
+        if let Some(page) = self.lent(pfn) {
+            return Ok(page);
+        }
+        self.copy(pfn, buf)?;
+        Ok(buf)
     }
 }
 
