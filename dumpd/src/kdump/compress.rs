@@ -170,15 +170,15 @@ pub fn decompress(flags: u32, data: &[u8], page: &mut [u8]) -> Result<(), Decomp
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn text_page() -> Vec<u8> {
+    pub(crate) fn text_page() -> Vec<u8> {
         (0..PAGE_SIZE as usize).map(|i| b"crashvisor "[i % 11]).collect()
     }
 
     /// Pseudo-random bytes (xorshift): incompressible.
-    fn noise(seed: u64) -> Vec<u8> {
+    pub(crate) fn noise(seed: u64) -> Vec<u8> {
         let mut x = seed | 1;
         (0..PAGE_SIZE)
             .map(|_| {

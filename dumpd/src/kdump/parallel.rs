@@ -237,28 +237,19 @@ fn compress_batch(compressor: &mut PageCompressor, batch: &Batch<'_>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A page of text (compressible) or of xorshift noise (not).
-    fn page(seed: u8, text: bool) -> Vec<u8> {
-        let mut state = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..PAGE_SIZE as usize)
-            .map(|i| match text {
-                true => b"crashvisor kdump "[i % 17],
-                false => {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                }
-            })
-            .collect()
-    }
+    use crate::kdump::compress::tests::{noise, text_page};
 
     #[test]
     fn results_come_back_in_order_and_match_one_compressor() {
         // Zero, compressible and incompressible pages over many batches, some lent, some copied.
         let pages: Vec<Vec<u8>> =
-            (0..BATCH_PAGES * 9 + 17).map(|i| if i % 5 == 0 { vec![0; 4096] } else { page(i as u8, i % 3 == 0) }).collect();
+            (0..BATCH_PAGES * 9 + 17)
+            .map(|i| match (i % 5, i % 3) {
+                (0, _) => vec![0; 4096],
+                (_, 0) => text_page(),
+                _ => noise(i as u64),
+            })
+            .collect();
         let mut pfns = 0..pages.len() as u64;
         let mut written = Vec::new();
         let result = compress_in_order::<io::Error>(
@@ -311,7 +302,7 @@ mod tests {
 
     #[test]
     fn an_error_from_either_side_stops_the_pass() {
-        let noise = page(1, false);
+        let noise = noise(1);
         let mut given = 0;
         let reading: Result<(), Stop<&str>> = compress_in_order(
             Compression::Zlib,
