@@ -3,8 +3,10 @@
 //! a killed service left in its state directory (a dead VMM, a crash committed meanwhile).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use api::events::ServiceEvent;
 use api::limits::{Host, Limits};
 use api::state::{AppState, ServiceConfig};
 use api::supervisor::record::StateDir;
@@ -393,13 +395,20 @@ async fn the_vms_of_a_state_directory_are_found_again() {
     assert_eq!((calm["state"].as_str(), calm["boots"].as_u64()), (Some("stopped"), Some(1)), "{calm}");
     assert_eq!(call(&app, get("/v1/vms/calm/console")).await.body, b"calm's console\n");
 
-    let mut seen = Vec::new();
-    while let Ok(event) = events.live.try_recv() {
-        seen.push(event);
+    // An event is published once the record holding it is on disk, so it can come after the
+    // state a GET shows: wait for it.
+    let mut seen = std::mem::take(&mut events.backlog);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let has = |seen: &[Arc<ServiceEvent>], event: &str| seen.iter().any(|e| e.vm == "lost" && e.event == event);
+    while !(has(&seen, "failed") && has(&seen, "vmcore_ready")) && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(100), events.live.recv()).await {
+            Ok(Ok(event)) => seen.push(event),
+            Ok(Err(e)) => panic!("the event stream ended: {e}"),
+            Err(_) => {}
+        }
     }
-    seen.extend(events.backlog);
     let names: Vec<(&str, &str)> = seen.iter().map(|e| (e.vm.as_str(), e.event.as_str())).collect();
-    assert!(names.contains(&("lost", "failed")) && names.contains(&("lost", "vmcore_ready")), "{names:?}");
+    assert!(has(&seen, "failed") && has(&seen, "vmcore_ready"), "{names:?}");
     let ready = seen.iter().find(|e| e.event == "vmcore_ready").unwrap();
     assert_eq!(ready.fields["found_at_restart"], json!(true));
     assert!(seen.iter().all(|e| e.seq >= 4097), "event numbers go on above the last service's");
