@@ -10,7 +10,10 @@
 //!
 //! - `HOST_DUMP_SIZES`: guest RAM in MiB, comma-separated (default `256,1024,4096`);
 //! - `HOST_DUMP_RUNS`: dumps per row, whose medians are shown (default 3);
-//! - `HOST_DUMP_WORKLOADS`: which guests, comma-separated (default `half,full,idle`).
+//! - `HOST_DUMP_WORKLOADS`: which guests, comma-separated (default `half,full,idle`);
+//! - `HOST_DUMP_CLOUD_HYPERVISOR`: a `cloud-hypervisor` binary built with `--features
+//!   guest_debug`, `ch-remote` beside it: its ELF `vm.coredump` is measured too, on the same
+//!   guests (see `cloud_hypervisor.rs`).
 //!
 //! The bench builds the fill kernel (`benches/fill-kernel`, see its crate documentation) with
 //! a nested cargo, and installs QEMU (Debian's `qemu-system-x86`) with apt-get when it is
@@ -33,7 +36,8 @@
 //!
 //! # Columns
 //! - pause ms: how long the vCPUs were stopped. Ours: `snapshot_taken`'s `pause_us`. QEMU stops
-//!   the guest for its whole dump: its pause is its return time.
+//!   the guest for its whole dump: its pause is its return time. Cloud Hypervisor's: from the
+//!   pause request to the resume's return.
 //! - written s: from the request to the file fully written, not yet synced. Ours: the first
 //!   time the forked writer is seen inside `fsync` in `/proc/PID/syscall` (looked at every
 //!   2 ms; the VMM reports no such moment; `-` when it was never seen there, as with small
@@ -50,23 +54,27 @@
 //! - ours/QEMU: our ready time over QEMU's ready time (return + fsync) on the same guest: elf
 //!   against QEMU's elf; kdump-zstd and kdump-zlib against QEMU's kdump-zlib (QEMU 7.2 has no
 //!   zstd).
+//! - ours/CH: our elf ready time over Cloud Hypervisor's (pause + coredump + fsync), when it is
+//!   measured.
 //!
 //! The figures are printed, never checked: numbers taken while other work keeps the host's
 //! cores busy say little.
 
+mod cloud_hypervisor;
 mod ours;
 mod process;
 mod qemu;
 mod table;
 mod workload;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, ensure, Context, Result};
 use crashvisor_benches::release_binary;
 use crashvisor_tests::TempFile;
 
+use crate::cloud_hypervisor::{Binaries, CloudHypervisor};
 use crate::ours::OurVm;
 use crate::qemu::Qemu;
 use crate::table::{print_table, summarise, Row};
@@ -88,6 +96,7 @@ struct Config {
     sizes_mib: Vec<u64>,
     runs: usize,
     workloads: Vec<Workload>,
+    cloud_hypervisor: Option<Binaries>,
 }
 
 impl Config {
@@ -104,7 +113,10 @@ impl Config {
             .split(',')
             .map(|name| Workload::parse(name.trim()).context("HOST_DUMP_WORKLOADS"))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { sizes_mib, runs, workloads })
+        let cloud_hypervisor = std::env::var_os("HOST_DUMP_CLOUD_HYPERVISOR")
+            .map(|binary| Binaries::find(&PathBuf::from(binary)))
+            .transpose()?;
+        Ok(Self { sizes_mib, runs, workloads, cloud_hypervisor })
     }
 }
 
@@ -118,7 +130,7 @@ fn main() -> Result<()> {
     for &workload in &config.workloads {
         let mut rows = Vec::new();
         for &memory_mib in &config.sizes_mib {
-            let measured = measure(&vmm, &kernels, workload, memory_mib, config.runs)
+            let measured = measure(&vmm, &kernels, workload, memory_mib, &config)
                 .with_context(|| format!("{workload:?} guest, {memory_mib} MiB"))?;
             rows.extend(measured);
         }
@@ -131,8 +143,9 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// Measures both VMMs on one guest; returns the table's rows. Progress goes to stderr.
-fn measure(vmm: &Path, kernels: &Kernels, workload: Workload, memory_mib: u64, runs: usize) -> Result<Vec<Row>> {
+/// Measures every VMM on one guest; returns the table's rows. Progress goes to stderr.
+fn measure(vmm: &Path, kernels: &Kernels, workload: Workload, memory_mib: u64, config: &Config) -> Result<Vec<Row>> {
+    let runs = config.runs;
     let mut ours = Vec::new();
     for format in OUR_FORMATS {
         let (mut vm, ready) = OurVm::start(vmm, kernels, workload, memory_mib, format)?;
@@ -148,6 +161,15 @@ fn measure(vmm: &Path, kernels: &Kernels, workload: Workload, memory_mib: u64, r
         theirs.push((format, samples.with_context(|| format!("QEMU's {format} dump"))?));
     }
     drop(qemu);
+    let cloud_hypervisor = match &config.cloud_hypervisor {
+        Some(binaries) => {
+            let (mut vm, ready) = CloudHypervisor::start(binaries, kernels, workload, memory_mib)?;
+            eprintln!("Cloud Hypervisor, {memory_mib} MiB: the guest is ready ({ready}); dumping");
+            let samples = (0..runs).map(|_| vm.dump()).collect::<Result<Vec<_>>>();
+            Some(samples.context("Cloud Hypervisor's coredump")?)
+        }
+        None => None,
+    };
 
     let qemu_ready = |format: &str| -> Option<f64> {
         theirs.iter().find(|(f, _)| *f == format).map(|(_, samples)| summarise(samples, memory_mib).ready_s)
@@ -157,10 +179,19 @@ fn measure(vmm: &Path, kernels: &Kernels, workload: Workload, memory_mib: u64, r
         let summary = summarise(samples, memory_mib);
         let peer = if *format == "elf" { "elf" } else { "kdump-zlib" };
         let ratio = qemu_ready(peer).map(|qemu| summary.ready_s / qemu);
-        rows.push(Row { who: "crashvisor", format, memory_mib, summary, ratio });
+        let ratio_ch = cloud_hypervisor
+            .as_ref()
+            .filter(|_| *format == "elf")
+            .map(|samples| summary.ready_s / summarise(samples, memory_mib).ready_s);
+        rows.push(Row { who: "crashvisor", format, memory_mib, summary, ratio, ratio_ch });
     }
     for (format, samples) in &theirs {
-        rows.push(Row { who: "QEMU", format, memory_mib, summary: summarise(samples, memory_mib), ratio: None });
+        let summary = summarise(samples, memory_mib);
+        rows.push(Row { who: "QEMU", format, memory_mib, summary, ratio: None, ratio_ch: None });
+    }
+    if let Some(samples) = &cloud_hypervisor {
+        let summary = summarise(samples, memory_mib);
+        rows.push(Row { who: "CH", format: "elf", memory_mib, summary, ratio: None, ratio_ch: None });
     }
     Ok(rows)
 }

@@ -75,6 +75,8 @@ pub struct Row {
     pub summary: Summary,
     /// This row's ready time over its QEMU peer's.
     pub ratio: Option<f64>,
+    /// This row's ready time over Cloud Hypervisor's (elf rows, when it was measured).
+    pub ratio_ch: Option<f64>,
 }
 
 /// Prints a table: its heading, the column names, the rows.
@@ -82,7 +84,7 @@ pub fn print_table(heading: &str, rows: &[Row]) {
     println!();
     println!("{heading}");
     println!(
-        "{:<10} {:<10} {:>8} | {:>9} {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>12} {:>15} | {:>9}",
+        "{:<10} {:<10} {:>8} | {:>9} {:>9} {:>9} {:>6} | {:>9} {:>9} | {:>12} {:>15} | {:>9} {:>7}",
         "",
         "format",
         "RAM",
@@ -94,7 +96,8 @@ pub fn print_table(heading: &str, rows: &[Row]) {
         "disk MiB",
         "VMM peak MiB",
         "writer peak MiB",
-        "ours/QEMU"
+        "ours/QEMU",
+        "ours/CH"
     );
     for row in rows {
         print_row(row);
@@ -105,7 +108,7 @@ fn print_row(row: &Row) {
     let or_dash = |value: Option<f64>, decimals: usize| value.map_or("-".into(), |v| format!("{v:.decimals$}"));
     let s = &row.summary;
     println!(
-        "{:<10} {:<10} {:>8} | {:>9.2} {:>9} {:>9.3} {:>6.0} | {:>9.1} {:>9.1} | {:>12} {:>15} | {:>9}",
+        "{:<10} {:<10} {:>8} | {:>9.2} {:>9} {:>9.3} {:>6.0} | {:>9.1} {:>9.1} | {:>12} {:>15} | {:>9} {:>7}",
         row.who,
         row.format,
         format!("{} MiB", row.memory_mib),
@@ -118,5 +121,6 @@ fn print_row(row: &Row) {
         or_dash(s.vmm_peak_mib, 0),
         or_dash(s.writer_peak_mib, 0),
         row.ratio.map_or(String::new(), |r| format!("{r:.2}x")),
+        row.ratio_ch.map_or(String::new(), |r| format!("{r:.2}x")),
     );
 }
