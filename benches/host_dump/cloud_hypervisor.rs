@@ -6,7 +6,6 @@
 //! in the page cache when `coredump` returns, so the bench syncs it apart, as for QEMU.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -126,23 +125,7 @@ impl CloudHypervisor {
         self.remote(&["resume"])?;
         let pause = asked.elapsed();
         let vmm_peak_kib = peak_rss_kib(pid);
-        let syncing = Instant::now();
-        File::open(&path)
-            .and_then(|file| file.sync_all())
-            .with_context(|| format!("cannot sync Cloud Hypervisor's dump {}", path.display()))?;
-        let synced = syncing.elapsed();
-        let meta = std::fs::metadata(&path)
-            .with_context(|| format!("Cloud Hypervisor wrote no dump at {}", path.display()))?;
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        Ok(Sample {
-            pause,
-            written: Some(returned),
-            ready: returned + synced,
-            file_bytes: meta.len(),
-            disk_bytes: meta.blocks() * 512,
-            vmm_peak_kib,
-            writer_peak_kib: None,
-        })
+        Sample::of_peer_file("Cloud Hypervisor", &path, pause, returned, vmm_peak_kib)
     }
 }
 

@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -145,22 +144,7 @@ impl Qemu {
         self.execute(json!({"execute": "dump-guest-memory", "arguments": arguments}))?;
         let returned = asked.elapsed();
         let vmm_peak_kib = peak_rss_kib(pid);
-        let syncing = Instant::now();
-        File::open(&path)
-            .and_then(|file| file.sync_all())
-            .with_context(|| format!("cannot sync QEMU's dump {}", path.display()))?;
-        let synced = syncing.elapsed();
-        let meta = std::fs::metadata(&path).with_context(|| format!("QEMU wrote no dump at {}", path.display()))?;
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
-        Ok(Sample {
-            pause: returned,
-            written: Some(returned),
-            ready: returned + synced,
-            file_bytes: meta.len(),
-            disk_bytes: meta.blocks() * 512,
-            vmm_peak_kib,
-            writer_peak_kib: None,
-        })
+        Sample::of_peer_file("QEMU", &path, returned, returned, vmm_peak_kib)
     }
 }
 

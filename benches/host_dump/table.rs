@@ -1,6 +1,11 @@
 //! One dump's figures, and the table rows of their medians.
 
-use std::time::Duration;
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
 
 use crashvisor_benches::median;
 
@@ -21,6 +26,36 @@ pub struct Sample {
     pub vmm_peak_kib: Option<u64>,
     /// Peak resident set size of the VMM's forked dump writer (`None`: none seen).
     pub writer_peak_kib: Option<u64>,
+}
+
+impl Sample {
+    /// A peer's dump (QEMU, Cloud Hypervisor), which is in the page cache when its command
+    /// returns: syncs the file at `path` apart (open + `fsync`, counted in `ready`), measures
+    /// and removes it. `returned` is the command's time, `pause` the guest's stop.
+    pub fn of_peer_file(
+        who: &str,
+        path: &Path,
+        pause: Duration,
+        returned: Duration,
+        vmm_peak_kib: Option<u64>,
+    ) -> Result<Self> {
+        let syncing = Instant::now();
+        File::open(path)
+            .and_then(|file| file.sync_all())
+            .with_context(|| format!("cannot sync {who}'s dump {}", path.display()))?;
+        let synced = syncing.elapsed();
+        let meta = std::fs::metadata(path).with_context(|| format!("{who} wrote no dump at {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
+        Ok(Self {
+            pause,
+            written: Some(returned),
+            ready: returned + synced,
+            file_bytes: meta.len(),
+            disk_bytes: meta.blocks() * 512,
+            vmm_peak_kib,
+            writer_peak_kib: None,
+        })
+    }
 }
 
 /// The medians of one row's samples.
