@@ -55,7 +55,12 @@ pub struct CloudHypervisor {
 impl CloudHypervisor {
     /// Boots `workload` with `memory_mib` of RAM and waits until the guest is ready; returns
     /// the VM and the console line that said so.
-    pub fn start(binaries: &Binaries, kernels: &Kernels, workload: Workload, memory_mib: u64) -> Result<(Self, String)> {
+    pub fn start(
+        binaries: &Binaries,
+        kernels: &Kernels,
+        workload: Workload,
+        memory_mib: u64,
+    ) -> Result<(Self, String)> {
         let dir = TempDir::new("bench-cloud-hypervisor");
         let (console, socket, stderr) =
             (dir.path().join("console"), dir.path().join("api.sock"), dir.path().join("stderr"));

@@ -79,8 +79,9 @@ impl<'f> Writeback<'f> {
     /// when the file does not support it.
     fn sync_range(&mut self, from: u64, to: u64, flags: libc::c_uint) -> io::Result<bool> {
         // SAFETY: sync_file_range takes a descriptor this File owns and plain integers.
-        let result =
-            unsafe { libc::sync_file_range(self.file.as_raw_fd(), from as libc::off64_t, (to - from) as libc::off64_t, flags) };
+        let result = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), from as libc::off64_t, (to - from) as libc::off64_t, flags)
+        };
         if result == 0 {
             return Ok(true);
         }

@@ -242,8 +242,7 @@ mod tests {
     #[test]
     fn results_come_back_in_order_and_match_one_compressor() {
         // Zero, compressible and incompressible pages over many batches, some lent, some copied.
-        let pages: Vec<Vec<u8>> =
-            (0..BATCH_PAGES * 9 + 17)
+        let pages: Vec<Vec<u8>> = (0..BATCH_PAGES * 9 + 17)
             .map(|i| match (i % 5, i % 3) {
                 (0, _) => vec![0; 4096],
                 (_, 0) => text_page(),
@@ -330,7 +329,11 @@ mod tests {
             },
             |_, _| {
                 writes += 1;
-                if writes == 5 { Err("disk full") } else { Ok(()) }
+                if writes == 5 {
+                    Err("disk full")
+                } else {
+                    Ok(())
+                }
             },
         );
         assert!(matches!(writing, Err(Stop::Caller("disk full"))));

@@ -26,8 +26,8 @@ use crashvisor_klib::elfcore::ElfError;
 use crashvisor_klib::elfnote::{CORE_NOTE_NAME, NT_PRSTATUS, VMCOREINFO_NOTE_NAME};
 
 use crate::elf::build::{encode_notes, LoadSpec, NoteSpec};
-use crate::writer::{is_zero, MemorySource, SourceError};
 use crate::writeback::Writeback;
+use crate::writer::{is_zero, MemorySource, SourceError};
 
 /// Bytes buffered before a write, for the descriptors and for the page data.
 const OUTPUT_BUFFER: usize = 1 << 20;
@@ -351,7 +351,9 @@ impl Pass<'_> {
         };
         compress_in_order(compression, next_batch, write).map_err(|stop| match stop {
             Stop::Caller(error) => error,
-            Stop::Compress(CompressFailure { pfn, source }) => KdumpWriteError::Compress { paddr: pfn * PAGE_SIZE, source },
+            Stop::Compress(CompressFailure { pfn, source }) => {
+                KdumpWriteError::Compress { paddr: pfn * PAGE_SIZE, source }
+            }
         })?;
         descs.flush()?;
         data.flush()?;
