@@ -19,6 +19,8 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+use crate::writer::PAGE_SIZE;
+
 /// Written bytes gathered before their writeback is started.
 pub const STEP: u64 = 2 << 20;
 /// How far behind the newest written byte the stream's older bytes are waited for (on the
@@ -53,7 +55,7 @@ impl<'f> Writeback<'f> {
             return Ok(());
         }
         self.started = end;
-        let settled = end.saturating_sub(LAG) & !(PAGE - 1);
+        let settled = end.saturating_sub(LAG) & !(PAGE_SIZE - 1);
         if settled > self.dropped {
             let flags =
                 libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
@@ -96,9 +98,6 @@ impl<'f> Writeback<'f> {
     }
 }
 
-/// Page size the dropped range is rounded down to.
-const PAGE: u64 = 4096;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +111,7 @@ mod tests {
         unsafe {
             let map = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0);
             assert_ne!(map, libc::MAP_FAILED, "mmap: {}", io::Error::last_os_error());
-            let mut resident = vec![0u8; len.div_ceil(PAGE as usize)];
+            let mut resident = vec![0u8; len.div_ceil(PAGE_SIZE as usize)];
             let result = libc::mincore(map, len, resident.as_mut_ptr());
             assert_eq!(result, 0, "mincore: {}", io::Error::last_os_error());
             libc::munmap(map, len);
@@ -126,7 +125,7 @@ mod tests {
         let path = dir.path().join("stream");
         let file = File::options().create_new(true).read(true).write(true).open(&path).unwrap();
         let len = (LAG + 6 * STEP) as usize;
-        let from = PAGE;
+        let from = PAGE_SIZE;
         let piece: Vec<u8> = (0..STEP as usize / 2).map(|i| (i % 251) as u8 + 1).collect();
         let mut writeback = Writeback::new(&file, from);
         let mut end = from;
@@ -136,7 +135,7 @@ mod tests {
             writeback.written_to(end).unwrap();
         }
         let cached = cached_pages(&file, end as usize);
-        let page = |offset: u64| (offset / PAGE) as usize;
+        let page = |offset: u64| (offset / PAGE_SIZE) as usize;
         // Everything more than LAG (and a step) behind the end was dropped; the tail is cached.
         let settled = page(end - LAG - STEP);
         let dropped = cached[page(from)..settled].iter().filter(|&&c| !c).count();

@@ -96,9 +96,28 @@ pub enum Stored {
 /// another.
 pub struct Compressed {
     /// One per page of the batch, in order.
-    pub stored: Vec<Stored>,
+    stored: Vec<Stored>,
     /// The stored bytes of the pages that are not zero, in order.
-    pub data: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl Compressed {
+    /// Each page of the batch, in order: how it is stored and its stored bytes (none for a
+    /// zero page).
+    pub fn pages(&self) -> impl Iterator<Item = (Stored, &[u8])> {
+        let mut at = 0;
+        self.stored.iter().map(move |&stored| {
+            let len = match stored {
+                Stored::Zero => 0,
+                Stored::Compressed(size) => size as usize,
+                Stored::Raw => PAGE_SIZE as usize,
+            };
+            // `data` holds exactly these lengths, one after another (compress_batch).
+            let bytes = &self.data[at..at + len];
+            at += len;
+            (stored, bytes)
+        })
+    }
 }
 
 /// A page the compressor failed on.
@@ -150,12 +169,11 @@ pub fn compress_in_order<'a, E>(
         loop {
             while !input_done && next_seq - to_write < (threads * IN_FLIGHT_PER_THREAD) as u64 {
                 match next_batch().map_err(Stop::Caller)? {
-                    Some(batch) if !batch.pfns.is_empty() => {
+                    Some(batch) => {
                         // The receivers live until the scope ends.
                         let _ = jobs.send((next_seq, batch));
                         next_seq += 1;
                     }
-                    Some(_) => {}
                     None => input_done = true,
                 }
             }

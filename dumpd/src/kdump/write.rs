@@ -319,29 +319,26 @@ impl Pass<'_> {
         };
         let mut pages_written = 0u64;
         let write = |batch: &Batch<'_>, compressed: &Compressed| {
-            let mut bytes = compressed.data.as_slice();
-            for stored in &compressed.stored {
-                let (size, flags) = match *stored {
+            for (stored, bytes) in compressed.pages() {
+                let flags = match stored {
                     Stored::Zero => {
                         stats.pages_shared_zero += 1;
                         descs.push(&zero_desc.encode())?;
                         continue;
                     }
-                    Stored::Compressed(size) => {
+                    Stored::Compressed(_) => {
                         stats.pages_compressed += 1;
-                        (size, compression.flag())
+                        compression.flag()
                     }
                     Stored::Raw => {
                         stats.pages_raw += 1;
-                        (PAGE_SIZE as u32, 0)
+                        0
                     }
                 };
-                let (page, rest) = bytes.split_at_checked(size as usize).ok_or(KdumpWriteError::Layout(
-                    "a compressing thread returned fewer bytes than its pages' sizes add up to",
-                ))?;
+                // At most a page.
+                let size = bytes.len() as u32;
                 descs.push(&PageDesc { offset: data.end(), size, flags, page_flags: 0 }.encode())?;
-                data.push(page)?;
-                bytes = rest;
+                data.push(bytes)?;
             }
             pages_written += batch.pfns.len() as u64;
             if let Some(report) = progress {
